@@ -1,0 +1,1 @@
+"""The embedded HTTP balancer: routes alias and node URLs to Healthy instances."""

@@ -1,0 +1,305 @@
+"""Walks a plan's DAG on a Runtime with a bounded pool, and reports every step's outcome.
+
+Independent branches run in parallel. On the first failure nothing new starts, the steps
+already running finish, and the report says what was done, what failed and why, and what
+was never started. Because aliases are published only after the nodes they gain are Healthy,
+stopping early leaves every alias on the instances that already served it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from types import MappingProxyType
+
+from balancer.table import (
+    AliasEntry,
+    Endpoint,
+    HealthSettings,
+    NodeEntry,
+    RoutingTable,
+    write_table,
+)
+from gitops_nodes.errors import GitopsNodesError, RuntimeFailure
+from gitops_nodes.health import LOOPBACK, probe, settings_from
+from gitops_nodes.live import LiveInstance, LiveState
+from gitops_nodes.plan import Plan, PlanStep, Step
+from gitops_nodes.runtime.base import Runtime
+from gitops_nodes.spec.state import DesiredState
+from gitops_nodes.statedir import StateDir
+
+HEALTH_POLL = 0.1  # seconds between probes while waiting; short so apply is not slowed by it
+
+
+class Outcome(StrEnum):
+    """How a step ended."""
+
+    DONE = "done"
+    FAILED = "failed"
+    NOT_STARTED = "not started"
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """One step's outcome, with what happened in words and how long it took."""
+
+    step: PlanStep
+    outcome: Outcome
+    detail: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class ApplyReport:
+    """Every step of the plan with its outcome, in the order they ended."""
+
+    results: tuple[StepResult, ...]
+
+    @property
+    def ok(self) -> bool:
+        return all(r.outcome is Outcome.DONE for r in self.results)
+
+    def with_outcome(self, outcome: Outcome) -> list[StepResult]:
+        return [r for r in self.results if r.outcome is outcome]
+
+
+@dataclass(frozen=True)
+class ApplyOptions:
+    """How apply behaves; the defaults suit one Docker host."""
+
+    parallelism: int = 4
+    drain_grace: float = 5.0
+
+
+class _Published:
+    """The routing table apply is building up, published whole on every change."""
+
+    def __init__(self, live: LiveState, desired: DesiredState) -> None:
+        self.lock = threading.Lock()
+        self.desired = desired
+        table = live.table or RoutingTable()
+        self.generation = table.generation
+        existing = {i.name for i in live.instances}
+        self.rotation: dict[str, list[Endpoint]] = {
+            node: [e for e in entry.endpoints if e.instance in existing]
+            for node, entry in table.nodes.items()
+        }
+        self.settings: dict[str, tuple[int, HealthSettings]] = {
+            node: (entry.min_healthy, entry.health) for node, entry in table.nodes.items()
+        }
+        for node, instances in live.by_node.items():
+            if node not in self.rotation:
+                self.rotation[node] = [_endpoint(i) for i in instances if i.alive and i.port]
+        self.aliases = {name: entry.targets for name, entry in table.aliases.items()}
+
+    def settings_for(self, node: str) -> tuple[int, HealthSettings]:
+        want = self.desired.nodes.get(node)
+        if want is not None:
+            return want.min_healthy, settings_from(want.health_check)
+        return self.settings.get(node, (1, HealthSettings()))
+
+    def write(self, path_table: StateDir) -> int:
+        self.generation += 1
+        nodes = {
+            node: NodeEntry(tuple(endpoints), *self.settings.get(node, self.settings_for(node)))
+            for node, endpoints in sorted(self.rotation.items())
+        }
+        aliases = {name: AliasEntry(targets) for name, targets in sorted(self.aliases.items())}
+        table = RoutingTable(self.generation, MappingProxyType(nodes), MappingProxyType(aliases))
+        write_table(path_table.table, table)
+        return self.generation
+
+
+def _endpoint(instance: LiveInstance) -> Endpoint:
+    return Endpoint(instance.name, LOOPBACK, instance.port or 0)
+
+
+class Applier:
+    """Carries out one plan."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        desired: DesiredState,
+        live: LiveState,
+        runtime: Runtime,
+        state: StateDir,
+        options: ApplyOptions | None = None,
+        on_result: Callable[[StepResult], None] | None = None,
+    ) -> None:
+        self.plan = plan
+        self.desired = desired
+        self.runtime = runtime
+        self.state = state
+        self.options = options or ApplyOptions()
+        self.on_result = on_result
+        self.project = plan.project
+        self.created: dict[tuple[str, int], LiveInstance] = {}
+        self.published = _Published(live, desired)
+
+    def run(self) -> ApplyReport:
+        """Walk the DAG; never raises for a failed step, which the report carries instead."""
+        graph = self.plan.graph
+        waiting = {step_id: graph.in_degree(step_id) for step_id in graph}
+        order = {step.id: position for position, step in enumerate(self.plan.steps())}
+        ready = sorted((s for s, n in waiting.items() if n == 0), key=order.__getitem__)
+        results: list[StepResult] = []
+        running: dict[Future[StepResult], str] = {}
+        failed = False
+        with ThreadPoolExecutor(max_workers=max(1, self.options.parallelism)) as pool:
+            while ready or running:
+                while ready and not failed and len(running) < self.options.parallelism:
+                    step_id = ready.pop(0)
+                    running[pool.submit(self._run_step, graph.nodes[step_id]["step"])] = step_id
+                if not running:
+                    break
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in sorted(finished, key=lambda f: order[running[f]]):
+                    step_id = running.pop(future)
+                    result = future.result()
+                    self._record(results, result)
+                    if result.outcome is Outcome.FAILED:
+                        failed = True
+                        continue
+                    for successor in graph.successors(step_id):
+                        waiting[successor] -= 1
+                        if waiting[successor] == 0:
+                            ready.append(successor)
+                    ready.sort(key=order.__getitem__)
+        ended = {r.step.id for r in results}
+        for step in self.plan.steps():
+            if step.id not in ended:
+                reason = "an earlier step failed" if failed else "its dependencies did not finish"
+                self._record(results, StepResult(step, Outcome.NOT_STARTED, reason, 0.0))
+        return ApplyReport(tuple(results))
+
+    def _record(self, results: list[StepResult], result: StepResult) -> None:
+        results.append(result)
+        if self.on_result is not None:
+            self.on_result(result)
+
+    def _run_step(self, step: PlanStep) -> StepResult:
+        started = time.monotonic()
+        try:
+            detail = self._execute(step)
+            outcome = Outcome.DONE
+        except GitopsNodesError as exc:
+            detail, outcome = str(exc), Outcome.FAILED
+        except Exception:  # a bug: keep the traceback in the report rather than lose it
+            detail, outcome = "internal error:\n" + traceback.format_exc(), Outcome.FAILED
+        return StepResult(step, outcome, detail, time.monotonic() - started)
+
+    def _execute(self, step: PlanStep) -> str:
+        if step.step is Step.BUILD:
+            return self._build(step)
+        if step.step is Step.CREATE:
+            return self._create(step)
+        if step.step is Step.WAIT:
+            return self._wait(step)
+        if step.step is Step.PUBLISH:
+            return self._publish(step)
+        if step.step is Step.DRAIN:
+            self.runtime.stop_instance(self.project, step.instance or "", self.options.drain_grace)
+            return f"{step.instance} is out of rotation and stopped"
+        self.runtime.remove_instance(self.project, step.instance or "")
+        return f"{step.instance} removed"
+
+    def _build(self, step: PlanStep) -> str:
+        request = next(
+            n.build for n in self.desired.nodes.values() if n.build and n.build.tag == step.image
+        )
+        assert request is not None
+        self.runtime.build_image(self.project, self.desired.root, request)
+        return f"built {request.tag} from {request.context}"
+
+    def _create(self, step: PlanStep) -> str:
+        node = self.desired.nodes[step.node or ""]
+        instance = self.runtime.create_instance(self.project, node, step.index or 0)
+        self.created[(node.name, step.index or 0)] = instance
+        return f"{instance.name} started, published on {LOOPBACK}:{instance.port}"
+
+    def _wait(self, step: PlanStep) -> str:
+        node = self.desired.nodes[step.node or ""]
+        instance = self.created[(node.name, step.index or 0)]
+        health = settings_from(node.health_check)
+        try:
+            return self._wait_healthy(instance, health)
+        except RuntimeFailure:
+            # It never took traffic: removing it keeps the node as it was before this apply.
+            self.runtime.remove_instance(self.project, instance.name)
+            raise
+
+    def _wait_healthy(self, instance: LiveInstance, health: HealthSettings) -> str:
+        if instance.port is None:
+            raise RuntimeFailure(f"{instance.name} has no port published on {LOOPBACK}")
+        check = replace(health, timeout=min(health.timeout, health.start_timeout))
+        deadline = time.monotonic() + health.start_timeout
+        passed = 0
+        last = "no check ran"
+        while True:
+            current = self.runtime.inspect_instance(self.project, instance.name)
+            if current is None or current.state in ("exited", "dead", "restarting"):
+                state = current.state if current else "removed"
+                raise RuntimeFailure(
+                    f"{instance.name} stopped ({state}) before it became Healthy"
+                    + self._logs_hint(instance.name)
+                )
+            found = probe(instance.port, check)
+            last = found.detail
+            passed = passed + 1 if found.healthy else 0
+            if passed >= health.healthy_threshold:
+                return f"{instance.name} is Healthy ({last})"
+            if time.monotonic() >= deadline:
+                raise RuntimeFailure(
+                    f"{instance.name} did not become Healthy within {health.start_timeout:g}s: "
+                    f"{last}" + self._logs_hint(instance.name)
+                )
+            time.sleep(min(HEALTH_POLL, health.interval))  # the next probe, not a sync point
+
+    def _logs_hint(self, name: str) -> str:
+        logs = self.runtime.instance_logs(name, 8).strip()
+        return "\n    last log lines:\n    " + logs.replace("\n", "\n    ") if logs else ""
+
+    def _publish(self, step: PlanStep) -> str:
+        table = self.published
+        with table.lock:
+            if step.alias is not None:
+                alias = self.desired.aliases.get(step.alias)
+                if alias is None:
+                    table.aliases.pop(step.alias, None)
+                    what = f"alias {step.alias} dropped"
+                else:
+                    table.aliases[step.alias] = alias.routes
+                    what = f"alias {step.alias} routes to " + ", ".join(
+                        f"{n}={w}" for n, w in alias.routes
+                    )
+            elif step.node is not None and step.index is not None:
+                new = self.created[(step.node, step.index)]
+                rotation = [
+                    e for e in table.rotation.get(step.node, []) if e.instance != step.instance
+                ]
+                table.rotation[step.node] = [*rotation, _endpoint(new)]
+                table.settings[step.node] = table.settings_for(step.node)
+                what = f"{new.name} in rotation" + (
+                    f", {step.instance} out" if step.instance else ""
+                )
+            elif step.node is not None and step.instance is not None:
+                table.rotation[step.node] = [
+                    e for e in table.rotation.get(step.node, []) if e.instance != step.instance
+                ]
+                what = f"{step.instance} out of rotation"
+            elif step.node is not None and step.node in self.desired.nodes:
+                table.rotation.setdefault(step.node, [])
+                table.settings[step.node] = table.settings_for(step.node)
+                what = f"node {step.node} settings"
+            else:
+                table.rotation.pop(step.node or "", None)
+                table.settings.pop(step.node or "", None)
+                what = f"node {step.node} dropped"
+            generation = table.write(self.state)
+        return f"{what} (table generation {generation})"

@@ -1,0 +1,249 @@
+"""The gitops-nodes command: parses argv, calls the workflow, and prints. Nothing else prints."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from gitops_nodes import __version__, workflow
+from gitops_nodes.apply import ApplyOptions, ApplyReport, Outcome, StepResult
+from gitops_nodes.errors import GitopsNodesError
+from gitops_nodes.plan import Plan, make_plan
+from gitops_nodes.render import render_json, render_text
+from gitops_nodes.runtime.base import Runtime
+from gitops_nodes.spec.errors import SpecErrors
+from gitops_nodes.spec.load import load_spec
+from gitops_nodes.spec.schema import schema_text
+from gitops_nodes.statedir import StateDir
+
+EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.command(args)
+        return code
+    except SpecErrors as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except GitopsNodesError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gitops-nodes",
+        description="Deploy nodes and aliases from a repository of YAML onto Docker.",
+    )
+    parser.add_argument("--version", action="version", version=f"gitops-nodes {__version__}")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        return sub
+
+    def project_options(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument(
+            "--project",
+            default=os.environ.get("GITOPS_NODES_PROJECT"),
+            help="project name labelled on everything it owns (default: the repo folder's name)",
+        )
+        sub.add_argument(
+            "--state-dir",
+            type=Path,
+            default=None,
+            help="where the routing table and lock live "
+            "(default: $GITOPS_NODES_STATE_DIR or ~/.local/state/gitops-nodes)",
+        )
+
+    sub = command("validate", "Check the spec and report every error with its position.")
+    sub.add_argument("path", nargs="?", default=".", type=Path)
+    sub.set_defaults(command=_validate)
+
+    sub = command("plan", "Show what apply would change, without changing anything.")
+    sub.add_argument("path", nargs="?", default=".", type=Path)
+    project_options(sub)
+    sub.add_argument("--json", action="store_true", help="print the plan as JSON")
+    sub.add_argument(
+        "--detailed-exitcode", action="store_true", help="exit 0: no changes, 1: error, 2: changes"
+    )
+    sub.add_argument("-out", "--out", dest="out", type=Path, help="save the plan for `apply FILE`")
+    sub.set_defaults(command=_plan)
+
+    sub = command("apply", "Make the live state match the spec (or a plan saved with -out).")
+    sub.add_argument("path", nargs="?", default=".", type=Path, help="a repo folder or a plan")
+    project_options(sub)
+    sub.add_argument("--parallelism", type=int, default=4, help="steps run at once (default 4)")
+    sub.set_defaults(command=_apply)
+
+    sub = command("destroy", "Remove everything the project owns, and nothing else.")
+    sub.add_argument("path", nargs="?", default=".", type=Path)
+    project_options(sub)
+    sub.set_defaults(command=_destroy)
+
+    sub = command("status", "Show every node and instance with its status.")
+    sub.add_argument(
+        "path",
+        nargs="?",
+        default=None,
+        type=Path,
+        help="the repo, to also list instances not created yet",
+    )
+    project_options(sub)
+    sub.add_argument("--json", action="store_true")
+    sub.set_defaults(command=_status)
+
+    sub = command("schema", "Print the JSON Schema of a spec document.")
+    sub.set_defaults(command=_schema)
+    return parser
+
+
+def _context(args: argparse.Namespace, path: Path) -> tuple[str, StateDir]:
+    project = args.project or workflow.project_name(path)
+    base = args.state_dir
+    return project, StateDir.for_project(project, base)
+
+
+def _runtime() -> Runtime:
+    from gitops_nodes.runtime.docker import DockerRuntime  # only commands that need Docker
+
+    return DockerRuntime()
+
+
+def _validate(args: argparse.Namespace) -> int:
+    desired = load_spec(args.path)
+    print(
+        f"The spec is valid: {len(desired.nodes)} nodes and {len(desired.aliases)} aliases "
+        f"in {len(desired.files)} files."
+    )
+    return EXIT_OK
+
+
+def _plan(args: argparse.Namespace) -> int:
+    desired = load_spec(args.path)
+    project, state = _context(args, args.path)
+    live = workflow.observe(_runtime(), project, state)
+    plan = make_plan(project, desired, live)
+    data = plan.to_json()
+    print(render_json(data) if args.json else render_text(data), end="")
+    if args.out:
+        args.out.write_text(workflow.saved_plan_json(plan, args.path))
+        if not args.json:
+            print(f"\nSaved the plan to {args.out}; `gitops-nodes apply {args.out}` applies it.")
+    if args.detailed_exitcode and not plan.empty:
+        return EXIT_CHANGES
+    return EXIT_OK
+
+
+def _apply(args: argparse.Namespace) -> int:
+    desired, saved = workflow.load_for_apply(args.path)
+    project, state = _context(args, desired.root)
+    if saved is not None:
+        project = args.project or saved["project"]
+        state = StateDir.for_project(project, args.state_dir)
+    run = workflow.apply(
+        desired,
+        _runtime(),
+        project,
+        state,
+        ApplyOptions(parallelism=args.parallelism),
+        on_plan=_print_plan,
+        on_result=_print_result,
+        saved=saved,
+    )
+    if run.report is None:
+        return EXIT_OK
+    return _print_report(run.report, "Apply")
+
+
+def _destroy(args: argparse.Namespace) -> int:
+    project, state = _context(args, args.path)
+    runtime = _runtime()
+    run = workflow.apply(
+        workflow.empty_spec(args.path),
+        runtime,
+        project,
+        state,
+        on_plan=_print_plan,
+        on_result=_print_result,
+    )
+    code = _print_report(run.report, "Destroy") if run.report else EXIT_OK
+    if code == EXIT_OK:
+        for tag in runtime.remove_images(project):
+            print(f"image {tag} removed")
+        state.table.unlink(missing_ok=True)
+    return code
+
+
+def _status(args: argparse.Namespace) -> int:
+    desired = load_spec(args.path) if args.path else None
+    project, state = _context(args, args.path or Path.cwd())
+    view = workflow.status(_runtime(), project, state, desired)
+    if args.json:
+        print(json.dumps(view.to_json(), indent=2))
+        return EXIT_OK
+    if not view.nodes and not view.aliases:
+        print(f"Project {project} has no nodes.")
+        return EXIT_OK
+    for node in view.nodes:
+        healthy = sum(1 for i in node.instances if i.status == "Healthy")
+        print(f"node {node.name}: {node.status} ({healthy} Healthy, minimum {node.min_healthy})")
+        for i in node.instances:
+            address = f"127.0.0.1:{i.port}" if i.port else "-"
+            print(f"  {i.index:>3}  {i.status:<10} {address:<16} {i.name or '-'}  {i.detail}")
+    for name, routes in view.aliases:
+        print(f"alias {name} -> " + ", ".join(f"{n}={w}" for n, w in routes))
+    return EXIT_OK
+
+
+def _schema(args: argparse.Namespace) -> int:
+    print(schema_text(), end="")
+    return EXIT_OK
+
+
+def _print_plan(plan: Plan) -> None:
+    print(render_text(plan.to_json()), end="", flush=True)
+    if not plan.empty:
+        print()
+
+
+def _print_result(result: StepResult) -> None:
+    mark = {Outcome.DONE: "ok", Outcome.FAILED: "FAILED", Outcome.NOT_STARTED: "not started"}
+    if result.outcome is Outcome.NOT_STARTED:
+        return
+    print(
+        f"{result.step.id}: {mark[result.outcome]} in {result.seconds:.1f}s, {result.detail}",
+        flush=True,
+    )
+
+
+def _print_report(report: ApplyReport, verb: str) -> int:
+    done = report.with_outcome(Outcome.DONE)
+    failed = report.with_outcome(Outcome.FAILED)
+    skipped = report.with_outcome(Outcome.NOT_STARTED)
+    if report.ok:
+        print(f"\n{verb} complete: {len(done)} steps done.")
+        return EXIT_OK
+    print(
+        f"\n{verb} failed: {len(done)} steps done, {len(failed)} failed, "
+        f"{len(skipped)} not started.",
+        file=sys.stderr,
+    )
+    for result in failed:
+        print(f"  failed: {result.step.id}: {result.detail}", file=sys.stderr)
+    for result in skipped:
+        print(f"  not started: {result.step.id}", file=sys.stderr)
+    print(
+        "Every alias still routes to the nodes it had; fix the cause and apply again.",
+        file=sys.stderr,
+    )
+    return EXIT_ERROR

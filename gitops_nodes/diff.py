@@ -1,0 +1,309 @@
+"""Desired x live -> changes: what differs, per node, instance and alias, and why. Pure."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from balancer.table import AliasEntry, NodeEntry
+from gitops_nodes.live import LiveInstance, LiveState
+from gitops_nodes.spec.hashing import InstanceConfig
+from gitops_nodes.spec.models import HealthCheck
+from gitops_nodes.spec.state import BuildRequest, DesiredAlias, DesiredNode, DesiredState
+
+
+class Action(StrEnum):
+    """What happens to a node, instance or alias; the values are the glyphs users see."""
+
+    CREATE = "+"
+    UPDATE = "~"
+    DELETE = "-"
+    REPLACE = "-/+"
+
+
+@dataclass(frozen=True)
+class FieldChange:
+    """One field that differs; `forces_replacement` when it means new containers."""
+
+    field: str
+    before: Any
+    after: Any
+    forces_replacement: bool = False
+
+
+@dataclass(frozen=True)
+class InstanceChange:
+    """A new instance at an index (+), one that replaces `old` (-/+), or `old` removed (-)."""
+
+    index: int
+    action: Action
+    old: str | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class NodeChange:
+    """A node that differs between the spec and the live state."""
+
+    name: str
+    action: Action
+    reason: str
+    fields: tuple[FieldChange, ...]
+    instances: tuple[InstanceChange, ...]
+    build: BuildRequest | None
+    publish_settings: bool  # its minimum or health check must be (re)published
+
+
+@dataclass(frozen=True)
+class AliasChange:
+    """An alias whose routes differ between the spec and the published table."""
+
+    name: str
+    action: Action
+    reason: str
+    fields: tuple[FieldChange, ...]
+    before: tuple[tuple[str, int], ...]
+    after: tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True)
+class Diff:
+    """Every change, nodes then aliases, each sorted by name."""
+
+    nodes: tuple[NodeChange, ...]
+    aliases: tuple[AliasChange, ...]
+
+    @property
+    def empty(self) -> bool:
+        return not self.nodes and not self.aliases
+
+
+def diff(desired: DesiredState, live: LiveState) -> Diff:
+    """Compare the spec with what exists; nothing here does I/O."""
+    published_nodes = live.table.nodes if live.table else {}
+    published_aliases = live.table.aliases if live.table else {}
+    node_changes = []
+    for name in sorted(set(desired.nodes) | live.node_names()):
+        change = _diff_node(
+            name,
+            desired.nodes.get(name),
+            live.by_node.get(name, ()),
+            published_nodes.get(name),
+            live,
+        )
+        if change is not None:
+            node_changes.append(change)
+    alias_changes = []
+    for name in sorted(set(desired.aliases) | set(published_aliases)):
+        alias_change = _diff_alias(name, desired.aliases.get(name), published_aliases.get(name))
+        if alias_change is not None:
+            alias_changes.append(alias_change)
+    return Diff(tuple(node_changes), tuple(alias_changes))
+
+
+REPLACE_FIELDS = ("image", "port", "command", "env", "resources")
+
+
+def node_fields(
+    config: InstanceConfig | None,
+    instances: int | None,
+    min_healthy: int | None,
+    health: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """A node flattened to dotted fields, the way plan shows them."""
+    fields: dict[str, Any] = {}
+    if config is not None:
+        fields["image"] = config.image
+        fields["port"] = config.port
+        fields["command"] = list(config.command) if config.command is not None else None
+        for key, value in config.env:
+            fields[f"env.{key}"] = value
+        fields["resources.cpus"] = config.cpus
+        fields["resources.memory"] = config.memory
+    if instances is not None:
+        fields["instances"] = instances
+    if min_healthy is not None:
+        fields["minHealthy"] = min_healthy
+    for key, value in (health or {}).items():
+        fields[f"healthCheck.{key}"] = value
+    return fields
+
+
+def health_fields(health: HealthCheck) -> dict[str, Any]:
+    """The health check as published, keyed as in YAML."""
+    return health.model_dump(by_alias=True)
+
+
+def _field_changes(before: dict[str, Any], after: dict[str, Any]) -> tuple[FieldChange, ...]:
+    changes = []
+    for key in sorted(set(before) | set(after)):
+        old, new = before.get(key), after.get(key)
+        if old != new:
+            forces = key.split(".")[0] in REPLACE_FIELDS
+            changes.append(FieldChange(key, old, new, forces))
+    return tuple(changes)
+
+
+def _diff_node(
+    name: str,
+    want: DesiredNode | None,
+    have: tuple[LiveInstance, ...],
+    published: NodeEntry | None,
+    live: LiveState,
+) -> NodeChange | None:
+    live_config = _current_config(have)
+    alive_count = sum(1 for i in have if i.alive)
+    published_health = _published_health(published)
+    before = node_fields(
+        live_config,
+        alive_count if have or published else None,
+        published.min_healthy if published else None,
+        published_health,
+    )
+    if want is None:
+        removals = tuple(
+            InstanceChange(i.index, Action.DELETE, i.name, "its node is not in the spec")
+            for i in have
+        )
+        fields = tuple(FieldChange(k, v, None) for k, v in sorted(before.items()))
+        return NodeChange(
+            name,
+            Action.DELETE,
+            "not in the spec",
+            fields,
+            removals,
+            None,
+            published is not None,
+        )
+
+    after = node_fields(
+        want.config, want.instances, want.min_healthy, health_fields(want.health_check)
+    )
+    if not have and published is None:
+        creations = tuple(
+            InstanceChange(i, Action.CREATE, None, "new node") for i in range(want.instances)
+        )
+        fields = tuple(FieldChange(k, None, v) for k, v in sorted(after.items()))
+        return NodeChange(
+            want.name,
+            Action.CREATE,
+            "not in the live state",
+            fields,
+            creations,
+            _build_needed(want, live),
+            True,
+        )
+
+    instances = _diff_instances(want, have)
+    publish_settings = published is None or (
+        published.min_healthy != want.min_healthy
+        or published_health != health_fields(want.health_check)
+    )
+    if not instances and not publish_settings:
+        return None
+    spec_changed = any(i.alive and i.spec_hash != want.spec_hash for i in have)
+    if spec_changed:
+        action, reason = Action.REPLACE, "its instances' spec changed"
+    else:
+        action = Action.UPDATE
+        reason = "; ".join(sorted({i.reason for i in instances})) or "its settings changed"
+    needs_new = any(i.action in (Action.CREATE, Action.REPLACE) for i in instances)
+    return NodeChange(
+        want.name,
+        action,
+        reason,
+        _field_changes(before, after),
+        instances,
+        _build_needed(want, live) if needs_new else None,
+        publish_settings,
+    )
+
+
+def _diff_instances(
+    want: DesiredNode, have: tuple[LiveInstance, ...]
+) -> tuple[InstanceChange, ...]:
+    """Which instances to keep, create, replace or remove, index by index."""
+    changes: list[InstanceChange] = []
+    used: set[str] = set()
+    for index in range(want.instances):
+        at_index = [i for i in have if i.index == index]
+        keep = next((i for i in at_index if i.alive and i.spec_hash == want.spec_hash), None)
+        if keep is not None:
+            used.add(keep.name)
+            continue
+        stale = next((i for i in at_index if i.alive), None) or next(iter(at_index), None)
+        if stale is None:
+            changes.append(
+                InstanceChange(index, Action.CREATE, None, f"instance {index} is missing")
+            )
+            continue
+        used.add(stale.name)
+        reason = "spec changed" if stale.alive else f"instance {index} is {stale.state}"
+        changes.append(InstanceChange(index, Action.REPLACE, stale.name, reason))
+    for instance in have:
+        if instance.name in used:
+            continue
+        if instance.index >= want.instances:
+            reason = f"scaled down to {want.instances}"
+        elif not instance.alive:
+            reason = f"instance {instance.index} is {instance.state}"
+        else:
+            reason = f"a second instance {instance.index}"
+        changes.append(InstanceChange(instance.index, Action.DELETE, instance.name, reason))
+    return tuple(changes)
+
+
+def _current_config(have: tuple[LiveInstance, ...]) -> InstanceConfig | None:
+    """The config most alive instances run (all of them, unless a rollout was interrupted)."""
+    pool = [i for i in have if i.alive and i.config is not None] or [
+        i for i in have if i.config is not None
+    ]
+    if not pool:
+        return None
+    counts = Counter(i.spec_hash for i in pool)
+    top = counts.most_common(1)[0][0]
+    return next(i.config for i in pool if i.spec_hash == top)
+
+
+def _published_health(entry: NodeEntry | None) -> dict[str, Any] | None:
+    if entry is None:
+        return None
+    h = entry.health
+    return {
+        "path": h.path,
+        "port": h.port,
+        "interval": h.interval,
+        "timeout": h.timeout,
+        "healthyThreshold": h.healthy_threshold,
+        "unhealthyThreshold": h.unhealthy_threshold,
+        "startTimeout": h.start_timeout,
+    }
+
+
+def _build_needed(want: DesiredNode, live: LiveState) -> BuildRequest | None:
+    if want.build is None or want.build.tag in live.images:
+        return None
+    return want.build
+
+
+def _routes_text(routes: tuple[tuple[str, int], ...]) -> list[str]:
+    return [f"{node}={weight}" for node, weight in routes]
+
+
+def _diff_alias(
+    name: str, want: DesiredAlias | None, published: AliasEntry | None
+) -> AliasChange | None:
+    before = published.targets if published else ()
+    after = want.routes if want else ()
+    if want is None:
+        field = FieldChange("nodes", _routes_text(before), None)
+        return AliasChange(name, Action.DELETE, "not in the spec", (field,), before, after)
+    if published is None:
+        field = FieldChange("nodes", None, _routes_text(after))
+        return AliasChange(name, Action.CREATE, "not published yet", (field,), before, after)
+    if before == after:
+        return None
+    field = FieldChange("nodes", _routes_text(before), _routes_text(after))
+    return AliasChange(name, Action.UPDATE, "its routes changed", (field,), before, after)

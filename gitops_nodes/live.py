@@ -1,0 +1,74 @@
+"""The live state: what the project owns in the runtime and what it last published, as values."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from balancer.table import RoutingTable
+from gitops_nodes.spec.hashing import InstanceConfig, canonical_json
+
+ALIVE_STATES = frozenset({"created", "running", "restarting"})
+
+
+@dataclass(frozen=True)
+class LiveInstance:
+    """One container of the project, as its labels and the engine describe it."""
+
+    name: str
+    node: str
+    index: int
+    spec_hash: str
+    config: InstanceConfig | None
+    state: str  # the engine's word: created, running, restarting, exited, paused, dead, removing
+    port: int | None  # the port published on 127.0.0.1, once known
+    started_at: float | None = None  # seconds since the epoch, when running
+
+    @property
+    def alive(self) -> bool:
+        """Whether the container exists in a state that can serve (or will, once started)."""
+        return self.state in ALIVE_STATES
+
+
+@dataclass(frozen=True)
+class LiveState:
+    """Everything plan needs to know about what exists now."""
+
+    project: str
+    instances: tuple[LiveInstance, ...] = ()
+    images: frozenset[str] = frozenset()
+    table: RoutingTable | None = None
+    by_node: Mapping[str, tuple[LiveInstance, ...]] = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        grouped: dict[str, list[LiveInstance]] = {}
+        for instance in sorted(self.instances, key=lambda i: (i.node, i.index, i.name)):
+            grouped.setdefault(instance.node, []).append(instance)
+        frozen = {node: tuple(items) for node, items in sorted(grouped.items())}
+        object.__setattr__(self, "by_node", MappingProxyType(frozen))
+
+    def node_names(self) -> set[str]:
+        """Nodes that exist: with containers, or published in the routing table."""
+        published = set(self.table.nodes) if self.table else set()
+        return set(self.by_node) | published
+
+    def digest(self) -> str:
+        """A digest of what plan reads from the live state, to notice that it changed."""
+        payload = {
+            "instances": sorted(
+                [i.name, i.node, i.index, i.spec_hash, i.alive] for i in self.instances
+            ),
+            "images": sorted(self.images),
+            "table": _table_without_generation(self.table),
+        }
+        return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
+
+
+def _table_without_generation(table: RoutingTable | None) -> object:
+    if table is None:
+        return None
+    data = table.to_json()
+    data.pop("generation")
+    return data

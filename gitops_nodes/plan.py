@@ -1,0 +1,255 @@
+"""Changes -> an immutable plan: a DAG of typed steps that apply walks. Pure.
+
+Ordering is the safety story, so it lives here, where tests can read it without Docker:
+- make before break: an instance is created and Healthy before it is published, and an old
+  one is unpublished and drained before it is removed;
+- a node's instances are replaced one at a time, so it never drops below its minimum;
+- an alias that gains a node is published only after that node's instances are published;
+- an alias that drops a node is published before that node is unpublished and removed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import networkx as nx
+
+from gitops_nodes.diff import Action, AliasChange, Diff, NodeChange, diff
+from gitops_nodes.live import LiveState
+from gitops_nodes.spec.state import DesiredState
+
+PLAN_FORMAT = "gitops-nodes/plan/v1"
+
+
+class Step(StrEnum):
+    """The kinds of step a plan is made of, in the order a node's life passes through them."""
+
+    BUILD = "build"
+    CREATE = "create"
+    WAIT = "wait"
+    PUBLISH = "publish"
+    DRAIN = "drain"
+    REMOVE = "remove"
+
+
+@dataclass(frozen=True)
+class PlanStep:
+    """One step of a plan. Which fields are set says what it acts on.
+
+    publish with alias: route the alias as the spec says (or drop it);
+    publish with node and index: put the instance created at index in rotation, taking
+    `instance` (the one it replaces, if any) out; publish with node and instance only: take
+    that instance out of rotation; publish with node alone: publish the node's settings, or
+    drop the node when the spec no longer has it.
+    """
+
+    id: str
+    step: Step
+    node: str | None = None
+    index: int | None = None
+    instance: str | None = None
+    alias: str | None = None
+    image: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"id": self.id, "step": self.step.value}
+        for key in ("node", "index", "instance", "alias", "image"):
+            value = getattr(self, key)
+            if value is not None:
+                data[key] = value
+        return data
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What apply will do, why, and the states it was computed from."""
+
+    project: str
+    diff: Diff
+    graph: Any  # a frozen networkx.DiGraph of step id -> PlanStep (attribute "step")
+    spec_digest: str
+    live_digest: str
+
+    @property
+    def empty(self) -> bool:
+        return self.diff.empty
+
+    def steps(self) -> list[PlanStep]:
+        """Every step in a deterministic order that respects the dependencies."""
+        order = nx.lexicographical_topological_sort(self.graph, key=_sort_key(self.graph))
+        return [self.graph.nodes[step_id]["step"] for step_id in order]
+
+    def dependencies(self, step_id: str) -> list[str]:
+        return sorted(self.graph.predecessors(step_id))
+
+    def summary(self) -> tuple[int, int, int]:
+        """(to add, to change, to destroy), counting a replacement as an add and a destroy."""
+        add = change = destroy = 0
+        changes: Iterable[NodeChange | AliasChange] = (*self.diff.nodes, *self.diff.aliases)
+        for item in changes:
+            if item.action is Action.CREATE:
+                add += 1
+            elif item.action is Action.UPDATE:
+                change += 1
+            elif item.action is Action.DELETE:
+                destroy += 1
+            else:
+                add += 1
+                destroy += 1
+        return add, change, destroy
+
+    def to_json(self) -> dict[str, Any]:
+        """The plan as `plan --json` prints it and `plan -out` saves it."""
+        add, change, destroy = self.summary()
+        return {
+            "format": PLAN_FORMAT,
+            "project": self.project,
+            "specDigest": self.spec_digest,
+            "liveDigest": self.live_digest,
+            "changes": [_node_json(c) for c in self.diff.nodes]
+            + [_alias_json(c) for c in self.diff.aliases],
+            "steps": [
+                {**step.to_json(), "after": self.dependencies(step.id)} for step in self.steps()
+            ],
+            "summary": {"add": add, "change": change, "destroy": destroy},
+        }
+
+
+def make_plan(project: str, desired: DesiredState, live: LiveState) -> Plan:
+    """Diff the spec against the live state and order the work into a DAG."""
+    changes = diff(desired, live)
+    graph = _Builder(changes).build()
+    return Plan(project, changes, nx.freeze(graph), desired.digest(), live.digest())
+
+
+class _Builder:
+    def __init__(self, changes: Diff) -> None:
+        self.changes = changes
+        self.graph = nx.DiGraph()
+        self.node_published: dict[str, list[str]] = {}  # node -> steps publishing its instances
+        self.node_unpublish: dict[str, str] = {}  # deleted node -> the step dropping it
+
+    def add(self, step: PlanStep, *after: str | None) -> str:
+        if step.id not in self.graph:
+            self.graph.add_node(step.id, step=step)
+        for before in after:
+            if before is not None:
+                self.graph.add_edge(before, step.id)
+        return step.id
+
+    def build(self) -> Any:
+        for change in self.changes.nodes:
+            self._node(change)
+        for alias in self.changes.aliases:
+            self._alias(alias)
+        return self.graph
+
+    def _node(self, change: NodeChange) -> None:
+        name = change.name
+        if change.action is Action.DELETE:
+            drop = self.add(PlanStep(f"publish node {name} (drop)", Step.PUBLISH, node=name))
+            self.node_unpublish[name] = drop
+            for instance in change.instances:
+                self._retire(name, instance.old or "", drop)
+            return
+        build = None
+        if change.build is not None:
+            tag = change.build.tag
+            build = self.add(PlanStep(f"build {tag}", Step.BUILD, image=tag))
+        published: list[str] = []
+        previous_replacement: str | None = None
+        for instance in change.instances:
+            if instance.action is Action.CREATE:
+                published.append(self._bring_up(name, instance.index, None, build, None))
+            elif instance.action is Action.REPLACE:
+                put = self._bring_up(
+                    name, instance.index, instance.old, build, previous_replacement
+                )
+                published.append(put)
+                previous_replacement = self._retire(name, instance.old or "", put, unpublish=False)
+            else:
+                old = instance.old or ""
+                out = self.add(
+                    PlanStep(f"publish {name} without {old}", Step.PUBLISH, node=name, instance=old)
+                )
+                self._retire(name, old, out)
+        if change.publish_settings and not published:
+            self.add(PlanStep(f"publish node {name}", Step.PUBLISH, node=name))
+        self.node_published[name] = published
+
+    def _bring_up(self, node: str, index: int, old: str | None, *after: str | None) -> str:
+        key = f"{node}/{index}"
+        create = self.add(PlanStep(f"create {key}", Step.CREATE, node=node, index=index), *after)
+        wait = self.add(PlanStep(f"wait {key}", Step.WAIT, node=node, index=index), create)
+        label = f"publish {key}" + (f" replacing {old}" if old else "")
+        return self.add(PlanStep(label, Step.PUBLISH, node=node, index=index, instance=old), wait)
+
+    def _retire(self, node: str, instance: str, after: str, unpublish: bool = True) -> str:
+        drain = self.add(
+            PlanStep(f"drain {instance}", Step.DRAIN, node=node, instance=instance), after
+        )
+        return self.add(
+            PlanStep(f"remove {instance}", Step.REMOVE, node=node, instance=instance), drain
+        )
+
+    def _alias(self, change: AliasChange) -> None:
+        step = self.add(PlanStep(f"publish alias {change.name}", Step.PUBLISH, alias=change.name))
+        node_actions = {c.name: c.action for c in self.changes.nodes}
+        for node, _ in change.after:
+            if node_actions.get(node) is Action.CREATE:
+                for published in self.node_published.get(node, []):
+                    self.graph.add_edge(published, step)
+        for node, _ in change.before:
+            if node in self.node_unpublish:
+                self.graph.add_edge(step, self.node_unpublish[node])
+
+
+_STEP_ORDER = {step: position for position, step in enumerate(Step)}
+
+
+def _sort_key(graph: Any) -> Any:
+    def key(step_id: str) -> tuple[int, str]:
+        step: PlanStep = graph.nodes[step_id]["step"]
+        return (_STEP_ORDER[step.step], step_id)
+
+    return key
+
+
+def _fields_json(fields: Iterable[Any]) -> list[dict[str, Any]]:
+    return [
+        {
+            "field": f.field,
+            "before": f.before,
+            "after": f.after,
+            "forcesReplacement": f.forces_replacement,
+        }
+        for f in fields
+    ]
+
+
+def _node_json(change: NodeChange) -> dict[str, Any]:
+    return {
+        "kind": "Node",
+        "name": change.name,
+        "action": change.action.value,
+        "reason": change.reason,
+        "fields": _fields_json(change.fields),
+        "instances": [
+            {"index": i.index, "action": i.action.value, "old": i.old, "reason": i.reason}
+            for i in change.instances
+        ],
+        "build": change.build.tag if change.build else None,
+    }
+
+
+def _alias_json(change: AliasChange) -> dict[str, Any]:
+    return {
+        "kind": "Alias",
+        "name": change.name,
+        "action": change.action.value,
+        "reason": change.reason,
+        "fields": _fields_json(change.fields),
+    }

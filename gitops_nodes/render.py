@@ -1,0 +1,84 @@
+"""Plans as people read them, rendered from the same JSON that `plan --json` prints."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+_TITLES = {
+    "+": "will be created",
+    "~": "will be updated in place",
+    "-": "will be destroyed",
+    "-/+": "must be replaced",
+}
+_LEGEND = {
+    "+": "  + create",
+    "~": "  ~ update in place",
+    "-": "  - destroy",
+    "-/+": "-/+ replace (the new instances are created before the old ones are removed)",
+}
+
+
+def render_text(plan: dict[str, Any]) -> str:
+    """Terraform's habit: a legend, each change with the fields that differ, then a count."""
+    changes = plan["changes"]
+    if not changes:
+        return "No changes. The live state matches the spec.\n"
+    present = [glyph for glyph in _LEGEND if any(c["action"] == glyph for c in changes)]
+    lines = ["gitops-nodes uses these symbols:", *(_LEGEND[g] for g in present), ""]
+    lines.append("gitops-nodes will perform the following actions:")
+    for change in changes:
+        lines.append("")
+        lines.extend(_change_lines(change))
+    summary = plan["summary"]
+    lines.append("")
+    lines.append(
+        f"Plan: {summary['add']} to add, {summary['change']} to change, "
+        f"{summary['destroy']} to destroy."
+    )
+    return "\n".join(lines) + "\n"
+
+
+def _change_lines(change: dict[str, Any]) -> list[str]:
+    action = change["action"]
+    kind = change["kind"]
+    lines = [f"  # {kind} {change['name']} {_TITLES[action]} ({change['reason']})"]
+    lines.append(f'{action:>3} {kind.lower()} "{change["name"]}" {{')
+    fields = change["fields"]
+    width = max((len(f["field"]) for f in fields), default=0)
+    for item in fields:
+        if action == "+" and item["after"] is None:
+            continue  # unset on a new node: noise (terraform 28803)
+        lines.append("      " + _field_line(action, item, width))
+    for instance in change.get("instances", ()):
+        if action in ("+", "-"):
+            continue
+        old = f" {instance['old']}" if instance["old"] else ""
+        lines.append(
+            f"    {instance['action']:>3} instance {instance['index']}{old} ({instance['reason']})"
+        )
+    if change.get("build"):
+        lines.append(
+            f"      + build image {change['build']} (no image of this build folder exists yet)"
+        )
+    lines.append("    }")
+    return lines
+
+
+def _field_line(action: str, item: dict[str, Any], width: int) -> str:
+    name = item["field"].ljust(width)
+    before, after = item["before"], item["after"]
+    if before is None and action != "-":
+        return f"+ {name} = {_value(after)}"
+    if after is None:
+        return f"- {name} = {_value(before)}" + (" -> null" if action != "-" else "")
+    note = " # forces replacement" if item["forcesReplacement"] else ""
+    return f"~ {name} = {_value(before)} -> {_value(after)}{note}"
+
+
+def _value(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def render_json(plan: dict[str, Any]) -> str:
+    return json.dumps(plan, indent=2, sort_keys=False) + "\n"

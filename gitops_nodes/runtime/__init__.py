@@ -1,0 +1,1 @@
+"""Where instances run: the Runtime interface and its Docker implementation."""

@@ -1,0 +1,271 @@
+"""The Runtime on one Docker engine, through the Docker SDK's low-level API.
+
+Listing uses the engine's container summaries (one label-filtered call, no per-container
+inspect); every Docker SDK error is translated into our own errors before it leaves.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import docker
+from docker.errors import APIError, BuildError, DockerException, ImageNotFound, NotFound
+
+from gitops_nodes.errors import RuntimeFailure, RuntimeUnavailable
+from gitops_nodes.live import LiveInstance
+from gitops_nodes.runtime import labels
+from gitops_nodes.spec.context import BUILD_REPOSITORY
+from gitops_nodes.spec.hashing import InstanceConfig, canonical_json
+from gitops_nodes.spec.state import BuildRequest, DesiredNode
+
+LOOPBACK = "127.0.0.1"
+
+
+class DockerRuntime:
+    """Instances as containers on a single Docker engine."""
+
+    def __init__(self, client: Any | None = None) -> None:
+        try:
+            self.client = client or docker.from_env(timeout=120)
+            self.api = self.client.api
+            self.api.ping()
+        except DockerException as exc:
+            raise RuntimeUnavailable(
+                "no Docker engine answers "
+                f"({exc}); start one (as root: scripts/lib/ensure-docker.sh) or set DOCKER_HOST"
+            ) from exc
+
+    def list_instances(self, project: str) -> list[LiveInstance]:
+        try:
+            summaries = self.api.containers(all=True, filters=labels.project_filter(project))
+        except DockerException as exc:
+            raise RuntimeFailure(f"listing containers failed: {exc}") from exc
+        found = [_from_summary(s) for s in summaries]
+        return [instance for instance in found if instance is not None]
+
+    def list_images(self, project: str) -> set[str]:
+        try:
+            images = self.api.images(name=BUILD_REPOSITORY)
+        except DockerException as exc:
+            raise RuntimeFailure(f"listing images failed: {exc}") from exc
+        return {tag for image in images for tag in image.get("RepoTags") or ()}
+
+    def build_image(self, project: str, root: Path, request: BuildRequest) -> None:
+        context = root / request.context
+        try:
+            self.client.images.build(
+                path=str(context),
+                dockerfile=request.dockerfile,
+                tag=request.tag,
+                labels={labels.PROJECT: project, labels.BUILD_CONTEXT: request.context},
+                rm=True,
+                forcerm=True,
+            )
+        except BuildError as exc:
+            tail = (
+                "".join(
+                    str(chunk.get("stream") or chunk.get("error") or "") for chunk in exc.build_log
+                )
+                .strip()
+                .splitlines()[-8:]
+            )
+            raise RuntimeFailure(
+                f"building {request.context} failed: {exc.msg}\n    " + "\n    ".join(tail)
+            ) from exc
+        except (APIError, TypeError) as exc:
+            raise RuntimeFailure(f"building {request.context} failed: {exc}") from exc
+
+    def create_instance(self, project: str, node: DesiredNode, index: int) -> LiveInstance:
+        config = node.config
+        self._ensure_image(config.image)
+        name = f"{project}-{node.name}-{index}-{secrets.token_hex(3)}"
+        host_config = self.api.create_host_config(
+            port_bindings={config.port: (LOOPBACK,)},
+            restart_policy={"Name": "unless-stopped"},
+            nano_cpus=int(config.cpus * 1e9) if config.cpus else None,
+            mem_limit=config.memory,
+            init=True,  # PID 1 that forwards SIGTERM, so stopping an instance is prompt
+        )
+        instance_labels = {
+            labels.PROJECT: project,
+            labels.NODE: node.name,
+            labels.INDEX: str(index),
+            labels.SPEC_HASH: node.spec_hash,
+            labels.CONFIG: canonical_json(config.as_dict()),
+        }
+        try:
+            created = self.api.create_container(
+                image=config.image,
+                command=list(config.command) if config.command is not None else None,
+                name=name,
+                environment=dict(config.env),
+                labels=instance_labels,
+                ports=[config.port],
+                host_config=host_config,
+            )
+        except DockerException as exc:
+            raise RuntimeFailure(f"creating {name} failed: {exc}") from exc
+        try:
+            self.api.start(created["Id"])
+        except DockerException as exc:
+            self._force_remove(name)
+            raise RuntimeFailure(f"starting {name} failed: {exc}") from exc
+        live = self.inspect_instance(project, name)
+        if live is None:
+            raise RuntimeFailure(f"{name} vanished right after it was started")
+        return live
+
+    def inspect_instance(self, project: str, name: str) -> LiveInstance | None:
+        try:
+            data = self.api.inspect_container(name)
+        except NotFound:
+            return None
+        except DockerException as exc:
+            raise RuntimeFailure(f"inspecting {name} failed: {exc}") from exc
+        found = _from_inspect(data)
+        if found is None or data["Config"]["Labels"].get(labels.PROJECT) != project:
+            return None
+        return found
+
+    def stop_instance(self, project: str, name: str, grace: float) -> None:
+        if self.inspect_instance(project, name) is None:
+            return
+        try:
+            self.api.stop(name, timeout=max(0, round(grace)))
+        except NotFound:
+            return
+        except DockerException as exc:
+            raise RuntimeFailure(f"stopping {name} failed: {exc}") from exc
+
+    def remove_instance(self, project: str, name: str) -> None:
+        # Re-read the owner label just before deleting: never remove what is not ours.
+        if self.inspect_instance(project, name) is None:
+            return
+        self._force_remove(name)
+
+    def instance_logs(self, name: str, lines: int) -> str:
+        try:
+            raw = self.api.logs(name, tail=lines)
+        except DockerException:
+            return ""
+        return bytes(raw).decode(errors="replace")
+
+    def remove_images(self, project: str) -> list[str]:
+        removed = []
+        try:
+            images = self.api.images(filters=labels.project_filter(project))
+        except DockerException as exc:
+            raise RuntimeFailure(f"listing images failed: {exc}") from exc
+        for image in images:
+            for tag in image.get("RepoTags") or [image["Id"]]:
+                try:
+                    self.api.remove_image(tag)
+                    removed.append(tag)
+                except (NotFound, ImageNotFound):
+                    continue
+                except APIError as exc:
+                    if exc.status_code == 409:  # in use by another project's container
+                        continue
+                    raise RuntimeFailure(f"removing image {tag} failed: {exc}") from exc
+        return removed
+
+    def _ensure_image(self, reference: str) -> None:
+        try:
+            self.api.inspect_image(reference)
+            return
+        except ImageNotFound:
+            pass
+        except DockerException as exc:
+            raise RuntimeFailure(f"inspecting image {reference} failed: {exc}") from exc
+        try:
+            self.client.images.pull(reference)
+        except DockerException as exc:
+            raise RuntimeFailure(
+                f"image {reference} is not on this host and pulling it failed: {exc}"
+            ) from exc
+
+    def _force_remove(self, name: str) -> None:
+        try:
+            self.api.remove_container(name, force=True, v=True)
+        except NotFound:
+            return
+        except APIError as exc:
+            if exc.status_code == 409 and "already in progress" in str(exc):
+                return
+            raise RuntimeFailure(f"removing {name} failed: {exc}") from exc
+
+
+def _config_from(value: str | None) -> InstanceConfig | None:
+    if not value:
+        return None
+    try:
+        return InstanceConfig.from_dict(json.loads(value))
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _instance(
+    name: str, label_map: dict[str, str], state: str, port: int | None, started: float | None
+) -> LiveInstance | None:
+    node = label_map.get(labels.NODE)
+    index = label_map.get(labels.INDEX, "")
+    if not node or not index.isdigit():
+        return None
+    return LiveInstance(
+        name=name,
+        node=node,
+        index=int(index),
+        spec_hash=label_map.get(labels.SPEC_HASH, ""),
+        config=_config_from(label_map.get(labels.CONFIG)),
+        state=state,
+        port=port,
+        started_at=started,
+    )
+
+
+def _from_summary(summary: dict[str, Any]) -> LiveInstance | None:
+    port = next(
+        (p.get("PublicPort") for p in summary.get("Ports") or () if p.get("IP") == LOOPBACK),
+        None,
+    )
+    name = (summary.get("Names") or ["/?"])[0].lstrip("/")
+    created = summary.get("Created")
+    return _instance(
+        name,
+        summary.get("Labels") or {},
+        summary.get("State", ""),
+        port,
+        float(created) if created else None,
+    )
+
+
+def _from_inspect(data: dict[str, Any]) -> LiveInstance | None:
+    port = None
+    for bindings in (data["NetworkSettings"].get("Ports") or {}).values():
+        for binding in bindings or ():
+            if binding.get("HostIp") == LOOPBACK and binding.get("HostPort"):
+                port = int(binding["HostPort"])
+    state = data["State"]
+    return _instance(
+        data["Name"].lstrip("/"),
+        data["Config"]["Labels"] or {},
+        state.get("Status", ""),
+        port,
+        _timestamp(state.get("StartedAt")),
+    )
+
+
+def _timestamp(text: str | None) -> float | None:
+    if not text or text.startswith("0001"):
+        return None
+    # The engine writes nanoseconds and "Z"; fromisoformat takes at most microseconds.
+    match = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d{1,6})?", text)
+    if match is None:
+        return None
+    stamp = match.group(1) + (match.group(2) or "") + "+00:00"
+    return datetime.fromisoformat(stamp).timestamp()

@@ -1,0 +1,1 @@
+"""The spec: the desired state read from a repository of YAML documents."""

@@ -1,0 +1,398 @@
+"""Reads a repository's YAML into a validated DesiredState, or raises every problem at once.
+
+Speed matters at scale (thousands of documents), so the happy path uses libyaml's loader
+without positions and caches each file's result by its content hash; positions are recovered
+only for files that have problems, by composing them again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from gitops_nodes.spec.context import build_tag, context_digest
+from gitops_nodes.spec.errors import SpecErrors, SpecProblem
+from gitops_nodes.spec.hashing import InstanceConfig, spec_hash
+from gitops_nodes.spec.models import API_VERSION, KINDS, AliasDocument, NodeDocument
+from gitops_nodes.spec.state import (
+    BuildRequest,
+    DesiredAlias,
+    DesiredNode,
+    DesiredState,
+    Source,
+)
+
+_MODELS: dict[str, type[NodeDocument] | type[AliasDocument]] = {
+    "Node": NodeDocument,
+    "Alias": AliasDocument,
+}
+_Loc = tuple[str | int, ...]
+
+# Errors raised by model validators concern one field; point at it rather than its parent.
+_VALIDATOR_FIELD = {"min_healthy": "minHealthy", "alias_weights": "nodes", "alias_nodes": "nodes"}
+
+
+class _DuplicateKey(yaml.MarkedYAMLError):
+    pass
+
+
+# libyaml's C parser is several times faster; PyYAML wheels ship it, source builds may not.
+_FastLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _StrictLoader(_FastLoader):  # type: ignore[valid-type,misc]
+    """libyaml's safe loader, refusing duplicate keys (the default keeps the last silently)."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    loader.flatten_mapping(node)
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        if key in seen:
+            raise _DuplicateKey(
+                problem=f"duplicate key {key!r}; expected each key once in a mapping",
+                problem_mark=key_node.start_mark,
+            )
+        seen.add(key)
+    mapping: dict[Any, Any] = loader.construct_mapping(node, deep=True)
+    return mapping
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One valid document of a file."""
+
+    index: int
+    document: NodeDocument | AliasDocument
+    node: DesiredNode | None  # resolved once for nodes without a build folder
+
+
+@dataclass(frozen=True)
+class _FileResult:
+    sha: str
+    entries: tuple[_Entry, ...]
+    problems: tuple[SpecProblem, ...]
+    ours: bool
+    cacheable: bool
+
+
+class SpecLoader:
+    """Loads specs repeatedly, re-reading only the files whose bytes changed since last time."""
+
+    def __init__(self) -> None:
+        self._cache: dict[Path, _FileResult] = {}
+
+    def load(self, root: Path) -> DesiredState:
+        """The repository's desired state; raises SpecErrors listing every problem found."""
+        root = root.resolve()
+        if not root.is_dir():
+            raise SpecErrors(
+                [SpecProblem(str(root), 0, 0, "", "expected a folder holding YAML files")]
+            )
+        results: dict[str, _FileResult] = {}
+        for path in _spec_files(root):
+            data = path.read_bytes()
+            sha = hashlib.sha1(data).hexdigest()
+            cached = self._cache.get(path)
+            if cached is None or cached.sha != sha:
+                cached = _parse_file(root, path, data, sha)
+                if cached.cacheable:
+                    self._cache[path] = cached
+                else:
+                    self._cache.pop(path, None)
+            results[path.relative_to(root).as_posix()] = cached
+        return _assemble(root, results)
+
+
+def load_spec(root: Path) -> DesiredState:
+    """Load a repository once (the CLI's way)."""
+    return SpecLoader().load(root)
+
+
+def _spec_files(root: Path) -> list[Path]:
+    found = [
+        path
+        for pattern in ("*.yaml", "*.yml")
+        for path in root.rglob(pattern)
+        if path.is_file() and not any(part.startswith(".") for part in path.relative_to(root).parts)
+    ]
+    return sorted(found)
+
+
+def _parse_file(root: Path, path: Path, data: bytes, sha: str) -> _FileResult:
+    relative = path.relative_to(root).as_posix()
+    try:
+        raw_documents = list(yaml.load_all(data, Loader=_StrictLoader))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        problem = f"invalid YAML: {exc.problem}" if exc.problem else "invalid YAML"
+        return _FileResult(
+            sha, (), (SpecProblem(relative, line, column, "", problem),), True, False
+        )
+    if not any(_looks_ours(doc) for doc in raw_documents):
+        return _FileResult(sha, (), (), False, True)
+
+    entries: list[_Entry] = []
+    failures: list[tuple[int, _Loc, str, bool]] = []  # (document, loc, message, at key)
+    context = {"root": root, "base": path.parent}
+    has_build = False
+    for index, raw in enumerate(raw_documents):
+        if raw is None:
+            continue
+        if not isinstance(raw, dict):
+            failures.append(
+                (index, (), "expected a mapping with apiVersion, kind, metadata and spec", False)
+            )
+            continue
+        kind = raw.get("kind")
+        model = _MODELS.get(kind) if isinstance(kind, str) else None
+        if model is None:
+            expected = " or ".join(KINDS)
+            message = (
+                f"required field is missing; expected {expected}"
+                if "kind" not in raw
+                else f"expected {expected}, got {kind!r}"
+            )
+            failures.append((index, ("kind",), message, False))
+            continue
+        try:
+            document = model.model_validate(raw, context=context)
+        except ValidationError as exc:
+            failures.extend((index, *_describe(error, model)) for error in exc.errors())
+            continue
+        node = None
+        if isinstance(document, NodeDocument):
+            if document.spec.image.build is not None:
+                has_build = True
+            else:
+                node = _resolve_node(root, document, Source(relative, index))
+        entries.append(_Entry(index, document, node))
+
+    problems = _locate(relative, data, failures) if failures else ()
+    return _FileResult(sha, tuple(entries), problems, True, not failures and not has_build)
+
+
+def _looks_ours(raw: object) -> bool:
+    if not isinstance(raw, dict):
+        return False
+    version = raw.get("apiVersion")
+    return raw.get("kind") in KINDS or (
+        isinstance(version, str) and version.startswith(API_VERSION.split("/")[0] + "/")
+    )
+
+
+def _describe(error: Any, model: type[BaseModel]) -> tuple[_Loc, str, bool]:
+    """A pydantic error as (field path, what was expected, whether to point at the key)."""
+    loc: _Loc = tuple(error["loc"])
+    kind = error["type"]
+    ctx = error.get("ctx") or {}
+    given = error.get("input")
+    if kind in _VALIDATOR_FIELD:
+        loc = (*loc, _VALIDATOR_FIELD[kind])
+    if loc and loc[-1] == "[key]":
+        return loc[:-1], f"invalid key {loc[-2]!r}: {error['msg']}", True
+    got = f", got {_show(given)}" if not isinstance(given, dict | list) else ""
+    messages = {
+        "missing": "required field is missing",
+        "extra_forbidden": f"unknown field; expected one of: {_allowed(model, loc[:-1])}",
+        "int_type": f"expected an integer{got}",
+        "float_type": f"expected a number{got}",
+        "string_type": f"expected a string{got}",
+        "bool_type": f"expected true or false{got}",
+        "list_type": f"expected a list{got}",
+        "dict_type": f"expected a mapping{got}",
+        "model_type": f"expected a mapping{got}",
+        "model_attributes_type": f"expected a mapping{got}",
+        "literal_error": f"expected {ctx.get('expected')}{got}",
+        "greater_than_equal": f"expected a value ≥ {ctx.get('ge')}{got}",
+        "greater_than": f"expected a value > {ctx.get('gt')}{got}",
+        "less_than_equal": f"expected a value ≤ {ctx.get('le')}{got}",
+        "too_short": f"expected at least {ctx.get('min_length')} item(s)",
+        "string_too_short": "expected a non-empty string",
+        "string_pattern_mismatch": f"expected a string matching {ctx.get('pattern')}{got}",
+    }
+    message = messages.get(kind)
+    if message is None:
+        message = f"{error['msg']}{got}" if kind in _CUSTOM_WITH_INPUT else error["msg"]
+    return loc, message, kind == "extra_forbidden"
+
+
+_CUSTOM_WITH_INPUT = {"dns_label", "duration", "size", "env_value", "env_name"}
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _allowed(model: type[BaseModel], loc: _Loc) -> str:
+    """The field names (as written in YAML) of the model found at loc, for 'unknown field'."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int) or not (
+            isinstance(current, type) and issubclass(current, BaseModel)
+        ):
+            continue
+        field = next(
+            (f for name, f in current.model_fields.items() if part in (name, f.alias)), None
+        )
+        if field is None:
+            return "?"
+        current = _model_in(field.annotation)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return ", ".join(f.alias or name for name, f in current.model_fields.items())
+    return "?"
+
+
+def _model_in(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _locate(
+    relative: str, data: bytes, failures: Sequence[tuple[int, _Loc, str, bool]]
+) -> tuple[SpecProblem, ...]:
+    """Positions for failures, found by composing the file again (paid only on bad files)."""
+    nodes = list(yaml.compose_all(data, Loader=_FastLoader))
+    problems = []
+    for index, loc, message, at_key in failures:
+        line, column = _position(nodes[index], loc, at_key)
+        problems.append(SpecProblem(relative, line, column, _field_path(loc), message))
+    return tuple(problems)
+
+
+def _position(node: yaml.Node, loc: _Loc, at_key: bool) -> tuple[int, int]:
+    mark = node.start_mark
+    for depth, part in enumerate(loc):
+        last = depth == len(loc) - 1
+        child: yaml.Node | None = None
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                if key_node.value == str(part):
+                    child = key_node if last and at_key else value_node
+                    break
+        elif (
+            isinstance(node, yaml.SequenceNode)
+            and isinstance(part, int)
+            and 0 <= part < len(node.value)
+        ):
+            child = node.value[part]
+        if child is None:
+            break  # a missing field: point at the mapping that should hold it
+        node, mark = child, child.start_mark
+    return mark.line + 1, mark.column + 1
+
+
+def _field_path(loc: _Loc) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _resolve_node(root: Path, document: NodeDocument, source: Source) -> DesiredNode:
+    spec = document.spec
+    image = spec.image
+    build = None
+    if image.build is not None:
+        digest = context_digest(root / image.build, image.dockerfile)
+        build = BuildRequest(build_tag(digest), image.build, image.dockerfile)
+        reference = build.tag
+    else:
+        reference = image.name or ""
+    config = InstanceConfig(
+        image=reference,
+        port=image.port,
+        command=tuple(image.command) if image.command is not None else None,
+        env=tuple(sorted(spec.env.items())),
+        cpus=spec.resources.cpus,
+        memory=spec.resources.memory,
+    )
+    return DesiredNode(
+        name=document.metadata.name,
+        config=config,
+        spec_hash=spec_hash(config),
+        instances=spec.instances,
+        min_healthy=spec.min_healthy,
+        health_check=spec.health_check,
+        build=build,
+        source=source,
+    )
+
+
+def _assemble(root: Path, results: dict[str, _FileResult]) -> DesiredState:
+    """Cross-document checks (unique names, aliases naming real nodes), then the state."""
+    problems: list[SpecProblem] = [p for result in results.values() for p in result.problems]
+    nodes: dict[str, DesiredNode] = {}
+    aliases: dict[str, DesiredAlias] = {}
+    first_seen: dict[tuple[str, str], Source] = {}
+    late: list[tuple[Source, _Loc, str]] = []
+    for relative, result in results.items():
+        for entry in result.entries:
+            document = entry.document
+            source = Source(relative, entry.index)
+            key = (document.kind, document.metadata.name)
+            if key in first_seen:
+                other = first_seen[key]
+                late.append(
+                    (
+                        source,
+                        ("metadata", "name"),
+                        f"expected a name unique among {document.kind}s, "
+                        f"{document.metadata.name!r} is also defined in {other.file}",
+                    )
+                )
+                continue
+            first_seen[key] = source
+            if isinstance(document, NodeDocument):
+                nodes[document.metadata.name] = entry.node or _resolve_node(root, document, source)
+            else:
+                aliases[document.metadata.name] = DesiredAlias(
+                    name=document.metadata.name,
+                    routes=tuple((r.node, r.weight) for r in document.spec.nodes),
+                    source=source,
+                )
+    for alias in aliases.values():
+        for position, (node, _) in enumerate(alias.routes):
+            if node not in nodes:
+                late.append(
+                    (
+                        alias.source,
+                        ("spec", "nodes", position, "node"),
+                        f"expected the name of a Node in the spec, there is no Node {node!r}",
+                    )
+                )
+    problems.extend(_locate_late(root, late))
+    if problems:
+        raise SpecErrors(problems)
+    return DesiredState(
+        root=root,
+        nodes=MappingProxyType(dict(sorted(nodes.items()))),
+        aliases=MappingProxyType(dict(sorted(aliases.items()))),
+        files=tuple(relative for relative, result in results.items() if result.ours),
+    )
+
+
+def _locate_late(root: Path, late: list[tuple[Source, _Loc, str]]) -> Iterator[SpecProblem]:
+    by_file: dict[str, list[tuple[int, _Loc, str, bool]]] = {}
+    for source, loc, message in late:
+        by_file.setdefault(source.file, []).append((source.document, loc, message, False))
+    for relative, failures in by_file.items():
+        yield from _locate(relative, (root / relative).read_bytes(), failures)

@@ -1,0 +1,257 @@
+"""The YAML spec's documents as strict pydantic models: what a user may write, and nothing else.
+
+Field names are camelCase in YAML (``minHealthy``) and snake_case in Python. Paths are
+resolved relative to the file that names them and stored relative to the repository root,
+so nothing downstream depends on where the repository is checked out.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    ValidationInfo,
+    WithJsonSchema,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
+
+API_VERSION = "gitops-nodes/v1"
+KINDS = ("Node", "Alias")
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_DURATION = re.compile(r"^(?:\d+(?:\.\d+)?(?:ms|s|m|h))+$")
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)(k|Ki|M|Mi|G|Gi)?$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_UNIT_BYTES = {None: 1, "k": 1000, "Ki": 1024, "M": 10**6, "Mi": 2**20, "G": 10**9, "Gi": 2**30}
+
+
+def _dns_label(value: Any) -> str:
+    if not isinstance(value, str) or not _DNS_LABEL.match(value):
+        raise PydanticCustomError(
+            "dns_label",
+            "expected a DNS label: lowercase letters, digits and '-', starting and ending "
+            "with a letter or digit, at most 63 characters",
+        )
+    return value
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from '500ms', '2s', '1m', '1h' or a sum such as '1m30s'."""
+    if isinstance(value, str) and _DURATION.match(value):
+        return sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(value))
+    raise PydanticCustomError("duration", "expected a duration such as 500ms, 2s, 1m or 1m30s")
+
+
+def parse_size(value: Any) -> int:
+    """Bytes from a plain integer or '512Mi', '1Gi', '300M', '64k'."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    if isinstance(value, str) and (match := _SIZE.match(value)):
+        return int(float(match.group(1)) * _UNIT_BYTES[match.group(2)])
+    raise PydanticCustomError(
+        "size", "expected a size in bytes such as 268435456, 256Mi, 1Gi or 300M"
+    )
+
+
+def _env_value(value: Any) -> str:
+    # Users write `PORT: 8080` and `DEBUG: true`; the container sees strings either way.
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str | int | float):
+        return str(value)
+    raise PydanticCustomError("env_value", "expected a string, number or boolean")
+
+
+def _env_name(value: Any) -> str:
+    if isinstance(value, str) and _ENV_NAME.match(value):
+        return value
+    raise PydanticCustomError(
+        "env_name", "expected an environment variable name: letters, digits and '_'"
+    )
+
+
+def _repo_path(value: Any, info: ValidationInfo) -> str:
+    """A path written relative to its YAML file, returned relative to the repository root."""
+    if not isinstance(value, str) or not value:
+        raise PydanticCustomError("repo_path", "expected a path relative to this file")
+    context = info.context or {}
+    root: Path | None = context.get("root")
+    base: Path | None = context.get("base")
+    if root is None or base is None:
+        return value
+    target = (base / value).resolve()
+    try:
+        relative = target.relative_to(root.resolve())
+    except ValueError:
+        raise PydanticCustomError(
+            "repo_path", "expected a path inside the repository, got {path}", {"path": value}
+        ) from None
+    if not target.is_dir():
+        raise PydanticCustomError(
+            "repo_path", "expected an existing folder, {path} is not one", {"path": value}
+        )
+    return relative.as_posix() or "."
+
+
+DnsLabel = Annotated[
+    str,
+    PlainValidator(_dns_label),
+    WithJsonSchema({"type": "string", "pattern": _DNS_LABEL.pattern, "maxLength": 63}),
+]
+Duration = Annotated[
+    float,
+    PlainValidator(parse_duration),
+    WithJsonSchema({"type": "string", "pattern": _DURATION.pattern, "examples": ["500ms", "2s"]}),
+]
+Size = Annotated[
+    int,
+    PlainValidator(parse_size),
+    WithJsonSchema(
+        {"anyOf": [{"type": "integer", "minimum": 1}, {"type": "string", "pattern": _SIZE.pattern}]}
+    ),
+]
+EnvName = Annotated[
+    str, PlainValidator(_env_name), WithJsonSchema({"type": "string", "pattern": _ENV_NAME.pattern})
+]
+EnvValue = Annotated[
+    str,
+    PlainValidator(_env_value),
+    WithJsonSchema({"type": ["string", "number", "boolean"]}),
+]
+RepoPath = Annotated[
+    str, PlainValidator(_repo_path), WithJsonSchema({"type": "string", "minLength": 1})
+]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class SpecModel(BaseModel):
+    """Strict, immutable, camelCase in YAML: unknown fields and loose types are errors."""
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, strict=True, alias_generator=to_camel, populate_by_name=True
+    )
+
+
+class HealthCheck(SpecModel):
+    """How gitops-nodes decides an instance is Healthy. Without a path: the port accepts TCP."""
+
+    path: str | None = Field(default=None, pattern=r"^/")
+    port: Port | None = None
+    interval: Duration = 2.0
+    timeout: Duration = 1.0
+    healthy_threshold: int = Field(default=1, ge=1)
+    unhealthy_threshold: int = Field(default=3, ge=1)
+    start_timeout: Duration = 60.0
+
+
+class Resources(SpecModel):
+    """Limits for each instance's container."""
+
+    cpus: float | None = Field(default=None, gt=0)
+    memory: Size | None = None
+
+
+class ImageSource(SpecModel):
+    """An HTTP service from a Docker image given by name, or built from a folder of the repo."""
+
+    name: str | None = Field(default=None, min_length=1)
+    build: RepoPath | None = None
+    dockerfile: str = "Dockerfile"
+    port: Port
+    command: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ImageSource:
+        if (self.name is None) == (self.build is None):
+            raise PydanticCustomError(
+                "image_source", "expected exactly one of 'name' (an image) or 'build' (a folder)"
+            )
+        return self
+
+
+class NodeSpec(SpecModel):
+    """A node: identical instances behind one load-balanced API."""
+
+    image: ImageSource
+    instances: int = Field(default=1, ge=1)
+    min_healthy: int = Field(default=1, ge=0)
+    env: dict[EnvName, EnvValue] = Field(default_factory=dict)
+    resources: Resources = Field(default_factory=Resources)
+    health_check: HealthCheck = Field(default_factory=HealthCheck)
+
+    @model_validator(mode="after")
+    def _min_within_instances(self) -> NodeSpec:
+        if self.min_healthy > self.instances:
+            raise PydanticCustomError(
+                "min_healthy",
+                "expected minHealthy ≤ instances ({instances}), got {min}",
+                {"instances": self.instances, "min": self.min_healthy},
+            )
+        return self
+
+
+class Metadata(SpecModel):
+    """The document's identity."""
+
+    name: DnsLabel
+    description: str | None = None
+
+
+class NodeDocument(SpecModel):
+    """`kind: Node`."""
+
+    api_version: Literal["gitops-nodes/v1"]
+    kind: Literal["Node"]
+    metadata: Metadata
+    spec: NodeSpec
+
+
+class AliasRoute(SpecModel):
+    """One node behind an alias and its share of the alias's requests."""
+
+    node: DnsLabel
+    weight: int = Field(default=100, ge=0)
+
+
+class AliasSpec(SpecModel):
+    """A stable name that routes to nodes by weight."""
+
+    nodes: list[AliasRoute] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _weights_and_unique_nodes(self) -> AliasSpec:
+        names = [route.node for route in self.nodes]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise PydanticCustomError(
+                "alias_nodes",
+                "expected each node once, {names} listed more than once",
+                {"names": ", ".join(duplicates)},
+            )
+        if not any(route.weight for route in self.nodes):
+            raise PydanticCustomError(
+                "alias_weights", "expected at least one weight above 0, all are 0"
+            )
+        return self
+
+
+class AliasDocument(SpecModel):
+    """`kind: Alias`."""
+
+    api_version: Literal["gitops-nodes/v1"]
+    kind: Literal["Alias"]
+    metadata: Metadata
+    spec: AliasSpec
+
+
+Document = Annotated[NodeDocument | AliasDocument, Field(discriminator="kind")]

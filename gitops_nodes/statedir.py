@@ -1,0 +1,71 @@
+"""The state directory: where apply publishes the routing table and holds its lock."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from gitops_nodes.errors import LockTimeout
+
+TABLE_FILE = "routing-table.json"
+LOCK_FILE = "apply.lock"
+
+
+def default_base() -> Path:
+    """$GITOPS_NODES_STATE_DIR, else the XDG state home, else ~/.local/state/gitops-nodes."""
+    explicit = os.environ.get("GITOPS_NODES_STATE_DIR")
+    if explicit:
+        return Path(explicit)
+    xdg = os.environ.get("XDG_STATE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".local" / "state") / "gitops-nodes"
+
+
+@dataclass(frozen=True)
+class StateDir:
+    """One project's state directory."""
+
+    path: Path
+
+    @classmethod
+    def for_project(cls, project: str, base: Path | None = None) -> StateDir:
+        return cls((base or default_base()) / project)
+
+    @property
+    def table(self) -> Path:
+        return self.path / TABLE_FILE
+
+    @contextmanager
+    def lock(self, timeout: float) -> Iterator[None]:
+        """Hold the apply lock; raise LockTimeout when another apply keeps it past timeout."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        lock_path = self.path / LOCK_FILE
+        with open(lock_path, "a+") as handle:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        handle.seek(0)
+                        holder = handle.read().strip() or "another process"
+                        raise LockTimeout(
+                            f"{lock_path} is held by {holder}; another apply or destroy is "
+                            f"running on this project (waited {timeout:g}s)"
+                        ) from None
+                    time.sleep(0.1)  # flock has no timed wait; poll the lock, not the work
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()}\n")
+            handle.flush()
+            try:
+                yield
+            finally:
+                handle.seek(0)
+                handle.truncate()
+                fcntl.flock(handle, fcntl.LOCK_UN)

@@ -1,0 +1,235 @@
+"""The use cases behind the commands: observe, plan, apply, destroy, status. No printing."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from balancer.table import HealthSettings, TableError, read_table
+from gitops_nodes.apply import Applier, ApplyOptions, ApplyReport, StepResult
+from gitops_nodes.errors import GitopsNodesError, PlanFileError, StalePlan
+from gitops_nodes.health import instance_status, node_status, probe, settings_from
+from gitops_nodes.live import LiveState
+from gitops_nodes.plan import PLAN_FORMAT, Plan, make_plan
+from gitops_nodes.runtime.base import Runtime
+from gitops_nodes.spec.load import load_spec
+from gitops_nodes.spec.state import DesiredState
+from gitops_nodes.statedir import StateDir
+
+LOCK_TIMEOUT = 600.0
+
+
+def project_name(path: Path) -> str:
+    """A project name from a folder's name, made a DNS label (as Compose does)."""
+    name = re.sub(r"[^a-z0-9-]+", "-", path.resolve().name.lower()).strip("-")[:63].strip("-")
+    return name or "default"
+
+
+def observe(runtime: Runtime, project: str, state: StateDir) -> LiveState:
+    """Read what the project has now: containers and images by label, and the published table."""
+    try:
+        table = read_table(state.table)
+    except TableError as exc:
+        raise GitopsNodesError(
+            f"the published routing table is unreadable ({exc}); fix or remove {state.table}"
+        ) from exc
+    return LiveState(
+        project=project,
+        instances=tuple(runtime.list_instances(project)),
+        images=frozenset(runtime.list_images(project)),
+        table=table,
+    )
+
+
+def empty_spec(root: Path) -> DesiredState:
+    """The spec of nothing: planning against it destroys everything the project owns."""
+    return DesiredState(root=root, nodes=MappingProxyType({}), aliases=MappingProxyType({}))
+
+
+def saved_plan_json(plan: Plan, root: Path) -> str:
+    return json.dumps({**plan.to_json(), "root": str(root.resolve())}, indent=2) + "\n"
+
+
+def read_saved_plan(path: Path) -> dict[str, Any]:
+    """A plan written by `plan -out`; PlanFileError when it is not one."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise PlanFileError(f"cannot read the saved plan {path}: {exc}") from exc
+    if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT or "root" not in data:
+        raise PlanFileError(f"{path} is not a plan saved by `gitops-nodes plan -out`")
+    return data
+
+
+def check_saved_plan(saved: dict[str, Any], plan: Plan) -> None:
+    """Refuse a saved plan when the spec or the live state moved since it was made."""
+    moved = []
+    if saved["specDigest"] != plan.spec_digest:
+        moved.append("the spec changed")
+    if saved["liveDigest"] != plan.live_digest:
+        moved.append("the live state changed")
+    if saved.get("project") != plan.project:
+        moved.append(f"it is for project {saved.get('project')!r}, not {plan.project!r}")
+    if moved:
+        raise StalePlan(
+            "the saved plan is stale: "
+            + " and ".join(moved)
+            + " since it was made; run `gitops-nodes plan` again"
+        )
+
+
+@dataclass(frozen=True)
+class ApplyRun:
+    """A plan and, when it had changes, the report of carrying it out."""
+
+    plan: Plan
+    report: ApplyReport | None
+
+
+def apply(
+    desired: DesiredState,
+    runtime: Runtime,
+    project: str,
+    state: StateDir,
+    options: ApplyOptions | None = None,
+    on_plan: Callable[[Plan], None] | None = None,
+    on_result: Callable[[StepResult], None] | None = None,
+    saved: dict[str, Any] | None = None,
+) -> ApplyRun:
+    """Plan and apply under the project's lock, so concurrent applies take turns."""
+    with state.lock(LOCK_TIMEOUT):
+        live = observe(runtime, project, state)
+        plan = make_plan(project, desired, live)
+        if saved is not None:
+            check_saved_plan(saved, plan)
+        if on_plan is not None:
+            on_plan(plan)
+        if plan.empty:
+            return ApplyRun(plan, None)
+        report = Applier(plan, desired, live, runtime, state, options, on_result).run()
+        return ApplyRun(plan, report)
+
+
+def load_for_apply(target: Path) -> tuple[DesiredState, dict[str, Any] | None]:
+    """The spec to apply: a repository folder, or the folder a saved plan was made from."""
+    if target.is_file():
+        saved = read_saved_plan(target)
+        return load_spec(Path(saved["root"])), saved
+    return load_spec(target), None
+
+
+@dataclass(frozen=True)
+class InstanceView:
+    index: int
+    name: str
+    status: str
+    port: int | None
+    detail: str
+
+
+@dataclass(frozen=True)
+class NodeView:
+    name: str
+    status: str
+    min_healthy: int
+    instances: tuple[InstanceView, ...]
+
+
+@dataclass(frozen=True)
+class StatusView:
+    project: str
+    nodes: tuple[NodeView, ...]
+    aliases: tuple[tuple[str, tuple[tuple[str, int], ...]], ...]
+    table_generation: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "project": self.project,
+            "tableGeneration": self.table_generation,
+            "nodes": [
+                {
+                    "name": n.name,
+                    "status": n.status,
+                    "minHealthy": n.min_healthy,
+                    "instances": [
+                        {
+                            "index": i.index,
+                            "name": i.name,
+                            "status": i.status,
+                            "address": f"127.0.0.1:{i.port}" if i.port else None,
+                            "detail": i.detail,
+                        }
+                        for i in n.instances
+                    ],
+                }
+                for n in self.nodes
+            ],
+            "aliases": [
+                {"name": name, "nodes": [{"node": n, "weight": w} for n, w in routes]}
+                for name, routes in self.aliases
+            ],
+        }
+
+
+def status(
+    runtime: Runtime, project: str, state: StateDir, desired: DesiredState | None
+) -> StatusView:
+    """Every node and instance with its status, probing each running instance once."""
+    live = observe(runtime, project, state)
+    table = live.table
+    names = sorted(live.node_names() | set(desired.nodes if desired else ()))
+
+    def health_for(node: str) -> tuple[int, HealthSettings]:
+        if table and node in table.nodes:
+            return table.nodes[node].min_healthy, table.nodes[node].health
+        if desired and node in desired.nodes:
+            want = desired.nodes[node]
+            return want.min_healthy, settings_from(want.health_check)
+        return 1, HealthSettings()
+
+    running = [i for i in live.instances if i.state == "running" and i.port]
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        probes = dict(
+            zip(
+                [i.name for i in running],
+                pool.map(lambda i: probe(i.port or 0, health_for(i.node)[1]), running),
+                strict=True,
+            )
+        )
+    now = time.time()
+    nodes = []
+    for name in names:
+        min_healthy, health = health_for(name)
+        views = []
+        for instance in live.by_node.get(name, ()):
+            found = probes.get(instance.name)
+            views.append(
+                InstanceView(
+                    instance.index,
+                    instance.name,
+                    instance_status(instance, found, now, health),
+                    instance.port,
+                    found.detail if found else f"container is {instance.state}",
+                )
+            )
+        if desired and name in desired.nodes:
+            present = {v.index for v in views}
+            views.extend(
+                InstanceView(index, "", "Undefined", None, "not created yet")
+                for index in range(desired.nodes[name].instances)
+                if index not in present
+            )
+        statuses = [v.status for v in views if v.status != "Undefined"]
+        views.sort(key=lambda v: (v.index, v.name))
+        nodes.append(NodeView(name, node_status(statuses, min_healthy), min_healthy, tuple(views)))
+    aliases = tuple(
+        (name, entry.targets) for name, entry in sorted((table.aliases if table else {}).items())
+    )
+    return StatusView(project, tuple(nodes), aliases, table.generation if table else None)

@@ -1,0 +1,35 @@
+"""The test service: answers its version, and misbehaves on request through its environment.
+
+VERSION: what GET / answers. HEALTH=fail: /healthz answers 503 forever. CRASH=1: exit at start.
+"""
+
+import json
+import os
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+if os.environ.get("CRASH") == "1":
+    print("crashing on purpose: CRASH=1", flush=True)
+    sys.exit(3)
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        if self.path == "/healthz":
+            status = 503 if os.environ.get("HEALTH") == "fail" else 200
+        else:
+            status = 200
+        body = json.dumps({"version": os.environ.get("VERSION", "?"), "path": self.path}).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format, *args):
+        pass
+
+
+ThreadingHTTPServer(("0.0.0.0", 8080), Handler).serve_forever()
