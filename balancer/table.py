@@ -166,6 +166,8 @@ def read_table(path: Path) -> RoutingTable | None:
         return None
     except OSError as exc:
         raise TableError(f"cannot read {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise TableError(f"{path} is not UTF-8 text: {exc}") from exc
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:

@@ -122,10 +122,15 @@ def _runtime() -> Runtime:
 def _validate(args: argparse.Namespace) -> int:
     desired = load_spec(args.path)
     print(
-        f"The spec is valid: {len(desired.nodes)} nodes and {len(desired.aliases)} aliases "
-        f"in {len(desired.files)} files."
+        f"The spec is valid: {_count(len(desired.nodes), 'node')} and "
+        f"{_count(len(desired.aliases), 'alias')} in {_count(len(desired.files), 'file')}."
     )
     return EXIT_OK
+
+
+def _count(number: int, noun: str) -> str:
+    plural = noun + ("es" if noun.endswith("s") else "s")
+    return f"{number} {noun if number == 1 else plural}"
 
 
 def _plan(args: argparse.Namespace) -> int:

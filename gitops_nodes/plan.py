@@ -197,9 +197,11 @@ class _Builder:
 
     def _alias(self, change: AliasChange) -> None:
         step = self.add(PlanStep(f"publish alias {change.name}", Step.PUBLISH, alias=change.name))
-        node_actions = {c.name: c.action for c in self.changes.nodes}
-        for node, _ in change.after:
-            if node_actions.get(node) is Action.CREATE:
+        # A node the alias gains must be serving first, whatever its own change: new, or
+        # an existing node whose instances are being replaced or healed.
+        before = {node for node, weight in change.before if weight > 0}
+        for node, weight in change.after:
+            if weight > 0 and node not in before:
                 for published in self.node_published.get(node, []):
                     self.graph.add_edge(published, step)
         for node, _ in change.before:

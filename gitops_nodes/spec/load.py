@@ -36,7 +36,13 @@ _MODELS: dict[str, type[NodeDocument] | type[AliasDocument]] = {
 _Loc = tuple[str | int, ...]
 
 # Errors raised by model validators concern one field; point at it rather than its parent.
-_VALIDATOR_FIELD = {"min_healthy": "minHealthy", "alias_weights": "nodes", "alias_nodes": "nodes"}
+_VALIDATOR_FIELD = {
+    "dockerfile": "dockerfile",
+    "min_healthy": "minHealthy",
+    "min_memory": "memory",
+    "alias_weights": "nodes",
+    "alias_nodes": "nodes",
+}
 
 
 class _DuplicateKey(yaml.MarkedYAMLError):

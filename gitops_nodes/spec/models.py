@@ -31,6 +31,7 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _DURATION = re.compile(r"^(?:\d+(?:\.\d+)?(?:ms|s|m|h))+$")
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)(k|Ki|M|Mi|G|Gi)?$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+MIN_MEMORY = 6 * 2**20
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _UNIT_BYTES = {None: 1, "k": 1000, "Ki": 1024, "M": 10**6, "Mi": 2**20, "G": 10**9, "Gi": 2**30}
 
@@ -57,7 +58,9 @@ def parse_size(value: Any) -> int:
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         return value
     if isinstance(value, str) and (match := _SIZE.match(value)):
-        return int(float(match.group(1)) * _UNIT_BYTES[match.group(2)])
+        size = int(float(match.group(1)) * _UNIT_BYTES[match.group(2)])
+        if size > 0:
+            return size
     raise PydanticCustomError(
         "size", "expected a size in bytes such as 268435456, 256Mi, 1Gi or 300M"
     )
@@ -160,6 +163,16 @@ class Resources(SpecModel):
     cpus: float | None = Field(default=None, gt=0)
     memory: Size | None = None
 
+    @model_validator(mode="after")
+    def _docker_minimum(self) -> Resources:
+        if self.memory is not None and self.memory < MIN_MEMORY:
+            raise PydanticCustomError(
+                "min_memory",
+                "expected at least 6Mi (Docker's smallest memory limit), got {memory} bytes",
+                {"memory": self.memory},
+            )
+        return self
+
 
 class ImageSource(SpecModel):
     """An HTTP service from a Docker image given by name, or built from a folder of the repo."""
@@ -171,11 +184,21 @@ class ImageSource(SpecModel):
     command: list[str] | None = None
 
     @model_validator(mode="after")
-    def _one_source(self) -> ImageSource:
+    def _one_source(self, info: ValidationInfo) -> ImageSource:
         if (self.name is None) == (self.build is None):
             raise PydanticCustomError(
                 "image_source", "expected exactly one of 'name' (an image) or 'build' (a folder)"
             )
+        root: Path | None = (info.context or {}).get("root")
+        if self.build is not None and root is not None:
+            folder = (root / self.build).resolve()
+            dockerfile = (folder / self.dockerfile).resolve()
+            if not dockerfile.is_relative_to(folder) or not dockerfile.is_file():
+                raise PydanticCustomError(
+                    "dockerfile",
+                    "expected a file inside the build folder {folder}, {name} is not one",
+                    {"folder": self.build, "name": self.dockerfile},
+                )
         return self
 
 
