@@ -79,7 +79,7 @@ class RoutingTable:
                         for e in entry.endpoints
                     ],
                     "minHealthy": entry.min_healthy,
-                    "health": _health_json(entry.health),
+                    "health": health_to_json(entry.health),
                 }
                 for name, entry in sorted(self.nodes.items())
             },
@@ -134,7 +134,8 @@ _HEALTH_KEYS = {
 }
 
 
-def _health_json(health: HealthSettings) -> dict[str, Any]:
+def health_to_json(health: HealthSettings) -> dict[str, Any]:
+    """Health settings keyed as the spec writes them (camelCase)."""
     return {key: getattr(health, attr) for key, attr in _HEALTH_KEYS.items()}
 
 

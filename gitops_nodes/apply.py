@@ -26,7 +26,7 @@ from balancer.table import (
     write_table,
 )
 from gitops_nodes.errors import GitopsNodesError, RuntimeFailure
-from gitops_nodes.health import LOOPBACK, probe, settings_from
+from gitops_nodes.health import LOOPBACK, probe
 from gitops_nodes.live import LiveInstance, LiveState
 from gitops_nodes.plan import Plan, PlanStep, Step
 from gitops_nodes.runtime.base import Runtime
@@ -100,7 +100,7 @@ class _Published:
     def settings_for(self, node: str) -> tuple[int, HealthSettings]:
         want = self.desired.nodes.get(node)
         if want is not None:
-            return want.min_healthy, settings_from(want.health_check)
+            return want.min_healthy, want.health
         return self.settings.get(node, (1, HealthSettings()))
 
     def write(self, path_table: StateDir) -> int:
@@ -155,7 +155,8 @@ class Applier:
             while ready or running:
                 while ready and not failed and len(running) < self.options.parallelism:
                     step_id = ready.pop(0)
-                    running[pool.submit(self._run_step, graph.nodes[step_id]["step"])] = step_id
+                    step = self.plan.step_by_id[step_id]
+                    running[pool.submit(self._run_step, step)] = step_id
                 if not running:
                     break
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -219,14 +220,14 @@ class Applier:
 
     def _create(self, step: PlanStep) -> str:
         node = self.desired.nodes[step.node or ""]
-        instance = self.runtime.create_instance(self.project, node, step.index or 0)
-        self.created[(node.name, step.index or 0)] = instance
+        instance = self.runtime.create_instance(self.project, node, step.instance_index or 0)
+        self.created[(node.name, step.instance_index or 0)] = instance
         return f"{instance.name} started, published on {LOOPBACK}:{instance.port}"
 
     def _wait(self, step: PlanStep) -> str:
         node = self.desired.nodes[step.node or ""]
-        instance = self.created[(node.name, step.index or 0)]
-        health = settings_from(node.health_check)
+        instance = self.created[(node.name, step.instance_index or 0)]
+        health = node.health
         try:
             return self._wait_healthy(instance, health)
         except RuntimeFailure:
@@ -278,8 +279,8 @@ class Applier:
                     what = f"alias {step.alias} routes to " + ", ".join(
                         f"{n}={w}" for n, w in alias.routes
                     )
-            elif step.node is not None and step.index is not None:
-                new = self.created[(step.node, step.index)]
+            elif step.node is not None and step.instance_index is not None:
+                new = self.created[(step.node, step.instance_index)]
                 rotation = [
                     e for e in table.rotation.get(step.node, []) if e.instance != step.instance
                 ]

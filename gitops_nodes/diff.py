@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import cached_property
 from typing import Any
 
-from balancer.table import AliasEntry, NodeEntry
+from balancer.table import AliasEntry, NodeEntry, health_to_json
 from gitops_nodes.live import LiveInstance, LiveState
 from gitops_nodes.spec.hashing import InstanceConfig
-from gitops_nodes.spec.models import HealthCheck
 from gitops_nodes.spec.state import BuildRequest, DesiredAlias, DesiredNode, DesiredState
 
 
@@ -50,10 +51,20 @@ class NodeChange:
     name: str
     action: Action
     reason: str
-    fields: tuple[FieldChange, ...]
+    before: Mapping[str, Any]  # the node flattened to dotted fields, as it is and as wanted
+    after: Mapping[str, Any]
     instances: tuple[InstanceChange, ...]
     build: BuildRequest | None
     publish_settings: bool  # its minimum or health check must be (re)published
+
+    @cached_property
+    def fields(self) -> tuple[FieldChange, ...]:
+        """The fields that differ; made on demand, since a large plan is rarely rendered whole."""
+        if self.action is Action.CREATE:
+            return tuple(FieldChange(k, None, v) for k, v in sorted(self.after.items()))
+        if self.action is Action.DELETE:
+            return tuple(FieldChange(k, v, None) for k, v in sorted(self.before.items()))
+        return _field_changes(dict(self.before), dict(self.after))
 
 
 @dataclass(frozen=True)
@@ -131,11 +142,6 @@ def node_fields(
     return fields
 
 
-def health_fields(health: HealthCheck) -> dict[str, Any]:
-    """The health check as published, keyed as in YAML."""
-    return health.model_dump(by_alias=True)
-
-
 def _field_changes(before: dict[str, Any], after: dict[str, Any]) -> tuple[FieldChange, ...]:
     changes = []
     for key in sorted(set(before) | set(after)):
@@ -153,6 +159,8 @@ def _diff_node(
     published: NodeEntry | None,
     live: LiveState,
 ) -> NodeChange | None:
+    if want is not None and _unchanged(want, have, published):
+        return None  # the common case at scale: skip building field lists for nothing
     live_config = _current_config(have)
     alive_count = sum(1 for i in have if i.alive)
     published_health = _published_health(published)
@@ -167,30 +175,28 @@ def _diff_node(
             InstanceChange(i.index, Action.DELETE, i.name, "its node is not in the spec")
             for i in have
         )
-        fields = tuple(FieldChange(k, v, None) for k, v in sorted(before.items()))
         return NodeChange(
             name,
             Action.DELETE,
             "not in the spec",
-            fields,
+            before,
+            {},
             removals,
             None,
             published is not None,
         )
 
-    after = node_fields(
-        want.config, want.instances, want.min_healthy, health_fields(want.health_check)
-    )
+    after = node_fields(want.config, want.instances, want.min_healthy, health_to_json(want.health))
     if not have and published is None:
         creations = tuple(
             InstanceChange(i, Action.CREATE, None, "new node") for i in range(want.instances)
         )
-        fields = tuple(FieldChange(k, None, v) for k, v in sorted(after.items()))
         return NodeChange(
             want.name,
             Action.CREATE,
             "not in the live state",
-            fields,
+            {},
+            after,
             creations,
             _build_needed(want, live),
             True,
@@ -198,8 +204,7 @@ def _diff_node(
 
     instances = _diff_instances(want, have)
     publish_settings = published is None or (
-        published.min_healthy != want.min_healthy
-        or published_health != health_fields(want.health_check)
+        published.min_healthy != want.min_healthy or published.health != want.health
     )
     if not instances and not publish_settings:
         return None
@@ -214,10 +219,26 @@ def _diff_node(
         want.name,
         action,
         reason,
-        _field_changes(before, after),
+        before,
+        after,
         instances,
         _build_needed(want, live) if needs_new else None,
         publish_settings,
+    )
+
+
+def _unchanged(
+    want: DesiredNode, have: tuple[LiveInstance, ...], published: NodeEntry | None
+) -> bool:
+    return (
+        published is not None
+        and published.min_healthy == want.min_healthy
+        and published.health == want.health
+        and len(have) == want.instances
+        and all(
+            i.index == position and i.alive and i.spec_hash == want.spec_hash
+            for position, i in enumerate(have)
+        )
     )
 
 
@@ -268,18 +289,7 @@ def _current_config(have: tuple[LiveInstance, ...]) -> InstanceConfig | None:
 
 
 def _published_health(entry: NodeEntry | None) -> dict[str, Any] | None:
-    if entry is None:
-        return None
-    h = entry.health
-    return {
-        "path": h.path,
-        "port": h.port,
-        "interval": h.interval,
-        "timeout": h.timeout,
-        "healthyThreshold": h.healthy_threshold,
-        "unhealthyThreshold": h.unhealthy_threshold,
-        "startTimeout": h.start_timeout,
-    }
+    return health_to_json(entry.health) if entry is not None else None
 
 
 def _build_needed(want: DesiredNode, live: LiveState) -> BuildRequest | None:

@@ -8,7 +8,9 @@ from dataclasses import dataclass
 
 from balancer.table import HealthSettings
 from gitops_nodes.live import LiveInstance
-from gitops_nodes.spec.models import HealthCheck
+from gitops_nodes.spec.state import settings_from
+
+__all__ = ["LOOPBACK", "Probe", "instance_status", "node_status", "probe", "settings_from"]
 
 LOOPBACK = "127.0.0.1"
 
@@ -20,19 +22,6 @@ class Probe:
     connected: bool
     healthy: bool
     detail: str
-
-
-def settings_from(check: HealthCheck) -> HealthSettings:
-    """The spec's health check in the routing table's terms."""
-    return HealthSettings(
-        path=check.path,
-        port=check.port,
-        interval=check.interval,
-        timeout=check.timeout,
-        healthy_threshold=check.healthy_threshold,
-        unhealthy_threshold=check.unhealthy_threshold,
-        start_timeout=check.start_timeout,
-    )
 
 
 def probe(port: int, health: HealthSettings) -> Probe:

@@ -15,7 +15,7 @@ from typing import Any
 from balancer.table import HealthSettings, TableError, read_table
 from gitops_nodes.apply import Applier, ApplyOptions, ApplyReport, StepResult
 from gitops_nodes.errors import GitopsNodesError, PlanFileError, StalePlan
-from gitops_nodes.health import instance_status, node_status, probe, settings_from
+from gitops_nodes.health import instance_status, node_status, probe
 from gitops_nodes.live import LiveState
 from gitops_nodes.plan import PLAN_FORMAT, Plan, make_plan
 from gitops_nodes.runtime.base import Runtime
@@ -191,7 +191,7 @@ def status(
             return table.nodes[node].min_healthy, table.nodes[node].health
         if desired and node in desired.nodes:
             want = desired.nodes[node]
-            return want.min_healthy, settings_from(want.health_check)
+            return want.min_healthy, want.health
         return 1, HealthSettings()
 
     running = [i for i in live.instances if i.state == "running" and i.port]

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from gitops_nodes.gcpause import gc_paused
 from gitops_nodes.spec.context import build_tag, context_digest
 from gitops_nodes.spec.errors import SpecErrors, SpecProblem
 from gitops_nodes.spec.hashing import InstanceConfig, spec_hash
@@ -101,6 +102,10 @@ class SpecLoader:
 
     def load(self, root: Path) -> DesiredState:
         """The repository's desired state; raises SpecErrors listing every problem found."""
+        with gc_paused():
+            return self._load(root)
+
+    def _load(self, root: Path) -> DesiredState:
         root = root.resolve()
         if not root.is_dir():
             raise SpecErrors(

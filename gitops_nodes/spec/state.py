@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from balancer.table import HealthSettings, health_to_json
 from gitops_nodes.spec.hashing import InstanceConfig, canonical_json
 from gitops_nodes.spec.models import HealthCheck
 
@@ -40,6 +41,30 @@ class DesiredNode:
     health_check: HealthCheck
     build: BuildRequest | None
     source: Source
+    health: HealthSettings = field(init=False, compare=False)
+    digest: str = field(init=False, compare=False)  # of everything plan reads from this node
+
+    def __post_init__(self) -> None:
+        # Computed once per parse (the loader caches nodes), not on every plan.
+        health = settings_from(self.health_check)
+        payload = [self.spec_hash, self.instances, self.min_healthy, health_to_json(health)]
+        object.__setattr__(self, "health", health)
+        object.__setattr__(
+            self, "digest", hashlib.sha256(canonical_json(payload).encode()).hexdigest()
+        )
+
+
+def settings_from(check: HealthCheck) -> HealthSettings:
+    """The spec's health check in the routing table's terms."""
+    return HealthSettings(
+        path=check.path,
+        port=check.port,
+        interval=check.interval,
+        timeout=check.timeout,
+        healthy_threshold=check.healthy_threshold,
+        unhealthy_threshold=check.unhealthy_threshold,
+        start_timeout=check.start_timeout,
+    )
 
 
 @dataclass(frozen=True)
@@ -62,11 +87,9 @@ class DesiredState:
 
     def digest(self) -> str:
         """A digest of everything plan reads from the spec, to notice that it changed."""
-        payload = {
-            "nodes": {
-                name: [n.spec_hash, n.instances, n.min_healthy, n.health_check.model_dump()]
-                for name, n in sorted(self.nodes.items())
-            },
-            "aliases": {name: a.routes for name, a in sorted(self.aliases.items())},
-        }
-        return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
+        digest = hashlib.sha256()
+        for name, node in sorted(self.nodes.items()):
+            digest.update(f"node {name} {node.digest}\n".encode())
+        for name, alias in sorted(self.aliases.items()):
+            digest.update(f"alias {name} {alias.routes!r}\n".encode())
+        return digest.hexdigest()
