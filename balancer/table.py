@@ -58,6 +58,7 @@ class AliasEntry:
     """An alias's nodes with their weights, in the order the spec lists them."""
 
     targets: tuple[tuple[str, int], ...]
+    affinity_header: str | None = None  # requests with equal values stick to one instance
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,10 @@ class RoutingTable:
                 for name, entry in sorted(self.nodes.items())
             },
             "aliases": {
-                name: {"targets": [{"node": n, "weight": w} for n, w in entry.targets]}
+                name: {
+                    "targets": [{"node": n, "weight": w} for n, w in entry.targets],
+                    "affinityHeader": entry.affinity_header,
+                }
                 for name, entry in sorted(self.aliases.items())
             },
         }
@@ -108,7 +112,8 @@ class RoutingTable:
             }
             aliases = {
                 str(name): AliasEntry(
-                    tuple((str(t["node"]), int(t["weight"])) for t in entry["targets"])
+                    tuple((str(t["node"]), int(t["weight"])) for t in entry["targets"]),
+                    _optional_lower(entry.get("affinityHeader")),
                 )
                 for name, entry in data["aliases"].items()
             }
@@ -121,6 +126,10 @@ class RoutingTable:
             raise
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise TableError(f"malformed routing table: {type(exc).__name__}: {exc}") from exc
+
+
+def _optional_lower(value: Any) -> str | None:
+    return str(value).lower() if value else None
 
 
 _HEALTH_KEYS = {

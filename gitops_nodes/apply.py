@@ -31,9 +31,10 @@ from gitops_nodes.live import LiveInstance, LiveState
 from gitops_nodes.plan import Plan, PlanStep, Step
 from gitops_nodes.runtime.base import Runtime
 from gitops_nodes.spec.state import DesiredState
-from gitops_nodes.statedir import StateDir
+from gitops_nodes.statedir import BalancerAck, StateDir, balancer_acks
 
 HEALTH_POLL = 0.1  # seconds between probes while waiting; short so apply is not slowed by it
+DRAIN_POLL = 0.05
 
 
 class Outcome(StrEnum):
@@ -73,7 +74,8 @@ class ApplyOptions:
     """How apply behaves; the defaults suit one Docker host."""
 
     parallelism: int = 4
-    drain_grace: float = 5.0
+    drain_timeout: float = 30.0  # for balancers to finish requests on a removed instance
+    stop_grace: float = 5.0  # for the instance itself to exit after SIGTERM
 
 
 class _Published:
@@ -95,7 +97,10 @@ class _Published:
         for node, instances in live.by_node.items():
             if node not in self.rotation:
                 self.rotation[node] = [_endpoint(i) for i in instances if i.alive and i.port]
-        self.aliases = {name: entry.targets for name, entry in table.aliases.items()}
+        self.aliases: dict[str, AliasEntry] = dict(table.aliases)
+        # The generation that took each instance out of the table: drains wait for it.
+        self.removed_at: dict[str, int] = {}
+        self.written = {e.instance for entry in table.nodes.values() for e in entry.endpoints}
 
     def settings_for(self, node: str) -> tuple[int, HealthSettings]:
         want = self.desired.nodes.get(node)
@@ -109,8 +114,12 @@ class _Published:
             node: NodeEntry(tuple(endpoints), *self.settings.get(node, self.settings_for(node)))
             for node, endpoints in sorted(self.rotation.items())
         }
-        aliases = {name: AliasEntry(targets) for name, targets in sorted(self.aliases.items())}
+        aliases = dict(sorted(self.aliases.items()))
         table = RoutingTable(self.generation, MappingProxyType(nodes), MappingProxyType(aliases))
+        now_written = {e.instance for endpoints in self.rotation.values() for e in endpoints}
+        for instance in self.written - now_written:
+            self.removed_at[instance] = self.generation
+        self.written = now_written
         write_table(path_table.table, table)
         return self.generation
 
@@ -205,10 +214,32 @@ class Applier:
         if step.step is Step.PUBLISH:
             return self._publish(step)
         if step.step is Step.DRAIN:
-            self.runtime.stop_instance(self.project, step.instance or "", self.options.drain_grace)
-            return f"{step.instance} is out of rotation and stopped"
+            return self._drain(step.instance or "")
         self.runtime.remove_instance(self.project, step.instance or "")
         return f"{step.instance} removed"
+
+    def _drain(self, instance: str) -> str:
+        """Wait until every running balancer serves a table without instance and has finished
+        its requests on it, then stop it. Make before break: this is the 'break'."""
+        needed = self.published.removed_at.get(instance, self.published.generation)
+        deadline = time.monotonic() + self.options.drain_timeout
+        waited_on: list[BalancerAck] = []
+        while True:
+            waited_on = [
+                ack
+                for ack in balancer_acks(self.state)
+                if ack.generation < needed or ack.draining.get(instance, 0) > 0
+            ]
+            if not waited_on or time.monotonic() >= deadline:
+                break
+            time.sleep(DRAIN_POLL)  # polling the balancers' reports against a deadline
+        self.runtime.stop_instance(self.project, instance, self.options.stop_grace)
+        if waited_on:
+            return (
+                f"{instance} stopped after {self.options.drain_timeout:g}s with balancers "
+                f"{', '.join(str(a.pid) for a in waited_on)} still using it"
+            )
+        return f"{instance} drained and stopped"
 
     def _build(self, step: PlanStep) -> str:
         request = next(
@@ -275,7 +306,7 @@ class Applier:
                     table.aliases.pop(step.alias, None)
                     what = f"alias {step.alias} dropped"
                 else:
-                    table.aliases[step.alias] = alias.routes
+                    table.aliases[step.alias] = AliasEntry(alias.routes, alias.affinity_header)
                     what = f"alias {step.alias} routes to " + ", ".join(
                         f"{n}={w}" for n, w in alias.routes
                     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -101,6 +102,22 @@ def _parser() -> argparse.ArgumentParser:
     project_options(sub)
     sub.add_argument("--json", action="store_true")
     sub.set_defaults(command=_status)
+
+    sub = command(
+        "serve", "Serve the project's aliases and nodes over HTTP from its published table."
+    )
+    sub.add_argument("path", nargs="?", default=".", type=Path, help="the repo (for its name)")
+    project_options(sub)
+    sub.add_argument("--host", default="127.0.0.1", help="data plane address (127.0.0.1)")
+    sub.add_argument("--port", type=int, default=8080, help="data plane port (8080)")
+    sub.add_argument("--admin-host", default="127.0.0.1", help="control plane address")
+    sub.add_argument("--admin-port", type=int, default=8081, help="/-/status, /-/metrics (8081)")
+    sub.add_argument("--workers", type=int, default=1, help="processes sharing the port")
+    sub.add_argument("--access-log", action="store_true", help="one JSON line per request")
+    sub.add_argument("--connect-timeout", type=float, default=5.0, metavar="SECONDS")
+    sub.add_argument("--read-timeout", type=float, default=60.0, metavar="SECONDS")
+    sub.add_argument("--idle-timeout", type=float, default=60.0, metavar="SECONDS")
+    sub.set_defaults(command=_serve)
 
     sub = command("schema", "Print the JSON Schema of a spec document.")
     sub.set_defaults(command=_schema)
@@ -208,6 +225,29 @@ def _status(args: argparse.Namespace) -> int:
     for name, routes in view.aliases:
         print(f"alias {name} -> " + ", ".join(f"{n}={w}" for n, w in routes))
     return EXIT_OK
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from balancer.proxy import ProxySettings
+    from balancer.server import ServeOptions, run
+
+    _, state = _context(args, args.path)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    options = ServeOptions(args.host, args.port, args.admin_host, args.admin_port)
+    settings = ProxySettings(
+        connect_timeout=args.connect_timeout,
+        read_timeout=args.read_timeout,
+        idle_timeout=args.idle_timeout,
+        access_log=args.access_log,
+    )
+    print(
+        f"Serving {state.table} on http://{args.host}:{args.port} "
+        f"(control plane: http://{args.admin_host}:{args.admin_port}/-/status)",
+        flush=True,
+    )
+    return run(state.table, options, settings, workers=args.workers)
 
 
 def _schema(args: argparse.Namespace) -> int:

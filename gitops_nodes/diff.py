@@ -307,13 +307,19 @@ def _diff_alias(
 ) -> AliasChange | None:
     before = published.targets if published else ()
     after = want.routes if want else ()
+    affinity_before = published.affinity_header if published else None
+    affinity_after = want.affinity_header if want else None
     if want is None:
         field = FieldChange("nodes", _routes_text(before), None)
         return AliasChange(name, Action.DELETE, "not in the spec", (field,), before, after)
     if published is None:
         field = FieldChange("nodes", None, _routes_text(after))
         return AliasChange(name, Action.CREATE, "not published yet", (field,), before, after)
-    if before == after:
+    if before == after and affinity_before == affinity_after:
         return None
-    field = FieldChange("nodes", _routes_text(before), _routes_text(after))
-    return AliasChange(name, Action.UPDATE, "its routes changed", (field,), before, after)
+    fields = []
+    if before != after:
+        fields.append(FieldChange("nodes", _routes_text(before), _routes_text(after)))
+    if affinity_before != affinity_after:
+        fields.append(FieldChange("sessionAffinity.header", affinity_before, affinity_after))
+    return AliasChange(name, Action.UPDATE, "its routes changed", tuple(fields), before, after)

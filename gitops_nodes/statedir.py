@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -69,3 +70,40 @@ class StateDir:
                 handle.seek(0)
                 handle.truncate()
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@dataclass(frozen=True)
+class BalancerAck:
+    """What a running balancer last reported: the table generation it serves, and the
+    removed instances it still has requests in flight on."""
+
+    pid: int
+    generation: int
+    draining: dict[str, int]
+
+
+def balancer_acks(state: StateDir) -> list[BalancerAck]:
+    """The reports of the balancers serving this state directory; stale ones are removed."""
+    folder = state.path / "balancers"
+    acks = []
+    for path in sorted(folder.glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+            ack = BalancerAck(int(data["pid"]), int(data["generation"]), dict(data["draining"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # being replaced right now, or not ours: the next poll reads it
+        if not _alive(ack.pid):
+            path.unlink(missing_ok=True)
+            continue
+        acks.append(ack)
+    return acks
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

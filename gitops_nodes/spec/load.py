@@ -379,6 +379,11 @@ def _assemble(root: Path, results: dict[str, _FileResult]) -> DesiredState:
                     name=document.metadata.name,
                     routes=tuple((r.node, r.weight) for r in document.spec.nodes),
                     source=source,
+                    affinity_header=(
+                        document.spec.session_affinity.header.lower()
+                        if document.spec.session_affinity
+                        else None
+                    ),
                 )
     for alias in aliases.values():
         for position, (node, _) in enumerate(alias.routes):

@@ -246,10 +246,17 @@ class AliasRoute(SpecModel):
     weight: int = Field(default=100, ge=0)
 
 
+class SessionAffinity(SpecModel):
+    """Requests carrying the same value of a header go to the same instance while it serves."""
+
+    header: str = Field(pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+
+
 class AliasSpec(SpecModel):
     """A stable name that routes to nodes by weight."""
 
     nodes: list[AliasRoute] = Field(min_length=1)
+    session_affinity: SessionAffinity | None = None
 
     @model_validator(mode="after")
     def _weights_and_unique_nodes(self) -> AliasSpec:

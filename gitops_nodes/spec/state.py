@@ -74,6 +74,7 @@ class DesiredAlias:
     name: str
     routes: tuple[tuple[str, int], ...]
     source: Source
+    affinity_header: str | None = None  # lowercase
 
 
 @dataclass(frozen=True)
@@ -91,5 +92,5 @@ class DesiredState:
         for name, node in sorted(self.nodes.items()):
             digest.update(f"node {name} {node.digest}\n".encode())
         for name, alias in sorted(self.aliases.items()):
-            digest.update(f"alias {name} {alias.routes!r}\n".encode())
+            digest.update(f"alias {name} {alias.routes!r} {alias.affinity_header}\n".encode())
         return digest.hexdigest()

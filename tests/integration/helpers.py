@@ -54,7 +54,12 @@ def apply(
     on_result: Callable[[StepResult], None] | None = None,
 ) -> workflow.ApplyRun:
     return workflow.apply(
-        load_spec(root), runtime, project, state, ApplyOptions(drain_grace=2), on_result=on_result
+        load_spec(root),
+        runtime,
+        project,
+        state,
+        ApplyOptions(drain_timeout=10, stop_grace=2),
+        on_result=on_result,
     )
 
 

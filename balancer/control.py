@@ -1,0 +1,177 @@
+"""The balancer's control plane: `/-/healthz`, `/-/status` and `/-/metrics` as a Starlette app.
+
+It runs in the data plane's event loop (uvicorn on the admin port) and only reads: the current
+Router once per request, the Backends registry and the Metrics. Everything it shows is built by
+pure functions (`status_document`, `node_status`), testable without HTTP.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from balancer.backends import Backend, BackendKey, Backends
+from balancer.metrics import CONTENT_TYPE, Metrics
+from balancer.routing import Router
+
+# Instance statuses that only a health check (or a passive ejection) sets.
+_CHECKED = frozenset({"Healthy", "Unhealthy"})
+
+
+class ControlSource(Protocol):
+    """What the control plane reads from the running balancer (attributes or properties)."""
+
+    @property
+    def router(self) -> Router: ...
+    @property
+    def backends(self) -> Backends: ...
+    @property
+    def metrics(self) -> Metrics: ...
+    @property
+    def started_at(self) -> float: ...  # time.time() at start
+    @property
+    def reloads(self) -> int: ...
+    @property
+    def last_reload_error(self) -> str | None: ...
+    @property
+    def draining(self) -> bool: ...  # shutting down: finishing in-flight requests
+
+
+def _checked(backend: Backend) -> bool:
+    return backend.checked_at > 0 or backend.status in _CHECKED
+
+
+def node_status(backends: Iterable[Backend], min_healthy: int) -> str:
+    """A node's status from its instances: Created until one of them has been checked, then
+    Healthy when at least min_healthy (and at least one) are Healthy, else Unhealthy."""
+    members = list(backends)
+    if not any(_checked(b) for b in members):
+        return "Created"
+    healthy = sum(1 for b in members if b.healthy)
+    return "Healthy" if healthy >= min_healthy and healthy > 0 else "Unhealthy"
+
+
+def _instance(backend: Backend) -> dict[str, Any]:
+    return {
+        "instance": backend.instance,
+        "address": f"{backend.host}:{backend.port}",
+        "status": backend.status,
+        "inflight": backend.inflight,
+        "lastError": backend.last_error or None,
+    }
+
+
+def status_document(source: ControlSource) -> dict[str, Any]:
+    """The `/-/status` JSON: the table's generation, every alias, node and instance with its
+    status, weight and in-flight count, and the removed instances still draining."""
+    router = source.router  # once: everything below describes this one table
+    table = router.table
+    nodes: list[dict[str, Any]] = []
+    statuses: dict[str, str] = {}
+    for name in sorted(table.nodes):
+        entry = table.nodes[name]
+        route = router.nodes.get(name)
+        members: dict[BackendKey, Backend] = (
+            {b.key: b for b in route.backends} if route is not None else {}
+        )
+        instances: list[dict[str, Any]] = []
+        for endpoint in entry.endpoints:
+            backend = members.get((endpoint.instance, endpoint.host, endpoint.port))
+            if backend is None:  # in the table but never registered: nothing to route to
+                instances.append(
+                    {
+                        "instance": endpoint.instance,
+                        "address": f"{endpoint.host}:{endpoint.port}",
+                        "status": "Undefined",
+                        "inflight": 0,
+                        "lastError": None,
+                    }
+                )
+            else:
+                instances.append(_instance(backend))
+        status = statuses[name] = node_status(members.values(), entry.min_healthy)
+        nodes.append(
+            {
+                "name": name,
+                "status": status,
+                "minHealthy": entry.min_healthy,
+                "instances": instances,
+            }
+        )
+    aliases = [
+        {
+            "name": name,
+            "affinityHeader": table.aliases[name].affinity_header,
+            "nodes": [
+                # A target missing from the table's nodes takes no traffic: Undefined.
+                {"node": node, "weight": weight, "status": statuses.get(node, "Undefined")}
+                for node, weight in table.aliases[name].targets
+            ],
+        }
+        for name in sorted(table.aliases)
+    ]
+    draining = [
+        {"node": b.node, **_instance(b)}
+        for b in sorted(source.backends.draining(), key=lambda b: (b.node, b.instance, b.key))
+    ]
+    return {
+        "generation": router.generation,
+        "reloads": source.reloads,
+        "lastReloadError": source.last_reload_error,
+        "uptimeSeconds": round(max(0.0, time.time() - source.started_at), 3),
+        "aliases": aliases,
+        "nodes": nodes,
+        "draining": draining,
+    }
+
+
+def inflight_by_node(router: Router, backends: Backends) -> dict[str, int]:
+    """Requests in flight per node: every node of the table, plus nodes still draining."""
+    counts = dict.fromkeys(router.nodes, 0)
+    for backend in list(backends.by_key.values()):
+        counts[backend.node] = counts.get(backend.node, 0) + backend.inflight
+    return counts
+
+
+def make_control_app(source: ControlSource) -> Starlette:
+    """The Starlette app serving the control plane's `/-/` endpoints for source."""
+
+    async def healthz(request: Request) -> Response:
+        if source.draining:
+            return JSONResponse({"status": "draining"}, status_code=503)
+        return JSONResponse({"status": "ok"})
+
+    async def status(request: Request) -> Response:
+        return JSONResponse(status_document(source))
+
+    async def metrics(request: Request) -> Response:
+        router = source.router
+        backends = source.backends
+        text = source.metrics.render(lambda: inflight_by_node(router, backends))
+        return Response(text, media_type=CONTENT_TYPE)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)  # the only class it is registered for
+        if exc.status_code == 404:
+            message = f"no such endpoint: {request.url.path}"
+        elif exc.status_code == 405:
+            message = f"method {request.method} not allowed on {request.url.path}"
+        else:
+            message = exc.detail
+        return JSONResponse({"error": message}, status_code=exc.status_code, headers=exc.headers)
+
+    return Starlette(
+        routes=[
+            Route("/-/healthz", healthz, methods=["GET"]),
+            Route("/-/status", status, methods=["GET"]),
+            Route("/-/metrics", metrics, methods=["GET"]),
+        ],
+        exception_handlers={HTTPException: http_error},
+    )

@@ -1,0 +1,214 @@
+"""Request counters and latency histograms per node and alias, in Prometheus text format.
+
+The data plane calls `Metrics.observe` once per proxied request, so it is kept to a bisect on
+precomputed bucket bounds and a few increments on plain lists and dicts: no locks (everything
+runs in one event loop), no label formatting. Requests, errors and histogram counts are derived
+from the per-code and per-bucket counts when `/-/metrics` is rendered, which is rare.
+
+Family names follow the reference platform (DataSphere Inference): `node_requests`,
+`node_http_codes`, `node_request_durations` and the same for aliases.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Callable, Mapping
+
+# Upper bounds (seconds) of the latency histogram's buckets; +Inf is implied.
+BUCKETS: tuple[float, ...] = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+
+# Distinct node (and, separately, alias) names that get their own series. Any client can
+# invent alias names, so past this bound a new name is counted as if it had none.
+MAX_NAMES = 10_000
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+InflightSource = Callable[[], Mapping[str, int]]
+
+_LE = (*(repr(bound) for bound in BUCKETS), "+Inf")
+
+
+def escape_label(value: str) -> str:
+    """A label value escaped for the text exposition format (backslash, quote, newline)."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+class _Series:
+    """The counts behind one node's or one alias's series."""
+
+    __slots__ = ("buckets", "codes", "label", "total")
+
+    def __init__(self, label: str) -> None:
+        self.label = label  # the escaped name, formatted once
+        self.total = 0.0  # sum of durations, seconds
+        self.buckets = [0] * (len(BUCKETS) + 1)  # per bucket, not cumulative; last is +Inf
+        self.codes: dict[int, int] = {}
+
+
+class Metrics:
+    """The balancer's counters: what `/-/metrics` shows. One instance per worker process."""
+
+    def __init__(self, inflight: InflightSource | None = None, max_names: int = MAX_NAMES) -> None:
+        self.inflight = inflight
+        self.max_names = max_names
+        self.nodes: dict[str, _Series] = {}
+        self.aliases: dict[str, _Series] = {}
+        self.unrouted: dict[int, int] = {}  # code -> requests with neither node nor alias
+        self.reloads = 0
+        self.rejected_reloads = 0
+        self.generation = 0
+
+    def observe(self, alias: str | None, node: str | None, code: int, seconds: float) -> None:
+        """Count one finished request: its alias (None when addressed by node), the node that
+        answered it (None when none was reached), its status code and its duration.
+
+        Pass alias=None for an alias that is not in the table (the 404): a name any client can
+        invent should not become a series. Requests with neither count as unrouted.
+        """
+        index = bisect_left(BUCKETS, seconds)
+        if node is not None:
+            series = self.nodes.get(node)
+            if series is None:
+                series = self._add(self.nodes, node)
+            if series is not None:
+                series.total += seconds
+                series.buckets[index] += 1
+                codes = series.codes
+                codes[code] = codes.get(code, 0) + 1
+            else:
+                node = None
+        if alias is not None:
+            series = self.aliases.get(alias)
+            if series is None:
+                series = self._add(self.aliases, alias)
+            if series is not None:
+                series.total += seconds
+                series.buckets[index] += 1
+                codes = series.codes
+                codes[code] = codes.get(code, 0) + 1
+            else:
+                alias = None
+        if node is None and alias is None:
+            unrouted = self.unrouted
+            unrouted[code] = unrouted.get(code, 0) + 1
+
+    def _add(self, table: dict[str, _Series], name: str) -> _Series | None:
+        """A new series for name, or None when there are already max_names of them."""
+        if len(table) >= self.max_names:
+            return None
+        series = table[name] = _Series(escape_label(name))
+        return series
+
+    def reloaded(self, generation: int) -> None:
+        """Count a routing table swapped in, and show its generation."""
+        self.reloads += 1
+        self.generation = generation
+
+    def rejected_reload(self) -> None:
+        """Count a table file that was malformed or partial (the current table kept serving)."""
+        self.rejected_reloads += 1
+
+    def render(self, inflight: InflightSource | None = None) -> str:
+        """Everything in Prometheus text format 0.0.4, families and series in a stable order.
+
+        inflight, or else the one given to the constructor, returns {node: requests in flight}.
+        """
+        out: list[str] = []
+        _render_kind(out, "node", self.nodes)
+        _render_kind(out, "alias", self.aliases)
+        _family(
+            out,
+            "balancer_unrouted_requests_total",
+            "counter",
+            "Requests answered without reaching a node or a known alias (404 and the like).",
+        )
+        for code in sorted(self.unrouted):
+            out.append(f'balancer_unrouted_requests_total{{code="{code}"}} {self.unrouted[code]}')
+        _family(
+            out,
+            "balancer_reloads_total",
+            "counter",
+            "Routing tables swapped in.",
+        )
+        out.append(f"balancer_reloads_total {self.reloads}")
+        _family(
+            out,
+            "balancer_rejected_reloads_total",
+            "counter",
+            "Routing table files rejected as malformed or partial.",
+        )
+        out.append(f"balancer_rejected_reloads_total {self.rejected_reloads}")
+        _family(
+            out,
+            "balancer_table_generation",
+            "gauge",
+            "Generation of the routing table in use.",
+        )
+        out.append(f"balancer_table_generation {self.generation}")
+        _family(
+            out,
+            "balancer_inflight_requests",
+            "gauge",
+            "Requests in flight to each node's instances.",
+        )
+        source = inflight if inflight is not None else self.inflight
+        if source is not None:
+            counts = source()
+            for name in sorted(counts):
+                out.append(
+                    f'balancer_inflight_requests{{node="{escape_label(name)}"}} {counts[name]}'
+                )
+        out.append("")
+        return "\n".join(out)
+
+
+def _family(out: list[str], name: str, kind: str, help_text: str) -> None:
+    out.append(f"# HELP {name} {help_text}")
+    out.append(f"# TYPE {name} {kind}")
+
+
+def _render_kind(out: list[str], kind: str, table: Mapping[str, _Series]) -> None:
+    """The four families of one kind ("node" or "alias"), labelled by that kind."""
+    names = sorted(table)
+    family = f"{kind}_requests"
+    _family(out, family, "counter", f"Requests per {kind}.")
+    for name in names:
+        series = table[name]
+        out.append(f'{family}{{{kind}="{series.label}"}} {sum(series.codes.values())}')
+    family = f"{kind}_http_codes"
+    _family(out, family, "counter", f"Responses per {kind} and HTTP status code.")
+    for name in names:
+        series = table[name]
+        for code in sorted(series.codes):
+            out.append(f'{family}{{{kind}="{series.label}",code="{code}"}} {series.codes[code]}')
+    family = f"{kind}_request_durations"
+    _family(out, family, "histogram", f"Request durations per {kind}, in seconds.")
+    for name in names:
+        series = table[name]
+        cumulative = 0
+        for le, count in zip(_LE, series.buckets, strict=True):
+            cumulative += count
+            out.append(f'{family}_bucket{{{kind}="{series.label}",le="{le}"}} {cumulative}')
+        out.append(f'{family}_sum{{{kind}="{series.label}"}} {series.total!r}')
+        out.append(f'{family}_count{{{kind}="{series.label}"}} {cumulative}')
+    family = f"{kind}_errors"
+    _family(out, family, "counter", f"Responses with a status code of 500 or more per {kind}.")
+    for name in names:
+        series = table[name]
+        errors = sum(count for code, count in series.codes.items() if code >= 500)
+        out.append(f'{family}{{{kind}="{series.label}"}} {errors}')

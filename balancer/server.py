@@ -1,0 +1,313 @@
+"""One balancer process: the data plane, the control plane, health checks and table reloads.
+
+`Balancer.swap()` is the only place a routing table comes in, from the state file (followed
+with watchfiles) or handed over in-process; the new Router replaces the old one in one
+assignment. Signals belong to whoever runs the process (`run()` here, or the watch loop):
+uvicorn serves the control plane without installing handlers of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+import watchfiles
+
+from balancer.backends import Backend, Backends
+from balancer.control import make_control_app
+from balancer.health import HealthChecker
+from balancer.metrics import Metrics
+from balancer.proxy import ClientConnection, Proxy, ProxySettings
+from balancer.routing import Affinity, Router
+from balancer.table import RoutingTable, TableError, read_table
+
+log = logging.getLogger("gitops_nodes.balancer")
+
+SWEEP_INTERVAL = 1.0
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """Where and how one balancer process listens."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 8081
+    reuse_port: bool = False
+    drain_timeout: float = 30.0
+
+
+class Balancer:
+    """The data plane, control plane and health checks of one process, sharing one loop."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        table_file: Path | None = None,
+        settings: ProxySettings | None = None,
+    ) -> None:
+        self.loop = loop
+        self.table_file = table_file
+        self.backends = Backends()
+        self.router = Router(RoutingTable(), self.backends)
+        self.metrics = Metrics(inflight=self._inflight_by_node)
+        self.affinity = Affinity()
+        self.proxy = Proxy(loop, self.router, self.affinity, self.metrics, settings)
+        self.proxy.on_drained = self._drained
+        self.checker = HealthChecker(loop)
+        self.started_at = time.time()
+        self.reloads = 0
+        self.last_reload_error: str | None = None
+        self.draining = False
+        self._servers: list[asyncio.Server] = []
+        self._admin: _EmbeddedServer | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._stop = asyncio.Event()
+
+    # -- routing tables -------------------------------------------------------------------
+
+    def swap(self, table: RoutingTable) -> None:
+        """Serve table from now on; requests in flight finish on what they started with."""
+        added, removed = self.backends.reconcile(table)
+        for backend in added:
+            self.checker.track(backend)
+        for backend in removed:
+            self.checker.untrack(backend)
+        router = Router(table, self.backends)
+        self.router = router
+        self.proxy.router = router  # the swap: one assignment, read once per request
+        self.backends.forget([b for b in removed if b.inflight == 0])
+        self.reloads += 1
+        self.last_reload_error = None
+        self.metrics.reloaded(table.generation)
+        self.write_ack()
+        log.info(
+            "routing table generation %d: %d nodes, %d aliases, %d instances added, %d removed",
+            table.generation,
+            len(table.nodes),
+            len(table.aliases),
+            len(added),
+            len(removed),
+        )
+
+    def reload_file(self) -> bool:
+        """Load the table file; a malformed one is logged and the current table keeps serving."""
+        if self.table_file is None:
+            return False
+        try:
+            table = read_table(self.table_file)
+        except TableError as exc:
+            self.last_reload_error = str(exc)
+            self.metrics.rejected_reload()
+            log.error(
+                "routing table rejected, still serving generation %d: %s",
+                self.router.generation,
+                exc,
+            )
+            return False
+        if table is None:
+            return False
+        if table.generation == self.router.generation and table == self.router.table:
+            return False
+        self.swap(table)
+        return True
+
+    async def follow_file(self) -> None:
+        """Reload whenever the table file is replaced (watchfiles, debounced)."""
+        assert self.table_file is not None
+        folder = self.table_file.parent
+        folder.mkdir(parents=True, exist_ok=True)
+        name = self.table_file.name
+        async for _ in watchfiles.awatch(
+            folder,
+            watch_filter=lambda _change, path: Path(path).name == name,
+            stop_event=self._stop,
+            debounce=50,
+            step=20,
+            recursive=False,
+        ):
+            self.reload_file()
+
+    # -- draining acknowledgements ----------------------------------------------------------
+
+    def _drained(self, backend: Backend) -> None:
+        self.backends.forget([backend])
+        self.write_ack()
+
+    def write_ack(self) -> None:
+        """Tell apply which table generation this process serves and what is still draining."""
+        if self.table_file is None:
+            return
+        folder = self.table_file.parent / "balancers"
+        folder.mkdir(parents=True, exist_ok=True)
+        ack = {
+            "pid": os.getpid(),
+            "generation": self.router.generation,
+            "draining": {b.instance: b.inflight for b in self.backends.draining()},
+        }
+        fd, temp = tempfile.mkstemp(prefix=".ack.", dir=folder)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(ack, handle)
+        os.replace(temp, folder / f"{os.getpid()}.json")
+
+    def _remove_ack(self) -> None:
+        if self.table_file is not None:
+            with contextlib.suppress(FileNotFoundError):
+                (self.table_file.parent / "balancers" / f"{os.getpid()}.json").unlink()
+
+    def _inflight_by_node(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for backend in self.backends.by_key.values():
+            counts[backend.node] = counts.get(backend.node, 0) + backend.inflight
+        return counts
+
+    # -- serving --------------------------------------------------------------------------
+
+    async def start(self, options: ServeOptions) -> None:
+        """Listen on the data and admin ports and start checks, reloads and the sweeper."""
+        if self.table_file is not None:
+            self.reload_file()
+            self._tasks.append(self.loop.create_task(self.follow_file()))
+        server = await self.loop.create_server(
+            lambda: ClientConnection(self.proxy),
+            options.host,
+            options.port,
+            reuse_port=options.reuse_port or None,
+            backlog=4096,
+        )
+        self._servers.append(server)
+        config = uvicorn.Config(
+            make_control_app(self),
+            log_level="warning",
+            lifespan="off",
+            access_log=False,
+        )
+        self._admin = _EmbeddedServer(config)
+        admin_socket = _bind(options.admin_host, options.admin_port, options.reuse_port)
+        self._tasks.append(self.loop.create_task(self._admin.serve(sockets=[admin_socket])))
+        self._tasks.append(self.loop.create_task(self._sweep()))
+
+    def ports(self) -> list[int]:
+        return [s.sockets[0].getsockname()[1] for s in self._servers if s.sockets]
+
+    async def _sweep(self) -> None:
+        while not self._stop.is_set():
+            self.proxy.sweep()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), SWEEP_INTERVAL)
+
+    def stop(self) -> None:
+        """Begin a graceful shutdown (safe to call from a signal handler)."""
+        self._stop.set()
+
+    async def serve_until_stopped(self, options: ServeOptions) -> None:
+        await self.start(options)
+        await self._stop.wait()
+        await self.shutdown(options.drain_timeout)
+
+    async def shutdown(self, drain_timeout: float) -> None:
+        """Stop accepting, let in-flight requests finish (up to drain_timeout), then close."""
+        self._stop.set()
+        self.draining = True
+        for server in self._servers:
+            server.close()
+        self.proxy.close_idle_clients()
+        deadline = self.loop.time() + drain_timeout
+        while self.proxy.inflight() and self.loop.time() < deadline:
+            await asyncio.sleep(0.05)  # polling in-flight counts against a deadline
+            self.proxy.close_idle_clients()
+        for client in list(self.proxy.clients):
+            client.close()
+        if self._admin is not None:
+            self._admin.should_exit = True
+        self.checker.close()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(task, 5)
+        self._remove_ack()
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn without its signal handlers: the process's owner decides about signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _bind(host: str, port: int, reuse_port: bool) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(512)
+    sock.setblocking(False)
+    return sock
+
+
+def new_loop() -> asyncio.AbstractEventLoop:
+    """uvloop when it is installed (the data plane was measured on it), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop
+
+
+def run(table_file: Path, options: ServeOptions, settings: ProxySettings, workers: int = 1) -> int:
+    """Serve until SIGTERM or SIGINT; with workers > 1, that many processes share the port."""
+    if workers <= 1:
+        return _run_one(table_file, options, settings)
+    options = ServeOptions(**{**options.__dict__, "reuse_port": True})
+    children = []
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            code = 1
+            try:
+                code = _run_one(table_file, options, settings)
+            finally:
+                os._exit(code)
+        children.append(pid)
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    code = 0
+    for child in children:
+        _, status = os.waitpid(child, 0)
+        code = code or os.waitstatus_to_exitcode(status)
+    return code
+
+
+def _run_one(table_file: Path, options: ServeOptions, settings: ProxySettings) -> int:
+    loop = new_loop()
+    asyncio.set_event_loop(loop)
+    balancer = Balancer(loop, table_file, settings)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, balancer.stop)
+    try:
+        loop.run_until_complete(balancer.serve_until_stopped(options))
+    finally:
+        loop.close()
+    return 0
