@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Callable
 from typing import cast
 
 from balancer.backends import Backend
@@ -159,8 +160,13 @@ async def check_once(host: str, port: int, settings: HealthSettings) -> Result:
 class HealthChecker:
     """Checks every tracked Backend every `settings.interval` seconds and sets its status."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        on_change: Callable[[Backend], None] | None = None,
+    ) -> None:
         self.loop = loop
+        self.on_change = on_change  # told when a backend enters or leaves balancing
         self.closed = False
         self._tasks: dict[Backend, asyncio.Task[None]] = {}
 
@@ -227,6 +233,8 @@ class HealthChecker:
             # Ejected while this check was in flight: its pass predates the ejection.
             if not (passed and was_healthy and not backend.healthy):
                 record(backend, passed, connected, detail, now - began)
+            if backend.healthy != was_healthy and self.on_change is not None:
+                self.on_change(backend)
             # Start to start, so a slow check does not stretch the interval; no catching up.
             delay = backend.settings.interval - (loop.time() - started)
             await asyncio.sleep(max(delay, 0.0))

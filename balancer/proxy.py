@@ -207,6 +207,9 @@ class ClientConnection(asyncio.Protocol):
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.parsing: Request | None = None  # whose body the parser is reading
+        # A request whose head arrived in this read: started once the read is parsed, so its
+        # head and whatever body came with it go upstream in one write.
+        self.starting: Request | None = None
         self.active: Request | None = None  # whose response is being written
         self.queue: deque[Request] = deque()
         self.last_active = proxy.loop.time()
@@ -231,6 +234,11 @@ class ClientConnection(asyncio.Protocol):
             if self.parsing is not None and self.parsing.local is not None:
                 return  # already answering this request (e.g. 413) and closing
             self.refuse(400, f"malformed request: {exc}")
+        else:
+            request = self.starting
+            if request is not None:
+                self.starting = None
+                self.start(request)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -273,8 +281,8 @@ class ClientConnection(asyncio.Protocol):
         request.client = self
         self.parsing = request
         self.prepare(request)
-        if self.active is None:
-            self.start(request)
+        if self.active is None and self.starting is None:
+            self.starting = request
         else:
             self.queue.append(request)  # pipelined: answered in order
             self.pause()
@@ -665,6 +673,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.code = 0
         self.chunk_out = False
         self.until_close = False
+        self.out: list[bytes] = []  # response bytes for the client, written once per read
         self.deadline_from = 0.0
         self.connecting_since = 0.0
         self.idle_since = 0.0
@@ -741,7 +750,19 @@ class UpstreamConnection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
+            self.out.clear()
             self.fail(f"malformed response from {self.backend.instance}: {exc}")
+            return
+        if self.out:
+            self.flush()
+
+    def flush(self) -> None:
+        out = self.out
+        request = self.request
+        client = _client_of(self.proxy, request) if request is not None else None
+        if client is not None:
+            client.transport.write(out[0] if len(out) == 1 else b"".join(out))
+        out.clear()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -824,7 +845,7 @@ class UpstreamConnection(asyncio.Protocol):
         elif request.version == "1.0":
             lines.append(b"connection: keep-alive\r\n")
         lines.append(b"\r\n")
-        client.transport.write(b"".join(lines))
+        self.out.append(b"".join(lines))
         if request.method == b"HEAD":
             # The parser cannot know this answers a HEAD and would wait for a body.
             keep = self.parser.should_keep_alive()
@@ -835,13 +856,7 @@ class UpstreamConnection(asyncio.Protocol):
         request = self.request
         if request is None or request.method == b"HEAD":
             return
-        client = _client_of(self.proxy, request)
-        if client is None:
-            return
-        if self.chunk_out:
-            client.transport.write(b"%x\r\n%s\r\n" % (len(body), body))
-        else:
-            client.transport.write(body)
+        self.out.append(b"%x\r\n%s\r\n" % (len(body), body) if self.chunk_out else body)
 
     def on_message_complete(self) -> None:
         if self.informational:
@@ -851,15 +866,16 @@ class UpstreamConnection(asyncio.Protocol):
         if request is None or request.method == b"HEAD":
             return
         keep = not self.until_close and self.parser.should_keep_alive()
-        client = _client_of(self.proxy, request)
-        if client is not None and self.chunk_out:
-            client.transport.write(b"0\r\n\r\n")
+        if self.chunk_out:
+            self.out.append(b"0\r\n\r\n")
         self.complete(keep)
 
     # -- ending ---------------------------------------------------------------------------
 
     def complete(self, keep_alive: bool) -> None:
         """The response is written: give the connection back, and the client its turn."""
+        if self.out:
+            self.flush()
         request = self.request
         self.request = None
         backend = self.backend

@@ -67,7 +67,7 @@ class Balancer:
         self.affinity = Affinity()
         self.proxy = Proxy(loop, self.router, self.affinity, self.metrics, settings)
         self.proxy.on_drained = self._drained
-        self.checker = HealthChecker(loop)
+        self.checker = HealthChecker(loop, on_change=lambda _backend: self.write_ack())
         self.started_at = time.time()
         self.reloads = 0
         self.last_reload_error: str | None = None
@@ -149,14 +149,15 @@ class Balancer:
 
     def write_ack(self) -> None:
         """Tell apply which table generation this process serves and what is still draining."""
-        if self.table_file is None:
-            return
+        if self.table_file is None or not self._servers:
+            return  # not listening yet: start() reports once it is
         folder = self.table_file.parent / "balancers"
         folder.mkdir(parents=True, exist_ok=True)
         ack = {
             "pid": os.getpid(),
             "generation": self.router.generation,
             "draining": {b.instance: b.inflight for b in self.backends.draining()},
+            "healthy": sorted(b.instance for b in self.backends.by_key.values() if b.healthy),
         }
         fd, temp = tempfile.mkstemp(prefix=".ack.", dir=folder)
         with os.fdopen(fd, "w") as handle:
@@ -199,6 +200,7 @@ class Balancer:
         admin_socket = _bind(options.admin_host, options.admin_port, options.reuse_port)
         self._tasks.append(self.loop.create_task(self._admin.serve(sockets=[admin_socket])))
         self._tasks.append(self.loop.create_task(self._sweep()))
+        self.write_ack()
 
     def ports(self) -> list[int]:
         return [s.sockets[0].getsockname()[1] for s in self._servers if s.sockets]

@@ -218,6 +218,45 @@ class Applier:
         self.runtime.remove_instance(self.project, step.instance or "")
         return f"{step.instance} removed"
 
+    def _await_node(self, node: str) -> str:
+        """Wait until every running balancer counts enough of node's instances Healthy to
+        serve it, so moving an alias onto it never meets a balancer that has not checked
+        them yet; called with the table lock held."""
+        instances = {e.instance for e in self.published.rotation.get(node, [])}
+        want = self.desired.nodes[node]
+        needed = min(max(1, want.min_healthy), len(instances))
+        deadline = time.monotonic() + want.health.start_timeout
+        while True:
+            behind = [
+                ack
+                for ack in balancer_acks(self.state)
+                if ack.generation < self.published.generation
+                or len(instances & ack.healthy) < needed
+            ]
+            if not behind:
+                return ""
+            if time.monotonic() >= deadline:
+                pids = ", ".join(str(a.pid) for a in behind)
+                return f" (balancers {pids} did not report {node} Healthy in time)"
+            time.sleep(DRAIN_POLL)  # polling the balancers' reports against a deadline
+
+    def _await_balancers(self, instance: str, generation: int, node: str) -> str:
+        """Wait (within the node's start timeout) until every running balancer serves
+        generation and counts instance Healthy; called with the table lock held."""
+        deadline = time.monotonic() + self.desired.nodes[node].health.start_timeout
+        while True:
+            behind = [
+                ack
+                for ack in balancer_acks(self.state)
+                if ack.generation < generation or instance not in ack.healthy
+            ]
+            if not behind:
+                return ""
+            if time.monotonic() >= deadline:
+                pids = ", ".join(str(a.pid) for a in behind)
+                return f" (balancers {pids} did not report it Healthy in time)"
+            time.sleep(DRAIN_POLL)  # polling the balancers' reports against a deadline
+
     def _drain(self, instance: str) -> str:
         """Wait until every running balancer serves a table without instance and has finished
         its requests on it, then stop it. Make before break: this is the 'break'."""
@@ -306,20 +345,33 @@ class Applier:
                     table.aliases.pop(step.alias, None)
                     what = f"alias {step.alias} dropped"
                 else:
+                    before = table.aliases.get(step.alias)
+                    serving = {n for n, w in before.targets if w > 0} if before else set()
+                    waits = "".join(
+                        self._await_node(node)
+                        for node, weight in alias.routes
+                        if weight > 0 and node not in serving
+                    )
                     table.aliases[step.alias] = AliasEntry(alias.routes, alias.affinity_header)
                     what = f"alias {step.alias} routes to " + ", ".join(
                         f"{n}={w}" for n, w in alias.routes
                     )
+                    what += waits
             elif step.node is not None and step.instance_index is not None:
                 new = self.created[(step.node, step.instance_index)]
-                rotation = [
-                    e for e in table.rotation.get(step.node, []) if e.instance != step.instance
-                ]
+                rotation = table.rotation.get(step.node, [])
                 table.rotation[step.node] = [*rotation, _endpoint(new)]
                 table.settings[step.node] = table.settings_for(step.node)
-                what = f"{new.name} in rotation" + (
-                    f", {step.instance} out" if step.instance else ""
-                )
+                what = f"{new.name} in rotation"
+                if step.instance:
+                    # Make before break at the balancers too: the old instance leaves only
+                    # once every balancer has seen the new one pass a check.
+                    generation = table.write(self.state)
+                    what += self._await_balancers(new.name, generation, step.node)
+                    table.rotation[step.node] = [
+                        e for e in table.rotation[step.node] if e.instance != step.instance
+                    ]
+                    what += f", {step.instance} out"
             elif step.node is not None and step.instance is not None:
                 table.rotation[step.node] = [
                     e for e in table.rotation.get(step.node, []) if e.instance != step.instance

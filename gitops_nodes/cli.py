@@ -232,9 +232,7 @@ def _serve(args: argparse.Namespace) -> int:
     from balancer.server import ServeOptions, run
 
     _, state = _context(args, args.path)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     options = ServeOptions(args.host, args.port, args.admin_host, args.admin_port)
     settings = ProxySettings(
         connect_timeout=args.connect_timeout,

@@ -80,6 +80,7 @@ class BalancerAck:
     pid: int
     generation: int
     draining: dict[str, int]
+    healthy: frozenset[str] = frozenset()
 
 
 def balancer_acks(state: StateDir) -> list[BalancerAck]:
@@ -89,7 +90,12 @@ def balancer_acks(state: StateDir) -> list[BalancerAck]:
     for path in sorted(folder.glob("*.json")):
         try:
             data = json.loads(path.read_text())
-            ack = BalancerAck(int(data["pid"]), int(data["generation"]), dict(data["draining"]))
+            ack = BalancerAck(
+                int(data["pid"]),
+                int(data["generation"]),
+                dict(data["draining"]),
+                frozenset(data.get("healthy", ())),
+            )
         except (OSError, ValueError, KeyError, TypeError):
             continue  # being replaced right now, or not ours: the next poll reads it
         if not _alive(ack.pid):
