@@ -339,6 +339,7 @@ class ClientConnection(asyncio.Protocol):
         forwarded_proto = b""
         request_id = b""
         kept: list[bytes] = []
+        connection = b""
         affinity_header: bytes | None = None
         for name, value in self.headers:
             lower = name.lower()
@@ -358,9 +359,13 @@ class ClientConnection(asyncio.Protocol):
                 request_id = value
             elif lower == b"expect":
                 request.expect_continue = value.lower() == b"100-continue"
+            elif lower == b"connection":
+                connection = value
             if lower in HOP_BY_HOP or lower in REWRITTEN:
                 continue
             kept.append(b"%s: %s\r\n" % (name, value))
+        if connection:
+            kept = without_connection_tokens(kept, connection)
         request.request_id = request_id or proxy.request_id()
 
         path = request.target
@@ -616,6 +621,17 @@ class ClientConnection(asyncio.Protocol):
             self.transport.close()
 
 
+PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b""})
+
+
+def without_connection_tokens(lines: list[bytes], connection: bytes) -> list[bytes]:
+    """Drop the header lines that the Connection header names: they are hop-by-hop too."""
+    tokens = {token.strip().lower() for token in connection.split(b",")} - PLAIN_CONNECTION
+    if not tokens:
+        return lines
+    return [line for line in lines if line.split(b":", 1)[0].strip().lower() not in tokens]
+
+
 def split_target(target: bytes) -> tuple[bytes, str | None, str | None]:
     """(path to forward, alias, node) from /aliases/<alias>/<path> or /nodes/<node>/<path>."""
     if target.startswith(b"/aliases/"):
@@ -709,6 +725,9 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
+        if self.closed:  # its exchange was dropped while connecting
+            transport.close()
+            return
         self.proxy.upstreams.add(self)
 
     def usable(self) -> bool:
@@ -819,17 +838,22 @@ class UpstreamConnection(asyncio.Protocol):
             return
         has_length = False
         chunked = False
+        connection = b""
         lines = [b"HTTP/1.1 %d %s\r\n" % (code, self.reason or b"-")]
         for name, value in self.headers:
             lower = name.lower()
             if lower == b"transfer-encoding":
                 chunked = True
                 continue
+            if lower == b"connection":
+                connection = value
             if lower in HOP_BY_HOP or lower == b"x-request-id":
                 continue
             if lower == b"content-length":
                 has_length = True
             lines.append(b"%s: %s\r\n" % (name, value))
+        if connection:
+            lines = without_connection_tokens(lines, connection)
         lines.append(b"x-request-id: %s\r\n" % request.request_id)
         no_body = request.method == b"HEAD" or code in (204, 304)
         self.chunk_out = False

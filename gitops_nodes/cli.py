@@ -84,6 +84,13 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("path", nargs="?", default=".", type=Path, help="a repo folder or a plan")
     project_options(sub)
     sub.add_argument("--parallelism", type=int, default=4, help="steps run at once (default 4)")
+    sub.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="longest wait for balancers to finish requests on a removed instance (30)",
+    )
     sub.set_defaults(command=_apply)
 
     sub = command("destroy", "Remove everything the project owns, and nothing else.")
@@ -177,7 +184,7 @@ def _apply(args: argparse.Namespace) -> int:
         _runtime(),
         project,
         state,
-        ApplyOptions(parallelism=args.parallelism),
+        ApplyOptions(parallelism=args.parallelism, drain_timeout=args.drain_timeout),
         on_plan=_print_plan,
         on_result=_print_result,
         saved=saved,

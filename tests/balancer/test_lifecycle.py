@@ -1,0 +1,159 @@
+"""Connection and instance lifecycles: draining removed instances, graceful shutdown,
+pipelining, HTTP/1.0 clients, backpressure, and clients that leave while connecting."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import threading
+import time
+
+import pytest
+
+from tests.balancer.backend import CHUNKS
+from tests.balancer.conftest import HOST, Reply, alias, node, wait_until
+
+
+def test_removed_instance_finishes_its_requests_and_drains(balancer, start_backend):
+    a1, a2 = start_backend("a1"), start_backend("a2")
+    balancer.publish({"a": node(a1)}, {"w": alias(("a", 1))})
+    balancer.wait_status({"a1": "Healthy"})
+    slow: list[Reply] = []
+    worker = threading.Thread(
+        target=lambda: slow.append(balancer.get("/aliases/w/slow?ms=1000")), daemon=True
+    )
+    worker.start()
+    try:
+        wait_until(lambda: balancer.inflight() == 1, "the slow request to be in flight")
+        balancer.publish({"a": node(a2)}, {"w": alias(("a", 1))})
+        draining = balancer.status()["draining"]
+        assert [(d["instance"], d["status"], d["inflight"]) for d in draining] == [
+            ("a1", "Deleting", 1)
+        ]
+        balancer.wait_status({"a2": "Healthy"})
+        reply = balancer.get("/aliases/w/x")
+        assert reply.status == 200 and reply.backend == "a2"
+    finally:
+        worker.join(timeout=10)
+    assert slow and slow[0].status == 200 and slow[0].backend == "a1"
+    wait_until(lambda: balancer.status()["draining"] == [], "a1 to be drained")
+    acks = list((balancer.table_file.parent / "balancers").glob("*.json"))
+    assert len(acks) == 1
+    ack = json.loads(acks[0].read_text())
+    assert ack["generation"] == 2 and ack["draining"] == {}
+
+
+def test_graceful_shutdown_finishes_in_flight_requests(balancer, start_backend):
+    a1 = start_backend("a1")
+    balancer.publish({"a": node(a1)})
+    balancer.wait_status({"a1": "Healthy"})
+    slow: list[Reply] = []
+    worker = threading.Thread(
+        target=lambda: slow.append(balancer.get("/nodes/a/slow?ms=800")), daemon=True
+    )
+    worker.start()
+    wait_until(lambda: balancer.inflight() == 1, "the slow request to be in flight")
+    port = balancer.port
+    balancer.stop(drain_timeout=5.0)
+    worker.join(timeout=10)
+    assert slow and slow[0].status == 200 and slow[0].backend == "a1"
+    with pytest.raises(OSError):
+        socket.create_connection((HOST, port), timeout=1).close()
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    data = b""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+    raise AssertionError(f"the connection stayed open after {data!r}")
+
+
+def test_pipelined_requests_are_answered_in_order(balancer, start_backend):
+    a1 = start_backend("a1")
+    balancer.publish({"a": node(a1)}, {"w": alias(("a", 1))})
+    balancer.wait_status({"a1": "Healthy"})
+    with socket.create_connection((HOST, balancer.port), timeout=5) as sock:
+        sock.sendall(
+            b"GET /aliases/w/slow?ms=200 HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET /aliases/nope/x HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET /aliases/w/third HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        data = read_until_closed(sock)
+    statuses = [int(code) for code in re.findall(rb"HTTP/1\.1 (\d{3}) ", data)]
+    assert statuses == [200, 404, 200]
+    assert data.index(b'"/slow"') < data.index(b"no alias 'nope'") < data.index(b'"/third"')
+
+
+def test_http_1_0_client_gets_an_unframed_chunked_response(balancer, start_backend):
+    a1 = start_backend("a1")
+    balancer.publish({"a": node(a1)})
+    balancer.wait_status({"a1": "Healthy"})
+    with socket.create_connection((HOST, balancer.port), timeout=5) as sock:
+        sock.sendall(b"GET /nodes/a/chunked HTTP/1.0\r\nHost: x\r\n\r\n")
+        data = read_until_closed(sock)
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert b"transfer-encoding" not in head.lower()
+    assert body == b"".join(CHUNKS)
+
+
+def test_a_slow_client_does_not_make_the_balancer_buffer_the_response(balancer, start_backend):
+    a1 = start_backend("a1")
+    balancer.publish({"a": node(a1)})
+    balancer.wait_status({"a1": "Healthy"})
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        sock.settimeout(5)
+        sock.connect((HOST, balancer.port))
+        sock.sendall(b"GET /nodes/a/big?mb=200 HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert sock.recv(65536)
+        # The client reads no more: the backend must soon be held back (bounded polling).
+        samples: list[int] = []
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            samples.append(a1.get("/-/stats").json()["sentMiB"])
+            if len(samples) >= 4 and samples[-1] == samples[-4]:
+                break
+            time.sleep(0.1)
+        assert samples[-1] == samples[-4], samples
+        assert samples[-1] <= 48, f"{samples[-1]} MiB of 200 sent to a client that reads nothing"
+    finally:
+        sock.close()
+    wait_until(lambda: balancer.inflight() == 0, "in-flight count back to 0")
+
+
+def test_client_leaving_while_connecting_leaks_no_upstream_connection(balancer, start_backend):
+    checker = start_backend("checker")
+    # The instance: a real listening socket with a full accept queue, so the balancer's
+    # connect waits for a SYN retransmission; its health is checked on checker's port.
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind((HOST, 0))
+    listener.listen(0)
+    filler = socket.create_connection(listener.getsockname(), timeout=2)
+    try:
+        slow_instance = type(checker)("slow", listener.getsockname()[1], checker.proc)
+        balancer.publish({"a": node(slow_instance, port=checker.port)})
+        balancer.wait_status({"slow": "Healthy"})
+        with socket.create_connection((HOST, balancer.port), timeout=5) as client:
+            client.sendall(b"GET /nodes/a/x HTTP/1.1\r\nHost: x\r\n\r\n")
+            wait_until(lambda: balancer.inflight() == 1, "the request to be connecting")
+        wait_until(lambda: balancer.inflight() == 0, "the request to be released")
+        listener.settimeout(8)
+        listener.accept()[0].close()  # the filler: makes room in the accept queue
+        upstream, _ = listener.accept()  # the balancer's connection, once its SYN is retried
+        with upstream:
+            upstream.settimeout(3)
+            try:
+                leftover = upstream.recv(1024)
+            except TimeoutError:
+                leftover = None
+        assert leftover == b"", "the balancer kept an upstream connection nobody uses"
+    finally:
+        filler.close()
+        listener.close()
