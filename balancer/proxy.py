@@ -19,6 +19,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -261,10 +262,6 @@ class ClientConnection(asyncio.Protocol):
 
     # -- httptools callbacks --------------------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        self.url = b""
-        self.headers = []
-
     def on_url(self, url: bytes) -> None:
         self.url += url
 
@@ -281,6 +278,8 @@ class ClientConnection(asyncio.Protocol):
         request.client = self
         self.parsing = request
         self.prepare(request)
+        self.url = b""  # ready for the next message (cheaper than an on_message_begin)
+        self.headers = []
         if self.active is None and self.starting is None:
             self.starting = request
         else:
@@ -497,7 +496,7 @@ class ClientConnection(asyncio.Protocol):
         idle = backend.idle
         while idle:
             upstream = idle.pop()
-            if upstream.usable():
+            if not upstream.closed:
                 upstream.begin(request, reused=True)
                 return
         proxy = self.proxy
@@ -541,9 +540,6 @@ class ClientConnection(asyncio.Protocol):
         node = request.node.name if request.node else None
         self.done(request, self._status_of(request.local), node)
 
-    def response_done(self, request: Request, code: int) -> None:
-        self.done(request, code, request.node.name if request.node else None)
-
     def done(self, request: Request, code: int, node: str | None) -> None:
         proxy = self.proxy
         elapsed = proxy.loop.time() - request.started
@@ -566,7 +562,7 @@ class ClientConnection(asyncio.Protocol):
                 )
             )
         self.active = None
-        self.last_active = proxy.loop.time()
+        self.last_active = request.started + elapsed
         if self.closed:
             return
         if not request.keep_alive or not request.complete:
@@ -574,7 +570,7 @@ class ClientConnection(asyncio.Protocol):
             return
         if self.queue:
             self.start(self.queue.popleft())
-        if not self.queue:
+        if self.paused and not self.queue:
             self.resume()
 
     def body_too_large(self, request: Request) -> None:
@@ -622,6 +618,30 @@ class ClientConnection(asyncio.Protocol):
 
 
 PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b""})
+_HOP_NAMES = b"|".join(sorted(HOP_BY_HOP | {b"x-request-id"}))
+HOP_SEARCH = re.compile(rb"\r\n(?:" + _HOP_NAMES + rb")[ \t]*:")
+_HOP_LINES = re.compile(rb"\r\n(?:" + _HOP_NAMES + rb")[ \t]*:[^\r\n]*", re.IGNORECASE)
+_CONNECTION_VALUE = re.compile(rb"\r\nconnection[ \t]*:([^\r\n]*)")
+
+
+def strip_hop_by_hop(block: bytes, lower: bytes) -> bytes:
+    """A response head block without its hop-by-hop header lines (and x-request-id, which
+    the balancer sets), including the headers its Connection header names."""
+    named = _CONNECTION_VALUE.search(lower)
+    block = _HOP_LINES.sub(b"", block)
+    if named is None:
+        return block
+    value = named.group(1).strip()
+    if value in PLAIN_CONNECTION:  # "keep-alive", the usual case
+        return block
+    tokens = {t.strip() for t in value.split(b",")} - PLAIN_CONNECTION
+    if not tokens:
+        return block
+    lines = block.split(b"\r\n")
+    kept = [lines[0]] + [
+        line for line in lines[1:] if line.split(b":", 1)[0].strip().lower() not in tokens
+    ]
+    return b"\r\n".join(kept)
 
 
 def without_connection_tokens(lines: list[bytes], connection: bytes) -> list[bytes]:
@@ -632,8 +652,25 @@ def without_connection_tokens(lines: list[bytes], connection: bytes) -> list[byt
     return [line for line in lines if line.split(b":", 1)[0].strip().lower() not in tokens]
 
 
+_TARGETS: dict[bytes, tuple[bytes, str | None, str | None]] = {}
+_TARGETS_LIMIT = 4096
+
+
 def split_target(target: bytes) -> tuple[bytes, str | None, str | None]:
-    """(path to forward, alias, node) from /aliases/<alias>/<path> or /nodes/<node>/<path>."""
+    """(path to forward, alias, node) from /aliases/<alias>/<path> or /nodes/<node>/<path>.
+
+    Clients call the same few URLs over and over, so answers are remembered (boundedly).
+    """
+    found = _TARGETS.get(target)
+    if found is None:
+        found = _split_target(target)
+        if len(_TARGETS) >= _TARGETS_LIMIT:
+            _TARGETS.clear()
+        _TARGETS[target] = found
+    return found
+
+
+def _split_target(target: bytes) -> tuple[bytes, str | None, str | None]:
     if target.startswith(b"/aliases/"):
         rest = target[9:]
         kind = "alias"
@@ -684,8 +721,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.reused = False
         self.closed = False
         self.paused = False
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.reason = b""
+        self.raw = b""  # the response's bytes until its head is complete
         self.code = 0
         self.chunk_out = False
         self.until_close = False
@@ -740,7 +776,8 @@ class UpstreamConnection(asyncio.Protocol):
         request.upstream = self
         self.reused = reused
         self.response_started = False
-        self.deadline_from = self.proxy.loop.time()
+        self.raw = b""
+        self.deadline_from = now = self.proxy.loop.time()
         held = request.held
         if held:
             self.transport.write(request.head + b"".join(held))
@@ -752,7 +789,8 @@ class UpstreamConnection(asyncio.Protocol):
         else:
             self.transport.write(request.head)
         if request.complete:
-            self.request_sent()
+            self.sending = None  # request_sent(), inlined: this is the common case
+            self.deadline_from = now
 
     def write(self, data: bytes) -> None:
         if not self.closed:
@@ -766,6 +804,8 @@ class UpstreamConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.deadline_from = self.proxy.loop.time()
+        if not self.response_started:
+            self.raw = self.raw + data if self.raw else data
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -810,24 +850,23 @@ class UpstreamConnection(asyncio.Protocol):
         if client is not None:
             client.resume()
 
-    # -- httptools callbacks --------------------------------------------------------------
-
-    def on_message_begin(self) -> None:
-        self.headers = []
-        self.reason = b""
-
-    def on_status(self, status: bytes) -> None:
-        self.reason += status
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
+    # -- httptools callbacks (no per-header ones: the head is rewritten from its raw bytes) --
 
     def on_headers_complete(self) -> None:
         request = self.request
         code = self.parser.get_status_code()
+        raw = self.raw
+        end = raw.find(b"\r\n\r\n")
+        block = raw[:end]  # the status line and the header lines, CRLF-separated
+        self.raw = raw[end + 4 :]
+        if end < 0:  # bare LF line ends, which the parser tolerates
+            end = raw.find(b"\n\n")
+            block = raw[:end].replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+            self.raw = raw[end + 2 :]
         if 100 <= code < 200:
             self.informational = True  # 100 Continue and hints: ours to absorb
             return
+        self.raw = b""
         self.informational = False
         self.code = code
         self.response_started = True
@@ -836,25 +875,14 @@ class UpstreamConnection(asyncio.Protocol):
         client = _client_of(self.proxy, request)
         if client is None:
             return
-        has_length = False
-        chunked = False
-        connection = b""
-        lines = [b"HTTP/1.1 %d %s\r\n" % (code, self.reason or b"-")]
-        for name, value in self.headers:
-            lower = name.lower()
-            if lower == b"transfer-encoding":
-                chunked = True
-                continue
-            if lower == b"connection":
-                connection = value
-            if lower in HOP_BY_HOP or lower == b"x-request-id":
-                continue
-            if lower == b"content-length":
-                has_length = True
-            lines.append(b"%s: %s\r\n" % (name, value))
-        if connection:
-            lines = without_connection_tokens(lines, connection)
-        lines.append(b"x-request-id: %s\r\n" % request.request_id)
+        lower = block.lower()
+        has_length = b"\r\ncontent-length:" in lower
+        chunked = b"\r\ntransfer-encoding:" in lower
+        if HOP_SEARCH.search(lower) is not None:
+            block = strip_hop_by_hop(block, lower)
+        if not block.startswith(b"HTTP/1.1 "):
+            block = b"HTTP/1.1" + block[block.find(b" ") :]
+        lines = [block, b"\r\nx-request-id: %s\r\n" % request.request_id]
         no_body = request.method == b"HEAD" or code in (204, 304)
         self.chunk_out = False
         self.until_close = not no_body and not has_length and not chunked
@@ -903,17 +931,21 @@ class UpstreamConnection(asyncio.Protocol):
         request = self.request
         self.request = None
         backend = self.backend
-        if keep_alive and self.sending is None and not backend.removed and self.usable():
-            self.idle_since = self.proxy.loop.time()
-            self.resume_reading()
+        proxy = self.proxy
+        if keep_alive and self.sending is None and not backend.removed and not self.closed:
+            self.idle_since = proxy.loop.time()
+            if self.paused:
+                self.resume_reading()
             backend.idle.append(self)
         else:
             self.close()
-        self.proxy.release(backend)
+        backend.inflight -= 1
+        if backend.removed and backend.inflight == 0 and proxy.on_drained is not None:
+            proxy.on_drained(backend)
         if request is not None:
-            client = _client_of(self.proxy, request)
-            if client is not None:
-                client.response_done(request, self.code)
+            client = request.client
+            if client is not None and not client.closed:
+                client.done(request, self.code, request.node.name if request.node else None)
 
     def fail(self, reason: str) -> None:
         """The exchange broke: a 502 when nothing was written yet, else cut the client off."""

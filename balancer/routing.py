@@ -26,11 +26,18 @@ class NodeRoute:
         self.cursor = 0
 
     def has_healthy(self) -> bool:
-        return any(b.healthy for b in self.backends)
+        # A loop, not any(): this runs per request and a generator costs more.
+        for backend in self.backends:  # noqa: SIM110
+            if backend.healthy:
+                return True
+        return False
 
     def pick(self, exclude: Backend | None = None) -> Backend | None:
         backends = self.backends
         count = len(backends)
+        if count == 1:
+            only = backends[0]
+            return only if only.healthy and only is not exclude else None
         if count == 0:
             return None
         # Start where the last pick left off, so equal loads spread round robin.
@@ -61,6 +68,9 @@ class AliasRoute:
 
     def pick_node(self) -> NodeRoute | None:
         """The next node by weight among those with a Healthy instance (nginx's smooth WRR)."""
+        nodes = self.nodes
+        if len(nodes) == 1:  # the common case: nothing to split
+            return nodes[0] if self.weights[0] > 0 and nodes[0].has_healthy() else None
         total = 0
         best = -1
         current = self.current
