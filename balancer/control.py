@@ -8,14 +8,14 @@ pure functions (`status_document`, `node_status`), testable without HTTP.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from balancer.backends import Backend, BackendKey, Backends
 from balancer.metrics import CONTENT_TYPE, Metrics
@@ -140,8 +140,16 @@ def inflight_by_node(router: Router, backends: Backends) -> dict[str, int]:
     return counts
 
 
-def make_control_app(source: ControlSource) -> Starlette:
-    """The Starlette app serving the control plane's `/-/` endpoints for source."""
+def make_control_app(
+    source: ControlSource,
+    extra_routes: Sequence[BaseRoute] = (),
+    extra_status: Callable[[], dict[str, Any]] | None = None,
+) -> Starlette:
+    """The Starlette app serving the control plane's `/-/` endpoints for source.
+
+    Whoever embeds the balancer (the watch loop) adds its own endpoints with extra_routes and
+    its own fields to `/-/status` with extra_status.
+    """
 
     async def healthz(request: Request) -> Response:
         if source.draining:
@@ -149,7 +157,10 @@ def make_control_app(source: ControlSource) -> Starlette:
         return JSONResponse({"status": "ok"})
 
     async def status(request: Request) -> Response:
-        return JSONResponse(status_document(source))
+        document = status_document(source)
+        if extra_status is not None:
+            document.update(extra_status())
+        return JSONResponse(document)
 
     async def metrics(request: Request) -> Response:
         router = source.router
@@ -172,6 +183,7 @@ def make_control_app(source: ControlSource) -> Starlette:
             Route("/-/healthz", healthz, methods=["GET"]),
             Route("/-/status", status, methods=["GET"]),
             Route("/-/metrics", metrics, methods=["GET"]),
+            *extra_routes,
         ],
         exception_handlers={HTTPException: http_error},
     )

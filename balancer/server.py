@@ -58,9 +58,14 @@ class Balancer:
         loop: asyncio.AbstractEventLoop,
         table_file: Path | None = None,
         settings: ProxySettings | None = None,
+        follow_file: bool = True,
     ) -> None:
         self.loop = loop
         self.table_file = table_file
+        # Embedded in the watch loop, tables are handed over in-process instead.
+        self.follow = follow_file
+        self.extra_routes: list[Any] = []
+        self.extra_status: Any = None
         self.backends = Backends()
         self.router = Router(RoutingTable(), self.backends)
         self.metrics = Metrics(inflight=self._inflight_by_node)
@@ -181,7 +186,8 @@ class Balancer:
         """Listen on the data and admin ports and start checks, reloads and the sweeper."""
         if self.table_file is not None:
             self.reload_file()
-            self._tasks.append(self.loop.create_task(self.follow_file()))
+            if self.follow:
+                self._tasks.append(self.loop.create_task(self.follow_file()))
         server = await self.loop.create_server(
             lambda: ClientConnection(self.proxy),
             options.host,
@@ -191,7 +197,7 @@ class Balancer:
         )
         self._servers.append(server)
         config = uvicorn.Config(
-            make_control_app(self),
+            make_control_app(self, self.extra_routes, self.extra_status),
             log_level="warning",
             lifespan="off",
             access_log=False,

@@ -81,7 +81,13 @@ class ApplyOptions:
 class _Published:
     """The routing table apply is building up, published whole on every change."""
 
-    def __init__(self, live: LiveState, desired: DesiredState) -> None:
+    def __init__(
+        self,
+        live: LiveState,
+        desired: DesiredState,
+        on_publish: Callable[[RoutingTable], None] | None = None,
+    ) -> None:
+        self.on_publish = on_publish
         self.lock = threading.Lock()
         self.desired = desired
         table = live.table or RoutingTable()
@@ -121,6 +127,8 @@ class _Published:
             self.removed_at[instance] = self.generation
         self.written = now_written
         write_table(path_table.table, table)
+        if self.on_publish is not None:
+            self.on_publish(table)  # an embedded balancer takes it in-process, at once
         return self.generation
 
 
@@ -140,6 +148,7 @@ class Applier:
         state: StateDir,
         options: ApplyOptions | None = None,
         on_result: Callable[[StepResult], None] | None = None,
+        on_publish: Callable[[RoutingTable], None] | None = None,
     ) -> None:
         self.plan = plan
         self.desired = desired
@@ -149,7 +158,7 @@ class Applier:
         self.on_result = on_result
         self.project = plan.project
         self.created: dict[tuple[str, int], LiveInstance] = {}
-        self.published = _Published(live, desired)
+        self.published = _Published(live, desired, on_publish)
 
     def run(self) -> ApplyReport:
         """Walk the DAG; never raises for a failed step, which the report carries instead."""

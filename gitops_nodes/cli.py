@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from pathlib import Path
 
-from gitops_nodes import __version__, workflow
+from balancer.proxy import ProxySettings
+from balancer.table import RoutingTable
+from gitops_nodes import __version__, logs, workflow
 from gitops_nodes.apply import ApplyOptions, ApplyReport, Outcome, StepResult
 from gitops_nodes.errors import GitopsNodesError
 from gitops_nodes.plan import Plan, make_plan
@@ -66,6 +67,18 @@ def _parser() -> argparse.ArgumentParser:
             "(default: $GITOPS_NODES_STATE_DIR or ~/.local/state/gitops-nodes)",
         )
 
+    def serve_options(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--host", default="127.0.0.1", help="data plane address (127.0.0.1)")
+        sub.add_argument("--port", type=int, default=8080, help="data plane port (8080)")
+        sub.add_argument("--admin-host", default="127.0.0.1", help="control plane address")
+        sub.add_argument(
+            "--admin-port", type=int, default=8081, help="/-/status, /-/metrics (8081)"
+        )
+        sub.add_argument("--access-log", action="store_true", help="one JSON line per request")
+        sub.add_argument("--connect-timeout", type=float, default=5.0, metavar="SECONDS")
+        sub.add_argument("--read-timeout", type=float, default=60.0, metavar="SECONDS")
+        sub.add_argument("--idle-timeout", type=float, default=60.0, metavar="SECONDS")
+
     sub = command("validate", "Check the spec and report every error with its position.")
     sub.add_argument("path", nargs="?", default=".", type=Path)
     sub.set_defaults(command=_validate)
@@ -115,16 +128,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub.add_argument("path", nargs="?", default=".", type=Path, help="the repo (for its name)")
     project_options(sub)
-    sub.add_argument("--host", default="127.0.0.1", help="data plane address (127.0.0.1)")
-    sub.add_argument("--port", type=int, default=8080, help="data plane port (8080)")
-    sub.add_argument("--admin-host", default="127.0.0.1", help="control plane address")
-    sub.add_argument("--admin-port", type=int, default=8081, help="/-/status, /-/metrics (8081)")
+    serve_options(sub)
     sub.add_argument("--workers", type=int, default=1, help="processes sharing the port")
-    sub.add_argument("--access-log", action="store_true", help="one JSON line per request")
-    sub.add_argument("--connect-timeout", type=float, default=5.0, metavar="SECONDS")
-    sub.add_argument("--read-timeout", type=float, default=60.0, metavar="SECONDS")
-    sub.add_argument("--idle-timeout", type=float, default=60.0, metavar="SECONDS")
     sub.set_defaults(command=_serve)
+
+    sub = command(
+        "watch",
+        "Follow a Git repository (or a work tree): reconcile on every change and on drift, "
+        "and serve the balancer in the same process.",
+    )
+    sub.add_argument("repo", help="a Git URL (file://, ssh, https) or a local folder")
+    sub.add_argument("--branch", default="main", help="the branch to follow (main)")
+    sub.add_argument("--path", default=".", help="the folder inside the repo with the spec")
+    sub.add_argument("--interval", default="30s", help="how often to fetch and check drift")
+    project_options(sub)
+    serve_options(sub)
+    sub.add_argument("--log-format", choices=["json", "text"], default="json")
+    sub.set_defaults(command=_watch)
 
     sub = command("schema", "Print the JSON Schema of a spec document.")
     sub.set_defaults(command=_schema)
@@ -218,7 +238,9 @@ def _status(args: argparse.Namespace) -> int:
     project, state = _context(args, args.path or Path.cwd())
     view = workflow.status(_runtime(), project, state, desired)
     if args.json:
-        print(json.dumps(view.to_json(), indent=2))
+        from gitops_nodes.watch.reconcile import read_watch_status
+
+        print(json.dumps({**view.to_json(), "watch": read_watch_status(state)}, indent=2))
         return EXIT_OK
     if not view.nodes and not view.aliases:
         print(f"Project {project} has no nodes.")
@@ -231,28 +253,105 @@ def _status(args: argparse.Namespace) -> int:
             print(f"  {i.index:>3}  {i.status:<10} {address:<16} {i.name or '-'}  {i.detail}")
     for name, routes in view.aliases:
         print(f"alias {name} -> " + ", ".join(f"{n}={w}" for n, w in routes))
+    _print_watch(state)
     return EXIT_OK
 
 
+def _print_watch(state: StateDir) -> None:
+    from gitops_nodes.watch.reconcile import read_watch_status
+
+    watch = read_watch_status(state)
+    if watch is None:
+        return
+    applied = watch.get("appliedRevision")
+    print(f"watch: applied {applied[:12] if applied else 'nothing yet'}", end="")
+    print(f" ({watch.get('appliedSummary')})" if applied else "")
+    last, error = watch.get("lastReconcile"), watch.get("lastError")
+    if last:
+        print(
+            f"  last reconcile: {last['outcome']} {last['revision'][:12]} "
+            f"({last['reason']}, {last['actions']} steps, {last['seconds']:.1f}s)"
+        )
+    if error:
+        print(f"  last error, at {error['revision'][:12]} ({error['outcome']}): {error['error']}")
+
+
 def _serve(args: argparse.Namespace) -> int:
-    from balancer.proxy import ProxySettings
     from balancer.server import ServeOptions, run
 
     _, state = _context(args, args.path)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.configure(structured=False)
     options = ServeOptions(args.host, args.port, args.admin_host, args.admin_port)
-    settings = ProxySettings(
-        connect_timeout=args.connect_timeout,
-        read_timeout=args.read_timeout,
-        idle_timeout=args.idle_timeout,
-        access_log=args.access_log,
-    )
+    settings = _proxy_settings(args)
     print(
         f"Serving {state.table} on http://{args.host}:{args.port} "
         f"(control plane: http://{args.admin_host}:{args.admin_port}/-/status)",
         flush=True,
     )
     return run(state.table, options, settings, workers=args.workers)
+
+
+def _proxy_settings(args: argparse.Namespace) -> ProxySettings:
+    return ProxySettings(
+        connect_timeout=args.connect_timeout,
+        read_timeout=args.read_timeout,
+        idle_timeout=args.idle_timeout,
+        access_log=args.access_log,
+    )
+
+
+def _watch(args: argparse.Namespace) -> int:
+    import asyncio
+    import signal
+
+    from balancer.server import Balancer, ServeOptions, new_loop
+    from gitops_nodes.runtime.docker import DockerRuntime, follow_events
+    from gitops_nodes.spec.models import parse_duration
+    from gitops_nodes.watch.loop import WatchLoop
+    from gitops_nodes.watch.reconcile import Reconciler
+    from gitops_nodes.watch.source import open_source
+
+    try:
+        interval = parse_duration(args.interval)
+    except ValueError:
+        raise GitopsNodesError(
+            f"--interval: expected a duration such as 30s or 1m, got {args.interval!r}"
+        ) from None
+    name = args.repo.rstrip("/").removesuffix(".git")
+    project = args.project or workflow.project_name(Path(name))
+    state = StateDir.for_project(project, args.state_dir)
+    logs.configure(structured=args.log_format == "json")
+    source = open_source(args.repo, args.branch, args.path, state.path)
+    loop = new_loop()
+    asyncio.set_event_loop(loop)
+    balancer = Balancer(loop, state.table, _proxy_settings(args), follow_file=False)
+
+    def hand_over(table: RoutingTable) -> None:  # from apply's thread to the balancer's loop
+        loop.call_soon_threadsafe(balancer.swap, table)
+
+    reconciler = Reconciler(project, state, DockerRuntime, on_publish=hand_over)
+    watch = WatchLoop(
+        loop,
+        source,
+        reconciler,
+        balancer,
+        interval,
+        hook_token=os.environ.get("GITOPS_NODES_HOOK_TOKEN"),
+        drift=lambda notify, stop: follow_events(project, notify, stop),
+    )
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, watch.stop)
+    print(
+        f"Watching {source.describe()} as project {project}; serving http://{args.host}:"
+        f"{args.port} (control plane: http://{args.admin_host}:{args.admin_port}/-/status)",
+        flush=True,
+    )
+    options = ServeOptions(args.host, args.port, args.admin_host, args.admin_port)
+    try:
+        loop.run_until_complete(watch.run(options))
+    finally:
+        loop.close()
+    return EXIT_OK
 
 
 def _schema(args: argparse.Namespace) -> int:

@@ -6,7 +6,8 @@ GitopsNodesError
 ├── RuntimeFailure        the engine refused or failed an operation
 ├── LockTimeout           another apply holds the state directory's lock
 ├── StalePlan             a saved plan no longer matches the spec or the live state
-└── PlanFileError         a saved plan file cannot be read
+├── PlanFileError         a saved plan file cannot be read
+└── SourceError           (watch/source.py) the repo cannot be fetched or read
 """
 
 from __future__ import annotations

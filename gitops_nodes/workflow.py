@@ -12,7 +12,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from balancer.table import HealthSettings, TableError, read_table
+from balancer.table import HealthSettings, RoutingTable, TableError, read_table
 from gitops_nodes.apply import Applier, ApplyOptions, ApplyReport, StepResult
 from gitops_nodes.errors import GitopsNodesError, PlanFileError, StalePlan
 from gitops_nodes.health import instance_status, node_status, probe
@@ -102,6 +102,7 @@ def apply(
     on_plan: Callable[[Plan], None] | None = None,
     on_result: Callable[[StepResult], None] | None = None,
     saved: dict[str, Any] | None = None,
+    on_publish: Callable[[RoutingTable], None] | None = None,
 ) -> ApplyRun:
     """Plan and apply under the project's lock, so concurrent applies take turns."""
     with state.lock(LOCK_TIMEOUT):
@@ -113,7 +114,7 @@ def apply(
             on_plan(plan)
         if plan.empty:
             return ApplyRun(plan, None)
-        report = Applier(plan, desired, live, runtime, state, options, on_result).run()
+        report = Applier(plan, desired, live, runtime, state, options, on_result, on_publish).run()
         return ApplyRun(plan, report)
 
 

@@ -9,6 +9,9 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import threading
+import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -269,3 +272,41 @@ def _timestamp(text: str | None) -> float | None:
         return None
     stamp = match.group(1) + (match.group(2) or "") + "+00:00"
     return datetime.fromisoformat(stamp).timestamp()
+
+
+DRIFT_ACTIONS = frozenset({"die", "destroy", "stop", "kill", "oom", "pause", "start", "unpause"})
+
+
+def follow_events(project: str, notify: Callable[[str], None], stop: threading.Event) -> None:
+    """Call notify("drift") when one of the project's containers dies, stops, starts or goes
+    away, and notify("engine") when the engine answers again after it went away. Blocking;
+    returns once stop is set. Reads the engine's event stream in one-second windows, so stop
+    is noticed within a second and no stream has to be torn down from another thread."""
+    since = time.time()
+    lost = False
+    while not stop.is_set():
+        until = since + 1.0
+        try:
+            client = docker.from_env(timeout=10)
+            events = client.api.events(
+                since=since,
+                until=until,
+                decode=True,
+                filters={"type": "container", "label": f"{labels.PROJECT}={project}"},
+            )
+            drifted = any(event.get("Action") in DRIFT_ACTIONS for event in events)
+            client.close()
+        except DockerException:
+            lost = True
+            stop.wait(1.0)
+            since = time.time()
+            continue
+        if lost:
+            lost = False
+            notify("engine")
+        if drifted:
+            notify("drift")
+        since = until
+        wait = until - time.time()
+        if wait > 0:
+            stop.wait(wait)

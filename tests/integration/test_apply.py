@@ -268,6 +268,8 @@ def test_plan_graph_orders_build_before_create(
     app_repo: Repo, runtime: DockerRuntime, project: str, state: StateDir
 ) -> None:
     root = app_repo(node_yaml("api", "1"))
+    # Build images are content-addressed and shared: make this context one nobody built yet.
+    (root / "app" / "unique.txt").write_text(project)
     plan = workflow.make_plan(project, load_spec(root), workflow.observe(runtime, project, state))
     builds = [s.id for s in plan.steps() if s.step is Step.BUILD]
     assert len(builds) == 1

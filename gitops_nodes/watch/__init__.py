@@ -1,0 +1,1 @@
+"""`gitops-nodes watch`: follow the repo, reconcile on change and on drift."""

@@ -1,0 +1,190 @@
+"""The GitOps loop: follow the repo, reconcile on change, on drift and on a timer, serve traffic.
+
+Everything that asks for a reconcile (a new commit found by polling, a webhook, a saved file in
+a work tree, a container that died, the interval) only adds a reason and wakes the loop; the
+loop runs one reconcile at a time in a worker thread, so whatever arrives meanwhile is
+coalesced into the next one. The balancer runs in the same event loop and gets each routing
+table handed over in-process the moment apply publishes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from balancer.server import Balancer, ServeOptions
+from gitops_nodes.errors import GitopsNodesError
+from gitops_nodes.watch.reconcile import Reconciler, ReconcileResult
+from gitops_nodes.watch.source import Revision, Source
+
+log = logging.getLogger("gitops_nodes.watch")
+
+HEALING = frozenset({"drift", "engine", "interval", "retry", "start"})
+RETRY_AFTER_FAILURE = 5.0  # seconds before an unreachable source or engine is tried again
+
+
+class WatchLoop:
+    """Owns the triggers and runs reconciles one at a time."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        source: Source,
+        reconciler: Reconciler,
+        balancer: Balancer,
+        interval: float,
+        hook_token: str | None,
+        drift: Callable[[Callable[[str], None], threading.Event], None] | None = None,
+    ) -> None:
+        self.loop = loop
+        self.source = source
+        self.reconciler = reconciler
+        self.balancer = balancer
+        self.interval = interval
+        self.hook_token = hook_token
+        self.drift = drift
+        self.reasons: set[str] = set()
+        self.wake = asyncio.Event()
+        self.stopping = asyncio.Event()
+        self.thread_stop = threading.Event()
+        self.source_error: str | None = None
+        self.reconciling = False
+        self.reconciles = 0
+        balancer.extra_routes.append(Route("/-/hooks/git", self.hook, methods=["POST"]))
+        balancer.extra_status = self.status
+
+    # -- triggers -------------------------------------------------------------------------
+
+    def trigger(self, reason: str) -> None:
+        """Ask for a reconcile (event loop thread only; use trigger_threadsafe elsewhere)."""
+        self.reasons.add(reason)
+        self.wake.set()
+
+    def trigger_threadsafe(self, reason: str) -> None:
+        self.loop.call_soon_threadsafe(self.trigger, reason)
+
+    async def hook(self, request: Request) -> Response:
+        """POST /-/hooks/git: fetch now. Protected by a token from the environment."""
+        if not self.hook_token:
+            return JSONResponse(
+                {"error": "the git hook is off: set GITOPS_NODES_HOOK_TOKEN to turn it on"},
+                status_code=401,
+            )
+        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        given = given or request.headers.get("x-gitops-nodes-token", "")
+        if not hmac.compare_digest(given.encode(), self.hook_token.encode()):
+            return JSONResponse({"error": "missing or wrong token"}, status_code=401)
+        self.trigger("hook")
+        return JSONResponse({"accepted": True}, status_code=202)
+
+    async def _ticker(self) -> None:
+        while not self.stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), self.interval)
+            if not self.stopping.is_set():
+                self.trigger("interval")
+
+    async def _follow_changes(self) -> None:
+        async for _ in self.source.changes(self.stopping):
+            self.trigger("change")
+
+    # -- the loop -------------------------------------------------------------------------
+
+    async def run(self, options: ServeOptions, drain_timeout: float = 30.0) -> None:
+        """Serve and reconcile until stop(); then finish the reconcile in progress and drain."""
+        await self.balancer.start(options)
+        tasks = [
+            self.loop.create_task(self._ticker()),
+            self.loop.create_task(self._follow_changes()),
+        ]
+        drift_thread = None
+        if self.drift is not None:
+            drift_thread = threading.Thread(
+                target=self.drift,
+                args=(self.trigger_threadsafe, self.thread_stop),
+                name="drift",
+                daemon=True,
+            )
+            drift_thread.start()
+        self.trigger("start")
+        while not self.stopping.is_set():
+            await self.wake.wait()
+            self.wake.clear()
+            if self.stopping.is_set():
+                break
+            reasons, self.reasons = self.reasons, set()
+            await self._reconcile(reasons)
+        self.thread_stop.set()
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.balancer.shutdown(drain_timeout)
+        if drift_thread is not None:
+            drift_thread.join(timeout=5)
+
+    def stop(self) -> None:
+        """Begin a graceful stop (safe from a signal handler on the loop)."""
+        self.stopping.set()
+        self.wake.set()
+
+    async def _reconcile(self, reasons: set[str]) -> None:
+        reason = ",".join(sorted(reasons))
+        try:
+            revision: Revision = await self.loop.run_in_executor(None, self.source.poll)
+        except GitopsNodesError as exc:
+            self.source_error = str(exc)
+            log.error("cannot read %s: %s", self.source.describe(), exc)
+            self.loop.call_later(RETRY_AFTER_FAILURE, self.trigger, "retry")
+            return
+        self.source_error = None
+        reconciler = self.reconciler
+        applied = reconciler.applied
+        unchanged = applied is not None and applied.id == revision.id
+        if reasons <= {"change", "hook", "retry"} and unchanged:
+            return  # nothing new to apply, and nobody asked to look for drift
+        refused = reconciler.refused.get(revision.id)
+        if refused is not None:
+            # The newest commit is bad. Its error stands until a new commit, but drift is
+            # still healed, from the last good revision. A failed apply (say an instance
+            # that never became Healthy) is tried again on the interval; a bad spec is not.
+            retry = refused.outcome == "failed" and "interval" in reasons
+            if not retry:
+                if reasons & HEALING and applied is not None:
+                    await self._run(reconciler.heal, reason)
+                return
+        result = await self._run(reconciler.reconcile, revision, reason)
+        if result is not None and result.error and "Docker engine" in result.error:
+            self.loop.call_later(RETRY_AFTER_FAILURE, self.trigger, "retry")
+
+    async def _run(self, work: Callable[..., ReconcileResult | None], *args: Any) -> Any:
+        self.reconciling = True
+        try:
+            return await self.loop.run_in_executor(None, work, *args)
+        finally:
+            self.reconciling = False
+            self.reconciles += 1
+
+    def status(self) -> dict[str, Any]:
+        """The `watch` part of /-/status."""
+        return {
+            "watch": {
+                "source": self.source.describe(),
+                "sourceError": self.source_error,
+                "interval": self.interval,
+                "reconciling": self.reconciling,
+                "reconciles": self.reconciles,
+                "now": time.time(),
+                **self.reconciler.status(),
+            }
+        }
