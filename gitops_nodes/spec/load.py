@@ -43,6 +43,7 @@ _VALIDATOR_FIELD = {
     "min_memory": "memory",
     "alias_weights": "nodes",
     "alias_nodes": "nodes",
+    "rollout_steps": "steps",
 }
 
 
@@ -384,6 +385,7 @@ def _assemble(root: Path, results: dict[str, _FileResult]) -> DesiredState:
                         if document.spec.session_affinity
                         else None
                     ),
+                    rollout=document.spec.rollout,
                 )
     for alias in aliases.values():
         for position, (node, _) in enumerate(alias.routes):

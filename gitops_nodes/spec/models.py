@@ -8,6 +8,7 @@ so nothing downstream depends on where the repository is checked out.
 from __future__ import annotations
 
 import re
+from itertools import pairwise
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -252,11 +253,33 @@ class SessionAffinity(SpecModel):
     header: str = Field(pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 
 
+class Rollout(SpecModel):
+    """How `watch` moves an alias to new weights: in steps, each judged before the next."""
+
+    steps: list[int] = Field(min_length=1)  # percent of the way to the new weights
+    pause: Duration = 30.0
+    max_error_rate: float = Field(default=0.05, ge=0, le=1)
+    min_requests: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _increasing_percentages(self) -> Rollout:
+        steps = self.steps
+        if any(not 0 < s < 100 for s in steps) or any(a >= b for a, b in pairwise(steps)):
+            raise PydanticCustomError(
+                "rollout_steps",
+                "expected increasing percentages between 1 and 99 (100 is always the last "
+                "step), got {steps}",
+                {"steps": steps},
+            )
+        return self
+
+
 class AliasSpec(SpecModel):
     """A stable name that routes to nodes by weight."""
 
     nodes: list[AliasRoute] = Field(min_length=1)
     session_affinity: SessionAffinity | None = None
+    rollout: Rollout | None = None
 
     @model_validator(mode="after")
     def _weights_and_unique_nodes(self) -> AliasSpec:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from balancer.table import HealthSettings, health_to_json
 from gitops_nodes.spec.hashing import InstanceConfig, canonical_json
-from gitops_nodes.spec.models import HealthCheck
+from gitops_nodes.spec.models import HealthCheck, Rollout
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,7 @@ class DesiredAlias:
     routes: tuple[tuple[str, int], ...]
     source: Source
     affinity_header: str | None = None  # lowercase
+    rollout: Rollout | None = None  # how watch moves it to new weights; plan ignores it
 
 
 @dataclass(frozen=True)

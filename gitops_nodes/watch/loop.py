@@ -60,6 +60,8 @@ class WatchLoop:
         self.source_error: str | None = None
         self.reconciling = False
         self.reconciles = 0
+        self.rollout_task: asyncio.Task[None] | None = None
+        self.busy = asyncio.Lock()  # one reconcile, heal or rollout step at a time
         balancer.extra_routes.append(Route("/-/hooks/git", self.hook, methods=["POST"]))
         balancer.extra_status = self.status
 
@@ -125,6 +127,8 @@ class WatchLoop:
             reasons, self.reasons = self.reasons, set()
             await self._reconcile(reasons)
         self.thread_stop.set()
+        if self.rollout_task is not None:
+            tasks.append(self.rollout_task)  # a rollout stops where it is, at a published step
         for task in tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -148,7 +152,16 @@ class WatchLoop:
             self.loop.call_later(RETRY_AFTER_FAILURE, self.trigger, "retry")
             return
         self.source_error = None
+        async with self.busy:  # the rollout driver takes its steps under the same lock
+            await self._reconcile_revision(revision, reasons, reason)
+
+    async def _reconcile_revision(self, revision: Revision, reasons: set[str], reason: str) -> None:
         reconciler = self.reconciler
+        rollout = reconciler.rollout
+        if rollout is not None:
+            if rollout.revision.id == revision.id:
+                return  # the rollout's own driver moves this revision along
+            await self._cancel_rollout()  # a newer commit takes over from today's weights
         applied = reconciler.applied
         unchanged = applied is not None and applied.id == revision.id
         if reasons <= {"change", "hook", "retry"} and unchanged:
@@ -166,6 +179,46 @@ class WatchLoop:
         result = await self._run(reconciler.reconcile, revision, reason)
         if result is not None and result.error and "Docker engine" in result.error:
             self.loop.call_later(RETRY_AFTER_FAILURE, self.trigger, "retry")
+        if reconciler.rollout is not None:
+            self.rollout_task = self.loop.create_task(self._drive_rollout())
+
+    async def _cancel_rollout(self) -> None:
+        task, self.rollout_task = self.rollout_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.reconciler.rollout = None
+
+    async def _drive_rollout(self) -> None:
+        """Advance the rollout step by step while its gates hold; roll back when one fails."""
+        reconciler = self.reconciler
+        while (run := reconciler.rollout) is not None:
+            start = self._counters()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), run.pause)
+            async with self.busy:
+                if self.stopping.is_set() or reconciler.rollout is not run:
+                    return
+                ready, failure = run.judge(start, self._counters(), self._healthy)
+                if failure is not None:
+                    log.error("rolling back %s: %s", run.revision.id[:12], failure)
+                    await self._run(reconciler.roll_back, failure)
+                    return
+                if ready:
+                    await self._run(reconciler.advance)
+
+    def _counters(self) -> dict[str, tuple[int, int]]:
+        """Requests and 5xx answers per node so far, from the balancer's own counters."""
+        counts = {}
+        for node, series in self.balancer.metrics.nodes.items():
+            codes = series.codes
+            counts[node] = (sum(codes.values()), sum(n for c, n in codes.items() if c >= 500))
+        return counts
+
+    def _healthy(self, node: str) -> bool:
+        route = self.balancer.router.nodes.get(node)
+        return route is not None and route.has_healthy()
 
     async def _run(self, work: Callable[..., ReconcileResult | None], *args: Any) -> Any:
         self.reconciling = True

@@ -12,17 +12,20 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, replace
+from types import MappingProxyType
 from typing import Any
 
-from balancer.table import RoutingTable
+from balancer.table import RoutingTable, TableError, read_table
 from gitops_nodes import workflow
 from gitops_nodes.apply import ApplyOptions, Outcome, StepResult
 from gitops_nodes.errors import GitopsNodesError, RuntimeUnavailable
+from gitops_nodes.rollout import error_rate, gaining, rollout_steps
 from gitops_nodes.runtime.base import Runtime
 from gitops_nodes.spec.errors import SpecErrors
 from gitops_nodes.spec.load import SpecLoader
+from gitops_nodes.spec.models import Rollout
 from gitops_nodes.spec.state import DesiredState
 from gitops_nodes.statedir import StateDir
 from gitops_nodes.watch.source import Revision
@@ -47,7 +50,7 @@ class ReconcileResult:
 
     @property
     def ok(self) -> bool:
-        return self.outcome in ("applied", "unchanged")
+        return self.outcome in ("applied", "unchanged", "rolling out")
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -78,57 +81,109 @@ class Reconciler:
         self.last: ReconcileResult | None = None
         self.last_error: ReconcileResult | None = None
         self.refused: dict[str, ReconcileResult] = {}  # revision -> why it was not applied
+        self.rollout: RolloutRun | None = None
 
     def reconcile(self, revision: Revision, reason: str) -> ReconcileResult:
-        """Load, plan and apply revision; never raises for a bad revision or a failed apply."""
-        started = time.time()
-        clock = time.monotonic()
+        """Load, plan and apply revision; never raises for a bad revision or a failed apply.
 
-        def result(outcome: str, actions: int = 0, error: str | None = None) -> ReconcileResult:
-            return ReconcileResult(
-                revision.id,
-                revision.summary,
-                reason,
-                outcome,
-                started,
-                time.monotonic() - clock,
-                actions,
-                error,
-            )
-
+        An alias with a `rollout` whose weights change is applied at its first step only;
+        `rollout` is then set, and the watch loop calls advance() or roll_back().
+        """
+        result = _results(revision, reason)
+        self.rollout = None
         try:
             desired = self.loader.load(revision.tree)
         except SpecErrors as exc:
             return self._record(result("invalid", error=str(exc)))
-        return self._apply(revision, desired, result)
+        staged = self._stage(revision, desired)
+        if staged is None:
+            return self._apply(revision, desired, result, final=True)
+        self.rollout = staged
+        return self._apply(revision, staged.stages[0], result, final=False)
+
+    def advance(self) -> ReconcileResult | None:
+        """Apply the rollout's next step; the last one completes the revision."""
+        run = self.rollout
+        if run is None:
+            return None
+        run.stage += 1
+        final = run.stage == len(run.stages) - 1
+        result = _results(run.revision, f"rollout step {run.stage + 1}/{len(run.stages)}")
+        outcome = self._apply(run.revision, run.stages[run.stage], result, final=final)
+        if final or not outcome.ok:
+            self.rollout = None
+        return outcome
+
+    def roll_back(self, why: str) -> ReconcileResult | None:
+        """Give up the rollout: the last good revision again, and this one refused."""
+        run = self.rollout
+        self.rollout = None
+        if run is None:
+            return None
+        self._record(_results(run.revision, "rollout")("rolled back", error=why))
+        refused = self.last
+        healed = self.heal(f"rollback of {run.revision.id[:12]}")
+        self.last_error = refused  # the rollback's reason stays the error to show
+        return healed
 
     def heal(self, reason: str) -> ReconcileResult | None:
         """Apply the last good revision again (drift while the newest commit is bad)."""
         if self.applied is None or self.applied_state is None:
             return None
-        started = time.time()
-        clock = time.monotonic()
         revision = self.applied
+        return self._apply(revision, self.applied_state, _results(revision, reason), final=True)
 
-        def result(outcome: str, actions: int = 0, error: str | None = None) -> ReconcileResult:
-            return ReconcileResult(
-                revision.id,
-                revision.summary,
-                reason,
-                outcome,
-                started,
-                time.monotonic() - clock,
-                actions,
-                error,
+    def _stage(self, revision: Revision, desired: DesiredState) -> RolloutRun | None:
+        """The states a rollout passes through, when one is due; None to apply at once."""
+        try:
+            published = read_table(self.state.table)
+        except TableError:
+            return None
+        if published is None or self.applied_state is None:
+            return None  # nothing to move from, or the old nodes' specs are unknown
+        moving = {
+            name: (published.aliases[name].targets, alias)
+            for name, alias in desired.aliases.items()
+            if alias.rollout is not None
+            and name in published.aliases
+            and published.aliases[name].targets != alias.routes
+        }
+        if not moving:
+            return None
+        count = max(len(alias.rollout.steps) + 1 for _, alias in moving.values() if alias.rollout)
+        stages = []
+        for stage in range(count):
+            aliases = dict(desired.aliases)
+            nodes = dict(desired.nodes)
+            for name, (before, alias) in moving.items():
+                assert alias.rollout is not None
+                steps = rollout_steps(before, alias.routes, alias.rollout.steps)
+                routes = steps[min(stage, len(steps) - 1)]
+                aliases[name] = replace(alias, routes=routes)
+                for node, weight in routes:  # old nodes keep serving until their share is 0
+                    if weight > 0 and node not in nodes and node in self.applied_state.nodes:
+                        nodes[node] = self.applied_state.nodes[node]
+            stages.append(
+                replace(
+                    desired,
+                    nodes=MappingProxyType(dict(sorted(nodes.items()))),
+                    aliases=MappingProxyType(aliases),
+                )
             )
-
-        return self._apply(revision, self.applied_state, result)
+        gates = {
+            name: (gaining(before, alias.routes), alias.rollout)
+            for name, (before, alias) in moving.items()
+            if alias.rollout is not None
+        }
+        pause = max(rollout.pause for _, rollout in gates.values())
+        return RolloutRun(revision, stages, gates, pause)
 
     def _apply(
         self,
         revision: Revision,
         desired: DesiredState,
         result: Callable[..., ReconcileResult],
+        final: bool,
     ) -> ReconcileResult:
         try:
             runtime = self._runtime()
@@ -147,16 +202,15 @@ class Reconciler:
         except GitopsNodesError as exc:
             return self._record(result("failed", error=str(exc)))
         report = run.report
-        if report is None:
-            self.applied, self.applied_state = revision, desired
-            return self._record(result("unchanged"))
-        done = len(report.with_outcome(Outcome.DONE))
-        if not report.ok:
+        done = len(report.with_outcome(Outcome.DONE)) if report else 0
+        if report is not None and not report.ok:
             failed = report.with_outcome(Outcome.FAILED)
             error = "; ".join(f"{r.step.id}: {r.detail}" for r in failed)
             return self._record(result("failed", done, error))
+        if not final:
+            return self._record(result("rolling out", done))
         self.applied, self.applied_state = revision, desired
-        return self._record(result("applied", done))
+        return self._record(result("applied" if report else "unchanged", done))
 
     def _runtime(self) -> Runtime:
         if self.runtime is None:
@@ -195,6 +249,7 @@ class Reconciler:
             "appliedSummary": self.applied.summary if self.applied else None,
             "lastReconcile": self.last.to_json() if self.last else None,
             "lastError": self.last_error.to_json() if self.last_error else None,
+            "rollout": self.rollout.status() if self.rollout else None,
         }
 
     def save(self) -> None:
@@ -204,6 +259,70 @@ class Reconciler:
         with os.fdopen(fd, "w") as handle:
             json.dump({"pid": os.getpid(), **self.status()}, handle, indent=2)
         os.replace(temp, self.state.path / WATCH_FILE)
+
+
+@dataclass
+class RolloutRun:
+    """A revision being rolled out: the states it passes through and how each is judged."""
+
+    revision: Revision
+    stages: list[DesiredState]  # the last is the revision's own state
+    gates: dict[str, tuple[list[str], Rollout]]  # alias -> (nodes gaining share, its rollout)
+    pause: float
+    stage: int = 0
+
+    def judge(
+        self,
+        start: Mapping[str, tuple[int, int]],
+        end: Mapping[str, tuple[int, int]],
+        healthy: Callable[[str], bool],
+    ) -> tuple[bool, str | None]:
+        """(ready to advance, why to roll back) after a pause at the current stage."""
+        ready = True
+        for alias, (nodes, rollout) in self.gates.items():
+            for node in nodes:
+                if not healthy(node):
+                    return False, f"alias {alias}: node {node} has no Healthy instance"
+            requests, rate = error_rate(start, end, nodes)
+            if rate > rollout.max_error_rate:
+                return False, (
+                    f"alias {alias}: {rate:.1%} of {requests} requests to "
+                    f"{', '.join(nodes)} failed, over the {rollout.max_error_rate:.1%} bound"
+                )
+            if requests < rollout.min_requests:
+                ready = False  # not enough traffic to judge yet: wait another pause
+        return ready, None
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "revision": self.revision.id,
+            "step": self.stage + 1,
+            "steps": len(self.stages),
+            "aliases": {
+                name: [list(route) for route in self.stages[self.stage].aliases[name].routes]
+                for name in self.gates
+            },
+        }
+
+
+def _results(revision: Revision, reason: str) -> Callable[..., ReconcileResult]:
+    """A maker of results for one reconcile of revision, timed from now."""
+    started = time.time()
+    clock = time.monotonic()
+
+    def result(outcome: str, actions: int = 0, error: str | None = None) -> ReconcileResult:
+        return ReconcileResult(
+            revision.id,
+            revision.summary,
+            reason,
+            outcome,
+            started,
+            time.monotonic() - clock,
+            actions,
+            error,
+        )
+
+    return result
 
 
 def read_watch_status(state: StateDir) -> dict[str, Any] | None:

@@ -214,3 +214,58 @@ def test_hook_needs_the_token(watch: Callable[[str], Watch]) -> None:
     assert watcher.hook("wrong") == 401
     assert watcher.hook("") == 401
     assert watcher.hook() == 202
+
+
+def rollout_alias(routes: dict[str, int], steps: str, extra: str = "") -> str:
+    return alias_yaml("api", routes).replace(
+        "spec:\n",
+        f"spec:\n  rollout: {{steps: {steps}, pause: 1s, maxErrorRate: 0.1{extra}}}\n",
+    )
+
+
+def test_rollout_moves_an_alias_in_steps(
+    watch: Callable[[str], Watch], runtime: DockerRuntime, project: str
+) -> None:
+    watcher = watch(node_yaml("v1", "1") + alias_yaml("api", {"v1": 100}))
+    first = git(watcher.repo, "rev-parse", "HEAD")
+    watcher.wait(lambda: watcher.applied(first), "the first commit")
+
+    with Load(watcher.port, "/aliases/api/predict") as load:
+        target = watcher.commit(node_yaml("v2", "2") + rollout_alias({"v2": 100}, "[50]"), "v2")
+        assert watcher.hook() == 202
+        watcher.wait(lambda: (watcher.status()["rollout"] or {}).get("step") == 1, "step 1")
+        assert watcher.status()["rollout"]["aliases"] == {"api": [["v2", 500], ["v1", 500]]}
+        assert watcher.status()["appliedRevision"] == first
+        watcher.wait(lambda: watcher.applied(target), "the rollout to finish", seconds=30)
+        assert watcher.status()["rollout"] is None
+        assert watcher.versions() == {"2"}
+    assert load.failures == []
+    assert load.versions["1"] > 0 and load.versions["2"] > 0
+    watcher.wait(lambda: {i.node for i in runtime.list_instances(project)} == {"v2"}, "v1 gone")
+
+
+def test_rollout_rolls_back_when_the_new_node_fails_requests(
+    watch: Callable[[str], Watch], runtime: DockerRuntime, project: str
+) -> None:
+    watcher = watch(node_yaml("v1", "1") + alias_yaml("api", {"v1": 100}))
+    first = git(watcher.repo, "rev-parse", "HEAD")
+    watcher.wait(lambda: watcher.applied(first), "the first commit")
+
+    with Load(watcher.port, "/aliases/api/predict") as load:
+        broken = node_yaml("v2", "2", extra_env=', STATUS: "500"')
+        bad = watcher.commit(
+            broken + rollout_alias({"v2": 100}, "[50]", ", minRequests: 5"), "v2 answers 500"
+        )
+        assert watcher.hook() == 202
+        watcher.wait(
+            lambda: (watcher.status()["lastError"] or {}).get("revision") == bad,
+            "the rollback",
+            seconds=30,
+        )
+    error = watcher.status()["lastError"]
+    assert error["outcome"] == "rolled back"
+    assert "over the 10.0% bound" in error["error"], error
+    assert watcher.status()["appliedRevision"] == first
+    assert watcher.versions() == {"1"}
+    assert load.failures and all(f.startswith("500") for f in load.failures)
+    watcher.wait(lambda: {i.node for i in runtime.list_instances(project)} == {"v1"}, "v2 gone")

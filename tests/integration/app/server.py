@@ -1,6 +1,7 @@
 """The test service: answers its version, and misbehaves on request through its environment.
 
 VERSION: what GET / answers. HEALTH=fail: /healthz answers 503 forever. CRASH=1: exit at start.
+STATUS: the status code of every answer but /healthz's (200 by default).
 """
 
 import json
@@ -20,7 +21,7 @@ class Handler(BaseHTTPRequestHandler):
         if self.path == "/healthz":
             status = 503 if os.environ.get("HEALTH") == "fail" else 200
         else:
-            status = 200
+            status = int(os.environ.get("STATUS", "200"))
         body = json.dumps({"version": os.environ.get("VERSION", "?"), "path": self.path}).encode()
         self.send_response(status)
         self.send_header("content-type", "application/json")
