@@ -621,6 +621,7 @@ PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b""})
 _HOP_NAMES = b"|".join(sorted(HOP_BY_HOP | {b"x-request-id"}))
 HOP_SEARCH = re.compile(rb"\r\n(?:" + _HOP_NAMES + rb")[ \t]*:")
 _HOP_LINES = re.compile(rb"\r\n(?:" + _HOP_NAMES + rb")[ \t]*:[^\r\n]*", re.IGNORECASE)
+CONTENT_LENGTH = re.compile(rb"\r\ncontent-length[ \t]*:[ \t]*(\d+)[ \t]*(?:\r|$)")
 _CONNECTION_VALUE = re.compile(rb"\r\nconnection[ \t]*:([^\r\n]*)")
 
 
@@ -805,6 +806,8 @@ class UpstreamConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.deadline_from = self.proxy.loop.time()
         if not self.response_started:
+            if not self.raw and self.request is not None and self.whole_response(data):
+                return
             self.raw = self.raw + data if self.raw else data
         try:
             self.parser.feed_data(data)
@@ -903,6 +906,38 @@ class UpstreamConnection(asyncio.Protocol):
             keep = self.parser.should_keep_alive()
             self.parser = httptools.HttpResponseParser(self)
             self.complete(keep)
+
+    def whole_response(self, data: bytes) -> bool:
+        """The fast path for the usual answer: one read holding exactly one complete response
+        with a content-length. It is written on as it came, with its head rewritten, without
+        the parser (which never saw it, so it is ready for the next response as it is)."""
+        request = self.request
+        end = data.find(b"\r\n\r\n")
+        if end < 0 or request is None or request.method == b"HEAD":
+            return False
+        block = data[:end]
+        lower = block.lower()
+        found = CONTENT_LENGTH.search(lower)
+        if (
+            found is None
+            or end + 4 + int(found.group(1)) != len(data)
+            or not block.startswith(b"HTTP/1.1 2")  # other codes take the parser's path
+            or b"\r\ntransfer-encoding:" in lower
+        ):
+            return False
+        keep = b"\r\nconnection: close" not in lower
+        if HOP_SEARCH.search(lower) is not None:
+            block = strip_hop_by_hop(block, lower)
+        self.code = int(block[9:12])
+        if request.keep_alive:
+            tail = b"connection: keep-alive\r\n\r\n" if request.version == "1.0" else b"\r\n"
+        else:
+            tail = b"connection: close\r\n\r\n"
+        self.out.append(
+            b"%s\r\nx-request-id: %s\r\n%s%s" % (block, request.request_id, tail, data[end + 4 :])
+        )
+        self.complete(keep)
+        return True
 
     def on_body(self, body: bytes) -> None:
         request = self.request
