@@ -132,6 +132,12 @@ class _Published:
         return self.generation
 
 
+def _late(behind: list[BalancerAck], what: str) -> str:
+    if not behind:
+        return ""
+    return f" (balancers {', '.join(str(a.pid) for a in behind)} did not {what})"
+
+
 def _endpoint(instance: LiveInstance) -> Endpoint:
     return Endpoint(instance.name, LOOPBACK, instance.port or 0)
 
@@ -234,60 +240,49 @@ class Applier:
         instances = {e.instance for e in self.published.rotation.get(node, [])}
         want = self.desired.nodes[node]
         needed = min(max(1, want.min_healthy), len(instances))
-        deadline = time.monotonic() + want.health.start_timeout
-        while True:
-            behind = [
-                ack
-                for ack in balancer_acks(self.state)
-                if ack.generation < self.published.generation
-                or len(instances & ack.healthy) < needed
-            ]
-            if not behind:
-                return ""
-            if time.monotonic() >= deadline:
-                pids = ", ".join(str(a.pid) for a in behind)
-                return f" (balancers {pids} did not report {node} Healthy in time)"
-            time.sleep(DRAIN_POLL)  # polling the balancers' reports against a deadline
+        generation = self.published.generation
+        behind = self._await_acks(
+            lambda ack: ack.generation < generation or len(instances & ack.healthy) < needed,
+            want.health.start_timeout,
+        )
+        return _late(behind, f"report {node} Healthy in time")
 
     def _await_balancers(self, instance: str, generation: int, node: str) -> str:
         """Wait (within the node's start timeout) until every running balancer serves
         generation and counts instance Healthy; called with the table lock held."""
-        deadline = time.monotonic() + self.desired.nodes[node].health.start_timeout
-        while True:
-            behind = [
-                ack
-                for ack in balancer_acks(self.state)
-                if ack.generation < generation or instance not in ack.healthy
-            ]
-            if not behind:
-                return ""
-            if time.monotonic() >= deadline:
-                pids = ", ".join(str(a.pid) for a in behind)
-                return f" (balancers {pids} did not report it Healthy in time)"
-            time.sleep(DRAIN_POLL)  # polling the balancers' reports against a deadline
+        behind = self._await_acks(
+            lambda ack: ack.generation < generation or instance not in ack.healthy,
+            self.desired.nodes[node].health.start_timeout,
+        )
+        return _late(behind, "report it Healthy in time")
 
     def _drain(self, instance: str) -> str:
         """Wait until every running balancer serves a table without instance and has finished
         its requests on it, then stop it. Make before break: this is the 'break'."""
         needed = self.published.removed_at.get(instance, self.published.generation)
-        deadline = time.monotonic() + self.options.drain_timeout
-        waited_on: list[BalancerAck] = []
-        while True:
-            waited_on = [
-                ack
-                for ack in balancer_acks(self.state)
-                if ack.generation < needed or ack.draining.get(instance, 0) > 0
-            ]
-            if not waited_on or time.monotonic() >= deadline:
-                break
-            time.sleep(DRAIN_POLL)  # polling the balancers' reports against a deadline
+        behind = self._await_acks(
+            lambda ack: ack.generation < needed or ack.draining.get(instance, 0) > 0,
+            self.options.drain_timeout,
+        )
         self.runtime.stop_instance(self.project, instance, self.options.stop_grace)
-        if waited_on:
+        if behind:
             return (
                 f"{instance} stopped after {self.options.drain_timeout:g}s with balancers "
-                f"{', '.join(str(a.pid) for a in waited_on)} still using it"
+                f"{', '.join(str(a.pid) for a in behind)} still using it"
             )
         return f"{instance} drained and stopped"
+
+    def _await_acks(
+        self, behind: Callable[[BalancerAck], bool], timeout: float
+    ) -> list[BalancerAck]:
+        """Poll the running balancers' reports until none is behind, or timeout passes;
+        the ones still behind then."""
+        deadline = time.monotonic() + timeout
+        while True:
+            late = [ack for ack in balancer_acks(self.state) if behind(ack)]
+            if not late or time.monotonic() >= deadline:
+                return late
+            time.sleep(DRAIN_POLL)  # polling the balancers' reports against a deadline
 
     def _build(self, step: PlanStep) -> str:
         request = next(
