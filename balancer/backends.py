@@ -9,17 +9,11 @@ check), and marks the ones it drops as removed, to be drained and closed.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import Any
 
 from balancer.table import Endpoint, HealthSettings, RoutingTable
 
 BackendKey = tuple[str, str, int]
-
-
-class Pooled(Protocol):
-    """An idle upstream connection as the pool sees it."""
-
-    def close(self) -> None: ...
 
 
 class Backend:

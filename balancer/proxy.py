@@ -459,7 +459,7 @@ class ClientConnection(asyncio.Protocol):
         if alias is not None:
             key = request.affinity_key
             if key is not None and exclude is None:
-                sticky = proxy.affinity.lookup(alias.name, key, _backends_of(alias))
+                sticky = proxy.affinity.lookup(alias.name, key, alias.by_key)
                 if sticky is not None and not sticky.removed:
                     request.node = _node_of(alias, sticky)
                     return sticky
@@ -692,17 +692,6 @@ def _split_target(target: bytes) -> tuple[bytes, str | None, str | None]:
     return path, (name if kind == "alias" else None), (name if kind == "node" else None)
 
 
-def _backends_of(alias: AliasRoute) -> Any:
-    return _AliasBackends(alias)
-
-
-class _AliasBackends:
-    """The Backends registry view Affinity needs: by_key over one alias's instances."""
-
-    def __init__(self, alias: AliasRoute) -> None:
-        self.by_key = {b.key: b for node in alias.nodes for b in node.backends}
-
-
 def _node_of(alias: AliasRoute, backend: Backend) -> NodeRoute | None:
     return next((n for n in alias.nodes if backend in n.backends), None)
 
@@ -728,14 +717,12 @@ class UpstreamConnection(asyncio.Protocol):
         self.until_close = False
         self.out: list[bytes] = []  # response bytes for the client, written once per read
         self.deadline_from = 0.0
-        self.connecting_since = 0.0
         self.idle_since = 0.0
 
     async def connect(self, request: Request) -> None:
         """Open the connection for request, retrying once elsewhere when it fails."""
         proxy = self.proxy
         backend = self.backend
-        self.connecting_since = proxy.loop.time()
         try:
             await asyncio.wait_for(
                 proxy.loop.create_connection(lambda: self, backend.host, backend.port),
@@ -766,9 +753,6 @@ class UpstreamConnection(asyncio.Protocol):
             transport.close()
             return
         self.proxy.upstreams.add(self)
-
-    def usable(self) -> bool:
-        return not self.closed and self.transport is not None and not self.transport.is_closing()
 
     def begin(self, request: Request, reused: bool) -> None:
         """Send request's head and whatever of its body has arrived."""

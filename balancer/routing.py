@@ -8,6 +8,7 @@ belong to it and reset with a new table. Health and in-flight counts live on the
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Mapping
 
 from balancer.backends import Backend, BackendKey, Backends
 from balancer.table import RoutingTable
@@ -55,7 +56,7 @@ class NodeRoute:
 class AliasRoute:
     """An alias's nodes with their weights, split by smooth weighted round robin."""
 
-    __slots__ = ("affinity_header", "current", "name", "nodes", "weights")
+    __slots__ = ("affinity_header", "by_key", "current", "name", "nodes", "weights")
 
     def __init__(
         self, name: str, nodes: list[NodeRoute], weights: list[int], affinity_header: str | None
@@ -65,6 +66,7 @@ class AliasRoute:
         self.weights = weights
         self.current = [0] * len(nodes)
         self.affinity_header = affinity_header.encode() if affinity_header else None
+        self.by_key = {b.key: b for node in nodes for b in node.backends}  # for affinity
 
     def pick_node(self) -> NodeRoute | None:
         """The next node by weight among those with a Healthy instance (nginx's smooth WRR)."""
@@ -119,11 +121,13 @@ class Affinity:
         self.limit = limit
         self.keys: OrderedDict[tuple[str, bytes], BackendKey] = OrderedDict()
 
-    def lookup(self, alias: str, value: bytes, backends: Backends) -> Backend | None:
+    def lookup(
+        self, alias: str, value: bytes, backends: Mapping[BackendKey, Backend]
+    ) -> Backend | None:
         key = self.keys.get((alias, value))
         if key is None:
             return None
-        backend = backends.by_key.get(key)
+        backend = backends.get(key)
         if backend is None or not backend.healthy:
             del self.keys[(alias, value)]  # its instance left: fall back to the normal pick
             return None

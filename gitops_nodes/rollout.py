@@ -8,18 +8,9 @@ alias moving from v1 to v2 with steps [10, 50] serves v1=90/v2=10, then 50/50, t
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 Routes = tuple[tuple[str, int], ...]
 SCALE = 1000  # weights of intermediate steps are shares in thousandths
-
-
-@dataclass(frozen=True)
-class Gate:
-    """What a step must show before the next: its gaining nodes Healthy and few errors."""
-
-    max_error_rate: float
-    min_requests: int
 
 
 def shares(routes: Routes) -> dict[str, float]:
