@@ -92,9 +92,14 @@ class _Published:
         self.desired = desired
         table = live.table or RoutingTable()
         self.generation = table.generation
-        existing = {i.name for i in live.instances}
+        # Where each instance listens now: the engine may have moved it since (a restart).
+        ports = {i.name: i.port for i in live.instances if i.port}
         self.rotation: dict[str, list[Endpoint]] = {
-            node: [e for e in entry.endpoints if e.instance in existing]
+            node: [
+                Endpoint(e.instance, e.host, ports[e.instance])
+                for e in entry.endpoints
+                if e.instance in ports
+            ]
             for node, entry in table.nodes.items()
         }
         self.settings: dict[str, tuple[int, HealthSettings]] = {

@@ -203,8 +203,12 @@ def _diff_node(
         )
 
     instances = _diff_instances(want, have)
-    publish_settings = published is None or (
-        published.min_healthy != want.min_healthy or published.health != want.health
+    moved = _moved(have, published)
+    publish_settings = (
+        published is None
+        or published.min_healthy != want.min_healthy
+        or published.health != want.health
+        or moved
     )
     if not instances and not publish_settings:
         return None
@@ -213,7 +217,10 @@ def _diff_node(
         action, reason = Action.REPLACE, "its instances' spec changed"
     else:
         action = Action.UPDATE
-        reason = "; ".join(sorted({i.reason for i in instances})) or "its settings changed"
+        reasons = {i.reason for i in instances} | (
+            {"its instances' ports moved"} if moved else set()
+        )
+        reason = "; ".join(sorted(reasons)) or "its settings changed"
     needs_new = any(i.action in (Action.CREATE, Action.REPLACE) for i in instances)
     return NodeChange(
         want.name,
@@ -239,6 +246,18 @@ def _unchanged(
             i.index == position and i.alive and i.spec_hash == want.spec_hash
             for position, i in enumerate(have)
         )
+        and not _moved(have, published)
+    )
+
+
+def _moved(have: tuple[LiveInstance, ...], published: NodeEntry | None) -> bool:
+    """Whether an instance now listens on another port than the table says: the engine picks
+    ports anew when it restarts a container (after its own restart, say)."""
+    if published is None:
+        return False
+    ports = {e.instance: e.port for e in published.endpoints}
+    return any(
+        i.alive and i.port is not None and i.name in ports and ports[i.name] != i.port for i in have
     )
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import docker
+import requests
 from docker.errors import APIError, BuildError, DockerException, ImageNotFound, NotFound
 
 from gitops_nodes.errors import RuntimeFailure, RuntimeUnavailable
@@ -27,6 +28,16 @@ from gitops_nodes.spec.hashing import InstanceConfig, canonical_json
 from gitops_nodes.spec.state import BuildRequest, DesiredNode
 
 LOOPBACK = "127.0.0.1"
+# The SDK lets the HTTP library's connection errors through untranslated (an engine that went
+# away mid-call): both kinds are caught wherever the engine is called.
+ENGINE_ERRORS = (DockerException, requests.exceptions.RequestException)
+
+
+def engine_error(what: str, exc: BaseException) -> RuntimeFailure | RuntimeUnavailable:
+    """Our error for an engine call that failed: unavailable when the engine is gone."""
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        return RuntimeUnavailable(f"{what}: the Docker engine does not answer ({exc})")
+    return RuntimeFailure(f"{what}: {exc}")
 
 
 class DockerRuntime:
@@ -37,7 +48,7 @@ class DockerRuntime:
             self.client = client or docker.from_env(timeout=120)
             self.api = self.client.api
             self.api.ping()
-        except DockerException as exc:
+        except ENGINE_ERRORS as exc:
             raise RuntimeUnavailable(
                 "no Docker engine answers "
                 f"({exc}); start one (as root: scripts/lib/ensure-docker.sh) or set DOCKER_HOST"
@@ -46,16 +57,16 @@ class DockerRuntime:
     def list_instances(self, project: str) -> list[LiveInstance]:
         try:
             summaries = self.api.containers(all=True, filters=labels.project_filter(project))
-        except DockerException as exc:
-            raise RuntimeFailure(f"listing containers failed: {exc}") from exc
+        except ENGINE_ERRORS as exc:
+            raise engine_error(f"listing containers failed: {exc}", exc) from exc
         found = [_from_summary(s) for s in summaries]
         return [instance for instance in found if instance is not None]
 
     def list_images(self, project: str) -> set[str]:
         try:
             images = self.api.images(name=BUILD_REPOSITORY)
-        except DockerException as exc:
-            raise RuntimeFailure(f"listing images failed: {exc}") from exc
+        except ENGINE_ERRORS as exc:
+            raise engine_error(f"listing images failed: {exc}", exc) from exc
         return {tag for image in images for tag in image.get("RepoTags") or ()}
 
     def build_image(self, project: str, root: Path, request: BuildRequest) -> None:
@@ -80,8 +91,8 @@ class DockerRuntime:
             raise RuntimeFailure(
                 f"building {request.context} failed: {exc.msg}\n    " + "\n    ".join(tail)
             ) from exc
-        except (APIError, TypeError) as exc:
-            raise RuntimeFailure(f"building {request.context} failed: {exc}") from exc
+        except (*ENGINE_ERRORS, TypeError) as exc:
+            raise engine_error(f"building {request.context} failed", exc) from exc
 
     def create_instance(self, project: str, node: DesiredNode, index: int) -> LiveInstance:
         config = node.config
@@ -111,13 +122,13 @@ class DockerRuntime:
                 ports=[config.port],
                 host_config=host_config,
             )
-        except DockerException as exc:
-            raise RuntimeFailure(f"creating {name} failed: {exc}") from exc
+        except ENGINE_ERRORS as exc:
+            raise engine_error(f"creating {name} failed: {exc}", exc) from exc
         try:
             self.api.start(created["Id"])
-        except DockerException as exc:
+        except ENGINE_ERRORS as exc:
             self._force_remove(name)
-            raise RuntimeFailure(f"starting {name} failed: {exc}") from exc
+            raise engine_error(f"starting {name} failed", exc) from exc
         live = self.inspect_instance(project, name)
         if live is None:
             raise RuntimeFailure(f"{name} vanished right after it was started")
@@ -128,8 +139,8 @@ class DockerRuntime:
             data = self.api.inspect_container(name)
         except NotFound:
             return None
-        except DockerException as exc:
-            raise RuntimeFailure(f"inspecting {name} failed: {exc}") from exc
+        except ENGINE_ERRORS as exc:
+            raise engine_error(f"inspecting {name} failed: {exc}", exc) from exc
         found = _from_inspect(data)
         if found is None or data["Config"]["Labels"].get(labels.PROJECT) != project:
             return None
@@ -142,8 +153,8 @@ class DockerRuntime:
             self.api.stop(name, timeout=max(0, round(grace)))
         except NotFound:
             return
-        except DockerException as exc:
-            raise RuntimeFailure(f"stopping {name} failed: {exc}") from exc
+        except ENGINE_ERRORS as exc:
+            raise engine_error(f"stopping {name} failed: {exc}", exc) from exc
 
     def remove_instance(self, project: str, name: str) -> None:
         # Re-read the owner label just before deleting: never remove what is not ours.
@@ -154,7 +165,7 @@ class DockerRuntime:
     def instance_logs(self, name: str, lines: int) -> str:
         try:
             raw = self.api.logs(name, tail=lines)
-        except DockerException:
+        except ENGINE_ERRORS:
             return ""
         return bytes(raw).decode(errors="replace")
 
@@ -162,8 +173,8 @@ class DockerRuntime:
         removed = []
         try:
             images = self.api.images(filters=labels.project_filter(project))
-        except DockerException as exc:
-            raise RuntimeFailure(f"listing images failed: {exc}") from exc
+        except ENGINE_ERRORS as exc:
+            raise engine_error(f"listing images failed: {exc}", exc) from exc
         for image in images:
             for tag in image.get("RepoTags") or [image["Id"]]:
                 try:
@@ -183,13 +194,13 @@ class DockerRuntime:
             return
         except ImageNotFound:
             pass
-        except DockerException as exc:
-            raise RuntimeFailure(f"inspecting image {reference} failed: {exc}") from exc
+        except ENGINE_ERRORS as exc:
+            raise engine_error(f"inspecting image {reference} failed: {exc}", exc) from exc
         try:
             self.client.images.pull(reference)
-        except DockerException as exc:
-            raise RuntimeFailure(
-                f"image {reference} is not on this host and pulling it failed: {exc}"
+        except ENGINE_ERRORS as exc:
+            raise engine_error(
+                f"image {reference} is not on this host and pulling it failed", exc
             ) from exc
 
     def _force_remove(self, name: str) -> None:
@@ -296,7 +307,7 @@ def follow_events(project: str, notify: Callable[[str], None], stop: threading.E
             )
             drifted = any(event.get("Action") in DRIFT_ACTIONS for event in events)
             client.close()
-        except DockerException:
+        except ENGINE_ERRORS:
             lost = True
             stop.wait(1.0)
             since = time.time()

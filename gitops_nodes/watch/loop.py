@@ -224,6 +224,10 @@ class WatchLoop:
         self.reconciling = True
         try:
             return await self.loop.run_in_executor(None, work, *args)
+        except Exception:  # a bug must not end the loop: log it whole and carry on
+            log.exception("reconcile raised; the loop carries on")
+            self.loop.call_later(RETRY_AFTER_FAILURE, self.trigger, "retry")
+            return None
         finally:
             self.reconciling = False
             self.reconciles += 1

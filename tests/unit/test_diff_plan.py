@@ -583,3 +583,18 @@ def test_an_alias_gaining_an_existing_node_waits_for_its_new_instances(
     # front starts sending half its traffic to api, whose only instance has exited:
     # it must wait until the replacement is Healthy and published.
     assert path(plan, f"publish api/0 replacing {api[0].name}", "publish alias front")
+
+
+def test_an_instance_whose_port_moved_is_published_again(
+    desired: Callable[..., DesiredState],
+) -> None:
+    spec = desired(node_doc("web", instances=2), alias_doc("front", ("web", 100)))
+    published = instances_of(spec.nodes["web"])
+    # The engine restarted and gave instance 1 another port; nothing else changed.
+    now = (published[0], replace(published[1], port=31999))
+    plan = make_plan(PROJECT, spec, LiveState(PROJECT, now, table=table_for(spec, published)))
+
+    change = node_change(plan, "web")
+    assert change.action is Action.UPDATE
+    assert "ports moved" in change.reason
+    assert ids(plan) == ["publish node web"]
