@@ -44,6 +44,9 @@ class Watch:
         self.project = project
         self.port, self.admin = free_port(), free_port()
         env = {**os.environ, "GITOPS_NODES_HOOK_TOKEN": TOKEN}
+        state.mkdir(parents=True, exist_ok=True)
+        self.log = state / f"watch-{self.port}.log"
+        self.log_file = self.log.open("w")
         self.process = subprocess.Popen(
             [
                 sys.executable,
@@ -63,9 +66,8 @@ class Watch:
                 str(self.admin),
             ],
             env=env,
-            stdout=subprocess.PIPE,
+            stdout=self.log_file,
             stderr=subprocess.STDOUT,
-            text=True,
         )
 
     def commit(self, spec: str, message: str) -> str:
@@ -91,7 +93,7 @@ class Watch:
         deadline = time.monotonic() + seconds
         while not condition():
             assert self.process.poll() is None, self.output()
-            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            assert time.monotonic() < deadline, f"timed out waiting for {what}:\n{self.output()}"
             time.sleep(0.05)
 
     def applied(self, revision: str) -> bool:
@@ -118,13 +120,15 @@ class Watch:
             return False
 
     def output(self) -> str:
-        if self.process.poll() is None:
-            return ""
-        return self.process.stdout.read() if self.process.stdout else ""
+        """The watch process's last log lines, for failure messages."""
+        lines = self.log.read_text(errors="replace").splitlines()
+        return "\n".join(lines[-40:])
 
     def stop(self) -> int:
         self.process.terminate()
-        return self.process.wait(timeout=60)
+        code = self.process.wait(timeout=60)
+        self.log_file.close()
+        return code
 
 
 @pytest.fixture
@@ -181,7 +185,7 @@ def test_commits_become_traffic_with_zero_failed_requests(
         assert watcher.status()["appliedRevision"] == only_v2
         assert watcher.versions() == {"2"}
 
-    assert load.failures == []
+    assert load.failures == [], (load.failures[:5], watcher.output())
     assert {"1", "2"} <= set(load.versions), load.versions
 
     # Drift while the newest commit is bad: healed from the last good revision. (Requests in
@@ -202,7 +206,7 @@ def test_commits_become_traffic_with_zero_failed_requests(
         assert watcher.hook() == 202
         watcher.wait(lambda: watcher.applied(fixed), "the fixed commit")
         assert watcher.versions() == {"3"}
-    assert load.failures == []
+    assert load.failures == [], (load.failures[:5], watcher.output())
     assert {"2", "3"} <= set(load.versions), load.versions
     assert watcher.stop() == 0
 
@@ -239,7 +243,7 @@ def test_rollout_moves_an_alias_in_steps(
         watcher.wait(lambda: watcher.applied(target), "the rollout to finish", seconds=30)
         assert watcher.status()["rollout"] is None
         assert watcher.versions() == {"2"}
-    assert load.failures == []
+    assert load.failures == [], (load.failures[:5], watcher.output())
     assert load.versions["1"] > 0 and load.versions["2"] > 0
     watcher.wait(lambda: {i.node for i in runtime.list_instances(project)} == {"v2"}, "v1 gone")
 
