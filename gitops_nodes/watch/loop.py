@@ -118,6 +118,7 @@ class WatchLoop:
                 daemon=True,
             )
             drift_thread.start()
+        await self.loop.run_in_executor(None, self.reconciler.restore, self.source)
         self.trigger("start")
         while not self.stopping.is_set():
             await self.wake.wait()
@@ -179,6 +180,16 @@ class WatchLoop:
         result = await self._run(reconciler.reconcile, revision, reason)
         if result is not None and result.error and "Docker engine" in result.error:
             self.loop.call_later(RETRY_AFTER_FAILURE, self.trigger, "retry")
+        elif (
+            result is not None
+            and not result.ok
+            and reasons & HEALING
+            and reconciler.applied is not None
+            and reconciler.applied.id != revision.id
+        ):
+            # Whatever a failed apply got to is undone, and drift (or a restart after it)
+            # healed: the last good revision, again.
+            await self._run(reconciler.heal, reason)
         if reconciler.rollout is not None:
             self.rollout_task = self.loop.create_task(self._drive_rollout())
 

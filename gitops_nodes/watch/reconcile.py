@@ -28,7 +28,7 @@ from gitops_nodes.spec.load import SpecLoader
 from gitops_nodes.spec.models import Rollout
 from gitops_nodes.spec.state import DesiredState
 from gitops_nodes.statedir import StateDir
-from gitops_nodes.watch.source import Revision
+from gitops_nodes.watch.source import Revision, Source
 
 log = logging.getLogger("gitops_nodes.watch")
 
@@ -125,6 +125,22 @@ class Reconciler:
         healed = self.heal(f"rollback of {run.revision.id[:12]}")
         self.last_error = refused  # the rollback's reason stays the error to show
         return healed
+
+    def restore(self, source: Source) -> None:
+        """After a restart: remember the last good revision a previous run applied, so drift
+        can be healed from it even when the newest commit is bad (nothing is applied here)."""
+        saved = read_watch_status(self.state)
+        revision_id = saved.get("appliedRevision") if saved else None
+        if not isinstance(revision_id, str):
+            return
+        revision = source.at(revision_id)
+        if revision is None:
+            return
+        try:
+            self.applied_state = self.loader.load(revision.tree)
+        except SpecErrors:
+            return
+        self.applied = revision
 
     def heal(self, reason: str) -> ReconcileResult | None:
         """Apply the last good revision again (drift while the newest commit is bad)."""

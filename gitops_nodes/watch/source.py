@@ -100,6 +100,10 @@ class Source(Protocol):
         """Read the source now (blocking); raise SourceError when it cannot be read."""
         ...
 
+    def at(self, revision_id: str) -> Revision | None:
+        """An earlier revision by id, when the source can still produce it (blocking)."""
+        ...
+
     def changes(self, stop: asyncio.Event) -> AsyncIterator[None]:
         """Yield once per burst of changes until stop is set."""
         ...
@@ -179,6 +183,22 @@ class GitSource:
             self._prune(keep={sha} | ({last.id} if last is not None else set()))
             self._last = revision
             return revision
+
+    def at(self, revision_id: str) -> Revision | None:
+        """A commit fetched before, by id: the last good one, to heal from after a restart.
+        None when this repository does not have it (any more)."""
+        sha = revision_id
+        if not _HEX40.match(sha):
+            return None
+        with self._lock:
+            self._ensure_repository()
+            try:
+                summary = self._git("log", "-1", "--format=%s", sha, "--").strip()
+                self._check_path(sha, summary)
+                root = self._materialise(sha)
+            except SourceError:
+                return None
+            return Revision(id=sha, tree=_join(root, self.path), summary=summary or "-")
 
     async def changes(self, stop: asyncio.Event) -> AsyncGenerator[None, None]:
         """Never yields: a Git source is polled. Returns once stop is set."""
@@ -413,6 +433,10 @@ class TreeSource:
     @property
     def last(self) -> Revision | None:
         return self._last
+
+    def at(self, revision_id: str) -> Revision | None:
+        """A work tree keeps no history: only its current content is ever available."""
+        return None
 
     def describe(self) -> str:
         return str(self.path)

@@ -116,8 +116,8 @@ class Watch:
     def serves(self, versions: set[str]) -> bool:
         try:
             return self.versions(5) == versions
-        except AssertionError:
-            return False
+        except (AssertionError, OSError, http.client.HTTPException, ValueError):
+            return False  # not listening yet, or not serving these versions yet
 
     def output(self) -> str:
         """The watch process's last log lines, for failure messages."""
@@ -273,3 +273,26 @@ def test_rollout_rolls_back_when_the_new_node_fails_requests(
     assert watcher.versions() == {"1"}
     assert load.failures and all(f.startswith("500") for f in load.failures)
     watcher.wait(lambda: {i.node for i in runtime.list_instances(project)} == {"v1"}, "v2 gone")
+
+
+def test_a_restart_with_a_bad_commit_heals_from_the_last_good_one(
+    watch: Callable[[str], Watch], runtime: DockerRuntime, project: str
+) -> None:
+    good_spec = node_yaml("v1", "1") + alias_yaml("api", {"v1": 100})
+    watcher = watch(good_spec)
+    good = git(watcher.repo, "rev-parse", "HEAD")
+    watcher.wait(lambda: watcher.applied(good), "the first commit")
+    assert watcher.stop() == 0
+
+    bad = watcher.commit(good_spec.replace("instances: 1", "instances: 0"), "bad")
+    for instance in runtime.list_instances(project):
+        runtime.remove_instance(project, instance.name)  # gone while nobody watched
+
+    again = Watch(watcher.repo, project, watcher.log.parent)
+    try:
+        again.wait(lambda: again.serves({"1"}), "v1 healed from the last good commit")
+        status = again.status()
+        assert status["appliedRevision"] == good
+        assert status["lastError"]["revision"] == bad
+    finally:
+        again.stop()
