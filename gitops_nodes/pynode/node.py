@@ -1,0 +1,256 @@
+"""A prepared python node: its interpreter state, and one call of its code on a request.
+
+`prepare` builds the namespace once: the checkpoint's variables, then the set-up code run in
+it. `Node.run` then takes a request body and gives back a status and a JSON body; it is the
+whole per-request work apart from HTTP. The namespace is shared state that every request
+reads and may change (a counter, an online model), so calls must never overlap: the server
+runs them one at a time on its single thread.
+
+Checkpoints are read with the standard library's pickle. A checkpoint written by cloudpickle
+(which saves functions and classes defined in a notebook by value) loads with plain pickle
+as long as cloudpickle itself is importable in the image; so are the modules of the objects
+it holds (scikit-learn for a scikit-learn model). Unpickling runs code from the file: a
+checkpoint is trusted like the node's code is. The code and the set-up code run as module
+`__main__` (its globals are the namespace), as they did in the notebook that made them.
+"""
+
+from __future__ import annotations
+
+import pickle
+import traceback
+from collections.abc import Iterable
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from gitops_nodes.pynode.codec import DECODE_ERRORS, ENCODE_ERRORS, Codec, default_codec
+from gitops_nodes.pynode.config import NodeConfig, Variable
+from gitops_nodes.pynode.errors import PrepareError
+from gitops_nodes.pynode.types import INVALID, describe, problem
+
+MAX_BYTES = 16 * 2**20  # the largest request body and response body, as on the platform
+
+
+class Node:
+    """One instance's interpreter state and the compiled code that answers its requests."""
+
+    __slots__ = (
+        "checks",
+        "code",
+        "config",
+        "dumps",
+        "input_count",
+        "loads",
+        "max_response",
+        "namespace",
+        "output_names",
+    )
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        namespace: dict[str, Any],
+        codec: Codec | None = None,
+        max_response: int = MAX_BYTES,
+    ) -> None:
+        codec = codec or default_codec()
+        self.config = config
+        self.namespace = namespace
+        self.code = config.code
+        self.loads = codec.loads
+        self.dumps = codec.dumps
+        # Compiled once: (name, check) pairs; a check of None lets any value through.
+        self.checks = tuple((v.name, v.type.check) for v in config.inputs)
+        self.input_count = len(config.inputs)
+        self.output_names = tuple(v.name for v in config.outputs)
+        self.max_response = max_response
+
+    def run(self, body: bytes) -> tuple[int, bytes]:
+        """Check the inputs in `body`, run the code, and answer (status, JSON of outputs).
+
+        Never raises for anything a request or the user's code does: bad input is 400/422,
+        a failure of the code or of its outputs is 500, and the namespace stays as the
+        code left it. An empty body stands for `{}` (a node without inputs).
+        """
+        if body:
+            try:
+                data = self.loads(body)
+            except DECODE_ERRORS as exc:
+                return 400, self.error("InvalidJSON", f"the request body is not JSON: {exc}")
+            if type(data) is not dict:
+                return 422, self.not_an_object(data)
+        else:
+            data = {}
+        for name, check in self.checks:
+            value = data.get(name, INVALID)
+            if value is INVALID:
+                return 422, self.invalid_inputs(data)
+            if check is not None:
+                checked = check(value)
+                if checked is not value:
+                    if checked is INVALID:
+                        return 422, self.invalid_inputs(data)
+                    data[name] = checked  # ints given for floats, stored as floats
+        if len(data) != self.input_count:
+            return 422, self.invalid_inputs(data)  # an unknown field
+        namespace = self.namespace
+        namespace.update(data)
+        try:
+            exec(self.code, namespace)
+        except (Exception, SystemExit) as exc:
+            return 500, self.user_error(exc)
+        try:
+            outputs = {name: namespace[name] for name in self.output_names}
+        except KeyError:
+            return 500, self.missing_outputs()
+        try:
+            payload = self.dumps(outputs)
+        except ENCODE_ERRORS as exc:
+            return 500, self.unencodable(outputs, exc)
+        if len(payload) > self.max_response:
+            return 500, self.error(
+                "ResponseTooLarge",
+                f"the response is {len(payload)} bytes, over the limit of "
+                f"{self.max_response} bytes ({self.max_response / 2**20:g} MB)",
+            )
+        return 200, payload
+
+    # -- the slow paths: only requests that fail come here --------------------------------
+
+    def error(self, name: str, message: str, **extra: object) -> bytes:
+        """An error body: {"error_name", "error_message", ...extra}."""
+        return self.dumps({"error_name": name, "error_message": message, **extra})
+
+    def not_an_object(self, data: object) -> bytes:
+        expected = "a JSON object of the input variables"
+        return self.error(
+            "InvalidInput",
+            f"the request body must be {expected} ({self.signature()}), got {describe(data)}",
+            errors=[{"field": None, "expected": expected, "problem": f"got {describe(data)}"}],
+        )
+
+    def invalid_inputs(self, data: dict[str, Any]) -> bytes:
+        """422 body naming every missing, mistyped and unknown field."""
+        errors: list[dict[str, str]] = []
+        messages: list[str] = []
+        declared = {v.name: v for v in self.config.inputs}
+        for variable in declared.values():
+            var_type = variable.type
+            value = data.get(variable.name, INVALID)
+            if value is INVALID:
+                reason = "missing"
+                messages.append(f"input {variable.name!r} is missing: expected {var_type.expected}")
+            elif var_type.check is not None and var_type.check(value) is INVALID:
+                reason = problem(var_type, value)
+                messages.append(f"input {variable.name!r}: expected {var_type.expected}, {reason}")
+            else:
+                continue
+            errors.append({"field": variable.name, "expected": var_type.name, "problem": reason})
+        names = ", ".join(declared) or "none"
+        for field in data:
+            if field not in declared:
+                messages.append(f"{field!r} is not an input of this node (its inputs: {names})")
+                errors.append(
+                    {"field": field, "expected": f"one of: {names}", "problem": "unknown input"}
+                )
+        return self.error("InvalidInput", "; ".join(messages), errors=errors)
+
+    def user_error(self, exc: BaseException) -> bytes:
+        """500 body for an exception raised by the node's code."""
+        extra: dict[str, object] = {}
+        if self.config.traceback:
+            extra["traceback"] = traceback_lines(exc, skip=1)  # from the code's own frame
+        return self.error(type(exc).__name__, _message(exc), **extra)
+
+    def missing_outputs(self) -> bytes:
+        missing = [name for name in self.output_names if name not in self.namespace]
+        return self.error(
+            "MissingOutput",
+            f"the code {self.config.code_path} ran but did not set the output variable(s) "
+            f"{', '.join(map(repr, missing))}",
+        )
+
+    def unencodable(self, outputs: dict[str, Any], exc: Exception) -> bytes:
+        culprit = next((n for n in outputs if not _encodes(self, outputs[n])), None)
+        what = f"output {culprit!r}" if culprit else "the outputs"
+        return self.error(
+            "InvalidOutput",
+            f"{what} cannot be encoded as JSON: {type(exc).__name__}: {_message(exc)}",
+        )
+
+    def signature(self) -> str:
+        """The inputs as "x: list[float], n: int"."""
+        return names(self.config.inputs)
+
+
+def _encodes(node: Node, value: object) -> bool:
+    try:
+        node.dumps(value)
+    except ENCODE_ERRORS:
+        return False
+    return True
+
+
+def _message(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:  # an exception whose __str__ fails
+        return f"<unprintable {type(exc).__name__}>"
+
+
+def traceback_lines(exc: BaseException, skip: int = 0) -> list[str]:
+    """The traceback of `exc` as lines, without its first `skip` frames (ours)."""
+    tb: TracebackType | None = exc.__traceback__
+    for _ in range(skip):
+        if tb is not None:
+            tb = tb.tb_next
+    text = "".join(traceback.format_exception(type(exc), exc, tb))
+    return text.splitlines()
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """The variables saved in a checkpoint file (a pickled dict of {name: value})."""
+    try:
+        with path.open("rb") as file:
+            state = pickle.load(file)
+    except OSError as exc:
+        raise PrepareError(f"cannot read the checkpoint {path}: {exc.strerror or exc}") from exc
+    except Exception as exc:
+        hint = ""
+        if isinstance(exc, ModuleNotFoundError):
+            hint = (
+                f" (the checkpoint needs module {exc.name!r}: add its package to the node's "
+                "packages; cloudpickle checkpoints also need cloudpickle)"
+            )
+        raise PrepareError(
+            f"the checkpoint {path} cannot be loaded: {type(exc).__name__}: {_message(exc)}" + hint
+        ) from exc
+    if not isinstance(state, dict) or not all(isinstance(key, str) for key in state):
+        raise PrepareError(
+            f"the checkpoint {path} must hold a dict of {{variable name: value}}, "
+            f"got {type(state).__name__}"
+        )
+    # The interpreter's own names (__builtins__, __name__, ...) are the runtime's to set.
+    return {k: v for k, v in state.items() if not (k.startswith("__") and k.endswith("__"))}
+
+
+def prepare(config: NodeConfig, codec: Codec | None = None, max_response: int = MAX_BYTES) -> Node:
+    """Build a node's namespace: its checkpoint's variables, then its set-up code run once."""
+    namespace: dict[str, Any] = {"__name__": "__main__"}
+    if config.checkpoint is not None:
+        namespace.update(load_checkpoint(config.checkpoint))
+    if config.setup is not None:
+        try:
+            exec(config.setup, namespace)
+        except (Exception, SystemExit) as exc:
+            lines = traceback_lines(exc, skip=1)
+            raise PrepareError(
+                f"the set-up code {config.setup_path} raised {type(exc).__name__}: "
+                f"{_message(exc)}\n" + "\n".join(lines)
+            ) from exc
+    return Node(config, namespace, codec, max_response)
+
+
+def names(variables: Iterable[Variable]) -> str:
+    """Variables as "x: list[float], n: int" (for log lines)."""
+    return ", ".join(f"{v.name}: {v.type.name}" for v in variables) or "none"

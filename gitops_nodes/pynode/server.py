@@ -1,0 +1,472 @@
+"""The HTTP server of a python node's instance: one asyncio Protocol with httptools, no ASGI.
+
+    python3 -m gitops_nodes.pynode.server --config /app/node.json [--host 0.0.0.0] [--port 8080]
+
+Start-up loads the config (compiling the code once and checking it against the declared
+variables), restores the checkpoint, runs the set-up code, builds the input checks and the
+OpenAPI document, and only then listens: so `GET /healthz` simply answers 200, and a node
+that cannot be prepared never opens its port (the process exits 1 with the reason on
+stderr). Endpoints:
+
+    POST /  and  POST /predict   flat JSON of the inputs -> flat JSON of the outputs
+    GET /healthz                 200 {"status": "ok"}
+    GET /openapi.json            the OpenAPI 3.1 document of the node's API
+
+Errors are JSON {"error_name", "error_message", ...}: 400 (not HTTP, not JSON), 404, 405,
+413 (body over 16 MB: refused from its content-length before any of it is read, or as soon
+as a chunked body grows past it), 422 (inputs missing, mistyped or unknown: "errors" names
+each field and what was expected), 500 (the code raised: its exception's type and message,
+plus "traceback" lines when the config says so; an output not set; a response over 16 MB).
+
+The request path allocates little: the body is read whole into the bytes httptools hands
+over (joined only when it came in pieces), the route is one dict lookup, responses are one
+formatted write, and there is no task, future or timer per request. One line per request
+goes to standard output: method, path, status, and microseconds from the end of the
+request's head to its answer; the stream is flushed within 0.1 s, not per line.
+Keep-alive follows HTTP/1.1 and HTTP/1.0 rules; pipelined requests are answered in order.
+Connections have no idle timeout here (the balancer pools them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import httptools
+
+from gitops_nodes.pynode.codec import Codec
+from gitops_nodes.pynode.config import NodeConfig, load_config
+from gitops_nodes.pynode.errors import PyNodeError
+from gitops_nodes.pynode.node import MAX_BYTES, Node, names, prepare
+from gitops_nodes.pynode.openapi import document
+
+REASONS = {
+    200: b"OK",
+    400: b"Bad Request",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+    413: b"Content Too Large",
+    422: b"Unprocessable Content",
+    500: b"Internal Server Error",
+}
+CALL, HEALTH, OPENAPI = 1, 2, 3
+ROUTES = {b"/": CALL, b"/predict": CALL, b"/healthz": HEALTH, b"/openapi.json": OPENAPI}
+ALLOWED = {CALL: b"POST", HEALTH: b"GET, HEAD", OPENAPI: b"GET, HEAD"}
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+# A response is HEADS[status] + content-length digits + one of these + the body.
+KEEP_ALIVE = b"\r\n\r\n"
+KEEP_ALIVE_ASKED = b"\r\nconnection: keep-alive\r\n\r\n"  # HTTP/1.0 clients need to hear it
+CLOSE = b"\r\nconnection: close\r\n\r\n"
+LINGER = 2.0  # seconds a refused connection keeps reading (and dropping) before it closes
+FLUSH_DELAY = 0.1  # seconds the access log may wait before it is flushed
+
+
+def _head(status: int, extra: bytes = b"") -> bytes:
+    return b"HTTP/1.1 %d %s\r\n%scontent-type: application/json\r\ncontent-length: " % (
+        status,
+        REASONS[status],
+        extra,
+    )
+
+
+HEADS = {status: _head(status) for status in REASONS}
+NOT_ALLOWED_HEADS = {
+    route: _head(405, b"allow: %s\r\n" % allow) for route, allow in ALLOWED.items()
+}
+
+perf_counter_ns = time.perf_counter_ns
+
+
+class Service:
+    """What every connection of one instance shares: the node, fixed answers, the log."""
+
+    def __init__(
+        self,
+        node: Node,
+        loop: asyncio.AbstractEventLoop,
+        access_log: BinaryIO | None,
+        max_body: int = MAX_BYTES,
+    ) -> None:
+        self.node = node
+        self.run = node.run
+        self.error = node.error
+        self.loop = loop
+        self.max_body = max_body
+        self.health = node.dumps({"status": "ok"})
+        self.openapi = node.dumps(document(node.config, max_body))  # generated once
+        self.access_log = access_log
+        self.flush_armed = False
+        self.connections: set[Connection] = set()
+
+    def logged(self, method: bytes, path: bytes, status: int, started: int) -> None:
+        """Write the request's log line; flushed a moment later, with its neighbours."""
+        log = self.access_log
+        if log is None:
+            return
+        micros = (perf_counter_ns() - started) // 1000
+        log.write(b"%s %s %d %dus\n" % (method, path, status, micros))
+        if not self.flush_armed:
+            self.flush_armed = True
+            self.loop.call_later(FLUSH_DELAY, self.flush)
+
+    def flush(self) -> None:
+        """Flush the access log (a closed or broken stdout is ignored)."""
+        self.flush_armed = False
+        if self.access_log is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self.access_log.flush()
+
+    def close_connections(self) -> None:
+        """Close every client connection (shutdown: no request is running, see Connection)."""
+        for connection in list(self.connections):
+            connection.close()
+
+
+class Connection(asyncio.Protocol):
+    """One client connection: parses its requests and answers each as soon as it is read.
+
+    Requests to one instance run one at a time, which keeps the shared namespace consistent:
+    the node's code runs synchronously inside `on_message_complete`, on the event loop's one
+    thread, so no other request of any connection can start until it returns. That is the
+    serialisation; there is no lock, no thread pool and no task per request.
+    """
+
+    __slots__ = (
+        "active",
+        "body",
+        "chunks",
+        "closing",
+        "content_length",
+        "expect",
+        "keep_alive_asked",
+        "max_body",
+        "method",
+        "parser",
+        "path",
+        "received",
+        "route",
+        "run",
+        "service",
+        "started",
+        "transport",
+        "upgrade",
+        "url",
+    )
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.run = service.run
+        self.max_body = service.max_body
+        self.transport: Any = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.closing = False  # answered for the last time: further bytes are dropped
+        self.method = b"-"
+        self.path = b"-"
+        self.route = 0
+        self.started = 0
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the request just answered (cheaper than an on_message_begin callback)."""
+        self.active = False
+        self.url = b""
+        self.body = b""
+        self.chunks: list[bytes] | None = None  # set when the body comes in several pieces
+        self.received = 0
+        self.content_length = -1
+        self.expect = False
+        self.keep_alive_asked = False
+        self.upgrade = False  # an Upgrade header came: see on_message_complete
+
+    # -- asyncio.Protocol -----------------------------------------------------------------
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        self.service.connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return  # refused (413, 400): what the client still sends is read and dropped
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # Answered (or refused) in on_message_complete; what follows is another protocol.
+            if self.closing:
+                pass
+            elif self.active:
+                self.refuse(400, "BadRequest", "protocol upgrades are not supported")
+            else:
+                self.close()
+        except httptools.HttpParserError as exc:
+            if not self.closing:
+                self.refuse(400, "BadRequest", f"malformed HTTP request: {exc}")
+        except Exception as exc:  # a fault of the runtime itself: answer it, keep serving
+            if not self.closing:
+                message = f"the node's runtime failed: {type(exc).__name__}: {exc}"
+                self.refuse(500, "InternalError", message)
+
+    def eof_received(self) -> bool | None:
+        return None  # the client is done sending: close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self.service.connections.discard(self)
+
+    def pause_writing(self) -> None:
+        # The client does not read its answers: stop reading its (pipelined) requests.
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.transport.resume_reading()
+
+    def close(self) -> None:
+        """Close the connection now."""
+        self.closing = True
+        if self.transport is not None:
+            self.transport.close()
+
+    # -- httptools callbacks --------------------------------------------------------------
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        size = len(name)  # compared first, so most headers cost no lower()
+        if size == 14 and name.lower() == b"content-length":
+            self.content_length = int(value) if value.isdigit() else -1
+        elif size == 10 and name.lower() == b"connection":
+            self.keep_alive_asked = b"keep-alive" in value.lower()
+        elif size == 6 and name.lower() == b"expect":
+            self.expect = value.lower() == b"100-continue"
+        elif size == 7 and name.lower() == b"upgrade":
+            self.upgrade = True
+
+    def on_headers_complete(self) -> None:
+        if self.closing:
+            return
+        self.started = perf_counter_ns()
+        self.active = True
+        url = self.url
+        path = url.partition(b"?")[0] if b"?" in url else url
+        self.path = path
+        self.method = self.parser.get_method()
+        self.route = ROUTES.get(path, 0)
+        if self.content_length > self.max_body:
+            self.too_large(f"the request body is {self.content_length} bytes,")
+        elif self.expect:
+            self.transport.write(CONTINUE)
+
+    def on_body(self, body: bytes) -> None:
+        if self.closing:
+            return
+        self.received += len(body)
+        if self.received > self.max_body:
+            self.too_large("the request body grows")  # chunked: its size was not given
+            return
+        if self.chunks is not None:
+            self.chunks.append(body)
+        elif self.body:
+            self.chunks = [self.body, body]
+        else:
+            self.body = body
+
+    def on_message_complete(self) -> None:
+        if self.closing:
+            return
+        # should_keep_alive() is only right inside this callback.
+        keep_alive = self.parser.should_keep_alive()
+        route = self.route
+        method = self.method
+        head = None
+        if self.upgrade and self.parser.should_upgrade():
+            # httptools stops before the body of an upgrade request (h2c, WebSocket), so
+            # only a request without one can be answered; the connection then closes.
+            if route == CALL:
+                self.refuse(400, "BadRequest", "protocol upgrades are not supported")
+                return
+            keep_alive = False
+        if route == CALL and method == b"POST":
+            body = self.body if self.chunks is None else b"".join(self.chunks)
+            # The node's code runs here, synchronously: see the class docstring.
+            status, payload = self.run(body)
+        elif route == HEALTH and (method == b"GET" or method == b"HEAD"):
+            status, payload = 200, self.service.health
+        elif route == OPENAPI and (method == b"GET" or method == b"HEAD"):
+            status, payload = 200, self.service.openapi
+        elif route:
+            status = 405
+            head = NOT_ALLOWED_HEADS[route]
+            payload = self.service.error(
+                "MethodNotAllowed",
+                f"{method.decode('latin-1')} is not allowed on {self.path.decode('latin-1')}: "
+                f"use {ALLOWED[route].decode()}",
+            )
+        else:
+            status = 404
+            payload = self.service.error(
+                "NotFound",
+                f"no endpoint {self.path.decode('latin-1')}: the node answers POST / (or "
+                "POST /predict), GET /healthz and GET /openapi.json",
+            )
+        self.respond(status, payload, keep_alive, head, method == b"HEAD")
+        self.reset()
+
+    # -- answers --------------------------------------------------------------------------
+
+    def respond(
+        self,
+        status: int,
+        payload: bytes,
+        keep_alive: bool,
+        head: bytes | None = None,
+        head_only: bool = False,
+    ) -> None:
+        """Write one whole response, and close the connection unless it is kept alive."""
+        tail = CLOSE
+        if keep_alive:
+            tail = KEEP_ALIVE_ASKED if self.keep_alive_asked else KEEP_ALIVE
+        if head is None:
+            head = HEADS[status]
+        size = len(payload)
+        transport = self.transport
+        # Logged before the write, so the line exists once the client has its answer.
+        self.service.logged(self.method, self.path, status, self.started)
+        if head_only:
+            transport.write(b"%s%d%s" % (head, size, tail))
+        elif size < 65536:
+            transport.write(b"%s%d%s%s" % (head, size, tail, payload))
+        else:  # no copy of a large body
+            transport.write(b"%s%d%s" % (head, size, tail))
+            transport.write(payload)
+        if not keep_alive:
+            self.closing = True
+            transport.close()
+
+    def refuse(self, status: int, name: str, message: str) -> None:
+        """Answer with an error and stop reading this connection's requests."""
+        if not self.active:
+            self.started = perf_counter_ns()
+            self.method = self.path = b"-"
+        self.respond(status, self.service.error(name, message), keep_alive=False)
+
+    def too_large(self, what: str) -> None:
+        """413 before reading past the limit; then drop what follows, and close.
+
+        The connection is half-closed after the answer and lingers a moment, reading and
+        dropping, so that a client still sending its body gets the 413 rather than a reset.
+        """
+        message = f"{what} over the limit of {self.max_body} bytes ({self.max_body / 2**20:g} MB)"
+        transport = self.transport
+        payload = self.service.error("RequestTooLarge", message)
+        self.service.logged(self.method, self.path, 413, self.started)
+        transport.write(b"%s%d%s%s" % (HEADS[413], len(payload), CLOSE, payload))
+        self.closing = True
+        if transport.can_write_eof():
+            transport.write_eof()
+            self.service.loop.call_later(LINGER, transport.close)
+        else:
+            transport.close()
+
+
+# -- running it -------------------------------------------------------------------------
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """A uvloop loop when uvloop is installed, else asyncio's own."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+async def start(
+    node: Node,
+    host: str,
+    port: int,
+    access_log: BinaryIO | None = None,
+    max_body: int = MAX_BYTES,
+) -> tuple[Service, asyncio.Server]:
+    """Listen on host:port in the running loop; port 0 picks a free one."""
+    loop = asyncio.get_running_loop()
+    service = Service(node, loop, access_log, max_body)
+    server = await loop.create_server(lambda: Connection(service), host, port, backlog=1024)
+    return service, server
+
+
+def serve(
+    config: NodeConfig | str | Path,
+    host: str = "0.0.0.0",
+    port: int = 8080,
+    *,
+    access_log: BinaryIO | None = None,
+    codec: Codec | None = None,
+) -> None:
+    """Prepare the node and serve it until SIGTERM or SIGINT (a config may be a path).
+
+    Raises ConfigError or PrepareError before listening when the node cannot be served,
+    and OSError when the port cannot be bound. The access log defaults to standard output.
+    """
+    began = time.perf_counter()
+    if not isinstance(config, NodeConfig):
+        config = load_config(config)
+    node = prepare(config, codec)
+    log = access_log if access_log is not None else sys.stdout.buffer
+    loop = new_event_loop()
+    try:
+        service, server = loop.run_until_complete(start(node, host, port, log))
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, loop.stop)
+        bound = server.sockets[0].getsockname()
+        log.write(
+            (
+                f"pynode: serving {config.code_path} on {bound[0]}:{bound[1]} "
+                f"(inputs {names(config.inputs)}; outputs {names(config.outputs)}; "
+                f"{type(loop).__module__.split('.')[0]} loop) "
+                f"ready in {(time.perf_counter() - began) * 1000:.0f} ms\n"
+            ).encode()
+        )
+        service.flush()
+        try:
+            loop.run_forever()
+        finally:
+            server.close()
+            service.close_connections()
+            loop.run_until_complete(server.wait_closed())
+            service.flush()
+    finally:
+        loop.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The container's command: serve the node the config describes; 1 when it cannot."""
+    parser = argparse.ArgumentParser(
+        prog="python3 -m gitops_nodes.pynode.server",
+        description="Serve one python node: its code, checkpoint and variables over HTTP.",
+    )
+    parser.add_argument("--config", required=True, help="the node's JSON config file")
+    parser.add_argument("--host", default="0.0.0.0", help="address to listen on")
+    parser.add_argument("--port", type=int, default=8080, help="port to listen on")
+    args = parser.parse_args(argv)
+    try:
+        serve(args.config, args.host, args.port)
+    except PyNodeError as exc:
+        sys.stderr.write(f"pynode: {exc}\n")
+        return 1
+    except OSError as exc:
+        sys.stderr.write(f"pynode: cannot listen on {args.host}:{args.port}: {exc}\n")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
