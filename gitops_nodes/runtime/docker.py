@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -20,6 +21,7 @@ import docker
 import requests
 from docker.errors import APIError, BuildError, DockerException, ImageNotFound, NotFound
 
+from gitops_nodes import pyimage
 from gitops_nodes.errors import RuntimeFailure, RuntimeUnavailable
 from gitops_nodes.live import LiveInstance
 from gitops_nodes.runtime import labels
@@ -70,13 +72,29 @@ class DockerRuntime:
         return {tag for image in images for tag in image.get("RepoTags") or ()}
 
     def build_image(self, project: str, root: Path, request: BuildRequest) -> None:
-        context = root / request.context
+        if request.python is None:
+            self._build(project, root / request.context, request.dockerfile, request)
+            return
+        base = pyimage.choose_base(request.python.base_image, self._image_available)
+        with tempfile.TemporaryDirectory(prefix="gitops-nodes-python-") as folder:
+            pyimage.assemble(root, request.python, base, Path(folder))
+            self._build(project, Path(folder), "Dockerfile", request)
+
+    def _image_available(self, reference: str) -> bool:
+        try:
+            self._ensure_image(reference)
+        except RuntimeFailure:
+            return False
+        return True
+
+    def _build(self, project: str, folder: Path, dockerfile: str, request: BuildRequest) -> None:
+        what = request.python.code if request.python else request.context
         try:
             self.client.images.build(
-                path=str(context),
-                dockerfile=request.dockerfile,
+                path=str(folder),
+                dockerfile=dockerfile,
                 tag=request.tag,
-                labels={labels.PROJECT: project, labels.BUILD_CONTEXT: request.context},
+                labels={labels.PROJECT: project, labels.BUILD_CONTEXT: what},
                 rm=True,
                 forcerm=True,
             )
@@ -89,10 +107,10 @@ class DockerRuntime:
                 .splitlines()[-8:]
             )
             raise RuntimeFailure(
-                f"building {request.context} failed: {exc.msg}\n    " + "\n    ".join(tail)
+                f"building {what} failed: {exc.msg}\n    " + "\n    ".join(tail)
             ) from exc
         except (*ENGINE_ERRORS, TypeError) as exc:
-            raise engine_error(f"building {request.context} failed", exc) from exc
+            raise engine_error(f"building {what} failed", exc) from exc
 
     def create_instance(self, project: str, node: DesiredNode, index: int) -> LiveInstance:
         config = node.config

@@ -6,7 +6,10 @@ import hashlib
 import os
 from pathlib import Path
 
+from gitops_nodes.spec.state import PythonBuild
+
 BUILD_REPOSITORY = "gitops-nodes/build"
+PACKAGE = Path(__file__).resolve().parent.parent  # gitops_nodes/
 
 
 def context_digest(folder: Path, dockerfile: str) -> str:
@@ -18,6 +21,26 @@ def context_digest(folder: Path, dockerfile: str) -> str:
         digest.update(f"{relative}\0{int(executable)}\0".encode())
         digest.update(path.read_bytes())
         digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def runtime_files() -> list[Path]:
+    """The in-container runtime a python node's image carries: gitops_nodes/pynode/."""
+    return [PACKAGE / "__init__.py", *sorted((PACKAGE / "pynode").glob("*.py"))]
+
+
+def python_digest(root: Path, build: PythonBuild) -> str:
+    """The sha256 of everything a python node's image is made of: its files, packages, base
+    image, config, and the runtime's own source, so any change makes a new image."""
+    digest = hashlib.sha256(f"python\0{build.base_image}\0{build.config}\0".encode())
+    digest.update("\0".join(build.packages).encode())
+    for relative in (build.code, build.checkpoint, build.setup):
+        if relative is not None:
+            digest.update(f"\0{relative}\0".encode())
+            digest.update((root / relative).read_bytes())
+    for path in runtime_files():
+        digest.update(f"\0{path.relative_to(PACKAGE.parent).as_posix()}\0".encode())
+        digest.update(path.read_bytes())
     return digest.hexdigest()
 
 

@@ -18,15 +18,25 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from gitops_nodes.gcpause import gc_paused
-from gitops_nodes.spec.context import build_tag, context_digest
+from gitops_nodes.pynode.config import parse_config
+from gitops_nodes.pynode.errors import PyNodeError
+from gitops_nodes.spec.context import build_tag, context_digest, python_digest
 from gitops_nodes.spec.errors import SpecErrors, SpecProblem
-from gitops_nodes.spec.hashing import InstanceConfig, spec_hash
-from gitops_nodes.spec.models import API_VERSION, KINDS, AliasDocument, NodeDocument
+from gitops_nodes.spec.hashing import InstanceConfig, canonical_json, spec_hash
+from gitops_nodes.spec.models import (
+    API_VERSION,
+    KINDS,
+    PYTHON_PORT,
+    AliasDocument,
+    NodeDocument,
+    PythonSource,
+)
 from gitops_nodes.spec.state import (
     BuildRequest,
     DesiredAlias,
     DesiredNode,
     DesiredState,
+    PythonBuild,
     Source,
 )
 
@@ -41,6 +51,7 @@ _VALIDATOR_FIELD = {
     "dockerfile": "dockerfile",
     "min_healthy": "minHealthy",
     "min_memory": "memory",
+    "node_kind": "image",
     "alias_weights": "nodes",
     "alias_nodes": "nodes",
     "rollout_steps": "steps",
@@ -186,8 +197,14 @@ def _parse_file(root: Path, path: Path, data: bytes, sha: str) -> _FileResult:
             continue
         node = None
         if isinstance(document, NodeDocument):
-            if document.spec.image.build is not None:
-                has_build = True
+            python = document.spec.python
+            if python is not None:
+                trouble = _check_python(root, python)
+                if trouble is not None:
+                    failures.append((index, ("spec", "python", "code"), trouble, False))
+                    continue
+            if python is not None or (document.spec.image and document.spec.image.build):
+                has_build = True  # reads other files: never cached by this file's bytes
             else:
                 node = _resolve_node(root, document, Source(relative, index))
         entries.append(_Entry(index, document, node))
@@ -319,20 +336,66 @@ def _field_path(loc: _Loc) -> str:
     return text
 
 
+def _python_config(python: PythonSource) -> dict[str, Any]:
+    """The node.json a python node's image carries (paths as they are inside the image)."""
+    config: dict[str, Any] = {
+        "code": "code/" + python.code,
+        "inputs": python.inputs,
+        "outputs": python.outputs,
+        "traceback": python.traceback,
+    }
+    if python.checkpoint is not None:
+        config["checkpoint"] = "code/" + python.checkpoint
+    if python.setup is not None:
+        config["setup"] = "code/" + python.setup
+    return config
+
+
+def _check_python(root: Path, python: PythonSource) -> str | None:
+    """What is wrong with a python node's code and variables, checked as its image will:
+    an input or output the code never mentions is an error here, not at run time."""
+    config = _python_config(python)
+    for key in ("code", "checkpoint", "setup"):
+        if key in config:
+            config[key] = config[key].removeprefix("code/")
+    try:
+        parse_config(config, root, source=f"python node code {python.code}")
+    except PyNodeError as exc:
+        return str(exc)
+    return None
+
+
 def _resolve_node(root: Path, document: NodeDocument, source: Source) -> DesiredNode:
     spec = document.spec
-    image = spec.image
     build = None
-    if image.build is not None:
-        digest = context_digest(root / image.build, image.dockerfile)
-        build = BuildRequest(build_tag(digest), image.build, image.dockerfile)
-        reference = build.tag
+    if spec.python is not None:
+        python = spec.python
+        recipe = PythonBuild(
+            code=python.code,
+            checkpoint=python.checkpoint,
+            setup=python.setup,
+            packages=tuple(python.packages),
+            base_image=python.base_image,
+            config=canonical_json(_python_config(python)),
+        )
+        build = BuildRequest(build_tag(python_digest(root, recipe)), ".", "", recipe)
+        reference, port = build.tag, PYTHON_PORT
+        command: tuple[str, ...] | None = None  # the image's own: the pynode server
     else:
-        reference = image.name or ""
+        image = spec.image
+        assert image is not None  # the model allows exactly one of image and python
+        if image.build is not None:
+            digest = context_digest(root / image.build, image.dockerfile)
+            build = BuildRequest(build_tag(digest), image.build, image.dockerfile)
+            reference = build.tag
+        else:
+            reference = image.name or ""
+        port = image.port
+        command = tuple(image.command) if image.command is not None else None
     config = InstanceConfig(
         image=reference,
-        port=image.port,
-        command=tuple(image.command) if image.command is not None else None,
+        port=port,
+        command=command,
         env=tuple(sorted(spec.env.items())),
         cpus=spec.resources.cpus,
         memory=spec.resources.memory,

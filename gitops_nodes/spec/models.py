@@ -85,7 +85,16 @@ def _env_name(value: Any) -> str:
 
 
 def _repo_path(value: Any, info: ValidationInfo) -> str:
-    """A path written relative to its YAML file, returned relative to the repository root."""
+    """A folder written relative to its YAML file, returned relative to the repository root."""
+    return _inside_repo(value, info, folder=True)
+
+
+def _repo_file(value: Any, info: ValidationInfo) -> str:
+    """A file written relative to its YAML file, returned relative to the repository root."""
+    return _inside_repo(value, info, folder=False)
+
+
+def _inside_repo(value: Any, info: ValidationInfo, folder: bool) -> str:
     if not isinstance(value, str) or not value:
         raise PydanticCustomError("repo_path", "expected a path relative to this file")
     context = info.context or {}
@@ -100,9 +109,13 @@ def _repo_path(value: Any, info: ValidationInfo) -> str:
         raise PydanticCustomError(
             "repo_path", "expected a path inside the repository, got {path}", {"path": value}
         ) from None
-    if not target.is_dir():
+    if folder and not target.is_dir():
         raise PydanticCustomError(
             "repo_path", "expected an existing folder, {path} is not one", {"path": value}
+        )
+    if not folder and not target.is_file():
+        raise PydanticCustomError(
+            "repo_path", "expected an existing file, {path} is not one", {"path": value}
         )
     return relative.as_posix() or "."
 
@@ -135,6 +148,47 @@ EnvValue = Annotated[
 RepoPath = Annotated[
     str, PlainValidator(_repo_path), WithJsonSchema({"type": "string", "minLength": 1})
 ]
+RepoFile = Annotated[
+    str, PlainValidator(_repo_file), WithJsonSchema({"type": "string", "minLength": 1})
+]
+VARIABLE_TYPES = (
+    "int",
+    "float",
+    "str",
+    "bool",
+    "list[float]",
+    "list[int]",
+    "list[str]",
+    "dict[str, float]",
+    "dict[str, any]",
+    "any",
+)
+VariableType = Literal[
+    "int",
+    "float",
+    "str",
+    "bool",
+    "list[float]",
+    "list[int]",
+    "list[str]",
+    "dict[str, float]",
+    "dict[str, any]",
+    "any",
+]
+_PINNED = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9,._-]+\])?==[A-Za-z0-9.+!_-]+$")
+
+
+def _pinned(value: Any) -> str:
+    if isinstance(value, str) and _PINNED.match(value):
+        return value
+    raise PydanticCustomError("pinned", "expected a pinned requirement such as scikit-learn==1.5.2")
+
+
+Pinned = Annotated[
+    str, PlainValidator(_pinned), WithJsonSchema({"type": "string", "pattern": _PINNED.pattern})
+]
+PYTHON_PORT = 8080
+DEFAULT_BASE = "auto"  # python:3.11-slim when it can be had, else the offline Debian base
 Port = Annotated[int, Field(ge=1, le=65535)]
 
 
@@ -203,15 +257,36 @@ class ImageSource(SpecModel):
         return self
 
 
+class PythonSource(SpecModel):
+    """A node made from Python code, a checkpoint of interpreter state, and the variables
+    selected as its API's inputs and outputs."""
+
+    code: RepoFile
+    checkpoint: RepoFile | None = None
+    setup: RepoFile | None = None
+    inputs: dict[str, VariableType] = Field(min_length=1)
+    outputs: dict[str, VariableType] = Field(min_length=1)
+    packages: list[Pinned] = Field(default_factory=list)
+    base_image: str = DEFAULT_BASE
+    traceback: bool = False
+
+
 class NodeSpec(SpecModel):
     """A node: identical instances behind one load-balanced API."""
 
-    image: ImageSource
+    image: ImageSource | None = None
+    python: PythonSource | None = None
     instances: int = Field(default=1, ge=1)
     min_healthy: int = Field(default=1, ge=0)
     env: dict[EnvName, EnvValue] = Field(default_factory=dict)
     resources: Resources = Field(default_factory=Resources)
     health_check: HealthCheck = Field(default_factory=HealthCheck)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> NodeSpec:
+        if (self.image is None) == (self.python is None):
+            raise PydanticCustomError("node_kind", "expected exactly one of 'image' or 'python'")
+        return self
 
     @model_validator(mode="after")
     def _min_within_instances(self) -> NodeSpec:

@@ -21,12 +21,25 @@ class Source:
 
 
 @dataclass(frozen=True)
+class PythonBuild:
+    """What a python node's image is made of (paths relative to the repository root)."""
+
+    code: str
+    checkpoint: str | None
+    setup: str | None
+    packages: tuple[str, ...]
+    base_image: str
+    config: str  # the node.json the image carries, as canonical JSON
+
+
+@dataclass(frozen=True)
 class BuildRequest:
-    """An image to build from a folder of the repository."""
+    """An image to build: from a folder of the repository, or a python node's image."""
 
     tag: str
     context: str
     dockerfile: str
+    python: PythonBuild | None = None
 
 
 @dataclass(frozen=True)

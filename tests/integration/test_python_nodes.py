@@ -1,0 +1,150 @@
+"""Python nodes on the real engine: built, applied, called, rolled, and refused when broken."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import pickle
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gitops_nodes import workflow
+from gitops_nodes.apply import Outcome
+from gitops_nodes.plan import Step
+from gitops_nodes.runtime.docker import DockerRuntime
+from gitops_nodes.spec.errors import SpecErrors
+from gitops_nodes.spec.load import load_spec
+from gitops_nodes.statedir import StateDir
+
+from .helpers import alias_yaml, apply, table
+
+CODE = """
+calls = globals().get("calls", 0) + 1
+if features and features[0] < 0:
+    raise ValueError("negative first feature")
+score = sum(w * x for w, x in zip(weights, features)) + bias
+"""
+
+
+def python_node(name: str, checkpoint: str = "model/state.pkl") -> str:
+    return textwrap.dedent(
+        f"""
+        apiVersion: gitops-nodes/v1
+        kind: Node
+        metadata: {{name: {name}}}
+        spec:
+          python:
+            code: model/predict.py
+            checkpoint: {checkpoint}
+            inputs: {{features: "list[float]"}}
+            outputs: {{score: float, calls: int}}
+          healthCheck: {{path: /healthz, interval: 200ms, startTimeout: 20s}}
+        ---
+        """
+    )
+
+
+@pytest.fixture
+def model_repo(tmp_path: Path) -> Callable[..., Path]:
+    """A repo with a python node's code and a checkpoint holding weights and bias."""
+    root = tmp_path / "repo"
+
+    def make(spec: str, weights: list[float] | None = None, code: str = CODE) -> Path:
+        (root / "model").mkdir(parents=True, exist_ok=True)
+        (root / "model" / "predict.py").write_text(code)
+        state = {"weights": weights or [0.5, -1.0, 2.0], "bias": 0.1}
+        (root / "model" / "state.pkl").write_bytes(pickle.dumps(state))
+        (root / "spec.yaml").write_text(spec)
+        return root
+
+    return make
+
+
+def call(port: int, body: Any) -> tuple[int, Any]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    connection.request("POST", "/", json.dumps(body), {"content-type": "application/json"})
+    response = connection.getresponse()
+    return response.status, json.loads(response.read())
+
+
+def port_of(state: StateDir, node: str) -> int:
+    (endpoint,) = table(state).nodes[node].endpoints
+    return endpoint.port
+
+
+def test_a_python_node_is_built_applied_and_answers(
+    model_repo: Callable[..., Path], runtime: DockerRuntime, project: str, state: StateDir
+) -> None:
+    root = model_repo(python_node("scorer") + alias_yaml("scorer", {"scorer": 1}))
+    run = apply(root, runtime, project, state)
+    assert run.report is not None and run.report.ok, run.report
+    assert [r.step.step for r in run.report.results].count(Step.BUILD) == 1
+    port = port_of(state, "scorer")
+
+    assert call(port, {"features": [1, 2, 3]}) == (200, {"score": 4.6, "calls": 1})
+    assert call(port, {"features": [1, 2, 3]})[1]["calls"] == 2  # state persists
+
+    status, body = call(port, {"features": "three"})
+    assert status == 422 and body["errors"][0]["field"] == "features"
+    status, body = call(port, {"features": [-1.0]})
+    assert status == 500 and body["error_name"] == "ValueError"
+    assert "traceback" not in body
+    # the 422 never ran the code; the one that raised did: calls went 1, 2, 3, now 4
+    assert call(port, {"features": [0, 0, 0]}) == (200, {"score": 0.1, "calls": 4})
+
+    plan = workflow.make_plan(project, load_spec(root), workflow.observe(runtime, project, state))
+    assert plan.empty  # unchanged: not rebuilt, not replaced
+
+
+def test_a_new_checkpoint_rebuilds_and_rolls_the_node(
+    model_repo: Callable[..., Path], runtime: DockerRuntime, project: str, state: StateDir
+) -> None:
+    spec = python_node("scorer") + alias_yaml("scorer", {"scorer": 1})
+    root = model_repo(spec)
+    assert apply(root, runtime, project, state).report.ok  # type: ignore[union-attr]
+    before = runtime.list_instances(project)
+
+    model_repo(spec, weights=[1.0, 1.0, 1.0])
+    plan = workflow.make_plan(project, load_spec(root), workflow.observe(runtime, project, state))
+    assert [s.step for s in plan.steps()].count(Step.BUILD) == 1
+    assert plan.diff.nodes[0].action.value == "-/+"
+    run = apply(root, runtime, project, state)
+    assert run.report is not None and run.report.ok, run.report
+    assert call(port_of(state, "scorer"), {"features": [1, 2, 3]})[1]["score"] == 6.1
+    assert {i.name for i in runtime.list_instances(project)}.isdisjoint(i.name for i in before)
+
+
+def test_a_broken_checkpoint_fails_apply_and_moves_no_alias(
+    model_repo: Callable[..., Path], runtime: DockerRuntime, project: str, state: StateDir
+) -> None:
+    root = model_repo(python_node("v1") + alias_yaml("scorer", {"v1": 1}))
+    assert apply(root, runtime, project, state).report.ok  # type: ignore[union-attr]
+    aliases_before = table(state).aliases
+
+    (root / "model" / "broken.pkl").write_bytes(b"not a pickle")
+    v2 = python_node("v2", checkpoint="model/broken.pkl")
+    model_repo(python_node("v1") + v2 + alias_yaml("scorer", {"v2": 1}))
+    run = apply(root, runtime, project, state)
+    assert run.report is not None and not run.report.ok
+    failed = run.report.with_outcome(Outcome.FAILED)
+    assert [r.step.id for r in failed] == ["wait v2/0"]
+    assert "checkpoint" in failed[0].detail
+    assert table(state).aliases == aliases_before
+
+
+def test_an_output_the_code_never_mentions_is_a_spec_error(
+    model_repo: Callable[..., Path],
+) -> None:
+    spec = python_node("scorer").replace(
+        "outputs: {score: float, calls: int}", "outputs: {score: float, calls: int, label: str}"
+    )
+    root = model_repo(spec)
+    with pytest.raises(SpecErrors) as caught:
+        load_spec(root)
+    (problem,) = caught.value.problems
+    assert (problem.file, problem.field) == ("spec.yaml", "spec.python.code")
+    assert "label" in problem.message and "model/predict.py" in problem.message
