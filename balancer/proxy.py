@@ -48,7 +48,9 @@ HOP_BY_HOP = frozenset(
     }
 )
 # Set by the balancer itself: dropped from the client's request and written afresh.
-REWRITTEN = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-request-id", b"expect"})
+REWRITTEN = frozenset(
+    {b"x-forwarded-for", b"x-forwarded-proto", b"x-request-id", b"expect", b"content-length"}
+)
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 REASONS = {
     400: b"Bad Request",

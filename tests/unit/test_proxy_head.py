@@ -1,0 +1,59 @@
+"""The request head the balancer sends upstream: one framing header, its own added headers."""
+
+from __future__ import annotations
+
+import asyncio
+from types import MappingProxyType
+from typing import Any
+
+from balancer.backends import Backends
+from balancer.metrics import Metrics
+from balancer.proxy import ClientConnection, Proxy, Request
+from balancer.routing import Affinity, Router
+from balancer.table import AliasEntry, Endpoint, HealthSettings, NodeEntry, RoutingTable
+
+
+class Transport:
+    """Just enough of a transport for the parsing side of a client connection."""
+
+    def get_extra_info(self, key: str) -> Any:
+        return ("10.1.2.3", 5555)
+
+
+def head_for(raw: bytes) -> bytes:
+    table = RoutingTable(
+        1,
+        MappingProxyType({"a": NodeEntry((Endpoint("a0", "127.0.0.1", 9),), 1, HealthSettings())}),
+        MappingProxyType({"web": AliasEntry((("a", 1),))}),
+    )
+    loop = asyncio.new_event_loop()
+    try:
+        proxy = Proxy(loop, Router(table, Backends()), Affinity(), Metrics())
+        client = ClientConnection(proxy)
+        client.connection_made(Transport())
+        prepared: list[Request] = []
+        client.start = prepared.append  # type: ignore[method-assign]  # capture, do not send
+        client.data_received(raw)
+        return prepared[0].head
+    finally:
+        loop.close()
+
+
+def test_a_body_is_framed_once() -> None:
+    head = head_for(
+        b"POST /aliases/web/predict?x=1 HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\n{}"
+    )
+    lines = head.lower().split(b"\r\n")
+    assert lines[0] == b"post /predict?x=1 http/1.1"
+    assert [line for line in lines if line.startswith(b"content-length:")] == [b"content-length: 2"]
+
+
+def test_forwarding_headers_are_added_and_hop_by_hop_ones_dropped() -> None:
+    head = head_for(
+        b"GET /aliases/web/ HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, x-hop\r\n"
+        b"X-Hop: 1\r\nX-Request-Id: abc\r\nX-Forwarded-For: 1.1.1.1\r\n\r\n"
+    )
+    lower = head.lower()
+    assert b"connection:" not in lower and b"x-hop" not in lower
+    assert b"x-forwarded-for: 1.1.1.1, 10.1.2.3\r\n" in lower
+    assert lower.count(b"x-request-id: abc\r\n") == 1
