@@ -151,18 +151,7 @@ RepoPath = Annotated[
 RepoFile = Annotated[
     str, PlainValidator(_repo_file), WithJsonSchema({"type": "string", "minLength": 1})
 ]
-VARIABLE_TYPES = (
-    "int",
-    "float",
-    "str",
-    "bool",
-    "list[float]",
-    "list[int]",
-    "list[str]",
-    "dict[str, float]",
-    "dict[str, any]",
-    "any",
-)
+# The types a python node's variables may have; gitops_nodes/pynode/types.py checks them.
 VariableType = Literal[
     "int",
     "float",

@@ -620,3 +620,14 @@ def test_loader_checks_names_across_files_even_when_both_are_cached(
 
     with pytest.raises(SpecErrors, match=r"'web' is also defined in a\.yaml"):
         loader.load(root)
+
+
+def test_the_spec_offers_exactly_the_variable_types_the_node_runtime_checks() -> None:
+    from typing import get_args
+
+    from gitops_nodes.pynode import types
+    from gitops_nodes.spec.models import VariableType
+
+    offered = get_args(VariableType)
+    assert offered and all(types.lookup(name) is not None for name in offered)
+    assert types.lookup("complex") is None
