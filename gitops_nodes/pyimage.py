@@ -2,7 +2,9 @@
 
 The build needs no network inside the container: the node's packages (and the runtime's
 httptools, orjson and uvloop) are downloaded here as wheels for CPython 3.11 on manylinux,
-then unpacked into the image by the base image's own python3. The base is the official
+then unpacked into the image by the base image's own python3 and compiled to bytecode there
+(a package's test files that do not compile do not fail the build), so instances start
+without compiling their imports. The base is the official
 `python:3.11-slim` when the engine has it or can pull it, else the offline Debian base
 that scripts/lib/ensure-base-image.sh makes (this project's machines reach no registry).
 """
@@ -30,8 +32,10 @@ DOCKERFILE = """\
 FROM {base}
 COPY wheels /tmp/wheels
 RUN python3 -c "import glob, zipfile; [zipfile.ZipFile(w).extractall('/opt/gitops-nodes/site') \\
-for w in glob.glob('/tmp/wheels/*.whl')]" && rm -rf /tmp/wheels
+for w in glob.glob('/tmp/wheels/*.whl')]" && rm -rf /tmp/wheels \\
+ && (python3 -m compileall -q -j 0 /opt/gitops-nodes/site > /dev/null || true)
 COPY runtime /opt/gitops-nodes/runtime
+RUN python3 -m compileall -q /opt/gitops-nodes/runtime
 COPY app /app
 ENV PYTHONPATH=/opt/gitops-nodes/site:/opt/gitops-nodes/runtime PYTHONDONTWRITEBYTECODE=1
 WORKDIR /app

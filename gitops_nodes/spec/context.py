@@ -38,7 +38,8 @@ def python_digest(root: Path, build: PythonBuild) -> str:
         if relative is not None:
             digest.update(f"\0{relative}\0".encode())
             digest.update((root / relative).read_bytes())
-    for path in runtime_files():
+    # How the image is assembled (pyimage.py's Dockerfile) is part of what goes in, too.
+    for path in [*runtime_files(), PACKAGE / "pyimage.py"]:
         digest.update(f"\0{path.relative_to(PACKAGE.parent).as_posix()}\0".encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()

@@ -1,0 +1,650 @@
+"""Benchmark the example's iris Python node: in-process, one instance, the alias, memory, start.
+
+Not a test: it prints the figures that the Python-nodes issue's "Done when" asks for, in one
+run. Everything listens on 127.0.0.1 only, runs against the real Docker engine from a
+temporary folder, and everything it creates is removed on the way out, also on Ctrl-C,
+SIGTERM or an error: the `gitops-nodes serve` process (SIGTERM to its session, then
+SIGKILL), `gitops-nodes destroy` of its project with the same --state-dir (which also removes
+the image the project built), `docker rm -f` of any container still labelled with the project
+or with the benchmark's own label, then the temporary folder.
+
+1. example-repo/ is copied to a temp folder and cut down to node iris (instances: 1) and
+   alias iris. A marker comment is appended to the copy's predict.py: image tags are content
+   hashes shared by all projects, so without it the apply would re-tag the image of an
+   `example-repo` project running on the same engine and destroy would then remove it. The
+   copy is applied under a project name of its own and served by `gitops-nodes serve`
+   (free ports on 127.0.0.1, one worker, not pinned: it runs on whichever core is free).
+2. In the node's own image, `docker run --rm --cpuset-cpus 0`: the checkpoint's load time in
+   a fresh interpreter (`import sklearn` plus `pickle.load` of model.pkl, the median of 3),
+   then the in-process rate: predict.py compiled once and exec'd in a loop in the namespace
+   the checkpoint fills, with one sample (as the runtime runs it, without HTTP and JSON).
+3. The instance container is pinned to core 0 (`docker update --cpuset-cpus 0`) and
+   `wrk -t1 --latency` to core 1 (taskset) posts the sample (a Lua script sets the body) at
+   16 connections and at 1, first to the instance's published port, then through
+   /aliases/iris/ on the balancer. Each wrk run is preceded by a warm-up run.
+4. The instance's memory after the load: `docker stats --no-stream` MemUsage, and the peak
+   RSS (VmHWM in /proc) summed over the container's processes.
+5. Start to healthy: the instance is stopped, then `docker start`ed (pinned as before) and
+   timed until GET /healthz on its published port answers 200; both from just before
+   `docker start` and from the container's State.StartedAt (the process start). The median
+   of --restarts runs is compared with 1.5 s plus the checkpoint's load time.
+
+Ratios are within one run; other load on the machine shows up in them, so the CPUs' busy
+share is sampled first.
+
+    python3 benchmarks/python_node_bench.py [--duration 5] [--warmup 1] [--restarts 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import yaml
+
+HOST = "127.0.0.1"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = REPO_ROOT / "example-repo"
+NODE = "iris"
+ALIAS = "iris"
+SAMPLE = [5.1, 3.5, 1.4, 0.2]
+EXPECTED = "setosa"  # what the example's model answers for SAMPLE
+BODY = json.dumps({"measurements": SAMPLE})
+INSTANCE_CORE = "0"  # the instance container, and the in-process loop
+CLIENT_CORE = "1"  # wrk
+PROJECT_LABEL = "io.gitops-nodes.project"
+NODE_LABEL = "io.gitops-nodes.node"
+BENCH_LABEL = "io.gitops-nodes.bench"  # the benchmark's own `docker run` containers
+BASE_IMAGE = "gitops-nodes/python-base:bookworm"
+TARGET_INSTANCE = 0.75  # instance requests/s over in-process calls/s
+TARGET_ALIAS = 0.65
+TARGET_P50_MS = 0.3  # at one connection, on the instance
+TARGET_START_S = 1.5  # plus the checkpoint's load time
+BUSY_WARNING = 0.10
+APPLY_TIMEOUT = 600.0  # may download wheels and build the image
+COMMAND_TIMEOUT = 120.0
+READY_TIMEOUT = 60.0
+HEALTHY_TIMEOUT = 60.0
+STOP_TIMEOUT = 10.0
+MARKER = "\n# copy made by benchmarks/python_node_bench.py (keeps its image tag its own)\n"
+
+# Runs inside the node's image: python3 -c IN_PROCESS <seconds> <warm-up seconds>.
+IN_PROCESS = r"""
+import json, pickle, statistics, subprocess, sys, time
+config = json.load(open("/app/node.json"))
+checkpoint, code_path = "/app/" + config["checkpoint"], "/app/" + config["code"]
+LOAD = (
+    "import time; start = time.perf_counter(); import pickle, sklearn; "
+    f"state = pickle.load(open({checkpoint!r}, 'rb')); print(time.perf_counter() - start)"
+)
+loads = [
+    float(subprocess.run([sys.executable, "-c", LOAD], capture_output=True, text=True,
+                         check=True).stdout)
+    for _ in range(3)
+]
+namespace = {"__name__": "__main__"}
+namespace.update(pickle.load(open(checkpoint, "rb")))
+code = compile(open(code_path).read(), code_path, "exec")
+namespace["measurements"] = SAMPLE
+duration, warmup = float(sys.argv[1]), float(sys.argv[2])
+def loop(seconds):
+    calls, start = 0, time.perf_counter()
+    end = start + seconds
+    while True:
+        for _ in range(50):
+            exec(code, namespace)
+        calls += 50
+        now = time.perf_counter()
+        if now >= end:
+            return calls, now - start
+loop(warmup)
+calls, elapsed = loop(duration)
+print(json.dumps({"load_s": statistics.median(loads), "loads": loads, "calls": calls,
+                  "elapsed": elapsed, "species_name": namespace["species_name"],
+                  "probability": namespace["probability"]}))
+""".replace("SAMPLE", repr(SAMPLE))
+
+WRK_SCRIPT = f"""wrk.method = "POST"
+wrk.body = '{BODY}'
+wrk.headers["Content-Type"] = "application/json"
+"""
+
+
+class BenchError(Exception):
+    """Something the benchmark needs failed or did not happen in time; the run stops."""
+
+
+# -- commands -------------------------------------------------------------------------------
+
+
+def run(argv: Sequence[str], timeout: float = COMMAND_TIMEOUT, cwd: Path | None = None) -> str:
+    """Run a command to completion; its stdout, or BenchError with its output."""
+    try:
+        done = subprocess.run(
+            list(argv), cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise BenchError(f"{' '.join(argv[:4])} … did not finish in {timeout:g}s") from exc
+    if done.returncode != 0:
+        raise BenchError(
+            f"{' '.join(argv)} exited {done.returncode}: {(done.stderr or done.stdout).strip()}"
+        )
+    return done.stdout
+
+
+def gitops_nodes(*args: str) -> list[str]:
+    return [sys.executable, "-m", "gitops_nodes", *args]
+
+
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+# -- the repository copy ----------------------------------------------------------------------
+
+
+def make_repo(target: Path) -> None:
+    """Copy example-repo to target, keeping only node iris (one instance) and alias iris."""
+    shutil.copytree(EXAMPLE, target, ignore=shutil.ignore_patterns("__pycache__", ".git"))
+    kept_node = False
+    for folder, kind, name in (("nodes", "Node", NODE), ("aliases", "Alias", ALIAS)):
+        for path in sorted((target / folder).glob("*.y*ml")):
+            documents = [d for d in yaml.safe_load_all(path.read_text()) if d]
+            keep = [d for d in documents if d.get("kind") == kind and d["metadata"]["name"] == name]
+            if not keep:
+                path.unlink()
+                continue
+            if kind == "Node":
+                keep[0]["spec"]["instances"] = 1
+                code = (path.parent / keep[0]["spec"]["python"]["code"]).resolve()
+                with code.open("a") as file:
+                    file.write(MARKER)
+                kept_node = True
+            path.write_text(yaml.safe_dump_all(keep, sort_keys=False))
+    if not kept_node:
+        raise BenchError(f"no node {NODE} in {EXAMPLE / 'nodes'}")
+    for path in (target / "nodes" / "sentiment", target / "models" / "counter"):
+        shutil.rmtree(path, ignore_errors=True)  # what only the dropped nodes used
+
+
+# -- serve ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Serve:
+    """The `gitops-nodes serve` process this script started, in a session of its own."""
+
+    process: subprocess.Popen[bytes]
+    log: Path
+    port: int
+    admin_port: int
+
+    def log_tail(self, lines: int = 20) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+    def check_running(self) -> None:
+        if self.process.poll() is not None:
+            raise BenchError(
+                f"gitops-nodes serve exited {self.process.returncode}:\n{self.log_tail()}"
+            )
+
+
+@contextlib.contextmanager
+def start_serve(repo: Path, project: str, state_dir: Path, log: Path) -> Iterator[Serve]:
+    port, admin_port = free_port(), free_port()
+    argv = gitops_nodes(
+        "serve", str(repo), "--project", project, "--state-dir", str(state_dir),
+        "--host", HOST, "--port", str(port),
+        "--admin-host", HOST, "--admin-port", str(admin_port),
+    )  # fmt: skip
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            argv,
+            cwd=REPO_ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        yield Serve(process, log, port, admin_port)
+    finally:
+        stop_group(process)
+
+
+def stop_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the process's session, SIGKILL what is left after STOP_TIMEOUT; reap it."""
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signum)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(STOP_TIMEOUT)
+
+
+# -- HTTP ---------------------------------------------------------------------------------------
+
+
+def request(port: int, method: str, path: str, body: str | None = None) -> tuple[int, bytes]:
+    """One request on a fresh connection; (status, body)."""
+    with contextlib.closing(http.client.HTTPConnection(HOST, port, timeout=2)) as conn:
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        conn.request(method, path, body=body, headers=headers)
+        response = conn.getresponse()
+        return response.status, response.read()
+
+
+def wait_prediction(port: int, path: str, timeout: float, check: Any = None) -> None:
+    """Poll POST path until it answers 200 with the expected species."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if check is not None:
+            check()
+        try:
+            status, data = request(port, "POST", path, BODY)
+            if status == 200 and json.loads(data).get("species_name") == EXPECTED:
+                return
+            last = f"{status} {data[:200]!r}"
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            last = str(exc)
+        time.sleep(0.1)
+    raise BenchError(
+        f"POST 127.0.0.1:{port}{path} did not predict {EXPECTED} in {timeout:g}s (last: {last})"
+    )
+
+
+def wait_healthz(port: int, timeout: float) -> float:
+    """Poll GET /healthz until it answers 200; the perf_counter() when it did."""
+    deadline = time.perf_counter() + timeout
+    while True:
+        try:
+            status, _ = request(port, "GET", "/healthz")
+            if status == 200:
+                return time.perf_counter()
+        except (OSError, http.client.HTTPException):
+            pass
+        if time.perf_counter() >= deadline:
+            raise BenchError(f"127.0.0.1:{port}/healthz did not answer 200 in {timeout:g}s")
+        time.sleep(0.002)
+
+
+# -- wrk ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WrkResult:
+    """The figures of one wrk run."""
+
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    failures: int  # socket errors plus non-2xx responses
+
+
+_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
+_LATENCY = re.compile(r"^\s*(50|99)(?:\.0+)?%\s+([\d.]+)\s*(us|ms|s|m)\s*$", re.MULTILINE)
+_RPS = re.compile(r"^Requests/sec:\s+([\d.]+)", re.MULTILINE)
+_SOCKET = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
+_NON_2XX = re.compile(r"Non-2xx or 3xx responses: (\d+)")
+
+
+def parse_wrk(output: str) -> WrkResult:
+    rps = _RPS.search(output)
+    percentiles = {p: float(v) * _UNITS_MS[unit] for p, v, unit in _LATENCY.findall(output)}
+    if rps is None or set(percentiles) != {"50", "99"}:
+        raise BenchError(f"cannot read wrk's output:\n{output}")
+    socket_errors = _SOCKET.search(output)
+    non_2xx = _NON_2XX.search(output)
+    failures = sum(int(n) for n in socket_errors.groups()) if socket_errors else 0
+    failures += int(non_2xx.group(1)) if non_2xx else 0
+    return WrkResult(float(rps.group(1)), percentiles["50"], percentiles["99"], failures)
+
+
+def wrk(url: str, script: Path, connections: int, seconds: float) -> WrkResult:
+    """`wrk -t1 --latency` pinned to CLIENT_CORE, posting the sample."""
+    duration = max(1, round(seconds))
+    command = [
+        "taskset", "-c", CLIENT_CORE, "wrk", "-t1", f"-c{connections}", f"-d{duration}s",
+        "--latency", "-s", str(script), url,
+    ]  # fmt: skip
+    return parse_wrk(run(command, timeout=duration + 30))
+
+
+def measure(url: str, script: Path, connections: int, duration: float, warmup: float) -> WrkResult:
+    if warmup > 0:
+        wrk(url, script, connections, warmup)
+    result = wrk(url, script, connections, duration)
+    progress(
+        f"  {url} c={connections}: {result.requests_per_s:.0f} req/s, p50 {result.p50_ms:.3f} ms"
+    )
+    return result
+
+
+# -- docker ---------------------------------------------------------------------------------------
+
+
+def instance_container(project: str) -> str:
+    out = run([
+        "docker", "ps", "--filter", f"label={PROJECT_LABEL}={project}",
+        "--filter", f"label={NODE_LABEL}={NODE}", "--format", "{{.ID}}",
+    ]).split()  # fmt: skip
+    if len(out) != 1:
+        raise BenchError(f"expected one running container of node {NODE}, found {len(out)}")
+    return out[0]
+
+
+def published_port(container: str) -> int:
+    out = run(["docker", "port", container]).split()
+    for word in out:
+        host, _, port = word.rpartition(":")
+        if host == HOST and port.isdigit():
+            return int(port)
+    raise BenchError(f"container {container} publishes no port on {HOST}: {out}")
+
+
+def in_process(image: str, project: str, duration: float, warmup: float) -> dict[str, Any]:
+    """The checkpoint's load time and the in-process loop, inside the node's image."""
+    out = run(
+        [
+            "docker", "run", "--rm", "--cpuset-cpus", INSTANCE_CORE, "--network", "none",
+            "--label", f"{BENCH_LABEL}={project}", image,
+            "python3", "-c", IN_PROCESS, str(duration), str(warmup),
+        ],
+        timeout=duration + warmup + 120,
+    )  # fmt: skip
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    if result["species_name"] != EXPECTED:
+        raise BenchError(f"the model predicted {result['species_name']!r}, not {EXPECTED!r}")
+    return result
+
+
+def memory(container: str) -> tuple[str, str]:
+    """docker stats' MemUsage, and the peak RSS (VmHWM) summed over the container's processes
+    ('-' when /proc cannot be read)."""
+    usage = run(["docker", "stats", "--no-stream", "--format", "{{.MemUsage}}", container])
+    usage = usage.strip().split(" / ")[0]
+    pids = run(["docker", "top", container, "-eo", "pid"]).split()[1:]  # host pids
+    total_kb = 0
+    try:
+        for pid in pids:
+            status = Path(f"/proc/{pid}/status").read_text()
+            found = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
+            total_kb += int(found.group(1)) if found else 0
+    except (OSError, ValueError):
+        return usage, "-"
+    return usage, f"{total_kb / 1024:.1f}MiB"
+
+
+def started_at(container: str) -> float:
+    """The container's State.StartedAt as a Unix time (Docker gives nanoseconds, RFC 3339)."""
+    text = run(["docker", "inspect", "--format", "{{.State.StartedAt}}", container]).strip()
+    match = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)", text)
+    if match is None:
+        raise BenchError(f"cannot read StartedAt {text!r}")
+    zone = "+00:00" if match.group(3) == "Z" else match.group(3)
+    whole = datetime.fromisoformat(match.group(1) + zone).timestamp()
+    return whole + float("0." + (match.group(2) or "0"))
+
+
+def restart_times(container: str) -> tuple[float, float]:
+    """Stop, then `docker start` the container; seconds to /healthz 200 from just before
+    `docker start`, and from the process start (State.StartedAt)."""
+    run(["docker", "stop", "-t", "10", container], timeout=30)
+    before = time.perf_counter()
+    wall_before = time.time()
+    run(["docker", "start", container])
+    port = published_port(container)  # an ephemeral host port may change on a start
+    healthy = wait_healthz(port, HEALTHY_TIMEOUT)
+    wall_healthy = wall_before + (healthy - before)
+    return healthy - before, wall_healthy - started_at(container)
+
+
+# -- the run --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Figures:
+    """Everything the report prints."""
+
+    busy: float
+    load_s: float
+    inproc_rate: float
+    instance: WrkResult
+    instance_1: WrkResult
+    alias: WrkResult
+    alias_1: WrkResult
+    mem_usage: str
+    mem_peak: str
+    start_cmd: list[float]
+    start_proc: list[float]
+
+
+def cpu_busy(seconds: float = 1.0) -> float:
+    """The share of CPU time not idle over `seconds`, from /proc/stat (0 when unreadable)."""
+
+    def sample() -> tuple[int, int]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return sum(fields), fields[3] + fields[4]
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(seconds)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return 1 - (idle1 - idle0) / max(1, total1 - total0)
+
+
+def cleanup(repo: Path, project: str, state_dir: Path) -> None:
+    """`gitops-nodes destroy`, then remove whatever still carries the project's labels."""
+    try:
+        run(
+            gitops_nodes("destroy", str(repo), "--project", project, "--state-dir", str(state_dir)),
+            timeout=180,
+            cwd=REPO_ROOT,
+        )
+    except BenchError as exc:
+        warn(f"destroy failed: {exc}")
+    for label in (f"{PROJECT_LABEL}={project}", f"{BENCH_LABEL}={project}"):
+        try:
+            left = run(["docker", "ps", "-aq", "--filter", f"label={label}"]).split()
+            if left:
+                warn(f"removing {len(left)} container(s) left with label {label}")
+                run(["docker", "rm", "-f", *left])
+        except BenchError as exc:
+            warn(f"removing containers labelled {label} failed: {exc}")
+
+
+def bench(duration: float, warmup: float, restarts: int) -> tuple[str, Figures]:
+    project = f"pynode-bench-{secrets.token_hex(3)}"
+    with contextlib.ExitStack() as stack:
+        temp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pynode-bench-")))
+        repo, state_dir = temp / "repo", temp / "state"
+        make_repo(repo)
+        script = temp / "post.lua"
+        script.write_text(WRK_SCRIPT)
+        busy = cpu_busy()
+        stack.callback(cleanup, repo, project, state_dir)  # runs after serve has stopped
+        progress(f"project {project}: applying {NODE} (may download wheels and build)")
+        run(
+            gitops_nodes("apply", str(repo), "--project", project, "--state-dir", str(state_dir)),
+            timeout=APPLY_TIMEOUT,
+            cwd=REPO_ROOT,
+        )
+        serve = stack.enter_context(start_serve(repo, project, state_dir, temp / "serve.log"))
+        container = instance_container(project)
+        image = run(["docker", "inspect", "--format", "{{.Config.Image}}", container]).strip()
+        run(["docker", "update", "--cpuset-cpus", INSTANCE_CORE, container])
+        port = published_port(container)
+        alias_path = f"/aliases/{ALIAS}/"
+        wait_prediction(port, "/", READY_TIMEOUT)
+        wait_prediction(serve.port, alias_path, READY_TIMEOUT, serve.check_running)
+
+        progress(f"in-process loop in {image} (core {INSTANCE_CORE})")
+        inproc = in_process(image, project, duration, warmup)
+        rate = inproc["calls"] / inproc["elapsed"]
+        progress(f"  {rate:.0f} calls/s; checkpoint load {inproc['loads']}")
+
+        instance_url = f"http://{HOST}:{port}/"
+        alias_url = f"http://{HOST}:{serve.port}{alias_path}"
+        instance = measure(instance_url, script, 16, duration, warmup)
+        instance_1 = measure(instance_url, script, 1, duration, warmup)
+        alias = measure(alias_url, script, 16, duration, warmup)
+        alias_1 = measure(alias_url, script, 1, duration, warmup)
+        serve.check_running()
+        mem_usage, mem_peak = memory(container)
+
+        start_cmd, start_proc = [], []
+        for i in range(restarts):
+            from_cmd, from_proc = restart_times(container)
+            start_cmd.append(from_cmd)
+            start_proc.append(from_proc)
+            progress(f"  restart {i + 1}/{restarts}: {from_cmd:.3f} s ({from_proc:.3f} s)")
+        progress("cleaning up")
+    figures = Figures(
+        busy, inproc["load_s"], rate, instance, instance_1, alias, alias_1,
+        mem_usage, mem_peak, start_cmd, start_proc,
+    )  # fmt: skip
+    return project, figures
+
+
+# -- report ---------------------------------------------------------------------------------------
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+def report(f: Figures, project: str, duration: float, restarts: int) -> None:
+    start = statistics.median(f.start_cmd)
+    start_proc = statistics.median(f.start_proc)
+    start_target = TARGET_START_S + f.load_s
+    print(
+        f"Python node {NODE} (example-repo), project {project}, wrk -t1 {duration:g}s on core "
+        f"{CLIENT_CORE}; instance and in-process loop on core {INSTANCE_CORE}; balancer "
+        f"not pinned; CPUs {f.busy:.0%} busy before the run"
+    )
+    if f.busy > BUSY_WARNING:
+        print(f"warning: over {BUSY_WARNING:.0%} busy before the run: figures are unreliable")
+    print(f"{'case':<28} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'fail':>5}")
+    print(f"{'in-process exec loop':<28} {f.inproc_rate:>8.0f}")
+    for name, r in (
+        ("instance, 16 conns", f.instance),
+        ("instance, 1 conn", f.instance_1),
+        ("alias /aliases/iris/, 16", f.alias),
+        ("alias /aliases/iris/, 1", f.alias_1),
+    ):
+        print(
+            f"{name:<28} {r.requests_per_s:>8.0f} {r.p50_ms:>7.3f} {r.p99_ms:>7.3f} {r.failures:>5}"
+        )
+    print(f"memory: {f.mem_usage} (docker stats after the load), peak RSS {f.mem_peak} (VmHWM)")
+    print(f"checkpoint load (import sklearn + pickle.load, median of 3): {f.load_s:.3f} s")
+    print(
+        f"start to /healthz 200 (median of {restarts}): {start:.3f} s from `docker start`, "
+        f"{start_proc:.3f} s from the process start (StartedAt)"
+    )
+    instance_ratio = f.instance.requests_per_s / f.inproc_rate
+    alias_ratio = f.alias.requests_per_s / f.inproc_rate
+    print(f"{'target':<44} {'value':>8}  result")
+    rows = (
+        (f"instance / in-process >= {TARGET_INSTANCE}", f"{instance_ratio:.2f}",
+         instance_ratio >= TARGET_INSTANCE),
+        (f"alias / in-process >= {TARGET_ALIAS}", f"{alias_ratio:.2f}",
+         alias_ratio >= TARGET_ALIAS),
+        (f"instance p50 at 1 conn < {TARGET_P50_MS} ms", f"{f.instance_1.p50_ms:.3f}",
+         f.instance_1.p50_ms < TARGET_P50_MS),
+        (f"start to healthy < {TARGET_START_S} + {f.load_s:.3f} s", f"{start:.3f}",
+         start < start_target),
+    )  # fmt: skip
+    for name, value, ok in rows:
+        print(f"{name:<44} {value:>8}  {verdict(ok)}")
+
+
+# -- main -----------------------------------------------------------------------------------------
+
+
+def check_tools() -> None:
+    for tool in ("docker", "wrk", "taskset"):
+        if shutil.which(tool) is None:
+            raise BenchError(f"{tool} is not on PATH")
+    if (os.cpu_count() or 1) < 2:
+        raise BenchError("needs two cores (the instance on core 0, wrk on core 1)")
+    try:
+        run(["docker", "image", "inspect", BASE_IMAGE], timeout=30)
+    except BenchError as exc:
+        raise BenchError(
+            f"{BASE_IMAGE} is missing or the Docker engine is down; "
+            f"run scripts/lib/ensure-base-image.sh first ({exc})"
+        ) from exc
+
+
+def _raise_on_signal(signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextlib.contextmanager
+def signals_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP unwind like Ctrl-C, so the cleanup runs."""
+    previous = {s: signal.signal(s, _raise_on_signal) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run (5)")
+    parser.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds (1)")
+    parser.add_argument("--restarts", type=int, default=3, help="start-to-healthy runs (3)")
+    args = parser.parse_args(argv)
+    if args.duration < 1 or args.warmup < 0 or args.restarts < 1:
+        parser.error("--duration must be >= 1, --warmup >= 0, --restarts >= 1")
+    try:
+        check_tools()
+        with signals_interrupt():
+            project, figures = bench(args.duration, args.warmup, args.restarts)
+        report(figures, project, args.duration, args.restarts)
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; everything the benchmark created was removed", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
