@@ -26,10 +26,11 @@ import uvicorn
 import watchfiles
 
 from balancer.backends import Backend, Backends
+from balancer.client import ClientConnection
 from balancer.control import make_control_app
 from balancer.health import HealthChecker
 from balancer.metrics import Metrics
-from balancer.proxy import ClientConnection, Proxy, ProxySettings
+from balancer.proxy import Proxy, ProxySettings
 from balancer.routing import Affinity, Router
 from balancer.table import RoutingTable, TableError, read_table
 

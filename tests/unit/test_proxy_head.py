@@ -7,8 +7,9 @@ from types import MappingProxyType
 from typing import Any
 
 from balancer.backends import Backends
+from balancer.client import ClientConnection
 from balancer.metrics import Metrics
-from balancer.proxy import ClientConnection, Proxy, Request
+from balancer.proxy import Proxy, Request
 from balancer.routing import Affinity, Router
 from balancer.table import AliasEntry, Endpoint, HealthSettings, NodeEntry, RoutingTable
 

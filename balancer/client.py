@@ -1,0 +1,452 @@
+"""A client's connection: parses its requests, routes them, and answers in order."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import deque
+from typing import Any
+
+import httptools
+
+from balancer.backends import Backend
+from balancer.http import (
+    CONTINUE,
+    HOLD_LIMIT,
+    HOP_BY_HOP,
+    REWRITTEN,
+    error_body,
+    local_response,
+    split_target,
+    without_connection_tokens,
+)
+from balancer.proxy import Proxy, Request
+from balancer.routing import AliasRoute, NodeRoute
+from balancer.upstream import UpstreamConnection
+
+access_log = logging.getLogger("gitops_nodes.balancer.access")
+
+
+class ClientConnection(asyncio.Protocol):
+    """One client's connection: parses its requests and proxies them one at a time."""
+
+    def __init__(self, proxy: Proxy) -> None:
+        self.proxy = proxy
+        self.transport: Any = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.client_ip = b""
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.parsing: Request | None = None  # whose body the parser is reading
+        # A request whose head arrived in this read: started once the read is parsed, so its
+        # head and whatever body came with it go upstream in one write.
+        self.starting: Request | None = None
+        self.active: Request | None = None  # whose response is being written
+        self.queue: deque[Request] = deque()
+        self.last_active = proxy.loop.time()
+        self.closed = False
+        self.paused = False
+
+    # -- asyncio.Protocol -----------------------------------------------------------------
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.client_ip = (peer[0] if peer else "unknown").encode()
+        self.proxy.clients.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_active = self.proxy.loop.time()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self.refuse(501, "protocol upgrades (WebSocket) are not supported")
+        except httptools.HttpParserError as exc:
+            if self.parsing is not None and self.parsing.local is not None:
+                return  # already answering this request (e.g. 413) and closing
+            self.refuse(400, f"malformed request: {exc}")
+        else:
+            request = self.starting
+            if request is not None:
+                self.starting = None
+                self.start(request)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.proxy.clients.discard(self)
+        active = self.active
+        if active is not None and active.upstream is not None:
+            active.upstream.abort_exchange(client_gone=True)
+        self.queue.clear()
+
+    def pause_writing(self) -> None:
+        # The client reads slower than the instance writes: stop reading the instance.
+        active = self.active
+        if active is not None and active.upstream is not None:
+            active.upstream.pause_reading()
+
+    def resume_writing(self) -> None:
+        active = self.active
+        if active is not None and active.upstream is not None:
+            active.upstream.resume_reading()
+
+    # -- httptools callbacks --------------------------------------------------------------
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        proxy = self.proxy
+        parser = self.parser
+        request = Request(
+            parser.get_method(), self.url, parser.get_http_version(), proxy.loop.time()
+        )
+        request.keep_alive = parser.should_keep_alive()
+        request.client = self
+        self.parsing = request
+        self.prepare(request)
+        self.url = b""  # ready for the next message (cheaper than an on_message_begin)
+        self.headers = []
+        if self.active is None and self.starting is None:
+            self.starting = request
+        else:
+            self.queue.append(request)  # pipelined: answered in order
+            self.pause()
+
+    def on_body(self, body: bytes) -> None:
+        request = self.parsing
+        if request is None or request.local is not None:
+            return
+        request.received += len(body)
+        if request.received > self.proxy.settings.max_body:
+            self.body_too_large(request)
+            return
+        if request.chunked:
+            body = b"%x\r\n%s\r\n" % (len(body), body)
+        upstream = request.upstream
+        if upstream is not None and upstream.sending is request:
+            upstream.write(body)
+        else:
+            request.held.append(body)
+            request.held_size += len(body)
+            if request.held_size > HOLD_LIMIT:
+                self.pause()
+
+    def on_message_complete(self) -> None:
+        request = self.parsing
+        if request is None:
+            return
+        # should_keep_alive() is only right inside this callback (it reads False afterwards).
+        request.keep_alive = request.keep_alive and self.parser.should_keep_alive()
+        request.complete = True
+        self.parsing = None
+        if request.local is not None:
+            if request is self.active:
+                self.finish_local(request)
+            return
+        tail = b"0\r\n\r\n" if request.chunked else b""
+        upstream = request.upstream
+        if upstream is not None and upstream.sending is request:
+            if tail:
+                upstream.write(tail)
+            upstream.request_sent()
+        elif tail:
+            request.held.append(tail)
+
+    # -- routing --------------------------------------------------------------------------
+
+    def prepare(self, request: Request) -> None:
+        """Read the head once: route it, check its size, and build the upstream head."""
+        proxy = self.proxy
+        router = proxy.router  # one snapshot for the whole request, retries included
+        alias_name = node_name = None
+        content_length = -1
+        forwarded_for = b""
+        forwarded_proto = b""
+        request_id = b""
+        kept: list[bytes] = []
+        connection = b""
+        affinity_header: bytes | None = None
+        for name, value in self.headers:
+            lower = name.lower()
+            if lower == b"x-node-alias":
+                alias_name = value.decode("latin-1")
+            elif lower == b"x-node-id":
+                node_name = value.decode("latin-1")
+            elif lower == b"content-length":
+                content_length = int(value) if value.isdigit() else -2
+            elif lower == b"transfer-encoding":
+                request.chunked = b"chunked" in value.lower()
+            elif lower == b"x-forwarded-for":
+                forwarded_for = value
+            elif lower == b"x-forwarded-proto":
+                forwarded_proto = value
+            elif lower == b"x-request-id":
+                request_id = value
+            elif lower == b"expect":
+                request.expect_continue = value.lower() == b"100-continue"
+            elif lower == b"connection":
+                connection = value
+            if lower in HOP_BY_HOP or lower in REWRITTEN:
+                continue
+            kept.append(b"%s: %s\r\n" % (name, value))
+        if connection:
+            kept = without_connection_tokens(kept, connection)
+        request.request_id = request_id or proxy.request_id()
+
+        path = request.target
+        if alias_name is None and node_name is None:
+            path, alias_name, node_name = split_target(request.target)
+        if content_length == -2:
+            return self.answer(request, 400, "the content-length header is not a number")
+        if content_length > proxy.settings.max_body:
+            return self.answer(
+                request,
+                413,
+                f"request body of {content_length} bytes is over the {proxy.settings.max_body}"
+                " byte limit",
+                close=True,
+            )
+        if alias_name is not None:
+            if alias_name.startswith("datasphere.user."):
+                alias_name = alias_name[len("datasphere.user.") :]
+            alias = router.aliases.get(alias_name)
+            if alias is None:
+                return self.answer(
+                    request, 404, f"no alias {alias_name!r}", extra={"alias": alias_name}
+                )
+            request.alias = alias
+            affinity_header = alias.affinity_header
+            if affinity_header is not None:
+                request.affinity_key = next(
+                    (v for n, v in self.headers if n.lower() == affinity_header), None
+                )
+        elif node_name is not None:
+            node = router.nodes.get(node_name)
+            if node is None:
+                return self.answer(
+                    request, 404, f"no node {node_name!r}", extra={"node": node_name}
+                )
+            request.node = node
+        elif path == b"/-/healthz":
+            request.local = local_response(200, b'{"status": "ok"}', request.request_id, False)
+            return None
+        else:
+            return self.answer(
+                request,
+                404,
+                "no alias or node in the request: use /aliases/<alias>/..., /nodes/<node>/..., "
+                "or the header x-node-alias or x-node-id",
+            )
+
+        forwarded_for = forwarded_for + b", " + self.client_ip if forwarded_for else self.client_ip
+        framing = b"transfer-encoding: chunked\r\n" if request.chunked else b""
+        if content_length >= 0:
+            framing = b"content-length: %d\r\n" % content_length
+            request.chunked = False
+        request.head = b"".join(
+            [
+                request.method,
+                b" ",
+                path,
+                b" HTTP/1.1\r\n",
+                *kept,
+                framing,
+                b"x-forwarded-for: ",
+                forwarded_for,
+                b"\r\n",
+                b"x-forwarded-proto: ",
+                forwarded_proto or b"http",
+                b"\r\n",
+                b"x-request-id: ",
+                request.request_id,
+                b"\r\n\r\n",
+            ]
+        )
+        return None
+
+    def answer(
+        self,
+        request: Request,
+        code: int,
+        message: str,
+        close: bool = False,
+        extra: dict[str, str] | None = None,
+    ) -> None:
+        body = error_body(
+            code, message, request.request_id or self.proxy.request_id(), **(extra or {})
+        )
+        request.local = local_response(code, body, request.request_id, close)
+        if close:
+            request.keep_alive = False
+
+    def pick(self, request: Request, exclude: Backend | None = None) -> Backend | None:
+        alias = request.alias
+        proxy = self.proxy
+        if alias is not None:
+            key = request.affinity_key
+            if key is not None and exclude is None:
+                sticky = proxy.affinity.lookup(alias.name, key, alias.by_key)
+                if sticky is not None and not sticky.removed:
+                    request.node = _node_of(alias, sticky)
+                    return sticky
+            node = alias.pick_node()
+            if node is None:
+                return None
+            request.node = node
+            backend = node.pick(exclude)
+            if backend is not None and key is not None:
+                proxy.affinity.remember(alias.name, key, backend)
+            return backend
+        node = request.node
+        return node.pick(exclude) if node is not None else None
+
+    # -- the exchange ---------------------------------------------------------------------
+
+    def start(self, request: Request) -> None:
+        self.active = request
+        if request.local is not None:
+            if request.complete or not request.keep_alive:
+                self.finish_local(request)
+            return  # answered once its body has been read (and discarded)
+        if request.expect_continue and not request.complete:
+            self.transport.write(CONTINUE)
+        backend = self.pick(request)
+        if backend is None:
+            self.no_instance(request)
+            return
+        self.send_to(request, backend)
+
+    def send_to(self, request: Request, backend: Backend) -> None:
+        request.backend = backend
+        backend.inflight += 1
+        idle = backend.idle
+        while idle:
+            upstream = idle.pop()
+            if not upstream.closed:
+                upstream.begin(request, reused=True)
+                return
+        proxy = self.proxy
+        upstream = UpstreamConnection(proxy, backend)
+        request.upstream = upstream
+        upstream.request = request
+        proxy.loop.create_task(upstream.connect(request))
+
+    def no_instance(self, request: Request) -> None:
+        target = request.alias.name if request.alias else request.node.name if request.node else ""
+        kind = "alias" if request.alias else "node"
+        self.answer(request, 503, f"no Healthy instance serves {kind} {target!r}")
+        self.finish_local(request)
+
+    def retry_elsewhere(self, request: Request, failed: Backend, reason: str) -> bool:
+        """Try one other instance after a connect failure; False when there is none."""
+        self.proxy.release(failed)
+        if request.retried or self.closed:
+            return False
+        request.retried = True
+        backend = self.pick(request, exclude=failed)
+        if backend is None:
+            return False
+        request.upstream = None
+        self.send_to(request, backend)
+        return True
+
+    def respond_failure(self, request: Request, code: int, message: str) -> None:
+        """The exchange failed before any of the response was written: answer it ourselves."""
+        if self.active is not request or self.closed:
+            return
+        node = request.node.name if request.node else None
+        self.answer(request, code, message, extra={"node": node} if node else None)
+        if not request.complete:
+            request.keep_alive = False
+        self.finish_local(request)
+
+    def finish_local(self, request: Request) -> None:
+        if request.local is not None:
+            self.transport.write(request.local)
+        node = request.node.name if request.node else None
+        self.done(request, self._status_of(request.local), node)
+
+    def done(self, request: Request, code: int, node: str | None) -> None:
+        proxy = self.proxy
+        elapsed = proxy.loop.time() - request.started
+        alias = request.alias.name if request.alias else None
+        proxy.metrics.observe(alias, node, code, elapsed)
+        if proxy.settings.access_log:
+            access_log.info(
+                json.dumps(
+                    {
+                        "client": self.client_ip.decode(),
+                        "method": request.method.decode(),
+                        "target": request.target.decode("latin-1"),
+                        "alias": alias,
+                        "node": node,
+                        "instance": request.backend.instance if request.backend else None,
+                        "status": code,
+                        "seconds": round(elapsed, 6),
+                        "requestId": request.request_id.decode("latin-1"),
+                    }
+                )
+            )
+        self.active = None
+        self.last_active = request.started + elapsed
+        if self.closed:
+            return
+        if not request.keep_alive or not request.complete:
+            self.close()
+            return
+        if self.queue:
+            self.start(self.queue.popleft())
+        if self.paused and not self.queue:
+            self.resume()
+
+    def body_too_large(self, request: Request) -> None:
+        limit = self.proxy.settings.max_body
+        message = f"request body is over the {limit} byte limit"
+        request.keep_alive = False
+        upstream = request.upstream
+        if upstream is not None and upstream.response_started:
+            self.close()
+            return
+        if upstream is not None:
+            upstream.abort_exchange(client_gone=False)
+        if request.backend is not None and request.upstream is None:
+            self.proxy.release(request.backend)
+        request.held.clear()
+        self.answer(request, 413, message, close=True)
+        if request is self.active:
+            self.finish_local(request)
+
+    def refuse(self, code: int, message: str) -> None:
+        body = error_body(code, message, self.proxy.request_id())
+        if self.active is None and not self.closed:
+            self.transport.write(local_response(code, body, b"-", close=True))
+        self.close()
+
+    @staticmethod
+    def _status_of(local: bytes | None) -> int:
+        return int(local[9:12]) if local else 0
+
+    def pause(self) -> None:
+        if not self.paused and not self.closed:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self.paused and not self.closed:
+            self.paused = False
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.proxy.clients.discard(self)
+            self.transport.close()
+
+
+def _node_of(alias: AliasRoute, backend: Backend) -> NodeRoute | None:
+    return next((n for n in alias.nodes if backend in n.backends), None)

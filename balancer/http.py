@@ -1,0 +1,130 @@
+"""HTTP/1.1 pieces the data plane shares: limits, hop-by-hop headers, local answers, targets.
+
+Pure functions over bytes; the Protocols in client.py and upstream.py use them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+MAX_BODY = 16 * 2**20
+HOLD_LIMIT = 256 * 1024  # body bytes held while connecting before the client is paused
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+    }
+)
+# Set by the balancer itself: dropped from the client's request and written afresh.
+REWRITTEN = frozenset(
+    {b"x-forwarded-for", b"x-forwarded-proto", b"x-request-id", b"expect", b"content-length"}
+)
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+REASONS = {
+    400: b"Bad Request",
+    404: b"Not Found",
+    413: b"Payload Too Large",
+    501: b"Not Implemented",
+    502: b"Bad Gateway",
+    503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+}
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+def error_body(code: int, message: str, request_id: bytes, **extra: str) -> bytes:
+    payload = {"error": message, "status": code, "requestId": request_id.decode(), **extra}
+    return json.dumps(payload).encode()
+
+
+def local_response(code: int, body: bytes, request_id: bytes, close: bool) -> bytes:
+    head = (
+        b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+        b"x-request-id: %s\r\n" % (code, REASONS.get(code, b"Error"), len(body), request_id)
+    )
+    if close:
+        head += b"connection: close\r\n"
+    return head + b"\r\n" + body
+
+
+PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b""})
+_HOP_NAMES = b"|".join(sorted(HOP_BY_HOP | {b"x-request-id"}))
+HOP_SEARCH = re.compile(rb"\r\n(?:" + _HOP_NAMES + rb")[ \t]*:")
+_HOP_LINES = re.compile(rb"\r\n(?:" + _HOP_NAMES + rb")[ \t]*:[^\r\n]*", re.IGNORECASE)
+CONTENT_LENGTH = re.compile(rb"\r\ncontent-length[ \t]*:[ \t]*(\d+)[ \t]*(?:\r|$)")
+_CONNECTION_VALUE = re.compile(rb"\r\nconnection[ \t]*:([^\r\n]*)")
+
+
+def strip_hop_by_hop(block: bytes, lower: bytes) -> bytes:
+    """A response head block without its hop-by-hop header lines (and x-request-id, which
+    the balancer sets), including the headers its Connection header names."""
+    named = _CONNECTION_VALUE.search(lower)
+    block = _HOP_LINES.sub(b"", block)
+    if named is None:
+        return block
+    value = named.group(1).strip()
+    if value in PLAIN_CONNECTION:  # "keep-alive", the usual case
+        return block
+    tokens = {t.strip() for t in value.split(b",")} - PLAIN_CONNECTION
+    if not tokens:
+        return block
+    lines = block.split(b"\r\n")
+    kept = [lines[0]] + [
+        line for line in lines[1:] if line.split(b":", 1)[0].strip().lower() not in tokens
+    ]
+    return b"\r\n".join(kept)
+
+
+def without_connection_tokens(lines: list[bytes], connection: bytes) -> list[bytes]:
+    """Drop the header lines that the Connection header names: they are hop-by-hop too."""
+    tokens = {token.strip().lower() for token in connection.split(b",")} - PLAIN_CONNECTION
+    if not tokens:
+        return lines
+    return [line for line in lines if line.split(b":", 1)[0].strip().lower() not in tokens]
+
+
+_TARGETS: dict[bytes, tuple[bytes, str | None, str | None]] = {}
+_TARGETS_LIMIT = 4096
+
+
+def split_target(target: bytes) -> tuple[bytes, str | None, str | None]:
+    """(path to forward, alias, node) from /aliases/<alias>/<path> or /nodes/<node>/<path>.
+
+    Clients call the same few URLs over and over, so answers are remembered (boundedly).
+    """
+    found = _TARGETS.get(target)
+    if found is None:
+        found = _split_target(target)
+        if len(_TARGETS) >= _TARGETS_LIMIT:
+            _TARGETS.clear()
+        _TARGETS[target] = found
+    return found
+
+
+def _split_target(target: bytes) -> tuple[bytes, str | None, str | None]:
+    if target.startswith(b"/aliases/"):
+        rest = target[9:]
+        kind = "alias"
+    elif target.startswith(b"/nodes/"):
+        rest = target[7:]
+        kind = "node"
+    else:
+        return target, None, None
+    cut = len(rest)
+    for mark in (b"/", b"?"):
+        position = rest.find(mark)
+        if 0 <= position < cut:
+            cut = position
+    name = rest[:cut].decode("latin-1")
+    path = rest[cut:]
+    if not path.startswith(b"/"):
+        path = b"/" + path
+    return path, (name if kind == "alias" else None), (name if kind == "node" else None)
