@@ -59,7 +59,7 @@ def _change_lines(change: dict[str, Any]) -> list[str]:
         )
     if change.get("build"):
         lines.append(
-            f"      + build image {change['build']} (no image of this build folder exists yet)"
+            f"      + build image {change['build']} (no image of it exists yet)"
         )
     lines.append("    }")
     return lines
