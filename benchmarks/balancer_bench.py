@@ -30,18 +30,28 @@ import contextlib
 import http.client
 import json
 import os
-import re
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType, MappingProxyType
+from types import MappingProxyType
+
+from common import (
+    HOST,
+    REPO_ROOT,
+    BenchError,
+    WrkResult,
+    cpu_busy,
+    free_port,
+    parse_wrk,
+    require,
+    signals_interrupt,
+)
 
 from balancer.table import (
     AliasEntry,
@@ -52,7 +62,6 @@ from balancer.table import (
     write_table,
 )
 
-HOST = "127.0.0.1"
 PROXY_CORE = "0"
 CLIENT_CORE = "1"  # wrk and the backend
 PROJECT = "bench"
@@ -65,55 +74,9 @@ BUSY_WARNING = 0.10
 READY_TIMEOUT = 15.0
 HEALTHY_TIMEOUT = 20.0
 STOP_TIMEOUT = 5.0
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-class BenchError(Exception):
-    """A server that would not start or a wrk run that did not finish; the run stops."""
 
 
 # -- wrk ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class WrkResult:
-    """The figures of one wrk run: throughput, latency percentiles and failures."""
-
-    requests_per_s: float
-    p50_ms: float
-    p99_ms: float
-    requests: int
-    socket_errors: int
-    non_2xx: int
-
-
-_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
-_LATENCY = re.compile(r"^\s*(50|99)(?:\.0+)?%\s+([\d.]+)\s*(us|ms|s|m|h)\s*$", re.MULTILINE)
-_RPS = re.compile(r"^Requests/sec:\s+([\d.]+)", re.MULTILINE)
-_TOTAL = re.compile(r"^\s*(\d+) requests in ", re.MULTILINE)
-_SOCKET = re.compile(
-    r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", re.MULTILINE
-)
-_NON_2XX = re.compile(r"Non-2xx or 3xx responses: (\d+)")
-
-
-def parse_wrk(output: str) -> WrkResult:
-    """wrk's --latency report as numbers, latencies in milliseconds whatever unit it used."""
-    rps = _RPS.search(output)
-    total = _TOTAL.search(output)
-    percentiles = {p: float(v) * _UNITS_MS[unit] for p, v, unit in _LATENCY.findall(output)}
-    if rps is None or total is None or set(percentiles) != {"50", "99"}:
-        raise BenchError(f"cannot read wrk's output:\n{output}")
-    socket_errors = _SOCKET.search(output)
-    non_2xx = _NON_2XX.search(output)
-    return WrkResult(
-        requests_per_s=float(rps.group(1)),
-        p50_ms=percentiles["50"],
-        p99_ms=percentiles["99"],
-        requests=int(total.group(1)),
-        socket_errors=sum(int(n) for n in socket_errors.groups()) if socket_errors else 0,
-        non_2xx=int(non_2xx.group(1)) if non_2xx else 0,
-    )
 
 
 def run_wrk(
@@ -156,7 +119,7 @@ class Measured:
         return cls(
             median=ordered[(len(ordered) - 1) // 2],
             rounds=tuple(r.requests_per_s for r in results),
-            failures=sum(r.socket_errors + r.non_2xx for r in results),
+            failures=sum(r.failures for r in results),
         )
 
 
@@ -238,13 +201,6 @@ class Processes:
         """Stop the servers started last, keeping the first `keep` of them."""
         while len(self.servers) > keep:
             self.servers.pop().stop()
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def wait_for_port(server: Server, port: int, timeout: float = READY_TIMEOUT) -> None:
@@ -452,22 +408,6 @@ def children_of(pid: int) -> list[int]:
     return sorted(found)
 
 
-def _cpu_times() -> tuple[int, int]:
-    """(busy, total) jiffies of all CPUs from /proc/stat's first line."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    return sum(fields) - idle, sum(fields)
-
-
-def cpu_busy_before(seconds: float = 1.0) -> float:
-    """How busy the machine's CPUs are before we start anything (0..1): other load skews
-    every figure, nginx's and HAProxy's as much as the balancer's."""
-    busy0, total0 = _cpu_times()
-    time.sleep(seconds)
-    busy1, total1 = _cpu_times()
-    return (busy1 - busy0) / max(1, total1 - total0)
-
-
 # -- the run -----------------------------------------------------------------------------
 
 
@@ -670,29 +610,6 @@ def report(
 # -- main --------------------------------------------------------------------------------
 
 
-def _check_tools() -> None:
-    missing = [tool for tool in ("wrk", "nginx", "haproxy", "taskset") if not shutil.which(tool)]
-    if missing:
-        raise BenchError(f"missing tools: {', '.join(missing)}")
-    if (os.cpu_count() or 1) < 2:
-        raise BenchError("needs at least two cores (proxy on core 0, wrk and backend on core 1)")
-
-
-def _raise_on_sigterm(signum: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-@contextlib.contextmanager
-def _signals_interrupt() -> Iterator[None]:
-    """SIGTERM and SIGHUP unwind like Ctrl-C, so every server is stopped on the way out."""
-    previous = {s: signal.signal(s, _raise_on_sigterm) for s in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
@@ -710,12 +627,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.duration < 1 or args.connections < 2 or args.rounds < 1:
         parser.error("needs --duration >= 1, --connections >= 2 and --rounds >= 1")
     try:
-        _check_tools()
-        settings = Settings(
-            args.duration, args.warmup, args.connections, args.rounds, cpu_busy_before()
-        )
+        require("wrk", "nginx", "haproxy", "taskset")
+        if (os.cpu_count() or 1) < 2:
+            raise BenchError(
+                "needs at least two cores (proxy on core 0, wrk and backend on core 1)"
+            )
+        settings = Settings(args.duration, args.warmup, args.connections, args.rounds, cpu_busy())
         with (
-            _signals_interrupt(),
+            signals_interrupt(),
             tempfile.TemporaryDirectory(prefix="balancer-bench-") as temp,
             Processes(Path(temp)) as procs,
         ):

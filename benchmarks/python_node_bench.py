@@ -46,7 +46,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -56,13 +55,28 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import yaml
+from common import (
+    BENCH_LABEL,
+    HOST,
+    PROJECT_LABEL,
+    REPO_ROOT,
+    BenchError,
+    WrkResult,
+    cleanup_project,
+    cpu_busy,
+    free_port,
+    gitops_nodes,
+    parse_wrk,
+    progress,
+    require,
+    require_base_image,
+    signals_interrupt,
+)
+from common import run as run_command
 
-HOST = "127.0.0.1"
-REPO_ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO_ROOT / "example-repo"
 NODE = "iris"
 ALIAS = "iris"
@@ -71,10 +85,7 @@ EXPECTED = "setosa"  # what the example's model answers for SAMPLE
 BODY = json.dumps({"measurements": SAMPLE})
 INSTANCE_CORE = "0"  # the instance container, and the in-process loop
 CLIENT_CORE = "1"  # wrk
-PROJECT_LABEL = "io.gitops-nodes.project"
 NODE_LABEL = "io.gitops-nodes.node"
-BENCH_LABEL = "io.gitops-nodes.bench"  # the benchmark's own `docker run` containers
-BASE_IMAGE = "gitops-nodes/python-base:bookworm"
 TARGET_INSTANCE = 0.75  # instance requests/s over in-process calls/s
 TARGET_ALIAS = 0.65
 TARGET_P50_MS = 0.3  # at one connection, on the instance
@@ -82,6 +93,13 @@ TARGET_START_S = 1.5  # plus the checkpoint's load time
 BUSY_WARNING = 0.10
 APPLY_TIMEOUT = 600.0  # may download wheels and build the image
 COMMAND_TIMEOUT = 120.0
+
+
+def run(argv: Sequence[str], timeout: float = COMMAND_TIMEOUT, cwd: Path | None = None) -> str:
+    """common.run with this benchmark's own bound."""
+    return run_command(argv, cwd, timeout)
+
+
 READY_TIMEOUT = 60.0
 HEALTHY_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
@@ -129,44 +147,7 @@ wrk.headers["Content-Type"] = "application/json"
 """
 
 
-class BenchError(Exception):
-    """Something the benchmark needs failed or did not happen in time; the run stops."""
-
-
 # -- commands -------------------------------------------------------------------------------
-
-
-def run(argv: Sequence[str], timeout: float = COMMAND_TIMEOUT, cwd: Path | None = None) -> str:
-    """Run a command to completion; its stdout, or BenchError with its output."""
-    try:
-        done = subprocess.run(
-            list(argv), cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise BenchError(f"{' '.join(argv[:4])} … did not finish in {timeout:g}s") from exc
-    if done.returncode != 0:
-        raise BenchError(
-            f"{' '.join(argv)} exited {done.returncode}: {(done.stderr or done.stdout).strip()}"
-        )
-    return done.stdout
-
-
-def gitops_nodes(*args: str) -> list[str]:
-    return [sys.executable, "-m", "gitops_nodes", *args]
-
-
-def warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr, flush=True)
-
-
-def progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 # -- the repository copy ----------------------------------------------------------------------
@@ -302,35 +283,6 @@ def wait_healthz(port: int, timeout: float) -> float:
 # -- wrk ----------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class WrkResult:
-    """The figures of one wrk run."""
-
-    requests_per_s: float
-    p50_ms: float
-    p99_ms: float
-    failures: int  # socket errors plus non-2xx responses
-
-
-_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
-_LATENCY = re.compile(r"^\s*(50|99)(?:\.0+)?%\s+([\d.]+)\s*(us|ms|s|m)\s*$", re.MULTILINE)
-_RPS = re.compile(r"^Requests/sec:\s+([\d.]+)", re.MULTILINE)
-_SOCKET = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
-_NON_2XX = re.compile(r"Non-2xx or 3xx responses: (\d+)")
-
-
-def parse_wrk(output: str) -> WrkResult:
-    rps = _RPS.search(output)
-    percentiles = {p: float(v) * _UNITS_MS[unit] for p, v, unit in _LATENCY.findall(output)}
-    if rps is None or set(percentiles) != {"50", "99"}:
-        raise BenchError(f"cannot read wrk's output:\n{output}")
-    socket_errors = _SOCKET.search(output)
-    non_2xx = _NON_2XX.search(output)
-    failures = sum(int(n) for n in socket_errors.groups()) if socket_errors else 0
-    failures += int(non_2xx.group(1)) if non_2xx else 0
-    return WrkResult(float(rps.group(1)), percentiles["50"], percentiles["99"], failures)
-
-
 def wrk(url: str, script: Path, connections: int, seconds: float) -> WrkResult:
     """`wrk -t1 --latency` pinned to CLIENT_CORE, posting the sample."""
     duration = max(1, round(seconds))
@@ -450,42 +402,6 @@ class Figures:
     start_proc: list[float]
 
 
-def cpu_busy(seconds: float = 1.0) -> float:
-    """The share of CPU time not idle over `seconds`, from /proc/stat (0 when unreadable)."""
-
-    def sample() -> tuple[int, int]:
-        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        return sum(fields), fields[3] + fields[4]
-
-    try:
-        total0, idle0 = sample()
-        time.sleep(seconds)
-        total1, idle1 = sample()
-    except (OSError, ValueError, IndexError):
-        return 0.0
-    return 1 - (idle1 - idle0) / max(1, total1 - total0)
-
-
-def cleanup(repo: Path, project: str, state_dir: Path) -> None:
-    """`gitops-nodes destroy`, then remove whatever still carries the project's labels."""
-    try:
-        run(
-            gitops_nodes("destroy", str(repo), "--project", project, "--state-dir", str(state_dir)),
-            timeout=180,
-            cwd=REPO_ROOT,
-        )
-    except BenchError as exc:
-        warn(f"destroy failed: {exc}")
-    for label in (f"{PROJECT_LABEL}={project}", f"{BENCH_LABEL}={project}"):
-        try:
-            left = run(["docker", "ps", "-aq", "--filter", f"label={label}"]).split()
-            if left:
-                warn(f"removing {len(left)} container(s) left with label {label}")
-                run(["docker", "rm", "-f", *left])
-        except BenchError as exc:
-            warn(f"removing containers labelled {label} failed: {exc}")
-
-
 def bench(duration: float, warmup: float, restarts: int) -> tuple[str, Figures]:
     project = f"pynode-bench-{secrets.token_hex(3)}"
     with contextlib.ExitStack() as stack:
@@ -495,7 +411,7 @@ def bench(duration: float, warmup: float, restarts: int) -> tuple[str, Figures]:
         script = temp / "post.lua"
         script.write_text(WRK_SCRIPT)
         busy = cpu_busy()
-        stack.callback(cleanup, repo, project, state_dir)  # runs after serve has stopped
+        stack.callback(cleanup_project, repo, project, state_dir)  # runs after serve has stopped
         progress(f"project {project}: applying {NODE} (may download wheels and build)")
         run(
             gitops_nodes("apply", str(repo), "--project", project, "--state-dir", str(state_dir)),
@@ -594,36 +510,6 @@ def report(f: Figures, project: str, duration: float, restarts: int) -> None:
 # -- main -----------------------------------------------------------------------------------------
 
 
-def check_tools() -> None:
-    for tool in ("docker", "wrk", "taskset"):
-        if shutil.which(tool) is None:
-            raise BenchError(f"{tool} is not on PATH")
-    if (os.cpu_count() or 1) < 2:
-        raise BenchError("needs two cores (the instance on core 0, wrk on core 1)")
-    try:
-        run(["docker", "image", "inspect", BASE_IMAGE], timeout=30)
-    except BenchError as exc:
-        raise BenchError(
-            f"{BASE_IMAGE} is missing or the Docker engine is down; "
-            f"run scripts/lib/ensure-base-image.sh first ({exc})"
-        ) from exc
-
-
-def _raise_on_signal(signum: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-@contextlib.contextmanager
-def signals_interrupt() -> Iterator[None]:
-    """SIGTERM and SIGHUP unwind like Ctrl-C, so the cleanup runs."""
-    previous = {s: signal.signal(s, _raise_on_signal) for s in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run (5)")
@@ -633,7 +519,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.duration < 1 or args.warmup < 0 or args.restarts < 1:
         parser.error("--duration must be >= 1, --warmup >= 0, --restarts >= 1")
     try:
-        check_tools()
+        require("docker", "wrk", "taskset")
+        if (os.cpu_count() or 1) < 2:
+            raise BenchError("needs two cores (the instance on core 0, wrk on core 1)")
+        require_base_image()
         with signals_interrupt():
             project, figures = bench(args.duration, args.warmup, args.restarts)
         report(figures, project, args.duration, args.restarts)

@@ -38,7 +38,6 @@ import random
 import secrets
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -49,16 +48,27 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
-HOST = "127.0.0.1"
+from common import (
+    BENCH_LABEL,
+    HOST,
+    PROJECT_LABEL,
+    BenchError,
+    cleanup_project,
+    free_port,
+    gitops_nodes,
+    progress,
+    require,
+    require_base_image,
+    run,
+    signals_interrupt,
+    warn,
+)
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 APP_DIR = REPO_ROOT / "tests" / "integration" / "app"
-BASE_IMAGE = "gitops-nodes/python-base:bookworm"
-PROJECT_LABEL = "io.gitops-nodes.project"
 NODE_LABEL = "io.gitops-nodes.node"
-BENCH_LABEL = "io.gitops-nodes.bench"  # on the plain `docker run` container only
 ALIAS = "api"
 INTERVAL = 2.0  # the watch's --interval, in seconds
 TARGET_HOOK = 1.0  # seconds: weights with the hook, and a new node net of its container
@@ -67,12 +77,7 @@ CHANGE_TIMEOUT = 60.0  # one commit made live
 NODE_TIMEOUT = 90.0  # a new node served
 CONTAINER_TIMEOUT = 30.0  # a plain container answering /healthz
 STOP_TIMEOUT = 45.0  # the watch drains for up to 30 s by default
-COMMAND_TIMEOUT = 180.0  # git, docker and gitops-nodes destroy
 SPEC_FILE = "spec.yaml"
-
-
-class BenchError(Exception):
-    """Something the benchmark needs did not happen in time; the run stops and cleans up."""
 
 
 # -- the spec -----------------------------------------------------------------------------
@@ -115,25 +120,6 @@ ON_V2 = {"v1": 0, "v2": 100}
 # -- commands -----------------------------------------------------------------------------
 
 
-def run(argv: Sequence[str], cwd: Path | None = None, timeout: float = COMMAND_TIMEOUT) -> str:
-    """Run a command to completion; its stdout, or BenchError with its output."""
-    try:
-        done = subprocess.run(
-            list(argv), cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise BenchError(f"{' '.join(argv[:3])} … did not finish in {timeout:g}s") from exc
-    if done.returncode != 0:
-        raise BenchError(
-            f"{' '.join(argv)} exited {done.returncode}: {(done.stderr or done.stdout).strip()}"
-        )
-    return done.stdout
-
-
-def gitops_nodes(*args: str) -> list[str]:
-    return [sys.executable, "-m", "gitops_nodes", *args]
-
-
 class Repo:
     """The temporary Git repository the watch follows."""
 
@@ -159,12 +145,6 @@ class Repo:
 
 
 # -- the watch process and its endpoints ---------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -487,58 +467,6 @@ def report(figures: Figures, runs: int, project: str) -> None:
 # -- setup, cleanup, main --------------------------------------------------------------------
 
 
-def warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr, flush=True)
-
-
-def progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def cleanup_project(repo: Path, project: str, state_dir: Path) -> None:
-    """`gitops-nodes destroy`, then remove whatever still carries the project's labels."""
-    try:
-        run(gitops_nodes("destroy", str(repo), "--project", project, "--state-dir", str(state_dir)))
-    except BenchError as exc:
-        warn(f"destroy failed: {exc}")
-    for label in (f"{PROJECT_LABEL}={project}", f"{BENCH_LABEL}={project}"):
-        try:
-            left = run(["docker", "ps", "-aq", "--filter", f"label={label}"]).split()
-            if left:
-                warn(f"removing {len(left)} container(s) left with label {label}")
-                run(["docker", "rm", "-f", *left])
-        except BenchError as exc:
-            warn(f"removing containers labelled {label} failed: {exc}")
-
-
-def check_tools() -> None:
-    for tool in ("git", "docker"):
-        if shutil.which(tool) is None:
-            raise BenchError(f"{tool} is not on PATH")
-    try:
-        run(["docker", "image", "inspect", BASE_IMAGE], timeout=30)
-    except BenchError as exc:
-        raise BenchError(
-            f"{BASE_IMAGE} is missing or the Docker engine is down; "
-            f"run scripts/lib/ensure-base-image.sh first ({exc})"
-        ) from exc
-
-
-def _raise_on_signal(signum: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-@contextlib.contextmanager
-def signals_interrupt() -> Iterator[None]:
-    """SIGTERM and SIGHUP unwind like Ctrl-C, so the cleanup runs."""
-    previous = {s: signal.signal(s, _raise_on_signal) for s in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-
-
 def bench(runs: int) -> tuple[str, Figures]:
     """Set up, measure every case, clean up; the project name and the figures."""
     project = f"watch-bench-{secrets.token_hex(3)}"
@@ -576,7 +504,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.runs < 1:
         parser.error("--runs must be at least 1")
     try:
-        check_tools()
+        require("git", "docker")
+        require_base_image()
         with signals_interrupt():
             project, figures = bench(args.runs)
         report(figures, args.runs, project)
