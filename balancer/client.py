@@ -342,7 +342,7 @@ class ClientConnection(asyncio.Protocol):
         self.answer(request, 503, f"no Healthy instance serves {kind} {target!r}")
         self.finish_local(request)
 
-    def retry_elsewhere(self, request: Request, failed: Backend, reason: str) -> bool:
+    def retry_elsewhere(self, request: Request, failed: Backend) -> bool:
         """Try one other instance after a connect failure; False when there is none."""
         self.proxy.release(failed)
         if request.retried or self.closed:

@@ -81,31 +81,27 @@ class Metrics:
         invent should not become a series. Requests with neither count as unrouted.
         """
         index = bisect_left(BUCKETS, seconds)
-        if node is not None:
-            series = self.nodes.get(node)
-            if series is None:
-                series = self._add(self.nodes, node)
-            if series is not None:
-                series.total += seconds
-                series.buckets[index] += 1
-                codes = series.codes
-                codes[code] = codes.get(code, 0) + 1
-            else:
-                node = None
-        if alias is not None:
-            series = self.aliases.get(alias)
-            if series is None:
-                series = self._add(self.aliases, alias)
-            if series is not None:
-                series.total += seconds
-                series.buckets[index] += 1
-                codes = series.codes
-                codes[code] = codes.get(code, 0) + 1
-            else:
-                alias = None
-        if node is None and alias is None:
+        counted = node is not None and self._count(self.nodes, node, code, seconds, index)
+        if alias is not None and self._count(self.aliases, alias, code, seconds, index):
+            counted = True
+        if not counted:
             unrouted = self.unrouted
             unrouted[code] = unrouted.get(code, 0) + 1
+
+    def _count(
+        self, table: dict[str, _Series], name: str, code: int, seconds: float, index: int
+    ) -> bool:
+        """Count one request in name's series; False when there is none and no room for it."""
+        series = table.get(name)
+        if series is None:
+            series = self._add(table, name)
+            if series is None:
+                return False
+        series.total += seconds
+        series.buckets[index] += 1
+        codes = series.codes
+        codes[code] = codes.get(code, 0) + 1
+        return True
 
     def _add(self, table: dict[str, _Series], name: str) -> _Series | None:
         """A new series for name, or None when there are already max_names of them."""

@@ -155,6 +155,6 @@ class Request:
         self.client: ClientConnection | None = None
 
 
-def client_of(proxy: Proxy, request: Request) -> ClientConnection | None:
+def client_of(request: Request) -> ClientConnection | None:
     client = request.client
     return None if client is None or client.closed else client

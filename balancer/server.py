@@ -68,10 +68,11 @@ class Balancer:
         self.extra_routes: list[Any] = []
         self.extra_status: Any = None
         self.backends = Backends()
-        self.router = Router(RoutingTable(), self.backends)
         self.metrics = Metrics(inflight=self._inflight_by_node)
         self.affinity = Affinity()
-        self.proxy = Proxy(loop, self.router, self.affinity, self.metrics, settings)
+        self.proxy = Proxy(
+            loop, Router(RoutingTable(), self.backends), self.affinity, self.metrics, settings
+        )
         self.proxy.on_drained = self._drained
         self.checker = HealthChecker(loop, on_change=lambda _backend: self.write_ack())
         self.started_at = time.time()
@@ -92,9 +93,7 @@ class Balancer:
             self.checker.track(backend)
         for backend in removed:
             self.checker.untrack(backend)
-        router = Router(table, self.backends)
-        self.router = router
-        self.proxy.router = router  # the swap: one assignment, read once per request
+        self.proxy.router = Router(table, self.backends)  # the swap: one assignment
         self.backends.forget([b for b in removed if b.inflight == 0])
         self.reloads += 1
         self.last_reload_error = None
@@ -108,6 +107,11 @@ class Balancer:
             len(added),
             len(removed),
         )
+
+    @property
+    def router(self) -> Router:
+        """The current routing table, compiled; requests read it once at their start."""
+        return self.proxy.router
 
     def reload_file(self) -> bool:
         """Load the table file; a malformed one is logged and the current table keeps serving."""

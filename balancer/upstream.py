@@ -51,11 +51,11 @@ class UpstreamConnection(asyncio.Protocol):
             self.request = None
             if client_request is None or client_request.upstream is not self:
                 return
-            client = client_of(proxy, client_request)
+            client = client_of(client_request)
             if client is None:
                 proxy.release(backend)
                 return
-            if not client.retry_elsewhere(client_request, backend, reason):
+            if not client.retry_elsewhere(client_request, backend):
                 client.respond_failure(client_request, 502, f"{backend.node}: {reason}")
             return
         if self.request is not request or request.upstream is not self:
@@ -84,7 +84,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.write(request.head + b"".join(held))
             request.held = []
             request.held_size = 0
-            client = client_of(self.proxy, request)
+            client = client_of(request)
             if client is not None:
                 client.resume()
         else:
@@ -121,7 +121,7 @@ class UpstreamConnection(asyncio.Protocol):
     def flush(self) -> None:
         out = self.out
         request = self.request
-        client = client_of(self.proxy, request) if request is not None else None
+        client = client_of(request) if request is not None else None
         if client is not None:
             client.transport.write(out[0] if len(out) == 1 else b"".join(out))
         out.clear()
@@ -143,13 +143,13 @@ class UpstreamConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         request = self.sending
-        client = client_of(self.proxy, request) if request else None
+        client = client_of(request) if request else None
         if client is not None:
             client.pause()
 
     def resume_writing(self) -> None:
         request = self.sending
-        client = client_of(self.proxy, request) if request else None
+        client = client_of(request) if request else None
         if client is not None:
             client.resume()
 
@@ -175,7 +175,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.response_started = True
         if request is None:
             return
-        client = client_of(self.proxy, request)
+        client = client_of(request)
         if client is None:
             return
         lower = block.lower()
@@ -290,7 +290,7 @@ class UpstreamConnection(asyncio.Protocol):
         if request is None:
             return
         backend = self.backend
-        client = client_of(self.proxy, request)
+        client = client_of(request)
         if (
             client is not None
             and not self.response_started
@@ -349,7 +349,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.close()
         backend = self.backend
         self.proxy.release(backend)
-        client = client_of(self.proxy, request)
+        client = client_of(request)
         if client is not None:
             client.respond_failure(
                 request,

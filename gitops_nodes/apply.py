@@ -122,7 +122,7 @@ class _Published:
     def write(self, path_table: StateDir) -> int:
         self.generation += 1
         nodes = {
-            node: NodeEntry(tuple(endpoints), *self.settings.get(node, self.settings_for(node)))
+            node: NodeEntry(tuple(endpoints), *(self.settings.get(node) or self.settings_for(node)))
             for node, endpoints in sorted(self.rotation.items())
         }
         aliases = dict(sorted(self.aliases.items()))

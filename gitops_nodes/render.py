@@ -58,9 +58,7 @@ def _change_lines(change: dict[str, Any]) -> list[str]:
             f"    {instance['action']:>3} instance {instance['index']}{old} ({instance['reason']})"
         )
     if change.get("build"):
-        lines.append(
-            f"      + build image {change['build']} (no image of it exists yet)"
-        )
+        lines.append(f"      + build image {change['build']} (no image of it exists yet)")
     lines.append("    }")
     return lines
 

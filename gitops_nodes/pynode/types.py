@@ -66,22 +66,22 @@ def _floats(values: list[object]) -> object:
     return converted
 
 
-def _list_int(value: object) -> object:
-    if type(value) is not list:
-        return INVALID
-    for item in value:
-        if type(item) is not int:
+def _list_of(kind: type) -> Checker:
+    """A check for a list whose items are all exactly of kind (bool is not an int)."""
+
+    def check(value: object) -> object:
+        if type(value) is not list:
             return INVALID
-    return value
+        for item in value:
+            if type(item) is not kind:
+                return INVALID
+        return value
+
+    return check
 
 
-def _list_str(value: object) -> object:
-    if type(value) is not list:
-        return INVALID
-    for item in value:
-        if type(item) is not str:
-            return INVALID
-    return value
+_list_int = _list_of(int)
+_list_str = _list_of(str)
 
 
 def _dict_float(value: object) -> object:

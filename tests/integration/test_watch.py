@@ -151,14 +151,20 @@ def watch(tmp_path: Path, project: str) -> Iterator[Callable[[str], Watch]]:
             watcher.stop()
 
 
+def serving_v1(watch: Callable[[str], Watch]) -> tuple[Watch, str]:
+    """A watch on a first commit that serves node v1 behind alias api, once it is applied."""
+    watcher = watch(node_yaml("v1", "1") + alias_yaml("api", {"v1": 100}))
+    first = git(watcher.repo, "rev-parse", "HEAD")
+    watcher.wait(lambda: watcher.applied(first), "the first commit")
+    return watcher, first
+
+
 def test_commits_become_traffic_with_zero_failed_requests(
     watch: Callable[[str], Watch], runtime: DockerRuntime, project: str
 ) -> None:
     v1 = node_yaml("v1", "1")
     v2 = node_yaml("v2", "2")
-    watcher = watch(v1 + alias_yaml("api", {"v1": 100}))
-    first = git(watcher.repo, "rev-parse", "HEAD")
-    watcher.wait(lambda: watcher.applied(first), "the first commit")
+    watcher, _ = serving_v1(watch)
     assert watcher.versions() == {"1"}
 
     with Load(watcher.port, "/aliases/api/predict") as load:
@@ -212,9 +218,7 @@ def test_commits_become_traffic_with_zero_failed_requests(
 
 
 def test_hook_needs_the_token(watch: Callable[[str], Watch]) -> None:
-    watcher = watch(node_yaml("v1", "1") + alias_yaml("api", {"v1": 100}))
-    first = git(watcher.repo, "rev-parse", "HEAD")
-    watcher.wait(lambda: watcher.applied(first), "the first commit")
+    watcher, _ = serving_v1(watch)
     assert watcher.hook("wrong") == 401
     assert watcher.hook("") == 401
     assert watcher.hook() == 202
@@ -230,9 +234,7 @@ def rollout_alias(routes: dict[str, int], steps: str, extra: str = "") -> str:
 def test_rollout_moves_an_alias_in_steps(
     watch: Callable[[str], Watch], runtime: DockerRuntime, project: str
 ) -> None:
-    watcher = watch(node_yaml("v1", "1") + alias_yaml("api", {"v1": 100}))
-    first = git(watcher.repo, "rev-parse", "HEAD")
-    watcher.wait(lambda: watcher.applied(first), "the first commit")
+    watcher, first = serving_v1(watch)
 
     with Load(watcher.port, "/aliases/api/predict") as load:
         target = watcher.commit(node_yaml("v2", "2") + rollout_alias({"v2": 100}, "[50]"), "v2")
@@ -251,9 +253,7 @@ def test_rollout_moves_an_alias_in_steps(
 def test_rollout_rolls_back_when_the_new_node_fails_requests(
     watch: Callable[[str], Watch], runtime: DockerRuntime, project: str
 ) -> None:
-    watcher = watch(node_yaml("v1", "1") + alias_yaml("api", {"v1": 100}))
-    first = git(watcher.repo, "rev-parse", "HEAD")
-    watcher.wait(lambda: watcher.applied(first), "the first commit")
+    watcher, first = serving_v1(watch)
 
     with Load(watcher.port, "/aliases/api/predict") as load:
         broken = node_yaml("v2", "2", extra_env=', STATUS: "500"')
