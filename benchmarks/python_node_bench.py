@@ -20,8 +20,13 @@ or with the benchmark's own label, then the temporary folder.
    the checkpoint fills, with one sample (as the runtime runs it, without HTTP and JSON).
 3. The instance container is pinned to core 0 (`docker update --cpuset-cpus 0`) and
    `wrk -t1 --latency` to core 1 (taskset) posts the sample (a Lua script sets the body) at
-   16 connections and at 1, first to the instance's published port, then through
-   /aliases/iris/ on the balancer. Each wrk run is preceded by a warm-up run.
+   16 connections, first to the instance's published port, then through /aliases/iris/ on
+   the balancer. Steps 2 and 3 repeat for --rounds rounds, and each ratio is taken within its
+   round, then the median of the rounds is compared with the target: this machine's speed
+   drifts from minute to minute, and a ratio of runs minutes apart would measure the drift.
+   Then the same at 1 connection, for the p50. Each wrk run is preceded by a warm-up run.
+   A warning is printed when the published port goes through docker-proxy (an engine
+   running with its userland proxy), which costs about 30% of the instance's requests/s.
 4. The instance's memory after the load: `docker stats --no-stream` MemUsage, and the peak
    RSS (VmHWM in /proc) summed over the container's processes.
 5. Start to healthy: the instance is stopped, then `docker start`ed (pinned as before) and
@@ -33,6 +38,7 @@ Ratios are within one run; other load on the machine shows up in them, so the CP
 share is sampled first.
 
     python3 benchmarks/python_node_bench.py [--duration 5] [--warmup 1] [--restarts 3]
+                                            [--rounds 3]
 """
 
 from __future__ import annotations
@@ -105,7 +111,7 @@ HEALTHY_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
 MARKER = "\n# copy made by benchmarks/python_node_bench.py (keeps its image tag its own)\n"
 
-# Runs inside the node's image: python3 -c IN_PROCESS <seconds> <warm-up seconds>.
+# Runs inside the node's image: python3 -c IN_PROCESS <seconds> <warm-up seconds> <loads>.
 IN_PROCESS = r"""
 import json, pickle, statistics, subprocess, sys, time
 config = json.load(open("/app/node.json"))
@@ -117,7 +123,7 @@ LOAD = (
 loads = [
     float(subprocess.run([sys.executable, "-c", LOAD], capture_output=True, text=True,
                          check=True).stdout)
-    for _ in range(3)
+    for _ in range(int(sys.argv[3]))
 ]
 namespace = {"__name__": "__main__"}
 namespace.update(pickle.load(open(checkpoint, "rb")))
@@ -136,7 +142,8 @@ def loop(seconds):
             return calls, now - start
 loop(warmup)
 calls, elapsed = loop(duration)
-print(json.dumps({"load_s": statistics.median(loads), "loads": loads, "calls": calls,
+print(json.dumps({"load_s": statistics.median(loads) if loads else 0.0, "loads": loads,
+                  "calls": calls,
                   "elapsed": elapsed, "species_name": namespace["species_name"],
                   "probability": namespace["probability"]}))
 """.replace("SAMPLE", repr(SAMPLE))
@@ -325,13 +332,15 @@ def published_port(container: str) -> int:
     raise BenchError(f"container {container} publishes no port on {HOST}: {out}")
 
 
-def in_process(image: str, project: str, duration: float, warmup: float) -> dict[str, Any]:
-    """The checkpoint's load time and the in-process loop, inside the node's image."""
+def in_process(
+    image: str, project: str, duration: float, warmup: float, loads: int
+) -> dict[str, Any]:
+    """The in-process loop inside the node's image, after `loads` timed checkpoint loads."""
     out = run(
         [
             "docker", "run", "--rm", "--cpuset-cpus", INSTANCE_CORE, "--network", "none",
             "--label", f"{BENCH_LABEL}={project}", image,
-            "python3", "-c", IN_PROCESS, str(duration), str(warmup),
+            "python3", "-c", IN_PROCESS, str(duration), str(warmup), str(loads),
         ],
         timeout=duration + warmup + 120,
     )  # fmt: skip
@@ -386,23 +395,47 @@ def restart_times(container: str) -> tuple[float, float]:
 
 
 @dataclass
+class Round:
+    """One round: the in-process loop, then the instance and the alias at 16 connections."""
+
+    inproc_rate: float
+    instance: WrkResult
+    alias: WrkResult
+
+    @property
+    def instance_ratio(self) -> float:
+        return self.instance.requests_per_s / self.inproc_rate
+
+    @property
+    def alias_ratio(self) -> float:
+        return self.alias.requests_per_s / self.inproc_rate
+
+
+@dataclass
 class Figures:
     """Everything the report prints."""
 
     busy: float
     load_s: float
-    inproc_rate: float
-    instance: WrkResult
+    rounds: list[Round]
     instance_1: WrkResult
-    alias: WrkResult
     alias_1: WrkResult
     mem_usage: str
     mem_peak: str
     start_cmd: list[float]
     start_proc: list[float]
+    userland_proxy: bool
 
 
-def bench(duration: float, warmup: float, restarts: int) -> tuple[str, Figures]:
+def userland_proxy_for(port: int) -> bool:
+    """Whether a docker-proxy process copies the traffic of this published port."""
+    found = subprocess.run(
+        ["pgrep", "-f", f"docker-proxy .*-host-port {port}( |$)"], capture_output=True
+    )
+    return found.returncode == 0
+
+
+def bench(duration: float, warmup: float, restarts: int, rounds: int) -> tuple[str, Figures]:
     project = f"pynode-bench-{secrets.token_hex(3)}"
     with contextlib.ExitStack() as stack:
         temp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pynode-bench-")))
@@ -423,20 +456,27 @@ def bench(duration: float, warmup: float, restarts: int) -> tuple[str, Figures]:
         image = run(["docker", "inspect", "--format", "{{.Config.Image}}", container]).strip()
         run(["docker", "update", "--cpuset-cpus", INSTANCE_CORE, container])
         port = published_port(container)
+        proxied = userland_proxy_for(port)
         alias_path = f"/aliases/{ALIAS}/"
         wait_prediction(port, "/", READY_TIMEOUT)
         wait_prediction(serve.port, alias_path, READY_TIMEOUT, serve.check_running)
 
-        progress(f"in-process loop in {image} (core {INSTANCE_CORE})")
-        inproc = in_process(image, project, duration, warmup)
-        rate = inproc["calls"] / inproc["elapsed"]
-        progress(f"  {rate:.0f} calls/s; checkpoint load {inproc['loads']}")
-
         instance_url = f"http://{HOST}:{port}/"
         alias_url = f"http://{HOST}:{serve.port}{alias_path}"
-        instance = measure(instance_url, script, 16, duration, warmup)
+        load_s = 0.0
+        measured: list[Round] = []
+        for number in range(1, rounds + 1):
+            progress(f"round {number}/{rounds}: in-process loop in {image} (core {INSTANCE_CORE})")
+            inproc = in_process(image, project, duration, warmup, 3 if number == 1 else 0)
+            if number == 1:
+                load_s = inproc["load_s"]
+                progress(f"  checkpoint loads {inproc['loads']}")
+            rate = inproc["calls"] / inproc["elapsed"]
+            progress(f"  {rate:.0f} calls/s")
+            instance = measure(instance_url, script, 16, duration, warmup)
+            alias = measure(alias_url, script, 16, duration, warmup)
+            measured.append(Round(rate, instance, alias))
         instance_1 = measure(instance_url, script, 1, duration, warmup)
-        alias = measure(alias_url, script, 16, duration, warmup)
         alias_1 = measure(alias_url, script, 1, duration, warmup)
         serve.check_running()
         mem_usage, mem_peak = memory(container)
@@ -449,8 +489,8 @@ def bench(duration: float, warmup: float, restarts: int) -> tuple[str, Figures]:
             progress(f"  restart {i + 1}/{restarts}: {from_cmd:.3f} s ({from_proc:.3f} s)")
         progress("cleaning up")
     figures = Figures(
-        busy, inproc["load_s"], rate, instance, instance_1, alias, alias_1,
-        mem_usage, mem_peak, start_cmd, start_proc,
+        busy, load_s, measured, instance_1, alias_1,
+        mem_usage, mem_peak, start_cmd, start_proc, proxied,
     )  # fmt: skip
     return project, figures
 
@@ -473,12 +513,26 @@ def report(f: Figures, project: str, duration: float, restarts: int) -> None:
     )
     if f.busy > BUSY_WARNING:
         print(f"warning: over {BUSY_WARNING:.0%} busy before the run: figures are unreliable")
+    if f.userland_proxy:
+        print(
+            "warning: the instance's published port goes through docker-proxy (the engine runs "
+            "with its userland proxy): expect about 30% fewer requests/s than without it"
+        )
+    print(
+        f"{'round':<6} {'in-process/s':>12} {'instance/s':>11} {'ratio':>6} "
+        f"{'alias/s':>9} {'ratio':>6}   (16 connections)"
+    )
+    for number, r in enumerate(f.rounds, 1):
+        print(
+            f"{number:<6} {r.inproc_rate:>12.0f} {r.instance.requests_per_s:>11.0f} "
+            f"{r.instance_ratio:>6.2f} {r.alias.requests_per_s:>9.0f} {r.alias_ratio:>6.2f}"
+        )
     print(f"{'case':<28} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'fail':>5}")
-    print(f"{'in-process exec loop':<28} {f.inproc_rate:>8.0f}")
+    last = f.rounds[-1]
     for name, r in (
-        ("instance, 16 conns", f.instance),
+        ("instance, 16 conns (last)", last.instance),
         ("instance, 1 conn", f.instance_1),
-        ("alias /aliases/iris/, 16", f.alias),
+        ("alias /aliases/iris/, 16 (last)", last.alias),
         ("alias /aliases/iris/, 1", f.alias_1),
     ):
         print(
@@ -490,13 +544,14 @@ def report(f: Figures, project: str, duration: float, restarts: int) -> None:
         f"start to /healthz 200 (median of {restarts}): {start:.3f} s from `docker start`, "
         f"{start_proc:.3f} s from the process start (StartedAt)"
     )
-    instance_ratio = f.instance.requests_per_s / f.inproc_rate
-    alias_ratio = f.alias.requests_per_s / f.inproc_rate
+    instance_ratio = statistics.median(r.instance_ratio for r in f.rounds)
+    alias_ratio = statistics.median(r.alias_ratio for r in f.rounds)
+    rounds = len(f.rounds)
     print(f"{'target':<44} {'value':>8}  result")
     rows = (
-        (f"instance / in-process >= {TARGET_INSTANCE}", f"{instance_ratio:.2f}",
-         instance_ratio >= TARGET_INSTANCE),
-        (f"alias / in-process >= {TARGET_ALIAS}", f"{alias_ratio:.2f}",
+        (f"instance / in-process >= {TARGET_INSTANCE} (median of {rounds})",
+         f"{instance_ratio:.2f}", instance_ratio >= TARGET_INSTANCE),
+        (f"alias / in-process >= {TARGET_ALIAS} (median of {rounds})", f"{alias_ratio:.2f}",
          alias_ratio >= TARGET_ALIAS),
         (f"instance p50 at 1 conn < {TARGET_P50_MS} ms", f"{f.instance_1.p50_ms:.3f}",
          f.instance_1.p50_ms < TARGET_P50_MS),
@@ -515,16 +570,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run (5)")
     parser.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds (1)")
     parser.add_argument("--restarts", type=int, default=3, help="start-to-healthy runs (3)")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="in-process/instance/alias rounds (3)"
+    )
     args = parser.parse_args(argv)
-    if args.duration < 1 or args.warmup < 0 or args.restarts < 1:
-        parser.error("--duration must be >= 1, --warmup >= 0, --restarts >= 1")
+    if args.duration < 1 or args.warmup < 0 or args.restarts < 1 or args.rounds < 1:
+        parser.error("--duration must be >= 1, --warmup >= 0, --restarts and --rounds >= 1")
     try:
         require("docker", "wrk", "taskset")
         if (os.cpu_count() or 1) < 2:
             raise BenchError("needs two cores (the instance on core 0, wrk on core 1)")
         require_base_image()
         with signals_interrupt():
-            project, figures = bench(args.duration, args.warmup, args.restarts)
+            project, figures = bench(args.duration, args.warmup, args.restarts, args.rounds)
         report(figures, project, args.duration, args.restarts)
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
