@@ -2,7 +2,8 @@
 
 The build needs no network inside the container: the node's packages (and the runtime's
 httptools, orjson and uvloop) are downloaded here as wheels for CPython 3.11 on manylinux,
-then unpacked into the image by the base image's own python3 and compiled to bytecode there
+then installed into the image by the base image's own python3 (gitops_nodes/pynode/wheels.py:
+unpacked, their .data parts moved where they belong) and compiled to bytecode there
 (a package's test files that do not compile do not fail the build), so instances start
 without compiling their imports. The base is the official
 `python:3.11-slim` when the engine has it or can pull it, else the offline Debian base
@@ -31,13 +32,14 @@ DOWNLOAD_TIMEOUT = 600
 DOCKERFILE = """\
 FROM {base}
 COPY wheels /tmp/wheels
-RUN python3 -c "import glob, zipfile; [zipfile.ZipFile(w).extractall('/opt/gitops-nodes/site') \\
-for w in glob.glob('/tmp/wheels/*.whl')]" && rm -rf /tmp/wheels \\
+RUN python3 /tmp/wheels/install.py /opt/gitops-nodes/site /opt/gitops-nodes/bin \\
+/tmp/wheels/*.whl && rm -rf /tmp/wheels \\
  && (python3 -m compileall -q -j 0 /opt/gitops-nodes/site > /dev/null || true)
 COPY runtime /opt/gitops-nodes/runtime
 RUN python3 -m compileall -q /opt/gitops-nodes/runtime
 COPY app /app
-ENV PYTHONPATH=/opt/gitops-nodes/site:/opt/gitops-nodes/runtime PYTHONDONTWRITEBYTECODE=1
+ENV PYTHONPATH=/opt/gitops-nodes/site:/opt/gitops-nodes/runtime PYTHONDONTWRITEBYTECODE=1 \\
+PATH=/opt/gitops-nodes/bin:$PATH
 WORKDIR /app
 EXPOSE {port}
 CMD ["python3", "-m", "gitops_nodes.pynode.server", "--config", "/app/node.json", \\
@@ -76,6 +78,7 @@ def assemble(root: Path, build: PythonBuild, base: str, folder: Path) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, target)
     download_wheels([*RUNTIME_PACKAGES, *build.packages], folder / "wheels")
+    shutil.copyfile(PACKAGE / "pynode" / "wheels.py", folder / "wheels" / "install.py")
     (folder / "Dockerfile").write_text(DOCKERFILE.format(base=base, port=PYTHON_PORT))
 
 

@@ -26,7 +26,7 @@ from typing import Any
 from gitops_nodes.pynode.codec import DECODE_ERRORS, ENCODE_ERRORS, Codec, default_codec
 from gitops_nodes.pynode.config import NodeConfig, Variable
 from gitops_nodes.pynode.errors import PrepareError
-from gitops_nodes.pynode.types import INVALID, describe, problem
+from gitops_nodes.pynode.types import INVALID, describe, plain, problem
 
 MAX_BYTES = 16 * 2**20  # the largest request body and response body, as on the platform
 
@@ -43,6 +43,7 @@ class Node:
         "loads",
         "max_response",
         "namespace",
+        "output_checks",
         "output_names",
     )
 
@@ -63,14 +64,18 @@ class Node:
         self.checks = tuple((v.name, v.type.check) for v in config.inputs)
         self.input_count = len(config.inputs)
         self.output_names = tuple(v.name for v in config.outputs)
+        self.output_checks = tuple(
+            (v.name, v.type.check) for v in config.outputs if v.type.check is not None
+        )
         self.max_response = max_response
 
     def run(self, body: bytes) -> tuple[int, bytes]:
         """Check the inputs in `body`, run the code, and answer (status, JSON of outputs).
 
         Never raises for anything a request or the user's code does: bad input is 400/422,
-        a failure of the code or of its outputs is 500, and the namespace stays as the
-        code left it. An empty body stands for `{}` (a node without inputs).
+        a failure of the code or of its outputs is 500 (an output must have its declared
+        type, numpy's values counting as the Python ones they stand for), and the namespace
+        stays as the code left it. An empty body stands for `{}` (a node without inputs).
         """
         if body:
             try:
@@ -103,6 +108,15 @@ class Node:
             outputs = {name: namespace[name] for name in self.output_names}
         except KeyError:
             return 500, self.missing_outputs()
+        for name, check in self.output_checks:
+            value = outputs[name]
+            checked = check(value)
+            if checked is not value:
+                if checked is INVALID:
+                    checked = check(plain(value))  # numpy values, tuples: the slow path
+                    if checked is INVALID:
+                        return 500, self.invalid_output(name, value)
+                outputs[name] = checked
         try:
             payload = self.dumps(outputs)
         except ENCODE_ERRORS as exc:
@@ -168,6 +182,15 @@ class Node:
             "MissingOutput",
             f"the code {self.config.code_path} ran but did not set the output variable(s) "
             f"{', '.join(map(repr, missing))}",
+        )
+
+    def invalid_output(self, name: str, value: object) -> bytes:
+        """500 body for an output whose value does not have its declared type."""
+        declared = next(v.type for v in self.config.outputs if v.name == name)
+        return self.error(
+            "InvalidOutput",
+            f"output {name!r}: expected {declared.expected}, {problem(declared, plain(value))} "
+            f"(the code {self.config.code_path} set it; the API promises the declared type)",
         )
 
     def unencodable(self, outputs: dict[str, Any], exc: Exception) -> bytes:

@@ -204,6 +204,24 @@ def problem(var_type: VarType, value: object) -> str:
     return f"got {_what(value, var_type)}"
 
 
+def plain(value: object) -> object:
+    """`value` with numpy's (and array's) values turned into Python ones, recursively.
+
+    The slow path of an output check: the code computed a numpy float, a numpy string or an
+    array where the spec declares float, str or list[float]. JSON writes them the same way,
+    so they are accepted once made plain; anything else is returned as it was.
+    """
+    kind = type(value)
+    if kind is list or kind is tuple:
+        return [plain(item) for item in value]  # type: ignore[attr-defined]
+    if kind is dict:
+        return {key: plain(item) for key, item in value.items()}  # type: ignore[attr-defined]
+    tolist = getattr(value, "tolist", None)
+    if callable(tolist):
+        return tolist()
+    return value
+
+
 def _what(value: object, var_type: VarType) -> str:
     if var_type.check is _float and type(value) is int:
         return "an integer too large for a float"

@@ -375,6 +375,58 @@ def test_an_output_the_code_did_not_set_is_500(tmp_path: Path) -> None:
         assert served.post({"flag": True}) == (200, {"y": 1})
 
 
+def test_an_output_of_the_wrong_type_is_500_naming_it(tmp_path: Path) -> None:
+    code = "y = 'ten' if broken else 10\nz = [1, 2.5]\n"
+    path = write_node(tmp_path, code, {"broken": "bool"}, {"y": "float", "z": "list[float]"})
+    with serving(path) as served:
+        status, body = served.post({"broken": True})
+        assert status == 500
+        assert body["error_name"] == "InvalidOutput"
+        assert "output 'y': expected float (a number), got a string" in body["error_message"]
+        # The instance keeps serving; ints declared as floats are answered as floats.
+        assert served.post({"broken": False}) == (200, {"y": 10.0, "z": [1.0, 2.5]})
+
+
+def test_numpy_like_and_tuple_outputs_pass_as_the_plain_values_they_stand_for(
+    tmp_path: Path,
+) -> None:
+    # Stand-ins with numpy's interface: a float subclass and a str subclass (numpy.float64,
+    # numpy.str_) and an array, each answering tolist() with the plain value.
+    code = """\
+    class Float64(float):
+        def tolist(self):
+            return float(self)
+    class Str(str):
+        def tolist(self):
+            return str(self)
+    class Array:
+        def __init__(self, items):
+            self.items = items
+        def tolist(self):
+            return list(self.items)
+    p = Array([0.25, n * 0.75])
+    best = Float64(0.75)
+    name = Str("b")
+    pair = (1, 2.0)
+    bad = Array(["x"])
+    """
+    outputs = {"p": "list[float]", "best": "float", "name": "str", "pair": "list[float]"}
+    path = write_node(tmp_path, code, {"n": "int"}, outputs)
+    with serving(path) as served:
+        status, body = served.post({"n": 1})
+    assert (status, body) == (200, {"p": [0.25, 0.75], "best": 0.75, "name": "b", "pair": [1, 2]})
+    assert type(body["pair"][0]) is float  # the int given for a float is answered as 1.0
+    path = write_node(tmp_path / "bad", code, {"n": "int"}, {"bad": "list[float]"})
+    with serving(path) as served:
+        status, body = served.post({"n": 1})
+    assert status == 500
+    assert body["error_name"] == "InvalidOutput"
+    assert (
+        "output 'bad': expected list[float] (an array of numbers), item 0 is a string"
+        in (body["error_message"])
+    )
+
+
 # -- the other endpoints ------------------------------------------------------------------
 
 
