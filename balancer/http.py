@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+from typing import NamedTuple
 
 MAX_BODY = 16 * 2**20
 HOLD_LIMIT = 256 * 1024  # body bytes held while connecting before the client is paused
@@ -81,6 +82,52 @@ def strip_hop_by_hop(block: bytes, lower: bytes) -> bytes:
         line for line in lines[1:] if line.split(b":", 1)[0].strip().lower() not in tokens
     ]
     return b"\r\n".join(kept)
+
+
+class FastHead(NamedTuple):
+    """What the response fast path needs from a head block, worked out once per distinct block."""
+
+    head: bytes  # the block without hop-by-hop lines (and x-request-id, which we set)
+    length: int  # its content-length
+    code: int
+    keep_alive: bool  # the instance keeps the connection open after it
+
+
+_FAST_HEADS: dict[bytes, FastHead | None] = {}
+_FAST_HEADS_LIMIT = 1024
+_UNSEEN = FastHead(b"", -1, 0, False)
+
+
+def fast_head(block: bytes) -> FastHead | None:
+    """A 2xx HTTP/1.1 response head with a content-length and no transfer-encoding, rewritten
+    for the client; None for any other head (those take the parser's path).
+
+    An instance answers with the same head bytes over and over (they differ in the Date line,
+    once a second), so answers are remembered, boundedly: one dict lookup instead of
+    lowercasing and searching every head.
+    """
+    found = _FAST_HEADS.get(block, _UNSEEN)
+    if found is _UNSEEN:
+        found = _fast_head(block)
+        if len(_FAST_HEADS) >= _FAST_HEADS_LIMIT:
+            _FAST_HEADS.clear()
+        _FAST_HEADS[block] = found
+    return found
+
+
+def _fast_head(block: bytes) -> FastHead | None:
+    lower = block.lower()
+    found = CONTENT_LENGTH.search(lower)
+    if (
+        found is None
+        or not block.startswith(b"HTTP/1.1 2")  # other codes take the parser's path
+        or b"\r\ntransfer-encoding:" in lower
+    ):
+        return None
+    keep_alive = b"\r\nconnection: close" not in lower
+    if HOP_SEARCH.search(lower) is not None:
+        block = strip_hop_by_hop(block, lower)
+    return FastHead(block, int(found.group(1)), int(block[9:12]), keep_alive)
 
 
 def without_connection_tokens(lines: list[bytes], connection: bytes) -> list[bytes]:

@@ -8,7 +8,7 @@ from typing import Any
 import httptools
 
 from balancer.backends import Backend
-from balancer.http import CONTENT_LENGTH, HOP_SEARCH, IDEMPOTENT, strip_hop_by_hop
+from balancer.http import HOP_SEARCH, IDEMPOTENT, fast_head, strip_hop_by_hop
 from balancer.proxy import Proxy, ProxySettings, Request, client_of
 
 
@@ -215,28 +215,19 @@ class UpstreamConnection(asyncio.Protocol):
         end = data.find(b"\r\n\r\n")
         if end < 0 or request is None or request.method == b"HEAD":
             return False
-        block = data[:end]
-        lower = block.lower()
-        found = CONTENT_LENGTH.search(lower)
-        if (
-            found is None
-            or end + 4 + int(found.group(1)) != len(data)
-            or not block.startswith(b"HTTP/1.1 2")  # other codes take the parser's path
-            or b"\r\ntransfer-encoding:" in lower
-        ):
+        known = fast_head(data[:end])
+        if known is None or end + 4 + known.length != len(data):
             return False
-        keep = b"\r\nconnection: close" not in lower
-        if HOP_SEARCH.search(lower) is not None:
-            block = strip_hop_by_hop(block, lower)
-        self.code = int(block[9:12])
+        self.code = known.code
         if request.keep_alive:
             tail = b"connection: keep-alive\r\n\r\n" if request.version == "1.0" else b"\r\n"
         else:
             tail = b"connection: close\r\n\r\n"
         self.out.append(
-            b"%s\r\nx-request-id: %s\r\n%s%s" % (block, request.request_id, tail, data[end + 4 :])
+            b"%s\r\nx-request-id: %s\r\n%s%s"
+            % (known.head, request.request_id, tail, data[end + 4 :])
         )
-        self.complete(keep)
+        self.complete(known.keep_alive)
         return True
 
     def on_body(self, body: bytes) -> None:

@@ -6,6 +6,7 @@ import asyncio
 from types import MappingProxyType
 from typing import Any
 
+from balancer import http
 from balancer.backends import Backends
 from balancer.client import ClientConnection
 from balancer.metrics import Metrics
@@ -58,3 +59,28 @@ def test_forwarding_headers_are_added_and_hop_by_hop_ones_dropped() -> None:
     assert b"connection:" not in lower and b"x-hop" not in lower
     assert b"x-forwarded-for: 1.1.1.1, 10.1.2.3\r\n" in lower
     assert lower.count(b"x-request-id: abc\r\n") == 1
+
+
+def test_the_response_fast_path_rewrites_a_head_once_and_remembers_it() -> None:
+    block = (
+        b"HTTP/1.1 200 OK\r\nServer: s\r\nContent-Length: 7\r\nConnection: keep-alive\r\n"
+        b"Keep-Alive: timeout=5\r\nX-Request-Id: theirs"
+    )
+    first = http.fast_head(block)
+    assert first == http.FastHead(
+        b"HTTP/1.1 200 OK\r\nServer: s\r\nContent-Length: 7", 7, 200, True
+    )
+    assert http.fast_head(bytes(block)) is first  # remembered: an equal block, not reworked
+    closing = http.fast_head(b"HTTP/1.1 201 Created\r\ncontent-length: 0\r\nconnection: close")
+    assert closing is not None and (closing.code, closing.keep_alive) == (201, False)
+    # Anything else takes the parser's path.
+    assert http.fast_head(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0") is None
+    assert http.fast_head(b"HTTP/1.0 200 OK\r\nContent-Length: 0") is None
+    assert http.fast_head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked") is None
+    assert http.fast_head(b"HTTP/1.1 200 OK\r\nServer: s") is None
+
+
+def test_remembered_response_heads_are_bounded() -> None:
+    for n in range(http._FAST_HEADS_LIMIT + 10):
+        http.fast_head(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nDate: %d" % n)
+    assert len(http._FAST_HEADS) <= http._FAST_HEADS_LIMIT
