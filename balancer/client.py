@@ -1,4 +1,9 @@
-"""A client's connection: parses its requests, routes them, and answers in order."""
+"""A client's connection: parses its requests, routes them, and answers in order.
+
+A read holding exactly one whole request whose head bytes were parsed before skips the
+parser (see balancer/head.py); any other read goes through httptools. The parser is only
+bypassed between messages (`at_boundary`), so the two paths never share a message.
+"""
 
 from __future__ import annotations
 
@@ -11,21 +16,14 @@ from typing import Any
 import httptools
 
 from balancer.backends import Backend
-from balancer.http import (
-    CONTINUE,
-    HOLD_LIMIT,
-    HOP_BY_HOP,
-    REWRITTEN,
-    error_body,
-    local_response,
-    split_target,
-    without_connection_tokens,
-)
+from balancer.head import BAD_LENGTH, Head, HeadCache, read_head
+from balancer.http import CONTINUE, HOLD_LIMIT, error_body, local_response
 from balancer.proxy import Proxy, Request
 from balancer.routing import AliasRoute, NodeRoute
 from balancer.upstream import UpstreamConnection
 
 access_log = logging.getLogger("gitops_nodes.balancer.access")
+HEADS = HeadCache()  # one per process: every connection's clients send the same few heads
 
 
 class ClientConnection(asyncio.Protocol):
@@ -47,6 +45,8 @@ class ClientConnection(asyncio.Protocol):
         self.last_active = proxy.loop.time()
         self.closed = False
         self.paused = False
+        self.at_boundary = True  # the parser holds no part of a message
+        self.begun = 0  # messages begun in the read being parsed
 
     # -- asyncio.Protocol -----------------------------------------------------------------
 
@@ -58,6 +58,15 @@ class ClientConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_active = self.proxy.loop.time()
+        end = -1
+        if self.at_boundary and self.active is None:
+            end = data.find(b"\r\n\r\n") + 4
+            if end > 3:
+                head = HEADS.get(data if end == len(data) else data[:end])
+                if head is not None and end + max(head.content_length, 0) == len(data):
+                    self.start(self.known(head, data[end:]))
+                    return
+        self.begun = 0
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -70,7 +79,30 @@ class ClientConnection(asyncio.Protocol):
             request = self.starting
             if request is not None:
                 self.starting = None
+                if end > 3 and self.begun == 1 and request.complete:
+                    self.remember(request, data, end)
                 self.start(request)
+
+    def known(self, head: Head, body: bytes) -> Request:
+        """A request whose head was parsed before from the same bytes, body whole in hand."""
+        request = Request(head.method, head.target, head.version, self.proxy.loop.time())
+        request.keep_alive = head.keep_alive
+        request.client = self
+        request.complete = True
+        self.prepare(request, head)
+        if body:
+            request.received = len(body)
+            request.held.append(body)
+            request.held_size = len(body)
+        return request
+
+    def remember(self, request: Request, data: bytes, end: int) -> None:
+        """Remember a parsed head by its bytes when the read held exactly that one request."""
+        head = request.parsed
+        if head is not None and end + max(head.content_length, 0) == len(data):
+            if head.keep_alive != request.keep_alive:  # as on_message_complete found it
+                head = head._replace(keep_alive=request.keep_alive)
+            HEADS.remember(data[:end], head)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -93,6 +125,10 @@ class ClientConnection(asyncio.Protocol):
 
     # -- httptools callbacks --------------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        self.at_boundary = False
+        self.begun += 1
+
     def on_url(self, url: bytes) -> None:
         self.url += url
 
@@ -102,14 +138,20 @@ class ClientConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         proxy = self.proxy
         parser = self.parser
-        request = Request(
-            parser.get_method(), self.url, parser.get_http_version(), proxy.loop.time()
+        head = read_head(
+            parser.get_method(),
+            self.url,
+            parser.get_http_version(),
+            parser.should_keep_alive(),
+            self.headers,
         )
-        request.keep_alive = parser.should_keep_alive()
+        request = Request(head.method, head.target, head.version, proxy.loop.time())
+        request.keep_alive = head.keep_alive
         request.client = self
+        request.parsed = head
         self.parsing = request
-        self.prepare(request)
-        self.url = b""  # ready for the next message (cheaper than an on_message_begin)
+        self.prepare(request, head)
+        self.url = b""  # ready for the next message
         self.headers = []
         if self.active is None and self.starting is None:
             self.starting = request
@@ -137,6 +179,7 @@ class ClientConnection(asyncio.Protocol):
                 self.pause()
 
     def on_message_complete(self) -> None:
+        self.at_boundary = True
         request = self.parsing
         if request is None:
             return
@@ -159,49 +202,15 @@ class ClientConnection(asyncio.Protocol):
 
     # -- routing --------------------------------------------------------------------------
 
-    def prepare(self, request: Request) -> None:
-        """Read the head once: route it, check its size, and build the upstream head."""
+    def prepare(self, request: Request, head: Head) -> None:
+        """Route the request from its head and build the head sent upstream."""
         proxy = self.proxy
         router = proxy.router  # one snapshot for the whole request, retries included
-        alias_name = node_name = None
-        content_length = -1
-        forwarded_for = b""
-        forwarded_proto = b""
-        request_id = b""
-        kept: list[bytes] = []
-        connection = b""
-        affinity_header: bytes | None = None
-        for name, value in self.headers:
-            lower = name.lower()
-            if lower == b"x-node-alias":
-                alias_name = value.decode("latin-1")
-            elif lower == b"x-node-id":
-                node_name = value.decode("latin-1")
-            elif lower == b"content-length":
-                content_length = int(value) if value.isdigit() else -2
-            elif lower == b"transfer-encoding":
-                request.chunked = b"chunked" in value.lower()
-            elif lower == b"x-forwarded-for":
-                forwarded_for = value
-            elif lower == b"x-forwarded-proto":
-                forwarded_proto = value
-            elif lower == b"x-request-id":
-                request_id = value
-            elif lower == b"expect":
-                request.expect_continue = value.lower() == b"100-continue"
-            elif lower == b"connection":
-                connection = value
-            if lower in HOP_BY_HOP or lower in REWRITTEN:
-                continue
-            kept.append(b"%s: %s\r\n" % (name, value))
-        if connection:
-            kept = without_connection_tokens(kept, connection)
-        request.request_id = request_id or proxy.request_id()
-
-        path = request.target
-        if alias_name is None and node_name is None:
-            path, alias_name, node_name = split_target(request.target)
-        if content_length == -2:
+        request.chunked = head.chunked
+        request.expect_continue = head.expect_continue
+        request.request_id = head.request_id or proxy.request_id()
+        content_length = head.content_length
+        if content_length == BAD_LENGTH:
             return self.answer(request, 400, "the content-length header is not a number")
         if content_length > proxy.settings.max_body:
             return self.answer(
@@ -211,9 +220,8 @@ class ClientConnection(asyncio.Protocol):
                 " byte limit",
                 close=True,
             )
+        alias_name = head.alias
         if alias_name is not None:
-            if alias_name.startswith("datasphere.user."):
-                alias_name = alias_name[len("datasphere.user.") :]
             alias = router.aliases.get(alias_name)
             if alias is None:
                 return self.answer(
@@ -223,16 +231,16 @@ class ClientConnection(asyncio.Protocol):
             affinity_header = alias.affinity_header
             if affinity_header is not None:
                 request.affinity_key = next(
-                    (v for n, v in self.headers if n.lower() == affinity_header), None
+                    (v for n, v in head.headers if n.lower() == affinity_header), None
                 )
-        elif node_name is not None:
-            node = router.nodes.get(node_name)
+        elif head.node is not None:
+            node = router.nodes.get(head.node)
             if node is None:
                 return self.answer(
-                    request, 404, f"no node {node_name!r}", extra={"node": node_name}
+                    request, 404, f"no node {head.node!r}", extra={"node": head.node}
                 )
             request.node = node
-        elif path == b"/-/healthz":
+        elif head.path == b"/-/healthz":
             request.local = local_response(200, b'{"status": "ok"}', request.request_id, False)
             return None
         else:
@@ -243,29 +251,27 @@ class ClientConnection(asyncio.Protocol):
                 "or the header x-node-alias or x-node-id",
             )
 
-        forwarded_for = forwarded_for + b", " + self.client_ip if forwarded_for else self.client_ip
-        framing = b"transfer-encoding: chunked\r\n" if request.chunked else b""
+        forwarded_for = head.forwarded_for
+        client_ip = self.client_ip
+        forwarded_for = forwarded_for + b", " + client_ip if forwarded_for else client_ip
         if content_length >= 0:
             framing = b"content-length: %d\r\n" % content_length
-            request.chunked = False
-        request.head = b"".join(
-            [
-                request.method,
-                b" ",
-                path,
-                b" HTTP/1.1\r\n",
-                *kept,
+        elif head.chunked:
+            framing = b"transfer-encoding: chunked\r\n"
+        else:
+            framing = b""
+        request.head = (
+            b"%s %s HTTP/1.1\r\n%s%sx-forwarded-for: %s\r\n"
+            b"x-forwarded-proto: %s\r\nx-request-id: %s\r\n\r\n"
+            % (
+                head.method,
+                head.path,
+                head.kept,
                 framing,
-                b"x-forwarded-for: ",
                 forwarded_for,
-                b"\r\n",
-                b"x-forwarded-proto: ",
-                forwarded_proto or b"http",
-                b"\r\n",
-                b"x-request-id: ",
+                head.forwarded_proto or b"http",
                 request.request_id,
-                b"\r\n\r\n",
-            ]
+            )
         )
         return None
 

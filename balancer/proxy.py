@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from balancer.backends import Backend
+from balancer.head import Head
 from balancer.http import MAX_BODY
 from balancer.routing import Affinity, AliasRoute, NodeRoute, Router
 
@@ -122,6 +123,7 @@ class Request:
         "local",
         "method",
         "node",
+        "parsed",
         "received",
         "request_id",
         "retried",
@@ -147,6 +149,7 @@ class Request:
         self.local: bytes | None = None  # a response the balancer answers itself
         self.alias: AliasRoute | None = None
         self.node: NodeRoute | None = None
+        self.parsed: Head | None = None  # its head, when the parser read it
         self.backend: Backend | None = None
         self.upstream: UpstreamConnection | None = None
         self.request_id = b""

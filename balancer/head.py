@@ -1,0 +1,140 @@
+"""A request's head as the balancer reads it: worked out once, and remembered by its bytes.
+
+Everything the data plane needs from a request's head lines (its target, framing, the
+forwarding headers it brings, the lines passed on as they are) depends on those bytes alone,
+so it is computed into an immutable `Head`. Routing (which alias, node and instance, answers
+such as 404 and 413) is not part of it: that reads the routing table of the moment.
+
+Clients of a model API send the same head over and over (the same URL, the same few headers,
+the same content-length), so a Head is also remembered by the exact bytes it was parsed from
+(`HeadCache`). A read that holds one whole request whose head was seen before is then served
+without the HTTP parser at all; the entry was made by the parser from identical bytes, so the
+two paths cannot disagree. Heads that carry their own request id, chunked or `Expect` heads,
+and heads of requests the balancer answers itself are not remembered.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from balancer.http import HOP_BY_HOP, REWRITTEN, split_target, without_connection_tokens
+
+BAD_LENGTH = -2  # content_length of a head whose content-length is not a number
+DATASPHERE_PREFIX = "datasphere.user."  # the reference platform's spelling of an alias header
+
+
+class Head(NamedTuple):
+    """What a request's head says: its target, framing and the headers passed on."""
+
+    method: bytes
+    target: bytes
+    version: str
+    keep_alive: bool
+    path: bytes  # what goes upstream as the request target
+    alias: str | None
+    node: str | None
+    content_length: int  # -1 when absent, BAD_LENGTH when not a number
+    chunked: bool
+    expect_continue: bool
+    kept: bytes  # header lines forwarded as they came, CRLF-terminated, joined
+    forwarded_for: bytes
+    forwarded_proto: bytes
+    request_id: bytes  # the client's own x-request-id, or b""
+    headers: tuple[tuple[bytes, bytes], ...]  # all of them, for per-alias lookups (affinity)
+
+    @property
+    def rememberable(self) -> bool:
+        """Whether the next request with these exact head bytes may skip the parser."""
+        return (
+            (self.alias is not None or self.node is not None)
+            and not self.chunked
+            and not self.expect_continue
+            and self.content_length != BAD_LENGTH
+            and not self.request_id
+        )
+
+
+def read_head(
+    method: bytes,
+    target: bytes,
+    version: str,
+    keep_alive: bool,
+    headers: list[tuple[bytes, bytes]],
+) -> Head:
+    """The Head of a request, from what the parser gave (headers in order, as sent)."""
+    alias_name = node_name = None
+    content_length = -1
+    chunked = expect_continue = False
+    forwarded_for = forwarded_proto = request_id = connection = b""
+    kept: list[bytes] = []
+    for name, value in headers:
+        lower = name.lower()
+        if lower == b"x-node-alias":
+            alias_name = value.decode("latin-1")
+        elif lower == b"x-node-id":
+            node_name = value.decode("latin-1")
+        elif lower == b"content-length":
+            content_length = int(value) if value.isdigit() else BAD_LENGTH
+        elif lower == b"transfer-encoding":
+            chunked = b"chunked" in value.lower()
+        elif lower == b"x-forwarded-for":
+            forwarded_for = value
+        elif lower == b"x-forwarded-proto":
+            forwarded_proto = value
+        elif lower == b"x-request-id":
+            request_id = value
+        elif lower == b"expect":
+            expect_continue = value.lower() == b"100-continue"
+        elif lower == b"connection":
+            connection = value
+        if lower in HOP_BY_HOP or lower in REWRITTEN:
+            continue
+        kept.append(b"%s: %s\r\n" % (name, value))
+    if connection:
+        kept = without_connection_tokens(kept, connection)
+    path = target
+    if alias_name is None and node_name is None:
+        path, alias_name, node_name = split_target(target)
+    if alias_name is not None and alias_name.startswith(DATASPHERE_PREFIX):
+        alias_name = alias_name[len(DATASPHERE_PREFIX) :]
+    if content_length >= 0:
+        chunked = False  # a content-length frames the body we send on
+    return Head(
+        method,
+        target,
+        version,
+        keep_alive,
+        path,
+        alias_name,
+        node_name,
+        content_length,
+        chunked,
+        expect_continue,
+        b"".join(kept),
+        forwarded_for,
+        forwarded_proto,
+        request_id,
+        tuple(headers),
+    )
+
+
+class HeadCache:
+    """Heads remembered by their exact bytes (request line to blank line), boundedly."""
+
+    __slots__ = ("heads", "limit", "max_bytes")
+
+    def __init__(self, limit: int = 1024, max_bytes: int = 4096) -> None:
+        self.heads: dict[bytes, Head] = {}
+        self.limit = limit
+        self.max_bytes = max_bytes
+
+    def get(self, raw: bytes) -> Head | None:
+        return self.heads.get(raw)
+
+    def remember(self, raw: bytes, head: Head) -> None:
+        if len(raw) > self.max_bytes or not head.rememberable:
+            return
+        heads = self.heads
+        if len(heads) >= self.limit:
+            heads.clear()  # a client that varies its heads gets the parser's path, nothing worse
+        heads[raw] = head
