@@ -11,8 +11,10 @@ from typing import Any
 import httptools
 
 from balancer.backends import Backend
+from balancer.execute import ExecuteCall, begin_execute
 from balancer.http import (
     CONTINUE,
+    EXECUTE_PREFIX,
     HOLD_LIMIT,
     HOP_BY_HOP,
     REWRITTEN,
@@ -191,6 +193,8 @@ class ClientConnection(asyncio.Protocol):
                 request.expect_continue = value.lower() == b"100-continue"
             elif lower == b"connection":
                 connection = value
+            elif lower == b"x-folder-id":
+                request.folder_id = value.decode("latin-1")  # for access control; sent on too
             if lower in HOP_BY_HOP or lower in REWRITTEN:
                 continue
             kept.append(b"%s: %s\r\n" % (name, value))
@@ -198,9 +202,6 @@ class ClientConnection(asyncio.Protocol):
             kept = without_connection_tokens(kept, connection)
         request.request_id = request_id or proxy.request_id()
 
-        path = request.target
-        if alias_name is None and node_name is None:
-            path, alias_name, node_name = split_target(request.target)
         if content_length == -2:
             return self.answer(request, 400, "the content-length header is not a number")
         if content_length > proxy.settings.max_body:
@@ -210,6 +211,13 @@ class ClientConnection(asyncio.Protocol):
                 f"request body of {content_length} bytes is over the {proxy.settings.max_body}"
                 " byte limit",
                 close=True,
+            )
+        path = request.target
+        if alias_name is None and node_name is None:
+            path, alias_name, node_name = split_target(request.target)
+        elif path.startswith(EXECUTE_PREFIX):  # the URL names the target; headers must agree
+            return begin_execute(
+                self, request, router, kept, forwarded_for, forwarded_proto, alias_name, node_name
             )
         if alias_name is not None:
             if alias_name.startswith("datasphere.user."):
@@ -235,6 +243,10 @@ class ClientConnection(asyncio.Protocol):
         elif path == b"/-/healthz":
             request.local = local_response(200, b'{"status": "ok"}', request.request_id, False)
             return None
+        elif path.startswith(EXECUTE_PREFIX):
+            return begin_execute(
+                self, request, router, kept, forwarded_for, forwarded_proto, None, None
+            )
         else:
             return self.answer(
                 request,
@@ -337,6 +349,12 @@ class ClientConnection(asyncio.Protocol):
         proxy.loop.create_task(upstream.connect(request))
 
     def no_instance(self, request: Request) -> None:
+        execute = request.upstream
+        if isinstance(execute, ExecuteCall):
+            # An execute call has no route of its own, so start() comes here: it picks its
+            # instance once its body is whole.
+            execute.activate()
+            return
         target = request.alias.name if request.alias else request.node.name if request.node else ""
         kind = "alias" if request.alias else "node"
         self.answer(request, 503, f"no Healthy instance serves {kind} {target!r}")
