@@ -16,8 +16,9 @@ from typing import Any
 import httptools
 
 from balancer.backends import Backend
+from balancer.execute import ExecuteCall, begin_execute
 from balancer.head import BAD_LENGTH, Head, HeadCache, read_head
-from balancer.http import CONTINUE, HOLD_LIMIT, error_body, local_response
+from balancer.http import CONTINUE, EXECUTE_PREFIX, HOLD_LIMIT, error_body, local_response
 from balancer.proxy import Proxy, Request
 from balancer.routing import AliasRoute, NodeRoute
 from balancer.upstream import UpstreamConnection
@@ -208,6 +209,7 @@ class ClientConnection(asyncio.Protocol):
         router = proxy.router  # one snapshot for the whole request, retries included
         request.chunked = head.chunked
         request.expect_continue = head.expect_continue
+        request.folder_id = head.folder_id
         request.request_id = head.request_id or proxy.request_id()
         content_length = head.content_length
         if content_length == BAD_LENGTH:
@@ -219,6 +221,17 @@ class ClientConnection(asyncio.Protocol):
                 f"request body of {content_length} bytes is over the {proxy.settings.max_body}"
                 " byte limit",
                 close=True,
+            )
+        if head.target.startswith(EXECUTE_PREFIX):  # the URL names the target
+            return begin_execute(
+                self,
+                request,
+                router,
+                head.kept,
+                head.forwarded_for,
+                head.forwarded_proto,
+                head.alias,
+                head.node,
             )
         alias_name = head.alias
         if alias_name is not None:
@@ -343,6 +356,12 @@ class ClientConnection(asyncio.Protocol):
         proxy.loop.create_task(upstream.connect(request))
 
     def no_instance(self, request: Request) -> None:
+        execute = request.upstream
+        if isinstance(execute, ExecuteCall):
+            # An execute call has no route of its own, so start() comes here: it picks its
+            # instance once its body is whole.
+            execute.activate()
+            return
         target = request.alias.name if request.alias else request.node.name if request.node else ""
         kind = "alias" if request.alias else "node"
         self.answer(request, 503, f"no Healthy instance serves {kind} {target!r}")

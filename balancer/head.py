@@ -17,10 +17,16 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from balancer.http import HOP_BY_HOP, REWRITTEN, split_target, without_connection_tokens
+from balancer.http import (
+    ALIAS_PREFIX,
+    EXECUTE_PREFIX,
+    HOP_BY_HOP,
+    REWRITTEN,
+    split_target,
+    without_connection_tokens,
+)
 
 BAD_LENGTH = -2  # content_length of a head whose content-length is not a number
-DATASPHERE_PREFIX = "datasphere.user."  # the reference platform's spelling of an alias header
 
 
 class Head(NamedTuple):
@@ -40,6 +46,7 @@ class Head(NamedTuple):
     forwarded_for: bytes
     forwarded_proto: bytes
     request_id: bytes  # the client's own x-request-id, or b""
+    folder_id: str | None  # x-folder-id, for access control (it is sent on as well)
     headers: tuple[tuple[bytes, bytes], ...]  # all of them, for per-alias lookups (affinity)
 
     @property
@@ -47,6 +54,7 @@ class Head(NamedTuple):
         """Whether the next request with these exact head bytes may skip the parser."""
         return (
             (self.alias is not None or self.node is not None)
+            and not self.target.startswith(EXECUTE_PREFIX)  # its body is read whole first
             and not self.chunked
             and not self.expect_continue
             and self.content_length != BAD_LENGTH
@@ -66,6 +74,7 @@ def read_head(
     content_length = -1
     chunked = expect_continue = False
     forwarded_for = forwarded_proto = request_id = connection = b""
+    folder_id = None
     kept: list[bytes] = []
     for name, value in headers:
         lower = name.lower()
@@ -87,6 +96,8 @@ def read_head(
             expect_continue = value.lower() == b"100-continue"
         elif lower == b"connection":
             connection = value
+        elif lower == b"x-folder-id":
+            folder_id = value.decode("latin-1")
         if lower in HOP_BY_HOP or lower in REWRITTEN:
             continue
         kept.append(b"%s: %s\r\n" % (name, value))
@@ -95,8 +106,8 @@ def read_head(
     path = target
     if alias_name is None and node_name is None:
         path, alias_name, node_name = split_target(target)
-    if alias_name is not None and alias_name.startswith(DATASPHERE_PREFIX):
-        alias_name = alias_name[len(DATASPHERE_PREFIX) :]
+    if alias_name is not None and alias_name.startswith(ALIAS_PREFIX):
+        alias_name = alias_name[len(ALIAS_PREFIX) :]
     if content_length >= 0:
         chunked = False  # a content-length frames the body we send on
     return Head(
@@ -114,6 +125,7 @@ def read_head(
         forwarded_for,
         forwarded_proto,
         request_id,
+        folder_id,
         tuple(headers),
     )
 

@@ -32,17 +32,31 @@ IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"
 REASONS = {
     400: b"Bad Request",
     404: b"Not Found",
+    405: b"Method Not Allowed",
     413: b"Payload Too Large",
+    422: b"Unprocessable Content",
+    500: b"Internal Server Error",
     501: b"Not Implemented",
     502: b"Bad Gateway",
     503: b"Service Unavailable",
     504: b"Gateway Timeout",
 }
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+EXECUTE_PREFIX = b"/datasphere/"  # the execute API's paths (balancer/execute.py)
+ALIAS_PREFIX = "datasphere.user."  # the reference's form of an alias in x-node-alias
 
 
 def error_body(code: int, message: str, request_id: bytes, **extra: str) -> bytes:
-    payload = {"error": message, "status": code, "requestId": request_id.decode(), **extra}
+    """The balancer's JSON error. It also carries the reference platform's error fields
+    (error_name, error_message), so its clients read the balancer's errors like a node's."""
+    payload = {
+        "error": message,
+        "status": code,
+        "requestId": request_id.decode(),
+        "error_name": REASONS.get(code, b"Error").decode().replace(" ", ""),
+        "error_message": message,
+        **extra,
+    }
     return json.dumps(payload).encode()
 
 

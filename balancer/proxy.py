@@ -13,7 +13,8 @@ Request flow, one exchange at a time per client connection (pipelined requests q
   on_message_complete -> upstream back to its pool, client ready for the next request
 
 This module holds what every connection of a process shares (Proxy) and a request's state
-(Request); client.py and upstream.py hold the two Protocols, http.py the pure HTTP pieces.
+(Request); client.py and upstream.py hold the two Protocols, http.py the pure HTTP pieces,
+execute.py the execute API (which stands between the two Protocols for its calls).
 """
 
 from __future__ import annotations
@@ -51,6 +52,38 @@ class Observer(Protocol):
     """Where each finished request is counted (balancer.metrics.Metrics)."""
 
     def observe(self, alias: str | None, node: str | None, code: int, seconds: float) -> None: ...
+
+
+class Upstream(Protocol):
+    """Where a routed request's body goes: its UpstreamConnection, or the ExecuteCall that
+    reads an execute call's body whole before it picks an instance (balancer/execute.py)."""
+
+    sending: Request | None
+    response_started: bool
+
+    def write(self, data: bytes) -> None: ...
+    def request_sent(self) -> None: ...
+    def abort_exchange(self, client_gone: bool) -> None: ...
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+
+
+class Downstream(Protocol):
+    """Who an UpstreamConnection answers: the ClientConnection, or the ExecuteCall that turns
+    an instance's answer into the execute API's before the client sees it."""
+
+    transport: Any
+
+    @property
+    def closed(self) -> bool: ...
+
+    def pause(self) -> None: ...
+    def resume(self) -> None: ...
+    def send_to(self, request: Request, backend: Backend) -> None: ...
+    def retry_elsewhere(self, request: Request, failed: Backend) -> bool: ...
+    def respond_failure(self, request: Request, code: int, message: str) -> None: ...
+    def done(self, request: Request, code: int, node: str | None) -> None: ...
+    def close(self) -> None: ...
 
 
 class Proxy:
@@ -116,6 +149,7 @@ class Request:
         "client",
         "complete",
         "expect_continue",
+        "folder_id",
         "head",
         "held",
         "held_size",
@@ -151,13 +185,14 @@ class Request:
         self.node: NodeRoute | None = None
         self.parsed: Head | None = None  # its head, when the parser read it
         self.backend: Backend | None = None
-        self.upstream: UpstreamConnection | None = None
+        self.upstream: Upstream | None = None
         self.request_id = b""
         self.affinity_key: bytes | None = None
         self.retried = False
-        self.client: ClientConnection | None = None
+        self.client: Downstream | None = None
+        self.folder_id: str | None = None  # from x-folder-id (or an execute call's body)
 
 
-def client_of(request: Request) -> ClientConnection | None:
+def client_of(request: Request) -> Downstream | None:
     client = request.client
     return None if client is None or client.closed else client

@@ -14,6 +14,10 @@ It prints `PORT <n>` on stdout once it listens on 127.0.0.1. Every answer names 
     /echo                  the request body back, with x-echo-length and x-received-te
     /close                 reads the request, then closes the connection without answering
     /status?code=N         an empty JSON answer with that status code
+    POST /                 acts as a python node: the body must be a JSON object of inputs;
+                           answers {"name", "inputs", "headers"}, or, when the inputs hold
+                           "answer": {"code", "json" | "text" | "pad", "ms"}, that status with
+                           that JSON, that text, or {"pad": "x" * pad}, after ms milliseconds
     ?hop=1 (any path)      adds hop-by-hop headers to the response
     anything else          JSON: name, method, path, query, target, headers, bodyLength
 HEAD answers like GET without the body.
@@ -140,6 +144,8 @@ class Backend:
                 if chunked:
                     writer.write(b"0\r\n\r\n")
                     await writer.drain()
+        elif path == "/" and method == "POST":
+            await self.act_as_node(writer, body, headers)
         elif path == "/status":
             await self.send_json(writer, int(params.get("code", "200")), {"name": self.name})
         else:
@@ -156,6 +162,32 @@ class Backend:
             }
             await self.send_json(writer, 200, document, head_only, extra)
         return keep
+
+    async def act_as_node(
+        self, writer: asyncio.StreamWriter, body: bytes, headers: list[tuple[str, str]]
+    ) -> None:
+        try:
+            inputs = json.loads(body)
+        except ValueError:
+            inputs = None
+        if not isinstance(inputs, dict):
+            error = {"error_name": "InvalidInput", "error_message": "not a JSON object"}
+            await self.send_json(writer, 422, error)
+            return
+        answer = inputs.get("answer")
+        if not isinstance(answer, dict):
+            document = {"name": self.name, "inputs": inputs, "headers": headers}
+            await self.send_json(writer, 200, document)
+            return
+        await asyncio.sleep(answer.get("ms", 0) / 1000)
+        code = answer.get("code", 200)
+        if "text" in answer:
+            text = answer["text"].encode()
+            await self.send(writer, code, [("Content-Type", "text/plain")], text)
+        elif "pad" in answer:
+            await self.send_json(writer, code, {"pad": "x" * answer["pad"]})
+        else:
+            await self.send_json(writer, code, answer.get("json", {}))
 
     async def send_head(
         self, writer: asyncio.StreamWriter, code: int, headers: list[tuple[str, str]]
