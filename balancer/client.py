@@ -10,8 +10,10 @@ from typing import Any
 
 import httptools
 
+from balancer.access import CHALLENGE, Guard, carries_key, presented_key
 from balancer.backends import Backend
 from balancer.http import (
+    CALLER_HEADER,
     CONTINUE,
     HOLD_LIMIT,
     HOP_BY_HOP,
@@ -26,6 +28,7 @@ from balancer.routing import AliasRoute, NodeRoute
 from balancer.upstream import UpstreamConnection
 
 access_log = logging.getLogger("gitops_nodes.balancer.access")
+_CHALLENGE_LINE = b"www-authenticate: %s\r\n" % CHALLENGE.encode()
 
 
 class ClientConnection(asyncio.Protocol):
@@ -220,6 +223,8 @@ class ClientConnection(asyncio.Protocol):
                     request, 404, f"no alias {alias_name!r}", extra={"alias": alias_name}
                 )
             request.alias = alias
+            if alias.access is not None and not self.admit(request, alias.access, "alias"):
+                return None
             affinity_header = alias.affinity_header
             if affinity_header is not None:
                 request.affinity_key = next(
@@ -232,6 +237,8 @@ class ClientConnection(asyncio.Protocol):
                     request, 404, f"no node {node_name!r}", extra={"node": node_name}
                 )
             request.node = node
+            if node.access is not None and not self.admit(request, node.access, "node"):
+                return None
         elif path == b"/-/healthz":
             request.local = local_response(200, b'{"status": "ok"}', request.request_id, False)
             return None
@@ -243,6 +250,10 @@ class ClientConnection(asyncio.Protocol):
                 "or the header x-node-alias or x-node-id",
             )
 
+        if request.caller is not None:  # private: the instance learns who, never the key
+            key = presented_key(self.headers) or b""
+            kept = [line for line in kept if not carries_key(line, key)]
+            kept.append(b"%s: %s\r\n" % (CALLER_HEADER, request.caller.encode()))
         forwarded_for = forwarded_for + b", " + self.client_ip if forwarded_for else self.client_ip
         framing = b"transfer-encoding: chunked\r\n" if request.chunked else b""
         if content_length >= 0:
@@ -269,6 +280,17 @@ class ClientConnection(asyncio.Protocol):
         )
         return None
 
+    def admit(self, request: Request, guard: Guard, kind: str) -> bool:
+        """Check a private target's key (and folder); answer 401 or 403 when they fail."""
+        verdict = guard.admit(self.headers)
+        if isinstance(verdict, str):
+            request.caller = verdict
+            return True
+        target = request.alias.name if request.alias else request.node.name if request.node else ""
+        challenge = _CHALLENGE_LINE if verdict.status == 401 else b""
+        self.answer(request, verdict.status, verdict.message, extra={kind: target}, head=challenge)
+        return False
+
     def answer(
         self,
         request: Request,
@@ -276,11 +298,12 @@ class ClientConnection(asyncio.Protocol):
         message: str,
         close: bool = False,
         extra: dict[str, str] | None = None,
+        head: bytes = b"",
     ) -> None:
         body = error_body(
             code, message, request.request_id or self.proxy.request_id(), **(extra or {})
         )
-        request.local = local_response(code, body, request.request_id, close)
+        request.local = local_response(code, body, request.request_id, close, head)
         if close:
             request.keep_alive = False
 
@@ -386,6 +409,7 @@ class ClientConnection(asyncio.Protocol):
                         "alias": alias,
                         "node": node,
                         "instance": request.backend.instance if request.backend else None,
+                        "caller": request.caller,
                         "status": code,
                         "seconds": round(elapsed, 6),
                         "requestId": request.request_id.decode("latin-1"),

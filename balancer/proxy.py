@@ -111,6 +111,7 @@ class Request:
         "affinity_key",
         "alias",
         "backend",
+        "caller",
         "chunked",
         "client",
         "complete",
@@ -153,6 +154,7 @@ class Request:
         self.affinity_key: bytes | None = None
         self.retried = False
         self.client: ClientConnection | None = None
+        self.caller: str | None = None  # a private target's admitted caller, by name
 
 
 def client_of(request: Request) -> ClientConnection | None:
