@@ -15,10 +15,18 @@ from typing import Any
 
 import httptools
 
+from balancer.access import Guard, carries_key, presented_key
 from balancer.backends import Backend
-from balancer.execute import ExecuteCall, begin_execute
+from balancer.execute import CHALLENGE_LINE, ExecuteCall, begin_execute
 from balancer.head import BAD_LENGTH, Head, HeadCache, read_head
-from balancer.http import CONTINUE, EXECUTE_PREFIX, HOLD_LIMIT, error_body, local_response
+from balancer.http import (
+    CALLER_HEADER,
+    CONTINUE,
+    EXECUTE_PREFIX,
+    HOLD_LIMIT,
+    error_body,
+    local_response,
+)
 from balancer.proxy import Proxy, Request
 from balancer.routing import AliasRoute, NodeRoute
 from balancer.upstream import UpstreamConnection
@@ -232,6 +240,7 @@ class ClientConnection(asyncio.Protocol):
                 head.forwarded_proto,
                 head.alias,
                 head.node,
+                head.headers,
             )
         alias_name = head.alias
         if alias_name is not None:
@@ -241,6 +250,8 @@ class ClientConnection(asyncio.Protocol):
                     request, 404, f"no alias {alias_name!r}", extra={"alias": alias_name}
                 )
             request.alias = alias
+            if alias.access is not None and not self.admit(request, head, alias.access, "alias"):
+                return None
             affinity_header = alias.affinity_header
             if affinity_header is not None:
                 request.affinity_key = next(
@@ -253,6 +264,8 @@ class ClientConnection(asyncio.Protocol):
                     request, 404, f"no node {head.node!r}", extra={"node": head.node}
                 )
             request.node = node
+            if node.access is not None and not self.admit(request, head, node.access, "node"):
+                return None
         elif head.path == b"/-/healthz":
             request.local = local_response(200, b'{"status": "ok"}', request.request_id, False)
             return None
@@ -264,6 +277,15 @@ class ClientConnection(asyncio.Protocol):
                 "or the header x-node-alias or x-node-id",
             )
 
+        kept = head.kept
+        if request.caller is not None:  # private: the instance learns who, never the key
+            key = presented_key(head.headers) or b""
+            kept = b"".join(
+                line + b"\r\n"
+                for line in kept.split(b"\r\n")
+                if line and not carries_key(line + b"\r\n", key)
+            )
+            kept += b"%s: %s\r\n" % (CALLER_HEADER, request.caller.encode())
         forwarded_for = head.forwarded_for
         client_ip = self.client_ip
         forwarded_for = forwarded_for + b", " + client_ip if forwarded_for else client_ip
@@ -279,7 +301,7 @@ class ClientConnection(asyncio.Protocol):
             % (
                 head.method,
                 head.path,
-                head.kept,
+                kept,
                 framing,
                 forwarded_for,
                 head.forwarded_proto or b"http",
@@ -288,6 +310,17 @@ class ClientConnection(asyncio.Protocol):
         )
         return None
 
+    def admit(self, request: Request, head: Head, guard: Guard, kind: str) -> bool:
+        """Check a private target's key (and folder); answer 401 or 403 when they fail."""
+        verdict = guard.admit(head.headers)
+        if isinstance(verdict, str):
+            request.caller = verdict
+            return True
+        target = request.alias.name if request.alias else request.node.name if request.node else ""
+        challenge = CHALLENGE_LINE if verdict.status == 401 else b""
+        self.answer(request, verdict.status, verdict.message, extra={kind: target}, head=challenge)
+        return False
+
     def answer(
         self,
         request: Request,
@@ -295,11 +328,12 @@ class ClientConnection(asyncio.Protocol):
         message: str,
         close: bool = False,
         extra: dict[str, str] | None = None,
+        head: bytes = b"",
     ) -> None:
         body = error_body(
             code, message, request.request_id or self.proxy.request_id(), **(extra or {})
         )
-        request.local = local_response(code, body, request.request_id, close)
+        request.local = local_response(code, body, request.request_id, close, head)
         if close:
             request.keep_alive = False
 
@@ -411,6 +445,7 @@ class ClientConnection(asyncio.Protocol):
                         "alias": alias,
                         "node": node,
                         "instance": request.backend.instance if request.backend else None,
+                        "caller": request.caller,
                         "status": code,
                         "seconds": round(elapsed, 6),
                         "requestId": request.request_id.decode("latin-1"),

@@ -2,7 +2,9 @@
 
 It runs in the data plane's event loop (uvicorn on the admin port) and only reads: the current
 Router once per request, the Backends registry and the Metrics. Everything it shows is built by
-pure functions (`status_document`, `node_status`), testable without HTTP.
+pure functions (`status_document`, `node_status`), testable without HTTP. With an admin key
+(required beyond loopback, balancer/access.py), every endpoint but the open ones (`/-/healthz`,
+and those that check a token of their own) answers 401 to a request without it.
 """
 
 from __future__ import annotations
@@ -13,13 +15,17 @@ from typing import Any, Protocol
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from balancer.access import CHALLENGE, AdminGuard
 from balancer.backends import Backend, BackendKey, Backends
 from balancer.metrics import CONTENT_TYPE, Metrics
 from balancer.routing import Router
+from balancer.table import AccessRule
 
 # Instance statuses that only a health check (or a passive ejection) sets.
 _CHECKED = frozenset({"Healthy", "Unhealthy"})
@@ -102,6 +108,7 @@ def status_document(source: ControlSource) -> dict[str, Any]:
                 "name": name,
                 "status": status,
                 "minHealthy": entry.min_healthy,
+                "access": _access(entry.access),
                 "instances": instances,
             }
         )
@@ -109,6 +116,7 @@ def status_document(source: ControlSource) -> dict[str, Any]:
         {
             "name": name,
             "affinityHeader": table.aliases[name].affinity_header,
+            "access": _access(table.aliases[name].access),
             "nodes": [
                 # A target missing from the table's nodes takes no traffic: Undefined.
                 {"node": node, "weight": weight, "status": statuses.get(node, "Undefined")}
@@ -132,6 +140,40 @@ def status_document(source: ControlSource) -> dict[str, Any]:
     }
 
 
+def _access(rule: AccessRule | None) -> dict[str, Any] | None:
+    """Who may call a private target, by name (digests stay in the table file)."""
+    if rule is None:
+        return None
+    return {"keys": [k.name for k in rule.keys], "folders": list(rule.folders)}
+
+
+class RequireAdminKey:
+    """ASGI middleware: the admin key on every path but the open ones, or a JSON 401."""
+
+    def __init__(self, app: ASGIApp, guard: AdminGuard, open_paths: frozenset[str]) -> None:
+        self.app = app
+        self.guard = guard
+        self.open_paths = open_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and scope["path"] not in self.open_paths
+            and not self.guard.admits(scope["headers"])
+        ):
+            response = JSONResponse(
+                {
+                    "error": "the admin port needs its key: send Authorization: Bearer <key>, "
+                    "Authorization: Api-Key <key> or x-api-key: <key>"
+                },
+                status_code=401,
+                headers={"www-authenticate": CHALLENGE},
+            )
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 def inflight_by_node(router: Router, backends: Backends) -> dict[str, int]:
     """Requests in flight per node: every node of the table, plus nodes still draining."""
     counts = dict.fromkeys(router.nodes, 0)
@@ -144,11 +186,14 @@ def make_control_app(
     source: ControlSource,
     extra_routes: Sequence[BaseRoute] = (),
     extra_status: Callable[[], dict[str, Any]] | None = None,
+    admin: AdminGuard | None = None,
+    open_paths: Iterable[str] = (),
 ) -> Starlette:
     """The Starlette app serving the control plane's `/-/` endpoints for source.
 
     Whoever embeds the balancer (the watch loop) adds its own endpoints with extra_routes and
-    its own fields to `/-/status` with extra_status.
+    its own fields to `/-/status` with extra_status. With admin, every path needs the admin
+    key except `/-/healthz` and open_paths (endpoints that check a token of their own).
     """
 
     async def healthz(request: Request) -> Response:
@@ -178,6 +223,10 @@ def make_control_app(
             message = exc.detail
         return JSONResponse({"error": message}, status_code=exc.status_code, headers=exc.headers)
 
+    middleware = []
+    if admin is not None:
+        opened = frozenset({"/-/healthz", *open_paths})
+        middleware.append(Middleware(RequireAdminKey, guard=admin, open_paths=opened))
     return Starlette(
         routes=[
             Route("/-/healthz", healthz, methods=["GET"]),
@@ -186,4 +235,5 @@ def make_control_app(
             *extra_routes,
         ],
         exception_handlers={HTTPException: http_error},
+        middleware=middleware,
     )

@@ -39,14 +39,16 @@ from urllib.parse import unquote
 
 import httptools
 
+from balancer.access import CHALLENGE, Denial, carries_key, folder_of, presented_key
 from balancer.backends import Backend
-from balancer.http import ALIAS_PREFIX, local_response
+from balancer.http import ALIAS_PREFIX, CALLER_HEADER, local_response
 from balancer.proxy import Request
 from balancer.routing import AliasRoute, NodeRoute, Router
 
 if TYPE_CHECKING:
     from balancer.client import ClientConnection
 
+CHALLENGE_LINE = b"www-authenticate: %s\r\n" % CHALLENGE.encode()
 ROUTE = re.compile(r"/datasphere/v1/(nodes|aliases)/([^/]+):execute")
 USAGE = "POST /datasphere/v1/nodes/<node>:execute or POST /datasphere/v1/aliases/<alias>:execute"
 # The body's fields, by the key a client may use (gRPC/JSON and REST spellings) -> its name.
@@ -139,6 +141,7 @@ def begin_execute(
     forwarded_proto: bytes,
     header_alias: str | None,
     header_node: str | None,
+    headers: tuple[tuple[bytes, bytes], ...] = (),
 ) -> None:
     """Route an execute call from its head: answer 404/405/400 at once, or make it an
     ExecuteCall that waits for its body. `kept` are the client's header lines to send on
@@ -180,6 +183,17 @@ def begin_execute(
     if route is None:
         return client.answer(request, 404, f"no {kind} {name!r}", extra={kind: name})
 
+    guard = route.access
+    key = b""
+    if guard is not None:
+        # A private target: no key at all is refused before the body is read; the key itself
+        # is checked once the body's folder_id is known (dispatch), and never sent on.
+        key = presented_key(headers) or b""
+        if not key:
+            client.answer(
+                request, 401, guard.missing.message, extra={kind: name}, head=CHALLENGE_LINE
+            )
+            return None
     forwarded = forwarded_for + b", " + client.client_ip if forwarded_for else client.client_ip
     head = b"".join(
         [
@@ -187,7 +201,9 @@ def begin_execute(
             *(
                 line + b"\r\n"
                 for line in kept.split(b"\r\n")
-                if line and not line.lower().startswith(b"content-type:")
+                if line
+                and not line.lower().startswith(b"content-type:")
+                and not (key and carries_key(line + b"\r\n", key))
             ),
             b"content-type: application/json\r\nx-forwarded-for: ",
             forwarded,
@@ -201,8 +217,8 @@ def begin_execute(
     affinity_key = None
     if isinstance(route, AliasRoute) and route.affinity_header is not None:
         wanted = route.affinity_header
-        affinity_key = next((v for n, v in client.headers if n.lower() == wanted), None)
-    request.upstream = ExecuteCall(client, request, route, kind, name, head, affinity_key)
+        affinity_key = next((v for n, v in headers if n.lower() == wanted), None)
+    request.upstream = ExecuteCall(client, request, route, kind, name, head, affinity_key, headers)
     request.chunked = False  # the body comes to the call as it is, never re-framed
     return None
 
@@ -253,6 +269,7 @@ class ExecuteCall:
         "finished",
         "gone",
         "head",
+        "headers",
         "inner",
         "kind",
         "name",
@@ -272,8 +289,10 @@ class ExecuteCall:
         name: str,
         head: bytes,
         affinity_key: bytes | None,
+        headers: tuple[tuple[bytes, bytes], ...] = (),
     ) -> None:
         self.client = client
+        self.headers = headers  # the call's own, for a private target's key and folder
         self.outer = outer
         self.route = route
         self.kind = kind
@@ -344,9 +363,28 @@ class ExecuteCall:
             self.client.finish_local(outer)
             return
         outer.folder_id = folder
+        head = self.head
+        guard = self.route.access
+        if guard is not None:
+            headers = self.headers
+            if folder is not None and folder_of(headers) is None:  # named in the body only
+                headers = (*headers, (b"x-folder-id", folder.encode()))
+            verdict = guard.admit(headers)
+            if isinstance(verdict, Denial):
+                self.finished = True
+                challenge = CHALLENGE_LINE if verdict.status == 401 else b""
+                self.client.answer(
+                    outer, verdict.status, verdict.message, extra={self.kind: self.name},
+                    head=challenge,
+                )  # fmt: skip
+                self.client.finish_local(outer)
+                return
+            outer.caller = verdict
+            head += b"%s: %s\r\n" % (CALLER_HEADER, verdict.encode())
         inner = Request(b"POST", b"/", "1.1", outer.started)
         inner.request_id = outer.request_id
-        inner.head = self.head + b"content-length: %d\r\n\r\n" % len(inputs)
+        inner.caller = outer.caller
+        inner.head = head + b"content-length: %d\r\n\r\n" % len(inputs)
         inner.held = [inputs]
         inner.held_size = inner.received = len(inputs)
         inner.complete = True

@@ -24,13 +24,25 @@ HOP_BY_HOP = frozenset(
         b"proxy-authorization",
     }
 )
-# Set by the balancer itself: dropped from the client's request and written afresh.
+# The name of the caller whose key a private target admitted, as its instances see it.
+CALLER_HEADER = b"x-gitops-nodes-caller"
+# Set by the balancer itself: dropped from the client's request and written afresh
+# (the caller only on private targets: no client may claim to be one).
 REWRITTEN = frozenset(
-    {b"x-forwarded-for", b"x-forwarded-proto", b"x-request-id", b"expect", b"content-length"}
+    {
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-request-id",
+        b"expect",
+        b"content-length",
+        CALLER_HEADER,
+    }
 )
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 REASONS = {
     400: b"Bad Request",
+    401: b"Unauthorized",
+    403: b"Forbidden",
     404: b"Not Found",
     405: b"Method Not Allowed",
     413: b"Payload Too Large",
@@ -60,10 +72,15 @@ def error_body(code: int, message: str, request_id: bytes, **extra: str) -> byte
     return json.dumps(payload).encode()
 
 
-def local_response(code: int, body: bytes, request_id: bytes, close: bool) -> bytes:
+def local_response(
+    code: int, body: bytes, request_id: bytes, close: bool, extra_head: bytes = b""
+) -> bytes:
+    """A complete response the balancer answers itself; extra_head: more header lines, each
+    ending in CRLF."""
     head = (
         b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
-        b"x-request-id: %s\r\n" % (code, REASONS.get(code, b"Error"), len(body), request_id)
+        b"x-request-id: %s\r\n%s"
+        % (code, REASONS.get(code, b"Error"), len(body), request_id, extra_head)
     )
     if close:
         head += b"connection: close\r\n"

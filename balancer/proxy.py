@@ -145,6 +145,7 @@ class Request:
         "affinity_key",
         "alias",
         "backend",
+        "caller",
         "chunked",
         "client",
         "complete",
@@ -191,6 +192,7 @@ class Request:
         self.retried = False
         self.client: Downstream | None = None
         self.folder_id: str | None = None  # from x-folder-id (or an execute call's body)
+        self.caller: str | None = None  # a private target's admitted caller, by name
 
 
 def client_of(request: Request) -> Downstream | None:

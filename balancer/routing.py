@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Mapping
 
+from balancer.access import Guard, compile_guards
 from balancer.backends import Backend, BackendKey, Backends
 from balancer.table import RoutingTable
 
@@ -19,12 +20,13 @@ AFFINITY_LIMIT = 100_000  # remembered session keys per balancer; the oldest are
 class NodeRoute:
     """A node's instances; picks the Healthy one with the fewest requests in flight."""
 
-    __slots__ = ("backends", "cursor", "name")
+    __slots__ = ("access", "backends", "cursor", "name")
 
-    def __init__(self, name: str, backends: list[Backend]) -> None:
+    def __init__(self, name: str, backends: list[Backend], access: Guard | None = None) -> None:
         self.name = name
         self.backends = backends
         self.cursor = 0
+        self.access = access  # None: public, called directly without a key
 
     def has_healthy(self) -> bool:
         # A loop, not any(): this runs per request and a generator costs more.
@@ -56,12 +58,18 @@ class NodeRoute:
 class AliasRoute:
     """An alias's nodes with their weights, split by smooth weighted round robin."""
 
-    __slots__ = ("affinity_header", "by_key", "current", "name", "nodes", "weights")
+    __slots__ = ("access", "affinity_header", "by_key", "current", "name", "nodes", "weights")
 
     def __init__(
-        self, name: str, nodes: list[NodeRoute], weights: list[int], affinity_header: str | None
+        self,
+        name: str,
+        nodes: list[NodeRoute],
+        weights: list[int],
+        affinity_header: str | None,
+        access: Guard | None = None,
     ) -> None:
         self.name = name
+        self.access = access  # None: public
         self.nodes = nodes
         self.weights = weights
         self.current = [0] * len(nodes)
@@ -98,6 +106,7 @@ class Router:
     def __init__(self, table: RoutingTable, backends: Backends) -> None:
         self.table = table
         self.generation = table.generation
+        guards = compile_guards(table)
         self.nodes: dict[str, NodeRoute] = {}
         for name, entry in table.nodes.items():
             members = [
@@ -105,12 +114,16 @@ class Router:
                 for e in entry.endpoints
                 if (e.instance, e.host, e.port) in backends.by_key
             ]
-            self.nodes[name] = NodeRoute(name, members)
+            self.nodes[name] = NodeRoute(name, members, guards.nodes.get(name))
         self.aliases: dict[str, AliasRoute] = {}
         for name, alias in table.aliases.items():
             pairs = [(self.nodes[n], w) for n, w in alias.targets if n in self.nodes]
             self.aliases[name] = AliasRoute(
-                name, [n for n, _ in pairs], [w for _, w in pairs], alias.affinity_header
+                name,
+                [n for n, _ in pairs],
+                [w for _, w in pairs],
+                alias.affinity_header,
+                guards.aliases.get(name),
             )
 
 

@@ -18,13 +18,14 @@ import socket
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import uvicorn
 import watchfiles
 
+from balancer.access import admin_guard
 from balancer.backends import Backend, Backends
 from balancer.client import ClientConnection
 from balancer.control import make_control_app
@@ -49,6 +50,8 @@ class ServeOptions:
     admin_port: int = 8081
     reuse_port: bool = False
     drain_timeout: float = 30.0
+    # The admin port's key (required beyond loopback); never shown in a repr or a log.
+    admin_token: str | None = field(default=None, repr=False)
 
 
 class Balancer:
@@ -67,6 +70,7 @@ class Balancer:
         self.follow = follow_file
         self.extra_routes: list[Any] = []
         self.extra_status: Any = None
+        self.open_paths: set[str] = set()  # admin paths that check a token of their own
         self.backends = Backends()
         self.metrics = Metrics(inflight=self._inflight_by_node)
         self.affinity = Affinity()
@@ -188,7 +192,11 @@ class Balancer:
     # -- serving --------------------------------------------------------------------------
 
     async def start(self, options: ServeOptions) -> None:
-        """Listen on the data and admin ports and start checks, reloads and the sweeper."""
+        """Listen on the data and admin ports and start checks, reloads and the sweeper.
+
+        Raises AccessConfigError, before listening, for an admin port beyond loopback
+        without a key."""
+        admin = admin_guard(options.admin_host, options.admin_token)
         if self.table_file is not None:
             self.reload_file()
             if self.follow:
@@ -202,7 +210,7 @@ class Balancer:
         )
         self._servers.append(server)
         config = uvicorn.Config(
-            make_control_app(self, self.extra_routes, self.extra_status),
+            make_control_app(self, self.extra_routes, self.extra_status, admin, self.open_paths),
             log_level="warning",
             lifespan="off",
             access_log=False,

@@ -16,6 +16,10 @@ from types import MappingProxyType
 from typing import Any
 
 FORMAT = "gitops-nodes/routing-table/v1"
+# A table with access rules is written as v2, so that a balancer too old to know access rules
+# refuses it (and keeps its current table) rather than serve private targets to anyone.
+FORMAT_WITH_ACCESS = "gitops-nodes/routing-table/v2"
+FORMATS = (FORMAT, FORMAT_WITH_ACCESS)
 
 
 class TableError(Exception):
@@ -45,12 +49,34 @@ class Endpoint:
 
 
 @dataclass(frozen=True)
+class AccessKey:
+    """A caller allowed on a private node or alias: its name and the SHA-256 of its key (hex).
+
+    The key itself is never in the table: apply resolves it from the environment or a file and
+    writes its digest; the balancer hashes what a request presents and compares digests.
+    """
+
+    name: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class AccessRule:
+    """Who may call a private node or alias: its keys and, optionally, the folder ids allowed
+    in `x-folder-id` (empty: any folder, or none)."""
+
+    keys: tuple[AccessKey, ...]
+    folders: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class NodeEntry:
     """A node's instances in rotation and the settings that judge them."""
 
     endpoints: tuple[Endpoint, ...]
     min_healthy: int
     health: HealthSettings
+    access: AccessRule | None = None  # None: public
 
 
 @dataclass(frozen=True)
@@ -59,6 +85,7 @@ class AliasEntry:
 
     targets: tuple[tuple[str, int], ...]
     affinity_header: str | None = None  # requests with equal values stick to one instance
+    access: AccessRule | None = None  # None: public
 
 
 @dataclass(frozen=True)
@@ -69,36 +96,46 @@ class RoutingTable:
     nodes: Mapping[str, NodeEntry] = field(default_factory=lambda: MappingProxyType({}))
     aliases: Mapping[str, AliasEntry] = field(default_factory=lambda: MappingProxyType({}))
 
+    def has_access_rules(self) -> bool:
+        """Whether any node or alias is private."""
+        entries: list[NodeEntry | AliasEntry] = [*self.nodes.values(), *self.aliases.values()]
+        return any(entry.access is not None for entry in entries)
+
     def to_json(self) -> dict[str, Any]:
+        nodes: dict[str, Any] = {}
+        for name, entry in sorted(self.nodes.items()):
+            nodes[name] = {
+                "endpoints": [
+                    {"instance": e.instance, "host": e.host, "port": e.port}
+                    for e in entry.endpoints
+                ],
+                "minHealthy": entry.min_healthy,
+                "health": health_to_json(entry.health),
+            }
+            if entry.access is not None:
+                nodes[name]["access"] = access_to_json(entry.access)
+        aliases: dict[str, Any] = {}
+        for name, alias in sorted(self.aliases.items()):
+            aliases[name] = {
+                "targets": [{"node": n, "weight": w} for n, w in alias.targets],
+                "affinityHeader": alias.affinity_header,
+            }
+            if alias.access is not None:
+                aliases[name]["access"] = access_to_json(alias.access)
         return {
-            "format": FORMAT,
+            "format": FORMAT_WITH_ACCESS if self.has_access_rules() else FORMAT,
             "generation": self.generation,
-            "nodes": {
-                name: {
-                    "endpoints": [
-                        {"instance": e.instance, "host": e.host, "port": e.port}
-                        for e in entry.endpoints
-                    ],
-                    "minHealthy": entry.min_healthy,
-                    "health": health_to_json(entry.health),
-                }
-                for name, entry in sorted(self.nodes.items())
-            },
-            "aliases": {
-                name: {
-                    "targets": [{"node": n, "weight": w} for n, w in entry.targets],
-                    "affinityHeader": entry.affinity_header,
-                }
-                for name, entry in sorted(self.aliases.items())
-            },
+            "nodes": nodes,
+            "aliases": aliases,
         }
 
     @classmethod
     def from_json(cls, data: Any) -> RoutingTable:
         """Parse a table, raising TableError with what is wrong rather than a KeyError."""
         try:
-            if not isinstance(data, dict) or data.get("format") != FORMAT:
-                raise TableError(f"not a routing table: expected format {FORMAT!r}")
+            if not isinstance(data, dict) or data.get("format") not in FORMATS:
+                expected = " or ".join(repr(f) for f in FORMATS)
+                raise TableError(f"not a routing table: expected format {expected}")
             nodes = {
                 str(name): NodeEntry(
                     endpoints=tuple(
@@ -107,6 +144,7 @@ class RoutingTable:
                     ),
                     min_healthy=int(entry["minHealthy"]),
                     health=HealthSettings(**_health_fields(entry["health"])),
+                    access=access_from_json(entry.get("access")),
                 )
                 for name, entry in data["nodes"].items()
             }
@@ -114,6 +152,7 @@ class RoutingTable:
                 str(name): AliasEntry(
                     tuple((str(t["node"]), int(t["weight"])) for t in entry["targets"]),
                     _optional_lower(entry.get("affinityHeader")),
+                    access_from_json(entry.get("access")),
                 )
                 for name, entry in data["aliases"].items()
             }
@@ -126,6 +165,39 @@ class RoutingTable:
             raise
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise TableError(f"malformed routing table: {type(exc).__name__}: {exc}") from exc
+
+
+def access_to_json(access: AccessRule) -> dict[str, Any]:
+    return {
+        "keys": [{"name": k.name, "sha256": k.sha256} for k in access.keys],
+        "folders": list(access.folders),
+    }
+
+
+def access_from_json(data: Any) -> AccessRule | None:
+    """An entry's access rule; a malformed one raises, so the table is refused as a whole
+    (a private target must never be served as public because its rule did not parse)."""
+    if data is None:
+        return None
+    keys = tuple(AccessKey(_caller(k["name"]), _sha256_hex(k["sha256"])) for k in data["keys"])
+    if not keys:
+        raise ValueError("an access rule without keys")
+    return AccessRule(keys, tuple(str(f) for f in data.get("folders", ())))
+
+
+def _caller(value: Any) -> str:
+    # The name goes into a header to the instance: nothing that could end a header line.
+    text = str(value)
+    if not text or not all("!" <= c <= "~" for c in text):
+        raise ValueError(f"an access key's name is not printable ASCII: {text!r}")
+    return text
+
+
+def _sha256_hex(value: Any) -> str:
+    text = str(value).lower()
+    if len(text) != 64 or any(c not in "0123456789abcdef" for c in text):
+        raise ValueError("an access key's sha256 is not 64 hex digits")
+    return text
 
 
 def _optional_lower(value: Any) -> str | None:

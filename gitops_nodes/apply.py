@@ -18,6 +18,7 @@ from enum import StrEnum
 from types import MappingProxyType
 
 from balancer.table import (
+    AccessRule,
     AliasEntry,
     Endpoint,
     HealthSettings,
@@ -78,6 +79,10 @@ class ApplyOptions:
     stop_grace: float = 5.0  # for the instance itself to exit after SIGTERM
 
 
+# A node's published settings: its minimum, its health check, and who may call it.
+_NodeSettings = tuple[int, HealthSettings, AccessRule | None]
+
+
 class _Published:
     """The routing table apply is building up, published whole on every change."""
 
@@ -102,8 +107,9 @@ class _Published:
             ]
             for node, entry in table.nodes.items()
         }
-        self.settings: dict[str, tuple[int, HealthSettings]] = {
-            node: (entry.min_healthy, entry.health) for node, entry in table.nodes.items()
+        self.settings: dict[str, _NodeSettings] = {
+            node: (entry.min_healthy, entry.health, entry.access)
+            for node, entry in table.nodes.items()
         }
         for node, instances in live.by_node.items():
             if node not in self.rotation:
@@ -113,11 +119,11 @@ class _Published:
         self.removed_at: dict[str, int] = {}
         self.written = {e.instance for entry in table.nodes.values() for e in entry.endpoints}
 
-    def settings_for(self, node: str) -> tuple[int, HealthSettings]:
+    def settings_for(self, node: str) -> _NodeSettings:
         want = self.desired.nodes.get(node)
         if want is not None:
-            return want.min_healthy, want.health
-        return self.settings.get(node, (1, HealthSettings()))
+            return want.min_healthy, want.health, want.access
+        return self.settings.get(node, (1, HealthSettings(), None))
 
     def write(self, path_table: StateDir) -> int:
         self.generation += 1
@@ -361,7 +367,9 @@ class Applier:
                         for node, weight in alias.routes
                         if weight > 0 and node not in serving
                     )
-                    table.aliases[step.alias] = AliasEntry(alias.routes, alias.affinity_header)
+                    table.aliases[step.alias] = AliasEntry(
+                        alias.routes, alias.affinity_header, alias.access
+                    )
                     what = f"alias {step.alias} routes to " + ", ".join(
                         f"{n}={w}" for n, w in alias.routes
                     )

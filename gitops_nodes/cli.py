@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from balancer.access import ADMIN_TOKEN_ENV, ADMIN_TOKEN_FILE_ENV, AccessConfigError, admin_guard
 from balancer.proxy import ProxySettings
 from balancer.table import RoutingTable
 from gitops_nodes import __version__, logs, workflow
@@ -70,7 +71,11 @@ def _parser() -> argparse.ArgumentParser:
     def serve_options(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--host", default="127.0.0.1", help="data plane address (127.0.0.1)")
         sub.add_argument("--port", type=int, default=8080, help="data plane port (8080)")
-        sub.add_argument("--admin-host", default="127.0.0.1", help="control plane address")
+        sub.add_argument(
+            "--admin-host",
+            default="127.0.0.1",
+            help=f"control plane address; beyond loopback it needs {ADMIN_TOKEN_ENV}",
+        )
         sub.add_argument(
             "--admin-port", type=int, default=8081, help="/-/status, /-/metrics (8081)"
         )
@@ -234,7 +239,7 @@ def _destroy(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    desired = load_spec(args.path) if args.path else None
+    desired = load_spec(args.path, read_keys=False) if args.path else None
     project, state = _context(args, args.path or Path.cwd())
     view = workflow.status(_runtime(), project, state, desired)
     if args.json:
@@ -281,7 +286,9 @@ def _serve(args: argparse.Namespace) -> int:
 
     _, state = _context(args, args.path)
     logs.configure(structured=False)
-    options = ServeOptions(args.host, args.port, args.admin_host, args.admin_port)
+    options = ServeOptions(
+        args.host, args.port, args.admin_host, args.admin_port, admin_token=_admin_token(args)
+    )
     settings = _proxy_settings(args)
     print(
         f"Serving {state.table} on http://{args.host}:{args.port} "
@@ -289,6 +296,28 @@ def _serve(args: argparse.Namespace) -> int:
         flush=True,
     )
     return run(state.table, options, settings, workers=args.workers)
+
+
+def _admin_token(args: argparse.Namespace) -> str | None:
+    """The admin port's key, from GITOPS_NODES_ADMIN_TOKEN or the file GITOPS_NODES_ADMIN_TOKEN_FILE
+    names; checked here so that a missing or weak one stops the command before it listens."""
+    token = os.environ.get(ADMIN_TOKEN_ENV, "").strip() or None
+    path = os.environ.get(ADMIN_TOKEN_FILE_ENV) or None
+    if token is not None and path is not None:
+        raise GitopsNodesError(f"set {ADMIN_TOKEN_ENV} or {ADMIN_TOKEN_FILE_ENV}, not both")
+    if path is not None:
+        try:
+            token = Path(path).read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
+            raise GitopsNodesError(
+                f"{ADMIN_TOKEN_FILE_ENV}: cannot read the admin key from {path}: {why}"
+            ) from None
+    try:
+        admin_guard(args.admin_host, token)
+    except AccessConfigError as exc:
+        raise GitopsNodesError(str(exc)) from None
+    return token
 
 
 def _proxy_settings(args: argparse.Namespace) -> ProxySettings:
@@ -317,6 +346,7 @@ def _watch(args: argparse.Namespace) -> int:
         raise GitopsNodesError(
             f"--interval: expected a duration such as 30s or 1m, got {args.interval!r}"
         ) from None
+    admin_token = _admin_token(args)
     name = args.repo.rstrip("/").removesuffix(".git")
     project = args.project or workflow.project_name(Path(name))
     state = StateDir.for_project(project, args.state_dir)
@@ -346,7 +376,9 @@ def _watch(args: argparse.Namespace) -> int:
         f"{args.port} (control plane: http://{args.admin_host}:{args.admin_port}/-/status)",
         flush=True,
     )
-    options = ServeOptions(args.host, args.port, args.admin_host, args.admin_port)
+    options = ServeOptions(
+        args.host, args.port, args.admin_host, args.admin_port, admin_token=admin_token
+    )
     try:
         loop.run_until_complete(watch.run(options))
     finally:

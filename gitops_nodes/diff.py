@@ -9,7 +9,7 @@ from enum import StrEnum
 from functools import cached_property
 from typing import Any
 
-from balancer.table import AliasEntry, NodeEntry, health_to_json
+from balancer.table import AccessRule, AliasEntry, NodeEntry, health_to_json
 from gitops_nodes.live import LiveInstance, LiveState
 from gitops_nodes.spec.hashing import InstanceConfig
 from gitops_nodes.spec.state import BuildRequest, DesiredAlias, DesiredNode, DesiredState
@@ -117,11 +117,48 @@ def diff(desired: DesiredState, live: LiveState) -> Diff:
 REPLACE_FIELDS = ("image", "port", "command", "env", "resources")
 
 
+class Sensitive(str):
+    """A key's place in a plan: shown as "(sensitive value)", equal only to the same key.
+
+    A plan shows that a caller's key changed (rotated) without showing the key or its digest;
+    a str, so the JSON plan and its rendering need nothing special.
+    """
+
+    digest: str
+
+    def __new__(cls, digest: str) -> Sensitive:
+        value = super().__new__(cls, "(sensitive value)")
+        value.digest = digest
+        return value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sensitive) and other.digest == self.digest
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def __hash__(self) -> int:
+        return hash(self.digest)
+
+
+def access_fields(access: AccessRule | None) -> dict[str, Any]:
+    """A private target's access flattened to dotted fields (names, never keys)."""
+    if access is None:
+        return {}
+    fields: dict[str, Any] = {"access.keys": [key.name for key in access.keys]}
+    if access.folders:
+        fields["access.folders"] = list(access.folders)
+    for key in access.keys:
+        fields[f"access.keys.{key.name}"] = Sensitive(key.sha256)
+    return fields
+
+
 def node_fields(
     config: InstanceConfig | None,
     instances: int | None,
     min_healthy: int | None,
     health: dict[str, Any] | None,
+    access: AccessRule | None = None,
 ) -> dict[str, Any]:
     """A node flattened to dotted fields, the way plan shows them."""
     fields: dict[str, Any] = {}
@@ -139,6 +176,7 @@ def node_fields(
         fields["minHealthy"] = min_healthy
     for key, value in (health or {}).items():
         fields[f"healthCheck.{key}"] = value
+    fields.update(access_fields(access))
     return fields
 
 
@@ -169,6 +207,7 @@ def _diff_node(
         alive_count if have or published else None,
         published.min_healthy if published else None,
         published_health,
+        published.access if published else None,
     )
     if want is None:
         removals = tuple(
@@ -186,7 +225,9 @@ def _diff_node(
             published is not None,
         )
 
-    after = node_fields(want.config, want.instances, want.min_healthy, health_to_json(want.health))
+    after = node_fields(
+        want.config, want.instances, want.min_healthy, health_to_json(want.health), want.access
+    )
     if not have and published is None:
         creations = tuple(
             InstanceChange(i, Action.CREATE, None, "new node") for i in range(want.instances)
@@ -204,10 +245,12 @@ def _diff_node(
 
     instances = _diff_instances(want, have)
     moved = _moved(have, published)
+    access_changed = published is not None and published.access != want.access
     publish_settings = (
         published is None
         or published.min_healthy != want.min_healthy
         or published.health != want.health
+        or access_changed
         or moved
     )
     if not instances and not publish_settings:
@@ -220,6 +263,8 @@ def _diff_node(
         reasons = {i.reason for i in instances} | (
             {"its instances' ports moved"} if moved else set()
         )
+        if access_changed:
+            reasons.add("its access changed")
         reason = "; ".join(sorted(reasons)) or "its settings changed"
     needs_new = any(i.action in (Action.CREATE, Action.REPLACE) for i in instances)
     return NodeChange(
@@ -241,6 +286,7 @@ def _unchanged(
         published is not None
         and published.min_healthy == want.min_healthy
         and published.health == want.health
+        and published.access == want.access
         and len(have) == want.instances
         and all(
             i.index == position and i.alive and i.spec_hash == want.spec_hash
@@ -328,17 +374,24 @@ def _diff_alias(
     after = want.routes if want else ()
     affinity_before = published.affinity_header if published else None
     affinity_after = want.affinity_header if want else None
+    access_before = access_fields(published.access if published else None)
+    access_after = access_fields(want.access if want else None)
     if want is None:
-        field = FieldChange("nodes", _routes_text(before), None)
-        return AliasChange(name, Action.DELETE, "not in the spec", (field,), before, after)
+        removed = [FieldChange("nodes", _routes_text(before), None)]
+        removed.extend(_field_changes(access_before, {}))
+        return AliasChange(name, Action.DELETE, "not in the spec", tuple(removed), before, after)
     if published is None:
-        field = FieldChange("nodes", None, _routes_text(after))
-        return AliasChange(name, Action.CREATE, "not published yet", (field,), before, after)
-    if before == after and affinity_before == affinity_after:
+        added = [FieldChange("nodes", None, _routes_text(after))]
+        added.extend(_field_changes({}, access_after))
+        return AliasChange(name, Action.CREATE, "not published yet", tuple(added), before, after)
+    routes_changed = before != after or affinity_before != affinity_after
+    if not routes_changed and published.access == want.access:
         return None
-    fields = []
+    changed = []
     if before != after:
-        fields.append(FieldChange("nodes", _routes_text(before), _routes_text(after)))
+        changed.append(FieldChange("nodes", _routes_text(before), _routes_text(after)))
     if affinity_before != affinity_after:
-        fields.append(FieldChange("sessionAffinity.header", affinity_before, affinity_after))
-    return AliasChange(name, Action.UPDATE, "its routes changed", tuple(fields), before, after)
+        changed.append(FieldChange("sessionAffinity.header", affinity_before, affinity_after))
+    changed.extend(_field_changes(access_before, access_after))
+    reason = "its routes changed" if routes_changed else "its access changed"
+    return AliasChange(name, Action.UPDATE, reason, tuple(changed), before, after)

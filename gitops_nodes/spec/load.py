@@ -8,8 +8,9 @@ only for files that have problems, by composing them again.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -20,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 from gitops_nodes.gcpause import gc_paused
 from gitops_nodes.pynode.config import parse_config
 from gitops_nodes.pynode.errors import PyNodeError
+from gitops_nodes.spec.access import resolve_access
 from gitops_nodes.spec.context import build_tag, context_digest, python_digest
 from gitops_nodes.spec.errors import SpecErrors, SpecProblem
 from gitops_nodes.spec.hashing import InstanceConfig, canonical_json, spec_hash
@@ -55,6 +57,8 @@ _VALIDATOR_FIELD = {
     "alias_weights": "nodes",
     "alias_nodes": "nodes",
     "rollout_steps": "steps",
+    "access_keys": "keys",
+    "access_folders": "folders",
 }
 
 
@@ -109,8 +113,11 @@ class _FileResult:
 class SpecLoader:
     """Loads specs repeatedly, re-reading only the files whose bytes changed since last time."""
 
-    def __init__(self) -> None:
+    def __init__(self, read_keys: bool = True) -> None:
         self._cache: dict[Path, _FileResult] = {}
+        # Without read_keys, private targets' keys are neither read nor required and their
+        # access stays None: for commands that only look (status), not publish.
+        self.read_keys = read_keys
 
     def load(self, root: Path) -> DesiredState:
         """The repository's desired state; raises SpecErrors listing every problem found."""
@@ -135,12 +142,12 @@ class SpecLoader:
                 else:
                     self._cache.pop(path, None)
             results[path.relative_to(root).as_posix()] = cached
-        return _assemble(root, results)
+        return _assemble(root, results, self.read_keys)
 
 
-def load_spec(root: Path) -> DesiredState:
+def load_spec(root: Path, read_keys: bool = True) -> DesiredState:
     """Load a repository once (the CLI's way)."""
-    return SpecLoader().load(root)
+    return SpecLoader(read_keys).load(root)
 
 
 def _spec_files(root: Path) -> list[Path]:
@@ -232,7 +239,9 @@ def _describe(error: Any, model: type[BaseModel]) -> tuple[_Loc, str, bool]:
         loc = (*loc, _VALIDATOR_FIELD[kind])
     if loc and loc[-1] == "[key]":
         return loc[:-1], f"invalid key {loc[-2]!r}: {error['msg']}", True
-    got = f", got {_show(given)}" if not isinstance(given, dict | list) else ""
+    # Under `access`, what was written is never repeated: it may be a key pasted by mistake.
+    shown = not isinstance(given, dict | list) and loc[1:2] != ("access",)
+    got = f", got {_show(given)}" if shown else ""
     messages = {
         "missing": "required field is missing",
         "extra_forbidden": f"unknown field; expected one of: {_allowed(model, loc[:-1])}",
@@ -258,6 +267,7 @@ def _describe(error: Any, model: type[BaseModel]) -> tuple[_Loc, str, bool]:
     return loc, message, kind == "extra_forbidden"
 
 
+# Custom errors whose message shows what was written (never those of where keys are).
 _CUSTOM_WITH_INPUT = {"dns_label", "duration", "size", "env_value", "env_name"}
 
 
@@ -412,7 +422,7 @@ def _resolve_node(root: Path, document: NodeDocument, source: Source) -> Desired
     )
 
 
-def _assemble(root: Path, results: dict[str, _FileResult]) -> DesiredState:
+def _assemble(root: Path, results: dict[str, _FileResult], read_keys: bool) -> DesiredState:
     """Cross-document checks (unique names, aliases naming real nodes), then the state."""
     problems: list[SpecProblem] = [p for result in results.values() for p in result.problems]
     nodes: dict[str, DesiredNode] = {}
@@ -436,8 +446,16 @@ def _assemble(root: Path, results: dict[str, _FileResult]) -> DesiredState:
                 )
                 continue
             first_seen[key] = source
+            access = None
+            if document.spec.access is not None and read_keys:
+                # Read on every load, never cached with the file: keys live outside the repo.
+                access, trouble = resolve_access(document.spec.access, os.environ)
+                late.extend((source, loc, message) for loc, message in trouble)
             if isinstance(document, NodeDocument):
-                nodes[document.metadata.name] = entry.node or _resolve_node(root, document, source)
+                resolved = entry.node or _resolve_node(root, document, source)
+                nodes[document.metadata.name] = (
+                    replace(resolved, access=access) if access else resolved
+                )
             else:
                 aliases[document.metadata.name] = DesiredAlias(
                     name=document.metadata.name,
@@ -449,6 +467,7 @@ def _assemble(root: Path, results: dict[str, _FileResult]) -> DesiredState:
                         else None
                     ),
                     rollout=document.spec.rollout,
+                    access=access,
                 )
     for alias in aliases.values():
         for position, (node, _) in enumerate(alias.routes):

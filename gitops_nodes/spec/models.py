@@ -32,6 +32,7 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _DURATION = re.compile(r"^(?:\d+(?:\.\d+)?(?:ms|s|m|h))+$")
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)(k|Ki|M|Mi|G|Gi)?$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_FOLDER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MIN_MEMORY = 6 * 2**20
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _UNIT_BYTES = {None: 1, "k": 1000, "Ki": 1024, "M": 10**6, "Mi": 2**20, "G": 10**9, "Gi": 2**30}
@@ -81,6 +82,39 @@ def _env_name(value: Any) -> str:
         return value
     raise PydanticCustomError(
         "env_name", "expected an environment variable name: letters, digits and '_'"
+    )
+
+
+# The access section names where keys are; these never echo what was written, in case a key
+# was pasted where its source's name belongs.
+def _key_env(value: Any) -> str:
+    if isinstance(value, str) and _ENV_NAME.match(value):
+        return value
+    raise PydanticCustomError(
+        "key_env",
+        "expected the name of an environment variable holding the key: letters, digits and '_'",
+    )
+
+
+def _key_file(value: Any, info: ValidationInfo) -> str:
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise PydanticCustomError(
+            "key_file",
+            "expected the absolute path of a file holding the key, outside the repository",
+        )
+    root: Path | None = (info.context or {}).get("root")
+    if root is not None and Path(value).resolve().is_relative_to(root.resolve()):
+        raise PydanticCustomError(
+            "key_file", "expected a file outside the repository: keys are never committed"
+        )
+    return value
+
+
+def _folder_id(value: Any) -> str:
+    if isinstance(value, str) and _FOLDER_ID.match(value):
+        return value
+    raise PydanticCustomError(
+        "folder_id", "expected a folder id: letters, digits, '.', '_' and '-', at most 64"
     )
 
 
@@ -144,6 +178,17 @@ EnvValue = Annotated[
     str,
     PlainValidator(_env_value),
     WithJsonSchema({"type": ["string", "number", "boolean"]}),
+]
+KeyEnv = Annotated[
+    str, PlainValidator(_key_env), WithJsonSchema({"type": "string", "pattern": _ENV_NAME.pattern})
+]
+KeyFile = Annotated[
+    str, PlainValidator(_key_file), WithJsonSchema({"type": "string", "pattern": "^/"})
+]
+FolderId = Annotated[
+    str,
+    PlainValidator(_folder_id),
+    WithJsonSchema({"type": "string", "pattern": _FOLDER_ID.pattern}),
 ]
 RepoPath = Annotated[
     str, PlainValidator(_repo_path), WithJsonSchema({"type": "string", "minLength": 1})
@@ -260,6 +305,58 @@ class PythonSource(SpecModel):
     traceback: bool = False
 
 
+class AccessKeySource(SpecModel):
+    """A caller allowed on a private node or alias: its name, and where gitops-nodes reads its
+    key when it runs (an environment variable or a file), never the key itself."""
+
+    name: DnsLabel
+    from_env: KeyEnv | None = None
+    from_file: KeyFile | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_literal_key(cls, data: Any) -> Any:
+        if isinstance(data, dict) and {"key", "value", "secret", "token"} & set(data):
+            raise PydanticCustomError(
+                "literal_key",
+                "expected 'fromEnv' or 'fromFile' naming where the key is: a key itself never "
+                "goes into the spec",
+            )
+        return data
+
+    @model_validator(mode="after")
+    def _one_source(self) -> AccessKeySource:
+        if (self.from_env is None) == (self.from_file is None):
+            raise PydanticCustomError(
+                "key_source",
+                "expected exactly one of 'fromEnv' (an environment variable) or 'fromFile' "
+                "(a file outside the repository) holding the key",
+            )
+        return self
+
+
+class Access(SpecModel):
+    """Who may call a private node or alias: the keys it accepts, and optionally the folder ids
+    a call's `x-folder-id` must name. Without `access`, anyone may call it."""
+
+    keys: list[AccessKeySource] = Field(min_length=1)
+    folders: list[FolderId] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique(self) -> Access:
+        names = [key.name for key in self.keys]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise PydanticCustomError(
+                "access_keys",
+                "expected each key name once, {names} listed more than once",
+                {"names": ", ".join(duplicates)},
+            )
+        if len(set(self.folders)) != len(self.folders):
+            raise PydanticCustomError("access_folders", "expected each folder once")
+        return self
+
+
 class NodeSpec(SpecModel):
     """A node: identical instances behind one load-balanced API."""
 
@@ -270,6 +367,7 @@ class NodeSpec(SpecModel):
     env: dict[EnvName, EnvValue] = Field(default_factory=dict)
     resources: Resources = Field(default_factory=Resources)
     health_check: HealthCheck = Field(default_factory=HealthCheck)
+    access: Access | None = None  # private when set: calls to /nodes/<name>/ need a key
 
     @model_validator(mode="after")
     def _one_kind(self) -> NodeSpec:
@@ -344,6 +442,7 @@ class AliasSpec(SpecModel):
     nodes: list[AliasRoute] = Field(min_length=1)
     session_affinity: SessionAffinity | None = None
     rollout: Rollout | None = None
+    access: Access | None = None  # private when set: calls to the alias need a key
 
     @model_validator(mode="after")
     def _weights_and_unique_nodes(self) -> AliasSpec:

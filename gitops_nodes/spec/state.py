@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from balancer.table import HealthSettings, health_to_json
+from balancer.table import AccessRule, HealthSettings, access_to_json, health_to_json
 from gitops_nodes.spec.hashing import InstanceConfig, canonical_json
 from gitops_nodes.spec.models import HealthCheck, Rollout
 
@@ -54,6 +54,7 @@ class DesiredNode:
     health_check: HealthCheck
     build: BuildRequest | None
     source: Source
+    access: AccessRule | None = None  # private when set (key digests, never keys)
     health: HealthSettings = field(init=False, compare=False)
     digest: str = field(init=False, compare=False)  # of everything plan reads from this node
 
@@ -61,6 +62,8 @@ class DesiredNode:
         # Computed once per parse (the loader caches nodes), not on every plan.
         health = settings_from(self.health_check)
         payload = [self.spec_hash, self.instances, self.min_healthy, health_to_json(health)]
+        if self.access is not None:
+            payload.append(access_to_json(self.access))
         object.__setattr__(self, "health", health)
         object.__setattr__(
             self, "digest", hashlib.sha256(canonical_json(payload).encode()).hexdigest()
@@ -89,6 +92,7 @@ class DesiredAlias:
     source: Source
     affinity_header: str | None = None  # lowercase
     rollout: Rollout | None = None  # how watch moves it to new weights; plan ignores it
+    access: AccessRule | None = None  # private when set (key digests, never keys)
 
 
 @dataclass(frozen=True)
@@ -107,4 +111,6 @@ class DesiredState:
             digest.update(f"node {name} {node.digest}\n".encode())
         for name, alias in sorted(self.aliases.items()):
             digest.update(f"alias {name} {alias.routes!r} {alias.affinity_header}\n".encode())
+            if alias.access is not None:
+                digest.update(f"access {canonical_json(access_to_json(alias.access))}\n".encode())
         return digest.hexdigest()

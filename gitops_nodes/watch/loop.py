@@ -63,6 +63,7 @@ class WatchLoop:
         self.rollout_task: asyncio.Task[None] | None = None
         self.busy = asyncio.Lock()  # one reconcile, heal or rollout step at a time
         balancer.extra_routes.append(Route("/-/hooks/git", self.hook, methods=["POST"]))
+        balancer.open_paths.add("/-/hooks/git")  # a forge sends the hook token, not the admin key
         balancer.extra_status = self.status
 
     # -- triggers -------------------------------------------------------------------------

@@ -30,6 +30,7 @@ import pytest
 from balancer.proxy import ProxySettings
 from balancer.server import Balancer, ServeOptions, new_loop
 from balancer.table import (
+    AccessRule,
     AliasEntry,
     Endpoint,
     HealthSettings,
@@ -215,16 +216,26 @@ def health(**overrides: Any) -> HealthSettings:
     return HealthSettings(**settings)
 
 
-def node(*backends: BackendProcess, min_healthy: int = 1, **health_overrides: Any) -> NodeEntry:
+def node(
+    *backends: BackendProcess,
+    min_healthy: int = 1,
+    access: AccessRule | None = None,
+    **health_overrides: Any,
+) -> NodeEntry:
     return NodeEntry(
         endpoints=tuple(b.endpoint() for b in backends),
         min_healthy=min_healthy,
         health=health(**health_overrides),
+        access=access,
     )
 
 
-def alias(*targets: tuple[str, int], affinity_header: str | None = None) -> AliasEntry:
-    return AliasEntry(tuple(targets), affinity_header)
+def alias(
+    *targets: tuple[str, int],
+    affinity_header: str | None = None,
+    access: AccessRule | None = None,
+) -> AliasEntry:
+    return AliasEntry(tuple(targets), affinity_header, access)
 
 
 # -- the balancer ---------------------------------------------------------------------------
@@ -243,6 +254,7 @@ class BalancerHarness:
 
     table_file: Path
     settings: ProxySettings
+    admin_token: str | None = None  # sent with every admin() request when set
     loop: asyncio.AbstractEventLoop = field(init=False)
     balancer: Balancer = field(init=False)
     thread: threading.Thread = field(init=False)
@@ -254,7 +266,13 @@ class BalancerHarness:
         self.loop = new_loop()
         self.balancer = Balancer(self.loop, self.table_file, self.settings)
         self.admin_port = free_port()
-        options = ServeOptions(host=HOST, port=0, admin_host=HOST, admin_port=self.admin_port)
+        options = ServeOptions(
+            host=HOST,
+            port=0,
+            admin_host=HOST,
+            admin_port=self.admin_port,
+            admin_token=self.admin_token,
+        )
         started = threading.Event()
         failure: list[BaseException] = []
 
@@ -319,7 +337,8 @@ class BalancerHarness:
         return http.client.HTTPConnection(HOST, self.port, timeout=timeout)
 
     def admin(self, method: str, path: str) -> Reply:
-        return request(self.admin_port, method, path, timeout=5.0)
+        headers = {"authorization": f"Bearer {self.admin_token}"} if self.admin_token else None
+        return request(self.admin_port, method, path, headers, timeout=5.0)
 
     def status(self) -> dict[str, Any]:
         reply = self.admin("GET", "/-/status")
@@ -376,9 +395,11 @@ def make_balancer(tmp_path: Path) -> Iterator[Callable[..., BalancerHarness]]:
     """Start balancers (table file STATE/proj/routing-table.json); all stop at teardown."""
     harnesses: list[BalancerHarness] = []
 
-    def make(settings: ProxySettings | None = None) -> BalancerHarness:
+    def make(
+        settings: ProxySettings | None = None, admin_token: str | None = None
+    ) -> BalancerHarness:
         table_file = tmp_path / f"state{len(harnesses)}" / PROJECT / "routing-table.json"
-        harness = BalancerHarness(table_file, settings or ProxySettings())
+        harness = BalancerHarness(table_file, settings or ProxySettings(), admin_token)
         harnesses.append(harness)
         harness.start()
         return harness

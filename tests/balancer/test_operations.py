@@ -95,6 +95,7 @@ def test_status_lists_aliases_nodes_and_instances(balancer, start_backend):
         {
             "name": "w",
             "affinityHeader": None,
+            "access": None,
             "nodes": [{"node": "a", "weight": 7, "status": "Healthy"}],
         }
     ]

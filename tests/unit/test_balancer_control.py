@@ -293,11 +293,13 @@ def test_status_document() -> None:
         {
             "name": "back",
             "affinityHeader": None,
+            "access": None,
             "nodes": [{"node": "pair", "weight": 100, "status": "Unhealthy"}],
         },
         {
             "name": "front",
             "affinityHeader": "x-user",
+            "access": None,
             "nodes": [
                 {"node": "web", "weight": 90, "status": "Healthy"},
                 {"node": "fresh", "weight": 10, "status": "Created"},

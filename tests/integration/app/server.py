@@ -2,6 +2,7 @@
 
 VERSION: what GET / answers. HEALTH=fail: /healthz answers 503 forever. CRASH=1: exit at start.
 STATUS: the status code of every answer but /healthz's (200 by default).
+Behind a private alias or node it also answers the caller's name the balancer passed on.
 """
 
 import json
@@ -22,7 +23,12 @@ class Handler(BaseHTTPRequestHandler):
             status = 503 if os.environ.get("HEALTH") == "fail" else 200
         else:
             status = int(os.environ.get("STATUS", "200"))
-        body = json.dumps({"version": os.environ.get("VERSION", "?"), "path": self.path}).encode()
+        payload = {"version": os.environ.get("VERSION", "?"), "path": self.path}
+        caller = self.headers.get("x-gitops-nodes-caller")  # set by the balancer: private
+        if caller is not None:
+            payload["caller"] = caller
+            payload["sawKey"] = "authorization" in self.headers or "x-api-key" in self.headers
+        body = json.dumps(payload).encode()
         self.send_response(status)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(body)))

@@ -1,0 +1,71 @@
+"""Resolves a private node's or alias's keys, from where the spec says they are, into digests.
+
+Keys are read where gitops-nodes runs (validate, plan, apply, watch), from its environment or
+from files outside the repository, on every load (so a rotated key is noticed), and only
+their SHA-256 leaves this module: the routing table never holds a key. A key that cannot be
+read is a spec problem at the field that names its source; no message includes a key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from balancer.access import MAX_KEY_LENGTH, key_digest, key_problem
+from balancer.table import AccessKey, AccessRule
+from gitops_nodes.spec.models import Access
+
+Loc = tuple[str | int, ...]
+
+
+def resolve_access(
+    access: Access, environ: Mapping[str, str]
+) -> tuple[AccessRule | None, list[tuple[Loc, str]]]:
+    """The access rule with each key's digest, or the problems (field path under the
+    document, message) that kept a key from being read."""
+    keys: list[AccessKey] = []
+    problems: list[tuple[Loc, str]] = []
+    for position, source in enumerate(access.keys):
+        if source.from_env is not None:
+            field, where = "fromEnv", f"the environment variable {source.from_env}"
+            key, trouble = _from_env(source.from_env, environ)
+        else:
+            assert source.from_file is not None  # the model requires exactly one source
+            field, where = "fromFile", f"the key file {source.from_file}"
+            key, trouble = _from_file(Path(source.from_file))
+        if key is not None and (weak := key_problem(key)) is not None:
+            trouble = f"{where}: {weak}"
+        if trouble is not None or key is None:
+            problems.append((("spec", "access", "keys", position, field), trouble or "no key"))
+            continue
+        keys.append(AccessKey(source.name, key_digest(key)))
+    if problems:
+        return None, problems
+    return AccessRule(tuple(keys), tuple(access.folders)), []
+
+
+def _from_env(name: str, environ: Mapping[str, str]) -> tuple[str | None, str | None]:
+    value = environ.get(name)
+    if value is None:
+        return None, (
+            f"the environment variable {name} is not set; set it to the key where gitops-nodes runs"
+        )
+    key = value.strip()
+    if not key:
+        return None, f"the environment variable {name} is empty; expected a key"
+    return key, None
+
+
+def _from_file(path: Path) -> tuple[str | None, str | None]:
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(MAX_KEY_LENGTH + 64)  # a key, not whatever file was named
+    except OSError as exc:
+        return None, f"cannot read the key file {path}: {exc.strerror or type(exc).__name__}"
+    try:
+        key = data.decode().strip()
+    except UnicodeDecodeError:
+        return None, f"the key file {path} is not UTF-8 text; expected a key"
+    if not key:
+        return None, f"the key file {path} is empty; expected a key"
+    return key, None
