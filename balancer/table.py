@@ -45,12 +45,29 @@ class Endpoint:
 
 
 @dataclass(frozen=True)
+class Timeouts:
+    """How long the balancer waits on a node's instances, in seconds (the spec's `endpoint`)."""
+
+    request: float = 15.0  # one whole exchange: from the request sent to the response's end
+    idle: float = 15.0  # a kept-alive connection to an instance with no request on it
+
+
+DEFAULT_TIMEOUTS = Timeouts()
+
+
+@dataclass(frozen=True)
 class NodeEntry:
-    """A node's instances in rotation and the settings that judge them."""
+    """A node's instances in rotation and the settings that judge them.
+
+    A suspended node keeps its entry with no endpoints: its aliases route around it, and a
+    request for it alone is answered 503.
+    """
 
     endpoints: tuple[Endpoint, ...]
     min_healthy: int
     health: HealthSettings
+    timeouts: Timeouts = DEFAULT_TIMEOUTS
+    suspended: bool = False
 
 
 @dataclass(frozen=True)
@@ -81,6 +98,8 @@ class RoutingTable:
                     ],
                     "minHealthy": entry.min_healthy,
                     "health": health_to_json(entry.health),
+                    "timeouts": {"request": entry.timeouts.request, "idle": entry.timeouts.idle},
+                    "suspended": entry.suspended,
                 }
                 for name, entry in sorted(self.nodes.items())
             },
@@ -107,6 +126,8 @@ class RoutingTable:
                     ),
                     min_healthy=int(entry["minHealthy"]),
                     health=HealthSettings(**_health_fields(entry["health"])),
+                    timeouts=_timeouts(entry.get("timeouts")),
+                    suspended=bool(entry.get("suspended", False)),
                 )
                 for name, entry in data["nodes"].items()
             }
@@ -126,6 +147,19 @@ class RoutingTable:
             raise
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise TableError(f"malformed routing table: {type(exc).__name__}: {exc}") from exc
+
+
+def _timeouts(data: Any) -> Timeouts:
+    """A node's timeouts; a table written before they existed has none, and gets defaults."""
+    defaults = DEFAULT_TIMEOUTS
+    if data is None:
+        return defaults
+    timeouts = Timeouts(
+        float(data.get("request", defaults.request)), float(data.get("idle", defaults.idle))
+    )
+    if not (timeouts.request > 0 and timeouts.idle > 0):
+        raise TableError(f"malformed routing table: timeouts must be above 0, got {data}")
+    return timeouts
 
 
 def _optional_lower(value: Any) -> str | None:

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from balancer.table import HealthSettings, health_to_json
+from balancer.table import DEFAULT_TIMEOUTS, HealthSettings, Timeouts, health_to_json
 from gitops_nodes.spec.hashing import InstanceConfig, canonical_json
 from gitops_nodes.spec.models import HealthCheck, Rollout
 
@@ -54,13 +54,24 @@ class DesiredNode:
     health_check: HealthCheck
     build: BuildRequest | None
     source: Source
+    timeouts: Timeouts = DEFAULT_TIMEOUTS  # the spec's `endpoint`
+    maintenance_limit: int = 1  # instances replaced at once; plan reads it, nothing publishes it
+    suspended: bool = False
     health: HealthSettings = field(init=False, compare=False)
     digest: str = field(init=False, compare=False)  # of everything plan reads from this node
 
     def __post_init__(self) -> None:
         # Computed once per parse (the loader caches nodes), not on every plan.
         health = settings_from(self.health_check)
-        payload = [self.spec_hash, self.instances, self.min_healthy, health_to_json(health)]
+        payload = [
+            self.spec_hash,
+            self.instances,
+            self.min_healthy,
+            health_to_json(health),
+            [self.timeouts.request, self.timeouts.idle],
+            self.maintenance_limit,
+            self.suspended,
+        ]
         object.__setattr__(self, "health", health)
         object.__setattr__(
             self, "digest", hashlib.sha256(canonical_json(payload).encode()).hexdigest()

@@ -2,12 +2,15 @@
 
 VERSION: what GET / answers. HEALTH=fail: /healthz answers 503 forever. CRASH=1: exit at start.
 STATUS: the status code of every answer but /healthz's (200 by default).
+GET /slow?ms=N answers after N milliseconds.
 """
 
 import json
 import os
 import sys
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
 
 if os.environ.get("CRASH") == "1":
     print("crashing on purpose: CRASH=1", flush=True)
@@ -22,6 +25,9 @@ class Handler(BaseHTTPRequestHandler):
             status = 503 if os.environ.get("HEALTH") == "fail" else 200
         else:
             status = int(os.environ.get("STATUS", "200"))
+        target = urlsplit(self.path)
+        if target.path == "/slow":
+            time.sleep(int(parse_qs(target.query).get("ms", ["1000"])[0]) / 1000)
         body = json.dumps({"version": os.environ.get("VERSION", "?"), "path": self.path}).encode()
         self.send_response(status)
         self.send_header("content-type", "application/json")
