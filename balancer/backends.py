@@ -11,7 +11,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from balancer.table import Endpoint, HealthSettings, RoutingTable
+from balancer.table import (
+    DEFAULT_TIMEOUTS,
+    Endpoint,
+    HealthSettings,
+    NodeEntry,
+    RoutingTable,
+    Timeouts,
+)
 
 BackendKey = tuple[str, str, int]
 
@@ -25,6 +32,7 @@ class Backend:
         "healthy",
         "host",
         "idle",
+        "idle_timeout",
         "inflight",
         "instance",
         "key",
@@ -33,17 +41,27 @@ class Backend:
         "passes",
         "port",
         "removed",
+        "request_timeout",
         "settings",
         "status",
     )
 
-    def __init__(self, node: str, endpoint: Endpoint, settings: HealthSettings) -> None:
+    def __init__(
+        self,
+        node: str,
+        endpoint: Endpoint,
+        settings: HealthSettings,
+        timeouts: Timeouts = DEFAULT_TIMEOUTS,
+    ) -> None:
         self.key: BackendKey = (endpoint.instance, endpoint.host, endpoint.port)
         self.node = node
         self.instance = endpoint.instance
         self.host = endpoint.host
         self.port = endpoint.port
         self.settings = settings
+        # The node's, copied here on each table swap: the sweep reads them per connection.
+        self.request_timeout = timeouts.request
+        self.idle_timeout = timeouts.idle
         self.healthy = False  # no traffic before the first check passes (Traefik 4544)
         self.status = "Started"
         self.inflight = 0
@@ -87,21 +105,23 @@ class Backends:
 
     def reconcile(self, table: RoutingTable) -> tuple[list[Backend], list[Backend]]:
         """Bring the registry in line with table; returns (added, removed) Backends."""
-        wanted: dict[BackendKey, tuple[str, Endpoint, HealthSettings]] = {}
+        wanted: dict[BackendKey, tuple[str, Endpoint, NodeEntry]] = {}
         for node, entry in table.nodes.items():
             for endpoint in entry.endpoints:
                 key = (endpoint.instance, endpoint.host, endpoint.port)
-                wanted[key] = (node, endpoint, entry.health)
+                wanted[key] = (node, endpoint, entry)
         added: list[Backend] = []
-        for key, (node, endpoint, settings) in wanted.items():
+        for key, (node, endpoint, entry) in wanted.items():
             backend = self.by_key.get(key)
             if backend is None or backend.removed:
-                backend = Backend(node, endpoint, settings)
+                backend = Backend(node, endpoint, entry.health, entry.timeouts)
                 self.by_key[key] = backend
                 added.append(backend)
             else:
                 backend.node = node
-                backend.settings = settings
+                backend.settings = entry.health
+                backend.request_timeout = entry.timeouts.request
+                backend.idle_timeout = entry.timeouts.idle
         removed = [b for key, b in self.by_key.items() if key not in wanted and not b.removed]
         for backend in removed:
             backend.removed = True

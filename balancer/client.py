@@ -396,9 +396,16 @@ class ClientConnection(asyncio.Protocol):
             # instance once its body is whole.
             execute.activate()
             return
-        target = request.alias.name if request.alias else request.node.name if request.node else ""
-        kind = "alias" if request.alias else "node"
-        self.answer(request, 503, f"no Healthy instance serves {kind} {target!r}")
+        alias, node = request.alias, request.node
+        target = alias.name if alias else node.name if node else ""
+        kind = "alias" if alias else "node"
+        message = f"no Healthy instance serves {kind} {target!r}"
+        suspended = [n.name for n in alias.nodes if n.suspended] if alias else []
+        if alias is None and node is not None and node.suspended:
+            message = f"node {target!r} is suspended"
+        elif suspended:
+            message += f" (suspended: {', '.join(suspended)})"
+        self.answer(request, 503, message)
         self.finish_local(request)
 
     def retry_elsewhere(self, request: Request, failed: Backend) -> bool:

@@ -102,13 +102,16 @@ def status_document(source: ControlSource) -> dict[str, Any]:
                 )
             else:
                 instances.append(_instance(backend))
-        status = statuses[name] = node_status(members.values(), entry.min_healthy)
+        status = statuses[name] = (
+            "Suspended" if entry.suspended else node_status(members.values(), entry.min_healthy)
+        )
         nodes.append(
             {
                 "name": name,
                 "status": status,
                 "minHealthy": entry.min_healthy,
                 "access": _access(entry.access),
+                "timeouts": {"request": entry.timeouts.request, "idle": entry.timeouts.idle},
                 "instances": instances,
             }
         )

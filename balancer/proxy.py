@@ -4,7 +4,9 @@ A client connection parses requests with httptools, picks an instance from the R
 once at the request's start, and forwards over a kept-alive upstream connection from that
 instance's pool, writing each upstream read straight back to the client. There is no task,
 no future and no timer per request when a pooled connection is at hand: timeouts are enforced
-by one sweep a second over the open connections (`Proxy.sweep`).
+by one sweep a second over the open connections (`Proxy.sweep`): each node's request and idle
+timeouts (from the routing table, copied onto its Backends at each swap) and the balancer's
+own read and client idle timeouts.
 
 Request flow, one exchange at a time per client connection (pipelined requests queue):
   on_headers_complete -> route -> pick a Backend -> pooled or new UpstreamConnection
@@ -43,8 +45,8 @@ class ProxySettings:
 
     max_body: int = MAX_BODY
     connect_timeout: float = 5.0
-    read_timeout: float = 60.0  # for the response head, and between reads of its body
-    idle_timeout: float = 60.0  # kept-alive connections, to clients and to instances
+    read_timeout: float = 60.0  # silence from an instance: before the head, between reads
+    idle_timeout: float = 60.0  # kept-alive client connections (instances: each node's own)
     access_log: bool = False
 
 

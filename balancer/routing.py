@@ -20,13 +20,20 @@ AFFINITY_LIMIT = 100_000  # remembered session keys per balancer; the oldest are
 class NodeRoute:
     """A node's instances; picks the Healthy one with the fewest requests in flight."""
 
-    __slots__ = ("access", "backends", "cursor", "name")
+    __slots__ = ("access", "backends", "cursor", "name", "suspended")
 
-    def __init__(self, name: str, backends: list[Backend], access: Guard | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        backends: list[Backend],
+        access: Guard | None = None,
+        suspended: bool = False,
+    ) -> None:
         self.name = name
         self.backends = backends
         self.cursor = 0
         self.access = access  # None: public, called directly without a key
+        self.suspended = suspended  # then it has no backends: only the 503's message says why
 
     def has_healthy(self) -> bool:
         # A loop, not any(): this runs per request and a generator costs more.
@@ -114,7 +121,7 @@ class Router:
                 for e in entry.endpoints
                 if (e.instance, e.host, e.port) in backends.by_key
             ]
-            self.nodes[name] = NodeRoute(name, members, guards.nodes.get(name))
+            self.nodes[name] = NodeRoute(name, members, guards.nodes.get(name), entry.suspended)
         self.aliases: dict[str, AliasRoute] = {}
         for name, alias in table.aliases.items():
             pairs = [(self.nodes[n], w) for n, w in alias.targets if n in self.nodes]

@@ -70,12 +70,29 @@ class AccessRule:
 
 
 @dataclass(frozen=True)
+class Timeouts:
+    """How long the balancer waits on a node's instances, in seconds (the spec's `endpoint`)."""
+
+    request: float = 15.0  # one whole exchange: from the request sent to the response's end
+    idle: float = 15.0  # a kept-alive connection to an instance with no request on it
+
+
+DEFAULT_TIMEOUTS = Timeouts()
+
+
+@dataclass(frozen=True)
 class NodeEntry:
-    """A node's instances in rotation and the settings that judge them."""
+    """A node's instances in rotation and the settings that judge them.
+
+    A suspended node keeps its entry with no endpoints: its aliases route around it, and a
+    request for it alone is answered 503.
+    """
 
     endpoints: tuple[Endpoint, ...]
     min_healthy: int
     health: HealthSettings
+    timeouts: Timeouts = DEFAULT_TIMEOUTS
+    suspended: bool = False
     access: AccessRule | None = None  # None: public
 
 
@@ -111,6 +128,8 @@ class RoutingTable:
                 ],
                 "minHealthy": entry.min_healthy,
                 "health": health_to_json(entry.health),
+                "timeouts": {"request": entry.timeouts.request, "idle": entry.timeouts.idle},
+                "suspended": entry.suspended,
             }
             if entry.access is not None:
                 nodes[name]["access"] = access_to_json(entry.access)
@@ -144,6 +163,8 @@ class RoutingTable:
                     ),
                     min_healthy=int(entry["minHealthy"]),
                     health=HealthSettings(**_health_fields(entry["health"])),
+                    timeouts=_timeouts(entry.get("timeouts")),
+                    suspended=bool(entry.get("suspended", False)),
                     access=access_from_json(entry.get("access")),
                 )
                 for name, entry in data["nodes"].items()
@@ -198,6 +219,19 @@ def _sha256_hex(value: Any) -> str:
     if len(text) != 64 or any(c not in "0123456789abcdef" for c in text):
         raise ValueError("an access key's sha256 is not 64 hex digits")
     return text
+
+
+def _timeouts(data: Any) -> Timeouts:
+    """A node's timeouts; a table written before they existed has none, and gets defaults."""
+    defaults = DEFAULT_TIMEOUTS
+    if data is None:
+        return defaults
+    timeouts = Timeouts(
+        float(data.get("request", defaults.request)), float(data.get("idle", defaults.idle))
+    )
+    if not (timeouts.request > 0 and timeouts.idle > 0):
+        raise TableError(f"malformed routing table: timeouts must be above 0, got {data}")
+    return timeouts
 
 
 def _optional_lower(value: Any) -> str | None:

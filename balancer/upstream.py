@@ -32,7 +32,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.chunk_out = False
         self.until_close = False
         self.out: list[bytes] = []  # response bytes for the client, written once per read
-        self.deadline_from = 0.0
+        # From now, not 0, so that a sweep between connecting and sending finds no deadline
+        # passed. deadline_from: the last sign of life, for the read timeout; sent_at: when
+        # the request was sent whole, for the node's request timeout.
+        self.deadline_from = self.sent_at = proxy.loop.time()
         self.idle_since = 0.0
 
     async def connect(self, request: Request) -> None:
@@ -91,7 +94,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.write(request.head)
         if request.complete:
             self.sending = None  # request_sent(), inlined: this is the common case
-            self.deadline_from = now
+            self.deadline_from = self.sent_at = now
 
     def write(self, data: bytes) -> None:
         if not self.closed:
@@ -99,7 +102,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def request_sent(self) -> None:
         self.sending = None
-        self.deadline_from = self.proxy.loop.time()
+        self.deadline_from = self.sent_at = self.proxy.loop.time()
 
     # -- asyncio.Protocol -----------------------------------------------------------------
 
@@ -324,29 +327,35 @@ class UpstreamConnection(asyncio.Protocol):
         self.proxy.release(backend)
 
     def check_deadline(self, now: float, settings: ProxySettings) -> None:
+        """Enforce the timeouts (the sweep's once-a-second call): the node's idle timeout on
+        a pooled connection; on an exchange, the node's request timeout from the request's
+        end to the response's, and the balancer's read timeout on silence between reads."""
         request = self.request
+        backend = self.backend
         if request is None:
-            if self in self.backend.idle and now - self.idle_since > settings.idle_timeout:
+            if self in backend.idle and now - self.idle_since > backend.idle_timeout:
                 self.close()
             return
         if self.sending is not None:
             return  # still receiving the request body from the client
-        if now - self.deadline_from <= settings.read_timeout:
+        if now - self.sent_at > backend.request_timeout:
+            limit, what = backend.request_timeout, "the node's request timeout"
+        elif now - self.deadline_from > settings.read_timeout:
+            limit, what = settings.read_timeout, "the balancer's read timeout"
+        else:
             return
         if self.response_started:
-            self.fail(f"{self.backend.instance} stopped sending its response")
+            self.fail(f"{backend.instance} did not finish its response within {limit:g}s ({what})")
             return
         self.request = None
         self.close()
-        backend = self.backend
         self.proxy.release(backend)
         client = client_of(request)
         if client is not None:
             client.respond_failure(
                 request,
                 504,
-                f"{backend.node}: {backend.instance} did not answer within "
-                f"{settings.read_timeout:g}s",
+                f"{backend.node}: {backend.instance} did not answer within {limit:g}s ({what})",
             )
 
     def pause_reading(self) -> None:

@@ -18,7 +18,6 @@ from enum import StrEnum
 from types import MappingProxyType
 
 from balancer.table import (
-    AccessRule,
     AliasEntry,
     Endpoint,
     HealthSettings,
@@ -79,10 +78,6 @@ class ApplyOptions:
     stop_grace: float = 5.0  # for the instance itself to exit after SIGTERM
 
 
-# A node's published settings: its minimum, its health check, and who may call it.
-_NodeSettings = tuple[int, HealthSettings, AccessRule | None]
-
-
 class _Published:
     """The routing table apply is building up, published whole on every change."""
 
@@ -107,10 +102,8 @@ class _Published:
             ]
             for node, entry in table.nodes.items()
         }
-        self.settings: dict[str, _NodeSettings] = {
-            node: (entry.min_healthy, entry.health, entry.access)
-            for node, entry in table.nodes.items()
-        }
+        # Each node's entry as last published; its endpoints come from rotation instead.
+        self.settings: dict[str, NodeEntry] = dict(table.nodes)
         for node, instances in live.by_node.items():
             if node not in self.rotation:
                 self.rotation[node] = [_endpoint(i) for i in instances if i.alive and i.port]
@@ -119,17 +112,25 @@ class _Published:
         self.removed_at: dict[str, int] = {}
         self.written = {e.instance for entry in table.nodes.values() for e in entry.endpoints}
 
-    def settings_for(self, node: str) -> _NodeSettings:
+    def settings_for(self, node: str) -> NodeEntry:
+        """The node's entry as the spec wants it (endpoints aside)."""
         want = self.desired.nodes.get(node)
         if want is not None:
-            return want.min_healthy, want.health, want.access
-        return self.settings.get(node, (1, HealthSettings(), None))
+            return NodeEntry(
+                (),
+                want.min_healthy,
+                want.health,
+                timeouts=want.timeouts,
+                suspended=want.suspended,
+                access=want.access,
+            )
+        return self.settings.get(node, NodeEntry((), 1, HealthSettings()))
 
     def write(self, path_table: StateDir) -> int:
         self.generation += 1
         nodes = {
-            node: NodeEntry(tuple(endpoints), *(self.settings.get(node) or self.settings_for(node)))
-            for node, endpoints in sorted(self.rotation.items())
+            node: replace(self.settings.get(node) or self.settings_for(node), endpoints=tuple(eps))
+            for node, eps in sorted(self.rotation.items())
         }
         aliases = dict(sorted(self.aliases.items()))
         table = RoutingTable(self.generation, MappingProxyType(nodes), MappingProxyType(aliases))
@@ -174,7 +175,8 @@ class Applier:
         self.options = options or ApplyOptions()
         self.on_result = on_result
         self.project = plan.project
-        self.created: dict[tuple[str, int], LiveInstance] = {}
+        self.created: dict[tuple[str, int], LiveInstance] = {}  # created or started again
+        self.restarted: set[str] = set()  # instances a resume started (rather than created)
         self.published = _Published(live, desired, on_publish)
 
     def run(self) -> ApplyReport:
@@ -235,12 +237,16 @@ class Applier:
             return self._build(step)
         if step.step is Step.CREATE:
             return self._create(step)
+        if step.step is Step.START:
+            return self._start(step)
         if step.step is Step.WAIT:
             return self._wait(step)
         if step.step is Step.PUBLISH:
             return self._publish(step)
         if step.step is Step.DRAIN:
             return self._drain(step.instance or "")
+        if step.step is Step.STOP:  # suspended: drained and stopped, the container kept
+            return self._drain(step.instance or "") + ", kept for resume"
         self.runtime.remove_instance(self.project, step.instance or "")
         return f"{step.instance} removed"
 
@@ -309,6 +315,12 @@ class Applier:
         self.created[(node.name, step.instance_index or 0)] = instance
         return f"{instance.name} started, published on {LOOPBACK}:{instance.port}"
 
+    def _start(self, step: PlanStep) -> str:
+        instance = self.runtime.start_instance(self.project, step.instance or "")
+        self.created[(step.node or "", step.instance_index or 0)] = instance
+        self.restarted.add(instance.name)
+        return f"{instance.name} started again, published on {LOOPBACK}:{instance.port}"
+
     def _wait(self, step: PlanStep) -> str:
         node = self.desired.nodes[step.node or ""]
         instance = self.created[(node.name, step.instance_index or 0)]
@@ -316,8 +328,12 @@ class Applier:
         try:
             return self._wait_healthy(instance, health)
         except RuntimeFailure:
-            # It never took traffic: removing it keeps the node as it was before this apply.
-            self.runtime.remove_instance(self.project, instance.name)
+            # It never took traffic: removing it (stopping it again, when a resume started
+            # it) keeps the node as it was before this apply.
+            if instance.name in self.restarted:
+                self.runtime.stop_instance(self.project, instance.name, self.options.stop_grace)
+            else:
+                self.runtime.remove_instance(self.project, instance.name)
             raise
 
     def _wait_healthy(self, instance: LiveInstance, health: HealthSettings) -> str:
@@ -395,9 +411,13 @@ class Applier:
                 ]
                 what = f"{step.instance} out of rotation"
             elif step.node is not None and step.node in self.desired.nodes:
-                table.rotation.setdefault(step.node, [])
-                table.settings[step.node] = table.settings_for(step.node)
-                what = f"node {step.node} settings"
+                table.settings[step.node] = entry = table.settings_for(step.node)
+                if entry.suspended:  # out of rotation: its aliases route around it
+                    table.rotation[step.node] = []
+                    what = f"node {step.node} suspended, its instances out of rotation"
+                else:
+                    table.rotation.setdefault(step.node, [])
+                    what = f"node {step.node} settings"
             else:
                 table.rotation.pop(step.node or "", None)
                 table.settings.pop(step.node or "", None)

@@ -81,8 +81,20 @@ def _parser() -> argparse.ArgumentParser:
         )
         sub.add_argument("--access-log", action="store_true", help="one JSON line per request")
         sub.add_argument("--connect-timeout", type=float, default=5.0, metavar="SECONDS")
-        sub.add_argument("--read-timeout", type=float, default=60.0, metavar="SECONDS")
-        sub.add_argument("--idle-timeout", type=float, default=60.0, metavar="SECONDS")
+        sub.add_argument(
+            "--read-timeout",
+            type=float,
+            default=60.0,
+            metavar="SECONDS",
+            help="silence from an instance (each node's endpoint.timeout bounds a whole request)",
+        )
+        sub.add_argument(
+            "--idle-timeout",
+            type=float,
+            default=60.0,
+            metavar="SECONDS",
+            help="idle client connections (each node's endpoint.idleTimeout: its instances')",
+        )
 
     sub = command("validate", "Check the spec and report every error with its position.")
     sub.add_argument("path", nargs="?", default=".", type=Path)
@@ -252,7 +264,13 @@ def _status(args: argparse.Namespace) -> int:
         return EXIT_OK
     for node in view.nodes:
         healthy = sum(1 for i in node.instances if i.status == "Healthy")
-        print(f"node {node.name}: {node.status} ({healthy} Healthy, minimum {node.min_healthy})")
+        if node.status == workflow.SUSPENDED:
+            stopped = sum(1 for i in node.instances if i.status == workflow.SUSPENDED)
+            print(f"node {node.name}: Suspended ({stopped} stopped, kept for resume)")
+        else:
+            print(
+                f"node {node.name}: {node.status} ({healthy} Healthy, minimum {node.min_healthy})"
+            )
         for i in node.instances:
             address = f"127.0.0.1:{i.port}" if i.port else "-"
             print(f"  {i.index:>3}  {i.status:<10} {address:<16} {i.name or '-'}  {i.detail}")

@@ -9,8 +9,8 @@ from enum import StrEnum
 from functools import cached_property
 from typing import Any
 
-from balancer.table import AccessRule, AliasEntry, NodeEntry, health_to_json
-from gitops_nodes.live import LiveInstance, LiveState
+from balancer.table import AccessRule, AliasEntry, NodeEntry, Timeouts, health_to_json
+from gitops_nodes.live import STARTABLE, LiveInstance, LiveState
 from gitops_nodes.spec.hashing import InstanceConfig
 from gitops_nodes.spec.state import BuildRequest, DesiredAlias, DesiredNode, DesiredState
 
@@ -22,6 +22,22 @@ class Action(StrEnum):
     UPDATE = "~"
     DELETE = "-"
     REPLACE = "-/+"
+    # Instances only: stopped and kept while their node is suspended, started on resume.
+    SUSPEND = "suspend"
+    RESUME = "resume"
+
+
+class Transition(StrEnum):
+    """A node going into or out of suspension."""
+
+    SUSPEND = "suspend"
+    RESUME = "resume"
+
+
+_TRANSITION_REASONS = {
+    Transition.SUSPEND: "suspended: its instances stop; its image and definition are kept",
+    Transition.RESUME: "resumed: its stopped instances start again",
+}
 
 
 @dataclass(frozen=True)
@@ -36,12 +52,16 @@ class FieldChange:
 
 @dataclass(frozen=True)
 class InstanceChange:
-    """A new instance at an index (+), one that replaces `old` (-/+), or `old` removed (-)."""
+    """A new instance at an index (+), one that replaces `old` (-/+), `old` removed (-),
+    stopped and kept (suspend), or started again (resume)."""
 
     index: int
     action: Action
     old: str | None
     reason: str
+    # A replacement whose old instance serves until then: plan batches these by the node's
+    # maintenance limit. Replacing one that does not serve (exited, dead) takes nothing out.
+    in_service: bool = False
 
 
 @dataclass(frozen=True)
@@ -56,6 +76,8 @@ class NodeChange:
     instances: tuple[InstanceChange, ...]
     build: BuildRequest | None
     publish_settings: bool  # its minimum or health check must be (re)published
+    maintenance_limit: int = 1  # in-service instances replaced at once
+    transition: Transition | None = None  # going into or out of suspension
 
     @cached_property
     def fields(self) -> tuple[FieldChange, ...]:
@@ -159,6 +181,8 @@ def node_fields(
     min_healthy: int | None,
     health: dict[str, Any] | None,
     access: AccessRule | None = None,
+    timeouts: Timeouts | None = None,
+    suspended: bool | None = None,
 ) -> dict[str, Any]:
     """A node flattened to dotted fields, the way plan shows them."""
     fields: dict[str, Any] = {}
@@ -177,6 +201,11 @@ def node_fields(
     for key, value in (health or {}).items():
         fields[f"healthCheck.{key}"] = value
     fields.update(access_fields(access))
+    if timeouts is not None:
+        fields["endpoint.timeout"] = timeouts.request
+        fields["endpoint.idleTimeout"] = timeouts.idle
+    if suspended is not None:
+        fields["suspended"] = suspended
     return fields
 
 
@@ -200,14 +229,18 @@ def _diff_node(
     if want is not None and _unchanged(want, have, published):
         return None  # the common case at scale: skip building field lists for nothing
     live_config = _current_config(have)
-    alive_count = sum(1 for i in have if i.alive)
+    was_suspended = published is not None and published.suspended
+    # A suspended node's stopped instances are still its instances.
+    count = len(have) if was_suspended else sum(1 for i in have if i.alive)
     published_health = _published_health(published)
     before = node_fields(
         live_config,
-        alive_count if have or published else None,
+        count if have or published else None,
         published.min_healthy if published else None,
         published_health,
-        published.access if published else None,
+        access=published.access if published else None,
+        timeouts=published.timeouts if published else None,
+        suspended=published.suspended if published else None,
     )
     if want is None:
         removals = tuple(
@@ -226,9 +259,27 @@ def _diff_node(
         )
 
     after = node_fields(
-        want.config, want.instances, want.min_healthy, health_to_json(want.health), want.access
+        want.config,
+        want.instances,
+        want.min_healthy,
+        health_to_json(want.health),
+        access=want.access,
+        timeouts=want.timeouts,
+        suspended=want.suspended,
     )
     if not have and published is None:
+        if want.suspended:  # published for its aliases to see; instances come on resume
+            return NodeChange(
+                want.name,
+                Action.CREATE,
+                "not in the live state; suspended, so no instance starts",
+                {},
+                after,
+                (),
+                None,
+                True,
+                want.maintenance_limit,
+            )
         creations = tuple(
             InstanceChange(i, Action.CREATE, None, "new node") for i in range(want.instances)
         )
@@ -241,31 +292,40 @@ def _diff_node(
             creations,
             _build_needed(want, live),
             True,
+            want.maintenance_limit,
         )
 
-    instances = _diff_instances(want, have)
-    moved = _moved(have, published)
+    if want.suspended:
+        instances = _suspended_instances(want, have)
+        moved = False
+    else:
+        instances = _diff_instances(want, have, resuming=was_suspended)
+        moved = _moved(have, published)
     access_changed = published is not None and published.access != want.access
-    publish_settings = (
-        published is None
-        or published.min_healthy != want.min_healthy
-        or published.health != want.health
-        or access_changed
-        or moved
-    )
+    publish_settings = published is None or not _same_settings(want, published) or moved
     if not instances and not publish_settings:
         return None
-    spec_changed = any(i.alive and i.spec_hash != want.spec_hash for i in have)
+    transition = None
+    if want.suspended and (not was_suspended or any(i.action is Action.SUSPEND for i in instances)):
+        transition = Transition.SUSPEND
+    elif was_suspended and not want.suspended:
+        transition = Transition.RESUME
+    spec_changed = not want.suspended and any(
+        i.alive and i.spec_hash != want.spec_hash for i in have
+    )
     if spec_changed:
         action, reason = Action.REPLACE, "its instances' spec changed"
     else:
         action = Action.UPDATE
-        reasons = {i.reason for i in instances} | (
-            {"its instances' ports moved"} if moved else set()
+        reasons = sorted(
+            {i.reason for i in instances if i.action not in (Action.SUSPEND, Action.RESUME)}
+            | ({"its instances' ports moved"} if moved else set())
         )
         if access_changed:
-            reasons.add("its access changed")
-        reason = "; ".join(sorted(reasons)) or "its settings changed"
+            reasons.append("its access changed")
+        if transition is not None:
+            reasons.insert(0, _TRANSITION_REASONS[transition])
+        reason = "; ".join(reasons) or "its settings changed"
     needs_new = any(i.action in (Action.CREATE, Action.REPLACE) for i in instances)
     return NodeChange(
         want.name,
@@ -276,18 +336,31 @@ def _diff_node(
         instances,
         _build_needed(want, live) if needs_new else None,
         publish_settings,
+        want.maintenance_limit,
+        transition,
+    )
+
+
+def _same_settings(want: DesiredNode, published: NodeEntry) -> bool:
+    """Whether the table already carries what the spec says of the node beyond its instances."""
+    return (
+        published.min_healthy == want.min_healthy
+        and published.health == want.health
+        and published.timeouts == want.timeouts
+        and published.suspended == want.suspended
+        and published.access == want.access
     )
 
 
 def _unchanged(
     want: DesiredNode, have: tuple[LiveInstance, ...], published: NodeEntry | None
 ) -> bool:
+    if published is None or not _same_settings(want, published):
+        return False
+    if want.suspended:
+        return not _suspended_instances(want, have)
     return (
-        published is not None
-        and published.min_healthy == want.min_healthy
-        and published.health == want.health
-        and published.access == want.access
-        and len(have) == want.instances
+        len(have) == want.instances
         and all(
             i.index == position and i.alive and i.spec_hash == want.spec_hash
             for position, i in enumerate(have)
@@ -307,10 +380,40 @@ def _moved(have: tuple[LiveInstance, ...], published: NodeEntry | None) -> bool:
     )
 
 
-def _diff_instances(
+def _suspended_instances(
     want: DesiredNode, have: tuple[LiveInstance, ...]
 ) -> tuple[InstanceChange, ...]:
-    """Which instances to keep, create, replace or remove, index by index."""
+    """A suspended node keeps exactly its stopped instances of the current spec: the running
+    ones are stopped and kept, the others (an older spec, beyond `instances`, not startable)
+    removed; resume creates whatever is then missing. Nothing is created while suspended."""
+    changes: list[InstanceChange] = []
+    kept: set[int] = set()
+    for instance in have:
+        index = instance.index
+        if index >= want.instances:
+            reason = f"scaled down to {want.instances}"
+        elif instance.spec_hash != want.spec_hash:
+            reason = "spec changed while suspended: created anew on resume"
+        elif index in kept:
+            reason = f"a second instance {index}"
+        elif not (instance.alive or instance.state in STARTABLE):
+            reason = f"instance {index} is {instance.state}: created anew on resume"
+        else:
+            kept.add(index)
+            if instance.alive:
+                changes.append(
+                    InstanceChange(index, Action.SUSPEND, instance.name, "its node is suspended")
+                )
+            continue
+        changes.append(InstanceChange(index, Action.DELETE, instance.name, reason))
+    return tuple(changes)
+
+
+def _diff_instances(
+    want: DesiredNode, have: tuple[LiveInstance, ...], resuming: bool = False
+) -> tuple[InstanceChange, ...]:
+    """Which instances to keep, create, replace or remove, index by index; when the node
+    resumes, which stopped ones to start again rather than replace."""
     changes: list[InstanceChange] = []
     used: set[str] = set()
     for index in range(want.instances):
@@ -318,6 +421,15 @@ def _diff_instances(
         keep = next((i for i in at_index if i.alive and i.spec_hash == want.spec_hash), None)
         if keep is not None:
             used.add(keep.name)
+            continue
+        stopped = next(
+            (i for i in at_index if i.state in STARTABLE and i.spec_hash == want.spec_hash), None
+        )
+        if resuming and stopped is not None:
+            used.add(stopped.name)
+            changes.append(
+                InstanceChange(index, Action.RESUME, stopped.name, f"instance {index} starts again")
+            )
             continue
         stale = next((i for i in at_index if i.alive), None) or next(iter(at_index), None)
         if stale is None:
@@ -327,7 +439,7 @@ def _diff_instances(
             continue
         used.add(stale.name)
         reason = "spec changed" if stale.alive else f"instance {index} is {stale.state}"
-        changes.append(InstanceChange(index, Action.REPLACE, stale.name, reason))
+        changes.append(InstanceChange(index, Action.REPLACE, stale.name, reason, stale.alive))
     for instance in have:
         if instance.name in used:
             continue

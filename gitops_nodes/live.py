@@ -11,6 +11,7 @@ from balancer.table import RoutingTable
 from gitops_nodes.spec.hashing import InstanceConfig
 
 ALIVE_STATES = frozenset({"created", "running", "restarting"})
+STARTABLE = frozenset({"exited"})  # a stopped container that starts again as it was
 
 
 @dataclass(frozen=True)
@@ -57,12 +58,22 @@ class LiveState:
     def digest(self) -> str:
         """A digest of what plan reads from the live state, to notice that it changed."""
         # repr of sorted tuples of plain values: stable, and cheap at thousands of instances.
-        instances = sorted((i.name, i.node, i.index, i.spec_hash, i.alive) for i in self.instances)
+        instances = sorted(
+            (i.name, i.node, i.index, i.spec_hash, i.alive, i.state in STARTABLE)
+            for i in self.instances
+        )
         table = self.table
         published = (
             (
                 sorted(
-                    (name, entry.endpoints, entry.min_healthy, entry.health)
+                    (
+                        name,
+                        entry.endpoints,
+                        entry.min_healthy,
+                        entry.health,
+                        entry.timeouts,
+                        entry.suspended,
+                    )
                     for name, entry in table.nodes.items()
                 ),
                 sorted((name, entry.targets) for name, entry in table.aliases.items()),

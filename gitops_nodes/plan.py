@@ -3,9 +3,18 @@
 Ordering is the safety story, so it lives here, where tests can read it without Docker:
 - make before break: an instance is created and Healthy before it is published, and an old
   one is unpublished and drained before it is removed;
-- a node's instances are replaced one at a time, so it never drops below its minimum;
+- a node's serving instances are replaced in batches of at most its `maintenanceLimit` (1 by
+  default): every new instance of a batch is Healthy and published before the one it replaces
+  is drained and removed, and the next batch starts once the whole batch is done. So a node
+  never serves with fewer instances than it had (never below `minHealthy`, when it met it):
+  the limit bounds the extra containers (at most instances + limit exist at once) and how many
+  instances lose their in-memory state at once, never the capacity that serves. Instances
+  that do not serve (exited, dead) are replaced at once: taking them out costs nothing;
 - an alias that gains a node is published only after that node's instances are published;
-- an alias that drops a node is published before that node is unpublished and removed.
+- an alias that drops a node is published before that node is unpublished and removed;
+- suspending a node publishes it without instances first (its aliases route around it), then
+  drains and stops each instance, keeping the containers; resuming starts them all at once
+  (none serves, so there is nothing to keep up) and publishes each as it becomes Healthy.
 """
 
 from __future__ import annotations
@@ -18,7 +27,7 @@ from typing import Any, NamedTuple
 
 import networkx as nx
 
-from gitops_nodes.diff import Action, AliasChange, Diff, NodeChange, diff
+from gitops_nodes.diff import Action, AliasChange, Diff, InstanceChange, NodeChange, diff
 from gitops_nodes.gcpause import gc_paused
 from gitops_nodes.live import LiveState
 from gitops_nodes.spec.state import DesiredState
@@ -31,9 +40,11 @@ class Step(StrEnum):
 
     BUILD = "build"
     CREATE = "create"
+    START = "start"  # a stopped instance, when its node resumes
     WAIT = "wait"
     PUBLISH = "publish"
     DRAIN = "drain"
+    STOP = "stop"  # drain, then stop and keep, when its node is suspended
     REMOVE = "remove"
 
 
@@ -43,6 +54,7 @@ _STEP_KEYS = (
     ("instance", "instance"),
     ("alias", "alias"),
     ("image", "image"),
+    ("batch", "batch"),
 )
 
 
@@ -52,8 +64,9 @@ class PlanStep(NamedTuple):
     publish with alias: route the alias as the spec says (or drop it);
     publish with node and instance_index: put the instance created at index in rotation, taking
     `instance` (the one it replaces, if any) out; publish with node and instance only: take
-    that instance out of rotation; publish with node alone: publish the node's settings, or
-    drop the node when the spec no longer has it.
+    that instance out of rotation; publish with node alone: publish the node's settings (with
+    no instances when it is suspended), or drop the node when the spec no longer has it.
+    `batch` numbers (from 1) the maintenance batch a replacement's steps belong to.
 
     A named tuple rather than a frozen dataclass: plans of tens of thousands of steps are
     built on every reconcile, and a tuple is several times cheaper to make.
@@ -66,6 +79,7 @@ class PlanStep(NamedTuple):
     instance: str | None = None
     alias: str | None = None
     image: str | None = None
+    batch: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"id": self.id, "step": self.step.value}
@@ -182,50 +196,89 @@ class _Builder:
             drop = self.add(PlanStep(f"publish node {name} (drop)", Step.PUBLISH, node=name))
             self.node_unpublish[name] = drop
             for instance in change.instances:
-                self._retire(name, instance.old or "", drop)
+                self._retire(name, instance.old or "", drop, None)
+            return
+        published: list[str] = []
+        self.node_published[name] = published
+        if change.after.get("suspended") and change.instances:
+            # Out of every balancer's rotation first, then each instance drained and stopped
+            # (kept for resume) or, when it is not worth keeping, removed.
+            out = self.add(PlanStep(f"publish node {name} (suspended)", Step.PUBLISH, node=name))
+            for instance in change.instances:
+                old = instance.old or ""
+                if instance.action is Action.SUSPEND:
+                    self.add(PlanStep(f"stop {old}", Step.STOP, node=name, instance=old), out)
+                else:
+                    self._retire(name, old, out, None)
             return
         build = None
         if change.build is not None:
             tag = change.build.tag
             build = self.add(PlanStep(f"build {tag}", Step.BUILD, image=tag))
-        published: list[str] = []
-        previous_replacement: str | None = None
         for instance in change.instances:
             if instance.action is Action.CREATE:
-                published.append(self._bring_up(name, instance.index, None, build, None))
-            elif instance.action is Action.REPLACE:
-                put = self._bring_up(
-                    name, instance.index, instance.old, build, previous_replacement
-                )
+                published.append(self._bring_up(name, instance.index, None, None, build))
+            elif instance.action is Action.RESUME:
+                published.append(self._start(name, instance.index, instance.old or ""))
+            elif instance.action is Action.REPLACE and not instance.in_service:
+                put = self._bring_up(name, instance.index, instance.old, None, build)
                 published.append(put)
-                previous_replacement = self._retire(name, instance.old or "", put)
-            else:
+                self._retire(name, instance.old or "", put, None)
+            elif instance.action is Action.DELETE:
                 old = instance.old or ""
                 out = self.add(
                     PlanStep(f"publish {name} without {old}", Step.PUBLISH, node=name, instance=old)
                 )
-                self._retire(name, old, out)
+                self._retire(name, old, out, None)
+        previous: list[str] = []  # the removes of the batch before: the next one waits for all
+        for number, batch in enumerate(maintenance_batches(change), start=1):
+            removes = []
+            for instance in batch:
+                old = instance.old or ""
+                put = self._bring_up(name, instance.index, old, number, build, *previous)
+                published.append(put)
+                removes.append(self._retire(name, old, put, number))
+            previous = removes
         if change.publish_settings and not published:
-            self.add(PlanStep(f"publish node {name}", Step.PUBLISH, node=name))
-        self.node_published[name] = published
+            # (An alias gaining the node, a suspended one say, then waits for its entry.)
+            published.append(self.add(PlanStep(f"publish node {name}", Step.PUBLISH, node=name)))
 
-    def _bring_up(self, node: str, index: int, old: str | None, *after: str | None) -> str:
+    def _bring_up(
+        self, node: str, index: int, old: str | None, batch: int | None, *after: str | None
+    ) -> str:
         key = f"{node}/{index}"
         create = self.add(
-            PlanStep(f"create {key}", Step.CREATE, node=node, instance_index=index), *after
+            PlanStep(f"create {key}", Step.CREATE, node=node, instance_index=index, batch=batch),
+            *after,
         )
-        wait = self.add(PlanStep(f"wait {key}", Step.WAIT, node=node, instance_index=index), create)
+        wait = self.add(
+            PlanStep(f"wait {key}", Step.WAIT, node=node, instance_index=index, batch=batch),
+            create,
+        )
         label = f"publish {key}" + (f" replacing {old}" if old else "")
+        step = PlanStep(
+            label, Step.PUBLISH, node=node, instance_index=index, instance=old, batch=batch
+        )
+        return self.add(step, wait)
+
+    def _start(self, node: str, index: int, instance: str) -> str:
+        key = f"{node}/{index}"
+        start = self.add(
+            PlanStep(f"start {key}", Step.START, node=node, instance_index=index, instance=instance)
+        )
+        wait = self.add(PlanStep(f"wait {key}", Step.WAIT, node=node, instance_index=index), start)
         return self.add(
-            PlanStep(label, Step.PUBLISH, node=node, instance_index=index, instance=old), wait
+            PlanStep(f"publish {key}", Step.PUBLISH, node=node, instance_index=index), wait
         )
 
-    def _retire(self, node: str, instance: str, after: str) -> str:
+    def _retire(self, node: str, instance: str, after: str, batch: int | None) -> str:
         drain = self.add(
-            PlanStep(f"drain {instance}", Step.DRAIN, node=node, instance=instance), after
+            PlanStep(f"drain {instance}", Step.DRAIN, node=node, instance=instance, batch=batch),
+            after,
         )
         return self.add(
-            PlanStep(f"remove {instance}", Step.REMOVE, node=node, instance=instance), drain
+            PlanStep(f"remove {instance}", Step.REMOVE, node=node, instance=instance, batch=batch),
+            drain,
         )
 
     def _alias(self, change: AliasChange) -> None:
@@ -245,6 +298,14 @@ class _Builder:
 _STEP_ORDER = {step: position for position, step in enumerate(Step)}
 
 
+def maintenance_batches(change: NodeChange) -> list[list[InstanceChange]]:
+    """The replacements of a node's serving instances, in index order, cut into batches of
+    at most its maintenance limit: the unit apply replaces at once."""
+    serving = [i for i in change.instances if i.action is Action.REPLACE and i.in_service]
+    size = max(1, change.maintenance_limit)
+    return [serving[start : start + size] for start in range(0, len(serving), size)]
+
+
 def _fields_json(fields: Iterable[Any]) -> list[dict[str, Any]]:
     return [
         {
@@ -258,16 +319,32 @@ def _fields_json(fields: Iterable[Any]) -> list[dict[str, Any]]:
 
 
 def _node_json(change: NodeChange) -> dict[str, Any]:
+    batches = maintenance_batches(change)
+    batch_of = {i.index: number for number, batch in enumerate(batches, 1) for i in batch}
+    instances = []
+    for i in change.instances:
+        item: dict[str, Any] = {
+            "index": i.index,
+            "action": i.action.value,
+            "old": i.old,
+            "reason": i.reason,
+        }
+        if i.index in batch_of and i.in_service:
+            item["batch"] = batch_of[i.index]
+        instances.append(item)
     return {
         "kind": "Node",
         "name": change.name,
         "action": change.action.value,
         "reason": change.reason,
+        "transition": change.transition.value if change.transition else None,
         "fields": _fields_json(change.fields),
-        "instances": [
-            {"index": i.index, "action": i.action.value, "old": i.old, "reason": i.reason}
-            for i in change.instances
-        ],
+        "instances": instances,
+        "maintenance": (
+            {"limit": change.maintenance_limit, "batches": [[i.index for i in b] for b in batches]}
+            if batches
+            else None
+        ),
         "build": change.build.tag if change.build else None,
     }
 

@@ -17,6 +17,11 @@ _LEGEND = {
     "-": "  - destroy",
     "-/+": "-/+ replace (the new instances are created before the old ones are removed)",
 }
+_TRANSITION_TITLES = {"suspend": "will be suspended", "resume": "will be resumed"}
+_TRANSITION_LEGEND = {
+    "suspend": "  ~ suspend (instances stopped and kept; definition, image and aliases kept)",
+    "resume": "  ~ resume (the stopped instances start again)",
+}
 
 
 def render_text(plan: dict[str, Any]) -> str:
@@ -25,7 +30,13 @@ def render_text(plan: dict[str, Any]) -> str:
     if not changes:
         return "No changes. The live state matches the spec.\n"
     present = [glyph for glyph in _LEGEND if any(c["action"] == glyph for c in changes)]
-    lines = ["gitops-nodes uses these symbols:", *(_LEGEND[g] for g in present), ""]
+    moves = [t for t in _TRANSITION_LEGEND if any(c.get("transition") == t for c in changes)]
+    lines = [
+        "gitops-nodes uses these symbols:",
+        *(_LEGEND[g] for g in present),
+        *(_TRANSITION_LEGEND[t] for t in moves),
+        "",
+    ]
     lines.append("gitops-nodes will perform the following actions:")
     for change in changes:
         lines.append("")
@@ -42,7 +53,8 @@ def render_text(plan: dict[str, Any]) -> str:
 def _change_lines(change: dict[str, Any]) -> list[str]:
     action = change["action"]
     kind = change["kind"]
-    lines = [f"  # {kind} {change['name']} {_TITLES[action]} ({change['reason']})"]
+    title = _TRANSITION_TITLES.get(change.get("transition") or "", _TITLES[action])
+    lines = [f"  # {kind} {change['name']} {title} ({change['reason']})"]
     lines.append(f'{action:>3} {kind.lower()} "{change["name"]}" {{')
     fields = change["fields"]
     width = max((len(f["field"]) for f in fields), default=0)
@@ -50,12 +62,25 @@ def _change_lines(change: dict[str, Any]) -> list[str]:
         if action == "+" and item["after"] is None:
             continue  # unset on a new node: noise (terraform 28803)
         lines.append("      " + _field_line(action, item, width))
+    maintenance = change.get("maintenance")
+    batches = len(maintenance["batches"]) if maintenance else 0
     for instance in change.get("instances", ()):
         if action in ("+", "-"):
             continue
         old = f" {instance['old']}" if instance["old"] else ""
+        glyph = instance["action"]
+        if glyph in ("suspend", "resume"):
+            glyph = f"  ~ {glyph}"
+        batch = f" [batch {instance['batch']} of {batches}]" if "batch" in instance else ""
         lines.append(
-            f"    {instance['action']:>3} instance {instance['index']}{old} ({instance['reason']})"
+            f"    {glyph:>3} instance {instance['index']}{old} ({instance['reason']}){batch}"
+        )
+    if maintenance:
+        limit = maintenance["limit"]
+        plural = "es" if batches != 1 else ""
+        lines.append(
+            f"      # maintenanceLimit {limit}: replaced {limit} at a time, "
+            f"in {batches} batch{plural}"
         )
     if change.get("build"):
         lines.append(f"      + build image {change['build']} (no image of it exists yet)")

@@ -24,6 +24,7 @@ from gitops_nodes.spec.state import DesiredState
 from gitops_nodes.statedir import StateDir
 
 LOCK_TIMEOUT = 600.0
+SUSPENDED = "Suspended"  # a node's status (and its stopped instances') while suspended
 
 
 def project_name(path: Path) -> str:
@@ -208,9 +209,22 @@ def status(
     nodes = []
     for name in names:
         min_healthy, health = health_for(name)
+        # What apply last published decides: the spec may say so before it is applied.
+        suspended = bool(table and name in table.nodes and table.nodes[name].suspended)
         views = []
         for instance in live.by_node.get(name, ()):
             found = probes.get(instance.name)
+            if suspended and not instance.alive:
+                views.append(
+                    InstanceView(
+                        instance.index,
+                        instance.name,
+                        SUSPENDED,
+                        None,
+                        f"container is {instance.state}: its node is suspended",
+                    )
+                )
+                continue
             views.append(
                 InstanceView(
                     instance.index,
@@ -222,14 +236,16 @@ def status(
             )
         if desired and name in desired.nodes:
             present = {v.index for v in views}
+            missing = "not created yet" + (": its node is suspended" if suspended else "")
             views.extend(
-                InstanceView(index, "", "Undefined", None, "not created yet")
+                InstanceView(index, "", "Undefined", None, missing)
                 for index in range(desired.nodes[name].instances)
                 if index not in present
             )
         statuses = [v.status for v in views if v.status != "Undefined"]
         views.sort(key=lambda v: (v.index, v.name))
-        nodes.append(NodeView(name, node_status(statuses, min_healthy), min_healthy, tuple(views)))
+        status = SUSPENDED if suspended else node_status(statuses, min_healthy)
+        nodes.append(NodeView(name, status, min_healthy, tuple(views)))
     aliases = tuple(
         (name, entry.targets) for name, entry in sorted((table.aliases if table else {}).items())
     )

@@ -28,6 +28,11 @@ class Runtime(Protocol):
         """Create and start one instance; its port is published on 127.0.0.1 only."""
         ...
 
+    def start_instance(self, project: str, name: str) -> LiveInstance:
+        """Start a stopped instance again as it was (a suspended node resuming); its port
+        may be another one than before."""
+        ...
+
     def inspect_instance(self, project: str, name: str) -> LiveInstance | None:
         """The instance as it is now; None when it no longer exists."""
         ...

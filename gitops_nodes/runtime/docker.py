@@ -152,6 +152,18 @@ class DockerRuntime:
             raise RuntimeFailure(f"{name} vanished right after it was started")
         return live
 
+    def start_instance(self, project: str, name: str) -> LiveInstance:
+        if self.inspect_instance(project, name) is None:
+            raise RuntimeFailure(f"{name} is gone: it cannot be started again")
+        try:
+            self.api.start(name)
+        except ENGINE_ERRORS as exc:
+            raise engine_error(f"starting {name} again failed", exc) from exc
+        live = self.inspect_instance(project, name)
+        if live is None:
+            raise RuntimeFailure(f"{name} vanished right after it was started")
+        return live
+
     def inspect_instance(self, project: str, name: str) -> LiveInstance | None:
         try:
             data = self.api.inspect_container(name)

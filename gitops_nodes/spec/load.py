@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from balancer.table import Timeouts
 from gitops_nodes.gcpause import gc_paused
 from gitops_nodes.pynode.config import parse_config
 from gitops_nodes.pynode.errors import PyNodeError
@@ -52,6 +53,7 @@ _Loc = tuple[str | int, ...]
 _VALIDATOR_FIELD = {
     "dockerfile": "dockerfile",
     "min_healthy": "minHealthy",
+    "maintenance_limit": "maintenanceLimit",
     "min_memory": "memory",
     "node_kind": "image",
     "alias_weights": "nodes",
@@ -268,7 +270,14 @@ def _describe(error: Any, model: type[BaseModel]) -> tuple[_Loc, str, bool]:
 
 
 # Custom errors whose message shows what was written (never those of where keys are).
-_CUSTOM_WITH_INPUT = {"dns_label", "duration", "size", "env_value", "env_name"}
+_CUSTOM_WITH_INPUT = {
+    "dns_label",
+    "duration",
+    "positive_duration",
+    "size",
+    "env_value",
+    "env_name",
+}
 
 
 def _show(value: object) -> str:
@@ -419,6 +428,9 @@ def _resolve_node(root: Path, document: NodeDocument, source: Source) -> Desired
         health_check=spec.health_check,
         build=build,
         source=source,
+        timeouts=Timeouts(spec.endpoint.timeout, spec.endpoint.idle_timeout),
+        maintenance_limit=spec.maintenance_limit,
+        suspended=spec.suspended,
     )
 
 

@@ -55,6 +55,13 @@ def parse_duration(value: Any) -> float:
     raise PydanticCustomError("duration", "expected a duration such as 500ms, 2s, 1m or 1m30s")
 
 
+def _positive_duration(value: Any) -> float:
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise PydanticCustomError("positive_duration", "expected a duration above 0 such as 15s")
+    return seconds
+
+
 def parse_size(value: Any) -> int:
     """Bytes from a plain integer or '512Mi', '1Gi', '300M', '64k'."""
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
@@ -164,6 +171,11 @@ Duration = Annotated[
     PlainValidator(parse_duration),
     WithJsonSchema({"type": "string", "pattern": _DURATION.pattern, "examples": ["500ms", "2s"]}),
 ]
+PositiveDuration = Annotated[
+    float,
+    PlainValidator(_positive_duration),
+    WithJsonSchema({"type": "string", "pattern": _DURATION.pattern, "examples": ["15s", "1m"]}),
+]
 Size = Annotated[
     int,
     PlainValidator(parse_size),
@@ -244,6 +256,14 @@ class HealthCheck(SpecModel):
     healthy_threshold: int = Field(default=1, ge=1)
     unhealthy_threshold: int = Field(default=3, ge=1)
     start_timeout: Duration = 60.0
+
+
+class EndpointSettings(SpecModel):
+    """How the balancer talks to the node's instances (the reference's timeout and idle
+    timeout, 15 s each by default). Changing them republishes the node, no new containers."""
+
+    timeout: PositiveDuration = 15.0  # one request: sent to an instance, answered in full
+    idle_timeout: PositiveDuration = 15.0  # a kept-alive connection to an instance, unused
 
 
 class Resources(SpecModel):
@@ -367,6 +387,11 @@ class NodeSpec(SpecModel):
     env: dict[EnvName, EnvValue] = Field(default_factory=dict)
     resources: Resources = Field(default_factory=Resources)
     health_check: HealthCheck = Field(default_factory=HealthCheck)
+    endpoint: EndpointSettings = Field(default_factory=EndpointSettings)
+    # How many instances are replaced at once (each make-before-break); see plan.py.
+    maintenance_limit: int = Field(default=1, ge=1)
+    # Instances stopped (no cost), definition, image and alias entries kept.
+    suspended: bool = False
     access: Access | None = None  # private when set: calls to /nodes/<name>/ need a key
 
     @model_validator(mode="after")
@@ -382,6 +407,16 @@ class NodeSpec(SpecModel):
                 "min_healthy",
                 "expected minHealthy ≤ instances ({instances}), got {min}",
                 {"instances": self.instances, "min": self.min_healthy},
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _limit_within_instances(self) -> NodeSpec:
+        if self.maintenance_limit > self.instances:
+            raise PydanticCustomError(
+                "maintenance_limit",
+                "expected maintenanceLimit ≤ instances ({instances}), got {limit}",
+                {"instances": self.instances, "limit": self.maintenance_limit},
             )
         return self
 

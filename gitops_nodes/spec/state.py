@@ -7,7 +7,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from balancer.table import AccessRule, HealthSettings, access_to_json, health_to_json
+from balancer.table import (
+    DEFAULT_TIMEOUTS,
+    AccessRule,
+    HealthSettings,
+    Timeouts,
+    access_to_json,
+    health_to_json,
+)
 from gitops_nodes.spec.hashing import InstanceConfig, canonical_json
 from gitops_nodes.spec.models import HealthCheck, Rollout
 
@@ -55,13 +62,24 @@ class DesiredNode:
     build: BuildRequest | None
     source: Source
     access: AccessRule | None = None  # private when set (key digests, never keys)
+    timeouts: Timeouts = DEFAULT_TIMEOUTS  # the spec's `endpoint`
+    maintenance_limit: int = 1  # instances replaced at once; plan reads it, nothing publishes it
+    suspended: bool = False
     health: HealthSettings = field(init=False, compare=False)
     digest: str = field(init=False, compare=False)  # of everything plan reads from this node
 
     def __post_init__(self) -> None:
         # Computed once per parse (the loader caches nodes), not on every plan.
         health = settings_from(self.health_check)
-        payload = [self.spec_hash, self.instances, self.min_healthy, health_to_json(health)]
+        payload = [
+            self.spec_hash,
+            self.instances,
+            self.min_healthy,
+            health_to_json(health),
+            [self.timeouts.request, self.timeouts.idle],
+            self.maintenance_limit,
+            self.suspended,
+        ]
         if self.access is not None:
             payload.append(access_to_json(self.access))
         object.__setattr__(self, "health", health)

@@ -7,8 +7,10 @@ It prints `PORT <n>` on stdout once it listens on 127.0.0.1. Every answer names 
 
     /healthz               200, or 503 when unhealthy (--unhealthy, or toggled)
     POST /-/toggle-health  flips health (`?healthy=1|0` sets it); answers the new state
-    /-/stats               how many requests each path received, and /big MiB sent
+    /-/stats               how many requests each path received, /big MiB sent, and how
+                           many open connections served a path other than /healthz, /-/...
     /slow?ms=N             answers after N milliseconds
+    /drip?ms=N&count=K     a chunked response of K chunks, one every N milliseconds
     /big?mb=N[&chunked=1]  streams N MiB of `big_block(i)` blocks, content-length or chunked
     /chunked               a chunked response of CHUNKS
     /echo                  the request body back, with x-echo-length and x-received-te
@@ -49,6 +51,7 @@ class Backend:
         self.health_delay = health_delay
         self.counts: Counter[str] = Counter()
         self.sent_mib = 0  # /big blocks handed to the socket (awaiting drain included)
+        self.serving: set[asyncio.StreamWriter] = set()  # open, and served a real request
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -57,6 +60,7 @@ class Backend:
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             pass
         finally:
+            self.serving.discard(writer)
             writer.close()
 
     async def exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
@@ -78,6 +82,8 @@ class Backend:
         path, _, query = target.partition("?")
         params = {k: v[-1] for k, v in parse_qs(query).items()}
         self.counts[path] += 1
+        if path != "/healthz" and not path.startswith("/-/"):
+            self.serving.add(writer)
         head_only = method == "HEAD"
         extra: list[tuple[str, str]] = []
         if params.get("hop") == "1":
@@ -100,7 +106,12 @@ class Backend:
                 self.healthy = not self.healthy
             await self.send_json(writer, 200, {"name": self.name, "healthy": self.healthy})
         elif path == "/-/stats":
-            stats = {"name": self.name, "counts": dict(self.counts), "sentMiB": self.sent_mib}
+            stats = {
+                "name": self.name,
+                "counts": dict(self.counts),
+                "sentMiB": self.sent_mib,
+                "openServing": len(self.serving),
+            }
             await self.send_json(writer, 200, stats)
         elif path == "/close":
             return False
@@ -121,6 +132,14 @@ class Backend:
                     await asyncio.sleep(0.01)
                 writer.write(b"0\r\n\r\n")
                 await writer.drain()
+        elif path == "/drip":
+            await self.send_head(writer, 200, [("Transfer-Encoding", "chunked")])
+            for _ in range(int(params.get("count", "10"))):
+                await asyncio.sleep(int(params.get("ms", "100")) / 1000)
+                writer.write(b"5\r\ndrip\n\r\n")
+                await writer.drain()
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
         elif path == "/big":
             mb = int(params.get("mb", "1"))
             chunked = params.get("chunked") == "1"

@@ -45,7 +45,9 @@ def _table() -> RoutingTable:
     """front: ci and analyst, in folder b1g-a; web (a node): other only; open: public."""
     front = AccessRule((AccessKey("ci", _sha(CI)), AccessKey("analyst", _sha(ANALYST))), ("b1g-a",))
     nodes = {
-        "web": NodeEntry((), 1, HealthSettings(), AccessRule((AccessKey("robot", _sha(OTHER)),))),
+        "web": NodeEntry(
+            (), 1, HealthSettings(), access=AccessRule((AccessKey("robot", _sha(OTHER)),))
+        ),
         "open": NodeEntry((), 1, HealthSettings()),
     }
     aliases = {

@@ -323,7 +323,7 @@ def _published(state: DesiredState, *, with_access: bool) -> LiveState:
             (Endpoint(instance.name, "127.0.0.1", 30000),),
             web.min_healthy,
             web.health,
-            web.access if with_access else None,
+            access=web.access if with_access else None,
         )
     }
     aliases = {
@@ -418,7 +418,7 @@ def test_making_a_target_public_again_drops_its_access(write_repo: WriteRepo, ke
 
 def _table(access: AccessRule | None) -> RoutingTable:
     health = HealthSettings(path="/healthz")
-    node = NodeEntry((Endpoint("web-0", "127.0.0.1", 30000),), 1, health, access)
+    node = NodeEntry((Endpoint("web-0", "127.0.0.1", 30000),), 1, health, access=access)
     alias = AliasEntry((("web", 100),), None, access)
     return RoutingTable(4, MappingProxyType({"web": node}), MappingProxyType({"front": alias}))
 

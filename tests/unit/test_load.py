@@ -298,7 +298,10 @@ def _alias(nodes: str) -> str:
 
 IMAGE = "  image:\n    name: busybox\n    port: 8080\n"  # lines 6-8
 
-NODE_FIELDS = "image, python, instances, minHealthy, env, resources, healthCheck, access"
+NODE_FIELDS = (
+    "image, python, instances, minHealthy, env, resources, healthCheck, endpoint, "
+    "maintenanceLimit, suspended, access"
+)
 HEALTH_FIELDS = "path, port, interval, timeout, healthyThreshold, unhealthyThreshold, startTimeout"
 DNS = (
     "expected a DNS label: lowercase letters, digits and '-', starting and ending with a "
@@ -354,6 +357,31 @@ BAD_NODES = {
     "minHealthy above instances": (
         _node(IMAGE + "  instances: 2\n  minHealthy: 3\n"),
         "s.yaml:10:15: spec.minHealthy: expected minHealthy ≤ instances (2), got 3",
+    ),
+    "endpoint timeout 0": (
+        _node(IMAGE + "  endpoint:\n    timeout: 0s\n"),
+        "s.yaml:10:14: spec.endpoint.timeout: expected a duration above 0 such as 15s, got '0s'",
+    ),
+    "endpoint idleTimeout not a duration": (
+        _node(IMAGE + "  endpoint:\n    idleTimeout: 15\n"),
+        "s.yaml:10:18: spec.endpoint.idleTimeout: "
+        "expected a duration such as 500ms, 2s, 1m or 1m30s, got 15",
+    ),
+    "unknown endpoint field": (
+        _node(IMAGE + "  endpoint:\n    port: 80\n"),
+        "s.yaml:10:5: spec.endpoint.port: unknown field; expected one of: timeout, idleTimeout",
+    ),
+    "maintenanceLimit 0": (
+        _node(IMAGE + "  maintenanceLimit: 0\n"),
+        "s.yaml:9:21: spec.maintenanceLimit: expected a value ≥ 1, got 0",
+    ),
+    "maintenanceLimit above instances": (
+        _node(IMAGE + "  instances: 2\n  maintenanceLimit: 3\n"),
+        "s.yaml:10:21: spec.maintenanceLimit: expected maintenanceLimit ≤ instances (2), got 3",
+    ),
+    "suspended not a boolean": (
+        _node(IMAGE + "  suspended: 'yes'\n"),
+        "s.yaml:9:14: spec.suspended: expected true or false, got 'yes'",
     ),
     "bad name": (
         _node(IMAGE).replace("name: web", "name: Web_1"),
