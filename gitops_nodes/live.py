@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -55,8 +55,13 @@ class LiveState:
         published = set(self.table.nodes) if self.table else set()
         return set(self.by_node) | published
 
-    def digest(self) -> str:
-        """A digest of what plan reads from the live state, to notice that it changed."""
+    def digest(self, images: Collection[str] = ()) -> str:
+        """A digest of what plan reads from the live state, to notice that it changed.
+
+        Of the engine's images only `images` count, the tags the plan would build: images are
+        shared by every project on the engine, and another project's build must not make this
+        project's saved plan stale.
+        """
         # repr of sorted tuples of plain values: stable, and cheap at thousands of instances.
         instances = sorted(
             (i.name, i.node, i.index, i.spec_hash, i.alive, i.state in STARTABLE)
@@ -81,5 +86,6 @@ class LiveState:
             if table is not None
             else None
         )
-        payload = repr((instances, sorted(self.images), published))
+        present = sorted(tag for tag in images if tag in self.images)
+        payload = repr((instances, present, published))
         return hashlib.sha256(payload.encode()).hexdigest()

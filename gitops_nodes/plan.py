@@ -161,7 +161,7 @@ def make_plan(project: str, desired: DesiredState, live: LiveState) -> Plan:
             nx.freeze(graph),
             MappingProxyType(builder.steps),
             desired.digest(),
-            live.digest(),
+            live.digest([n.build.tag for n in desired.nodes.values() if n.build is not None]),
         )
 
 

@@ -553,7 +553,18 @@ def test_plan_json_is_serialisable_and_deterministic(
     assert json.dumps(from_shuffled) == text
     assert first["format"] == "gitops-nodes/plan/v1"
     assert first["project"] == PROJECT
-    assert (first["specDigest"], first["liveDigest"]) == (spec.digest(), live.digest())
+    builds = [n.build.tag for n in spec.nodes.values() if n.build is not None]
+    assert (first["specDigest"], first["liveDigest"]) == (spec.digest(), live.digest(builds))
+
+
+def test_only_the_images_a_plan_builds_count_in_its_live_digest() -> None:
+    # Images are shared by every project on the engine: another project's build must not
+    # make this project's saved plan stale, while this plan's own image appearing must.
+    live = LiveState(PROJECT)
+    mine = "gitops-nodes/build:0123456789abcdef"
+    others = replace(live, images=frozenset({"gitops-nodes/build:ffffffffffffffff"}))
+    assert others.digest([mine]) == live.digest([mine])
+    assert replace(live, images=frozenset({mine})).digest([mine]) != live.digest([mine])
 
 
 def test_plan_steps_respect_their_dependencies(mixed: tuple[DesiredState, LiveState]) -> None:
