@@ -18,8 +18,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from balancer.backends import Backend, BackendKey, Backends
-from balancer.metrics import CONTENT_TYPE, Metrics
+from balancer.metrics import CONTENT_TYPE, FAMILIES, Metrics
 from balancer.routing import Router
+from balancer.telemetry import Telemetry
 
 # Instance statuses that only a health check (or a passive ejection) sets.
 _CHECKED = frozenset({"Healthy", "Unhealthy"})
@@ -144,11 +145,13 @@ def make_control_app(
     source: ControlSource,
     extra_routes: Sequence[BaseRoute] = (),
     extra_status: Callable[[], dict[str, Any]] | None = None,
+    telemetry: Telemetry | None = None,
 ) -> Starlette:
     """The Starlette app serving the control plane's `/-/` endpoints for source.
 
     Whoever embeds the balancer (the watch loop) adds its own endpoints with extra_routes and
-    its own fields to `/-/status` with extra_status.
+    its own fields to `/-/status` with extra_status. With telemetry, `/-/metrics` also scrapes
+    the instances of nodes that declare a telemetry path and shows what they said.
     """
 
     async def healthz(request: Request) -> Response:
@@ -166,6 +169,8 @@ def make_control_app(
         router = source.router
         backends = source.backends
         text = source.metrics.render(lambda: inflight_by_node(router, backends))
+        if telemetry is not None:
+            text += await telemetry.render(router.table, FAMILIES)
         return Response(text, media_type=CONTENT_TYPE)
 
     async def http_error(request: Request, exc: Exception) -> Response:

@@ -33,6 +33,7 @@ from balancer.metrics import Metrics
 from balancer.proxy import Proxy, ProxySettings
 from balancer.routing import Affinity, Router
 from balancer.table import RoutingTable, TableError, read_table
+from balancer.telemetry import Telemetry
 
 log = logging.getLogger("gitops_nodes.balancer")
 
@@ -69,6 +70,7 @@ class Balancer:
         self.extra_status: Any = None
         self.backends = Backends()
         self.metrics = Metrics(inflight=self._inflight_by_node)
+        self.telemetry = Telemetry()  # the instances' own metrics, scraped with /-/metrics
         self.affinity = Affinity()
         self.proxy = Proxy(
             loop, Router(RoutingTable(), self.backends), self.affinity, self.metrics, settings
@@ -202,7 +204,7 @@ class Balancer:
         )
         self._servers.append(server)
         config = uvicorn.Config(
-            make_control_app(self, self.extra_routes, self.extra_status),
+            make_control_app(self, self.extra_routes, self.extra_status, self.telemetry),
             log_level="warning",
             lifespan="off",
             access_log=False,

@@ -42,6 +42,8 @@ class Endpoint:
     instance: str
     host: str
     port: int
+    # Where the instance serves its metrics when that is not `port` (a second published port).
+    telemetry_port: int | None = None
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,7 @@ class NodeEntry:
     endpoints: tuple[Endpoint, ...]
     min_healthy: int
     health: HealthSettings
+    telemetry_path: str | None = None  # the instances' Prometheus text; None: not scraped
 
 
 @dataclass(frozen=True)
@@ -75,12 +78,10 @@ class RoutingTable:
             "generation": self.generation,
             "nodes": {
                 name: {
-                    "endpoints": [
-                        {"instance": e.instance, "host": e.host, "port": e.port}
-                        for e in entry.endpoints
-                    ],
+                    "endpoints": [_endpoint_to_json(e) for e in entry.endpoints],
                     "minHealthy": entry.min_healthy,
                     "health": health_to_json(entry.health),
+                    "telemetryPath": entry.telemetry_path,
                 }
                 for name, entry in sorted(self.nodes.items())
             },
@@ -102,11 +103,17 @@ class RoutingTable:
             nodes = {
                 str(name): NodeEntry(
                     endpoints=tuple(
-                        Endpoint(str(e["instance"]), str(e["host"]), int(e["port"]))
+                        Endpoint(
+                            str(e["instance"]),
+                            str(e["host"]),
+                            int(e["port"]),
+                            _optional_port(e.get("telemetryPort")),
+                        )
                         for e in entry["endpoints"]
                     ),
                     min_healthy=int(entry["minHealthy"]),
                     health=HealthSettings(**_health_fields(entry["health"])),
+                    telemetry_path=_optional_path(entry.get("telemetryPath")),
                 )
                 for name, entry in data["nodes"].items()
             }
@@ -130,6 +137,29 @@ class RoutingTable:
 
 def _optional_lower(value: Any) -> str | None:
     return str(value).lower() if value else None
+
+
+def _endpoint_to_json(endpoint: Endpoint) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "instance": endpoint.instance,
+        "host": endpoint.host,
+        "port": endpoint.port,
+    }
+    if endpoint.telemetry_port is not None:  # rare: kept out of the common endpoint
+        data["telemetryPort"] = endpoint.telemetry_port
+    return data
+
+
+def _optional_port(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _optional_path(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise TableError(f"malformed routing table: telemetryPath {value!r} is not a path")
+    return value
 
 
 _HEALTH_KEYS = {

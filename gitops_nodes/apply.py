@@ -78,6 +78,10 @@ class ApplyOptions:
     stop_grace: float = 5.0  # for the instance itself to exit after SIGTERM
 
 
+# What a node's table entry carries besides its endpoints: minimum, health, telemetry path.
+_Settings = tuple[int, HealthSettings, str | None]
+
+
 class _Published:
     """The routing table apply is building up, published whole on every change."""
 
@@ -94,16 +98,18 @@ class _Published:
         self.generation = table.generation
         # Where each instance listens now: the engine may have moved it since (a restart).
         ports = {i.name: i.port for i in live.instances if i.port}
+        telemetry = {i.name: i.telemetry_port for i in live.instances}
         self.rotation: dict[str, list[Endpoint]] = {
             node: [
-                Endpoint(e.instance, e.host, ports[e.instance])
+                Endpoint(e.instance, e.host, ports[e.instance], telemetry.get(e.instance))
                 for e in entry.endpoints
                 if e.instance in ports
             ]
             for node, entry in table.nodes.items()
         }
-        self.settings: dict[str, tuple[int, HealthSettings]] = {
-            node: (entry.min_healthy, entry.health) for node, entry in table.nodes.items()
+        self.settings: dict[str, _Settings] = {
+            node: (entry.min_healthy, entry.health, entry.telemetry_path)
+            for node, entry in table.nodes.items()
         }
         for node, instances in live.by_node.items():
             if node not in self.rotation:
@@ -113,11 +119,11 @@ class _Published:
         self.removed_at: dict[str, int] = {}
         self.written = {e.instance for entry in table.nodes.values() for e in entry.endpoints}
 
-    def settings_for(self, node: str) -> tuple[int, HealthSettings]:
+    def settings_for(self, node: str) -> _Settings:
         want = self.desired.nodes.get(node)
         if want is not None:
-            return want.min_healthy, want.health
-        return self.settings.get(node, (1, HealthSettings()))
+            return want.min_healthy, want.health, want.telemetry_path
+        return self.settings.get(node, (1, HealthSettings(), None))
 
     def write(self, path_table: StateDir) -> int:
         self.generation += 1
@@ -144,7 +150,7 @@ def _late(behind: list[BalancerAck], what: str) -> str:
 
 
 def _endpoint(instance: LiveInstance) -> Endpoint:
-    return Endpoint(instance.name, LOOPBACK, instance.port or 0)
+    return Endpoint(instance.name, LOOPBACK, instance.port or 0, instance.telemetry_port)
 
 
 class Applier:

@@ -114,7 +114,7 @@ def diff(desired: DesiredState, live: LiveState) -> Diff:
     return Diff(tuple(node_changes), tuple(alias_changes))
 
 
-REPLACE_FIELDS = ("image", "port", "command", "env", "resources")
+REPLACE_FIELDS = ("image", "port", "command", "env", "resources", "telemetry.port")
 
 
 def node_fields(
@@ -122,6 +122,7 @@ def node_fields(
     instances: int | None,
     min_healthy: int | None,
     health: dict[str, Any] | None,
+    telemetry_path: str | None = None,
 ) -> dict[str, Any]:
     """A node flattened to dotted fields, the way plan shows them."""
     fields: dict[str, Any] = {}
@@ -133,6 +134,10 @@ def node_fields(
             fields[f"env.{key}"] = value
         fields["resources.cpus"] = config.cpus
         fields["resources.memory"] = config.memory
+        if config.telemetry_port is not None:
+            fields["telemetry.port"] = config.telemetry_port
+    if telemetry_path is not None:
+        fields["telemetry.path"] = telemetry_path
     if instances is not None:
         fields["instances"] = instances
     if min_healthy is not None:
@@ -147,7 +152,7 @@ def _field_changes(before: dict[str, Any], after: dict[str, Any]) -> tuple[Field
     for key in sorted(set(before) | set(after)):
         old, new = before.get(key), after.get(key)
         if old != new:
-            forces = key.split(".")[0] in REPLACE_FIELDS
+            forces = key.split(".")[0] in REPLACE_FIELDS or key in REPLACE_FIELDS
             changes.append(FieldChange(key, old, new, forces))
     return tuple(changes)
 
@@ -169,6 +174,7 @@ def _diff_node(
         alive_count if have or published else None,
         published.min_healthy if published else None,
         published_health,
+        published.telemetry_path if published else None,
     )
     if want is None:
         removals = tuple(
@@ -186,7 +192,13 @@ def _diff_node(
             published is not None,
         )
 
-    after = node_fields(want.config, want.instances, want.min_healthy, health_to_json(want.health))
+    after = node_fields(
+        want.config,
+        want.instances,
+        want.min_healthy,
+        health_to_json(want.health),
+        want.telemetry_path,
+    )
     if not have and published is None:
         creations = tuple(
             InstanceChange(i, Action.CREATE, None, "new node") for i in range(want.instances)
@@ -208,6 +220,7 @@ def _diff_node(
         published is None
         or published.min_healthy != want.min_healthy
         or published.health != want.health
+        or published.telemetry_path != want.telemetry_path
         or moved
     )
     if not instances and not publish_settings:
@@ -241,6 +254,7 @@ def _unchanged(
         published is not None
         and published.min_healthy == want.min_healthy
         and published.health == want.health
+        and published.telemetry_path == want.telemetry_path
         and len(have) == want.instances
         and all(
             i.index == position and i.alive and i.spec_hash == want.spec_hash
@@ -255,9 +269,13 @@ def _moved(have: tuple[LiveInstance, ...], published: NodeEntry | None) -> bool:
     ports anew when it restarts a container (after its own restart, say)."""
     if published is None:
         return False
-    ports = {e.instance: e.port for e in published.endpoints}
+    ports = {e.instance: (e.port, e.telemetry_port) for e in published.endpoints}
     return any(
-        i.alive and i.port is not None and i.name in ports and ports[i.name] != i.port for i in have
+        i.alive
+        and i.port is not None
+        and i.name in ports
+        and ports[i.name] != (i.port, i.telemetry_port)
+        for i in have
     )
 
 

@@ -116,8 +116,11 @@ class DockerRuntime:
         config = node.config
         self._ensure_image(config.image)
         name = f"{project}-{node.name}-{index}-{secrets.token_hex(3)}"
+        ports = [config.port]
+        if config.telemetry_port is not None:
+            ports.append(config.telemetry_port)  # for the balancer's scrape, on loopback too
         host_config = self.api.create_host_config(
-            port_bindings={config.port: (LOOPBACK,)},
+            port_bindings={port: (LOOPBACK,) for port in ports},
             restart_policy={"Name": "unless-stopped"},
             nano_cpus=int(config.cpus * 1e9) if config.cpus else None,
             mem_limit=config.memory,
@@ -137,7 +140,7 @@ class DockerRuntime:
                 name=name,
                 environment=dict(config.env),
                 labels=instance_labels,
-                ports=[config.port],
+                ports=ports,
                 host_config=host_config,
             )
         except ENGINE_ERRORS as exc:
@@ -242,52 +245,71 @@ def _config_from(value: str | None) -> InstanceConfig | None:
 
 
 def _instance(
-    name: str, label_map: dict[str, str], state: str, port: int | None, started: float | None
+    name: str,
+    label_map: dict[str, str],
+    state: str,
+    published: dict[int, int],
+    started: float | None,
 ) -> LiveInstance | None:
+    """An instance from its labels and published ports ({container port: loopback port})."""
     node = label_map.get(labels.NODE)
     index = label_map.get(labels.INDEX, "")
     if not node or not index.isdigit():
         return None
+    config = _config_from(label_map.get(labels.CONFIG))
+    if config is None:  # no readable config: its only published port is the serving one
+        port = next(iter(published.values()), None)
+        telemetry_port = None
+    else:
+        port = published.get(config.port)
+        telemetry_port = (
+            published.get(config.telemetry_port) if config.telemetry_port is not None else None
+        )
     return LiveInstance(
         name=name,
         node=node,
         index=int(index),
         spec_hash=label_map.get(labels.SPEC_HASH, ""),
-        config=_config_from(label_map.get(labels.CONFIG)),
+        config=config,
         state=state,
         port=port,
         started_at=started,
+        telemetry_port=telemetry_port,
     )
 
 
 def _from_summary(summary: dict[str, Any]) -> LiveInstance | None:
-    port = next(
-        (p.get("PublicPort") for p in summary.get("Ports") or () if p.get("IP") == LOOPBACK),
-        None,
-    )
+    published = {
+        int(p["PrivatePort"]): int(p["PublicPort"])
+        for p in summary.get("Ports") or ()
+        if p.get("IP") == LOOPBACK and p.get("PublicPort") and p.get("PrivatePort")
+    }
     name = (summary.get("Names") or ["/?"])[0].lstrip("/")
     created = summary.get("Created")
     return _instance(
         name,
         summary.get("Labels") or {},
         summary.get("State", ""),
-        port,
+        published,
         float(created) if created else None,
     )
 
 
 def _from_inspect(data: dict[str, Any]) -> LiveInstance | None:
-    port = None
-    for bindings in (data["NetworkSettings"].get("Ports") or {}).values():
+    published: dict[int, int] = {}
+    for key, bindings in (data["NetworkSettings"].get("Ports") or {}).items():
+        container_port = key.split("/", 1)[0]  # "8080/tcp"
+        if not container_port.isdigit():
+            continue
         for binding in bindings or ():
             if binding.get("HostIp") == LOOPBACK and binding.get("HostPort"):
-                port = int(binding["HostPort"])
+                published[int(container_port)] = int(binding["HostPort"])
     state = data["State"]
     return _instance(
         data["Name"].lstrip("/"),
         data["Config"]["Labels"] or {},
         state.get("Status", ""),
-        port,
+        published,
         _timestamp(state.get("StartedAt")),
     )
 

@@ -201,6 +201,15 @@ class HealthCheck(SpecModel):
     start_timeout: Duration = 60.0
 
 
+class Telemetry(SpecModel):
+    """Where each instance serves its own metrics in Prometheus text format. The balancer
+    fetches them whenever its `/-/metrics` is scraped and re-exposes them labelled with
+    `node_id` and `instance_id`. Without a port: the node's serving port."""
+
+    path: str = Field(default="/metrics", pattern=r"^/[!-~]*$")
+    port: Port | None = None
+
+
 class Resources(SpecModel):
     """Limits for each instance's container."""
 
@@ -270,6 +279,7 @@ class NodeSpec(SpecModel):
     env: dict[EnvName, EnvValue] = Field(default_factory=dict)
     resources: Resources = Field(default_factory=Resources)
     health_check: HealthCheck = Field(default_factory=HealthCheck)
+    telemetry: Telemetry | None = None
 
     @model_validator(mode="after")
     def _one_kind(self) -> NodeSpec:

@@ -54,6 +54,7 @@ class DesiredNode:
     health_check: HealthCheck
     build: BuildRequest | None
     source: Source
+    telemetry_path: str | None = None  # where instances serve Prometheus text; None: nowhere
     health: HealthSettings = field(init=False, compare=False)
     digest: str = field(init=False, compare=False)  # of everything plan reads from this node
 
@@ -61,6 +62,8 @@ class DesiredNode:
         # Computed once per parse (the loader caches nodes), not on every plan.
         health = settings_from(self.health_check)
         payload = [self.spec_hash, self.instances, self.min_healthy, health_to_json(health)]
+        if self.telemetry_path is not None:  # appended only when set: digests stay as they were
+            payload.append(self.telemetry_path)
         object.__setattr__(self, "health", health)
         object.__setattr__(
             self, "digest", hashlib.sha256(canonical_json(payload).encode()).hexdigest()

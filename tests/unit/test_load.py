@@ -298,7 +298,7 @@ def _alias(nodes: str) -> str:
 
 IMAGE = "  image:\n    name: busybox\n    port: 8080\n"  # lines 6-8
 
-NODE_FIELDS = "image, python, instances, minHealthy, env, resources, healthCheck"
+NODE_FIELDS = "image, python, instances, minHealthy, env, resources, healthCheck, telemetry"
 HEALTH_FIELDS = "path, port, interval, timeout, healthyThreshold, unhealthyThreshold, startTimeout"
 DNS = (
     "expected a DNS label: lowercase letters, digits and '-', starting and ending with a "
