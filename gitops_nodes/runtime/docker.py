@@ -12,7 +12,7 @@ import secrets
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from gitops_nodes import pyimage
 from gitops_nodes.errors import RuntimeFailure, RuntimeUnavailable
 from gitops_nodes.live import LiveInstance
 from gitops_nodes.runtime import labels
+from gitops_nodes.runtime.base import LogLine
 from gitops_nodes.spec.context import BUILD_REPOSITORY
 from gitops_nodes.spec.hashing import InstanceConfig, canonical_json
 from gitops_nodes.spec.state import BuildRequest, DesiredNode
@@ -190,6 +191,29 @@ class DockerRuntime:
             return ""
         return bytes(raw).decode(errors="replace")
 
+    def log_stream(self, name: str, tail: int | None, follow: bool) -> DockerLogStream:
+        client = None
+        try:
+            # Following may wait for a line longer than any read timeout: a client without.
+            client = docker.from_env(timeout=None) if follow else None
+            api = client.api if client is not None else self.api
+            stream = api.logs(
+                name,
+                stream=True,
+                follow=follow,
+                timestamps=True,
+                tail="all" if tail is None else max(0, tail),
+            )
+        except NotFound:
+            if client is not None:
+                client.close()
+            raise RuntimeFailure(f"{name} no longer exists") from None
+        except ENGINE_ERRORS as exc:
+            if client is not None:
+                client.close()
+            raise engine_error(f"reading the logs of {name} failed", exc) from exc
+        return DockerLogStream(name, stream, client)
+
     def remove_images(self, project: str) -> list[str]:
         removed = []
         try:
@@ -233,6 +257,57 @@ class DockerRuntime:
             if exc.status_code == 409 and "already in progress" in str(exc):
                 return
             raise RuntimeFailure(f"removing {name} failed: {exc}") from exc
+
+
+class DockerLogStream:
+    """An instance's log lines from the engine's stream of timestamped output."""
+
+    def __init__(self, name: str, stream: Any, client: Any | None) -> None:
+        self.name = name
+        self.stream = stream
+        self.client = client  # owned: closed with the stream
+        self.closed = False
+
+    def __iter__(self) -> Iterator[LogLine]:
+        pending = b""
+        try:
+            for chunk in self.stream:
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for raw in lines:
+                    yield log_line(raw)
+        except Exception as exc:
+            if self.closed:
+                return  # a socket closed under a blocked read fails it in more than one way
+            if isinstance(exc, ENGINE_ERRORS):
+                raise engine_error(f"reading the logs of {self.name} failed", exc) from exc
+            raise
+        if pending and not self.closed:
+            yield log_line(pending)
+
+    def close(self) -> None:
+        self.closed = True
+        try:
+            self.stream.close()
+        except (*ENGINE_ERRORS, OSError, AttributeError):
+            pass  # already closed, or the engine went away: either way it is over
+        if self.client is not None:
+            self.client.close()
+
+
+_LOG_STAMP = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?Z")
+
+
+def log_line(raw: bytes) -> LogLine:
+    """A line of `docker logs --timestamps`: an RFC 3339 time in UTC, a space, the text."""
+    text = raw.decode(errors="replace").removesuffix("\r")
+    stamp, _, rest = text.partition(" ")
+    match = _LOG_STAMP.fullmatch(stamp)
+    if match is None:
+        return LogLine(0, "", text)
+    seconds = int(datetime.fromisoformat(match.group(1) + "+00:00").timestamp())
+    fraction = (match.group(2) or "").ljust(9, "0")
+    return LogLine(seconds * 1_000_000_000 + int(fraction), stamp, rest)
 
 
 def _config_from(value: str | None) -> InstanceConfig | None:
