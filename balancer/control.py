@@ -7,6 +7,7 @@ pure functions (`status_document`, `node_status`), testable without HTTP.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
@@ -21,6 +22,8 @@ from balancer.backends import Backend, BackendKey, Backends
 from balancer.metrics import CONTENT_TYPE, FAMILIES, Metrics
 from balancer.routing import Router
 from balancer.telemetry import Telemetry
+
+log = logging.getLogger(__name__)
 
 # Instance statuses that only a health check (or a passive ejection) sets.
 _CHECKED = frozenset({"Healthy", "Unhealthy"})
@@ -170,7 +173,11 @@ def make_control_app(
         backends = source.backends
         text = source.metrics.render(lambda: inflight_by_node(router, backends))
         if telemetry is not None:
-            text += await telemetry.render(router.table, FAMILIES)
+            try:
+                text += await telemetry.render(router.table, FAMILIES)
+            except Exception as exc:  # a bug there must not cost the balancer's own metrics
+                log.exception("scraping the instances' telemetry failed")
+                text += f"# telemetry failed: {type(exc).__name__}\n"
         return Response(text, media_type=CONTENT_TYPE)
 
     async def http_error(request: Request, exc: Exception) -> Response:
