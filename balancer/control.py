@@ -9,6 +9,7 @@ and those that check a token of their own) answers 401 to a request without it.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
@@ -23,9 +24,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from balancer.access import CHALLENGE, AdminGuard
 from balancer.backends import Backend, BackendKey, Backends
-from balancer.metrics import CONTENT_TYPE, Metrics
+from balancer.metrics import CONTENT_TYPE, FAMILIES, Metrics
 from balancer.routing import Router
 from balancer.table import AccessRule
+from balancer.telemetry import Telemetry
+
+log = logging.getLogger(__name__)
 
 # Instance statuses that only a health check (or a passive ejection) sets.
 _CHECKED = frozenset({"Healthy", "Unhealthy"})
@@ -191,12 +195,15 @@ def make_control_app(
     extra_status: Callable[[], dict[str, Any]] | None = None,
     admin: AdminGuard | None = None,
     open_paths: Iterable[str] = (),
+    telemetry: Telemetry | None = None,
 ) -> Starlette:
     """The Starlette app serving the control plane's `/-/` endpoints for source.
 
     Whoever embeds the balancer (the watch loop) adds its own endpoints with extra_routes and
     its own fields to `/-/status` with extra_status. With admin, every path needs the admin
-    key except `/-/healthz` and open_paths (endpoints that check a token of their own).
+    key except `/-/healthz` and open_paths (endpoints that check a token of their own). With
+    telemetry, `/-/metrics` also scrapes the instances of nodes that declare a telemetry path
+    and shows what they said.
     """
 
     async def healthz(request: Request) -> Response:
@@ -214,6 +221,12 @@ def make_control_app(
         router = source.router
         backends = source.backends
         text = source.metrics.render(lambda: inflight_by_node(router, backends))
+        if telemetry is not None:
+            try:
+                text += await telemetry.render(router.table, FAMILIES)
+            except Exception as exc:  # a bug there must not cost the balancer's own metrics
+                log.exception("scraping the instances' telemetry failed")
+                text += f"# telemetry failed: {type(exc).__name__}\n"
         return Response(text, media_type=CONTENT_TYPE)
 
     async def http_error(request: Request, exc: Exception) -> Response:

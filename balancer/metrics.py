@@ -5,14 +5,18 @@ precomputed bucket bounds and a few increments on plain lists and dicts: no lock
 runs in one event loop), no label formatting. Requests, errors and histogram counts are derived
 from the per-code and per-bucket counts when `/-/metrics` is rendered, which is rare.
 
-Family names follow the reference platform (DataSphere Inference): `node_requests`,
-`node_http_codes`, `node_request_durations` and the same for aliases.
+Family names and labels follow the reference platform (DataSphere Inference): `node_requests`,
+`node_http_codes` (label `code`) and the histogram `node_request_durations` (seconds), labelled
+`node_id`; the same three for aliases, labelled `alias_name`. `node_errors` and `alias_errors`
+(responses of 500 or more) are ours, for dashboards that want an error rate in one series.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable, Mapping
+
+from balancer.exposition import escape_label
 
 # Upper bounds (seconds) of the latency histogram's buckets; +Inf is implied.
 BUCKETS: tuple[float, ...] = (
@@ -42,10 +46,23 @@ InflightSource = Callable[[], Mapping[str, int]]
 
 _LE = (*(repr(bound) for bound in BUCKETS), "+Inf")
 
+# The label naming the node, and the alias, of a series (the reference's names).
+NODE_LABEL = "node_id"
+ALIAS_LABEL = "alias_name"
+_KINDS = (("node", NODE_LABEL), ("alias", ALIAS_LABEL))
 
-def escape_label(value: str) -> str:
-    """A label value escaped for the text exposition format (backslash, quote, newline)."""
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+# Every family `Metrics.render` writes: an instance's telemetry may not reuse these names.
+FAMILIES: frozenset[str] = frozenset(
+    {
+        *(f"{kind}_{what}" for kind, _ in _KINDS for what in ("requests", "http_codes", "errors")),
+        *(f"{kind}_request_durations" for kind, _ in _KINDS),
+        "balancer_unrouted_requests_total",
+        "balancer_reloads_total",
+        "balancer_rejected_reloads_total",
+        "balancer_table_generation",
+        "balancer_inflight_requests",
+    }
+)
 
 
 class _Series:
@@ -125,8 +142,8 @@ class Metrics:
         inflight, or else the one given to the constructor, returns {node: requests in flight}.
         """
         out: list[str] = []
-        _render_kind(out, "node", self.nodes)
-        _render_kind(out, "alias", self.aliases)
+        _render_kind(out, "node", NODE_LABEL, self.nodes)
+        _render_kind(out, "alias", ALIAS_LABEL, self.aliases)
         _family(
             out,
             "balancer_unrouted_requests_total",
@@ -167,7 +184,8 @@ class Metrics:
             counts = source()
             for name in sorted(counts):
                 out.append(
-                    f'balancer_inflight_requests{{node="{escape_label(name)}"}} {counts[name]}'
+                    f'balancer_inflight_requests{{{NODE_LABEL}="{escape_label(name)}"}} '
+                    f"{counts[name]}"
                 )
         out.append("")
         return "\n".join(out)
@@ -178,20 +196,20 @@ def _family(out: list[str], name: str, kind: str, help_text: str) -> None:
     out.append(f"# TYPE {name} {kind}")
 
 
-def _render_kind(out: list[str], kind: str, table: Mapping[str, _Series]) -> None:
-    """The four families of one kind ("node" or "alias"), labelled by that kind."""
+def _render_kind(out: list[str], kind: str, label: str, table: Mapping[str, _Series]) -> None:
+    """The four families of one kind ("node" or "alias"), each series labelled with its name."""
     names = sorted(table)
     family = f"{kind}_requests"
     _family(out, family, "counter", f"Requests per {kind}.")
     for name in names:
         series = table[name]
-        out.append(f'{family}{{{kind}="{series.label}"}} {sum(series.codes.values())}')
+        out.append(f'{family}{{{label}="{series.label}"}} {sum(series.codes.values())}')
     family = f"{kind}_http_codes"
     _family(out, family, "counter", f"Responses per {kind} and HTTP status code.")
     for name in names:
         series = table[name]
         for code in sorted(series.codes):
-            out.append(f'{family}{{{kind}="{series.label}",code="{code}"}} {series.codes[code]}')
+            out.append(f'{family}{{{label}="{series.label}",code="{code}"}} {series.codes[code]}')
     family = f"{kind}_request_durations"
     _family(out, family, "histogram", f"Request durations per {kind}, in seconds.")
     for name in names:
@@ -199,12 +217,12 @@ def _render_kind(out: list[str], kind: str, table: Mapping[str, _Series]) -> Non
         cumulative = 0
         for le, count in zip(_LE, series.buckets, strict=True):
             cumulative += count
-            out.append(f'{family}_bucket{{{kind}="{series.label}",le="{le}"}} {cumulative}')
-        out.append(f'{family}_sum{{{kind}="{series.label}"}} {series.total!r}')
-        out.append(f'{family}_count{{{kind}="{series.label}"}} {cumulative}')
+            out.append(f'{family}_bucket{{{label}="{series.label}",le="{le}"}} {cumulative}')
+        out.append(f'{family}_sum{{{label}="{series.label}"}} {series.total!r}')
+        out.append(f'{family}_count{{{label}="{series.label}"}} {cumulative}')
     family = f"{kind}_errors"
     _family(out, family, "counter", f"Responses with a status code of 500 or more per {kind}.")
     for name in names:
         series = table[name]
         errors = sum(count for code, count in series.codes.items() if code >= 500)
-        out.append(f'{family}{{{kind}="{series.label}"}} {errors}')
+        out.append(f'{family}{{{label}="{series.label}"}} {errors}')

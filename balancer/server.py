@@ -34,6 +34,7 @@ from balancer.metrics import Metrics
 from balancer.proxy import Proxy, ProxySettings
 from balancer.routing import Affinity, Router
 from balancer.table import RoutingTable, TableError, read_table
+from balancer.telemetry import Telemetry
 
 log = logging.getLogger("gitops_nodes.balancer")
 
@@ -73,6 +74,7 @@ class Balancer:
         self.open_paths: set[str] = set()  # admin paths that check a token of their own
         self.backends = Backends()
         self.metrics = Metrics(inflight=self._inflight_by_node)
+        self.telemetry = Telemetry()  # the instances' own metrics, scraped with /-/metrics
         self.affinity = Affinity()
         self.proxy = Proxy(
             loop, Router(RoutingTable(), self.backends), self.affinity, self.metrics, settings
@@ -210,7 +212,14 @@ class Balancer:
         )
         self._servers.append(server)
         config = uvicorn.Config(
-            make_control_app(self, self.extra_routes, self.extra_status, admin, self.open_paths),
+            make_control_app(
+                self,
+                self.extra_routes,
+                self.extra_status,
+                admin,
+                self.open_paths,
+                self.telemetry,
+            ),
             log_level="warning",
             lifespan="off",
             access_log=False,

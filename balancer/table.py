@@ -46,6 +46,8 @@ class Endpoint:
     instance: str
     host: str
     port: int
+    # Where the instance serves its metrics when that is not `port` (a second published port).
+    telemetry_port: int | None = None
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,7 @@ class NodeEntry:
     timeouts: Timeouts = DEFAULT_TIMEOUTS
     suspended: bool = False
     access: AccessRule | None = None  # None: public
+    telemetry_path: str | None = None  # the instances' Prometheus text; None: not scraped
 
 
 @dataclass(frozen=True)
@@ -122,14 +125,12 @@ class RoutingTable:
         nodes: dict[str, Any] = {}
         for name, entry in sorted(self.nodes.items()):
             nodes[name] = {
-                "endpoints": [
-                    {"instance": e.instance, "host": e.host, "port": e.port}
-                    for e in entry.endpoints
-                ],
+                "endpoints": [_endpoint_to_json(e) for e in entry.endpoints],
                 "minHealthy": entry.min_healthy,
                 "health": health_to_json(entry.health),
                 "timeouts": {"request": entry.timeouts.request, "idle": entry.timeouts.idle},
                 "suspended": entry.suspended,
+                "telemetryPath": entry.telemetry_path,
             }
             if entry.access is not None:
                 nodes[name]["access"] = access_to_json(entry.access)
@@ -158,7 +159,12 @@ class RoutingTable:
             nodes = {
                 str(name): NodeEntry(
                     endpoints=tuple(
-                        Endpoint(str(e["instance"]), str(e["host"]), int(e["port"]))
+                        Endpoint(
+                            str(e["instance"]),
+                            str(e["host"]),
+                            int(e["port"]),
+                            _optional_port(e.get("telemetryPort")),
+                        )
                         for e in entry["endpoints"]
                     ),
                     min_healthy=int(entry["minHealthy"]),
@@ -166,6 +172,7 @@ class RoutingTable:
                     timeouts=_timeouts(entry.get("timeouts")),
                     suspended=bool(entry.get("suspended", False)),
                     access=access_from_json(entry.get("access")),
+                    telemetry_path=_optional_path(entry.get("telemetryPath")),
                 )
                 for name, entry in data["nodes"].items()
             }
@@ -236,6 +243,29 @@ def _timeouts(data: Any) -> Timeouts:
 
 def _optional_lower(value: Any) -> str | None:
     return str(value).lower() if value else None
+
+
+def _endpoint_to_json(endpoint: Endpoint) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "instance": endpoint.instance,
+        "host": endpoint.host,
+        "port": endpoint.port,
+    }
+    if endpoint.telemetry_port is not None:  # rare: kept out of the common endpoint
+        data["telemetryPort"] = endpoint.telemetry_port
+    return data
+
+
+def _optional_port(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _optional_path(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise TableError(f"malformed routing table: telemetryPath {value!r} is not a path")
+    return value
 
 
 _HEALTH_KEYS = {

@@ -94,9 +94,10 @@ class _Published:
         self.generation = table.generation
         # Where each instance listens now: the engine may have moved it since (a restart).
         ports = {i.name: i.port for i in live.instances if i.port}
+        telemetry = {i.name: i.telemetry_port for i in live.instances}
         self.rotation: dict[str, list[Endpoint]] = {
             node: [
-                Endpoint(e.instance, e.host, ports[e.instance])
+                Endpoint(e.instance, e.host, ports[e.instance], telemetry.get(e.instance))
                 for e in entry.endpoints
                 if e.instance in ports
             ]
@@ -123,6 +124,7 @@ class _Published:
                 timeouts=want.timeouts,
                 suspended=want.suspended,
                 access=want.access,
+                telemetry_path=want.telemetry_path,
             )
         return self.settings.get(node, NodeEntry((), 1, HealthSettings()))
 
@@ -151,7 +153,7 @@ def _late(behind: list[BalancerAck], what: str) -> str:
 
 
 def _endpoint(instance: LiveInstance) -> Endpoint:
-    return Endpoint(instance.name, LOOPBACK, instance.port or 0)
+    return Endpoint(instance.name, LOOPBACK, instance.port or 0, instance.telemetry_port)
 
 
 class Applier:

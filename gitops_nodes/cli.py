@@ -11,7 +11,7 @@ from pathlib import Path
 from balancer.access import ADMIN_TOKEN_ENV, ADMIN_TOKEN_FILE_ENV, AccessConfigError, admin_guard
 from balancer.proxy import ProxySettings
 from balancer.table import RoutingTable
-from gitops_nodes import __version__, logs, workflow
+from gitops_nodes import __version__, logs, nodelogs, workflow
 from gitops_nodes.apply import ApplyOptions, ApplyReport, Outcome, StepResult
 from gitops_nodes.errors import GitopsNodesError
 from gitops_nodes.plan import Plan, make_plan
@@ -139,6 +139,19 @@ def _parser() -> argparse.ArgumentParser:
     project_options(sub)
     sub.add_argument("--json", action="store_true")
     sub.set_defaults(command=_status)
+
+    sub = command("logs", "Show a node's instances' output, each line prefixed with its instance.")
+    sub.add_argument("node", help="the node's name")
+    project_options(sub)
+    sub.add_argument("--instance", type=int, metavar="N", help="only the instance at index N")
+    sub.add_argument(
+        "-f", "--follow", action="store_true", help="keep printing new lines (Ctrl-C ends)"
+    )
+    sub.add_argument("--tail", type=int, metavar="N", help="only the last N lines of each instance")
+    sub.add_argument(
+        "-t", "--timestamps", action="store_true", help="show the engine's time of each line"
+    )
+    sub.set_defaults(command=_logs)
 
     sub = command(
         "serve", "Serve the project's aliases and nodes over HTTP from its published table."
@@ -297,6 +310,28 @@ def _print_watch(state: StateDir) -> None:
         )
     if error:
         print(f"  last error, at {error['revision'][:12]} ({error['outcome']}): {error['error']}")
+
+
+def _logs(args: argparse.Namespace) -> int:
+    if args.tail is not None and args.tail < 0:
+        raise GitopsNodesError(f"--tail: expected a number of lines, 0 or more, got {args.tail}")
+    project, state = _context(args, Path.cwd())
+    runtime = _runtime()
+    chosen = nodelogs.sources(runtime, project, state, args.node, args.instance)
+    if not chosen:
+        print(f"Node {args.node} has no instances.")
+        return EXIT_OK
+    if not args.follow:
+        for line in nodelogs.recent(runtime, chosen, args.tail, args.timestamps):
+            print(line)
+        return EXIT_OK
+    with nodelogs.Follower(runtime, chosen, args.tail, args.timestamps) as follower:
+        try:
+            for line in follower:
+                print(line, flush=True)
+        except KeyboardInterrupt:
+            pass  # Ctrl-C is how following ends
+    return EXIT_OK
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -136,7 +136,7 @@ def diff(desired: DesiredState, live: LiveState) -> Diff:
     return Diff(tuple(node_changes), tuple(alias_changes))
 
 
-REPLACE_FIELDS = ("image", "port", "command", "env", "resources")
+REPLACE_FIELDS = ("image", "port", "command", "env", "resources", "telemetry.port")
 
 
 class Sensitive(str):
@@ -183,6 +183,7 @@ def node_fields(
     access: AccessRule | None = None,
     timeouts: Timeouts | None = None,
     suspended: bool | None = None,
+    telemetry_path: str | None = None,
 ) -> dict[str, Any]:
     """A node flattened to dotted fields, the way plan shows them."""
     fields: dict[str, Any] = {}
@@ -194,6 +195,10 @@ def node_fields(
             fields[f"env.{key}"] = value
         fields["resources.cpus"] = config.cpus
         fields["resources.memory"] = config.memory
+        if config.telemetry_port is not None:
+            fields["telemetry.port"] = config.telemetry_port
+    if telemetry_path is not None:
+        fields["telemetry.path"] = telemetry_path
     if instances is not None:
         fields["instances"] = instances
     if min_healthy is not None:
@@ -214,7 +219,7 @@ def _field_changes(before: dict[str, Any], after: dict[str, Any]) -> tuple[Field
     for key in sorted(set(before) | set(after)):
         old, new = before.get(key), after.get(key)
         if old != new:
-            forces = key.split(".")[0] in REPLACE_FIELDS
+            forces = key.split(".")[0] in REPLACE_FIELDS or key in REPLACE_FIELDS
             changes.append(FieldChange(key, old, new, forces))
     return tuple(changes)
 
@@ -241,6 +246,7 @@ def _diff_node(
         access=published.access if published else None,
         timeouts=published.timeouts if published else None,
         suspended=published.suspended if published else None,
+        telemetry_path=published.telemetry_path if published else None,
     )
     if want is None:
         removals = tuple(
@@ -266,6 +272,7 @@ def _diff_node(
         access=want.access,
         timeouts=want.timeouts,
         suspended=want.suspended,
+        telemetry_path=want.telemetry_path,
     )
     if not have and published is None:
         if want.suspended:  # published for its aliases to see; instances come on resume
@@ -349,6 +356,7 @@ def _same_settings(want: DesiredNode, published: NodeEntry) -> bool:
         and published.timeouts == want.timeouts
         and published.suspended == want.suspended
         and published.access == want.access
+        and published.telemetry_path == want.telemetry_path
     )
 
 
@@ -374,9 +382,13 @@ def _moved(have: tuple[LiveInstance, ...], published: NodeEntry | None) -> bool:
     ports anew when it restarts a container (after its own restart, say)."""
     if published is None:
         return False
-    ports = {e.instance: e.port for e in published.endpoints}
+    ports = {e.instance: (e.port, e.telemetry_port) for e in published.endpoints}
     return any(
-        i.alive and i.port is not None and i.name in ports and ports[i.name] != i.port for i in have
+        i.alive
+        and i.port is not None
+        and i.name in ports
+        and ports[i.name] != (i.port, i.telemetry_port)
+        for i in have
     )
 
 

@@ -26,6 +26,7 @@ class LiveInstance:
     state: str  # the engine's word: created, running, restarting, exited, paused, dead, removing
     port: int | None  # the port published on 127.0.0.1, once known
     started_at: float | None = None  # seconds since the epoch, when running
+    telemetry_port: int | None = None  # config.telemetry_port as published on 127.0.0.1
 
     @property
     def alive(self) -> bool:
@@ -78,6 +79,7 @@ class LiveState:
                         entry.health,
                         entry.timeouts,
                         entry.suspended,
+                        entry.telemetry_path,
                     )
                     for name, entry in table.nodes.items()
                 ),

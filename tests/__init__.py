@@ -1,0 +1,1 @@
+"""The test suite (a package, so tests/balancer never shadows the balancer package)."""

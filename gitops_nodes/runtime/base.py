@@ -2,11 +2,30 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from gitops_nodes.live import LiveInstance
 from gitops_nodes.spec.state import BuildRequest, DesiredNode
+
+
+@dataclass(frozen=True)
+class LogLine:
+    """One line an instance printed, with the engine's time for it."""
+
+    at: int  # nanoseconds since the epoch, to merge instances' lines in order; 0 when unknown
+    stamp: str  # that time as the engine wrote it (RFC 3339, UTC)
+    text: str
+
+
+class LogStream(Protocol):
+    """An instance's log lines, oldest first; close() ends the iteration from any thread."""
+
+    def __iter__(self) -> Iterator[LogLine]: ...
+
+    def close(self) -> None: ...
 
 
 class Runtime(Protocol):
@@ -47,6 +66,12 @@ class Runtime(Protocol):
 
     def instance_logs(self, name: str, lines: int) -> str:
         """The last lines the instance printed, for error messages."""
+        ...
+
+    def log_stream(self, name: str, tail: int | None, follow: bool) -> LogStream:
+        """The instance's output (stdout and stderr) line by line: its last tail lines (all
+        when None), then, with follow, each new line as it comes until the instance stops or
+        the stream is closed."""
         ...
 
     def remove_images(self, project: str) -> list[str]:

@@ -12,7 +12,7 @@ import secrets
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from gitops_nodes import pyimage
 from gitops_nodes.errors import RuntimeFailure, RuntimeUnavailable
 from gitops_nodes.live import LiveInstance
 from gitops_nodes.runtime import labels
+from gitops_nodes.runtime.base import LogLine
 from gitops_nodes.spec.context import BUILD_REPOSITORY
 from gitops_nodes.spec.hashing import InstanceConfig, canonical_json
 from gitops_nodes.spec.state import BuildRequest, DesiredNode
@@ -116,8 +117,11 @@ class DockerRuntime:
         config = node.config
         self._ensure_image(config.image)
         name = f"{project}-{node.name}-{index}-{secrets.token_hex(3)}"
+        ports = [config.port]
+        if config.telemetry_port is not None:
+            ports.append(config.telemetry_port)  # for the balancer's scrape, on loopback too
         host_config = self.api.create_host_config(
-            port_bindings={config.port: (LOOPBACK,)},
+            port_bindings={port: (LOOPBACK,) for port in ports},
             restart_policy={"Name": "unless-stopped"},
             nano_cpus=int(config.cpus * 1e9) if config.cpus else None,
             mem_limit=config.memory,
@@ -137,7 +141,7 @@ class DockerRuntime:
                 name=name,
                 environment=dict(config.env),
                 labels=instance_labels,
-                ports=[config.port],
+                ports=ports,
                 host_config=host_config,
             )
         except ENGINE_ERRORS as exc:
@@ -199,6 +203,29 @@ class DockerRuntime:
             return ""
         return bytes(raw).decode(errors="replace")
 
+    def log_stream(self, name: str, tail: int | None, follow: bool) -> DockerLogStream:
+        client = None
+        try:
+            # Following may wait for a line longer than any read timeout: a client without.
+            client = docker.from_env(timeout=None) if follow else None
+            api = client.api if client is not None else self.api
+            stream = api.logs(
+                name,
+                stream=True,
+                follow=follow,
+                timestamps=True,
+                tail="all" if tail is None else max(0, tail),
+            )
+        except NotFound:
+            if client is not None:
+                client.close()
+            raise RuntimeFailure(f"{name} no longer exists") from None
+        except ENGINE_ERRORS as exc:
+            if client is not None:
+                client.close()
+            raise engine_error(f"reading the logs of {name} failed", exc) from exc
+        return DockerLogStream(name, stream, client)
+
     def remove_images(self, project: str) -> list[str]:
         removed = []
         try:
@@ -244,6 +271,57 @@ class DockerRuntime:
             raise RuntimeFailure(f"removing {name} failed: {exc}") from exc
 
 
+class DockerLogStream:
+    """An instance's log lines from the engine's stream of timestamped output."""
+
+    def __init__(self, name: str, stream: Any, client: Any | None) -> None:
+        self.name = name
+        self.stream = stream
+        self.client = client  # owned: closed with the stream
+        self.closed = False
+
+    def __iter__(self) -> Iterator[LogLine]:
+        pending = b""
+        try:
+            for chunk in self.stream:
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for raw in lines:
+                    yield log_line(raw)
+        except Exception as exc:
+            if self.closed:
+                return  # a socket closed under a blocked read fails it in more than one way
+            if isinstance(exc, ENGINE_ERRORS):
+                raise engine_error(f"reading the logs of {self.name} failed", exc) from exc
+            raise
+        if pending and not self.closed:
+            yield log_line(pending)
+
+    def close(self) -> None:
+        self.closed = True
+        try:
+            self.stream.close()
+        except (*ENGINE_ERRORS, OSError, AttributeError):
+            pass  # already closed, or the engine went away: either way it is over
+        if self.client is not None:
+            self.client.close()
+
+
+_LOG_STAMP = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?Z")
+
+
+def log_line(raw: bytes) -> LogLine:
+    """A line of `docker logs --timestamps`: an RFC 3339 time in UTC, a space, the text."""
+    text = raw.decode(errors="replace").removesuffix("\r")
+    stamp, _, rest = text.partition(" ")
+    match = _LOG_STAMP.fullmatch(stamp)
+    if match is None:
+        return LogLine(0, "", text)
+    seconds = int(datetime.fromisoformat(match.group(1) + "+00:00").timestamp())
+    fraction = (match.group(2) or "").ljust(9, "0")
+    return LogLine(seconds * 1_000_000_000 + int(fraction), stamp, rest)
+
+
 def _config_from(value: str | None) -> InstanceConfig | None:
     if not value:
         return None
@@ -254,52 +332,71 @@ def _config_from(value: str | None) -> InstanceConfig | None:
 
 
 def _instance(
-    name: str, label_map: dict[str, str], state: str, port: int | None, started: float | None
+    name: str,
+    label_map: dict[str, str],
+    state: str,
+    published: dict[int, int],
+    started: float | None,
 ) -> LiveInstance | None:
+    """An instance from its labels and published ports ({container port: loopback port})."""
     node = label_map.get(labels.NODE)
     index = label_map.get(labels.INDEX, "")
     if not node or not index.isdigit():
         return None
+    config = _config_from(label_map.get(labels.CONFIG))
+    if config is None:  # no readable config: its only published port is the serving one
+        port = next(iter(published.values()), None)
+        telemetry_port = None
+    else:
+        port = published.get(config.port)
+        telemetry_port = (
+            published.get(config.telemetry_port) if config.telemetry_port is not None else None
+        )
     return LiveInstance(
         name=name,
         node=node,
         index=int(index),
         spec_hash=label_map.get(labels.SPEC_HASH, ""),
-        config=_config_from(label_map.get(labels.CONFIG)),
+        config=config,
         state=state,
         port=port,
         started_at=started,
+        telemetry_port=telemetry_port,
     )
 
 
 def _from_summary(summary: dict[str, Any]) -> LiveInstance | None:
-    port = next(
-        (p.get("PublicPort") for p in summary.get("Ports") or () if p.get("IP") == LOOPBACK),
-        None,
-    )
+    published = {
+        int(p["PrivatePort"]): int(p["PublicPort"])
+        for p in summary.get("Ports") or ()
+        if p.get("IP") == LOOPBACK and p.get("PublicPort") and p.get("PrivatePort")
+    }
     name = (summary.get("Names") or ["/?"])[0].lstrip("/")
     created = summary.get("Created")
     return _instance(
         name,
         summary.get("Labels") or {},
         summary.get("State", ""),
-        port,
+        published,
         float(created) if created else None,
     )
 
 
 def _from_inspect(data: dict[str, Any]) -> LiveInstance | None:
-    port = None
-    for bindings in (data["NetworkSettings"].get("Ports") or {}).values():
+    published: dict[int, int] = {}
+    for key, bindings in (data["NetworkSettings"].get("Ports") or {}).items():
+        container_port = key.split("/", 1)[0]  # "8080/tcp"
+        if not container_port.isdigit():
+            continue
         for binding in bindings or ():
             if binding.get("HostIp") == LOOPBACK and binding.get("HostPort"):
-                port = int(binding["HostPort"])
+                published[int(container_port)] = int(binding["HostPort"])
     state = data["State"]
     return _instance(
         data["Name"].lstrip("/"),
         data["Config"]["Labels"] or {},
         state.get("Status", ""),
-        port,
+        published,
         _timestamp(state.get("StartedAt")),
     )
 

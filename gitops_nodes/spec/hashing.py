@@ -25,11 +25,17 @@ class InstanceConfig:
     env: tuple[tuple[str, str], ...]
     cpus: float | None
     memory: int | None
+    # A second container port published for the instance's metrics (spec.telemetry.port,
+    # when it differs from port): publishing a port needs a new container, so it is hashed.
+    telemetry_port: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["command"] = list(self.command) if self.command is not None else None
         data["env"] = dict(self.env)
+        if self.telemetry_port is None:
+            # Absent rather than null: nodes without it keep the hash they had before it existed.
+            del data["telemetry_port"]
         return data
 
     @classmethod
@@ -42,6 +48,7 @@ class InstanceConfig:
             env=tuple(sorted(dict(data.get("env") or {}).items())),
             cpus=data.get("cpus"),
             memory=data.get("memory"),
+            telemetry_port=data.get("telemetry_port"),
         )
 
 

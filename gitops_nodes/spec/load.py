@@ -33,6 +33,7 @@ from gitops_nodes.spec.models import (
     AliasDocument,
     NodeDocument,
     PythonSource,
+    Telemetry,
 )
 from gitops_nodes.spec.state import (
     BuildRequest,
@@ -418,6 +419,7 @@ def _resolve_node(root: Path, document: NodeDocument, source: Source) -> Desired
         env=tuple(sorted(spec.env.items())),
         cpus=spec.resources.cpus,
         memory=spec.resources.memory,
+        telemetry_port=_telemetry_port(spec.telemetry, port),
     )
     return DesiredNode(
         name=document.metadata.name,
@@ -431,7 +433,15 @@ def _resolve_node(root: Path, document: NodeDocument, source: Source) -> Desired
         timeouts=Timeouts(spec.endpoint.timeout, spec.endpoint.idle_timeout),
         maintenance_limit=spec.maintenance_limit,
         suspended=spec.suspended,
+        telemetry_path=spec.telemetry.path if spec.telemetry is not None else None,
     )
+
+
+def _telemetry_port(telemetry: Telemetry | None, port: int) -> int | None:
+    """The container port to publish for metrics besides port; None when port serves them."""
+    if telemetry is None or telemetry.port is None or telemetry.port == port:
+        return None
+    return telemetry.port
 
 
 def _assemble(root: Path, results: dict[str, _FileResult], read_keys: bool) -> DesiredState:

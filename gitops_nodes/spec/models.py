@@ -266,6 +266,15 @@ class EndpointSettings(SpecModel):
     idle_timeout: PositiveDuration = 15.0  # a kept-alive connection to an instance, unused
 
 
+class Telemetry(SpecModel):
+    """Where each instance serves its own metrics in Prometheus text format. The balancer
+    fetches them whenever its `/-/metrics` is scraped and re-exposes them labelled with
+    `node_id` and `instance_id`. Without a port: the node's serving port."""
+
+    path: str = Field(default="/metrics", pattern=r"^/[!-~]*$")
+    port: Port | None = None
+
+
 class Resources(SpecModel):
     """Limits for each instance's container."""
 
@@ -393,6 +402,7 @@ class NodeSpec(SpecModel):
     # Instances stopped (no cost), definition, image and alias entries kept.
     suspended: bool = False
     access: Access | None = None  # private when set: calls to /nodes/<name>/ need a key
+    telemetry: Telemetry | None = None
 
     @model_validator(mode="after")
     def _one_kind(self) -> NodeSpec:

@@ -65,6 +65,7 @@ class DesiredNode:
     timeouts: Timeouts = DEFAULT_TIMEOUTS  # the spec's `endpoint`
     maintenance_limit: int = 1  # instances replaced at once; plan reads it, nothing publishes it
     suspended: bool = False
+    telemetry_path: str | None = None  # where instances serve Prometheus text; None: nowhere
     health: HealthSettings = field(init=False, compare=False)
     digest: str = field(init=False, compare=False)  # of everything plan reads from this node
 
@@ -82,6 +83,8 @@ class DesiredNode:
         ]
         if self.access is not None:
             payload.append(access_to_json(self.access))
+        if self.telemetry_path is not None:
+            payload.append(["telemetry", self.telemetry_path])
         object.__setattr__(self, "health", health)
         object.__setattr__(
             self, "digest", hashlib.sha256(canonical_json(payload).encode()).hexdigest()

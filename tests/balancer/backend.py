@@ -20,6 +20,9 @@ It prints `PORT <n>` on stdout once it listens on 127.0.0.1. Every answer names 
                            answers {"name", "inputs", "headers"}, or, when the inputs hold
                            "answer": {"code", "json" | "text" | "pad", "ms"}, that status with
                            that JSON, that text, or {"pad": "x" * pad}, after ms milliseconds
+    /metrics[?chunked=1]   Prometheus text: its request counts by path (`backend_requests_total`,
+                           label `path`) and a gauge labelled `instance_id` (a clash); chunked
+                           or with a content-length; `?bad=1`: text that is not the format
     ?hop=1 (any path)      adds hop-by-hop headers to the response
     anything else          JSON: name, method, path, query, target, headers, bodyLength
 HEAD answers like GET without the body.
@@ -165,6 +168,18 @@ class Backend:
                     await writer.drain()
         elif path == "/" and method == "POST":
             await self.act_as_node(writer, body, headers)
+        elif path == "/metrics":
+            text = self.metrics_text(bad=params.get("bad") == "1").encode()
+            if params.get("chunked") == "1":
+                await self.send_head(writer, 200, [("Transfer-Encoding", "chunked")])
+                for start in range(0, len(text), 50):
+                    part = text[start : start + 50]
+                    writer.write(b"%x\r\n%s\r\n" % (len(part), part))
+                writer.write(b"0\r\n\r\n")
+                await writer.drain()
+            else:
+                content_type = ("Content-Type", "text/plain; version=0.0.4")
+                await self.send(writer, 200, [content_type], text, head_only)
         elif path == "/status":
             await self.send_json(writer, int(params.get("code", "200")), {"name": self.name})
         else:
@@ -207,6 +222,22 @@ class Backend:
             await self.send_json(writer, code, {"pad": "x" * answer["pad"]})
         else:
             await self.send_json(writer, code, answer.get("json", {}))
+
+    def metrics_text(self, bad: bool) -> str:
+        if bad:
+            return "# TYPE backend_requests_total counter\nbackend_requests_total{path=} 1\n"
+        lines = [
+            "# HELP backend_requests_total Requests by path.",
+            "# TYPE backend_requests_total counter",
+        ]
+        for path, count in sorted(self.counts.items()):
+            escaped = path.replace("\\", "\\\\").replace('"', '\\"')
+            lines.append(f'backend_requests_total{{path="{escaped}"}} {count}')
+        lines += [
+            "# TYPE backend_info gauge",
+            f'backend_info{{instance_id="{self.name}",version="1"}} 1',
+        ]
+        return "\n".join(lines) + "\n"
 
     async def send_head(
         self, writer: asyncio.StreamWriter, code: int, headers: list[tuple[str, str]]

@@ -66,13 +66,13 @@ def test_metrics_count_requests_per_node_and_alias(balancer, start_backend):
     assert reply.header("content-type").startswith("text/plain")
     lines = set(reply.body.decode().splitlines())
     for line in (
-        'node_requests{node="a"} 5',
-        'node_requests{node="b"} 3',
-        'alias_requests{alias="w"} 5',
-        'node_http_codes{node="a",code="200"} 5',
-        'alias_http_codes{alias="w",code="200"} 5',
-        'alias_request_durations_count{alias="w"} 5',
-        'node_request_durations_bucket{node="b",le="+Inf"} 3',
+        'node_requests{node_id="a"} 5',
+        'node_requests{node_id="b"} 3',
+        'alias_requests{alias_name="w"} 5',
+        'node_http_codes{node_id="a",code="200"} 5',
+        'alias_http_codes{alias_name="w",code="200"} 5',
+        'alias_request_durations_count{alias_name="w"} 5',
+        'node_request_durations_bucket{node_id="b",le="+Inf"} 3',
         "balancer_table_generation 1",
         'balancer_unrouted_requests_total{code="404"} 1',
     ):

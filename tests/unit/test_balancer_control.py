@@ -30,30 +30,30 @@ def test_one_observation_renders_exact_lines() -> None:
     metrics.observe("front", "web", 200, 0.003)
     text = metrics.render()
     lines = samples(text)
-    assert 'node_requests{node="web"} 1' in lines
-    assert 'node_http_codes{node="web",code="200"} 1' in lines
-    assert 'node_errors{node="web"} 0' in lines
-    assert 'alias_requests{alias="front"} 1' in lines
-    assert 'alias_http_codes{alias="front",code="200"} 1' in lines
+    assert 'node_requests{node_id="web"} 1' in lines
+    assert 'node_http_codes{node_id="web",code="200"} 1' in lines
+    assert 'node_errors{node_id="web"} 0' in lines
+    assert 'alias_requests{alias_name="front"} 1' in lines
+    assert 'alias_http_codes{alias_name="front",code="200"} 1' in lines
     histogram = [line for line in lines if line.startswith("node_request_durations")]
     assert histogram == [
-        'node_request_durations_bucket{node="web",le="0.001"} 0',
-        'node_request_durations_bucket{node="web",le="0.0025"} 0',
-        'node_request_durations_bucket{node="web",le="0.005"} 1',
-        'node_request_durations_bucket{node="web",le="0.01"} 1',
-        'node_request_durations_bucket{node="web",le="0.025"} 1',
-        'node_request_durations_bucket{node="web",le="0.05"} 1',
-        'node_request_durations_bucket{node="web",le="0.1"} 1',
-        'node_request_durations_bucket{node="web",le="0.25"} 1',
-        'node_request_durations_bucket{node="web",le="0.5"} 1',
-        'node_request_durations_bucket{node="web",le="1.0"} 1',
-        'node_request_durations_bucket{node="web",le="2.5"} 1',
-        'node_request_durations_bucket{node="web",le="5.0"} 1',
-        'node_request_durations_bucket{node="web",le="10.0"} 1',
-        'node_request_durations_bucket{node="web",le="30.0"} 1',
-        'node_request_durations_bucket{node="web",le="+Inf"} 1',
-        'node_request_durations_sum{node="web"} 0.003',
-        'node_request_durations_count{node="web"} 1',
+        'node_request_durations_bucket{node_id="web",le="0.001"} 0',
+        'node_request_durations_bucket{node_id="web",le="0.0025"} 0',
+        'node_request_durations_bucket{node_id="web",le="0.005"} 1',
+        'node_request_durations_bucket{node_id="web",le="0.01"} 1',
+        'node_request_durations_bucket{node_id="web",le="0.025"} 1',
+        'node_request_durations_bucket{node_id="web",le="0.05"} 1',
+        'node_request_durations_bucket{node_id="web",le="0.1"} 1',
+        'node_request_durations_bucket{node_id="web",le="0.25"} 1',
+        'node_request_durations_bucket{node_id="web",le="0.5"} 1',
+        'node_request_durations_bucket{node_id="web",le="1.0"} 1',
+        'node_request_durations_bucket{node_id="web",le="2.5"} 1',
+        'node_request_durations_bucket{node_id="web",le="5.0"} 1',
+        'node_request_durations_bucket{node_id="web",le="10.0"} 1',
+        'node_request_durations_bucket{node_id="web",le="30.0"} 1',
+        'node_request_durations_bucket{node_id="web",le="+Inf"} 1',
+        'node_request_durations_sum{node_id="web"} 0.003',
+        'node_request_durations_count{node_id="web"} 1',
     ]
     assert "# TYPE node_request_durations histogram" in text
     assert "# TYPE alias_requests counter" in text
@@ -71,7 +71,7 @@ def test_histogram_buckets_are_cumulative_and_bounds_inclusive() -> None:
         for line in lines
         if (
             match := re.fullmatch(
-                r'node_request_durations_bucket\{node="n",le="([^"]+)"\} (\d+)', line
+                r'node_request_durations_bucket\{node_id="n",le="([^"]+)"\} (\d+)', line
             )
         )
     }
@@ -85,7 +85,7 @@ def test_histogram_buckets_are_cumulative_and_bounds_inclusive() -> None:
     assert buckets["+Inf"] == 6
     values = list(buckets.values())
     assert values == sorted(values)
-    assert 'node_request_durations_count{node="n"} 6' in lines
+    assert 'node_request_durations_count{node_id="n"} 6' in lines
     (total,) = [line for line in lines if line.startswith("node_request_durations_sum")]
     assert abs(float(total.split()[-1]) - 31.7156) < 1e-9
 
@@ -98,15 +98,15 @@ def test_codes_errors_and_requests_without_a_node_or_alias() -> None:
     metrics.observe(None, "web", 504, 0.01)  # by /nodes/web/
     metrics.observe(None, None, 404, 0.0001)  # unknown alias or node
     lines = samples(metrics.render())
-    assert 'node_requests{node="web"} 3' in lines
-    assert 'node_errors{node="web"} 2' in lines
-    assert 'alias_requests{alias="front"} 3' in lines
-    assert 'alias_errors{alias="front"} 2' in lines
+    assert 'node_requests{node_id="web"} 3' in lines
+    assert 'node_errors{node_id="web"} 2' in lines
+    assert 'alias_requests{alias_name="front"} 3' in lines
+    assert 'alias_errors{alias_name="front"} 2' in lines
     codes = [line for line in lines if line.startswith("alias_http_codes")]
     assert codes == [
-        'alias_http_codes{alias="front",code="200"} 1',
-        'alias_http_codes{alias="front",code="502"} 1',
-        'alias_http_codes{alias="front",code="503"} 1',
+        'alias_http_codes{alias_name="front",code="200"} 1',
+        'alias_http_codes{alias_name="front",code="502"} 1',
+        'alias_http_codes{alias_name="front",code="503"} 1',
     ]
     assert 'balancer_unrouted_requests_total{code="404"} 1' in lines
 
@@ -116,9 +116,9 @@ def test_label_values_are_escaped() -> None:
     metrics = Metrics(inflight=lambda: {'x"y': 2})
     metrics.observe('we"ird\\al\nias', 'no"de', 200, 0.01)
     lines = samples(metrics.render())
-    assert 'node_requests{node="no\\"de"} 1' in lines
-    assert 'alias_requests{alias="we\\"ird\\\\al\\nias"} 1' in lines
-    assert 'balancer_inflight_requests{node="x\\"y"} 2' in lines
+    assert 'node_requests{node_id="no\\"de"} 1' in lines
+    assert 'alias_requests{alias_name="we\\"ird\\\\al\\nias"} 1' in lines
+    assert 'balancer_inflight_requests{node_id="x\\"y"} 2' in lines
 
 
 def test_rendering_is_deterministic_and_sorted() -> None:
@@ -135,7 +135,10 @@ def test_rendering_is_deterministic_and_sorted() -> None:
         line.split('"')[1] for line in samples(first.render()) if line.startswith("node_requests")
     ]
     assert order == sorted(names)
-    assert 'node_http_codes{node="alpha",code="200"} 1' in first.render()
+    assert 'node_http_codes{node_id="alpha",code="200"} 1' in first.render()
+
+
+SAMPLE_LINE = r'[a-z_]+(\{([a-z_]+="([^"\\]|\\.)*",?)+\})? [0-9.e+-]+'
 
 
 def test_every_family_is_declared_before_its_samples() -> None:
@@ -153,7 +156,7 @@ def test_every_family_is_declared_before_its_samples() -> None:
             name = re.split(r"[{ ]", line, maxsplit=1)[0]
             base = re.sub(r"_(bucket|sum|count)$", "", name)
             assert name in declared or base in declared, line
-            assert re.fullmatch(r'[a-z_]+(\{([a-z]+="([^"\\]|\\.)*",?)+\})? [0-9.e+-]+', line), line
+            assert re.fullmatch(SAMPLE_LINE, line), line
     assert families == [
         "node_requests",
         "node_http_codes",
@@ -180,13 +183,13 @@ def test_reloads_generation_and_inflight() -> None:
     assert "balancer_reloads_total 2" in lines
     assert "balancer_rejected_reloads_total 1" in lines
     assert "balancer_table_generation 8" in lines
-    assert 'balancer_inflight_requests{node="web"} 3' in lines
+    assert 'balancer_inflight_requests{node_id="web"} 3' in lines
     # A callable given to render wins over the constructor's.
     lines = samples(metrics.render(lambda: {"b": 1, "a": 0}))
     inflight = [line for line in lines if line.startswith("balancer_inflight_requests")]
     assert inflight == [
-        'balancer_inflight_requests{node="a"} 0',
-        'balancer_inflight_requests{node="b"} 1',
+        'balancer_inflight_requests{node_id="a"} 0',
+        'balancer_inflight_requests{node_id="b"} 1',
     ]
 
 
@@ -197,11 +200,11 @@ def test_names_beyond_the_limit_do_not_become_series() -> None:
     metrics.observe("c", "n", 200, 0.001)
     lines = samples(metrics.render())
     assert [line for line in lines if line.startswith("alias_requests")] == [
-        'alias_requests{alias="a"} 1',
-        'alias_requests{alias="b"} 1',
+        'alias_requests{alias_name="a"} 1',
+        'alias_requests{alias_name="b"} 1',
     ]
     assert 'balancer_unrouted_requests_total{code="404"} 2' in lines
-    assert 'node_requests{node="n"} 1' in lines
+    assert 'node_requests{node_id="n"} 1' in lines
 
 
 # --- the control plane ---------------------------------------------------------------------
@@ -434,13 +437,13 @@ def test_metrics_endpoint() -> None:
     assert reply.status == 200
     assert reply.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
     lines = samples(reply.body.decode())
-    assert 'alias_requests{alias="front"} 1' in lines
+    assert 'alias_requests{alias_name="front"} 1' in lines
     assert "balancer_table_generation 5" in lines
     inflight = [line for line in lines if line.startswith("balancer_inflight_requests")]
     assert inflight == [  # every node of the table; web counts its draining instance too
-        'balancer_inflight_requests{node="fresh"} 0',
-        'balancer_inflight_requests{node="pair"} 0',
-        'balancer_inflight_requests{node="web"} 3',
+        'balancer_inflight_requests{node_id="fresh"} 0',
+        'balancer_inflight_requests{node_id="pair"} 0',
+        'balancer_inflight_requests{node_id="web"} 3',
     ]
 
 
