@@ -10,7 +10,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -23,9 +22,9 @@ import pytest
 from balancer.table import FORMAT_WITH_ACCESS
 from gitops_nodes.runtime.docker import DockerRuntime
 from gitops_nodes.spec.errors import SpecErrors
-from gitops_nodes.statedir import StateDir, balancer_acks
+from gitops_nodes.statedir import StateDir
 
-from .helpers import apply, node_yaml, table
+from .helpers import apply, free_port, node_yaml, table, wait_until_serving
 
 Repo = Callable[[str], Path]
 CI_KEY = "ci-key-0123456789abcdef"
@@ -47,15 +46,8 @@ spec:
 """
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture
-def serve(
+def serve_with_access_log(
     state: StateDir, project: str, tmp_path: Path
 ) -> Iterator[tuple[Callable[[], int], Path]]:
     """`gitops-nodes serve --access-log` with no key in its environment; its output file."""
@@ -71,11 +63,7 @@ def serve(
         with output.open("wb") as log:
             process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
         processes.append(process)
-        deadline = time.monotonic() + 15
-        while not balancer_acks(state):
-            assert process.poll() is None, output.read_text()
-            assert time.monotonic() < deadline, "the balancer did not start"
-            time.sleep(0.05)
+        wait_until_serving(state, process, output.read_text)
         return port
 
     yield start, output
@@ -114,11 +102,11 @@ def test_a_private_alias_on_a_real_container(
     runtime: DockerRuntime,
     project: str,
     state: StateDir,
-    serve: tuple[Callable[[], int], Path],
+    serve_with_access_log: tuple[Callable[[], int], Path],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    start_serving, output = serve
+    start_serving, output = serve_with_access_log
     key_file = tmp_path / "secrets" / "analyst.key"
     key_file.parent.mkdir()
     key_file.write_text(ANALYST_KEY + "\n")

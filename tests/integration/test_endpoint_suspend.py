@@ -21,9 +21,7 @@ from gitops_nodes.runtime.docker import DockerRuntime
 from gitops_nodes.spec.load import load_spec
 from gitops_nodes.statedir import StateDir, balancer_acks
 
-from .helpers import alias_yaml, apply, node_yaml, table
-from .test_serve import Load, serve, wait_for_version  # noqa: F401  (serve: a fixture)
-from .test_watch import Watch, git, watch  # noqa: F401  (watch: a fixture)
+from .helpers import Load, Watch, alias_yaml, apply, git, node_yaml, table, wait_for_version
 
 Repo = Callable[[str], Path]
 Serve = Callable[[], int]
@@ -77,7 +75,7 @@ def test_suspend_routes_around_the_node_and_resume_restarts_it_without_a_rebuild
     runtime: DockerRuntime,
     project: str,
     state: StateDir,
-    serve: Serve,  # noqa: F811  (the fixture imported above)
+    serve: Serve,
 ) -> None:
     aliases = alias_yaml("api", {"a": 50, "b": 50}) + alias_yaml("solo", {"a": 100})
     spec = node("a", "1", instances=2) + node("b", "2") + aliases
@@ -133,7 +131,7 @@ def test_a_maintenance_limit_of_2_replaces_3_instances_in_2_batches_with_no_fail
     runtime: DockerRuntime,
     project: str,
     state: StateDir,
-    serve: Serve,  # noqa: F811  (the fixture imported above)
+    serve: Serve,
 ) -> None:
     limit = "  maintenanceLimit: 2\n"
     root = app_repo(node("api", "1", limit, instances=3) + alias_yaml("api", {"api": 1}))
@@ -185,7 +183,7 @@ def test_endpoint_timeouts_apply_in_place_and_bound_requests(
     runtime: DockerRuntime,
     project: str,
     state: StateDir,
-    serve: Serve,  # noqa: F811  (the fixture imported above)
+    serve: Serve,
 ) -> None:
     def spec(timeout: str) -> str:
         extra = f"  endpoint: {{timeout: {timeout}, idleTimeout: 30s}}\n"
@@ -218,7 +216,7 @@ def test_endpoint_timeouts_apply_in_place_and_bound_requests(
 
 
 def test_watch_keeps_a_suspended_node_stopped(
-    watch: Callable[[str], Watch],  # noqa: F811  (the fixture imported above)
+    watch: Callable[[str], Watch],
     runtime: DockerRuntime,
     project: str,
 ) -> None:

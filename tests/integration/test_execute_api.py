@@ -14,9 +14,7 @@ from typing import Any
 from gitops_nodes.runtime.docker import DockerRuntime
 from gitops_nodes.statedir import StateDir
 
-from .helpers import alias_yaml, apply
-from .test_python_nodes import model_repo, python_node  # noqa: F401  (a fixture, reused)
-from .test_serve import serve  # noqa: F401  (a fixture, reused)
+from .helpers import alias_yaml, apply, python_node
 
 FOLDER = "b1gexamplefolder"
 # What the reference's documentation shows its clients send.
@@ -55,11 +53,11 @@ def wait_until_served(port: int, path: str) -> None:
 
 
 def test_execute_routes_answer_outputs_and_the_nodes_errors(
-    model_repo: Callable[..., Path],  # noqa: F811
+    model_repo: Callable[..., Path],
     runtime: DockerRuntime,
     project: str,
     state: StateDir,
-    serve: Callable[[], int],  # noqa: F811
+    serve: Callable[[], int],
 ) -> None:
     with_traceback = python_node("scorer-tb").replace(
         "outputs: {score: float, calls: int}",

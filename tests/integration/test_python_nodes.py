@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import pickle
-import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,48 +18,7 @@ from gitops_nodes.spec.errors import SpecErrors
 from gitops_nodes.spec.load import load_spec
 from gitops_nodes.statedir import StateDir
 
-from .helpers import alias_yaml, apply, table
-
-CODE = """
-calls = globals().get("calls", 0) + 1
-if features and features[0] < 0:
-    raise ValueError("negative first feature")
-score = sum(w * x for w, x in zip(weights, features)) + bias
-"""
-
-
-def python_node(name: str, checkpoint: str = "model/state.pkl") -> str:
-    return textwrap.dedent(
-        f"""
-        apiVersion: gitops-nodes/v1
-        kind: Node
-        metadata: {{name: {name}}}
-        spec:
-          python:
-            code: model/predict.py
-            checkpoint: {checkpoint}
-            inputs: {{features: "list[float]"}}
-            outputs: {{score: float, calls: int}}
-          healthCheck: {{path: /healthz, interval: 200ms, startTimeout: 20s}}
-        ---
-        """
-    )
-
-
-@pytest.fixture
-def model_repo(tmp_path: Path) -> Callable[..., Path]:
-    """A repo with a python node's code and a checkpoint holding weights and bias."""
-    root = tmp_path / "repo"
-
-    def make(spec: str, weights: list[float] | None = None, code: str = CODE) -> Path:
-        (root / "model").mkdir(parents=True, exist_ok=True)
-        (root / "model" / "predict.py").write_text(code)
-        state = {"weights": weights or [0.5, -1.0, 2.0], "bias": 0.1}
-        (root / "model" / "state.pkl").write_bytes(pickle.dumps(state))
-        (root / "spec.yaml").write_text(spec)
-        return root
-
-    return make
+from .helpers import alias_yaml, apply, python_node, table
 
 
 def call(port: int, body: Any) -> tuple[int, Any]:

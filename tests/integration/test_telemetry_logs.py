@@ -7,7 +7,6 @@ import os
 import queue
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,34 +22,18 @@ from gitops_nodes import workflow
 from gitops_nodes.plan import make_plan
 from gitops_nodes.runtime.docker import DockerRuntime
 from gitops_nodes.spec.load import load_spec
-from gitops_nodes.statedir import StateDir, balancer_acks
+from gitops_nodes.statedir import StateDir
 from tests import promtext
 
-from .helpers import alias_yaml, apply, table
+from .helpers import alias_yaml, apply, free_port, node_yaml, table, wait_until_serving
 
 Repo = Callable[[str], Path]
 DEADLINE = 20.0
 
 
 def node_spec(name: str, instances: int, env: str = "", telemetry: str = "") -> str:
-    return f"""
-apiVersion: gitops-nodes/v1
-kind: Node
-metadata: {{name: {name}}}
-spec:
-  image: {{build: app, port: 8080}}
-  instances: {instances}
-  env: {{VERSION: "1"{env}}}
-  healthCheck: {{path: /healthz, interval: 200ms, timeout: 1s, startTimeout: 15s}}
-{telemetry}---
-"""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """The test service's node at version 1, with more env entries and lines under spec."""
+    return node_yaml(name, "1", instances=instances, extra_env=env, extra_spec=telemetry)
 
 
 def get(port: int, path: str) -> bytes:
@@ -91,11 +74,9 @@ def balancer(state: StateDir, project: str) -> Iterator[Callable[[], tuple[int, 
             argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
         processes.append(process)
-        deadline = time.monotonic() + DEADLINE
-        while not balancer_acks(state):
-            assert process.poll() is None, process.stdout.read() if process.stdout else ""
-            assert time.monotonic() < deadline, "the balancer did not start"
-            time.sleep(0.05)  # polling for the balancer's report file, against a deadline
+        wait_until_serving(
+            state, process, lambda: process.stdout.read() if process.stdout else "", DEADLINE
+        )
         return port, admin
 
     yield start

@@ -6,13 +6,11 @@ import itertools
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import replace
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 import networkx as nx
 import pytest
-import yaml
 
 from balancer.table import AliasEntry, Endpoint, HealthSettings, NodeEntry, RoutingTable
 from gitops_nodes.diff import Action, FieldChange, NodeChange
@@ -21,11 +19,9 @@ from gitops_nodes.live import LiveInstance, LiveState
 from gitops_nodes.plan import Plan, Step, make_plan
 from gitops_nodes.render import render_text
 from gitops_nodes.spec.hashing import InstanceConfig, spec_hash
-from gitops_nodes.spec.load import load_spec
 from gitops_nodes.spec.state import DesiredNode, DesiredState
 
 PROJECT = "proj"
-WriteRepo = Callable[[dict[str, str]], Path]
 
 
 # --- building desired and live states ------------------------------------------------------
@@ -64,17 +60,6 @@ def alias_doc(name: str, *routes: tuple[str, int]) -> dict[str, Any]:
         "metadata": {"name": name},
         "spec": {"nodes": [{"node": node, "weight": weight} for node, weight in routes]},
     }
-
-
-@pytest.fixture
-def desired(write_repo: WriteRepo) -> Callable[..., DesiredState]:
-    """Write the documents (and any extra files) into a fresh repo and load it."""
-
-    def make(*documents: dict[str, Any], files: dict[str, str] | None = None) -> DesiredState:
-        text = yaml.safe_dump_all(documents, sort_keys=False)
-        return load_spec(write_repo({"spec.yaml": text, **(files or {})}))
-
-    return make
 
 
 def instances_of(

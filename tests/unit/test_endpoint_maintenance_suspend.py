@@ -11,13 +11,11 @@ import json
 import math
 from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 import networkx as nx
 import pytest
-import yaml
 
 from balancer.table import (
     DEFAULT_TIMEOUTS,
@@ -30,7 +28,6 @@ from gitops_nodes.diff import Action, FieldChange, NodeChange, Transition
 from gitops_nodes.live import LiveInstance, LiveState
 from gitops_nodes.plan import Plan, Step, maintenance_batches, make_plan
 from gitops_nodes.render import render_text
-from gitops_nodes.spec.load import load_spec
 from gitops_nodes.spec.state import DesiredState
 from tests.unit.test_diff_plan import (
     PROJECT,
@@ -43,8 +40,6 @@ from tests.unit.test_diff_plan import (
     table_for,
 )
 
-WriteRepo = Callable[[dict[str, str]], Path]
-
 
 def doc(name: str, **spec: Any) -> dict[str, Any]:
     """node_doc's node with more spec fields (endpoint, maintenanceLimit, suspended...)."""
@@ -52,15 +47,6 @@ def doc(name: str, **spec: Any) -> dict[str, Any]:
     document = node_doc(name, **options)
     document["spec"].update(spec)
     return document
-
-
-@pytest.fixture
-def desired(write_repo: WriteRepo) -> Callable[..., DesiredState]:
-    def make(*documents: dict[str, Any], files: dict[str, str] | None = None) -> DesiredState:
-        text = yaml.safe_dump_all(documents, sort_keys=False)
-        return load_spec(write_repo({"spec.yaml": text, **(files or {})}))
-
-    return make
 
 
 def published(state: DesiredState, instances: tuple[LiveInstance, ...]) -> RoutingTable:
