@@ -46,11 +46,17 @@ class Endpoint:
 
 @dataclass(frozen=True)
 class NodeEntry:
-    """A node's instances in rotation and the settings that judge them."""
+    """A node's instances in rotation and the settings that judge them.
+
+    With `discover` ("host:port"), the balancer also finds instances itself: every address
+    the host name resolves to, on that port (Swarm's `tasks.<service>`, which answers with a
+    task's address once its health check passed and stops before the task is stopped).
+    """
 
     endpoints: tuple[Endpoint, ...]
     min_healthy: int
     health: HealthSettings
+    discover: str | None = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,8 @@ class RoutingTable:
                     ],
                     "minHealthy": entry.min_healthy,
                     "health": health_to_json(entry.health),
+                    # only when set, so tables without it read as they always did
+                    **({"discover": entry.discover} if entry.discover else {}),
                 }
                 for name, entry in sorted(self.nodes.items())
             },
@@ -107,6 +115,7 @@ class RoutingTable:
                     ),
                     min_healthy=int(entry["minHealthy"]),
                     health=HealthSettings(**_health_fields(entry["health"])),
+                    discover=_discover(entry.get("discover")),
                 )
                 for name, entry in data["nodes"].items()
             }
@@ -126,6 +135,22 @@ class RoutingTable:
             raise
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise TableError(f"malformed routing table: {type(exc).__name__}: {exc}") from exc
+
+
+def _discover(value: Any) -> str | None:
+    """A discover entry: "host:port" with a port number, or absent."""
+    if value is None:
+        return None
+    host, _, port = str(value).rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise TableError(f"malformed routing table: discover {value!r} is not host:port")
+    return str(value)
+
+
+def split_discover(value: str) -> tuple[str, int]:
+    """(host, port) of a discover entry that from_json accepted."""
+    host, _, port = value.rpartition(":")
+    return host, int(port)
 
 
 def _optional_lower(value: Any) -> str | None:

@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 
 from balancer.proxy import ProxySettings
+from balancer.push import push_routes
 from balancer.server import Balancer, ServeOptions, new_loop
 from balancer.table import (
     AliasEntry,
@@ -243,6 +244,7 @@ class BalancerHarness:
 
     table_file: Path
     settings: ProxySettings
+    token: str | None = None  # with one, tables may also be pushed (balancer/push.py)
     loop: asyncio.AbstractEventLoop = field(init=False)
     balancer: Balancer = field(init=False)
     thread: threading.Thread = field(init=False)
@@ -253,6 +255,8 @@ class BalancerHarness:
     def start(self) -> None:
         self.loop = new_loop()
         self.balancer = Balancer(self.loop, self.table_file, self.settings)
+        if self.token is not None:
+            self.balancer.extra_routes.extend(push_routes(self.balancer, self.token))
         self.admin_port = free_port()
         options = ServeOptions(host=HOST, port=0, admin_host=HOST, admin_port=self.admin_port)
         started = threading.Event()
@@ -318,8 +322,10 @@ class BalancerHarness:
     def connect(self, timeout: float = 10.0) -> http.client.HTTPConnection:
         return http.client.HTTPConnection(HOST, self.port, timeout=timeout)
 
-    def admin(self, method: str, path: str) -> Reply:
-        return request(self.admin_port, method, path, timeout=5.0)
+    def admin(
+        self, method: str, path: str, headers: dict[str, str] | None = None, body: Any = None
+    ) -> Reply:
+        return request(self.admin_port, method, path, headers, body, timeout=5.0)
 
     def status(self) -> dict[str, Any]:
         reply = self.admin("GET", "/-/status")
@@ -376,9 +382,9 @@ def make_balancer(tmp_path: Path) -> Iterator[Callable[..., BalancerHarness]]:
     """Start balancers (table file STATE/proj/routing-table.json); all stop at teardown."""
     harnesses: list[BalancerHarness] = []
 
-    def make(settings: ProxySettings | None = None) -> BalancerHarness:
+    def make(settings: ProxySettings | None = None, token: str | None = None) -> BalancerHarness:
         table_file = tmp_path / f"state{len(harnesses)}" / PROJECT / "routing-table.json"
-        harness = BalancerHarness(table_file, settings or ProxySettings())
+        harness = BalancerHarness(table_file, settings or ProxySettings(), token)
         harnesses.append(harness)
         harness.start()
         return harness
