@@ -341,6 +341,17 @@ def _watch(args: argparse.Namespace) -> int:
     settings = _settings(Path(args.repo) / args.path)
     runtime = runtime_name(args.runtime, settings)
     logs.configure(structured=args.log_format == "json")
+    options = ServeOptions(args.host, args.port, args.admin_host, args.admin_port)
+    if runtime == "swarm":
+        # The swarm's balancer service serves the traffic, on ports published on every
+        # address of the host; watch keeps only its control plane (status, the git hook).
+        clash = {settings.swarm.port, settings.swarm.admin_port} & {args.admin_port}
+        if clash:
+            raise GitopsNodesError(
+                f"--admin-port {args.admin_port} is the swarm balancer's port "
+                "(gitops-nodes.yaml swarm.port, swarm.adminPort); pick another one"
+            )
+        options = ServeOptions(args.host, 0, args.admin_host, args.admin_port)
     source = open_source(args.repo, args.branch, args.path, state.path)
     loop = new_loop()
     asyncio.set_event_loop(loop)
@@ -356,6 +367,7 @@ def _watch(args: argparse.Namespace) -> int:
         state,
         lambda: connect(runtime, settings),
         on_publish=hand_over if runtime == "docker" else None,
+        rollouts=runtime == "docker",
     )
     watch = WatchLoop(
         loop,
@@ -368,12 +380,16 @@ def _watch(args: argparse.Namespace) -> int:
     )
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, watch.stop)
+    serving = (
+        f"the swarm's balancer serves port {settings.swarm.port}"
+        if runtime == "swarm"
+        else f"serving http://{args.host}:{args.port}"
+    )
     print(
-        f"Watching {source.describe()} as project {project}; serving http://{args.host}:"
-        f"{args.port} (control plane: http://{args.admin_host}:{args.admin_port}/-/status)",
+        f"Watching {source.describe()} as project {project} on {runtime}; {serving} "
+        f"(control plane: http://{args.admin_host}:{args.admin_port}/-/status)",
         flush=True,
     )
-    options = ServeOptions(args.host, args.port, args.admin_host, args.admin_port)
     try:
         loop.run_until_complete(watch.run(options))
     finally:
