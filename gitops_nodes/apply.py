@@ -355,7 +355,10 @@ class Applier:
         every balancer has finished its requests on it. Break, after the runtime's make."""
         retired = self.runtime.stop_instance(self.project, instance, self.options.stop_grace)
         self.retiring[instance] = retired
-        found = self.known.get(retired) or self.runtime.inspect_instance(self.project, retired)
+        current = self.runtime.inspect_instance(self.project, retired)
+        if current is not None and current.alive:
+            return f"{retired} stays: the runtime retired no instance in its place"
+        found = current or self.known.get(retired)
         what = retired if retired == instance else f"{retired} (retired in place of {instance})"
         if found is None or found.port is None:
             return f"{what} stopped"
