@@ -297,6 +297,11 @@ def _serve(args: argparse.Namespace) -> int:
     from balancer.server import ServeOptions, run
 
     _, state = _context(args, args.path)
+    if runtime_name(args.runtime, _settings(args.path)) == "swarm":
+        raise GitopsNodesError(
+            "on a Swarm the balancer runs as a service of the project (apply starts it, on "
+            "gitops-nodes.yaml's swarm.port); `serve` is the balancer for one Docker host"
+        )
     logs.configure(structured=False)
     options = ServeOptions(args.host, args.port, args.admin_host, args.admin_port)
     settings = _proxy_settings(args)

@@ -121,3 +121,11 @@ def test_validate_reports_settings_errors_and_exits_1(
     assert "gitops-nodes.yaml:1:10: runtime: expected 'docker' or 'swarm'" in (
         capsys.readouterr().err
     )
+
+
+def test_serve_refuses_a_swarm_repo(
+    write_repo: WriteRepo, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = write_repo({"spec.yaml": NODE, SETTINGS_FILE: "runtime: swarm\n"})
+    assert main(["serve", str(root)]) == 1
+    assert "on a Swarm the balancer runs as a service" in capsys.readouterr().err
