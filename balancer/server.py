@@ -1,9 +1,11 @@
 """One balancer process: the data plane, the control plane, health checks and table reloads.
 
 `Balancer.swap()` is the only place a routing table comes in, from the state file (followed
-with watchfiles) or handed over in-process; the new Router replaces the old one in one
-assignment. Signals belong to whoever runs the process (`run()` here, or the watch loop):
-uvicorn serves the control plane without installing handlers of its own.
+with watchfiles), handed over in-process, or pushed to the admin port (balancer/push.py);
+the new Router replaces the old one in one assignment. A table whose nodes say `discover`
+goes through balancer/discovery.py first, which adds the instances DNS finds. Signals belong
+to whoever runs the process (`run()` here, or the watch loop): uvicorn serves the control
+plane without installing handlers of its own.
 """
 
 from __future__ import annotations
@@ -29,11 +31,12 @@ from balancer.access import admin_guard
 from balancer.backends import Backend, Backends
 from balancer.client import ClientConnection
 from balancer.control import make_control_app
+from balancer.discovery import Discovery
 from balancer.health import HealthChecker
 from balancer.metrics import Metrics
 from balancer.proxy import Proxy, ProxySettings
 from balancer.routing import Affinity, Router
-from balancer.table import RoutingTable, TableError, read_table
+from balancer.table import Endpoint, RoutingTable, TableError, read_table
 from balancer.telemetry import Telemetry
 
 log = logging.getLogger("gitops_nodes.balancer")
@@ -80,13 +83,15 @@ class Balancer:
             loop, Router(RoutingTable(), self.backends), self.affinity, self.metrics, settings
         )
         self.proxy.on_drained = self._drained
-        self.checker = HealthChecker(loop, on_change=lambda _backend: self.write_ack())
+        self.checker = HealthChecker(loop, on_change=self._health_changed)
+        self.discovery = Discovery(loop, self._serve, self._endpoint_healthy)
         self.started_at = time.time()
         self.reloads = 0
         self.last_reload_error: str | None = None
         self.draining = False
         self._servers: list[asyncio.Server] = []
         self._admin: _EmbeddedServer | None = None
+        self.admin_port = 0
         self._tasks: list[asyncio.Task[Any]] = []
         self._stop = asyncio.Event()
 
@@ -94,6 +99,12 @@ class Balancer:
 
     def swap(self, table: RoutingTable) -> None:
         """Serve table from now on; requests in flight finish on what they started with."""
+        if self.discovery.active or any(e.discover for e in table.nodes.values()):
+            self.discovery.declare(table)  # serves it, with the instances DNS finds
+            return
+        self._serve(table)
+
+    def _serve(self, table: RoutingTable) -> None:
         added, removed = self.backends.reconcile(table)
         for backend in added:
             self.checker.track(backend)
@@ -163,18 +174,31 @@ class Balancer:
         self.backends.forget([backend])
         self.write_ack()
 
+    def _health_changed(self, _backend: Backend) -> None:
+        self.write_ack()
+        self.discovery.refresh()  # a node's new instance turning Healthy ends a hold
+
+    def _endpoint_healthy(self, endpoint: Endpoint) -> bool:
+        backend = self.backends.by_key.get((endpoint.instance, endpoint.host, endpoint.port))
+        return backend is not None and backend.healthy
+
+    def ack_document(self) -> dict[str, Any]:
+        """What apply waits on: the generation served, the instances counted Healthy, and
+        the removed ones with requests still in flight."""
+        return {
+            "pid": os.getpid(),
+            "generation": self.router.generation,
+            "draining": {b.instance: b.inflight for b in self.backends.draining()},
+            "healthy": sorted(b.instance for b in self.backends.by_key.values() if b.healthy),
+        }
+
     def write_ack(self) -> None:
         """Tell apply which table generation this process serves and what is still draining."""
         if self.table_file is None or not self._servers:
             return  # not listening yet: start() reports once it is
         folder = self.table_file.parent / "balancers"
         folder.mkdir(parents=True, exist_ok=True)
-        ack = {
-            "pid": os.getpid(),
-            "generation": self.router.generation,
-            "draining": {b.instance: b.inflight for b in self.backends.draining()},
-            "healthy": sorted(b.instance for b in self.backends.by_key.values() if b.healthy),
-        }
+        ack = self.ack_document()
         fd, temp = tempfile.mkstemp(prefix=".ack.", dir=folder)
         with os.fdopen(fd, "w") as handle:
             json.dump(ack, handle)
@@ -226,6 +250,7 @@ class Balancer:
         )
         self._admin = _EmbeddedServer(config)
         admin_socket = _bind(options.admin_host, options.admin_port, options.reuse_port)
+        self.admin_port = admin_socket.getsockname()[1]  # the one bound, for port 0
         self._tasks.append(self.loop.create_task(self._admin.serve(sockets=[admin_socket])))
         self._tasks.append(self.loop.create_task(self._sweep()))
         self.write_ack()
@@ -263,6 +288,7 @@ class Balancer:
             client.close()
         if self._admin is not None:
             self._admin.should_exit = True
+        await self.discovery.aclose()
         self.checker.close()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):

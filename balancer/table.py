@@ -88,6 +88,9 @@ class NodeEntry:
 
     A suspended node keeps its entry with no endpoints: its aliases route around it, and a
     request for it alone is answered 503.
+    With `discover` ("host:port"), the balancer also finds instances itself: every address
+    the host name resolves to, on that port (Swarm's `tasks.<service>`, which answers with a
+    task's address once its health check passed and stops before the task is stopped).
     """
 
     endpoints: tuple[Endpoint, ...]
@@ -97,6 +100,7 @@ class NodeEntry:
     suspended: bool = False
     access: AccessRule | None = None  # None: public
     telemetry_path: str | None = None  # the instances' Prometheus text; None: not scraped
+    discover: str | None = None
 
 
 @dataclass(frozen=True)
@@ -132,6 +136,8 @@ class RoutingTable:
                 "suspended": entry.suspended,
                 "telemetryPath": entry.telemetry_path,
             }
+            if entry.discover:  # only when set, so tables without it read as they always did
+                nodes[name]["discover"] = entry.discover
             if entry.access is not None:
                 nodes[name]["access"] = access_to_json(entry.access)
         aliases: dict[str, Any] = {}
@@ -173,6 +179,7 @@ class RoutingTable:
                     suspended=bool(entry.get("suspended", False)),
                     access=access_from_json(entry.get("access")),
                     telemetry_path=_optional_path(entry.get("telemetryPath")),
+                    discover=_discover(entry.get("discover")),
                 )
                 for name, entry in data["nodes"].items()
             }
@@ -239,6 +246,22 @@ def _timeouts(data: Any) -> Timeouts:
     if not (timeouts.request > 0 and timeouts.idle > 0):
         raise TableError(f"malformed routing table: timeouts must be above 0, got {data}")
     return timeouts
+
+
+def _discover(value: Any) -> str | None:
+    """A discover entry: "host:port" with a port number, or absent."""
+    if value is None:
+        return None
+    host, _, port = str(value).rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise TableError(f"malformed routing table: discover {value!r} is not host:port")
+    return str(value)
+
+
+def split_discover(value: str) -> tuple[str, int]:
+    """(host, port) of a discover entry that from_json accepted."""
+    host, _, port = value.rpartition(":")
+    return host, int(port)
 
 
 def _optional_lower(value: Any) -> str | None:

@@ -4,6 +4,14 @@ Independent branches run in parallel. On the first failure nothing new starts, t
 already running finish, and the report says what was done, what failed and why, and what
 was never started. Because aliases are published only after the nodes they gain are Healthy,
 stopping early leaves every alias on the instances that already served it.
+
+Two ways a node's instances reach the balancers, decided by the runtime:
+- listed (Docker): apply puts each instance in the table and takes it out, so it makes before
+  it breaks itself: publish the new one, wait until balancers count it Healthy, unpublish the
+  old one, wait until they finished its requests, stop it;
+- discovered (Swarm): the table names a DNS name and balancers find the instances by
+  themselves, as the runtime starts and retires them; apply's steps then wait on the same
+  reports (the new instance counted Healthy everywhere, the retired one gone everywhere).
 """
 
 from __future__ import annotations
@@ -26,12 +34,12 @@ from balancer.table import (
     write_table,
 )
 from gitops_nodes.errors import GitopsNodesError, RuntimeFailure
-from gitops_nodes.health import LOOPBACK, probe
+from gitops_nodes.fleet import BalancerFleet
 from gitops_nodes.live import LiveInstance, LiveState
 from gitops_nodes.plan import Plan, PlanStep, Step
 from gitops_nodes.runtime.base import Runtime
 from gitops_nodes.spec.state import DesiredState
-from gitops_nodes.statedir import BalancerAck, StateDir, balancer_acks
+from gitops_nodes.statedir import BalancerAck, StateDir
 
 HEALTH_POLL = 0.1  # seconds between probes while waiting; short so apply is not slowed by it
 DRAIN_POLL = 0.05
@@ -85,13 +93,21 @@ class _Published:
         self,
         live: LiveState,
         desired: DesiredState,
+        fleet: BalancerFleet,
+        discover: dict[str, str],
         on_publish: Callable[[RoutingTable], None] | None = None,
     ) -> None:
         self.on_publish = on_publish
+        self.fleet = fleet
         self.lock = threading.Lock()
         self.desired = desired
         table = live.table or RoutingTable()
         self.generation = table.generation
+        # node -> the name balancers resolve for its instances (a discovered node lists none)
+        self.discover = {
+            **{n: e.discover for n, e in table.nodes.items() if e.discover},
+            **discover,
+        }
         # Where each instance listens now: the engine may have moved it since (a restart).
         ports = {i.name: i.port for i in live.instances if i.port}
         telemetry = {i.name: i.telemetry_port for i in live.instances}
@@ -107,7 +123,11 @@ class _Published:
         self.settings: dict[str, NodeEntry] = dict(table.nodes)
         for node, instances in live.by_node.items():
             if node not in self.rotation:
-                self.rotation[node] = [_endpoint(i) for i in instances if i.alive and i.port]
+                self.rotation[node] = (
+                    []
+                    if node in self.discover
+                    else [_endpoint(i) for i in instances if i.alive and i.port]
+                )
         self.aliases: dict[str, AliasEntry] = dict(table.aliases)
         # The generation that took each instance out of the table: drains wait for it.
         self.removed_at: dict[str, int] = {}
@@ -131,8 +151,12 @@ class _Published:
     def write(self, path_table: StateDir) -> int:
         self.generation += 1
         nodes = {
-            node: replace(self.settings.get(node) or self.settings_for(node), endpoints=tuple(eps))
-            for node, eps in sorted(self.rotation.items())
+            node: replace(
+                self.settings.get(node) or self.settings_for(node),
+                endpoints=tuple(endpoints),
+                discover=self.discover.get(node),
+            )
+            for node, endpoints in sorted(self.rotation.items())
         }
         aliases = dict(sorted(self.aliases.items()))
         table = RoutingTable(self.generation, MappingProxyType(nodes), MappingProxyType(aliases))
@@ -141,6 +165,7 @@ class _Published:
             self.removed_at[instance] = self.generation
         self.written = now_written
         write_table(path_table.table, table)
+        self.fleet.publish(table)
         if self.on_publish is not None:
             self.on_publish(table)  # an embedded balancer takes it in-process, at once
         return self.generation
@@ -149,11 +174,16 @@ class _Published:
 def _late(behind: list[BalancerAck], what: str) -> str:
     if not behind:
         return ""
-    return f" (balancers {', '.join(str(a.pid) for a in behind)} did not {what})"
+    return f" (balancers {', '.join(a.describe() for a in behind)} did not {what})"
 
 
 def _endpoint(instance: LiveInstance) -> Endpoint:
-    return Endpoint(instance.name, LOOPBACK, instance.port or 0, instance.telemetry_port)
+    return Endpoint(instance.name, instance.host, instance.port or 0, instance.telemetry_port)
+
+
+def discovered_key(instance: LiveInstance) -> str:
+    """The name a balancer gives an instance it found by DNS: its address (balancer/discovery)."""
+    return f"{instance.host}:{instance.port}"
 
 
 class Applier:
@@ -179,7 +209,17 @@ class Applier:
         self.project = plan.project
         self.created: dict[tuple[str, int], LiveInstance] = {}  # created or started again
         self.restarted: set[str] = set()  # instances a resume started (rather than created)
-        self.published = _Published(live, desired, on_publish)
+        self.known = {i.name: i for i in live.instances}  # every instance seen, by name
+        self.fleet = runtime.balancers(plan.project, state)
+        discover = {
+            name: found
+            for name, node in desired.nodes.items()
+            if (found := runtime.discovery(plan.project, name, node.config.port))
+        }
+        self.published = _Published(live, desired, self.fleet, discover, on_publish)
+        self.retiring: dict[str, str] = {}  # a retired instance -> the one the runtime retired
+        self.prepared: set[str] = set()
+        self.preparing = threading.Lock()
 
     def run(self) -> ApplyReport:
         """Walk the DAG; never raises for a failed step, which the report carries instead."""
@@ -226,6 +266,8 @@ class Applier:
     def _run_step(self, step: PlanStep) -> StepResult:
         started = time.monotonic()
         try:
+            if step.node is not None:
+                self._prepare(step.node)
             detail = self._execute(step)
             outcome = Outcome.DONE
         except GitopsNodesError as exc:
@@ -233,6 +275,22 @@ class Applier:
         except Exception:  # a bug: keep the traceback in the report rather than lose it
             detail, outcome = "internal error:\n" + traceback.format_exc(), Outcome.FAILED
         return StepResult(step, outcome, detail, time.monotonic() - started)
+
+    def _prepare(self, node: str) -> None:
+        """The runtime's per-node preparation, once per apply, before the node's first step
+        (its steps may run in parallel: the first one prepares, the others wait for it)."""
+        with self.preparing:
+            if node in self.prepared:
+                return
+            self.runtime.prepare_node(self.project, node, self.desired.nodes.get(node))
+            self.prepared.add(node)
+
+    def _discovered(self, node: str) -> bool:
+        return node in self.published.discover
+
+    def _key(self, instance: LiveInstance) -> str:
+        """How balancers name instance in their reports."""
+        return discovered_key(instance) if self._discovered(instance.node) else instance.name
 
     def _execute(self, step: PlanStep) -> str:
         if step.step is Step.BUILD:
@@ -246,17 +304,22 @@ class Applier:
         if step.step is Step.PUBLISH:
             return self._publish(step)
         if step.step is Step.DRAIN:
+            if self._discovered(step.node or ""):
+                return self._drain_retired(step.instance or "")
             return self._drain(step.instance or "")
         if step.step is Step.STOP:  # suspended: drained and stopped, the container kept
             return self._drain(step.instance or "") + ", kept for resume"
-        self.runtime.remove_instance(self.project, step.instance or "")
+        instance = self.retiring.get(step.instance or "", step.instance or "")
+        self.runtime.remove_instance(self.project, instance)
+        if instance != step.instance:
+            return f"{instance} removed (the runtime retired it in place of {step.instance})"
         return f"{step.instance} removed"
 
     def _await_node(self, node: str) -> str:
         """Wait until every running balancer counts enough of node's instances Healthy to
         serve it, so moving an alias onto it never meets a balancer that has not checked
         them yet; called with the table lock held."""
-        instances = {e.instance for e in self.published.rotation.get(node, [])}
+        instances = self._members(node)
         want = self.desired.nodes[node]
         needed = min(max(1, want.min_healthy), len(instances))
         generation = self.published.generation
@@ -265,6 +328,15 @@ class Applier:
             want.health.start_timeout,
         )
         return _late(behind, f"report {node} Healthy in time")
+
+    def _members(self, node: str) -> set[str]:
+        """The node's instances as balancers name them: the table's, or for a discovered node
+        the alive ones this apply saw or started."""
+        if not self._discovered(node):
+            return {e.instance for e in self.published.rotation.get(node, [])}
+        alive = [i for i in self.known.values() if i.node == node and i.alive]
+        alive += [i for (name, _), i in self.created.items() if name == node]
+        return {discovered_key(i) for i in alive}
 
     def _await_balancers(self, instance: str, generation: int, node: str) -> str:
         """Wait (within the node's start timeout) until every running balancer serves
@@ -287,9 +359,32 @@ class Applier:
         if behind:
             return (
                 f"{instance} stopped after {self.options.drain_timeout:g}s with balancers "
-                f"{', '.join(str(a.pid) for a in behind)} still using it"
+                f"{', '.join(a.describe() for a in behind)} still using it"
             )
         return f"{instance} drained and stopped"
+
+    def _drain_retired(self, instance: str) -> str:
+        """For a discovered node: the runtime retires the instance (or the one it picks in its
+        place), and balancers drop it when its DNS name stops answering with it; wait until
+        every balancer has finished its requests on it. Break, after the runtime's make."""
+        retired = self.runtime.stop_instance(self.project, instance, self.options.stop_grace)
+        self.retiring[instance] = retired
+        current = self.runtime.inspect_instance(self.project, retired)
+        if current is not None and current.alive:
+            return f"{retired} stays: the runtime retired no instance in its place"
+        found = current or self.known.get(retired)
+        what = retired if retired == instance else f"{retired} (retired in place of {instance})"
+        if found is None or found.port is None:
+            return f"{what} stopped"
+        key = discovered_key(found)
+        behind = self._await_acks(
+            lambda ack: key in ack.healthy or ack.draining.get(key, 0) > 0,
+            self.options.drain_timeout,
+        )
+        if behind:
+            using = ", ".join(a.describe() for a in behind)
+            return f"{what} stopping with balancers {using} still using it"
+        return f"{what} drained and stopping"
 
     def _await_acks(
         self, behind: Callable[[BalancerAck], bool], timeout: float
@@ -298,7 +393,7 @@ class Applier:
         the ones still behind then."""
         deadline = time.monotonic() + timeout
         while True:
-            late = [ack for ack in balancer_acks(self.state) if behind(ack)]
+            late = [ack for ack in self.fleet.acks() if behind(ack)]
             if not late or time.monotonic() >= deadline:
                 return late
             time.sleep(DRAIN_POLL)  # polling the balancers' reports against a deadline
@@ -315,13 +410,13 @@ class Applier:
         node = self.desired.nodes[step.node or ""]
         instance = self.runtime.create_instance(self.project, node, step.instance_index or 0)
         self.created[(node.name, step.instance_index or 0)] = instance
-        return f"{instance.name} started, published on {LOOPBACK}:{instance.port}"
+        return f"{instance.name} started, published on {instance.host}:{instance.port}"
 
     def _start(self, step: PlanStep) -> str:
         instance = self.runtime.start_instance(self.project, step.instance or "")
         self.created[(step.node or "", step.instance_index or 0)] = instance
         self.restarted.add(instance.name)
-        return f"{instance.name} started again, published on {LOOPBACK}:{instance.port}"
+        return f"{instance.name} started again, published on {instance.host}:{instance.port}"
 
     def _wait(self, step: PlanStep) -> str:
         node = self.desired.nodes[step.node or ""]
@@ -340,7 +435,7 @@ class Applier:
 
     def _wait_healthy(self, instance: LiveInstance, health: HealthSettings) -> str:
         if instance.port is None:
-            raise RuntimeFailure(f"{instance.name} has no port published on {LOOPBACK}")
+            raise RuntimeFailure(f"{instance.name} has no port published on {instance.host}")
         check = replace(health, timeout=min(health.timeout, health.start_timeout))
         deadline = time.monotonic() + health.start_timeout
         passed = 0
@@ -353,7 +448,7 @@ class Applier:
                     f"{instance.name} stopped ({state}) before it became Healthy"
                     + self._logs_hint(instance.name)
                 )
-            found = probe(instance.port, check)
+            found = self.runtime.probe_instance(current, check)
             last = found.detail
             passed = passed + 1 if found.healthy else 0
             if passed >= health.healthy_threshold:
@@ -394,9 +489,18 @@ class Applier:
                     what += waits
             elif step.node is not None and step.instance_index is not None:
                 new = self.created[(step.node, step.instance_index)]
+                table.settings[step.node] = table.settings_for(step.node)
+                if self._discovered(step.node):
+                    # Balancers find it by DNS (it answers there once Healthy): wait until
+                    # every one counts it Healthy; the runtime retires what it replaces.
+                    table.rotation.setdefault(step.node, [])
+                    generation = table.write(self.state)
+                    waits = self._await_balancers(self._key(new), generation, step.node)
+                    return (
+                        f"{new.name} found by the balancers{waits} (table generation {generation})"
+                    )
                 rotation = table.rotation.get(step.node, [])
                 table.rotation[step.node] = [*rotation, _endpoint(new)]
-                table.settings[step.node] = table.settings_for(step.node)
                 what = f"{new.name} in rotation"
                 if step.instance:
                     # Make before break at the balancers too: the old instance leaves only

@@ -17,9 +17,11 @@ from gitops_nodes.errors import GitopsNodesError
 from gitops_nodes.plan import Plan, make_plan
 from gitops_nodes.render import render_json, render_text
 from gitops_nodes.runtime.base import Runtime
+from gitops_nodes.runtime.select import connect, runtime_name
 from gitops_nodes.spec.errors import SpecErrors
 from gitops_nodes.spec.load import load_spec
 from gitops_nodes.spec.schema import schema_text
+from gitops_nodes.spec.settings import RUNTIMES, Settings, load_settings
 from gitops_nodes.statedir import StateDir
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
@@ -66,6 +68,13 @@ def _parser() -> argparse.ArgumentParser:
             default=None,
             help="where the routing table and lock live "
             "(default: $GITOPS_NODES_STATE_DIR or ~/.local/state/gitops-nodes)",
+        )
+        sub.add_argument(
+            "--runtime",
+            choices=RUNTIMES,
+            default=None,
+            help="where instances run: one Docker host, or a Swarm cluster through a manager "
+            "(default: the repo's gitops-nodes.yaml, else docker)",
         )
 
     def serve_options(sub: argparse.ArgumentParser) -> None:
@@ -187,14 +196,19 @@ def _context(args: argparse.Namespace, path: Path) -> tuple[str, StateDir]:
     return project, StateDir.for_project(project, base)
 
 
-def _runtime() -> Runtime:
-    from gitops_nodes.runtime.docker import DockerRuntime  # only commands that need Docker
+def _settings(root: Path) -> Settings:
+    """The settings file of the repo at root; the defaults where there is no repo folder."""
+    return load_settings(root) if root.is_dir() else Settings()
 
-    return DockerRuntime()
+
+def _runtime(args: argparse.Namespace, root: Path, saved: str | None = None) -> Runtime:
+    settings = _settings(root)
+    return connect(runtime_name(args.runtime or saved, settings), settings)
 
 
 def _validate(args: argparse.Namespace) -> int:
     desired = load_spec(args.path)
+    _settings(args.path)  # its errors are the spec's errors
     print(
         f"The spec is valid: {_count(len(desired.nodes), 'node')} and "
         f"{_count(len(desired.aliases), 'alias')} in {_count(len(desired.files), 'file')}."
@@ -210,12 +224,13 @@ def _count(number: int, noun: str) -> str:
 def _plan(args: argparse.Namespace) -> int:
     desired = load_spec(args.path)
     project, state = _context(args, args.path)
-    live = workflow.observe(_runtime(), project, state)
+    runtime = _runtime(args, args.path)
+    live = workflow.observe(runtime, project, state)
     plan = make_plan(project, desired, live)
     data = plan.to_json()
     print(render_json(data) if args.json else render_text(data), end="")
     if args.out:
-        args.out.write_text(workflow.saved_plan_json(plan, args.path))
+        args.out.write_text(workflow.saved_plan_json(plan, args.path, runtime.name))
         if not args.json:
             print(f"\nSaved the plan to {args.out}; `gitops-nodes apply {args.out}` applies it.")
     if args.detailed_exitcode and not plan.empty:
@@ -231,7 +246,7 @@ def _apply(args: argparse.Namespace) -> int:
         state = StateDir.for_project(project, args.state_dir)
     run = workflow.apply(
         desired,
-        _runtime(),
+        _runtime(args, desired.root, saved.get("runtime") if saved else None),
         project,
         state,
         ApplyOptions(parallelism=args.parallelism, drain_timeout=args.drain_timeout),
@@ -246,7 +261,7 @@ def _apply(args: argparse.Namespace) -> int:
 
 def _destroy(args: argparse.Namespace) -> int:
     project, state = _context(args, args.path)
-    runtime = _runtime()
+    runtime = _runtime(args, args.path)
     run = workflow.apply(
         workflow.empty_spec(args.path),
         runtime,
@@ -257,6 +272,8 @@ def _destroy(args: argparse.Namespace) -> int:
     )
     code = _print_report(run.report, "Destroy") if run.report else EXIT_OK
     if code == EXIT_OK:
+        for removed in runtime.remove_project(project, state):
+            print(f"{removed} removed")
         for tag in runtime.remove_images(project):
             print(f"image {tag} removed")
         state.table.unlink(missing_ok=True)
@@ -266,7 +283,7 @@ def _destroy(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     desired = load_spec(args.path, read_keys=False) if args.path else None
     project, state = _context(args, args.path or Path.cwd())
-    view = workflow.status(_runtime(), project, state, desired)
+    view = workflow.status(_runtime(args, args.path or Path.cwd()), project, state, desired)
     if args.json:
         from gitops_nodes.watch.reconcile import read_watch_status
 
@@ -285,7 +302,7 @@ def _status(args: argparse.Namespace) -> int:
                 f"node {node.name}: {node.status} ({healthy} Healthy, minimum {node.min_healthy})"
             )
         for i in node.instances:
-            address = f"127.0.0.1:{i.port}" if i.port else "-"
+            address = i.address or "-"
             print(f"  {i.index:>3}  {i.status:<10} {address:<16} {i.name or '-'}  {i.detail}")
     for name, routes in view.aliases:
         print(f"alias {name} -> " + ", ".join(f"{n}={w}" for n, w in routes))
@@ -316,7 +333,7 @@ def _logs(args: argparse.Namespace) -> int:
     if args.tail is not None and args.tail < 0:
         raise GitopsNodesError(f"--tail: expected a number of lines, 0 or more, got {args.tail}")
     project, state = _context(args, Path.cwd())
-    runtime = _runtime()
+    runtime = _runtime(args, Path.cwd())
     chosen = nodelogs.sources(runtime, project, state, args.node, args.instance)
     if not chosen:
         print(f"Node {args.node} has no instances.")
@@ -338,6 +355,11 @@ def _serve(args: argparse.Namespace) -> int:
     from balancer.server import ServeOptions, run
 
     _, state = _context(args, args.path)
+    if runtime_name(args.runtime, _settings(args.path)) == "swarm":
+        raise GitopsNodesError(
+            "on a Swarm the balancer runs as a service of the project (apply starts it, on "
+            "gitops-nodes.yaml's swarm.port); `serve` is the balancer for one Docker host"
+        )
     logs.configure(structured=False)
     options = ServeOptions(
         args.host, args.port, args.admin_host, args.admin_port, admin_token=_admin_token(args)
@@ -387,7 +409,7 @@ def _watch(args: argparse.Namespace) -> int:
     import signal
 
     from balancer.server import Balancer, ServeOptions, new_loop
-    from gitops_nodes.runtime.docker import DockerRuntime, follow_events
+    from gitops_nodes.runtime.docker import follow_events
     from gitops_nodes.spec.models import parse_duration
     from gitops_nodes.watch.loop import WatchLoop
     from gitops_nodes.watch.reconcile import Reconciler
@@ -403,7 +425,25 @@ def _watch(args: argparse.Namespace) -> int:
     name = args.repo.rstrip("/").removesuffix(".git")
     project = args.project or workflow.project_name(Path(name))
     state = StateDir.for_project(project, args.state_dir)
+    # A work tree's own settings file decides the runtime; a Git URL's needs --runtime.
+    settings = _settings(Path(args.repo) / args.path)
+    runtime = runtime_name(args.runtime, settings)
     logs.configure(structured=args.log_format == "json")
+    options = ServeOptions(
+        args.host, args.port, args.admin_host, args.admin_port, admin_token=admin_token
+    )
+    if runtime == "swarm":
+        # The swarm's balancer service serves the traffic, on ports published on every
+        # address of the host; watch keeps only its control plane (status, the git hook).
+        clash = {settings.swarm.port, settings.swarm.admin_port} & {args.admin_port}
+        if clash:
+            raise GitopsNodesError(
+                f"--admin-port {args.admin_port} is the swarm balancer's port "
+                "(gitops-nodes.yaml swarm.port, swarm.adminPort); pick another one"
+            )
+        options = ServeOptions(
+            args.host, 0, args.admin_host, args.admin_port, admin_token=admin_token
+        )
     source = open_source(args.repo, args.branch, args.path, state.path)
     loop = new_loop()
     asyncio.set_event_loop(loop)
@@ -412,7 +452,15 @@ def _watch(args: argparse.Namespace) -> int:
     def hand_over(table: RoutingTable) -> None:  # from apply's thread to the balancer's loop
         loop.call_soon_threadsafe(balancer.swap, table)
 
-    reconciler = Reconciler(project, state, DockerRuntime, on_publish=hand_over)
+    # On a Swarm, the balancer is a service in the cluster (apply hands it the tables): the
+    # one embedded here serves only watch's control plane (status, hooks).
+    reconciler = Reconciler(
+        project,
+        state,
+        lambda: connect(runtime, settings),
+        on_publish=hand_over if runtime == "docker" else None,
+        rollouts=runtime == "docker",
+    )
     watch = WatchLoop(
         loop,
         source,
@@ -424,13 +472,15 @@ def _watch(args: argparse.Namespace) -> int:
     )
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, watch.stop)
-    print(
-        f"Watching {source.describe()} as project {project}; serving http://{args.host}:"
-        f"{args.port} (control plane: http://{args.admin_host}:{args.admin_port}/-/status)",
-        flush=True,
+    serving = (
+        f"the swarm's balancer serves port {settings.swarm.port}"
+        if runtime == "swarm"
+        else f"serving http://{args.host}:{args.port}"
     )
-    options = ServeOptions(
-        args.host, args.port, args.admin_host, args.admin_port, admin_token=admin_token
+    print(
+        f"Watching {source.describe()} as project {project} on {runtime}; {serving} "
+        f"(control plane: http://{args.admin_host}:{args.admin_port}/-/status)",
+        flush=True,
     )
     try:
         loop.run_until_complete(watch.run(options))

@@ -56,14 +56,20 @@ def instance_status(
         return "Created"
     if instance.state == "restarting":
         return "Started"
+    if instance.state == "starting":  # a Swarm task: running, its own check not passed yet
+        return "Preparing" if _young(instance, now, health) else "Unhealthy"
     if instance.state != "running" or found is None:
         return "Unhealthy"
     if found.healthy:
         return "Healthy"
-    young = instance.started_at is not None and now - instance.started_at < health.start_timeout
-    if not young:
+    if not _young(instance, now, health):
         return "Unhealthy"
     return "Preparing" if found.connected else "Started"
+
+
+def _young(instance: LiveInstance, now: float, health: HealthSettings) -> bool:
+    """Whether the instance started less than its start timeout ago."""
+    return instance.started_at is not None and now - instance.started_at < health.start_timeout
 
 
 def node_status(instance_statuses: list[str], min_healthy: int) -> str:

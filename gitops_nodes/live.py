@@ -10,13 +10,17 @@ from types import MappingProxyType
 from balancer.table import RoutingTable
 from gitops_nodes.spec.hashing import InstanceConfig
 
-ALIVE_STATES = frozenset({"created", "running", "restarting"})
+# The engine's words for a container that serves or will; "starting" is a Swarm task whose
+# container runs but whose health check has not passed yet (Docker containers never say it).
+ALIVE_STATES = frozenset({"created", "starting", "running", "restarting"})
 STARTABLE = frozenset({"exited"})  # a stopped container that starts again as it was
+LOOPBACK = "127.0.0.1"
 
 
 @dataclass(frozen=True)
 class LiveInstance:
-    """One container of the project, as its labels and the engine describe it."""
+    """One instance of the project (a container, or a Swarm task), as its labels and the
+    engine describe it."""
 
     name: str
     node: str
@@ -24,9 +28,12 @@ class LiveInstance:
     spec_hash: str
     config: InstanceConfig | None
     state: str  # the engine's word: created, running, restarting, exited, paused, dead, removing
-    port: int | None  # the port published on 127.0.0.1, once known
+    port: int | None  # the port balancers reach it on at host, once known
     started_at: float | None = None  # seconds since the epoch, when running
     telemetry_port: int | None = None  # config.telemetry_port as published on 127.0.0.1
+    # Where balancers reach it: a Docker container's port is published on loopback; a Swarm
+    # task listens on its address in the project's overlay network.
+    host: str = LOOPBACK
 
     @property
     def alive(self) -> bool:

@@ -81,6 +81,11 @@ class BalancerAck:
     generation: int
     draining: dict[str, int]
     healthy: frozenset[str] = frozenset()
+    where: str = ""  # for a balancer on another host (a Swarm task): its admin address
+
+    def describe(self) -> str:
+        """How a message names this balancer."""
+        return self.where or str(self.pid)
 
 
 def balancer_acks(state: StateDir) -> list[BalancerAck]:

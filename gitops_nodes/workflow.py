@@ -15,7 +15,7 @@ from typing import Any
 from balancer.table import HealthSettings, RoutingTable, TableError, read_table
 from gitops_nodes.apply import Applier, ApplyOptions, ApplyReport, StepResult
 from gitops_nodes.errors import GitopsNodesError, PlanFileError, StalePlan
-from gitops_nodes.health import instance_status, node_status, probe
+from gitops_nodes.health import instance_status, node_status
 from gitops_nodes.live import LiveState
 from gitops_nodes.plan import PLAN_FORMAT, Plan, make_plan
 from gitops_nodes.runtime.base import Runtime
@@ -54,8 +54,10 @@ def empty_spec(root: Path) -> DesiredState:
     return DesiredState(root=root, nodes=MappingProxyType({}), aliases=MappingProxyType({}))
 
 
-def saved_plan_json(plan: Plan, root: Path) -> str:
-    return json.dumps({**plan.to_json(), "root": str(root.resolve())}, indent=2) + "\n"
+def saved_plan_json(plan: Plan, root: Path, runtime: str = "docker") -> str:
+    """A plan as `plan -out` saves it: with the repo it was made from and the runtime."""
+    data = {**plan.to_json(), "root": str(root.resolve()), "runtime": runtime}
+    return json.dumps(data, indent=2) + "\n"
 
 
 def read_saved_plan(path: Path) -> dict[str, Any]:
@@ -107,7 +109,10 @@ def apply(
 ) -> ApplyRun:
     """Plan and apply under the project's lock, so concurrent applies take turns."""
     with state.lock(LOCK_TIMEOUT):
+        if desired.nodes or desired.aliases:  # destroying needs nothing made first
+            runtime.prepare_project(project, state)
         live = observe(runtime, project, state)
+        runtime.balancers(project, state).sync(live.table)
         plan = make_plan(project, desired, live)
         if saved is not None:
             check_saved_plan(saved, plan)
@@ -134,6 +139,12 @@ class InstanceView:
     status: str
     port: int | None
     detail: str
+    host: str = "127.0.0.1"
+
+    @property
+    def address(self) -> str | None:
+        """Where balancers reach it, once it has a port."""
+        return f"{self.host}:{self.port}" if self.port else None
 
 
 @dataclass(frozen=True)
@@ -165,7 +176,7 @@ class StatusView:
                             "index": i.index,
                             "name": i.name,
                             "status": i.status,
-                            "address": f"127.0.0.1:{i.port}" if i.port else None,
+                            "address": i.address,
                             "detail": i.detail,
                         }
                         for i in n.instances
@@ -201,7 +212,7 @@ def status(
         probes = dict(
             zip(
                 [i.name for i in running],
-                pool.map(lambda i: probe(i.port or 0, health_for(i.node)[1]), running),
+                pool.map(lambda i: runtime.probe_instance(i, health_for(i.node)[1]), running),
                 strict=True,
             )
         )
@@ -232,6 +243,7 @@ def status(
                     instance_status(instance, found, now, health),
                     instance.port,
                     found.detail if found else f"container is {instance.state}",
+                    instance.host,
                 )
             )
         if desired and name in desired.nodes:

@@ -1,4 +1,10 @@
-"""The Runtime interface: the only way gitops-nodes touches where instances run."""
+"""The Runtime interface: the only way gitops-nodes touches where instances run.
+
+Two implementations: `docker.py` (containers on one engine; apply creates, publishes, drains
+and removes each instance itself) and `swarm.py` (one Swarm service per node; Swarm starts,
+replaces and retires the tasks, apply's steps follow it, and balancers find the tasks by
+DNS). The plan is the same for both: what differs is how a step is carried out.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from balancer.table import HealthSettings
+from gitops_nodes.fleet import BalancerFleet
+from gitops_nodes.health import Probe
 from gitops_nodes.live import LiveInstance
 from gitops_nodes.spec.state import BuildRequest, DesiredNode
+from gitops_nodes.statedir import StateDir
 
 
 @dataclass(frozen=True)
@@ -31,6 +41,8 @@ class LogStream(Protocol):
 class Runtime(Protocol):
     """Creates, inspects and removes a project's instances; everything it owns is labelled."""
 
+    name: str  # "docker" or "swarm", as --runtime and the settings file spell it
+
     def list_instances(self, project: str) -> list[LiveInstance]:
         """Every instance carrying the project's label, read from labels alone."""
         ...
@@ -40,11 +52,24 @@ class Runtime(Protocol):
         ...
 
     def build_image(self, project: str, root: Path, request: BuildRequest) -> None:
-        """Build request.context (relative to root) as request.tag, labelled for project."""
+        """Build request.context (relative to root) as request.tag, labelled for project, and
+        make it available wherever the project's instances may run."""
+        ...
+
+    def prepare_project(self, project: str, state: StateDir) -> None:
+        """Make what the project needs before its nodes (Swarm: the overlay network and the
+        balancer service); called by apply before it plans, never by plan."""
+        ...
+
+    def prepare_node(self, project: str, name: str, node: DesiredNode | None) -> None:
+        """Bring what the runtime keeps per node in line with the spec, once per apply, before
+        the node's first step (node None: the spec no longer has it). Docker keeps nothing
+        per node; Swarm keeps a service, whose spec and replica count change here."""
         ...
 
     def create_instance(self, project: str, node: DesiredNode, index: int) -> LiveInstance:
-        """Create and start one instance; its port is published on 127.0.0.1 only."""
+        """Start one more instance of node with its spec: the one at index where the runtime
+        decides (Docker), or the next new task the node's service starts (Swarm)."""
         ...
 
     def start_instance(self, project: str, name: str) -> LiveInstance:
@@ -56,8 +81,20 @@ class Runtime(Protocol):
         """The instance as it is now; None when it no longer exists."""
         ...
 
-    def stop_instance(self, project: str, name: str, grace: float) -> None:
-        """Ask the instance to stop, killing it after grace seconds. Gone counts as stopped."""
+    def probe_instance(self, instance: LiveInstance, health: HealthSettings) -> Probe:
+        """Check the instance's health once, the way this runtime can from where apply runs:
+        over loopback (Docker), or from the task's state, its check running inside (Swarm)."""
+        ...
+
+    def discovery(self, project: str, node: str, port: int) -> str | None:
+        """The "host:port" whose DNS answers balancers resolve to find the node's instances
+        themselves (Swarm: tasks.<service>), or None when apply lists them in the table."""
+        ...
+
+    def stop_instance(self, project: str, name: str, grace: float) -> str:
+        """Stop the instance, killing it after grace seconds; gone counts as stopped. Returns
+        the instance that stops: this one, or where the runtime picks which instance leaves
+        (Swarm scaling a service down), the one it picked."""
         ...
 
     def remove_instance(self, project: str, name: str) -> None:
@@ -74,6 +111,14 @@ class Runtime(Protocol):
         the stream is closed."""
         ...
 
+    def balancers(self, project: str, state: StateDir) -> BalancerFleet:
+        """Where the project's routing tables go and its balancers report."""
+        ...
+
     def remove_images(self, project: str) -> list[str]:
         """Remove the images the project built that no container uses; the tags removed."""
+        ...
+
+    def remove_project(self, project: str, state: StateDir) -> list[str]:
+        """Remove what prepare_project made, after the last node is gone; what was removed."""
         ...

@@ -21,14 +21,18 @@ import docker
 import requests
 from docker.errors import APIError, BuildError, DockerException, ImageNotFound, NotFound
 
+from balancer.table import HealthSettings
 from gitops_nodes import pyimage
 from gitops_nodes.errors import RuntimeFailure, RuntimeUnavailable
+from gitops_nodes.fleet import BalancerFleet, LocalBalancers
+from gitops_nodes.health import Probe, probe
 from gitops_nodes.live import LiveInstance
 from gitops_nodes.runtime import labels
 from gitops_nodes.runtime.base import LogLine
 from gitops_nodes.spec.context import BUILD_REPOSITORY
 from gitops_nodes.spec.hashing import InstanceConfig, canonical_json
 from gitops_nodes.spec.state import BuildRequest, DesiredNode
+from gitops_nodes.statedir import StateDir
 
 LOOPBACK = "127.0.0.1"
 # The SDK lets the HTTP library's connection errors through untranslated (an engine that went
@@ -45,6 +49,8 @@ def engine_error(what: str, exc: BaseException) -> RuntimeFailure | RuntimeUnava
 
 class DockerRuntime:
     """Instances as containers on a single Docker engine."""
+
+    name = "docker"
 
     def __init__(self, client: Any | None = None) -> None:
         try:
@@ -113,6 +119,24 @@ class DockerRuntime:
         except (*ENGINE_ERRORS, TypeError) as exc:
             raise engine_error(f"building {what} failed", exc) from exc
 
+    def prepare_project(self, project: str, state: StateDir) -> None:
+        return None  # containers need nothing project-wide: Docker's default bridge network
+
+    def prepare_node(self, project: str, name: str, node: DesiredNode | None) -> None:
+        return None  # a node is its containers, each created and removed by its own step
+
+    def probe_instance(self, instance: LiveInstance, health: HealthSettings) -> Probe:
+        return probe(instance.port or 0, health)
+
+    def discovery(self, project: str, node: str, port: int) -> str | None:
+        return None  # apply lists each container's loopback port in the table
+
+    def balancers(self, project: str, state: StateDir) -> BalancerFleet:
+        return LocalBalancers(state)
+
+    def remove_project(self, project: str, state: StateDir) -> list[str]:
+        return []
+
     def create_instance(self, project: str, node: DesiredNode, index: int) -> LiveInstance:
         config = node.config
         self._ensure_image(config.image)
@@ -180,15 +204,16 @@ class DockerRuntime:
             return None
         return found
 
-    def stop_instance(self, project: str, name: str, grace: float) -> None:
+    def stop_instance(self, project: str, name: str, grace: float) -> str:
         if self.inspect_instance(project, name) is None:
-            return
+            return name
         try:
             self.api.stop(name, timeout=max(0, round(grace)))
         except NotFound:
-            return
+            return name
         except ENGINE_ERRORS as exc:
             raise engine_error(f"stopping {name} failed: {exc}", exc) from exc
+        return name
 
     def remove_instance(self, project: str, name: str) -> None:
         # Re-read the owner label just before deleting: never remove what is not ours.

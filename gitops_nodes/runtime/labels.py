@@ -9,6 +9,9 @@ INDEX = f"{PREFIX}.instance"
 SPEC_HASH = f"{PREFIX}.spec-hash"
 CONFIG = f"{PREFIX}.config"
 BUILD_CONTEXT = f"{PREFIX}.build-context"
+# On a Swarm: what a service, network or secret of the project is for ("node", "balancer",
+# "network", "token"); a node's service and its tasks also carry NODE, SPEC_HASH and CONFIG.
+ROLE = f"{PREFIX}.role"
 
 
 def project_filter(project: str) -> dict[str, list[str]]:

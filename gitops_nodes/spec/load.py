@@ -30,6 +30,7 @@ from gitops_nodes.spec.models import (
     API_VERSION,
     KINDS,
     PYTHON_PORT,
+    SETTINGS_FILE,
     AliasDocument,
     NodeDocument,
     PythonSource,
@@ -62,6 +63,7 @@ _VALIDATOR_FIELD = {
     "rollout_steps": "steps",
     "access_keys": "keys",
     "access_folders": "folders",
+    "admin_port": "adminPort",
 }
 
 
@@ -93,6 +95,7 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[An
 
 
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+StrictLoader = _StrictLoader  # for the settings file (spec/settings.py), read the same way
 
 
 @dataclass(frozen=True)
@@ -160,7 +163,8 @@ def _spec_files(root: Path) -> list[Path]:
         for path in root.rglob(pattern)
         if path.is_file() and not any(part.startswith(".") for part in path.relative_to(root).parts)
     ]
-    return sorted(found)
+    settings = root / SETTINGS_FILE  # how the repo is deployed, not what: spec/settings.py
+    return sorted(path for path in found if path != settings)
 
 
 def _parse_file(root: Path, path: Path, data: bytes, sha: str) -> _FileResult:
@@ -279,6 +283,7 @@ _CUSTOM_WITH_INPUT = {
     "env_value",
     "env_name",
 }
+describe_error = _describe  # for the settings file's errors
 
 
 def _show(value: object) -> str:
@@ -325,6 +330,9 @@ def _locate(
         line, column = _position(nodes[index], loc, at_key)
         problems.append(SpecProblem(relative, line, column, _field_path(loc), message))
     return tuple(problems)
+
+
+locate_problems = _locate  # for the settings file's errors
 
 
 def _position(node: yaml.Node, loc: _Loc, at_key: bool) -> tuple[int, int]:

@@ -26,6 +26,7 @@ from pydantic_core import PydanticCustomError
 
 API_VERSION = "gitops-nodes/v1"
 KINDS = ("Node", "Alias")
+SETTINGS_FILE = "gitops-nodes.yaml"  # the repo's settings at its root (spec/settings.py)
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")

@@ -68,8 +68,12 @@ class Reconciler:
         connect: Callable[[], Runtime],
         options: ApplyOptions | None = None,
         on_publish: Callable[[RoutingTable], None] | None = None,
+        rollouts: bool = True,
     ) -> None:
         self.project = project
+        # Progressive rollouts are judged on the embedded balancer's traffic; where another
+        # balancer serves (a Swarm service), new weights are applied at once, as apply does.
+        self.rollouts = rollouts
         self.state = state
         self.connect = connect
         self.options = options or ApplyOptions()
@@ -151,6 +155,8 @@ class Reconciler:
 
     def _stage(self, revision: Revision, desired: DesiredState) -> RolloutRun | None:
         """The states a rollout passes through, when one is due; None to apply at once."""
+        if not self.rollouts:
+            return None
         try:
             published = read_table(self.state.table)
         except TableError:

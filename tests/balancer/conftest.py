@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 
 from balancer.proxy import ProxySettings
+from balancer.push import push_routes
 from balancer.server import Balancer, ServeOptions, new_loop
 from balancer.table import (
     AccessRule,
@@ -255,6 +256,7 @@ class BalancerHarness:
     table_file: Path
     settings: ProxySettings
     admin_token: str | None = None  # sent with every admin() request when set
+    token: str | None = None  # with one, tables may also be pushed (balancer/push.py)
     loop: asyncio.AbstractEventLoop = field(init=False)
     balancer: Balancer = field(init=False)
     thread: threading.Thread = field(init=False)
@@ -265,12 +267,13 @@ class BalancerHarness:
     def start(self) -> None:
         self.loop = new_loop()
         self.balancer = Balancer(self.loop, self.table_file, self.settings)
-        self.admin_port = free_port()
+        if self.token is not None:
+            self.balancer.extra_routes.extend(push_routes(self.balancer, self.token))
         options = ServeOptions(
             host=HOST,
             port=0,
             admin_host=HOST,
-            admin_port=self.admin_port,
+            admin_port=0,  # the balancer binds a free one: no race for it
             admin_token=self.admin_token,
         )
         started = threading.Event()
@@ -293,6 +296,7 @@ class BalancerHarness:
         if failure:
             raise failure[0]
         self.port = self.call(lambda: self.balancer.ports()[0])
+        self.admin_port = self.call(lambda: self.balancer.admin_port)
         wait_until(self._admin_answers, "the admin port to answer", 10.0)
 
     def _admin_answers(self) -> bool:
@@ -336,9 +340,12 @@ class BalancerHarness:
     def connect(self, timeout: float = 10.0) -> http.client.HTTPConnection:
         return http.client.HTTPConnection(HOST, self.port, timeout=timeout)
 
-    def admin(self, method: str, path: str) -> Reply:
-        headers = {"authorization": f"Bearer {self.admin_token}"} if self.admin_token else None
-        return request(self.admin_port, method, path, headers, timeout=5.0)
+    def admin(
+        self, method: str, path: str, headers: dict[str, str] | None = None, body: Any = None
+    ) -> Reply:
+        if self.admin_token and headers is None:
+            headers = {"authorization": f"Bearer {self.admin_token}"}
+        return request(self.admin_port, method, path, headers, body, timeout=5.0)
 
     def status(self) -> dict[str, Any]:
         reply = self.admin("GET", "/-/status")
@@ -396,10 +403,12 @@ def make_balancer(tmp_path: Path) -> Iterator[Callable[..., BalancerHarness]]:
     harnesses: list[BalancerHarness] = []
 
     def make(
-        settings: ProxySettings | None = None, admin_token: str | None = None
+        settings: ProxySettings | None = None,
+        admin_token: str | None = None,
+        token: str | None = None,
     ) -> BalancerHarness:
         table_file = tmp_path / f"state{len(harnesses)}" / PROJECT / "routing-table.json"
-        harness = BalancerHarness(table_file, settings or ProxySettings(), admin_token)
+        harness = BalancerHarness(table_file, settings or ProxySettings(), admin_token, token)
         harnesses.append(harness)
         harness.start()
         return harness

@@ -1,0 +1,59 @@
+"""The balancer on its own, as it runs in the Swarm balancer service's image.
+
+    python3 -m balancer --token-file /run/secrets/token [--host 0.0.0.0 --port 8080 ...]
+
+It starts with an empty table and serves what apply pushes to its admin port
+(balancer/push.py), finding the nodes' instances by DNS (balancer/discovery.py). This package
+alone is in the image: no gitops_nodes, no Docker SDK.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from balancer.proxy import ProxySettings
+from balancer.push import push_routes
+from balancer.server import Balancer, ServeOptions, new_loop
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python3 -m balancer", description=__doc__)
+    parser.add_argument("--host", default="0.0.0.0")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--admin-host", default="0.0.0.0")
+    parser.add_argument("--admin-port", type=int, default=8081)
+    parser.add_argument("--token-file", type=Path, required=True, help="the push token")
+    parser.add_argument("--access-log", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        token = args.token_file.read_text().strip()
+    except OSError as exc:
+        parser.error(f"cannot read the token file {args.token_file}: {exc.strerror}")
+    if not token:
+        parser.error(f"the token file {args.token_file} is empty")
+    loop = new_loop()
+    asyncio.set_event_loop(loop)
+    balancer = Balancer(loop, None, ProxySettings(access_log=args.access_log), follow_file=False)
+    balancer.extra_routes.extend(push_routes(balancer, token))
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, balancer.stop)
+    # The admin port listens beyond loopback: the push token guards all of it (the table
+    # endpoints, status and metrics alike); /-/healthz stays open for health checks.
+    options = ServeOptions(
+        args.host, args.port, args.admin_host, args.admin_port, admin_token=token
+    )
+    try:
+        loop.run_until_complete(balancer.serve_until_stopped(options))
+    finally:
+        loop.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

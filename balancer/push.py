@@ -1,0 +1,72 @@
+"""Tables pushed over the admin port, for a balancer that shares no file system with apply.
+
+On a Swarm the balancer is a service on other hosts: apply sends it each routing table with
+`PUT /-/table` and reads its report with `GET /-/ack`, both with `Authorization: Bearer
+<token>`. A pushed table is parsed whole before it is swapped in (one assignment, as a
+reloaded file is), so a malformed one is refused with 400 and the current table keeps serving.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from typing import Any, Protocol
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from balancer.routing import Router
+from balancer.table import RoutingTable, TableError
+
+
+class Pushable(Protocol):
+    """What the push endpoints need from the running balancer."""
+
+    @property
+    def router(self) -> Router: ...
+    def swap(self, table: RoutingTable) -> None: ...
+    def ack_document(self) -> dict[str, Any]: ...
+
+
+def push_routes(balancer: Pushable, token: str) -> list[Route]:
+    """`PUT /-/table` and `GET /-/ack`, refusing requests without the token (401)."""
+    if not token:
+        raise ValueError("the push endpoints need a non-empty token")
+    expected = f"Bearer {token}".encode()
+
+    def refused(request: Request) -> Response | None:
+        given = request.headers.get("authorization", "").encode()
+        if hmac.compare_digest(given, expected):
+            return None
+        return JSONResponse(
+            {"error": "unauthorized", "message": "expected Authorization: Bearer <token>"},
+            status_code=401,
+            headers={"www-authenticate": "Bearer"},
+        )
+
+    async def put_table(request: Request) -> Response:
+        denied = refused(request)
+        if denied is not None:
+            return denied
+        body = await request.body()
+        try:
+            table = RoutingTable.from_json(json.loads(body))
+        except (ValueError, TableError) as exc:  # JSONDecodeError is a ValueError
+            return JSONResponse(
+                {"error": "bad table", "message": str(exc), "serving": balancer.router.generation},
+                status_code=400,
+            )
+        balancer.swap(table)
+        return JSONResponse({"generation": table.generation})
+
+    async def get_ack(request: Request) -> Response:
+        denied = refused(request)
+        if denied is not None:
+            return denied
+        return JSONResponse(balancer.ack_document())
+
+    return [
+        Route("/-/table", put_table, methods=["PUT"]),
+        Route("/-/ack", get_ack, methods=["GET"]),
+    ]

@@ -1,0 +1,588 @@
+"""The Runtime on a Docker Swarm: each node a service, its instances the service's tasks.
+
+Swarm, not apply, starts, replaces and retires tasks: `prepare_node` writes the node's
+service (spec and replica count, swarm_spec.py) once per apply, and Swarm then rolls it
+(start-first, one task at a time, rolled back on failure). The plan's instance steps follow
+what Swarm does: a create step takes the next new task Swarm starts, a wait step waits until
+Swarm runs it (its health check passed inside the task), a publish step waits until every
+balancer counts it Healthy (they find tasks by DNS), a drain step waits until Swarm retires
+the old task (or, scaling down, the one Swarm picked in its place) and the balancers have
+finished its requests, a remove step until it has stopped.
+
+Images are built on the manager (the engine this talks to) as on one host, then shipped to
+the other nodes (swarm_images.py). The balancer is a service too (swarm_balancer.py).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from docker.errors import APIError, NotFound
+
+from balancer.table import HealthSettings
+from gitops_nodes import pyimage
+from gitops_nodes.errors import RuntimeFailure, RuntimeUnavailable
+from gitops_nodes.fleet import BalancerFleet
+from gitops_nodes.health import Probe
+from gitops_nodes.live import LiveInstance
+from gitops_nodes.runtime import balancer_image, labels
+from gitops_nodes.runtime.docker import ENGINE_ERRORS, DockerRuntime, engine_error
+from gitops_nodes.runtime.swarm_balancer import (
+    TOKEN_FILE,
+    SwarmBalancers,
+    balancer_service_spec,
+    read_or_make_token,
+    secret_name,
+)
+from gitops_nodes.runtime.swarm_images import ImageShipper
+from gitops_nodes.runtime.swarm_spec import (
+    STOP_GRACE,
+    UPDATE_MONITOR,
+    balancer_name,
+    network_name,
+    node_service_spec,
+    parse_timestamp,
+    projection,
+    service_name,
+    task_id,
+    task_instances,
+)
+from gitops_nodes.spec.settings import SwarmSettings
+from gitops_nodes.spec.state import BuildRequest, DesiredNode
+from gitops_nodes.statedir import StateDir
+
+POLL = 0.1  # seconds between reads of task states while following Swarm
+NEW_TASK_MARGIN = 30.0  # beyond a node's start timeout, for Swarm to schedule a new task
+STOPPED_WITHIN = STOP_GRACE + 20.0  # Docker's 2 s before SIGTERM, the grace, and slack
+READY_WITHIN = 120.0  # for the balancer service's tasks to answer
+GONE_WITHIN = 60.0  # for removed services' containers and networks to go
+_UP = frozenset(
+    ("new", "pending", "assigned", "accepted", "preparing", "ready", "starting", "running")
+)
+
+
+class SwarmRuntime(DockerRuntime):
+    """Instances as tasks of one Swarm service per node, through a manager's engine.
+
+    Images are the engine's as on one host (the inherited part); instances, the project's
+    network and its balancer are Swarm objects, all labelled with the project.
+    """
+
+    name = "swarm"
+
+    def __init__(self, settings: SwarmSettings | None = None, client: Any | None = None) -> None:
+        super().__init__(client)
+        self.settings = settings or SwarmSettings()
+        try:
+            swarm = self.api.info().get("Swarm") or {}
+        except ENGINE_ERRORS as exc:
+            raise engine_error("reading the engine's swarm state failed", exc) from exc
+        if swarm.get("LocalNodeState") != "active":
+            raise RuntimeUnavailable(
+                "this Docker engine is not part of a swarm; `docker swarm init` makes it a "
+                "one-node swarm, or point DOCKER_HOST at a swarm manager"
+            )
+        if not swarm.get("ControlAvailable"):
+            raise RuntimeUnavailable(
+                "this Docker engine is a swarm worker; point DOCKER_HOST at a swarm manager"
+            )
+        self.node_id = str(swarm.get("NodeID", ""))
+        self.images = ImageShipper(self.api, self.settings, self.node_id)
+        self.lock = threading.Lock()
+        self.baseline: dict[str, set[str]] = {}  # service -> its tasks before prepare_node
+        self.prepared_at: dict[str, float] = {}  # service -> when prepare_node updated it
+        self.claimed: set[str] = set()  # new tasks handed out by create_instance
+        self.retired: set[str] = set()  # tasks handed out by stop_instance as leaving
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def _services(self, project: str, role: str) -> list[dict[str, Any]]:
+        selector = [f"{labels.PROJECT}={project}", f"{labels.ROLE}={role}"]
+        try:
+            found: list[dict[str, Any]] = self.api.services(filters={"label": selector})
+        except ENGINE_ERRORS as exc:
+            raise engine_error("listing services failed", exc) from exc
+        return found
+
+    def _service(self, name: str) -> dict[str, Any] | None:
+        try:
+            found: dict[str, Any] = self.api.inspect_service(name)
+        except NotFound:
+            return None
+        except ENGINE_ERRORS as exc:
+            raise engine_error(f"inspecting service {name} failed", exc) from exc
+        return found
+
+    def _tasks(self, service_ids: list[str]) -> list[dict[str, Any]]:
+        if not service_ids:
+            return []
+        try:
+            tasks: list[dict[str, Any]] = self.api.tasks(filters={"service": service_ids})
+        except ENGINE_ERRORS as exc:
+            raise engine_error("listing tasks failed", exc) from exc
+        wanted = set(service_ids)
+        return [t for t in tasks if t.get("ServiceID") in wanted]
+
+    def _task(self, name: str) -> dict[str, Any] | None:
+        try:
+            found: dict[str, Any] = self.api.inspect_task(task_id(name))
+        except NotFound:
+            return None
+        except ENGINE_ERRORS as exc:
+            raise engine_error(f"inspecting task {name} failed", exc) from exc
+        return found
+
+    def list_instances(self, project: str) -> list[LiveInstance]:
+        services = self._services(project, "node")
+        tasks = self._tasks([s["ID"] for s in services])
+        network = network_name(project)
+        found: list[LiveInstance] = []
+        for service in services:
+            own = [t for t in tasks if t.get("ServiceID") == service["ID"]]
+            found.extend(task_instances(service["Spec"]["Name"], own, network))
+        return found
+
+    def _service_instances(self, project: str, service: str) -> list[LiveInstance]:
+        current = self._service(service)
+        if current is None:
+            return []
+        tasks = self._tasks([current["ID"]])
+        return task_instances(service, tasks, network_name(project))
+
+    def inspect_instance(self, project: str, name: str) -> LiveInstance | None:
+        task = self._task(name)
+        if task is None or _task_project(task) != project:
+            return None
+        found = task_instances(name.split(".", 1)[0], [task], network_name(project))
+        return found[0] if found else None
+
+    def probe_instance(self, instance: LiveInstance, health: HealthSettings) -> Probe:
+        # The check runs inside the task; Swarm shows it running once it passed, and stops
+        # and replaces a task that fails it: from here, the task's state is the answer.
+        if instance.state == "running":
+            return Probe(True, True, "running: its health check passes in the task")
+        if instance.state == "starting":
+            return Probe(True, False, "starting: its health check has not passed yet")
+        return Probe(False, False, f"task is {instance.state}")
+
+    def discovery(self, project: str, node: str, port: int) -> str | None:
+        return f"tasks.{service_name(project, node)}:{port}"
+
+    def balancers(self, project: str, state: StateDir) -> BalancerFleet:
+        return SwarmBalancers(lambda: self._balancer_endpoints(project), self._token(state))
+
+    # -- images ----------------------------------------------------------------------------
+
+    def build_image(self, project: str, root: Path, request: BuildRequest) -> None:
+        super().build_image(project, root, request)
+        self.images.ship(request.tag)
+
+    def _balancer_image(self, project: str) -> str:
+        base = pyimage.choose_base("auto", self._image_available)
+        tag = balancer_image.image_tag(base)
+        if not self._image_available(tag):
+            request = BuildRequest(tag, "balancer", "Dockerfile")
+            with tempfile.TemporaryDirectory(prefix="gitops-nodes-balancer-") as folder:
+                balancer_image.assemble(base, Path(folder))
+                self._build(project, Path(folder), "Dockerfile", request)
+        self.images.ship(tag)
+        return self.images.reference(tag)
+
+    # -- the project: network, token, balancer ---------------------------------------------
+
+    def prepare_project(self, project: str, state: StateDir) -> None:
+        self._refuse_containers(project)
+        network = self._ensure_network(project)
+        token = self._token(state)
+        secret = self._ensure_secret(project, token)
+        image = self._balancer_image(project)
+        spec = balancer_service_spec(project, image, network_name(project), secret, self.settings)
+        self._write_service(spec, {network_name(project): network})
+        self._remove_stale_secrets(project, secret[1])
+        fleet = SwarmBalancers(lambda: self._balancer_endpoints(project), token)
+        deadline = time.monotonic() + READY_WITHIN
+        while not fleet.ready():
+            if time.monotonic() >= deadline:
+                raise RuntimeFailure(
+                    f"the balancer service {balancer_name(project)} did not answer within "
+                    f"{READY_WITHIN:g}s on admin port {self.settings.admin_port}"
+                    + self._service_errors(balancer_name(project))
+                )
+            time.sleep(POLL * 5)  # waiting for its tasks to start, against a deadline
+
+    def _refuse_containers(self, project: str) -> None:
+        """A project is on one runtime: refuse to add Swarm services next to its containers."""
+        try:
+            found = self.api.containers(all=True, filters=labels.project_filter(project))
+        except ENGINE_ERRORS as exc:
+            raise engine_error("listing containers failed", exc) from exc
+        plain = [c for c in found if labels.INDEX in (c.get("Labels") or {})]
+        if plain:
+            raise RuntimeFailure(
+                f"project {project} has containers of the docker runtime on this engine; "
+                "destroy them first (`gitops-nodes destroy --runtime docker`) or use another "
+                "--project"
+            )
+
+    def _token(self, state: StateDir) -> str:
+        return read_or_make_token(state)
+
+    def _ensure_network(self, project: str) -> str:
+        name = network_name(project)
+        try:
+            for network in self.api.networks(names=[name]):
+                if network.get("Name") == name:
+                    return str(network["Id"])
+            created = self.api.create_network(
+                name,
+                driver="overlay",
+                labels={labels.PROJECT: project, labels.ROLE: "network"},
+            )
+        except ENGINE_ERRORS as exc:
+            raise engine_error(f"creating network {name} failed", exc) from exc
+        return str(created["Id"])
+
+    def _ensure_secret(self, project: str, token: str) -> tuple[str, str]:
+        name = secret_name(project, token)
+        try:
+            for secret in self.api.secrets(filters={"name": name}):
+                if secret["Spec"]["Name"] == name:
+                    return str(secret["ID"]), name
+            created = self.api.create_secret(
+                name,
+                token.encode(),
+                labels={labels.PROJECT: project, labels.ROLE: "token"},
+            )
+        except ENGINE_ERRORS as exc:
+            raise engine_error(f"creating secret {name} failed", exc) from exc
+        return str(created["ID"]), name
+
+    def _remove_stale_secrets(self, project: str, keep: str) -> None:
+        selector = [f"{labels.PROJECT}={project}", f"{labels.ROLE}=token"]
+        try:
+            for secret in self.api.secrets(filters={"label": selector}):
+                if secret["Spec"]["Name"] != keep:
+                    self.api.remove_secret(secret["ID"])
+        except APIError:
+            return  # still in use by a task going away: the next apply removes it
+        except ENGINE_ERRORS as exc:
+            raise engine_error("removing an old token secret failed", exc) from exc
+
+    def _balancer_endpoints(self, project: str) -> list[str]:
+        """ "address:admin port" of each running balancer task, by its node's address."""
+        service = self._service(balancer_name(project))
+        if service is None:
+            return []
+        found = []
+        for task in self._tasks([service["ID"]]):
+            if task.get("DesiredState") != "running":
+                continue
+            if (task.get("Status") or {}).get("State") != "running":
+                continue
+            found.append(
+                f"{self._node_address(str(task.get('NodeID')))}:{self.settings.admin_port}"
+            )
+        return sorted(found)
+
+    def _node_address(self, node_id: str) -> str:
+        try:
+            node = self.api.inspect_node(node_id)
+        except ENGINE_ERRORS as exc:
+            raise engine_error(f"inspecting swarm node {node_id} failed", exc) from exc
+        address = str((node.get("Status") or {}).get("Addr") or "")
+        if address in ("", "0.0.0.0") and node_id == self.node_id:
+            return "127.0.0.1"
+        return address
+
+    def remove_project(self, project: str, state: StateDir) -> list[str]:
+        removed: list[str] = []
+        try:
+            for service in self.api.services(filters=labels.project_filter(project)):
+                self.api.remove_service(service["ID"])
+                removed.append(f"service {service['Spec']['Name']}")
+        except NotFound:
+            pass
+        except ENGINE_ERRORS as exc:
+            raise engine_error("removing the project's services failed", exc) from exc
+        self._await_no_containers(project)
+        try:
+            for secret in self.api.secrets(filters=labels.project_filter(project)):
+                self.api.remove_secret(secret["ID"])
+                removed.append(f"secret {secret['Spec']['Name']}")
+        except ENGINE_ERRORS as exc:
+            raise engine_error("removing the project's secrets failed", exc) from exc
+        removed.extend(self._remove_networks(project))
+        (state.path / TOKEN_FILE).unlink(missing_ok=True)
+        return removed
+
+    def _await_no_containers(self, project: str) -> None:
+        """Wait until this engine's tasks of the project are gone (their images are then
+        free to remove)."""
+        deadline = time.monotonic() + GONE_WITHIN
+        while True:
+            try:
+                left = self.api.containers(all=True, filters=labels.project_filter(project))
+            except ENGINE_ERRORS as exc:
+                raise engine_error("listing containers failed", exc) from exc
+            swarm_tasks = [c for c in left if "com.docker.swarm.task.id" in (c.get("Labels") or {})]
+            if not swarm_tasks:
+                return
+            if time.monotonic() >= deadline:
+                names = ", ".join((c.get("Names") or ["?"])[0].lstrip("/") for c in swarm_tasks)
+                raise RuntimeFailure(f"tasks still running {GONE_WITHIN:g}s after removal: {names}")
+            time.sleep(POLL * 2)  # Swarm stops them on its own: wait, against a deadline
+
+    def _remove_networks(self, project: str) -> list[str]:
+        removed = []
+        deadline = time.monotonic() + GONE_WITHIN
+        try:
+            networks = self.api.networks(filters=labels.project_filter(project))
+        except ENGINE_ERRORS as exc:
+            raise engine_error("listing networks failed", exc) from exc
+        for network in networks:
+            while True:
+                try:
+                    self.api.remove_network(network["Id"])
+                    removed.append(f"network {network['Name']}")
+                    break
+                except NotFound:
+                    break
+                except APIError as exc:
+                    # Swarm detaches a removed service's tasks a little after they stop.
+                    if time.monotonic() >= deadline:
+                        raise RuntimeFailure(
+                            f"removing network {network['Name']} failed: {exc}"
+                        ) from exc
+                    time.sleep(POLL * 5)
+                except ENGINE_ERRORS as exc:
+                    raise engine_error(f"removing network {network['Name']} failed", exc) from exc
+        return removed
+
+    # -- a node's service --------------------------------------------------------------------
+
+    def prepare_node(self, project: str, name: str, node: DesiredNode | None) -> None:
+        if node is not None and node.suspended:
+            # A service keeps its replicas running: stopping its tasks would only make Swarm
+            # start new ones. Scaling services to zero is not built yet.
+            raise RuntimeFailure(
+                f"node {name}: suspended: true is not supported on the swarm runtime yet; "
+                "remove the node from the spec (or from its aliases) instead"
+            )
+        service = service_name(project, name)
+        current = self._service(service)
+        tasks = self._tasks([current["ID"]]) if current is not None else []
+        with self.lock:
+            self.baseline[service] = {
+                i.name for i in task_instances(service, tasks, network_name(project))
+            }
+            self.prepared_at[service] = time.time()
+        if node is None:
+            if current is not None:
+                try:
+                    self.api.remove_service(current["ID"])
+                except NotFound:
+                    pass
+                except ENGINE_ERRORS as exc:
+                    raise engine_error(f"removing service {service} failed", exc) from exc
+            return
+        image = self.images.reference(node.config.image)
+        self.images.ship(node.config.image)
+        network = self._ensure_network(project)
+        spec = node_service_spec(project, node, image, network_name(project))
+        self._write_service(spec, {network_name(project): network})
+
+    def _write_service(self, spec: dict[str, Any], network_ids: dict[str, str]) -> None:
+        """Create the service, or update it when what we set differs (Swarm then rolls its
+        tasks if their spec changed, or only scales it)."""
+        name = spec["Name"]
+        for _attempt in range(5):
+            current = self._service(name)
+            arguments = {
+                "task_template": spec["TaskTemplate"],
+                "name": name,
+                "labels": spec["Labels"],
+                "mode": spec["Mode"],
+                "update_config": spec.get("UpdateConfig"),
+                "rollback_config": spec.get("RollbackConfig"),
+                "endpoint_spec": spec.get("EndpointSpec"),
+            }
+            try:
+                if current is None:
+                    self.api.create_service(**arguments)
+                    return
+                if projection(current["Spec"], network_ids) == projection(spec, network_ids):
+                    return
+                version = current["Version"]["Index"]
+                self.api.update_service(current["ID"], version, **arguments)
+                return
+            except APIError as exc:
+                if "out of sequence" in str(exc) or exc.status_code == 409:
+                    continue  # someone else wrote it meanwhile: read it again
+                raise RuntimeFailure(f"writing service {name} failed: {exc}") from exc
+            except ENGINE_ERRORS as exc:
+                raise engine_error(f"writing service {name} failed", exc) from exc
+        raise RuntimeFailure(f"writing service {name} failed: it kept changing under us")
+
+    def create_instance(self, project: str, node: DesiredNode, index: int) -> LiveInstance:
+        service = service_name(project, node.name)
+        within = node.health.start_timeout + NEW_TASK_MARGIN
+        deadline = time.monotonic() + within
+        while True:
+            instances = self._service_instances(project, service)
+            with self.lock:
+                taken = self.baseline.get(service, set()) | self.claimed
+                fresh = [
+                    i
+                    for i in instances
+                    if i.alive and i.spec_hash == node.spec_hash and i.name not in taken and i.host
+                ]
+                if fresh:
+                    self.claimed.add(fresh[0].name)
+                    return fresh[0]
+            if time.monotonic() >= deadline:
+                raise RuntimeFailure(
+                    f"Swarm started no new task of {service} for instance {index} within "
+                    f"{within:g}s" + self._service_errors(service)
+                )
+            time.sleep(POLL)  # following Swarm's progress, against a deadline
+
+    def _service_errors(self, service: str) -> str:
+        """What Swarm says about the service's tasks that are not running, for messages."""
+        current = self._service(service)
+        if current is None:
+            return f" (service {service} does not exist)"
+        notes = []
+        for task in self._tasks([current["ID"]]):
+            status = task.get("Status") or {}
+            error = status.get("Err") or ""
+            if status.get("State") != "running" and (error or status.get("Message")):
+                notes.append(f"{status.get('State')}: {error or status.get('Message')}")
+        update = current.get("UpdateStatus") or {}
+        if update.get("Message"):
+            notes.append(f"update {update.get('State')}: {update['Message']}")
+        return f" ({'; '.join(sorted(set(notes))[:4])})" if notes else ""
+
+    def stop_instance(self, project: str, name: str, grace: float) -> str:
+        service = name.split(".", 1)[0]
+        deadline = None
+        while True:
+            task = self._task(name)
+            if task is None or _retiring(task):
+                with self.lock:
+                    self.retired.add(name)
+                return name
+            current = self._service(service)
+            if current is None:
+                time.sleep(POLL)  # the service was removed: its tasks go with it
+                continue
+            if deadline is None:
+                deadline = time.monotonic() + _update_budget(current) + grace
+            self._check_update(service, current)
+            stand_in = self._stand_in(project, current, task)
+            if stand_in is not None:
+                return stand_in
+            if time.monotonic() >= deadline:
+                raise RuntimeFailure(
+                    f"Swarm did not retire {name} in time" + self._service_errors(service)
+                )
+            time.sleep(POLL)  # following Swarm's rolling update, against a deadline
+
+    def _check_update(self, service: str, current: dict[str, Any]) -> None:
+        """Raise when Swarm gave up the update this apply started (rolled back, paused)."""
+        update = current.get("UpdateStatus") or {}
+        state = update.get("State", "")
+        if state not in ("paused", "rollback_started", "rollback_paused", "rollback_completed"):
+            return
+        started = parse_timestamp(update.get("StartedAt"))
+        with self.lock:
+            prepared = self.prepared_at.get(service, 0.0)
+        if started is not None and started + 1.0 < prepared:
+            return  # an earlier apply's update, not ours
+        raise RuntimeFailure(
+            f"Swarm stopped the rolling update of {service} ({state}): {update.get('Message', '')}"
+        )
+
+    def _stand_in(self, project: str, current: dict[str, Any], task: dict[str, Any]) -> str | None:
+        """When Swarm keeps this task (it runs the service's spec, and the service has no
+        more tasks than replicas), the task Swarm retired in its place, or the task itself
+        when there is none; None while Swarm has not settled."""
+        labels_now = current["Spec"].get("Labels") or {}
+        task_labels = ((task.get("Spec") or {}).get("ContainerSpec") or {}).get("Labels") or {}
+        if task_labels.get(labels.SPEC_HASH) != labels_now.get(labels.SPEC_HASH):
+            return None  # an old spec: Swarm's rolling update will reach it
+        replicas = _replicas(current)
+        tasks = self._tasks([current["ID"]])
+        serving = [t for t in tasks if t.get("DesiredState") == "running"]
+        if len(serving) > replicas:
+            return None  # still scaling down
+        service = current["Spec"]["Name"]
+        leaving = {
+            i.name
+            for i in task_instances(service, tasks, network_name(project))
+            if i.state == "removing"
+        }
+        history = {
+            f"{service}.{t.get('Slot')}.{t.get('ID')}"
+            for t in tasks
+            if t.get("DesiredState") != "running"
+        }
+        with self.lock:
+            before = self.baseline.get(service, set())
+            for candidate in sorted(before & (leaving | history)):
+                if candidate not in self.retired:
+                    self.retired.add(candidate)
+                    return candidate
+        return f"{service}.{task.get('Slot')}.{task.get('ID')}"  # none retired for it: it stays
+
+    def start_instance(self, project: str, name: str) -> LiveInstance:
+        raise RuntimeFailure(
+            f"{name}: starting a stopped instance again (resume) is not supported on the swarm "
+            "runtime yet"
+        )
+
+    def remove_instance(self, project: str, name: str) -> None:
+        deadline = time.monotonic() + STOPPED_WITHIN
+        while True:
+            task = self._task(name)
+            if task is None or _task_project(task) != project:
+                return
+            status = (task.get("Status") or {}).get("State", "")
+            if status not in _UP:
+                return  # stopped
+            if task.get("DesiredState") in _UP:
+                return  # Swarm keeps it (it retired another in its place): nothing to remove
+            if time.monotonic() >= deadline:
+                raise RuntimeFailure(
+                    f"{name} still runs {STOPPED_WITHIN:g}s after Swarm began retiring it"
+                )
+            time.sleep(POLL)  # Swarm stops it after Docker's delay: wait, against a deadline
+
+
+def _task_project(task: dict[str, Any]) -> str | None:
+    container = (task.get("Spec") or {}).get("ContainerSpec") or {}
+    project = (container.get("Labels") or {}).get(labels.PROJECT)
+    return str(project) if project is not None else None
+
+
+def _retiring(task: dict[str, Any]) -> bool:
+    """Whether Swarm is retiring the task or has (its desired state is past running)."""
+    return task.get("DesiredState") not in _UP
+
+
+def _replicas(service: dict[str, Any]) -> int:
+    mode = service["Spec"].get("Mode") or {}
+    return int((mode.get("Replicated") or {}).get("Replicas", 0))
+
+
+def _update_budget(service: dict[str, Any]) -> float:
+    """How long a rolling update of service may take: per task, its start period (the
+    health check's allowance), the update monitor and some slack."""
+    spec = service["Spec"]
+    replicas = _replicas(service)
+    check = (spec["TaskTemplate"].get("ContainerSpec") or {}).get("Healthcheck") or {}
+    start = float(check.get("StartPeriod", 0)) / 1e9
+    return max(1, replicas) * (start + UPDATE_MONITOR + 15.0)

@@ -1,0 +1,100 @@
+"""The repository's own settings: `gitops-nodes.yaml` at its root, about how it is deployed.
+
+The nodes and aliases say what runs; this file says where: one Docker host, or a Swarm
+cluster. It is optional (everything has a default) and validated like the spec, every
+problem reported with its file, line, column and field:
+
+    runtime: swarm            # docker (the default) or swarm
+    swarm:
+      port: 8080              # the balancer's published data port, on every node
+      adminPort: 8081         # its control plane (status; table pushes need its token)
+      registry: registry.example.com:5000/ml   # optional: push built images, nodes pull
+      engines:                # optional: without a registry, how to reach each other
+        worker-1: ssh://root@10.0.0.12         # node's engine to load images into it
+
+The spec loader skips this file (it is no Node or Alias document), whatever it holds.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
+
+from gitops_nodes.spec.errors import SpecErrors, SpecProblem
+from gitops_nodes.spec.load import StrictLoader, describe_error, locate_problems
+from gitops_nodes.spec.models import SETTINGS_FILE, Port, SpecModel
+
+__all__ = ["RUNTIMES", "SETTINGS_FILE", "Settings", "SwarmSettings", "load_settings"]
+
+RUNTIMES = ("docker", "swarm")
+
+# host[:port]/path, as `docker push` takes a repository prefix (no scheme, no tag)
+_REGISTRY = re.compile(r"^[a-z0-9.-]+(:\d+)?(/[a-z0-9._-]+)*$")
+_ENGINE = re.compile(r"^(ssh|tcp|unix)://\S+$")
+
+Registry = Annotated[str, Field(pattern=_REGISTRY.pattern)]
+EngineUrl = Annotated[str, Field(pattern=_ENGINE.pattern)]
+
+
+class SwarmSettings(SpecModel):
+    """How the project runs on a Swarm cluster."""
+
+    port: Port = 8080
+    admin_port: Port = 8081
+    registry: Registry | None = None
+    engines: dict[str, EngineUrl] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> SwarmSettings:
+        if self.port == self.admin_port:
+            raise PydanticCustomError(
+                "admin_port", "expected a port other than the data port {port}", {"port": self.port}
+            )
+        return self
+
+
+class Settings(SpecModel):
+    """Everything gitops-nodes.yaml may say; an absent file means all the defaults."""
+
+    runtime: Literal["docker", "swarm"] = "docker"
+    swarm: SwarmSettings = Field(default_factory=SwarmSettings)
+
+
+def load_settings(root: Path) -> Settings:
+    """The settings of the repository at root; raises SpecErrors with positions when the file
+    is not valid."""
+    path = root / SETTINGS_FILE
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return Settings()
+    except OSError as exc:
+        raise SpecErrors([SpecProblem(SETTINGS_FILE, 0, 0, "", f"cannot read: {exc}")]) from exc
+    return parse_settings(data)
+
+
+def parse_settings(data: bytes) -> Settings:
+    """Settings from the bytes of a settings file."""
+    try:
+        raw: Any = yaml.load(data, Loader=StrictLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        problem = f"invalid YAML: {exc.problem}" if exc.problem else "invalid YAML"
+        raise SpecErrors([SpecProblem(SETTINGS_FILE, line, column, "", problem)]) from None
+    if raw is None:
+        return Settings()
+    if not isinstance(raw, dict):
+        raise SpecErrors(
+            [SpecProblem(SETTINGS_FILE, 1, 1, "", "expected a mapping such as `runtime: swarm`")]
+        )
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as exc:
+        failures = [(0, *describe_error(error, Settings)) for error in exc.errors()]
+        raise SpecErrors(locate_problems(SETTINGS_FILE, data, failures)) from None
