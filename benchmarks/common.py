@@ -70,7 +70,10 @@ def require(*tools: str) -> None:
     """BenchError naming every tool missing from PATH."""
     missing = [tool for tool in tools if shutil.which(tool) is None]
     if missing:
-        raise BenchError(f"missing tools: {', '.join(missing)}")
+        raise BenchError(
+            f"missing tools: {', '.join(missing)} (on Debian and Ubuntu: "
+            f"apt-get install -y {' '.join(missing)})"
+        )
 
 
 def require_base_image() -> None:
