@@ -6,7 +6,6 @@ inspect); every Docker SDK error is translated into our own errors before it lea
 
 from __future__ import annotations
 
-import json
 import re
 import secrets
 import tempfile
@@ -30,7 +29,7 @@ from gitops_nodes.live import LiveInstance
 from gitops_nodes.runtime import labels
 from gitops_nodes.runtime.base import LogLine
 from gitops_nodes.spec.context import BUILD_REPOSITORY
-from gitops_nodes.spec.hashing import InstanceConfig, canonical_json
+from gitops_nodes.spec.hashing import canonical_json
 from gitops_nodes.spec.state import BuildRequest, DesiredNode
 from gitops_nodes.statedir import StateDir
 
@@ -347,15 +346,6 @@ def log_line(raw: bytes) -> LogLine:
     return LogLine(seconds * 1_000_000_000 + int(fraction), stamp, rest)
 
 
-def _config_from(value: str | None) -> InstanceConfig | None:
-    if not value:
-        return None
-    try:
-        return InstanceConfig.from_dict(json.loads(value))
-    except (ValueError, KeyError, TypeError):
-        return None
-
-
 def _instance(
     name: str,
     label_map: dict[str, str],
@@ -368,7 +358,7 @@ def _instance(
     index = label_map.get(labels.INDEX, "")
     if not node or not index.isdigit():
         return None
-    config = _config_from(label_map.get(labels.CONFIG))
+    config = labels.config_of(label_map.get(labels.CONFIG))
     if config is None:  # no readable config: its only published port is the serving one
         port = next(iter(published.values()), None)
         telemetry_port = None

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
+from gitops_nodes.spec.hashing import InstanceConfig
+
 PREFIX = "io.gitops-nodes"
 PROJECT = f"{PREFIX}.project"
 NODE = f"{PREFIX}.node"
@@ -17,3 +21,14 @@ ROLE = f"{PREFIX}.role"
 def project_filter(project: str) -> dict[str, list[str]]:
     """The Docker filter that selects everything one project owns, and nothing else."""
     return {"label": [f"{PROJECT}={project}"]}
+
+
+def config_of(value: str | None) -> InstanceConfig | None:
+    """The instance config a CONFIG label holds; None when it is missing or unreadable (a
+    container or task labelled by another version: plan then replaces it)."""
+    if not value:
+        return None
+    try:
+        return InstanceConfig.from_dict(json.loads(value))
+    except (ValueError, KeyError, TypeError):
+        return None

@@ -40,7 +40,7 @@ from typing import Any
 
 from gitops_nodes.live import LiveInstance
 from gitops_nodes.runtime import labels
-from gitops_nodes.spec.hashing import InstanceConfig, canonical_json
+from gitops_nodes.spec.hashing import canonical_json
 from gitops_nodes.spec.state import DesiredNode
 
 NAME_LIMIT = 63  # service names are DNS labels (tasks.<service> must resolve)
@@ -278,15 +278,6 @@ def parse_timestamp(text: str | None) -> float | None:
         return None
 
 
-def _config(value: str | None) -> InstanceConfig | None:
-    if not value:
-        return None
-    try:
-        return InstanceConfig.from_dict(json.loads(value))
-    except (ValueError, KeyError, TypeError):
-        return None
-
-
 def task_instances(
     service: str, tasks: Iterable[Mapping[str, Any]], network: str
 ) -> list[LiveInstance]:
@@ -301,7 +292,7 @@ def task_instances(
         if state is None or not node:
             continue
         slot = int(task.get("Slot") or 0)
-        config = _config(task_labels.get(labels.CONFIG))
+        config = labels.config_of(task_labels.get(labels.CONFIG))
         address = task_address(task, network)
         instance = LiveInstance(
             name=container_name(service, slot, str(task.get("ID", ""))),
