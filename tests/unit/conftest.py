@@ -1,8 +1,11 @@
-"""Unit fixtures: desired states loaded from YAML documents written to a temporary repo."""
+"""Unit fixtures: desired states loaded from YAML documents written to a temporary repo, and
+small HTTP servers on 127.0.0.1 for the probes."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -24,3 +27,25 @@ def desired(
         return load_spec(write_repo({"spec.yaml": text, **(files or {})}))
 
     return make
+
+
+@pytest.fixture
+def serve_http() -> Iterator[Callable[[type[BaseHTTPRequestHandler]], int]]:
+    """Serve a handler class on a free port of 127.0.0.1 (its port returned) until the test
+    ends; shut down within a poll interval of 0.05 s rather than the default 0.5 s."""
+    servers: list[tuple[ThreadingHTTPServer, threading.Thread]] = []
+
+    def start(handler: type[BaseHTTPRequestHandler]) -> int:
+        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        thread.start()
+        servers.append((server, thread))
+        return int(server.server_address[1])
+
+    yield start
+    for server, thread in servers:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)

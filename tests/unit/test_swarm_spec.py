@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import http.server
 import subprocess
-import threading
-from collections.abc import Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -202,24 +201,18 @@ def test_names_stay_dns_labels_and_never_collide_with_the_balancer() -> None:
 # -- the in-task health check ------------------------------------------------------------------
 
 
+class _Healthz(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200 if self.path == "/healthz" else 503)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
 @pytest.fixture
-def http_port() -> Iterator[int]:
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200 if self.path == "/healthz" else 503)
-            self.end_headers()
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
+def http_port(serve_http: Callable[[type[http.server.BaseHTTPRequestHandler]], int]) -> int:
+    return serve_http(_Healthz)
 
 
 def run_check(command: list[str]) -> int:
