@@ -50,6 +50,7 @@ from common import (
     free_port,
     parse_wrk,
     require,
+    run_reporting,
     signals_interrupt,
 )
 
@@ -626,7 +627,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.duration < 1 or args.connections < 2 or args.rounds < 1:
         parser.error("needs --duration >= 1, --connections >= 2 and --rounds >= 1")
-    try:
+
+    def body() -> None:
         require("wrk", "nginx", "haproxy", "taskset")
         if (os.cpu_count() or 1) < 2:
             raise BenchError(
@@ -649,13 +651,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             double, double_memory = two_workers(procs, workdir, backend_port, settings)
             backend.check_running()
         report(settings, single, single_memory, double, double_memory)
-    except BenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted; every server started was stopped", file=sys.stderr)
-        return 130
-    return 0
+
+    return run_reporting(body, "every server started was stopped")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -64,6 +64,20 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((HOST, 0))
         return int(sock.getsockname()[1])
+
+
+def run_reporting(body: Callable[[], None], interrupted: str) -> int:
+    """A benchmark's exit code: 0 when body ran, 1 (with its message) on a BenchError, 130
+    on Ctrl-C or SIGTERM, after `interrupted` says what was cleaned up."""
+    try:
+        body()
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"interrupted; {interrupted}", file=sys.stderr)
+        return 130
+    return 0
 
 
 def require(*tools: str) -> None:

@@ -79,6 +79,7 @@ from common import (
     progress,
     require,
     require_base_image,
+    run_reporting,
     signals_interrupt,
 )
 from common import run as run_command
@@ -576,7 +577,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.duration < 1 or args.warmup < 0 or args.restarts < 1 or args.rounds < 1:
         parser.error("--duration must be >= 1, --warmup >= 0, --restarts and --rounds >= 1")
-    try:
+
+    def body() -> None:
         require("docker", "wrk", "taskset")
         if (os.cpu_count() or 1) < 2:
             raise BenchError("needs two cores (the instance on core 0, wrk on core 1)")
@@ -584,13 +586,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         with signals_interrupt():
             project, figures = bench(args.duration, args.warmup, args.restarts, args.rounds)
         report(figures, project, args.duration, args.restarts)
-    except BenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted; everything the benchmark created was removed", file=sys.stderr)
-        return 130
-    return 0
+
+    return run_reporting(body, "everything the benchmark created was removed")
 
 
 if __name__ == "__main__":

@@ -62,6 +62,7 @@ from common import (
     require,
     require_base_image,
     run,
+    run_reporting,
     signals_interrupt,
     warn,
 )
@@ -503,19 +504,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1")
-    try:
+
+    def body() -> None:
         require("git", "docker")
         require_base_image()
         with signals_interrupt():
             project, figures = bench(args.runs)
         report(figures, args.runs, project)
-    except BenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted; everything the benchmark created was removed", file=sys.stderr)
-        return 130
-    return 0
+
+    return run_reporting(body, "everything the benchmark created was removed")
 
 
 if __name__ == "__main__":
