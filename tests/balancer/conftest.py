@@ -39,25 +39,11 @@ from balancer.table import (
     RoutingTable,
     write_table,
 )
+from tests.waiting import wait_until
 
 HOST = "127.0.0.1"
 BACKEND_SCRIPT = Path(__file__).with_name("backend.py")
 PROJECT = "proj"
-
-
-# -- waiting ------------------------------------------------------------------------------
-
-
-def wait_until(condition: Callable[[], Any], what: str, within: float = 5.0) -> Any:
-    """Poll condition until it returns something truthy; fail naming what after `within` s."""
-    deadline = time.monotonic() + within
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within:g}s waiting for {what}")
-        time.sleep(0.01)
 
 
 # -- HTTP over loopback ---------------------------------------------------------------------

@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 
 from gitops_nodes.statedir import StateDir
+from tests import waiting
 
 from .helpers import alias_yaml, node_yaml
 
@@ -111,14 +112,8 @@ def swarm_repo(app_repo: Repo, swarm_project: str, tmp_path: Path) -> Callable[[
 
 
 def wait_until(condition: Callable[[], Any], what: str, within: float = 30.0) -> Any:
-    deadline = time.monotonic() + within
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within:g}s waiting for {what}")
-        time.sleep(0.1)
+    """tests.waiting.wait_until with a swarm's pace: tasks take seconds, not milliseconds."""
+    return waiting.wait_until(condition, what, within, every=0.1)
 
 
 def service(docker_client: Any, name: str) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from gitops_nodes.plan import make_plan
 from gitops_nodes.runtime.docker import DockerRuntime
 from gitops_nodes.spec.load import load_spec
 from gitops_nodes.statedir import StateDir
-from tests import promtext
+from tests import promtext, waiting
 
 from .helpers import alias_yaml, apply, free_port, node_yaml, table, wait_until_serving
 
@@ -88,13 +88,7 @@ def balancer(state: StateDir, project: str) -> Iterator[Callable[[], tuple[int, 
 
 
 def poll(condition: Callable[[], Any], what: str, within: float = DEADLINE) -> Any:
-    deadline = time.monotonic() + within
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out after {within:g}s waiting for {what}"
-        time.sleep(0.1)  # polling a condition against a deadline
+    return waiting.wait_until(condition, what, within, every=0.1)
 
 
 # --- telemetry --------------------------------------------------------------------------

@@ -20,7 +20,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,6 +33,7 @@ from gitops_nodes.pynode.config import load_config, mentioned_names, parse_confi
 from gitops_nodes.pynode.errors import ConfigError, PrepareError
 from gitops_nodes.pynode.node import MAX_BYTES, prepare
 from gitops_nodes.pynode.server import new_event_loop, start
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL_CODE = "y = sum(w * v for w, v in zip(weights, x)) + bias\n"
@@ -173,13 +173,6 @@ def split_response(raw: bytes) -> tuple[int, dict[str, str], Any]:
     lines = head.decode().split("\r\n")
     headers = dict(line.lower().split(": ", 1) for line in lines[1:])
     return int(lines[0].split()[1]), headers, json.loads(body)
-
-
-def wait_until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met before the deadline"
-        time.sleep(0.005)
 
 
 # -- answers ------------------------------------------------------------------------------
@@ -608,7 +601,7 @@ def test_the_command_serves_until_sigterm(tmp_path: Path) -> None:
             except OSError:
                 return False
 
-        wait_until(healthy)
+        wait_until(healthy, "the node's /healthz to answer 200", every=0.005)
         assert Served(port, io.BytesIO()).post({"step": 1}) == (200, {"count": 11, "total": 11})
     finally:
         process.send_signal(signal.SIGTERM)
