@@ -20,6 +20,7 @@ from gitops_nodes.plan import Step, make_plan
 from gitops_nodes.runtime.docker import DockerRuntime
 from gitops_nodes.spec.load import load_spec
 from gitops_nodes.statedir import StateDir, balancer_acks
+from tests.waiting import wait_until
 
 from .helpers import Load, Watch, alias_yaml, apply, git, node_yaml, table, wait_for_version
 
@@ -54,10 +55,12 @@ def plan_is_empty(root: Path, runtime: DockerRuntime, project: str, state: State
 
 def wait_served(state: StateDir, generation: int, within: float = 15.0) -> None:
     """Until every running balancer serves the table generation apply published."""
-    deadline = time.monotonic() + within
-    while not all(a.generation >= generation for a in balancer_acks(state)):
-        assert time.monotonic() < deadline, f"balancers did not reach generation {generation}"
-        time.sleep(0.05)
+    wait_until(
+        lambda: all(a.generation >= generation for a in balancer_acks(state)),
+        f"balancers to reach generation {generation}",
+        within,
+        every=0.05,
+    )
 
 
 def wait_status(port: int, path: str, code: int, within: float = 20.0) -> dict[str, Any]:
