@@ -104,8 +104,10 @@ class Node:
             exec(self.code, namespace)
         except (Exception, SystemExit) as exc:
             return 500, self.user_error(exc)
+        outputs = {}
         try:
-            outputs = {name: namespace[name] for name in self.output_names}
+            for name in self.output_names:  # a loop is cheaper than a comprehension in 3.11
+                outputs[name] = namespace[name]
         except KeyError:
             return 500, self.missing_outputs()
         for name, check in self.output_checks:

@@ -32,7 +32,7 @@ from gitops_nodes.pynode.codec import Codec, json_codec, orjson_codec
 from gitops_nodes.pynode.config import load_config, mentioned_names, parse_config
 from gitops_nodes.pynode.errors import ConfigError, PrepareError
 from gitops_nodes.pynode.node import MAX_BYTES, prepare
-from gitops_nodes.pynode.server import new_event_loop, start
+from gitops_nodes.pynode.server import Service, new_event_loop, start
 from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,9 +43,15 @@ COUNTER_CODE = "count += step\ntotal = count\n"
 class Served:
     """A node served in a background thread: its port, its access log, and a client."""
 
-    def __init__(self, port: int, log: io.BytesIO) -> None:
+    def __init__(self, port: int, log: io.BytesIO, service: Service | None = None) -> None:
         self.port = port
         self.log = log
+        self._service = service  # read-only from tests: its loop runs in another thread
+
+    @property
+    def service(self) -> Service:
+        assert self._service is not None, "served by another process"
+        return self._service
 
     def connect(self) -> http.client.HTTPConnection:
         return http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
@@ -103,12 +109,12 @@ def serving(
     log = io.BytesIO()
     loop = loop_factory()
     ready = threading.Event()
-    found: list[int] = []
+    found: list[tuple[int, Service]] = []
 
     def run() -> None:
         asyncio.set_event_loop(loop)
-        _, server = loop.run_until_complete(start(node, "127.0.0.1", 0, log))
-        found.append(server.sockets[0].getsockname()[1])
+        service, server = loop.run_until_complete(start(node, "127.0.0.1", 0, log))
+        found.append((server.sockets[0].getsockname()[1], service))
         ready.set()
         try:
             loop.run_forever()
@@ -121,7 +127,8 @@ def serving(
     thread.start()
     assert ready.wait(timeout=5), "the server did not start listening within 5 s"
     try:
-        yield Served(found[0], log)
+        port, service = found[0]
+        yield Served(port, log, service)
     finally:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=5)
@@ -484,6 +491,115 @@ def test_http_1_0_keep_alive_and_pipelined_requests(counter: Served) -> None:
     assert b"connection: keep-alive" in answers[0]
     assert b"connection: close" in answers[2]  # 1.0 without keep-alive: closed after
     assert answers[2].endswith(b'{"count":4,"total":4}')
+
+
+def post_step(step: int, *headers: bytes) -> bytes:
+    """A counter request with a body of 11 bytes whatever the step (0 to 9)."""
+    body = b'{"step": %d}' % step
+    extra = b"".join(h + b"\r\n" for h in headers)
+    return b"POST / HTTP/1.1\r\ncontent-length: %d\r\n%s\r\n%s" % (len(body), extra, body)
+
+
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+def read_answers(sock: socket.socket, count: int) -> list[tuple[int, Any]]:
+    """Read `count` whole responses from a socket: (status, JSON body); 100 Continue is
+    (100, None)."""
+    data = b""
+    answers: list[tuple[int, Any]] = []
+    while len(answers) < count:
+        if data.startswith(CONTINUE):
+            answers.append((100, None))
+            data = data[len(CONTINUE) :]
+            continue
+        head_end = data.find(b"\r\n\r\n")
+        if head_end >= 0:
+            head = data[:head_end].decode()
+            length = int(re.search(r"content-length: (\d+)", head).group(1))  # type: ignore[union-attr]
+            end = head_end + 4 + length
+            if len(data) >= end:
+                answers.append((int(head.split()[1]), json.loads(data[head_end + 4 : end])))
+                data = data[end:]
+                continue
+        chunk = sock.recv(65536)
+        assert chunk, f"the connection closed after {len(answers)} of {count} answers"
+        data += chunk
+    return answers
+
+
+def test_a_head_seen_before_is_answered_from_memory_with_its_own_body(counter: Served) -> None:
+    with socket.create_connection(("127.0.0.1", counter.port), timeout=5) as sock:
+        answers = []
+        for step in (1, 2, 3):  # the same head bytes each time; bodies differ
+            sock.sendall(post_step(step))
+            answers += read_answers(sock, 1)
+
+    assert answers == [(200, {"count": c, "total": c}) for c in (1, 3, 6)]
+    assert list(counter.service.known) == [post_step(1)[: -len(b'{"step": 1}')]]
+
+
+def test_heads_that_must_be_parsed_every_time_are_not_remembered(counter: Served) -> None:
+    chunked = b'POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\nb\r\n{"step": 1}\r\n0\r\n\r\n'
+    expect = post_step(1, b"expect: 100-continue")
+    with socket.create_connection(("127.0.0.1", counter.port), timeout=5) as sock:
+        for request in (chunked, chunked, expect):
+            sock.sendall(request)
+            answers = read_answers(sock, 2 if request is expect else 1)  # 100 Continue first
+            assert answers[-1][0] == 200
+        sock.sendall(b"GET /nowhere HTTP/1.1\r\n\r\n")
+        assert read_answers(sock, 1)[0][0] == 404
+
+    assert counter.service.known == {}
+    assert counter.call("POST", "/", {"step": 1}) == (200, {"count": 4, "total": 4})
+
+
+def test_requests_of_many_connections_in_one_turn_each_run_once(counter: Served) -> None:
+    sockets = [socket.create_connection(("127.0.0.1", counter.port), timeout=5) for _ in range(8)]
+    try:
+        for sock in sockets:  # all sent before any is read: the server reads several a turn
+            sock.sendall(post_step(1) + post_step(1))
+        answers = [read_answers(sock, 2) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+    counts = sorted(body["count"] for pair in answers for _, body in pair)
+    assert counts == list(range(1, 17))  # each ran exactly once, one at a time
+    assert all(first[1]["count"] < second[1]["count"] for first, second in answers)
+
+
+def test_a_malformed_request_after_a_queued_one_is_refused_after_its_answer(
+    counter: Served,
+) -> None:
+    raw = raw_exchange(counter.port, post_step(1) + b"NOT HTTP AT ALL\r\n\r\n")
+
+    answers = raw.split(b"HTTP/1.1 ")[1:]
+    assert [a.split(b"\r\n", 1)[0] for a in answers] == [b"200 OK", b"400 Bad Request"]
+    assert answers[0].endswith(b'{"count":1,"total":1}')
+
+
+def test_what_follows_a_connection_close_request_is_never_run(counter: Served) -> None:
+    raw = raw_exchange(counter.port, post_step(1, b"connection: close") + post_step(5))
+
+    assert raw.count(b"HTTP/1.1 ") == 1
+    assert raw.endswith(b'{"count":1,"total":1}')
+    assert counter.post({"step": 1}) == (200, {"count": 2, "total": 2})
+
+
+def test_100_continue_comes_after_the_answers_queued_before_it(counter: Served) -> None:
+    head_only = post_step(2, b"expect: 100-continue")[: -len(b'{"step": 2}')]
+    with socket.create_connection(("127.0.0.1", counter.port), timeout=5) as sock:
+        sock.sendall(post_step(1) + head_only)
+        first, go_on = read_answers(sock, 2)
+        sock.sendall(b'{"step": 2}')
+        last = read_answers(sock, 1)[0]
+
+    assert (first, go_on, last) == (
+        (200, {"count": 1, "total": 1}),
+        (100, None),
+        (200, {"count": 3, "total": 3}),
+    )
 
 
 def test_an_upgrade_request_with_a_body_is_refused_once(model: Served) -> None:
