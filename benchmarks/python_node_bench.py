@@ -13,18 +13,24 @@ or with the benchmark's own label, then the temporary folder.
    hashes shared by all projects, so without it the apply would re-tag the image of an
    `example-repo` project running on the same engine and destroy would then remove it. The
    copy is applied under a project name of its own and served by `gitops-nodes serve`
-   (free ports on 127.0.0.1, one worker, not pinned: it runs on whichever core is free).
-2. In the node's own image, `docker run --rm --cpuset-cpus 0`: the checkpoint's load time in
-   a fresh interpreter (`import sklearn` plus `pickle.load` of model.pkl, the median of 3),
-   then the in-process rate: predict.py compiled once and exec'd in a loop in the namespace
-   the checkpoint fills, with one sample (as the runtime runs it, without HTTP and JSON).
+   (free ports on 127.0.0.1, one worker), pinned with wrk to core 1: the instance's core is
+   its own, as where the balancer runs on CPUs of its own. Unpinned, the scheduler moved it
+   onto the instance's core from run to run, and the alias figure measured that sharing.
+2. In the node's own image, one `docker run -i --rm --cpuset-cpus 0` container that stays up
+   for the whole run: the checkpoint's load time in a fresh interpreter (`import sklearn`
+   plus `pickle.load` of model.pkl, the median of 3), then the in-process loop: predict.py
+   compiled once and exec'd in a loop in the namespace the checkpoint fills, with one sample
+   (as the runtime runs it, without HTTP and JSON), for as long as each line on its standard
+   input asks. Between those slices it waits, using no CPU.
 3. The instance container is pinned to core 0 (`docker update --cpuset-cpus 0`) and
    `wrk -t1 --latency` to core 1 (taskset) posts the sample (a Lua script sets the body) at
-   16 connections, first to the instance's published port, then through /aliases/iris/ on
-   the balancer. Steps 2 and 3 repeat for --rounds rounds, and each ratio is taken within its
-   round, then the median of the rounds is compared with the target: this machine's speed
-   drifts from minute to minute, and a ratio of runs minutes apart would measure the drift.
-   Then the same at 1 connection, for the p50. Each wrk run is preceded by a warm-up run.
+   16 connections, to the instance's published port and through /aliases/iris/ on the
+   balancer, each warmed up once. Then --rounds rounds of --duration seconds each: the
+   instance, the alias, the in-process loop; each round's ratios are taken against the mean
+   of the in-process slices on either side of it, and the median of the rounds is compared
+   with the target. This machine's speed drifts by a third within a minute; a ratio of runs
+   far apart would measure the drift, so the slices are short and interleaved.
+   Then the instance and the alias at 1 connection, for the p50.
    A warning is printed when the published port goes through docker-proxy (an engine
    running with its userland proxy), which costs about 30% of the instance's requests/s.
 4. The instance's memory after the load: `docker stats --no-stream` MemUsage, and the peak
@@ -37,8 +43,8 @@ or with the benchmark's own label, then the temporary folder.
 Ratios are within one run; other load on the machine shows up in them, so the CPUs' busy
 share is sampled first.
 
-    python3 benchmarks/python_node_bench.py [--duration 5] [--warmup 1] [--restarts 3]
-                                            [--rounds 3]
+    python3 benchmarks/python_node_bench.py [--duration 2] [--warmup 1] [--restarts 3]
+                                            [--rounds 10]
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ import json
 import os
 import re
 import secrets
+import select
 import shutil
 import signal
 import statistics
@@ -91,7 +98,7 @@ SAMPLE = [5.1, 3.5, 1.4, 0.2]
 EXPECTED = "setosa"  # what the example's model answers for SAMPLE
 BODY = json.dumps({"measurements": SAMPLE})
 INSTANCE_CORE = "0"  # the instance container, and the in-process loop
-CLIENT_CORE = "1"  # wrk
+CLIENT_CORE = "1"  # wrk, and the balancer
 NODE_LABEL = "io.gitops-nodes.node"
 TARGET_INSTANCE = 0.75  # instance requests/s over in-process calls/s
 TARGET_ALIAS = 0.65
@@ -112,7 +119,8 @@ HEALTHY_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
 MARKER = "\n# copy made by benchmarks/python_node_bench.py (keeps its image tag its own)\n"
 
-# Runs inside the node's image: python3 -c IN_PROCESS <seconds> <warm-up seconds> <loads>.
+# Runs inside the node's image: python3 -c IN_PROCESS <warm-up seconds> <loads>. Prints one
+# JSON line when ready, then one per line of standard input (the seconds to loop for).
 IN_PROCESS = r"""
 import json, pickle, statistics, subprocess, sys, time
 config = json.load(open("/app/node.json"))
@@ -124,13 +132,12 @@ LOAD = (
 loads = [
     float(subprocess.run([sys.executable, "-c", LOAD], capture_output=True, text=True,
                          check=True).stdout)
-    for _ in range(int(sys.argv[3]))
+    for _ in range(int(sys.argv[2]))
 ]
 namespace = {"__name__": "__main__"}
 namespace.update(pickle.load(open(checkpoint, "rb")))
 code = compile(open(code_path).read(), code_path, "exec")
 namespace["measurements"] = SAMPLE
-duration, warmup = float(sys.argv[1]), float(sys.argv[2])
 def loop(seconds):
     calls, start = 0, time.perf_counter()
     end = start + seconds
@@ -141,12 +148,13 @@ def loop(seconds):
         now = time.perf_counter()
         if now >= end:
             return calls, now - start
-loop(warmup)
-calls, elapsed = loop(duration)
+loop(float(sys.argv[1]))
 print(json.dumps({"load_s": statistics.median(loads) if loads else 0.0, "loads": loads,
-                  "calls": calls,
-                  "elapsed": elapsed, "species_name": namespace["species_name"],
-                  "probability": namespace["probability"]}))
+                  "species_name": namespace["species_name"],
+                  "probability": namespace["probability"]}), flush=True)
+for line in sys.stdin:
+    calls, elapsed = loop(float(line))
+    print(json.dumps({"calls": calls, "elapsed": elapsed}), flush=True)
 """.replace("SAMPLE", repr(SAMPLE))
 
 WRK_SCRIPT = f"""wrk.method = "POST"
@@ -212,11 +220,13 @@ class Serve:
 @contextlib.contextmanager
 def start_serve(repo: Path, project: str, state_dir: Path, log: Path) -> Iterator[Serve]:
     port, admin_port = free_port(), free_port()
-    argv = gitops_nodes(
-        "serve", str(repo), "--project", project, "--state-dir", str(state_dir),
-        "--host", HOST, "--port", str(port),
-        "--admin-host", HOST, "--admin-port", str(admin_port),
-    )  # fmt: skip
+    argv = [
+        "taskset", "-c", CLIENT_CORE, *gitops_nodes(
+            "serve", str(repo), "--project", project, "--state-dir", str(state_dir),
+            "--host", HOST, "--port", str(port),
+            "--admin-host", HOST, "--admin-port", str(admin_port),
+        ),
+    ]  # fmt: skip
     with open(log, "wb") as out:
         process = subprocess.Popen(
             argv,
@@ -333,22 +343,64 @@ def published_port(container: str) -> int:
     raise BenchError(f"container {container} publishes no port on {HOST}: {out}")
 
 
-def in_process(
-    image: str, project: str, duration: float, warmup: float, loads: int
-) -> dict[str, Any]:
-    """The in-process loop inside the node's image, after `loads` timed checkpoint loads."""
-    out = run(
+class InProcess:
+    """The in-process loop's container (see IN_PROCESS): asked for one slice at a time."""
+
+    def __init__(self, process: subprocess.Popen[bytes], first: dict[str, Any]) -> None:
+        self.process = process
+        self.load_s: float = first["load_s"]
+        self.loads: list[float] = first["loads"]
+
+    def rate(self, seconds: float) -> float:
+        """Calls per second of the loop run for `seconds` now."""
+        assert self.process.stdin is not None
+        self.process.stdin.write(b"%g\n" % seconds)
+        self.process.stdin.flush()
+        answer = read_line(self.process, seconds + 30)
+        return float(answer["calls"]) / float(answer["elapsed"])
+
+
+def read_line(process: subprocess.Popen[bytes], timeout: float) -> dict[str, Any]:
+    """The next JSON line the process prints, within `timeout` seconds."""
+    assert process.stdout is not None
+    ready, _, _ = select.select([process.stdout], [], [], timeout)
+    line = process.stdout.readline() if ready else b""
+    if not line:
+        stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
+        raise BenchError(f"the in-process loop stopped or did not answer: {stderr.strip()}")
+    answer: dict[str, Any] = json.loads(line)
+    return answer
+
+
+@contextlib.contextmanager
+def in_process(image: str, project: str, warmup: float, loads: int) -> Iterator[InProcess]:
+    """Start the in-process loop in the node's image, after `loads` timed checkpoint loads."""
+    name = f"{project}-inprocess"
+    process = subprocess.Popen(
         [
-            "docker", "run", "--rm", "--cpuset-cpus", INSTANCE_CORE, "--network", "none",
-            "--label", f"{BENCH_LABEL}={project}", image,
-            "python3", "-c", IN_PROCESS, str(duration), str(warmup), str(loads),
+            "docker", "run", "-i", "--rm", "--name", name, "--cpuset-cpus", INSTANCE_CORE,
+            "--network", "none", "--label", f"{BENCH_LABEL}={project}", image,
+            "python3", "-c", IN_PROCESS, str(warmup), str(loads),
         ],
-        timeout=duration + warmup + 120,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        bufsize=0,
     )  # fmt: skip
-    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
-    if result["species_name"] != EXPECTED:
-        raise BenchError(f"the model predicted {result['species_name']!r}, not {EXPECTED!r}")
-    return result
+    try:
+        first = read_line(process, warmup + 120)
+        if first["species_name"] != EXPECTED:
+            raise BenchError(f"the model predicted {first['species_name']!r}, not {EXPECTED!r}")
+        yield InProcess(process, first)
+    finally:
+        with contextlib.suppress(OSError):
+            if process.stdin is not None:
+                process.stdin.close()  # the loop ends with its input
+        try:
+            process.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)
+            process.wait(STOP_TIMEOUT)
 
 
 def memory(container: str) -> tuple[str, str]:
@@ -397,7 +449,8 @@ def restart_times(container: str) -> tuple[float, float]:
 
 @dataclass
 class Round:
-    """One round: the in-process loop, then the instance and the alias at 16 connections."""
+    """One round: the instance and the alias at 16 connections, and the in-process rate
+    around them (the mean of the slices before and after)."""
 
     inproc_rate: float
     instance: WrkResult
@@ -464,19 +517,24 @@ def bench(duration: float, warmup: float, restarts: int, rounds: int) -> tuple[s
 
         instance_url = f"http://{HOST}:{port}/"
         alias_url = f"http://{HOST}:{serve.port}{alias_path}"
-        load_s = 0.0
+        progress(f"in-process loop in {image} (core {INSTANCE_CORE}): timing checkpoint loads")
+        inproc = stack.enter_context(in_process(image, project, warmup, 3))
+        progress(f"  checkpoint loads {inproc.loads}")
+        for url in (instance_url, alias_url):
+            wrk(url, script, 16, warmup)
         measured: list[Round] = []
+        before = inproc.rate(duration)
         for number in range(1, rounds + 1):
-            progress(f"round {number}/{rounds}: in-process loop in {image} (core {INSTANCE_CORE})")
-            inproc = in_process(image, project, duration, warmup, 3 if number == 1 else 0)
-            if number == 1:
-                load_s = inproc["load_s"]
-                progress(f"  checkpoint loads {inproc['loads']}")
-            rate = inproc["calls"] / inproc["elapsed"]
-            progress(f"  {rate:.0f} calls/s")
-            instance = measure(instance_url, script, 16, duration, warmup)
-            alias = measure(alias_url, script, 16, duration, warmup)
-            measured.append(Round(rate, instance, alias))
+            instance = wrk(instance_url, script, 16, duration)
+            alias = wrk(alias_url, script, 16, duration)
+            after = inproc.rate(duration)
+            measured.append(Round((before + after) / 2, instance, alias))
+            progress(
+                f"round {number}/{rounds}: in-process {before:.0f} and {after:.0f} calls/s, "
+                f"instance {instance.requests_per_s:.0f} req/s, alias "
+                f"{alias.requests_per_s:.0f} req/s"
+            )
+            before = after
         instance_1 = measure(instance_url, script, 1, duration, warmup)
         alias_1 = measure(alias_url, script, 1, duration, warmup)
         serve.check_running()
@@ -490,7 +548,7 @@ def bench(duration: float, warmup: float, restarts: int, rounds: int) -> tuple[s
             progress(f"  restart {i + 1}/{restarts}: {from_cmd:.3f} s ({from_proc:.3f} s)")
         progress("cleaning up")
     figures = Figures(
-        busy, load_s, measured, instance_1, alias_1,
+        busy, inproc.load_s, measured, instance_1, alias_1,
         mem_usage, mem_peak, start_cmd, start_proc, proxied,
     )  # fmt: skip
     return project, figures
@@ -509,8 +567,8 @@ def report(f: Figures, project: str, duration: float, restarts: int) -> None:
     start_target = TARGET_START_S + f.load_s
     print(
         f"Python node {NODE} (example-repo), project {project}, wrk -t1 {duration:g}s on core "
-        f"{CLIENT_CORE}; instance and in-process loop on core {INSTANCE_CORE}; balancer "
-        f"not pinned; CPUs {f.busy:.0%} busy before the run"
+        f"{CLIENT_CORE} with the balancer; instance and in-process loop on core {INSTANCE_CORE}; "
+        f"CPUs {f.busy:.0%} busy before the run"
     )
     if f.busy > BUSY_WARNING:
         print(f"warning: over {BUSY_WARNING:.0%} busy before the run: figures are unreliable")
@@ -530,14 +588,14 @@ def report(f: Figures, project: str, duration: float, restarts: int) -> None:
         )
     print(f"{'case':<28} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'fail':>5}")
     last = f.rounds[-1]
-    for name, r in (
+    for name, w in (
         ("instance, 16 conns (last)", last.instance),
         ("instance, 1 conn", f.instance_1),
         ("alias /aliases/iris/, 16 (last)", last.alias),
         ("alias /aliases/iris/, 1", f.alias_1),
     ):
         print(
-            f"{name:<28} {r.requests_per_s:>8.0f} {r.p50_ms:>7.3f} {r.p99_ms:>7.3f} {r.failures:>5}"
+            f"{name:<28} {w.requests_per_s:>8.0f} {w.p50_ms:>7.3f} {w.p99_ms:>7.3f} {w.failures:>5}"
         )
     print(f"memory: {f.mem_usage} (docker stats after the load), peak RSS {f.mem_peak} (VmHWM)")
     print(f"checkpoint load (import sklearn + pickle.load, median of 3): {f.load_s:.3f} s")
@@ -568,11 +626,13 @@ def report(f: Figures, project: str, duration: float, restarts: int) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run (5)")
+    parser.add_argument(
+        "--duration", type=float, default=2.0, help="seconds per slice and wrk run (2)"
+    )
     parser.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds (1)")
     parser.add_argument("--restarts", type=int, default=3, help="start-to-healthy runs (3)")
     parser.add_argument(
-        "--rounds", type=int, default=3, help="in-process/instance/alias rounds (3)"
+        "--rounds", type=int, default=10, help="instance/alias/in-process rounds (10)"
     )
     args = parser.parse_args(argv)
     if args.duration < 1 or args.warmup < 0 or args.restarts < 1 or args.rounds < 1:
