@@ -6,8 +6,10 @@ inspect); every Docker SDK error is translated into our own errors before it lea
 
 from __future__ import annotations
 
+import contextlib
 import re
 import secrets
+import socket
 import tempfile
 import threading
 import time
@@ -34,6 +36,21 @@ from gitops_nodes.spec.state import BuildRequest, DesiredNode
 from gitops_nodes.statedir import StateDir
 
 LOOPBACK = "127.0.0.1"
+PORT_ATTEMPTS = 5
+PORT_TAKEN = re.compile(r"port is already allocated|address already in use", re.IGNORECASE)
+
+
+class PortTaken(Exception):
+    """The host port chosen for an instance was taken before the engine could bind it."""
+
+
+def free_loopback_port() -> int:
+    """A loopback port nothing listens on now, as the kernel hands them out."""
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
 # The SDK lets the HTTP library's connection errors through untranslated (an engine that went
 # away mid-call): both kinds are caught wherever the engine is called.
 ENGINE_ERRORS = (DockerException, requests.exceptions.RequestException)
@@ -137,14 +154,27 @@ class DockerRuntime:
         return []
 
     def create_instance(self, project: str, node: DesiredNode, index: int) -> LiveInstance:
+        self._ensure_image(node.config.image)
+        for _ in range(PORT_ATTEMPTS):
+            with contextlib.suppress(PortTaken):
+                return self._create_instance(project, node, index)
+        raise RuntimeFailure(
+            f"no free loopback port for an instance of {node.name} in {PORT_ATTEMPTS} tries: "
+            "the ports chosen were taken before the engine could bind them"
+        )
+
+    def _create_instance(self, project: str, node: DesiredNode, index: int) -> LiveInstance:
         config = node.config
-        self._ensure_image(config.image)
         name = f"{project}-{node.name}-{index}-{secrets.token_hex(3)}"
         ports = [config.port]
         if config.telemetry_port is not None:
             ports.append(config.telemetry_port)  # for the balancer's scrape, on loopback too
         host_config = self.api.create_host_config(
-            port_bindings={port: (LOOPBACK,) for port in ports},
+            # Host ports are chosen here, not left to Docker: a port Docker picks is picked
+            # again when the container restarts (after a crash, or with the engine), usually
+            # a different one, and the routing table would point at the old one until the
+            # next apply. A port named here is the container's for its whole life.
+            port_bindings={port: (LOOPBACK, free_loopback_port()) for port in ports},
             restart_policy={"Name": "unless-stopped"},
             nano_cpus=int(config.cpus * 1e9) if config.cpus else None,
             mem_limit=config.memory,
@@ -173,6 +203,8 @@ class DockerRuntime:
             self.api.start(created["Id"])
         except ENGINE_ERRORS as exc:
             self._force_remove(name)
+            if PORT_TAKEN.search(str(exc)):
+                raise PortTaken(name) from exc  # taken since it was chosen: choose again
             raise engine_error(f"starting {name} failed", exc) from exc
         live = self.inspect_instance(project, name)
         if live is None:
