@@ -43,6 +43,7 @@ class Backend:
         "removed",
         "request_timeout",
         "settings",
+        "socket",
         "status",
     )
 
@@ -58,6 +59,7 @@ class Backend:
         self.instance = endpoint.instance
         self.host = endpoint.host
         self.port = endpoint.port
+        self.socket = endpoint.socket  # requests go there when set; see UpstreamConnection
         self.settings = settings
         # The node's, copied here on each table swap: the sweep reads them per connection.
         self.request_timeout = timeouts.request
@@ -119,6 +121,7 @@ class Backends:
                 added.append(backend)
             else:
                 backend.node = node
+                backend.socket = endpoint.socket
                 backend.settings = entry.health
                 backend.request_timeout = entry.timeouts.request
                 backend.idle_timeout = entry.timeouts.idle

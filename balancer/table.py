@@ -48,6 +48,9 @@ class Endpoint:
     port: int
     # Where the instance serves its metrics when that is not `port` (a second published port).
     telemetry_port: int | None = None
+    # A Unix socket the instance also serves requests on, on this host (a python node on the
+    # docker runtime): requests go there, skipping TCP; health checks still use host:port.
+    socket: str | None = None
 
 
 @dataclass(frozen=True)
@@ -170,6 +173,7 @@ class RoutingTable:
                             str(e["host"]),
                             int(e["port"]),
                             _optional_port(e.get("telemetryPort")),
+                            _optional_socket(e.get("socket")),
                         )
                         for e in entry["endpoints"]
                     ),
@@ -276,7 +280,17 @@ def _endpoint_to_json(endpoint: Endpoint) -> dict[str, Any]:
     }
     if endpoint.telemetry_port is not None:  # rare: kept out of the common endpoint
         data["telemetryPort"] = endpoint.telemetry_port
+    if endpoint.socket is not None:
+        data["socket"] = endpoint.socket
     return data
+
+
+def _optional_socket(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise TableError(f"malformed routing table: socket {value!r} is not an absolute path")
+    return value
 
 
 def _optional_port(value: Any) -> int | None:

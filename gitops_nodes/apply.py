@@ -111,9 +111,16 @@ class _Published:
         # Where each instance listens now: the engine may have moved it since (a restart).
         ports = {i.name: i.port for i in live.instances if i.port}
         telemetry = {i.name: i.telemetry_port for i in live.instances}
+        sockets = {i.name: i.socket for i in live.instances}
         self.rotation: dict[str, list[Endpoint]] = {
             node: [
-                Endpoint(e.instance, e.host, ports[e.instance], telemetry.get(e.instance))
+                Endpoint(
+                    e.instance,
+                    e.host,
+                    ports[e.instance],
+                    telemetry.get(e.instance),
+                    sockets.get(e.instance),
+                )
                 for e in entry.endpoints
                 if e.instance in ports
             ]
@@ -178,7 +185,13 @@ def _late(behind: list[BalancerAck], what: str) -> str:
 
 
 def _endpoint(instance: LiveInstance) -> Endpoint:
-    return Endpoint(instance.name, instance.host, instance.port or 0, instance.telemetry_port)
+    return Endpoint(
+        instance.name,
+        instance.host,
+        instance.port or 0,
+        instance.telemetry_port,
+        instance.socket,
+    )
 
 
 def discovered_key(instance: LiveInstance) -> str:

@@ -31,6 +31,7 @@ class LiveInstance:
     port: int | None  # the port balancers reach it on at host, once known
     started_at: float | None = None  # seconds since the epoch, when running
     telemetry_port: int | None = None  # config.telemetry_port as published on 127.0.0.1
+    socket: str | None = None  # a Unix socket it also serves on, on this host (docker runtime)
     # Where balancers reach it: a Docker container's port is published on loopback; a Swarm
     # task listens on its address in the project's overlay network.
     host: str = LOOPBACK

@@ -64,6 +64,9 @@ def project(docker_client: Any) -> Iterator[str]:
     for image in docker_client.api.images(filters=selector):
         for tag in image.get("RepoTags") or [image["Id"]]:
             docker_client.api.remove_image(tag, force=True)
+    from gitops_nodes.runtime.docker import project_sockets  # imports the Docker SDK
+
+    shutil.rmtree(project_sockets(name), ignore_errors=True)
 
 
 @pytest.fixture

@@ -1,12 +1,14 @@
 """The HTTP server of a python node's instance: one asyncio Protocol with httptools, no ASGI.
 
     python3 -m gitops_nodes.pynode.server --config /app/node.json [--host 0.0.0.0] [--port 8080]
+                                          [--unix PATH (default: $GITOPS_NODES_SOCKET)]
 
 Start-up loads the config (compiling the code once and checking it against the declared
 variables), restores the checkpoint, runs the set-up code, builds the input checks and the
-OpenAPI document, and only then listens: so `GET /healthz` simply answers 200, and a node
-that cannot be prepared never opens its port (the process exits 1 with the reason on
-stderr). Endpoints:
+OpenAPI document, and only then listens (on a Unix socket too when given one: the docker
+runtime gives python nodes one, for the balancer): so `GET /healthz` simply answers 200,
+and a node that cannot be prepared never opens its port (the process exits 1 with the
+reason on stderr). Endpoints:
 
     POST /  and  POST /predict   flat JSON of the inputs -> flat JSON of the outputs
     GET /healthz                 200 {"status": "ok"}
@@ -43,6 +45,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 import threading
@@ -157,6 +160,7 @@ class Service:
         self.known: dict[bytes, Known] = {}  # shared by connections: see Known
         self.turn: list[Request] = []  # read, not yet answered: see answer_turn
         self.turn_armed = False
+        self.unix_server: asyncio.AbstractServer | None = None  # see start()
 
     def queue(self, request: Request) -> None:
         """Queue a whole request; the turn is answered once the loop has read what it polled."""
@@ -566,10 +570,20 @@ async def start(
     port: int,
     access_log: BinaryIO | None = None,
     max_body: int = MAX_BYTES,
+    unix: str | None = None,
 ) -> tuple[Service, asyncio.Server]:
-    """Listen on host:port in the running loop; port 0 picks a free one."""
+    """Listen on host:port in the running loop (port 0 picks a free one), and on the Unix
+    socket `unix` too when given (Service.unix_server), before the port: health checks go
+    to the port, so a healthy instance is one that answers on both."""
     loop = asyncio.get_running_loop()
     service = Service(node, loop, access_log, max_body)
+    if unix is not None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(unix)  # left by the previous run of this container
+        service.unix_server = await loop.create_unix_server(
+            lambda: Connection(service), unix, backlog=1024
+        )
+        os.chmod(unix, 0o666)  # the balancer may run as another user than the container
     server = await loop.create_server(lambda: Connection(service), host, port, backlog=1024)
     return service, server
 
@@ -581,6 +595,7 @@ def serve(
     *,
     access_log: BinaryIO | None = None,
     codec: Codec | None = None,
+    unix: str | None = None,
 ) -> None:
     """Prepare the node and serve it until SIGTERM or SIGINT (a config may be a path).
 
@@ -594,14 +609,15 @@ def serve(
     log = access_log if access_log is not None else sys.stdout.buffer
     loop = new_event_loop()
     try:
-        service, server = loop.run_until_complete(start(node, host, port, log))
+        service, server = loop.run_until_complete(start(node, host, port, log, unix=unix))
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, loop.stop)
         bound = server.sockets[0].getsockname()
         log.write(
             (
-                f"pynode: serving {config.code_path} on {bound[0]}:{bound[1]} "
+                f"pynode: serving {config.code_path} on {bound[0]}:{bound[1]}"
+                f"{f' and {unix}' if unix else ''} "
                 f"(inputs {names(config.inputs)}; outputs {names(config.outputs)}; "
                 f"{type(loop).__module__.split('.')[0]} loop) "
                 f"ready in {(time.perf_counter() - began) * 1000:.0f} ms\n"
@@ -612,6 +628,8 @@ def serve(
             loop.run_forever()
         finally:
             server.close()
+            if service.unix_server is not None:
+                service.unix_server.close()
             service.close_connections()
             loop.run_until_complete(server.wait_closed())
             service.flush()
@@ -628,9 +646,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="the node's JSON config file")
     parser.add_argument("--host", default="0.0.0.0", help="address to listen on")
     parser.add_argument("--port", type=int, default=8080, help="port to listen on")
+    parser.add_argument(
+        "--unix",
+        default=os.environ.get("GITOPS_NODES_SOCKET") or None,
+        help="a Unix socket to serve on as well (default: $GITOPS_NODES_SOCKET)",
+    )
     args = parser.parse_args(argv)
     try:
-        serve(args.config, args.host, args.port)
+        serve(args.config, args.host, args.port, unix=args.unix)
     except PyNodeError as exc:
         sys.stderr.write(f"pynode: {exc}\n")
         return 1

@@ -7,9 +7,13 @@ inspect); every Docker SDK error is translated into our own errors before it lea
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import os
 import re
 import secrets
+import shutil
 import socket
+import stat
 import tempfile
 import threading
 import time
@@ -37,11 +41,56 @@ from gitops_nodes.statedir import StateDir
 
 LOOPBACK = "127.0.0.1"
 PORT_ATTEMPTS = 5
+SOCKET_MOUNT = "/run/gitops-nodes"  # where a python node's socket folder is, in its container
+SOCKET_ENV = "GITOPS_NODES_SOCKET"  # tells the node's runtime where to listen (pynode/server)
 PORT_TAKEN = re.compile(r"port is already allocated|address already in use", re.IGNORECASE)
 
 
 class PortTaken(Exception):
     """The host port chosen for an instance was taken before the engine could bind it."""
+
+
+def sockets_root() -> Path:
+    """The folder of every project's instance sockets, for the user running gitops-nodes."""
+    return Path(tempfile.gettempdir()) / f"gitops-nodes-{os.getuid()}"
+
+
+def project_sockets(project: str) -> Path:
+    """The host folder of a project's instance sockets: short, as socket paths must be (108
+    bytes)."""
+    return sockets_root() / _short(project)
+
+
+def private_sockets_root() -> bool:
+    """Make sockets_root() if needed; whether it is ours alone. In a shared temp folder
+    another user could have made it first, and then their socket would get our requests: no
+    socket is used then (the balancer keeps to the port)."""
+    root = sockets_root()
+    with contextlib.suppress(FileExistsError):
+        root.mkdir(mode=0o700)
+    try:
+        found = root.lstat()
+        if not stat.S_ISDIR(found.st_mode) or found.st_uid != os.getuid():
+            return False  # a symlink, or another user's
+        if found.st_mode & 0o077:
+            root.chmod(0o700)
+    except OSError:
+        return False
+    return True
+
+
+def socket_folder(project: str, instance: str) -> Path:
+    """The host folder of one instance's Unix socket, mounted in it at SOCKET_MOUNT."""
+    return project_sockets(project) / _short(instance)
+
+
+def _remove_folder(folder: Path | None) -> None:
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _short(name: str) -> str:
+    return hashlib.sha256(name.encode()).hexdigest()[:12]
 
 
 def free_loopback_port() -> int:
@@ -54,6 +103,11 @@ def free_loopback_port() -> int:
 # The SDK lets the HTTP library's connection errors through untranslated (an engine that went
 # away mid-call): both kinds are caught wherever the engine is called.
 ENGINE_ERRORS = (DockerException, requests.exceptions.RequestException)
+
+
+def _serves_a_socket(node: DesiredNode) -> bool:
+    """Whether the node's image runs gitops-nodes' python runtime (pynode/server.py)."""
+    return node.build is not None and node.build.python is not None
 
 
 def engine_error(what: str, exc: BaseException) -> RuntimeFailure | RuntimeUnavailable:
@@ -151,6 +205,8 @@ class DockerRuntime:
         return LocalBalancers(state)
 
     def remove_project(self, project: str, state: StateDir) -> list[str]:
+        # Every instance's socket folder went with it; this is their (now empty) parent.
+        shutil.rmtree(project_sockets(project), ignore_errors=True)
         return []
 
     def create_instance(self, project: str, node: DesiredNode, index: int) -> LiveInstance:
@@ -166,6 +222,12 @@ class DockerRuntime:
     def _create_instance(self, project: str, node: DesiredNode, index: int) -> LiveInstance:
         config = node.config
         name = f"{project}-{node.name}-{index}-{secrets.token_hex(3)}"
+        # A python node also serves on a Unix socket in a folder shared with this host, which
+        # the balancer prefers to the published port (see balancer/upstream.py).
+        folder = None
+        if _serves_a_socket(node) and private_sockets_root():
+            folder = socket_folder(project, name)
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         ports = [config.port]
         if config.telemetry_port is not None:
             ports.append(config.telemetry_port)  # for the balancer's scrape, on loopback too
@@ -179,6 +241,7 @@ class DockerRuntime:
             nano_cpus=int(config.cpus * 1e9) if config.cpus else None,
             mem_limit=config.memory,
             init=True,  # PID 1 that forwards SIGTERM, so stopping an instance is prompt
+            binds={str(folder): {"bind": SOCKET_MOUNT, "mode": "rw"}} if folder else None,
         )
         instance_labels = {
             labels.PROJECT: project,
@@ -187,22 +250,28 @@ class DockerRuntime:
             labels.SPEC_HASH: node.spec_hash,
             labels.CONFIG: canonical_json(config.as_dict()),
         }
+        environment = dict(config.env)
+        if folder is not None:
+            instance_labels[labels.SOCKET] = str(folder / "socket")
+            environment[SOCKET_ENV] = f"{SOCKET_MOUNT}/socket"
         try:
             created = self.api.create_container(
                 image=config.image,
                 command=list(config.command) if config.command is not None else None,
                 name=name,
-                environment=dict(config.env),
+                environment=environment,
                 labels=instance_labels,
                 ports=ports,
                 host_config=host_config,
             )
         except ENGINE_ERRORS as exc:
+            _remove_folder(folder)
             raise engine_error(f"creating {name} failed: {exc}", exc) from exc
         try:
             self.api.start(created["Id"])
         except ENGINE_ERRORS as exc:
             self._force_remove(name)
+            _remove_folder(folder)
             if PORT_TAKEN.search(str(exc)):
                 raise PortTaken(name) from exc  # taken since it was chosen: choose again
             raise engine_error(f"starting {name} failed", exc) from exc
@@ -248,9 +317,12 @@ class DockerRuntime:
 
     def remove_instance(self, project: str, name: str) -> None:
         # Re-read the owner label just before deleting: never remove what is not ours.
-        if self.inspect_instance(project, name) is None:
+        live = self.inspect_instance(project, name)
+        if live is None:
             return
         self._force_remove(name)
+        if live.socket is not None:
+            _remove_folder(Path(live.socket).parent)
 
     def instance_logs(self, name: str, lines: int) -> str:
         try:
@@ -409,6 +481,7 @@ def _instance(
         port=port,
         started_at=started,
         telemetry_port=telemetry_port,
+        socket=label_map.get(labels.SOCKET) or None,
     )
 
 

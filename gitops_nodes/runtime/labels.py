@@ -12,6 +12,8 @@ NODE = f"{PREFIX}.node"
 INDEX = f"{PREFIX}.instance"
 SPEC_HASH = f"{PREFIX}.spec-hash"
 CONFIG = f"{PREFIX}.config"
+# The host path of a python node instance's Unix socket (see runtime/docker.py).
+SOCKET = f"{PREFIX}.socket"
 BUILD_CONTEXT = f"{PREFIX}.build-context"
 # On a Swarm: what a service, network or secret of the project is for ("node", "balancer",
 # "network", "token"); a node's service and its tasks also carry NODE, SPEC_HASH and CONFIG.

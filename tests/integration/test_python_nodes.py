@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,27 @@ from gitops_nodes.statedir import StateDir
 from .helpers import alias_yaml, apply, python_node, table
 
 
-def call(port: int, body: Any) -> tuple[int, Any]:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+class UnixConnection(http.client.HTTPConnection):
+    """HTTP over a Unix socket, as the balancer reaches a python node on this host."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__("localhost", timeout=10)
+        self.socket_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX)
+        sock.settimeout(10)
+        sock.connect(self.socket_path)
+        self.sock = sock
+
+
+def call(port: int | str, body: Any) -> tuple[int, Any]:
+    """POST / on the instance's port, or on its Unix socket (a path)."""
+    connection = (
+        UnixConnection(port)
+        if isinstance(port, str)
+        else http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    )
     connection.request("POST", "/", json.dumps(body), {"content-type": "application/json"})
     response = connection.getresponse()
     return response.status, json.loads(response.read())
@@ -64,6 +84,10 @@ def test_a_new_checkpoint_rebuilds_and_rolls_the_node(
     root = model_repo(spec)
     assert apply(root, runtime, project, state).report.ok  # type: ignore[union-attr]
     before = runtime.list_instances(project)
+    # The table lists the instance's Unix socket, which serves as its port does.
+    (first,) = table(state).nodes["scorer"].endpoints
+    assert first.socket is not None and first.socket == before[0].socket
+    assert call(first.socket, {"features": [1, 2, 3]}) == (200, {"score": 4.6, "calls": 1})
 
     model_repo(spec, weights=[1.0, 1.0, 1.0])
     plan = workflow.make_plan(project, load_spec(root), workflow.observe(runtime, project, state))
@@ -73,6 +97,10 @@ def test_a_new_checkpoint_rebuilds_and_rolls_the_node(
     assert run.report is not None and run.report.ok, run.report
     assert call(port_of(state, "scorer"), {"features": [1, 2, 3]})[1]["score"] == 6.1
     assert {i.name for i in runtime.list_instances(project)}.isdisjoint(i.name for i in before)
+    (second,) = table(state).nodes["scorer"].endpoints
+    assert second.socket is not None and second.socket != first.socket
+    assert call(second.socket, {"features": [1, 2, 3]})[1]["score"] == 6.1
+    assert not Path(first.socket).parent.exists()  # removed with its instance
 
 
 def test_a_broken_checkpoint_fails_apply_and_moves_no_alias(

@@ -103,8 +103,10 @@ def serving(
     config_path: Path,
     codec: Codec | None = None,
     loop_factory: Callable[[], asyncio.AbstractEventLoop] = new_event_loop,
+    unix: Path | None = None,
 ) -> Iterator[Served]:
-    """Prepare the node and serve it on a free port of 127.0.0.1 until the block ends."""
+    """Prepare the node and serve it on a free port of 127.0.0.1 (and on the Unix socket
+    `unix`, when given) until the block ends."""
     node = prepare(load_config(config_path), codec)
     log = io.BytesIO()
     loop = loop_factory()
@@ -113,13 +115,16 @@ def serving(
 
     def run() -> None:
         asyncio.set_event_loop(loop)
-        service, server = loop.run_until_complete(start(node, "127.0.0.1", 0, log))
+        where = str(unix) if unix is not None else None
+        service, server = loop.run_until_complete(start(node, "127.0.0.1", 0, log, unix=where))
         found.append((server.sockets[0].getsockname()[1], service))
         ready.set()
         try:
             loop.run_forever()
         finally:
             server.close()
+            if service.unix_server is not None:
+                service.unix_server.close()
             loop.run_until_complete(server.wait_closed())
             loop.close()
 
@@ -600,6 +605,26 @@ def test_100_continue_comes_after_the_answers_queued_before_it(counter: Served) 
         (100, None),
         (200, {"count": 3, "total": 3}),
     )
+
+
+def test_the_node_serves_on_a_unix_socket_as_well(tmp_path: Path) -> None:
+    path = write_node(
+        tmp_path, COUNTER_CODE, {"step": "int"}, {"count": "int"}, setup="count = 0\n"
+    )
+    socket_path = tmp_path / "socket"
+    socket_path.write_text("left by an earlier run")  # replaced, not an error
+
+    with serving(path, unix=socket_path) as served:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(5)
+            sock.connect(str(socket_path))
+            sock.sendall(post_step(2))
+            over_unix = read_answers(sock, 1)
+        over_tcp = served.post({"step": 1})
+
+    assert over_unix == [(200, {"count": 2})]
+    assert over_tcp == (200, {"count": 3})  # one namespace behind both
+    assert socket_path.stat().st_mode & 0o777 == 0o666  # any local user's balancer may connect
 
 
 def test_an_upgrade_request_with_a_body_is_refused_once(model: Served) -> None:

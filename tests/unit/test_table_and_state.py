@@ -357,3 +357,26 @@ def test_tcp_probe(server_port: int, closed_port: int) -> None:
     )
     refused = probe(closed_port, HealthSettings(timeout=2.0))
     assert (refused.connected, refused.healthy) == (False, False)
+
+
+def test_an_endpoint_socket_round_trips_and_must_be_an_absolute_path() -> None:
+    with_socket = Endpoint("iris-0", "127.0.0.1", 30000, socket="/tmp/gitops-nodes-0/a/b/socket")
+    table = RoutingTable(
+        1,
+        MappingProxyType(
+            {
+                "iris": NodeEntry(
+                    (with_socket, Endpoint("iris-1", "127.0.0.1", 30001)), 1, HealthSettings()
+                )
+            }
+        ),
+    )
+    data = json.loads(json.dumps(table.to_json()))
+
+    assert RoutingTable.from_json(data) == table
+    assert data["nodes"]["iris"]["endpoints"][0]["socket"] == "/tmp/gitops-nodes-0/a/b/socket"
+    assert "socket" not in data["nodes"]["iris"]["endpoints"][1]  # tables without stay as were
+
+    data["nodes"]["iris"]["endpoints"][0]["socket"] = "relative/socket"
+    with pytest.raises(TableError, match="socket 'relative/socket' is not an absolute path"):
+        RoutingTable.from_json(data)
