@@ -109,20 +109,12 @@ class _Published:
             **discover,
         }
         # Where each instance listens now: the engine may have moved it since (a restart).
-        ports = {i.name: i.port for i in live.instances if i.port}
-        telemetry = {i.name: i.telemetry_port for i in live.instances}
-        sockets = {i.name: i.socket for i in live.instances}
+        listening = {i.name: i for i in live.instances if i.port}
         self.rotation: dict[str, list[Endpoint]] = {
             node: [
-                Endpoint(
-                    e.instance,
-                    e.host,
-                    ports[e.instance],
-                    telemetry.get(e.instance),
-                    sockets.get(e.instance),
-                )
+                replace(_endpoint(listening[e.instance]), host=e.host)
                 for e in entry.endpoints
-                if e.instance in ports
+                if e.instance in listening
             ]
             for node, entry in table.nodes.items()
         }
