@@ -206,7 +206,7 @@ class DockerRuntime:
 
     def remove_project(self, project: str, state: StateDir) -> list[str]:
         # Every instance's socket folder went with it; this is their (now empty) parent.
-        shutil.rmtree(project_sockets(project), ignore_errors=True)
+        _remove_folder(project_sockets(project))
         return []
 
     def create_instance(self, project: str, node: DesiredNode, index: int) -> LiveInstance:

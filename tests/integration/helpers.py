@@ -6,7 +6,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -22,7 +21,7 @@ from balancer.table import RoutingTable, read_table
 from gitops_nodes import workflow
 from gitops_nodes.apply import ApplyOptions, StepResult
 from gitops_nodes.health import probe
-from gitops_nodes.runtime.docker import DockerRuntime
+from gitops_nodes.runtime.docker import DockerRuntime, free_loopback_port
 from gitops_nodes.spec.load import load_spec
 from gitops_nodes.statedir import StateDir, balancer_acks
 
@@ -130,11 +129,8 @@ def healthy_instances(runtime: DockerRuntime, project: str, node: str) -> int:
     )
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+# The same free loopback port the docker runtime chooses for an instance.
+free_port = free_loopback_port
 
 
 def wait_until_serving(
