@@ -525,7 +525,7 @@ def _print_report(report: ApplyReport, verb: str) -> int:
     for result in failed:
         print(f"  failed: {result.step.id}: {result.detail}", file=sys.stderr)
     for result in skipped:
-        print(f"  not started: {result.step.id}", file=sys.stderr)
+        print(f"  not started: {result.step.id} ({result.detail})", file=sys.stderr)
     print(
         "Every alias still routes to the nodes it had; fix the cause and apply again.",
         file=sys.stderr,

@@ -25,6 +25,9 @@ class Action(StrEnum):
     # Instances only: stopped and kept while their node is suspended, started on resume.
     SUSPEND = "suspend"
     RESUME = "resume"
+    # An instance of the current spec that exists but was never published (an apply stopped
+    # between creating it and publishing it): waited for like a new one, then published.
+    ADOPT = "adopt"
 
 
 class Transition(StrEnum):
@@ -53,7 +56,7 @@ class FieldChange:
 @dataclass(frozen=True)
 class InstanceChange:
     """A new instance at an index (+), one that replaces `old` (-/+), `old` removed (-),
-    stopped and kept (suspend), or started again (resume)."""
+    stopped and kept (suspend), started again (resume), or found unpublished (adopt)."""
 
     index: int
     action: Action
@@ -306,7 +309,7 @@ def _diff_node(
         instances = _suspended_instances(want, have)
         moved = False
     else:
-        instances = _diff_instances(want, have, resuming=was_suspended)
+        instances = _diff_instances(want, have, was_suspended, _listed(published))
         moved = _moved(have, published)
     access_changed = published is not None and published.access != want.access
     publish_settings = published is None or not _same_settings(want, published) or moved
@@ -367,14 +370,28 @@ def _unchanged(
         return False
     if want.suspended:
         return not _suspended_instances(want, have)
+    listed = _listed(published)
     return (
         len(have) == want.instances
         and all(
-            i.index == position and i.alive and i.spec_hash == want.spec_hash
+            i.index == position
+            and i.alive
+            and i.spec_hash == want.spec_hash
+            and (listed is None or i.name in listed)
             for position, i in enumerate(have)
         )
         and not _moved(have, published)
     )
+
+
+def _listed(published: NodeEntry | None) -> frozenset[str] | None:
+    """The instances the table lists for a node (none when it is not published yet), or None
+    when balancers find its instances themselves (a discovered node lists none)."""
+    if published is None:
+        return frozenset()
+    if published.discover:
+        return None
+    return frozenset(e.instance for e in published.endpoints)
 
 
 def _moved(have: tuple[LiveInstance, ...], published: NodeEntry | None) -> bool:
@@ -422,10 +439,15 @@ def _suspended_instances(
 
 
 def _diff_instances(
-    want: DesiredNode, have: tuple[LiveInstance, ...], resuming: bool = False
+    want: DesiredNode,
+    have: tuple[LiveInstance, ...],
+    resuming: bool = False,
+    listed: frozenset[str] | None = None,
 ) -> tuple[InstanceChange, ...]:
     """Which instances to keep, create, replace or remove, index by index; when the node
-    resumes, which stopped ones to start again rather than replace."""
+    resumes, which stopped ones to start again rather than replace; which ones of the spec
+    exist but are not in the table (listed: the names it has; None when not known), to adopt
+    after the same wait as a new one."""
     changes: list[InstanceChange] = []
     used: set[str] = set()
     for index in range(want.instances):
@@ -433,6 +455,15 @@ def _diff_instances(
         keep = next((i for i in at_index if i.alive and i.spec_hash == want.spec_hash), None)
         if keep is not None:
             used.add(keep.name)
+            if listed is not None and keep.name not in listed:
+                changes.append(
+                    InstanceChange(
+                        index,
+                        Action.ADOPT,
+                        keep.name,
+                        f"instance {index} exists but was never published: waited for first",
+                    )
+                )
             continue
         stopped = next(
             (i for i in at_index if i.state in STARTABLE and i.spec_hash == want.spec_hash), None
@@ -455,13 +486,15 @@ def _diff_instances(
     for instance in have:
         if instance.name in used:
             continue
+        second = False
         if instance.index >= want.instances:
             reason = f"scaled down to {want.instances}"
         elif not instance.alive:
             reason = f"instance {instance.index} is {instance.state}"
         else:
-            reason = f"a second instance {instance.index}"
-        changes.append(InstanceChange(instance.index, Action.DELETE, instance.name, reason))
+            reason, second = f"a second instance {instance.index}", True
+        # A second one that serves leaves only once the instance kept at its index does.
+        changes.append(InstanceChange(instance.index, Action.DELETE, instance.name, reason, second))
     return tuple(changes)
 
 

@@ -61,6 +61,8 @@ _STEP_KEYS = (
 class PlanStep(NamedTuple):
     """One step of a plan. Which fields are set says what it acts on.
 
+    wait with node, instance_index and instance: wait for an instance that exists but was
+    never published (adopted from an apply that stopped early), as for a new one;
     publish with alias: route the alias as the spec says (or drop it);
     publish with node and instance_index: put the instance created at index in rotation, taking
     `instance` (the one it replaces, if any) out; publish with node and instance only: take
@@ -215,8 +217,33 @@ class _Builder:
         if change.build is not None:
             tag = change.build.tag
             build = self.add(PlanStep(f"build {tag}", Step.BUILD, image=tag))
+        adopted = {i.index for i in change.instances if i.action is Action.ADOPT}
+        # An adopted instance kept at an index where a second, serving one is removed takes
+        # its place make-before-break, as a replacement does.
+        replaced: dict[int, str] = {}
         for instance in change.instances:
-            if instance.action is Action.CREATE:
+            if (
+                instance.action is Action.DELETE
+                and instance.in_service
+                and instance.index in adopted
+                and instance.index not in replaced
+            ):
+                replaced[instance.index] = instance.old or ""
+        adopt_published: dict[int, str] = {}
+        for instance in change.instances:
+            if instance.action is Action.ADOPT:
+                put = self._adopt(
+                    name, instance.index, instance.old or "", replaced.get(instance.index)
+                )
+                adopt_published[instance.index] = put
+                published.append(put)
+            elif (
+                instance.action is Action.DELETE
+                and replaced.get(instance.index) == instance.old
+                and instance.index in adopt_published
+            ):
+                self._retire(name, instance.old or "", adopt_published[instance.index], None)
+            elif instance.action is Action.CREATE:
                 published.append(self._bring_up(name, instance.index, None, None, build))
             elif instance.action is Action.RESUME:
                 published.append(self._start(name, instance.index, instance.old or ""))
@@ -259,6 +286,15 @@ class _Builder:
         step = PlanStep(
             label, Step.PUBLISH, node=node, instance_index=index, instance=old, batch=batch
         )
+        return self.add(step, wait)
+
+    def _adopt(self, node: str, index: int, instance: str, replacing: str | None) -> str:
+        key = f"{node}/{index}"
+        wait = self.add(
+            PlanStep(f"wait {key}", Step.WAIT, node=node, instance_index=index, instance=instance)
+        )
+        label = f"publish {key}" + (f" replacing {replacing}" if replacing else "")
+        step = PlanStep(label, Step.PUBLISH, node=node, instance_index=index, instance=replacing)
         return self.add(step, wait)
 
     def _start(self, node: str, index: int, instance: str) -> str:
