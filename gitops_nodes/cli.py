@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from balancer.access import ADMIN_TOKEN_ENV, ADMIN_TOKEN_FILE_ENV, AccessConfigError, admin_guard
@@ -14,6 +15,8 @@ from balancer.table import RoutingTable
 from gitops_nodes import __version__, logs, nodelogs, workflow
 from gitops_nodes.apply import ApplyOptions, ApplyReport, Outcome, StepResult
 from gitops_nodes.errors import GitopsNodesError
+from gitops_nodes.guards import check_not_empty
+from gitops_nodes.live import LiveState
 from gitops_nodes.plan import Plan, make_plan
 from gitops_nodes.render import render_json, render_text
 from gitops_nodes.runtime.base import Runtime
@@ -22,6 +25,7 @@ from gitops_nodes.spec.errors import SpecErrors
 from gitops_nodes.spec.load import load_spec
 from gitops_nodes.spec.schema import schema_text
 from gitops_nodes.spec.settings import RUNTIMES, Settings, load_settings
+from gitops_nodes.spec.state import DesiredState
 from gitops_nodes.statedir import StateDir
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
@@ -117,6 +121,7 @@ def _parser() -> argparse.ArgumentParser:
         "--detailed-exitcode", action="store_true", help="exit 0: no changes, 1: error, 2: changes"
     )
     sub.add_argument("-out", "--out", dest="out", type=Path, help="save the plan for `apply FILE`")
+    allow_empty(sub)
     sub.set_defaults(command=_plan)
 
     sub = command("apply", "Make the live state match the spec (or a plan saved with -out).")
@@ -130,6 +135,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="longest wait for balancers to finish requests on a removed instance (30)",
     )
+    allow_empty(sub)
     sub.set_defaults(command=_apply)
 
     sub = command("destroy", "Remove everything the project owns, and nothing else.")
@@ -190,6 +196,26 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def allow_empty(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument(
+        "--allow-empty",
+        action="store_true",
+        help="a spec with no Node or Alias may destroy the project's live nodes",
+    )
+
+
+def _empty_guard(
+    args: argparse.Namespace, desired: DesiredState
+) -> Callable[[Plan, LiveState], None]:
+    """The check that refuses an empty spec over live nodes, unless --allow-empty."""
+
+    def check(plan: Plan, live: LiveState) -> None:
+        if not args.allow_empty:
+            check_not_empty(desired, live, "pass --allow-empty")
+
+    return check
+
+
 def _context(args: argparse.Namespace, path: Path) -> tuple[str, StateDir]:
     project = args.project or workflow.project_name(path)
     base = args.state_dir
@@ -227,6 +253,7 @@ def _plan(args: argparse.Namespace) -> int:
     runtime = _runtime(args, args.path)
     live = workflow.observe(runtime, project, state)
     plan = make_plan(project, desired, live)
+    _empty_guard(args, desired)(plan, live)
     data = plan.to_json()
     print(render_json(data) if args.json else render_text(data), end="")
     if args.out:
@@ -253,6 +280,7 @@ def _apply(args: argparse.Namespace) -> int:
         on_plan=_print_plan,
         on_result=_print_result,
         saved=saved,
+        check=_empty_guard(args, desired),
     )
     if run.report is None:
         return EXIT_OK
