@@ -13,7 +13,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -308,6 +308,7 @@ class RolloutRun:
     pause: float
     stage: int = 0
     check: Callable[[Plan, LiveState], None] | None = None  # the revision's guards
+    seen: dict[str, int] = field(default_factory=dict)  # alias -> requests judged on so far
 
     def judge(
         self,
@@ -315,21 +316,33 @@ class RolloutRun:
         end: Mapping[str, tuple[int, int]],
         healthy: Callable[[str], bool],
     ) -> tuple[bool, str | None]:
-        """(ready to advance, why to roll back) after a pause at the current stage."""
+        """(ready to advance, why to roll back) at the current stage, on the balancer's
+        counters from when the stage began (start) to now (end). A stage is judged on its
+        error rate only once the nodes gaining share have had `minRequests` requests; until
+        then it is neither passed nor failed (no data is no pass), unless a node has no
+        Healthy instance at all."""
         ready = True
         for alias, (nodes, rollout) in self.gates.items():
             for node in nodes:
                 if not healthy(node):
                     return False, f"alias {alias}: node {node} has no Healthy instance"
+            if not nodes:
+                continue  # no node's share grows: nothing to judge
             requests, rate = error_rate(start, end, nodes)
+            self.seen[alias] = requests
+            if requests < rollout.min_requests:
+                ready = False  # not enough traffic to judge yet: wait another pause
+                continue
             if rate > rollout.max_error_rate:
                 return False, (
                     f"alias {alias}: {rate:.1%} of {requests} requests to "
                     f"{', '.join(nodes)} failed, over the {rollout.max_error_rate:.1%} bound"
                 )
-            if requests < rollout.min_requests:
-                ready = False  # not enough traffic to judge yet: wait another pause
         return ready, None
+
+    def begin_stage(self) -> None:
+        """A stage starts: its requests are counted from zero."""
+        self.seen = {}
 
     def status(self) -> dict[str, Any]:
         return {
@@ -339,6 +352,17 @@ class RolloutRun:
             "aliases": {
                 name: [list(route) for route in self.stages[self.stage].aliases[name].routes]
                 for name in self.gates
+            },
+            # Per alias: the requests the step has seen to the nodes gaining share, and how
+            # many more it needs before it is judged.
+            "requests": {
+                name: {
+                    "seen": self.seen.get(name, 0),
+                    "minRequests": rollout.min_requests,
+                    "needed": max(0, rollout.min_requests - self.seen.get(name, 0)),
+                    "nodes": nodes,
+                }
+                for name, (nodes, rollout) in self.gates.items()
             },
         }
 
