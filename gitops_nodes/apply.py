@@ -429,6 +429,41 @@ class Applier:
             f"(healthCheck.startTimeout): " + _reports(late, said)
         )
 
+    def _check_leaving(self, node: str, instance: str) -> None:
+        """Refuse to take instance out of rotation (no replacement takes its place) when a
+        balancer would then count fewer of the node's instances Healthy than
+        min(minHealthy, what it counts now), or none while an alias routes to the node: a
+        scale-down must not keep only the sick ones."""
+        want = self.desired.nodes.get(node)
+        current = {e.instance for e in self.published.rotation.get(node, [])}
+        if want is None or instance not in current:
+            return
+        rest = current - {instance}
+        routed = any(
+            n == node and weight > 0
+            for entry in self.published.aliases.values()
+            for n, weight in entry.targets
+        )
+        minimum = max(want.min_healthy, 1 if routed else 0)
+
+        def short(ack: BalancerAck) -> bool:
+            return len(rest & ack.healthy) < min(minimum, len(current & ack.healthy))
+
+        late = [ack for ack in self.fleet.acks() if short(ack)]
+        if late:
+            raise RuntimeFailure(
+                f"{instance} stays in rotation: without it node {node} would have fewer "
+                f"instances counted Healthy than {minimum} (its minHealthy, at least one "
+                f"while an alias routes to it): "
+                + _reports(
+                    late,
+                    lambda ack: (
+                        f"counts {_names(current & ack.healthy)} Healthy, "
+                        f"{_names(rest & ack.healthy)} without it"
+                    ),
+                )
+            )
+
     def _drain(self, instance: str) -> str:
         """Wait until every running balancer serves a table without instance and has finished
         its requests on it, then stop it. Make before break: this is the 'break'."""
@@ -601,6 +636,7 @@ class Applier:
                     ]
                     what += f", {step.instance} out"
             elif step.node is not None and step.instance is not None:
+                self._check_leaving(step.node, step.instance)
                 table.rotation[step.node] = [
                     e for e in table.rotation.get(step.node, []) if e.instance != step.instance
                 ]

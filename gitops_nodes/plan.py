@@ -176,6 +176,7 @@ class _Builder:
         self.edges: list[tuple[str, str]] = []
         self.node_published: dict[str, list[str]] = {}  # node -> steps publishing its instances
         self.node_unpublish: dict[str, str] = {}  # deleted node -> the step dropping it
+        self.node_takeouts: dict[str, list[str]] = {}  # node -> steps taking instances out
 
     def add(self, step: PlanStep, *after: str | None) -> str:
         self.steps.setdefault(step.id, step)
@@ -256,6 +257,7 @@ class _Builder:
                 out = self.add(
                     PlanStep(f"publish {name} without {old}", Step.PUBLISH, node=name, instance=old)
                 )
+                self.node_takeouts.setdefault(name, []).append(out)
                 self._retire(name, old, out, None)
         previous: list[str] = []  # the removes of the batch before: the next one waits for all
         for number, batch in enumerate(maintenance_batches(change), start=1):
@@ -326,9 +328,14 @@ class _Builder:
             if weight > 0 and node not in before:
                 for published in self.node_published.get(node, []):
                     self.edges.append((published, step))
-        for node, _ in change.before:
+        kept = {node for node, weight in change.after if weight > 0}
+        for node, weight in change.before:
             if node in self.node_unpublish:
                 self.edges.append((step, self.node_unpublish[node]))
+            if weight > 0 and node not in kept:
+                # The alias leaves the node before the node loses instances: a scale-down
+                # then never leaves the alias routing to what remains of it.
+                self.edges.extend((step, out) for out in self.node_takeouts.get(node, ()))
 
 
 _STEP_ORDER = {step: position for position, step in enumerate(Step)}

@@ -193,3 +193,36 @@ def test_the_report_is_in_plan_order_and_names_what_stopped_each_skipped_step(
     details = {r.step.id: r.detail for r in run.report.results}
     assert details["publish alias front"] == "upstream failed: wait b/0"
     assert failed_step(world) == "wait b/0"
+
+
+def test_a_scale_down_never_keeps_only_the_sick_instance_of_a_routed_node(
+    tmp_path: Path,
+) -> None:
+    world = World(tmp_path)
+    world.fleet.start()
+    assert world.apply(spec(tmp_path, node("a", instances=2, min_healthy=0), alias("x", ("a", 1))))
+    first, second = sorted(world.runtime.containers, key=lambda n: n.split("-")[2])
+    world.runtime.sicken(first)  # index 0 is kept by the scale-down; index 1 serves
+
+    run = world.apply(spec(tmp_path, node("a", min_healthy=0), alias("x", ("a", 1))))
+
+    assert run.report is not None and not run.report.ok
+    (failed,) = run.report.with_outcome(Outcome.FAILED)
+    assert failed.step.id == f"publish a without {second}"
+    assert f"{second} stays in rotation" in failed.detail
+    table = world.live().table
+    assert table is not None
+    assert {e.instance for e in table.nodes["a"].endpoints} == {first, second}
+
+
+def test_an_alias_leaves_a_node_before_the_node_loses_instances(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    world.fleet.start()
+    assert world.apply(spec(tmp_path, node("a", instances=2), node("b"), alias("x", ("a", 1))))
+    (second,) = [n for n in world.runtime.containers if n.startswith(f"{PROJECT}-a-1-")]
+
+    plan = make_plan(
+        PROJECT, spec(tmp_path, node("a"), node("b"), alias("x", ("b", 1))), world.live()
+    )
+
+    assert plan.graph.has_edge("publish alias x", f"publish a without {second}")
