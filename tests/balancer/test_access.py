@@ -255,8 +255,8 @@ def test_denials_are_counted_in_the_alias_metrics(private: BalancerHarness) -> N
     private.get("/aliases/front/x")
     private.get("/aliases/front/x", bearer(ROBOT))
     lines = set(private.admin("GET", "/-/metrics").body.decode().splitlines())
-    assert 'alias_http_codes{alias_name="front",code="401"} 1' in lines
-    assert 'alias_http_codes{alias_name="front",code="403"} 1' in lines
+    assert 'alias_http_codes_total{alias_name="front",code="401"} 1' in lines
+    assert 'alias_http_codes_total{alias_name="front",code="403"} 1' in lines
 
 
 def test_status_shows_who_may_call_by_name(private: BalancerHarness) -> None:
