@@ -27,6 +27,7 @@ import pytest
 from tests import promtext
 from tests.balancer.conftest import HOST, BackendProcess, alias, free_port, node
 from tests.balancer.served import ServeProcess, fresh_get
+from tests.balancer.test_promtool import promtool_check
 from tests.waiting import wait_until
 
 WORKERS = 3
@@ -198,7 +199,9 @@ def test_prometheus_sees_counters_of_all_workers_that_never_decrease(
     assert server.value('node_request_durations_count{node_id="a"}') == total
 
     # The admin port itself: the same text, valid, and every worker took part.
-    families = promtext.read(served.admin("/-/metrics").body.decode())
+    text = served.admin("/-/metrics").body.decode()
+    assert promtool_check(text) == ""
+    families = promtext.read(text)
     assert families["node_requests_total"].value("node_requests_total", node_id="a") == total
     document = served.status()
     assert [w["worker"] for w in document["workers"]] == list(range(WORKERS))
