@@ -273,6 +273,9 @@ class Balancer:
             log_level="warning",
             lifespan="off",
             access_log=False,
+            # No logging set-up of uvicorn's own: its records go through the process's
+            # handlers, in the one format of --log-format.
+            log_config=None,
         )
         self._admin = _EmbeddedServer(config)
         # Never SO_REUSEPORT: one process answers the admin port, for all the workers.
