@@ -372,13 +372,13 @@ def _serve(args: argparse.Namespace) -> int:
             "on a Swarm the balancer runs as a service of the project (apply starts it, on "
             "gitops-nodes.yaml's swarm.port); `serve` is the balancer for one Docker host"
         )
+    if args.workers < 1:
+        raise GitopsNodesError(f"--workers: expected 1 or more, got {args.workers}")
     logs.configure(structured=args.log_format == "json")
     options = ServeOptions(
         args.host, args.port, args.admin_host, args.admin_port, admin_token=_admin_token(args)
     )
     settings = _proxy_settings(args)
-    if args.workers < 1:
-        raise GitopsNodesError(f"--workers: expected 1 or more, got {args.workers}")
     # A log record rather than a print: under --log-format json every line is an object.
     log.info(
         "serving %s on http://%s:%d (control plane: http://%s:%d/-/status), %d worker(s)",
