@@ -174,8 +174,18 @@ def test_prometheus_sees_counters_of_all_workers_that_never_decrease(
     wait_until(lambda: server.value("up") == 1.0, "prometheus to scrape the admin port", 30.0, 0.1)
 
     joiner, sent = traffic(served.port, ["/aliases/w/x", "/nodes/a/y"], seconds=6.0)
+    # Meanwhile, scrapes of our own on new connections (Prometheus keeps one connection open,
+    # which the kernel would pin to one worker): each must see at least what the last saw.
+    seen: list[float] = []
+    while joiner.is_alive() and len(seen) < 500:
+        families = promtext.read(served.admin("/-/metrics").body.decode())
+        if "node_requests_total" in families:
+            seen.append(families["node_requests_total"].value("node_requests_total", node_id="a"))
+        time.sleep(0.02)
     joiner.join(timeout=60)
     assert not joiner.is_alive()
+    assert len(seen) >= 20, f"only {len(seen)} scrapes of our own"
+    assert seen == sorted(seen), f"a counter went down between scrapes: {seen}"
     total = sum(sent.values())
     assert total > 100, f"only {total} requests were sent"
 
