@@ -3,7 +3,7 @@
 Each test runs the `gitops-nodes serve` command with 3 workers over real backends. The
 Prometheus server is Debian's `prometheus` binary (scripts/lib/ensure-test-tools.sh installs
 it), started here with a temporary configuration that scrapes the admin port on loopback
-every 100 ms, and read back through its HTTP API on loopback.
+every 200 ms, and read back through its HTTP API on loopback.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., ServeProcess]]:
 class Prometheus:
     """A Prometheus server on loopback scraping one target, and its query API."""
 
-    def __init__(self, folder: Path, target: str, interval: str = "100ms") -> None:
+    def __init__(self, folder: Path, target: str, interval: str = "200ms") -> None:
         binary = shutil.which("prometheus")
         assert binary, "the prometheus binary is missing: run scripts/lib/ensure-test-tools.sh"
         folder.mkdir(parents=True, exist_ok=True)
