@@ -113,9 +113,9 @@ class Harness:
             self.loop,
             self.source,
             self.reconciler,
-            self.balancer,
-            3600.0,
-            None,  # type: ignore[arg-type]
+            self.balancer,  # a stand-in: what the loop reads of the balancer
+            3600.0,  # no timer: the test wakes the loop with each commit
+            None,
         )
         self.thread = threading.Thread(target=self._run, daemon=True)
 
