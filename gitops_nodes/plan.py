@@ -30,6 +30,7 @@ import networkx as nx
 from gitops_nodes.diff import Action, AliasChange, Diff, InstanceChange, NodeChange, diff
 from gitops_nodes.gcpause import gc_paused
 from gitops_nodes.live import LiveState
+from gitops_nodes.rollout import gaining
 from gitops_nodes.spec.state import DesiredState
 
 PLAN_FORMAT = "gitops-nodes/plan/v1"
@@ -321,13 +322,12 @@ class _Builder:
 
     def _alias(self, change: AliasChange) -> None:
         step = self.add(PlanStep(f"publish alias {change.name}", Step.PUBLISH, alias=change.name))
-        # A node the alias gains must be serving first, whatever its own change: new, or
-        # an existing node whose instances are being replaced or healed.
-        before = {node for node, weight in change.before if weight > 0}
-        for node, weight in change.after:
-            if weight > 0 and node not in before:
-                for published in self.node_published.get(node, []):
-                    self.edges.append((published, step))
+        # A node the alias gains (or gives a larger share) must be serving first, whatever
+        # its own change: new, or an existing node whose instances are being replaced,
+        # added or healed; apply then waits until the balancers count it Healthy.
+        for node in gaining(change.before, change.after):
+            for published in self.node_published.get(node, []):
+                self.edges.append((published, step))
         kept = {node for node, weight in change.after if weight > 0}
         for node, weight in change.before:
             if node in self.node_unpublish:

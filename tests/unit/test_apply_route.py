@@ -226,3 +226,19 @@ def test_an_alias_leaves_a_node_before_the_node_loses_instances(tmp_path: Path) 
     )
 
     assert plan.graph.has_edge("publish alias x", f"publish a without {second}")
+
+
+def test_an_alias_giving_a_node_a_larger_share_waits_for_that_nodes_new_instances(
+    tmp_path: Path,
+) -> None:
+    world = World(tmp_path)
+    world.fleet.start()
+    assert world.apply(spec(tmp_path, node("a"), node("b"), alias("y", ("a", 10), ("b", 10))))
+    grown = spec(tmp_path, node("b", instances=2, min_healthy=2), alias("y", ("b", 100)))
+
+    plan = make_plan(PROJECT, grown, world.live())
+    run = world.apply(grown)
+
+    assert plan.graph.has_edge("publish b/1", "publish alias y")
+    assert run.report is not None and run.report.ok, run.report
+    assert routes(world, "y") == (("b", 100),)
