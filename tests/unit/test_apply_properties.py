@@ -5,8 +5,9 @@ Each example: a first spec applied cleanly (the live state), then faults scripte
 spec applied (it may fail, or be killed before a chosen step), then the faults lifted and the
 second spec applied again. Checked:
 
-- R-route: no table published turns an alias that had a Healthy instance to route to into one
-  that has none, judged with the instances' health at that moment;
+- R-route: no table published leaves an alias with no Healthy instance to route to when the
+  table before the apply had one for it, both judged with the instances' health at the moment
+  of that publish;
 - no table published leaves a node with fewer Healthy instances in rotation than
   min(minHealthy, what it had before the apply, what it had just before) (a replacement's
   new instance counts while both serve; an instance turning sick is no publish's doing);
@@ -145,8 +146,9 @@ def check_publishes(
     for published in history:
         table, healthy = published.table, published.healthy
         if previous is not None:
-            for name in previous.aliases:
-                if served(previous, name, healthy) and name in table.aliases:
+            for name in before.aliases if before is not None else ():
+                # Served by the table before the apply (with today's health): then by this one.
+                if served(before, name, healthy) and name in table.aliases:
                     assert served(table, name, healthy), (
                         f"generation {table.generation} left alias {name} with no Healthy "
                         f"instance: {table.aliases[name]} {dict(table.nodes)}"
