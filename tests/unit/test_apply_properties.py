@@ -16,7 +16,7 @@ second spec applied again. Checked:
   and every alias routes as the spec says.
 
 Budget: 500 examples per test (2 tests, 1,000 cases), derandomized so CI sees the same cases
-every run: about 15 s of CPU together on the 2-core development machine (half of it writing
+every run: about 20 s of CPU together on the 2-core development machine (much of it writing
 the routing table file). GITOPS_NODES_EXAMPLES=5000 searches deeper.
 """
 
