@@ -14,7 +14,7 @@ from balancer.table import RoutingTable
 from gitops_nodes import __version__, logs, nodelogs, workflow
 from gitops_nodes.apply import ApplyOptions, ApplyReport, Outcome, StepResult
 from gitops_nodes.errors import GitopsNodesError
-from gitops_nodes.plan import Plan, make_plan
+from gitops_nodes.plan import OTHER_OWNER, Plan, make_plan
 from gitops_nodes.render import render_json, render_text
 from gitops_nodes.runtime.base import Runtime
 from gitops_nodes.runtime.select import connect, runtime_name
@@ -77,6 +77,14 @@ def _parser() -> argparse.ArgumentParser:
             "(default: the repo's gitops-nodes.yaml, else docker)",
         )
 
+    def adopt_option(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument(
+            "--adopt",
+            action="store_true",
+            help="take over the project's containers another state directory (or none) owns: "
+            "without it they are reported and left alone",
+        )
+
     def serve_options(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--host", default="127.0.0.1", help="data plane address (127.0.0.1)")
         sub.add_argument("--port", type=int, default=8080, help="data plane port (8080)")
@@ -117,6 +125,7 @@ def _parser() -> argparse.ArgumentParser:
         "--detailed-exitcode", action="store_true", help="exit 0: no changes, 1: error, 2: changes"
     )
     sub.add_argument("-out", "--out", dest="out", type=Path, help="save the plan for `apply FILE`")
+    adopt_option(sub)
     sub.set_defaults(command=_plan)
 
     sub = command("apply", "Make the live state match the spec (or a plan saved with -out).")
@@ -130,11 +139,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="longest wait for balancers to finish requests on a removed instance (30)",
     )
+    adopt_option(sub)
     sub.set_defaults(command=_apply)
 
     sub = command("destroy", "Remove everything the project owns, and nothing else.")
     sub.add_argument("path", nargs="?", default=".", type=Path)
     project_options(sub)
+    adopt_option(sub)
     sub.set_defaults(command=_destroy)
 
     sub = command("status", "Show every node and instance with its status.")
@@ -225,12 +236,14 @@ def _plan(args: argparse.Namespace) -> int:
     desired = load_spec(args.path)
     project, state = _context(args, args.path)
     runtime = _runtime(args, args.path)
-    live = workflow.observe(runtime, project, state)
+    live = workflow.observe(runtime, project, state, args.adopt)
     plan = make_plan(project, desired, live)
     data = plan.to_json()
     print(render_json(data) if args.json else render_text(data), end="")
     if args.out:
-        args.out.write_text(workflow.saved_plan_json(plan, args.path, runtime.name))
+        args.out.write_text(
+            workflow.saved_plan_json(plan, args.path, runtime.name, adopt=args.adopt)
+        )
         if not args.json:
             print(f"\nSaved the plan to {args.out}; `gitops-nodes apply {args.out}` applies it.")
     if args.detailed_exitcode and not plan.empty:
@@ -253,6 +266,7 @@ def _apply(args: argparse.Namespace) -> int:
         on_plan=_print_plan,
         on_result=_print_result,
         saved=saved,
+        adopt=args.adopt or bool(saved and saved.get("adopt")),
     )
     if run.report is None:
         return EXIT_OK
@@ -269,13 +283,22 @@ def _destroy(args: argparse.Namespace) -> int:
         state,
         on_plan=_print_plan,
         on_result=_print_result,
+        adopt=args.adopt,
     )
     code = _print_report(run.report, "Destroy") if run.report else EXIT_OK
     if code == EXIT_OK:
         for removed in runtime.remove_project(project, state):
             print(f"{removed} removed")
-        for tag in runtime.remove_images(project):
+        images = runtime.remove_images(project)
+        for tag in images.removed:
             print(f"image {tag} removed")
+        left = [f"container {i.name}: {OTHER_OWNER}" for i in run.plan.left_alone] + list(
+            images.left
+        )
+        if left:
+            print("\nLeft in place:")
+            for item in left:
+                print(f"  {item}")
         state.table.unlink(missing_ok=True)
     return code
 

@@ -306,7 +306,8 @@ def _diff_node(
         instances = _suspended_instances(want, have)
         moved = False
     else:
-        instances = _diff_instances(want, have, resuming=was_suspended)
+        served = frozenset(e.instance for e in published.endpoints) if published else frozenset()
+        instances = _diff_instances(want, have, resuming=was_suspended, served=served)
         moved = _moved(have, published)
     access_changed = published is not None and published.access != want.access
     publish_settings = published is None or not _same_settings(want, published) or moved
@@ -421,24 +422,40 @@ def _suspended_instances(
     return tuple(changes)
 
 
+def _serving_first(instance: LiveInstance, served: frozenset[str]) -> tuple[bool, bool, str]:
+    """The order in which instances claiming one index are preferred: the one the published
+    table serves, then one with a published port. A container started by hand with an
+    instance's labels copied (an impostor) is neither, so it never wins over the real one."""
+    return (instance.name not in served, instance.port is None, instance.name)
+
+
 def _diff_instances(
-    want: DesiredNode, have: tuple[LiveInstance, ...], resuming: bool = False
+    want: DesiredNode,
+    have: tuple[LiveInstance, ...],
+    resuming: bool = False,
+    served: frozenset[str] = frozenset(),
 ) -> tuple[InstanceChange, ...]:
     """Which instances to keep, create, replace or remove, index by index; when the node
-    resumes, which stopped ones to start again rather than replace."""
+    resumes, which stopped ones to start again rather than replace. Of several instances at
+    one index, the one the table serves (served: its instance names) is kept."""
     changes: list[InstanceChange] = []
     used: set[str] = set()
+    kept: dict[int, str] = {}
     for index in range(want.instances):
-        at_index = [i for i in have if i.index == index]
+        at_index = sorted(
+            (i for i in have if i.index == index), key=lambda i: _serving_first(i, served)
+        )
         keep = next((i for i in at_index if i.alive and i.spec_hash == want.spec_hash), None)
         if keep is not None:
             used.add(keep.name)
+            kept[index] = keep.name
             continue
         stopped = next(
             (i for i in at_index if i.state in STARTABLE and i.spec_hash == want.spec_hash), None
         )
         if resuming and stopped is not None:
             used.add(stopped.name)
+            kept[index] = stopped.name
             changes.append(
                 InstanceChange(index, Action.RESUME, stopped.name, f"instance {index} starts again")
             )
@@ -450,6 +467,7 @@ def _diff_instances(
             )
             continue
         used.add(stale.name)
+        kept[index] = stale.name
         reason = "spec changed" if stale.alive else f"instance {index} is {stale.state}"
         changes.append(InstanceChange(index, Action.REPLACE, stale.name, reason, stale.alive))
     for instance in have:
@@ -460,7 +478,9 @@ def _diff_instances(
         elif not instance.alive:
             reason = f"instance {instance.index} is {instance.state}"
         else:
-            reason = f"a second instance {instance.index}"
+            reason = f"a second instance {instance.index}, beside {kept[instance.index]}"
+            if kept[instance.index] in served:
+                reason += ", which the routing table serves"
         changes.append(InstanceChange(instance.index, Action.DELETE, instance.name, reason))
     return tuple(changes)
 
