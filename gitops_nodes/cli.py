@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -365,6 +366,7 @@ def _logs(args: argparse.Namespace) -> int:
         for line in nodelogs.recent(runtime, chosen, args.tail, args.timestamps):
             print(line)
         return EXIT_OK
+    signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM ends following as Ctrl-C does
     with nodelogs.Follower(runtime, chosen, args.tail, args.timestamps) as follower:
         try:
             for line in follower:
@@ -372,6 +374,10 @@ def _logs(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             pass  # Ctrl-C is how following ends
     return EXIT_OK
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -429,7 +435,6 @@ def _proxy_settings(args: argparse.Namespace) -> ProxySettings:
 
 def _watch(args: argparse.Namespace) -> int:
     import asyncio
-    import signal
 
     from balancer.server import Balancer, ServeOptions, new_loop
     from gitops_nodes.runtime.docker import follow_events
