@@ -222,7 +222,7 @@ owners = st.sampled_from([OURS, THEIRS, UNLABELLED, "c" * 32])
 
 # spec_for only caches loaded specs: sharing it between examples is what it is for.
 @settings(
-    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(
     slots=st.lists(

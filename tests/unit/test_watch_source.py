@@ -22,6 +22,7 @@ from gitops_nodes.watch.source import (
     TreeSource,
     open_source,
 )
+from tests.waiting import wait_until
 
 IDENTITY = {
     "GIT_AUTHOR_NAME": "Test",
@@ -203,7 +204,10 @@ def test_a_lock_a_running_git_holds_is_left_alone(origin: Origin, tmp_path: Path
         ["git", "--git-dir", str(source.git_dir), "cat-file", "--batch"],
         stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
     )  # fmt: skip
+    cmdline = Path(f"/proc/{running.pid}/cmdline")
     try:
+        # Until the child has exec'd git, its command line is still this Python's.
+        wait_until(lambda: str(source.git_dir).encode() in cmdline.read_bytes(), "git to run")
         assert source.clear_stale_locks() == []
         assert lock.exists()
     finally:
