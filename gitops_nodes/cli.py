@@ -315,6 +315,7 @@ def _status(args: argparse.Namespace) -> int:
         return EXIT_OK
     if not view.nodes and not view.aliases:
         print(f"Project {project} has no nodes.")
+        _print_left_alone(view)
         return EXIT_OK
     for node in view.nodes:
         healthy = sum(1 for i in node.instances if i.status == "Healthy")
@@ -330,8 +331,14 @@ def _status(args: argparse.Namespace) -> int:
             print(f"  {i.index:>3}  {i.status:<10} {address:<16} {i.name or '-'}  {i.detail}")
     for name, routes in view.aliases:
         print(f"alias {name} -> " + ", ".join(f"{n}={w}" for n, w in routes))
+    _print_left_alone(view)
     _print_watch(state)
     return EXIT_OK
+
+
+def _print_left_alone(view: workflow.StatusView) -> None:
+    for name in view.left_alone:
+        print(f"container {name}: {OTHER_OWNER}")
 
 
 def _print_watch(state: StateDir) -> None:

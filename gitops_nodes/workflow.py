@@ -190,6 +190,7 @@ class StatusView:
     nodes: tuple[NodeView, ...]
     aliases: tuple[tuple[str, tuple[tuple[str, int], ...]], ...]
     table_generation: int | None
+    left_alone: tuple[str, ...] = ()  # the project's containers another state directory owns
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -217,6 +218,7 @@ class StatusView:
                 {"name": name, "nodes": [{"node": n, "weight": w} for n, w in routes]}
                 for name, routes in self.aliases
             ],
+            "leftAlone": list(self.left_alone),
         }
 
 
@@ -290,4 +292,10 @@ def status(
     aliases = tuple(
         (name, entry.targets) for name, entry in sorted((table.aliases if table else {}).items())
     )
-    return StatusView(project, tuple(nodes), aliases, table.generation if table else None)
+    return StatusView(
+        project,
+        tuple(nodes),
+        aliases,
+        table.generation if table else None,
+        tuple(i.name for i in live.foreign),
+    )

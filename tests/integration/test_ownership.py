@@ -113,6 +113,10 @@ def test_a_second_state_directory_never_destroys_the_first_ones_nodes(
     assert first <= {i.name for i in runtime.list_instances(project)}  # none removed
     assert answers(port) == {"1"}  # the first one's serve still routes to its nodes
     assert read_ownership(other).owner != read_ownership(state).owner
+    shown = gitops(project, other, "status")
+    assert shown.returncode == 0, shown.stderr
+    for name in first:
+        assert f"container {name}: {OTHER_OWNER}" in shown.stdout
 
 
 def test_a_container_run_by_hand_from_our_image_is_not_ours_and_destroy_says_so(
