@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import http.client
 import os
 import shutil
 import signal
@@ -22,11 +23,9 @@ from tests.waiting import wait_until
 from .helpers import apply, free_port, get_json, git, node_yaml, wait_until_serving
 
 Repo = Callable[[str], Path]
-# The promise is 1 s. The time measured includes the kernel scheduling a process on a busy
-# shared machine (other test runs, builds), so a small allowance is added to it, never
-# enough to let a wait of its own (a reader thread's join, a poll interval) through.
+# The promise is 1 s, and it is the limit: the commands end in 0.2 to 0.3 s here, idle or
+# with the machine's other test runs going (so a busy machine has 3 to 4 times that left).
 PROMISE = 1.0
-ALLOWANCE = 0.5
 SIGNALS = [signal.SIGINT, signal.SIGTERM]
 
 
@@ -54,6 +53,14 @@ def seconds_to_exit(process: subprocess.Popen[str], signum: int) -> tuple[float,
             process.kill()
             process.wait()
     return time.monotonic() - sent, code
+
+
+def keep_alive(port: int, path: str) -> http.client.HTTPConnection:
+    """A kept-alive connection that made one request and stays open, as clients leave them."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    connection.request("GET", path)
+    connection.getresponse().read()
+    return connection
 
 
 def read_until(process: subprocess.Popen[str], wanted: str, within: float = 30.0) -> str:
@@ -85,23 +92,28 @@ def test_logs_follow_ends_within_a_second_of_the_signal(
     read_until(process, "web/0 | 1 serving on 8080")
     took, code = seconds_to_exit(process, signum)
     assert code == 0, process.stderr.read() if process.stderr else ""
-    assert took <= PROMISE + ALLOWANCE, f"logs --follow took {took:.2f}s to end"
+    assert took <= PROMISE, f"logs --follow took {took:.2f}s to end"
 
 
 @pytest.mark.parametrize("signum", SIGNALS, ids=lambda s: signal.Signals(s).name)
 def test_serve_ends_within_a_second_of_the_signal(
     project: str, state: StateDir, signum: int
 ) -> None:
+    port, admin = free_port(), free_port()
     process = subprocess.Popen(
-        cli(project, state, "serve", "--port", str(free_port()), "--admin-port", str(free_port())),
+        cli(project, state, "serve", "--port", str(port), "--admin-port", str(admin)),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
     wait_until_serving(state, process, lambda: process.stdout.read() if process.stdout else "")
+    # Idle clients on both ports: they are closed, not waited for.
+    clients = [keep_alive(port, "/aliases/none/"), keep_alive(admin, "/-/status")]
     took, code = seconds_to_exit(process, signum)
+    for client in clients:
+        client.close()
     assert code == 0, process.stdout.read() if process.stdout else ""
-    assert took <= PROMISE + ALLOWANCE, f"serve took {took:.2f}s to end"
+    assert took <= PROMISE, f"serve took {took:.2f}s to end"
 
 
 @pytest.mark.parametrize("signum", SIGNALS, ids=lambda s: signal.Signals(s).name)
@@ -141,6 +153,8 @@ def test_watch_ends_within_a_second_of_the_signal(
         return bool(status.get("appliedRevision") == revision)
 
     wait_until(applied, "watch to apply the first commit", within=120, every=0.1)
+    client = keep_alive(admin, "/-/status")
     took, code = seconds_to_exit(process, signum)
+    client.close()
     assert code == 0, process.stdout.read() if process.stdout else ""
-    assert took <= PROMISE + ALLOWANCE, f"watch took {took:.2f}s to end"
+    assert took <= PROMISE, f"watch took {took:.2f}s to end"
