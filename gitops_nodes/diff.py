@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -401,7 +402,9 @@ def _suspended_instances(
     removed; resume creates whatever is then missing. Nothing is created while suspended."""
     changes: list[InstanceChange] = []
     kept: set[int] = set()
-    for instance in have:
+    # Of two at one index, the stopped one (the instance suspended), else the older one: a
+    # container started by hand with an instance's labels copied is neither.
+    for instance in sorted(have, key=lambda i: (i.state not in STARTABLE, *_age(i))):
         index = instance.index
         if index >= want.instances:
             reason = f"scaled down to {want.instances}"
@@ -422,11 +425,17 @@ def _suspended_instances(
     return tuple(changes)
 
 
-def _serving_first(instance: LiveInstance, served: frozenset[str]) -> tuple[bool, bool, str]:
+def _age(instance: LiveInstance) -> tuple[float, str]:
+    """Oldest first (the engine's creation or start time), then by name."""
+    return (instance.started_at if instance.started_at is not None else math.inf, instance.name)
+
+
+def _serving_first(instance: LiveInstance, served: frozenset[str]) -> tuple[bool, bool, float, str]:
     """The order in which instances claiming one index are preferred: the one the published
-    table serves, then one with a published port. A container started by hand with an
-    instance's labels copied (an impostor) is neither, so it never wins over the real one."""
-    return (instance.name not in served, instance.port is None, instance.name)
+    table serves, then one with a published port, then the older. A container started by
+    hand with an instance's labels copied (an impostor) is none of these, so it never wins
+    over the real one."""
+    return (instance.name not in served, instance.port is None, *_age(instance))
 
 
 def _diff_instances(

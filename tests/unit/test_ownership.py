@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -325,3 +326,18 @@ def test_a_swarm_service_carries_the_owner_id_its_tasks_do_not(
     }
     [found] = task_instances(spec["Name"], [task], "net", owner=OURS)
     assert found.owner == OURS
+
+
+def test_a_running_copy_of_a_suspended_instance_is_stopped_never_kept_over_it(
+    desired: Callable[..., DesiredState],
+) -> None:
+    doc = node_doc("api")
+    doc["spec"]["suspended"] = True
+    spec = desired(doc)
+    api = spec.nodes["api"]
+    real = replace(instance(api, 0, "proj-api-0-zzz", port=None), state="exited", started_at=1.0)
+    copy = replace(instance(api, 0, "proj-api-0-aaa", port=None), started_at=2.0)
+    entry = NodeEntry((), api.min_healthy, api.health, suspended=True)
+    live = LiveState(PROJECT, (real, copy), table=RoutingTable(1, {"api": entry}, {}))
+    [change] = make_plan(PROJECT, spec, live).diff.nodes
+    assert [(i.action, i.old) for i in change.instances] == [(Action.DELETE, copy.name)]
