@@ -118,6 +118,12 @@ def test_a_second_state_directory_never_destroys_the_first_ones_nodes(
     for name in first:
         assert f"container {name}: {OTHER_OWNER}" in shown.stdout
 
+    # Taking them over is explicit, and then plan shows what it would do to them.
+    adopting = gitops(project, other, "plan", str(root), "--adopt")
+    assert adopting.returncode == 0, adopting.stderr
+    assert "Node old will be destroyed" in adopting.stdout
+    assert OTHER_OWNER not in adopting.stdout
+
 
 def test_a_container_run_by_hand_from_our_image_is_not_ours_and_destroy_says_so(
     app_repo: Repo, runtime: DockerRuntime, project: str, state: StateDir, docker_client: Any
