@@ -11,10 +11,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from balancer.table import Endpoint, NodeEntry, RoutingTable, write_table
 from gitops_nodes import workflow
 from gitops_nodes.live import UNLABELLED
 from gitops_nodes.runtime.memory import MUTATING
-from gitops_nodes.statedir import read_ownership
+from gitops_nodes.statedir import StateDir, read_ownership
 from tests.unit.memory_world import PROJECT, World, alias, node, spec
 
 THEIRS = "b" * 32
@@ -131,3 +132,19 @@ def test_no_apply_touches_a_container_without_our_owner_id_nor_prefers_a_copy(
                 if name.split("-")[1] in second:
                     assert name in world.runtime.containers, name
                     assert name not in made
+
+
+def test_an_upgrade_keeps_the_containers_made_before_owner_labels(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    web = node("web")
+    old = world.runtime.seed(PROJECT, web, 0, owner=UNLABELLED)  # made by an older version
+    entry = NodeEntry((Endpoint(old.name, "127.0.0.1", old.port or 0),), 1, web.health)
+    world.state.path.mkdir(parents=True)
+    write_table(world.state.table, RoutingTable(1, {"web": entry}, {}))  # which it published
+
+    run = world.apply(spec(tmp_path, web))
+
+    assert run.report is None and run.plan.left_alone == ()  # still its own: nothing to do
+    assert read_ownership(world.state).adopted == frozenset({UNLABELLED})
+    elsewhere = workflow.observe(world.runtime, PROJECT, StateDir(tmp_path / "elsewhere"))
+    assert [i.name for i in elsewhere.foreign] == [old.name]  # a new state dir: not its own
