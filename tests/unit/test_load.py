@@ -50,10 +50,10 @@ spec:
   instances: 3
   minHealthy: 2
   env:
-    PORT: 8080
-    DEBUG: true
-    QUIET: false
-    RATIO: 0.5
+    PORT: "8080"
+    DEBUG: "true"
+    QUIET: "false"
+    RATIO: "0.5"
     NAME: api
   resources:
     cpus: 1
@@ -86,7 +86,7 @@ kind: Node
 metadata:
   name: deep
 spec:
-  image: {name: "registry.local/deep@sha256:abc", port: 80}
+  image: {name: "registry.local:5000/deep:2.0", port: 80}
 """
 
 
@@ -344,7 +344,7 @@ BAD_NODES = {
     ),
     "wrong type: null env value": (
         _node(IMAGE + "  env:\n    DEBUG:\n"),
-        "s.yaml:10:11: spec.env.DEBUG: expected a string, number or boolean, got None",
+        's.yaml:10:11: spec.env.DEBUG: expected a string, YAML read None; quote it: DEBUG: "..."',
     ),
     "instances 0": (
         _node(IMAGE + "  instances: 0\n"),
@@ -360,7 +360,7 @@ BAD_NODES = {
     ),
     "endpoint timeout 0": (
         _node(IMAGE + "  endpoint:\n    timeout: 0s\n"),
-        "s.yaml:10:14: spec.endpoint.timeout: expected a duration above 0 such as 15s, got '0s'",
+        "s.yaml:10:14: spec.endpoint.timeout: expected a duration from 10ms to 24h, got '0s'",
     ),
     "endpoint idleTimeout not a duration": (
         _node(IMAGE + "  endpoint:\n    idleTimeout: 15\n"),
