@@ -13,6 +13,7 @@ Each folder under cases/ is one case:
                    output = ["..."]         substrings that must all appear in stdout + stderr
                    absent = ["..."]         optional: substrings that must not appear
                    env = {NAME = "value"}   optional: extra environment variables
+                   append = false           optional: never append the repository's path
 
 In arguments and env values, "{repo}" is the temporary repository and "{tmp}" a temporary
 folder beside it (outside the repository). Each case runs `python3 -m gitops_nodes` in its
@@ -39,7 +40,7 @@ CASES = Path(__file__).parent / "cases"
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 30.0  # seconds for one case's command
 MEMORY = 2 * 2**30  # bytes of address space for one case's command
-_KEYS = {"command", "exit", "output", "absent", "env"}
+_KEYS = {"command", "exit", "output", "absent", "env", "append"}
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class Expectation:
     output: list[str]
     absent: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+    append: bool = True
 
 
 def _expectation(case: Path) -> Expectation:
@@ -63,6 +65,7 @@ def _expectation(case: Path) -> Expectation:
         output=list(data.get("output", [])),
         absent=list(data.get("absent", [])),
         env=dict(data.get("env", {})),
+        append=bool(data.get("append", True)),
     )
 
 
@@ -100,7 +103,7 @@ def test_case(case: Path, tmp_path: Path) -> None:
     if (case / "make.py").is_file():
         _make(case, repo)
     args = [_substitute(arg, repo, tmp) for arg in expect.command]
-    if not any("{repo}" in arg for arg in expect.command):
+    if expect.append and not any("{repo}" in arg for arg in expect.command):
         args.append(str(repo))
     env = {
         **os.environ,
