@@ -464,9 +464,12 @@ def _watch(args: argparse.Namespace) -> int:
     try:
         interval = parse_duration(args.interval)
     except ValueError:
+        interval = -1.0
+    if not 1.0 <= interval <= 86_400.0:  # more often than every second is a busy loop
         raise GitopsNodesError(
-            f"--interval: expected a duration such as 30s or 1m, got {args.interval!r}"
-        ) from None
+            f"--interval: expected a duration from 1s to 24h such as 30s or 1m, "
+            f"got {args.interval!r}"
+        )
     admin_token = _admin_token(args)
     name = args.repo.rstrip("/").removesuffix(".git")
     project = args.project or workflow.project_name(Path(name))
