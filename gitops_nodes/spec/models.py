@@ -161,6 +161,14 @@ def _env_value(value: Any) -> str:
     return value
 
 
+def _argument(value: Any) -> str:
+    if not isinstance(value, str):
+        raise PydanticCustomError("string_type", "expected a string")
+    if "\0" in value:
+        raise PydanticCustomError("argument_nul", "expected a string without NUL characters")
+    return value
+
+
 def _image_reference(value: Any) -> str:
     # The length is checked first: the grammar's regular expression is not linear on long text.
     if isinstance(value, str) and len(value) <= MAX_IMAGE_REFERENCE:
@@ -357,6 +365,9 @@ BaseImage = Annotated[
         }
     ),
 ]
+Argument = Annotated[
+    str, PlainValidator(_argument), WithJsonSchema({"type": "string", "pattern": "^[^\\u0000]*$"})
+]
 UrlPath = Annotated[
     str,
     PlainValidator(_url_path),
@@ -470,7 +481,7 @@ class ImageSource(SpecModel):
     build: RepoPath | None = None
     dockerfile: str = "Dockerfile"
     port: Port
-    command: list[str] | None = None
+    command: list[Argument] | None = None
 
     @model_validator(mode="after")
     def _one_source(self, info: ValidationInfo) -> ImageSource:
