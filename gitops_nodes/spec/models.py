@@ -316,10 +316,10 @@ Size = Annotated[
     WithJsonSchema(
         {
             "anyOf": [
-                {"type": "integer", "minimum": 1, "maximum": MAX_MEMORY},
+                {"type": "integer", "minimum": MIN_MEMORY, "maximum": MAX_MEMORY},
                 {"type": "string", "pattern": _SIZE.pattern},
             ],
-            "description": "a size in bytes, at most 1024Gi",
+            "description": "a memory size from 6Mi to 1024Gi: bytes, or k, Ki, M, Mi, G, Gi",
         }
     ),
 ]
@@ -420,6 +420,11 @@ DEFAULT_BASE = "auto"  # python:3.11-slim when it can be had, else the offline D
 Port = Annotated[int, Field(ge=1, le=65535)]
 
 
+def _written(seconds: float, text: str) -> Any:
+    """A duration field's default, shown in the JSON Schema as it is written in YAML."""
+    return Field(default=seconds, json_schema_extra={"default": text})
+
+
 class SpecModel(BaseModel):
     """Strict, immutable, camelCase in YAML: unknown fields and loose types are errors."""
 
@@ -433,19 +438,19 @@ class HealthCheck(SpecModel):
 
     path: UrlPath | None = None
     port: Port | None = None
-    interval: CheckInterval = 2.0
-    timeout: CheckTimeout = 1.0
+    interval: CheckInterval = _written(2.0, "2s")
+    timeout: CheckTimeout = _written(1.0, "1s")
     healthy_threshold: int = Field(default=1, ge=1, le=MAX_THRESHOLD)
     unhealthy_threshold: int = Field(default=3, ge=1, le=MAX_THRESHOLD)
-    start_timeout: StartTimeout = 60.0
+    start_timeout: StartTimeout = _written(60.0, "60s")
 
 
 class EndpointSettings(SpecModel):
     """How the balancer talks to the node's instances (the reference's timeout and idle
     timeout, 15 s each by default). Changing them republishes the node, no new containers."""
 
-    timeout: EndpointTimeout = 15.0  # one request: sent to an instance, answered in full
-    idle_timeout: EndpointTimeout = 15.0  # a kept-alive connection to an instance, unused
+    timeout: EndpointTimeout = _written(15.0, "15s")  # one request, sent to answered in full
+    idle_timeout: EndpointTimeout = _written(15.0, "15s")  # a kept-alive connection, unused
 
 
 class Telemetry(SpecModel):
@@ -646,7 +651,7 @@ class Rollout(SpecModel):
     """How `watch` moves an alias to new weights: in steps, each judged before the next."""
 
     steps: list[int] = Field(min_length=1)  # percent of the way to the new weights
-    pause: RolloutPause = 30.0
+    pause: RolloutPause = _written(30.0, "30s")
     max_error_rate: float = Field(default=0.05, ge=0, le=1)
     min_requests: int = Field(default=0, ge=0, le=MAX_MIN_REQUESTS)
 
