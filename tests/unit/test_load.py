@@ -237,6 +237,23 @@ def test_sizes(value: str | int, size: int) -> None:
     assert parse_size(value) == size
 
 
+@pytest.mark.parametrize("text", ["9" * 400 + "s", "1" + "0" * 400 + "h"])
+def test_a_duration_too_long_to_count_is_refused_not_infinite(text: str) -> None:
+    with pytest.raises(ValueError, match="at most 24h"):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize("value", ["9" * 400 + "Mi", "9" * 400, 10**400, "1025Gi"])
+def test_a_size_too_large_is_refused_not_an_overflow(value: str | int) -> None:
+    with pytest.raises(ValueError, match="at most 1024Gi"):
+        parse_size(value)
+
+
+def test_a_long_written_size_is_exact() -> None:
+    assert parse_size("1.5" + "0" * 400 + "Gi") == 3 * 2**29
+    assert parse_size("1024Gi") == 2**40
+
+
 def test_sizes_and_durations_through_the_loader(write_repo: WriteRepo) -> None:
     text = WEB + "  resources:\n    memory: 1Gi\n  healthCheck:\n    timeout: 1m\n"
     node = load_spec(write_repo({"x.yaml": text})).nodes["web"]
