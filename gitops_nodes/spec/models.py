@@ -47,6 +47,8 @@ _IMAGE_REFERENCE = re.compile(
     r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"
     r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$"
 )
+# The same for JSON Schema, whose regular expressions (ECMA 262) name groups differently.
+_IMAGE_REFERENCE_ECMA = _IMAGE_REFERENCE.pattern.replace("(?P<name>", "(")
 # An HTTP request target: an absolute path and an optional query, in URL characters only.
 _URL_PATH = re.compile(r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*(?:\?[A-Za-z0-9._~!$&'()*+,;=:@%/?-]*)?$")
 
@@ -344,7 +346,7 @@ ImageReference = Annotated[
     WithJsonSchema(
         {
             "type": "string",
-            "pattern": _IMAGE_REFERENCE.pattern,
+            "pattern": _IMAGE_REFERENCE_ECMA,
             "maxLength": MAX_IMAGE_REFERENCE,
         }
     ),
@@ -358,7 +360,7 @@ BaseImage = Annotated[
                 {"const": "auto"},
                 {
                     "type": "string",
-                    "pattern": _IMAGE_REFERENCE.pattern,
+                    "pattern": _IMAGE_REFERENCE_ECMA,
                     "maxLength": MAX_IMAGE_REFERENCE,
                 },
             ]
