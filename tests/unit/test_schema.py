@@ -124,3 +124,11 @@ def _messages(errors: Any) -> list[str]:
         found.append(error.message)
         found.extend(_messages(error.context or ()))
     return found
+
+
+def test_patterns_use_only_what_ecma_regular_expressions_share_with_python() -> None:
+    # Editors compile a schema's patterns as ECMA 262; Python's named groups and inline flags
+    # are not ECMA and would break the whole schema there.
+    text = schema_text()
+    assert "(?P<" not in text
+    assert "(?i" not in text and "(?x" not in text
