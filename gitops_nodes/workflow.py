@@ -81,16 +81,23 @@ class _SavedPlan(BaseModel):
 def read_saved_plan(path: Path) -> dict[str, Any]:
     """A plan written by `plan -out` of this version; PlanFileError, in one line, when it is
     not one (another file, another version, or a plan cut short or edited)."""
+    not_a_plan = f"{path} is not a plan saved by `gitops-nodes plan -out`"
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError, RecursionError) as exc:
-        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-        if isinstance(exc, RecursionError):
-            why = "it is nested too deeply"
-        raise PlanFileError(f"cannot read the saved plan {path}: {why}") from None
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PlanFileError(f"cannot read the saved plan {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise PlanFileError(f"{not_a_plan} (not UTF-8 text)") from None
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        where = "; apply takes a repository folder or such a plan"
+        raise PlanFileError(f"{not_a_plan} (not JSON: {exc}){where}") from None
+    except RecursionError:
+        raise PlanFileError(f"{not_a_plan} (its JSON is nested too deeply)") from None
     again = f"make a new one with `gitops-nodes plan -out {path}`"
     if not isinstance(data, dict) or "format" not in data:
-        raise PlanFileError(f"{path} is not a plan saved by `gitops-nodes plan -out`")
+        raise PlanFileError(not_a_plan)
     if data["format"] != PLAN_FORMAT:
         raise PlanFileError(
             f"{path} is a plan of format {str(data['format'])[:60]!r}, this gitops-nodes reads "
