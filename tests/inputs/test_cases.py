@@ -185,3 +185,13 @@ def test_case(case: Path, runs: dict[str, Future[Run]], tmp_path: Path) -> None:
     for text in expect.absent:
         wrong = _substitute(text, run.repo, run.tmp)
         assert wrong not in run.output, f"unexpected {text!r} in {shown}"
+
+
+def test_every_case_folder_is_a_case() -> None:
+    # A folder without expect.toml (or with a misspelt one) would silently never run.
+    folders = sorted(path.name for path in CASES.iterdir() if path.is_dir())
+    assert folders == [path.name for path in _cases()]
+    for case in _cases():
+        expect = _expectation(case)
+        assert expect.command and all(isinstance(arg, str) for arg in expect.command), case.name
+        assert all(isinstance(text, str) for text in [*expect.output, *expect.absent]), case.name
