@@ -150,8 +150,9 @@ def parse_size(value: Any) -> int:
 
 
 def _env_value(value: Any) -> str:
-    # Unquoted YAML scalars change meaning (`no`, `on`, `0755`, `1.10`, `12:30`), so only a
-    # string, written as the container will see it, is taken.
+    # An unquoted `true`, `8080`, `0755` or `1.10` is read as a boolean or a number whose text
+    # is not what was written (`0755` loses its zero, `1.10` becomes 1.1), so only a string,
+    # written as the container will see it, is taken.
     if not isinstance(value, str):
         raise PydanticCustomError("env_value", "expected a string")
     if "\0" in value:
@@ -172,7 +173,7 @@ def _argument(value: Any) -> str:
 
 
 def _image_reference(value: Any) -> str:
-    # The length is checked first: the grammar's regular expression is not linear on long text.
+    # The length first: Docker bounds it, and no long text reaches the regular expression.
     if isinstance(value, str) and len(value) <= MAX_IMAGE_REFERENCE:
         match = _IMAGE_REFERENCE.match(value)
         if match and len(match.group("name")) <= MAX_IMAGE_NAME:
