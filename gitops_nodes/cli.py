@@ -22,9 +22,8 @@ from gitops_nodes.render import render_json, render_text
 from gitops_nodes.runtime.base import Runtime
 from gitops_nodes.runtime.select import connect, runtime_name
 from gitops_nodes.spec.errors import SpecErrors
-from gitops_nodes.spec.load import load_spec
 from gitops_nodes.spec.schema import schema_text
-from gitops_nodes.spec.settings import RUNTIMES, Settings, load_settings
+from gitops_nodes.spec.settings import RUNTIMES, Settings, load_repository, load_settings
 from gitops_nodes.statedir import StateDir
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
@@ -84,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:
         )
         sub.add_argument(
             "--state-dir",
-            type=Path,
+            type=_path_arg,
             default=None,
             help="where the routing table and lock live "
             "(default: $GITOPS_NODES_STATE_DIR or ~/.local/state/gitops-nodes)",
@@ -142,22 +141,24 @@ def _parser() -> argparse.ArgumentParser:
         )
 
     sub = command("validate", "Check the spec and report every error with its position.")
-    sub.add_argument("path", nargs="?", default=".", type=Path)
+    sub.add_argument("path", nargs="?", default=".", type=_path_arg)
     sub.set_defaults(command=_validate)
 
     sub = command("plan", "Show what apply would change, without changing anything.")
-    sub.add_argument("path", nargs="?", default=".", type=Path)
+    sub.add_argument("path", nargs="?", default=".", type=_path_arg)
     project_options(sub)
     sub.add_argument("--json", action="store_true", help="print the plan as JSON")
     sub.add_argument(
         "--detailed-exitcode", action="store_true", help="exit 0: no changes, 1: error, 2: changes"
     )
-    sub.add_argument("-out", "--out", dest="out", type=Path, help="save the plan for `apply FILE`")
+    sub.add_argument(
+        "-out", "--out", dest="out", type=_path_arg, help="save the plan for `apply FILE`"
+    )
     adopt_option(sub)
     sub.set_defaults(command=_plan)
 
     sub = command("apply", "Make the live state match the spec (or a plan saved with -out).")
-    sub.add_argument("path", nargs="?", default=".", type=Path, help="a repo folder or a plan")
+    sub.add_argument("path", nargs="?", default=".", type=_path_arg, help="a repo folder or a plan")
     project_options(sub)
     sub.add_argument("--parallelism", type=int, default=4, help="steps run at once (default 4)")
     sub.add_argument(
@@ -171,7 +172,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.set_defaults(command=_apply)
 
     sub = command("destroy", "Remove everything the project owns, and nothing else.")
-    sub.add_argument("path", nargs="?", default=".", type=Path)
+    sub.add_argument("path", nargs="?", default=".", type=_path_arg)
     project_options(sub)
     adopt_option(sub)
     sub.set_defaults(command=_destroy)
@@ -181,7 +182,7 @@ def _parser() -> argparse.ArgumentParser:
         "path",
         nargs="?",
         default=None,
-        type=Path,
+        type=_path_arg,
         help="the repo, to also list instances not created yet",
     )
     project_options(sub)
@@ -204,7 +205,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = command(
         "serve", "Serve the project's aliases and nodes over HTTP from its published table."
     )
-    sub.add_argument("path", nargs="?", default=".", type=Path, help="the repo (for its name)")
+    sub.add_argument("path", nargs="?", default=".", type=_path_arg, help="the repo (for its name)")
     project_options(sub)
     serve_options(sub)
     sub.add_argument("--workers", type=int, default=1, help="processes sharing the port")
@@ -216,7 +217,9 @@ def _parser() -> argparse.ArgumentParser:
         "Follow a Git repository (or a work tree): reconcile on every change and on drift, "
         "and serve the balancer in the same process.",
     )
-    sub.add_argument("repo", help="a Git URL (file://, ssh, https) or a local folder")
+    sub.add_argument(
+        "repo", type=_text_arg, help="a Git URL (file://, ssh, https) or a local folder"
+    )
     sub.add_argument("--branch", default="main", help="the branch to follow (main)")
     sub.add_argument("--path", default=".", help="the folder inside the repo with the spec")
     sub.add_argument("--interval", default="30s", help="how often to fetch and check drift")
@@ -228,6 +231,19 @@ def _parser() -> argparse.ArgumentParser:
     sub = command("schema", "Print the JSON Schema of a spec document.")
     sub.set_defaults(command=_schema)
     return parser
+
+
+def _path_arg(text: str) -> Path:
+    """A path argument; an empty one is a usage error (Path("") would be the current folder)."""
+    if not text:
+        raise argparse.ArgumentTypeError("expected a path, got an empty string")
+    return Path(text)
+
+
+def _text_arg(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a value, got an empty string")
+    return text
 
 
 def _context(args: argparse.Namespace, path: Path) -> tuple[str, StateDir]:
@@ -247,8 +263,7 @@ def _runtime(args: argparse.Namespace, root: Path, saved: str | None = None) -> 
 
 
 def _validate(args: argparse.Namespace) -> int:
-    desired = load_spec(args.path)
-    _settings(args.path)  # its errors are the spec's errors
+    desired, _ = load_repository(args.path)  # the settings' errors are the spec's errors
     print(
         f"The spec is valid: {_count(len(desired.nodes), 'node')} and "
         f"{_count(len(desired.aliases), 'alias')} in {_count(len(desired.files), 'file')}."
@@ -262,7 +277,9 @@ def _count(number: int, noun: str) -> str:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    desired = load_spec(args.path)
+    if args.out:
+        _check_plan_target(args.out)  # before any work, and before the plan is printed
+    desired, _ = load_repository(args.path)
     project, state = _context(args, args.path)
     runtime = _runtime(args, args.path)
     live = workflow.observe(runtime, project, state, args.adopt)
@@ -270,14 +287,43 @@ def _plan(args: argparse.Namespace) -> int:
     data = plan.to_json()
     print(render_json(data) if args.json else render_text(data), end="")
     if args.out:
-        args.out.write_text(
-            workflow.saved_plan_json(plan, args.path, runtime.name, adopt=args.adopt)
-        )
+        try:
+            args.out.write_text(
+                workflow.saved_plan_json(plan, args.path, runtime.name, adopt=args.adopt)
+            )
+        except OSError as exc:
+            raise GitopsNodesError(
+                f"-out {args.out}: cannot write the plan: {exc.strerror or exc}"
+            ) from None
         if not args.json:
             print(f"\nSaved the plan to {args.out}; `gitops-nodes apply {args.out}` applies it.")
     if args.detailed_exitcode and not plan.empty:
         return EXIT_CHANGES
     return EXIT_OK
+
+
+def _check_plan_target(out: Path) -> None:
+    """Refuse a -out target the plan cannot be written to: a folder, a missing folder, a
+    special file (a FIFO would block), or a place we may not write."""
+    folder = out.parent
+    if out.is_dir():
+        raise GitopsNodesError(f"-out {out}: is a folder; expected the path of a file to write")
+    if not folder.exists():
+        raise GitopsNodesError(f"-out {out}: the folder {folder} does not exist")
+    if not folder.is_dir():
+        raise GitopsNodesError(f"-out {out}: {folder} is not a folder")
+    if out.exists() and not out.is_file():
+        raise GitopsNodesError(f"-out {out}: is not a regular file; expected a file to write")
+    # Opened for writing without changing it: what the write will meet (permissions, a
+    # read-only or special file system), found before the plan is made.
+    existed = out.exists()
+    try:
+        flags = os.O_WRONLY | (os.O_APPEND if existed else os.O_CREAT | os.O_EXCL)
+        os.close(os.open(out, flags, 0o644))
+    except OSError as exc:
+        raise GitopsNodesError(f"-out {out}: cannot write there: {exc.strerror or exc}") from None
+    if not existed:
+        out.unlink()
 
 
 def _apply(args: argparse.Namespace) -> int:
@@ -333,7 +379,7 @@ def _destroy(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    desired = load_spec(args.path, read_keys=False) if args.path else None
+    desired = load_repository(args.path, read_keys=False)[0] if args.path else None
     project, state = _context(args, args.path or Path.cwd())
     view = workflow.status(_runtime(args, args.path or Path.cwd()), project, state, desired)
     if args.json:
@@ -488,9 +534,12 @@ def _watch(args: argparse.Namespace) -> int:
     try:
         interval = parse_duration(args.interval)
     except ValueError:
+        interval = -1.0
+    if not 1.0 <= interval <= 86_400.0:  # more often than every second is a busy loop
         raise GitopsNodesError(
-            f"--interval: expected a duration such as 30s or 1m, got {args.interval!r}"
-        ) from None
+            f"--interval: expected a duration from 1s to 24h such as 30s or 1m, "
+            f"got {args.interval!r}"
+        )
     admin_token = _admin_token(args)
     name = args.repo.rstrip("/").removesuffix(".git")
     project = args.project or workflow.project_name(Path(name))

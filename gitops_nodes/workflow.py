@@ -10,7 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from balancer.table import HealthSettings, RoutingTable, TableError, read_table
 from gitops_nodes.apply import Applier, ApplyOptions, ApplyReport, StepResult
@@ -19,7 +21,7 @@ from gitops_nodes.health import instance_status, node_status
 from gitops_nodes.live import UNLABELLED, LiveState
 from gitops_nodes.plan import PLAN_FORMAT, Plan, PlanStep, make_plan
 from gitops_nodes.runtime.base import Runtime
-from gitops_nodes.spec.load import load_spec
+from gitops_nodes.spec.settings import load_repository
 from gitops_nodes.spec.state import DesiredState
 from gitops_nodes.statedir import StateDir, ensure_ownership, read_ownership
 
@@ -85,15 +87,64 @@ def saved_plan_json(plan: Plan, root: Path, runtime: str = "docker", adopt: bool
     return json.dumps(data, indent=2) + "\n"
 
 
+class _SavedPlan(BaseModel):
+    """What `apply FILE` needs of a saved plan, checked before any of it is used."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+
+    format: str
+    project: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a state dir's folder name
+    specDigest: str  # the file's own camelCase keys
+    liveDigest: str
+    changes: list[dict[str, Any]]
+    steps: list[dict[str, Any]]
+    summary: dict[str, int]
+    root: str
+    runtime: Literal["docker", "swarm"]
+    adopt: bool = False
+
+
 def read_saved_plan(path: Path) -> dict[str, Any]:
-    """A plan written by `plan -out`; PlanFileError when it is not one."""
+    """A plan written by `plan -out` of this version; PlanFileError, in one line, when it is
+    not one (another file, another version, or a plan cut short or edited)."""
+    not_a_plan = f"{path} is not a plan saved by `gitops-nodes plan -out`"
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise PlanFileError(f"cannot read the saved plan {path}: {exc}") from exc
-    if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT or "root" not in data:
-        raise PlanFileError(f"{path} is not a plan saved by `gitops-nodes plan -out`")
-    return data
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PlanFileError(f"cannot read the saved plan {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise PlanFileError(f"{not_a_plan} (not UTF-8 text)") from None
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        where = "; apply takes a repository folder or such a plan"
+        raise PlanFileError(f"{not_a_plan} (not JSON: {exc}){where}") from None
+    except RecursionError:
+        raise PlanFileError(f"{not_a_plan} (its JSON is nested too deeply)") from None
+    again = f"make a new one with `gitops-nodes plan -out {path}`"
+    if not isinstance(data, dict) or "format" not in data:
+        raise PlanFileError(not_a_plan)
+    if data["format"] != PLAN_FORMAT:
+        raise PlanFileError(
+            f"{path} is a plan of format {str(data['format'])[:60]!r}, this gitops-nodes reads "
+            f"{PLAN_FORMAT}; {again}"
+        )
+    try:
+        _SavedPlan.model_validate(data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"])
+        what = "missing" if error["type"] == "missing" else "not what plan -out writes"
+        raise PlanFileError(
+            f"{path} is not a complete plan of this gitops-nodes version: {where} is {what}; "
+            f"{again}"
+        ) from None
+    if not Path(data["root"]).is_absolute():
+        raise PlanFileError(
+            f"{path} is not a complete plan of this gitops-nodes version: root is not an "
+            f"absolute path; {again}"
+        )
+    return dict(data)
 
 
 def check_saved_plan(saved: dict[str, Any], plan: Plan) -> None:
@@ -157,8 +208,8 @@ def load_for_apply(target: Path) -> tuple[DesiredState, dict[str, Any] | None]:
     """The spec to apply: a repository folder, or the folder a saved plan was made from."""
     if target.is_file():
         saved = read_saved_plan(target)
-        return load_spec(Path(saved["root"])), saved
-    return load_spec(target), None
+        return load_repository(Path(saved["root"]))[0], saved
+    return load_repository(target)[0], None
 
 
 @dataclass(frozen=True)
