@@ -202,3 +202,73 @@ def test_no_key_line_reaches_a_private_instance_by_any_path(untrusting):
     assert code == 200, body
     assert KEY.encode() not in body and OTHER_KEY.encode() not in body
     assert received(body)["x-gitops-nodes-caller"] == ["robot"]
+
+
+# -- prefixRewrite: Location and cookie paths under the prefix ---------------------------
+
+
+@pytest.fixture
+def rewriting(balancer, start_backend):
+    """Node on (prefixRewrite) and node off, one instance each; alias on-alias (prefixRewrite)
+    -> off, alias off-alias -> on: the route's own setting decides, not the node behind."""
+    r1, p1 = start_backend("r1"), start_backend("p1")
+    balancer.publish(
+        {"on": node(r1, prefix_rewrite=True), "off": node(p1)},
+        {"on-alias": alias(("off", 1), prefix_rewrite=True), "off-alias": alias(("on", 1))},
+    )
+    balancer.wait_status({"r1": "Healthy", "p1": "Healthy"})
+    return balancer
+
+
+def follow(harness: Any, path: str, hops: int = 5) -> tuple[list[str], Any]:
+    """GET path and follow redirects like `curl -L` (same host), up to hops times."""
+    visited = [path]
+    reply = harness.get(path, {"Host": "h.example"})
+    while 300 <= reply.status < 400 and len(visited) <= hops:
+        location = reply.header("location")
+        assert location, reply.headers.items()
+        if location.startswith("http://h.example"):
+            location = location[len("http://h.example") :]
+        visited.append(location)
+        reply = harness.get(location, {"Host": "h.example"})
+    return visited, reply
+
+
+@pytest.mark.parametrize("code", [302, 201])  # the parser's path, and the 2xx fast path
+def test_redirects_stay_under_the_prefix_when_rewriting_is_on(rewriting, code):
+    for prefix in ("/nodes/on", "/aliases/on-alias"):
+        reply = rewriting.get(f"{prefix}/redirect?to=/landing&code={code}", {"Host": "h"})
+        assert reply.status == code and reply.header("location") == f"{prefix}/landing"
+    visited, reply = follow(rewriting, "/nodes/on/redirect?to=/landing")
+    assert visited == ["/nodes/on/redirect?to=/landing", "/nodes/on/landing"]
+    assert reply.status == 200 and reply.json()["path"] == "/landing"
+    # an absolute URL on the request's host too; another host and relative ones as they are
+    absolute = "http://h.example/next?x=1"
+    visited, reply = follow(rewriting, f"/nodes/on/redirect?to={absolute}")
+    assert visited[-1] == "/nodes/on/next?x=1" and reply.json()["path"] == "/next"
+    elsewhere = rewriting.get("/nodes/on/redirect?to=http://other.example/x", {"Host": "h"})
+    assert elsewhere.header("location") == "http://other.example/x"
+    relative = rewriting.get("/nodes/on/redirect?to=next", {"Host": "h"})
+    assert relative.header("location") == "next"
+    # already under the prefix (an instance that honours X-Forwarded-Prefix): left alone
+    done = rewriting.get("/nodes/on/redirect?to=/nodes/on/x", {"Host": "h"})
+    assert done.header("location") == "/nodes/on/x"
+
+
+def test_redirects_leave_the_prefix_when_rewriting_is_off(rewriting):
+    visited, reply = follow(rewriting, "/nodes/off/redirect?to=/landing")
+    assert visited == ["/nodes/off/redirect?to=/landing", "/landing"]
+    assert reply.status == 404  # the balancer's: /landing is no route
+    reply = rewriting.get("/aliases/off-alias/redirect?to=/landing")  # its node has it on
+    assert reply.header("location") == "/landing"
+    by_header = rewriting.get("/redirect?to=/landing", {"x-node-id": "on"})  # no prefix
+    assert by_header.header("location") == "/landing"
+
+
+def test_cookie_paths_follow_the_setting(rewriting):
+    on = rewriting.get("/aliases/on-alias/cookie?path=/")
+    assert on.headers.get_all("set-cookie") == ["s=1; Path=/aliases/on-alias; HttpOnly", "t=2"]
+    deep = rewriting.get("/nodes/on/cookie?path=/app")
+    assert deep.headers.get_all("set-cookie") == ["s=1; Path=/nodes/on/app; HttpOnly", "t=2"]
+    off = rewriting.get("/nodes/off/cookie?path=/")
+    assert off.headers.get_all("set-cookie") == ["s=1; Path=/; HttpOnly", "t=2"]
