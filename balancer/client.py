@@ -18,7 +18,7 @@ import httptools
 from balancer.access import CHALLENGE_LINE, Denial
 from balancer.backends import Backend
 from balancer.execute import ExecuteCall, begin_execute
-from balancer.forwarding import Hop, forward, hop_of
+from balancer.forwarding import Forward, Hop, forward, hop_of
 from balancer.head import BAD_LENGTH, Head, HeadCache, read_head
 from balancer.http import CONTINUE, EXECUTE_PREFIX, HOLD_LIMIT, error_body, local_response
 from balancer.proxy import Proxy
@@ -39,6 +39,11 @@ class ClientConnection(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.client_ip = b""
         self.hop = Hop(b"unknown", False, b"unknown")  # set once connected
+        # The last forward() decision, by the identity of its Head (a remembered one) and its
+        # route (a new table makes new routes): a client repeating itself is decided once.
+        self.decided_head: Head | None = None
+        self.decided_route: AliasRoute | NodeRoute | None = None
+        self.decided: Forward | Denial | None = None
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.parsing: Request | None = None  # whose body the parser is reading
@@ -240,14 +245,7 @@ class ClientConnection(asyncio.Protocol):
             request.alias = alias
             if alias.prefix_rewrite and head.prefix:
                 request.rewrite = (head.prefix, head.host)
-            decided = forward(
-                head,
-                self.hop,
-                request.request_id,
-                alias.access,
-                alias.affinity_header,
-                head.prefix,
-            )
+            decided = self.decide(head, alias)
         elif head.node is not None:
             node = router.nodes.get(head.node)
             if node is None:
@@ -257,7 +255,7 @@ class ClientConnection(asyncio.Protocol):
             request.node = node
             if node.prefix_rewrite and head.prefix:
                 request.rewrite = (head.prefix, head.host)
-            decided = forward(head, self.hop, request.request_id, node.access, None, head.prefix)
+            decided = self.decide(head, node)
         elif head.path == b"/-/healthz":
             request.local = local_response(200, b'{"status": "ok"}', request.request_id, False)
             return None
@@ -278,13 +276,25 @@ class ClientConnection(asyncio.Protocol):
             framing = b"transfer-encoding: chunked\r\n"
         else:
             framing = b""
-        request.head = b"%s %s HTTP/1.1\r\n%s%s\r\n" % (
+        request.head = b"%s %s HTTP/1.1\r\n%s%sx-request-id: %s\r\n\r\n" % (
             head.method,
             head.path,
             framing,
             decided.lines,
+            request.request_id,
         )
         return None
+
+    def decide(self, head: Head, route: AliasRoute | NodeRoute) -> Forward | Denial:
+        """forward() for this connection's hop, reused while the same head takes the same
+        route (the result depends on nothing else)."""
+        decided = self.decided
+        if head is self.decided_head and route is self.decided_route and decided is not None:
+            return decided
+        affinity = route.affinity_header if isinstance(route, AliasRoute) else None
+        decided = forward(head, self.hop, route.access, affinity, head.prefix)
+        self.decided_head, self.decided_route, self.decided = head, route, decided
+        return decided
 
     def deny(self, request: Request, denial: Denial) -> None:
         """Answer a private target's 401 (with its challenge) or 403."""

@@ -7,8 +7,10 @@ The mapping onto a node's own API (flat JSON of inputs in, flat JSON of outputs 
 - Request. The body (at most the body limit, 16 MB; read whole: these are small JSON calls)
   must be a JSON object. `input` (an object; absent or null means `{}`) becomes the body of
   `POST /` on an instance of the node, or of one of the alias's nodes, picked, retried and
-  forwarded like any other request, through the same upstream pool (the client's headers,
-  x-forwarded-for, x-forwarded-proto and x-request-id go along). `node_id` / `alias_name`,
+  forwarded like any other request, through the same upstream pool (the client's headers go
+  along, rewritten by balancer/forwarding.py as on the proxy path, but for its
+  content-type, which is application/json, and no X-Forwarded-Prefix of its own: its URL is
+  no prefix of the node's paths). `node_id` / `alias_name`,
   when given, must name the URL's target; `folder_id`, when given, must agree with the header
   x-folder-id and is recorded on the request. The REST spellings (folderId, nodeId,
   aliasName) are accepted too; any other field is refused, as the reference refuses unknown
@@ -319,7 +321,6 @@ class ExecuteCall:
         decided = forward(
             self.head,
             self.client.hop,
-            outer.request_id,
             route.access,
             route.affinity_header if isinstance(route, AliasRoute) else None,
             b"",  # the execute API's URL is no prefix of the node's paths
@@ -339,9 +340,10 @@ class ExecuteCall:
         inner = Request(b"POST", b"/", "1.1", outer.started)
         inner.request_id = outer.request_id
         inner.caller = outer.caller
-        inner.head = b"POST / HTTP/1.1\r\n%scontent-length: %d\r\n\r\n" % (
+        inner.head = b"POST / HTTP/1.1\r\n%scontent-length: %d\r\nx-request-id: %s\r\n\r\n" % (
             decided.lines,
             len(inputs),
+            outer.request_id,
         )
         inner.held = [inputs]
         inner.held_size = inner.received = len(inputs)

@@ -18,8 +18,10 @@ target) and which header lines go with it. Both the proxy path (client.py) and t
   balancer saw: the peer's address, `http` (the balancer speaks plain HTTP), the `Host` it was
   sent. On a prefix route (`/nodes/<n>/...`, `/aliases/<a>/...`) `X-Forwarded-Prefix` names
   that prefix (after a trusted proxy's own).
-- `x-request-id`: the client's, when it sent a usable one (the first of several), else one the
-  balancer made (the caller passes it in); exactly one line either way.
+- `x-request-id` is left to the caller, which writes exactly one line: the client's when it
+  sent a usable one (Head.request_id: the first of several), else one the balancer made.
+  So the result depends on the head, the hop and the route alone, and a connection that
+  sends the same head again reuses it (client.py) without deciding anew.
 - The affinity key: the value of the alias's `sessionAffinity.header`, if the request has one.
 
 No I/O and no state but two bounded memos of pure results; tested alone in
@@ -69,7 +71,6 @@ class Forward(NamedTuple):
 def forward(
     head: Head,
     hop: Hop,
-    request_id: bytes,
     guard: Guard | None = None,
     affinity_header: bytes | None = None,
     prefix: bytes = b"",
@@ -78,7 +79,6 @@ def forward(
 ) -> Forward | Denial:
     """Whether the request may go on to an instance, and the header lines it goes with.
 
-    request_id: the id the balancer uses for it (head.request_id when the client sent one).
     guard: a private target's rule (None: public); affinity_header: the alias's
     sessionAffinity header, lowercase; prefix: the route's prefix as the client wrote it
     (/nodes/a), b"" when routed by a header.
@@ -133,7 +133,6 @@ def forward(
         lines += b"x-forwarded-prefix: %s\r\n" % forwarded_prefix
     if caller is not None:
         lines += b"%s: %s\r\n" % (CALLER_HEADER, caller.encode())
-    lines += b"x-request-id: %s\r\n" % request_id
     return Forward(lines, caller, affinity_key)
 
 
