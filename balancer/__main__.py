@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import signal
 import sys
 from pathlib import Path
 
+from balancer.logformat import configure as configure_logs
 from balancer.proxy import ProxySettings
 from balancer.push import push_routes
 from balancer.server import Balancer, ServeOptions, new_loop
@@ -37,12 +37,18 @@ def main(argv: list[str] | None = None) -> int:
         metavar="CIDRS",
         help="clients whose X-Forwarded-*/Forwarded headers are believed (default: none)",
     )
+    parser.add_argument(
+        "--log-format",
+        choices=["json", "text"],
+        default="json",
+        help="every log line (the access log's too) a JSON object, or a plain line",
+    )
     args = parser.parse_args(argv)
     try:
         trusted = parse_trusted_proxies(args.trusted_proxies)
     except SettingsError as exc:
         parser.error(str(exc))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    configure_logs(structured=args.log_format == "json")
     try:
         token = args.token_file.read_text().strip()
     except OSError as exc:
