@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -311,7 +312,8 @@ def _diff_node(
         instances = _suspended_instances(want, have)
         moved = False
     else:
-        instances = _diff_instances(want, have, resuming=was_suspended)
+        served = frozenset(e.instance for e in published.endpoints) if published else frozenset()
+        instances = _diff_instances(want, have, resuming=was_suspended, served=served)
         moved = _moved(have, published)
     access_changed = published is not None and published.access != want.access
     publish_settings = published is None or not _same_settings(want, published) or moved
@@ -406,7 +408,9 @@ def _suspended_instances(
     removed; resume creates whatever is then missing. Nothing is created while suspended."""
     changes: list[InstanceChange] = []
     kept: set[int] = set()
-    for instance in have:
+    # Of two at one index, the stopped one (the instance suspended), else the older one: a
+    # container started by hand with an instance's labels copied is neither.
+    for instance in sorted(have, key=lambda i: (i.state not in STARTABLE, *_age(i))):
         index = instance.index
         if index >= want.instances:
             reason = f"scaled down to {want.instances}"
@@ -427,24 +431,46 @@ def _suspended_instances(
     return tuple(changes)
 
 
+def _age(instance: LiveInstance) -> tuple[float, str]:
+    """Oldest first (the engine's creation or start time), then by name."""
+    return (instance.started_at if instance.started_at is not None else math.inf, instance.name)
+
+
+def _serving_first(instance: LiveInstance, served: frozenset[str]) -> tuple[bool, bool, float, str]:
+    """The order in which instances claiming one index are preferred: the one the published
+    table serves, then one with a published port, then the older. A container started by
+    hand with an instance's labels copied (an impostor) is none of these, so it never wins
+    over the real one."""
+    return (instance.name not in served, instance.port is None, *_age(instance))
+
+
 def _diff_instances(
-    want: DesiredNode, have: tuple[LiveInstance, ...], resuming: bool = False
+    want: DesiredNode,
+    have: tuple[LiveInstance, ...],
+    resuming: bool = False,
+    served: frozenset[str] = frozenset(),
 ) -> tuple[InstanceChange, ...]:
     """Which instances to keep, create, replace or remove, index by index; when the node
-    resumes, which stopped ones to start again rather than replace."""
+    resumes, which stopped ones to start again rather than replace. Of several instances at
+    one index, the one the table serves (served: its instance names) is kept."""
     changes: list[InstanceChange] = []
     used: set[str] = set()
+    kept: dict[int, str] = {}
     for index in range(want.instances):
-        at_index = [i for i in have if i.index == index]
+        at_index = sorted(
+            (i for i in have if i.index == index), key=lambda i: _serving_first(i, served)
+        )
         keep = next((i for i in at_index if i.alive and i.spec_hash == want.spec_hash), None)
         if keep is not None:
             used.add(keep.name)
+            kept[index] = keep.name
             continue
         stopped = next(
             (i for i in at_index if i.state in STARTABLE and i.spec_hash == want.spec_hash), None
         )
         if resuming and stopped is not None:
             used.add(stopped.name)
+            kept[index] = stopped.name
             changes.append(
                 InstanceChange(index, Action.RESUME, stopped.name, f"instance {index} starts again")
             )
@@ -456,6 +482,7 @@ def _diff_instances(
             )
             continue
         used.add(stale.name)
+        kept[index] = stale.name
         reason = "spec changed" if stale.alive else f"instance {index} is {stale.state}"
         changes.append(InstanceChange(index, Action.REPLACE, stale.name, reason, stale.alive))
     for instance in have:
@@ -466,7 +493,9 @@ def _diff_instances(
         elif not instance.alive:
             reason = f"instance {instance.index} is {instance.state}"
         else:
-            reason = f"a second instance {instance.index}"
+            reason = f"a second instance {instance.index}, beside {kept[instance.index]}"
+            if kept[instance.index] in served:
+                reason += ", which the routing table serves"
         changes.append(InstanceChange(instance.index, Action.DELETE, instance.name, reason))
     return tuple(changes)
 
