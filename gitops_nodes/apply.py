@@ -145,6 +145,7 @@ class _Published:
                 suspended=want.suspended,
                 access=want.access,
                 telemetry_path=want.telemetry_path,
+                prefix_rewrite=want.prefix_rewrite,
             )
         return self.settings.get(node, NodeEntry((), 1, HealthSettings()))
 
@@ -507,7 +508,7 @@ class Applier:
                         if weight > 0 and node not in serving
                     )
                     table.aliases[step.alias] = AliasEntry(
-                        alias.routes, alias.affinity_header, alias.access
+                        alias.routes, alias.affinity_header, alias.access, alias.prefix_rewrite
                     )
                     what = f"alias {step.alias} routes to " + ", ".join(
                         f"{n}={w}" for n, w in alias.routes

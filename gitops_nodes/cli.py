@@ -13,6 +13,7 @@ from pathlib import Path
 
 from balancer.access import ADMIN_TOKEN_ENV, ADMIN_TOKEN_FILE_ENV, AccessConfigError, admin_guard
 from balancer.proxy import ProxySettings
+from balancer.settings import SettingsError, parse_trusted_proxies
 from balancer.table import RoutingTable
 from gitops_nodes import __version__, logs, nodelogs, workflow
 from gitops_nodes.apply import ApplyOptions, ApplyReport, Outcome, StepResult
@@ -138,6 +139,14 @@ def _parser() -> argparse.ArgumentParser:
             default=60.0,
             metavar="SECONDS",
             help="idle client connections (each node's endpoint.idleTimeout: its instances')",
+        )
+        sub.add_argument(
+            "--trusted-proxies",
+            action="append",
+            default=[],
+            metavar="CIDRS",
+            help="clients whose X-Forwarded-*/Forwarded headers are believed, e.g. "
+            "10.0.0.0/8,127.0.0.1 (repeatable; default: none, they are replaced)",
         )
 
     sub = command("validate", "Check the spec and report every error with its position.")
@@ -513,11 +522,16 @@ def _admin_token(args: argparse.Namespace) -> str | None:
 
 
 def _proxy_settings(args: argparse.Namespace) -> ProxySettings:
+    try:
+        trusted = parse_trusted_proxies(args.trusted_proxies)
+    except SettingsError as exc:
+        raise GitopsNodesError(str(exc)) from None
     return ProxySettings(
         connect_timeout=args.connect_timeout,
         read_timeout=args.read_timeout,
         idle_timeout=args.idle_timeout,
         access_log=args.access_log,
+        trusted_proxies=trusted,
     )
 
 

@@ -185,6 +185,7 @@ def node_fields(
     timeouts: Timeouts | None = None,
     suspended: bool | None = None,
     telemetry_path: str | None = None,
+    prefix_rewrite: bool = False,
 ) -> dict[str, Any]:
     """A node flattened to dotted fields, the way plan shows them."""
     fields: dict[str, Any] = {}
@@ -212,6 +213,8 @@ def node_fields(
         fields["endpoint.idleTimeout"] = timeouts.idle
     if suspended is not None:
         fields["suspended"] = suspended
+    if prefix_rewrite:  # shown only when on, as it is off for nearly every node
+        fields["prefixRewrite"] = True
     return fields
 
 
@@ -248,6 +251,7 @@ def _diff_node(
         timeouts=published.timeouts if published else None,
         suspended=published.suspended if published else None,
         telemetry_path=published.telemetry_path if published else None,
+        prefix_rewrite=published.prefix_rewrite if published else False,
     )
     if want is None:
         removals = tuple(
@@ -274,6 +278,7 @@ def _diff_node(
         timeouts=want.timeouts,
         suspended=want.suspended,
         telemetry_path=want.telemetry_path,
+        prefix_rewrite=want.prefix_rewrite,
     )
     if not have and published is None:
         if want.suspended:  # published for its aliases to see; instances come on resume
@@ -359,6 +364,7 @@ def _same_settings(want: DesiredNode, published: NodeEntry) -> bool:
         and published.suspended == want.suspended
         and published.access == want.access
         and published.telemetry_path == want.telemetry_path
+        and published.prefix_rewrite == want.prefix_rewrite
     )
 
 
@@ -538,13 +544,21 @@ def _diff_alias(
         added.extend(_field_changes({}, access_after))
         return AliasChange(name, Action.CREATE, "not published yet", tuple(added), before, after)
     routes_changed = before != after or affinity_before != affinity_after
-    if not routes_changed and published.access == want.access:
+    rewrite_changed = published.prefix_rewrite != want.prefix_rewrite
+    if not routes_changed and not rewrite_changed and published.access == want.access:
         return None
     changed = []
     if before != after:
         changed.append(FieldChange("nodes", _routes_text(before), _routes_text(after)))
     if affinity_before != affinity_after:
         changed.append(FieldChange("sessionAffinity.header", affinity_before, affinity_after))
+    if rewrite_changed:
+        changed.append(FieldChange("prefixRewrite", published.prefix_rewrite, want.prefix_rewrite))
     changed.extend(_field_changes(access_before, access_after))
-    reason = "its routes changed" if routes_changed else "its access changed"
+    if routes_changed:
+        reason = "its routes changed"
+    elif published.access != want.access:
+        reason = "its access changed"
+    else:
+        reason = "its prefixRewrite changed"
     return AliasChange(name, Action.UPDATE, reason, tuple(changed), before, after)

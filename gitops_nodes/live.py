@@ -115,10 +115,14 @@ class LiveState:
                         entry.timeouts,
                         entry.suspended,
                         entry.telemetry_path,
+                        entry.prefix_rewrite,
                     )
                     for name, entry in table.nodes.items()
                 ),
-                sorted((name, entry.targets) for name, entry in table.aliases.items()),
+                sorted(
+                    (name, entry.targets, entry.prefix_rewrite)
+                    for name, entry in table.aliases.items()
+                ),
             )
             if table is not None
             else None

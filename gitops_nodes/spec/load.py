@@ -448,6 +448,7 @@ def _resolve_node(root: Path, document: NodeDocument, source: Source) -> Desired
         maintenance_limit=spec.maintenance_limit,
         suspended=spec.suspended,
         telemetry_path=spec.telemetry.path if spec.telemetry is not None else None,
+        prefix_rewrite=spec.prefix_rewrite,
     )
 
 
@@ -504,6 +505,7 @@ def _assemble(root: Path, results: dict[str, _FileResult], read_keys: bool) -> D
                     ),
                     rollout=document.spec.rollout,
                     access=access,
+                    prefix_rewrite=document.spec.prefix_rewrite,
                 )
     for alias in aliases.values():
         for position, (node, _) in enumerate(alias.routes):

@@ -593,6 +593,8 @@ class NodeSpec(SpecModel):
     suspended: bool = False
     access: Access | None = None  # private when set: calls to /nodes/<name>/ need a key
     telemetry: Telemetry | None = None
+    # Answers to /nodes/<name>/...: Location and cookie paths put under that prefix.
+    prefix_rewrite: bool = False
 
     @model_validator(mode="after")
     def _one_kind(self) -> NodeSpec:
@@ -678,6 +680,8 @@ class AliasSpec(SpecModel):
     session_affinity: SessionAffinity | None = None
     rollout: Rollout | None = None
     access: Access | None = None  # private when set: calls to the alias need a key
+    # Answers to /aliases/<name>/...: Location and cookie paths put under that prefix.
+    prefix_rewrite: bool = False
 
     @model_validator(mode="after")
     def _weights_and_unique_nodes(self) -> AliasSpec:
