@@ -37,6 +37,7 @@ from gitops_nodes.errors import GitopsNodesError, RuntimeFailure
 from gitops_nodes.fleet import BalancerFleet
 from gitops_nodes.live import LiveInstance, LiveState
 from gitops_nodes.plan import OTHER_OWNER, Plan, PlanStep, Step
+from gitops_nodes.rollout import gaining
 from gitops_nodes.runtime.base import Runtime
 from gitops_nodes.spec.state import DesiredState
 from gitops_nodes.statedir import BalancerAck, StateDir
@@ -65,7 +66,8 @@ class StepResult:
 
 @dataclass(frozen=True)
 class ApplyReport:
-    """Every step of the plan with its outcome, in the order they ended."""
+    """Every step of the plan with its outcome, in plan order (on_result hears them in the
+    order they ended)."""
 
     results: tuple[StepResult, ...]
 
@@ -97,6 +99,7 @@ class _Published:
         fleet: BalancerFleet,
         discover: dict[str, str],
         on_publish: Callable[[RoutingTable], None] | None = None,
+        pending: frozenset[str] = frozenset(),
     ) -> None:
         self.on_publish = on_publish
         self.fleet = fleet
@@ -126,7 +129,11 @@ class _Published:
                 self.rotation[node] = (
                     []
                     if node in self.discover
-                    else [_endpoint(i) for i in instances if i.alive and i.port]
+                    else [
+                        _endpoint(i)
+                        for i in instances
+                        if i.alive and i.port and i.name not in pending
+                    ]
                 )
         self.aliases: dict[str, AliasEntry] = dict(table.aliases)
         # The generation that took each instance out of the table: drains wait for it.
@@ -172,10 +179,13 @@ class _Published:
         return self.generation
 
 
-def _late(behind: list[BalancerAck], what: str) -> str:
-    if not behind:
-        return ""
-    return f" (balancers {', '.join(a.describe() for a in behind)} did not {what})"
+def _reports(late: list[BalancerAck], what: Callable[[BalancerAck], str]) -> str:
+    """Each late balancer and what it last reported, for the failed step's message."""
+    return "; ".join(f"balancer {ack.describe()} {what(ack)}" for ack in late)
+
+
+def _names(names: set[str] | frozenset[str]) -> str:
+    return ", ".join(sorted(names)) or "none"
 
 
 def _endpoint(instance: LiveInstance) -> Endpoint:
@@ -227,7 +237,14 @@ class Applier:
             for name, node in desired.nodes.items()
             if (found := runtime.discovery(plan.project, name, node.config.port))
         }
-        self.published = _Published(live, desired, self.fleet, discover, on_publish)
+        # Instances found but never published (an apply stopped early): each one's wait step
+        # publishes it, and nothing before that does.
+        self.adopting = frozenset(
+            step.instance
+            for step in plan.step_by_id.values()
+            if step.step is Step.WAIT and step.instance
+        )
+        self.published = _Published(live, desired, self.fleet, discover, on_publish, self.adopting)
         self.retiring: dict[str, str] = {}  # a retired instance -> the one the runtime retired
         self.prepared: set[str] = set()
         self.preparing = threading.Lock()
@@ -262,11 +279,30 @@ class Applier:
                         if waiting[successor] == 0:
                             ready.append(successor)
                     ready.sort(key=order.__getitem__)
-        ended = {r.step.id for r in results}
+        ended = {r.step.id: r for r in results}
+        failures = [r.step.id for r in results if r.outcome is Outcome.FAILED]
+        blocked: dict[str, str] = {}  # a step -> the failed step upstream of it
         for step in self.plan.steps():
-            if step.id not in ended:
-                reason = "an earlier step failed" if failed else "its dependencies did not finish"
-                self._record(results, StepResult(step, Outcome.NOT_STARTED, reason, 0.0))
+            if step.id in ended:
+                continue
+            upstream = None
+            for before in graph.predecessors(step.id):
+                done = ended.get(before)
+                if done is not None and done.outcome is Outcome.FAILED:
+                    upstream = before
+                elif before in blocked:
+                    upstream = blocked[before]
+                if upstream is not None:
+                    break
+            if upstream is not None:
+                blocked[step.id] = upstream
+                reason = f"upstream failed: {upstream}"
+            elif failures:
+                reason = f"the apply stopped when {failures[0]} failed"
+            else:
+                reason = "its dependencies did not finish"
+            self._record(results, StepResult(step, Outcome.NOT_STARTED, reason, 0.0))
+        results.sort(key=lambda r: order[r.step.id])
         return ApplyReport(tuple(results))
 
     def _record(self, results: list[StepResult], result: StepResult) -> None:
@@ -331,19 +367,38 @@ class Applier:
             return f"{instance} removed (the runtime retired it in place of {step.instance})"
         return f"{step.instance} removed"
 
-    def _await_node(self, node: str) -> str:
-        """Wait until every running balancer counts enough of node's instances Healthy to
-        serve it, so moving an alias onto it never meets a balancer that has not checked
-        them yet; called with the table lock held."""
-        instances = self._members(node)
+    def _await_node(self, alias: str, node: str) -> None:
+        """Wait until every running balancer counts at least min(minHealthy, instances) of
+        node's instances Healthy (at least one), so moving alias onto it never meets a
+        balancer that does not; raise RuntimeFailure, with what each late balancer reported,
+        when they do not within the node's start timeout. Called with the table lock held."""
         want = self.desired.nodes[node]
-        needed = min(max(1, want.min_healthy), len(instances))
+        if want.suspended:
+            return  # the documented exception: its aliases route around it
+        instances = self._members(node)
+        needed = max(1, min(want.min_healthy, want.instances))
         generation = self.published.generation
-        behind = self._await_acks(
-            lambda ack: ack.generation < generation or len(instances & ack.healthy) < needed,
-            want.health.start_timeout,
-        )
-        return _late(behind, f"report {node} Healthy in time")
+        timeout = want.health.start_timeout
+
+        def behind(ack: BalancerAck) -> bool:
+            return ack.generation < generation or len(instances & ack.healthy) < needed
+
+        def said(ack: BalancerAck) -> str:
+            if ack.generation < generation:
+                return f"serves table generation {ack.generation}, not yet {generation}"
+            counted = instances & ack.healthy
+            return (
+                f"counts {len(counted)} of {node}'s {len(instances)} instances in rotation "
+                f"Healthy ({_names(counted)}), needs {needed}"
+            )
+
+        late = self._await_acks(behind, 0.0 if len(instances) < needed else timeout)
+        if late:
+            raise RuntimeFailure(
+                f"alias {alias} stays where it was: node {node} is not counted Healthy by every "
+                f"running balancer within {timeout:g}s (healthCheck.startTimeout): "
+                + _reports(late, said)
+            )
 
     def _members(self, node: str) -> set[str]:
         """The node's instances as balancers name them: the table's, or for a discovered node
@@ -354,14 +409,65 @@ class Applier:
         alive += [i for (name, _), i in self.created.items() if name == node]
         return {discovered_key(i) for i in alive}
 
-    def _await_balancers(self, instance: str, generation: int, node: str) -> str:
+    def _await_balancers(self, instance: str, generation: int, node: str) -> list[BalancerAck]:
         """Wait (within the node's start timeout) until every running balancer serves
-        generation and counts instance Healthy; called with the table lock held."""
-        behind = self._await_acks(
+        generation and counts instance Healthy; the balancers still behind then. Called with
+        the table lock held."""
+        return self._await_acks(
             lambda ack: ack.generation < generation or instance not in ack.healthy,
             self.desired.nodes[node].health.start_timeout,
         )
-        return _late(behind, "report it Healthy in time")
+
+    def _not_counted(
+        self, instance: str, generation: int, node: str, late: list[BalancerAck]
+    ) -> RuntimeFailure:
+        """The failure of a publish whose instance the balancers did not count Healthy."""
+
+        def said(ack: BalancerAck) -> str:
+            if ack.generation < generation:
+                return f"serves table generation {ack.generation}, not yet {generation}"
+            return f"does not count it Healthy (counts {_names(ack.healthy)})"
+
+        timeout = self.desired.nodes[node].health.start_timeout
+        return RuntimeFailure(
+            f"{instance} is not counted Healthy by every running balancer within {timeout:g}s "
+            f"(healthCheck.startTimeout): " + _reports(late, said)
+        )
+
+    def _check_leaving(self, node: str, instance: str) -> None:
+        """Refuse to take instance out of rotation (no replacement takes its place) when a
+        balancer would then count fewer of the node's instances Healthy than
+        min(minHealthy, what it counts now), or none while an alias routes to the node: a
+        scale-down must not keep only the sick ones."""
+        want = self.desired.nodes.get(node)
+        current = {e.instance for e in self.published.rotation.get(node, [])}
+        if want is None or instance not in current:
+            return
+        rest = current - {instance}
+        routed = any(
+            n == node and weight > 0
+            for entry in self.published.aliases.values()
+            for n, weight in entry.targets
+        )
+        minimum = max(want.min_healthy, 1 if routed else 0)
+
+        def short(ack: BalancerAck) -> bool:
+            return len(rest & ack.healthy) < min(minimum, len(current & ack.healthy))
+
+        late = [ack for ack in self.fleet.acks() if short(ack)]
+        if late:
+            raise RuntimeFailure(
+                f"{instance} stays in rotation: without it node {node} would have fewer "
+                f"instances counted Healthy than {minimum} (its minHealthy, at least one "
+                f"while an alias routes to it): "
+                + _reports(
+                    late,
+                    lambda ack: (
+                        f"counts {_names(current & ack.healthy)} Healthy, "
+                        f"{_names(rest & ack.healthy)} without it"
+                    ),
+                )
+            )
 
     def _drain(self, instance: str) -> str:
         """Wait until every running balancer serves a table without instance and has finished
@@ -447,7 +553,14 @@ class Applier:
 
     def _wait(self, step: PlanStep) -> str:
         node = self.desired.nodes[step.node or ""]
-        instance = self.created[(node.name, step.instance_index or 0)]
+        key = (node.name, step.instance_index or 0)
+        if step.instance and key not in self.created:
+            # Adopted: it exists, but nobody ever saw it Healthy.
+            found = self.runtime.inspect_instance(self.project, step.instance)
+            if found is None:
+                raise RuntimeFailure(f"{step.instance} is gone: it cannot be adopted")
+            self.created[key] = found
+        instance = self.created[key]
         health = node.health
         try:
             return self._wait_healthy(instance, health)
@@ -501,19 +614,14 @@ class Applier:
                     what = f"alias {step.alias} dropped"
                 else:
                     before = table.aliases.get(step.alias)
-                    serving = {n for n, w in before.targets if w > 0} if before else set()
-                    waits = "".join(
-                        self._await_node(node)
-                        for node, weight in alias.routes
-                        if weight > 0 and node not in serving
-                    )
+                    for node in gaining(before.targets if before else (), alias.routes):
+                        self._await_node(step.alias, node)
                     table.aliases[step.alias] = AliasEntry(
                         alias.routes, alias.affinity_header, alias.access, alias.prefix_rewrite
                     )
                     what = f"alias {step.alias} routes to " + ", ".join(
                         f"{n}={w}" for n, w in alias.routes
                     )
-                    what += waits
             elif step.node is not None and step.instance_index is not None:
                 new = self.created[(step.node, step.instance_index)]
                 table.settings[step.node] = table.settings_for(step.node)
@@ -522,23 +630,29 @@ class Applier:
                     # every one counts it Healthy; the runtime retires what it replaces.
                     table.rotation.setdefault(step.node, [])
                     generation = table.write(self.state)
-                    waits = self._await_balancers(self._key(new), generation, step.node)
-                    return (
-                        f"{new.name} found by the balancers{waits} (table generation {generation})"
-                    )
-                rotation = table.rotation.get(step.node, [])
+                    late = self._await_balancers(self._key(new), generation, step.node)
+                    if late:
+                        raise self._not_counted(new.name, generation, step.node, late)
+                    return f"{new.name} found by the balancers (table generation {generation})"
+                rotation = [e for e in table.rotation.get(step.node, []) if e.instance != new.name]
                 table.rotation[step.node] = [*rotation, _endpoint(new)]
                 what = f"{new.name} in rotation"
                 if step.instance:
                     # Make before break at the balancers too: the old instance leaves only
                     # once every balancer has seen the new one pass a check.
                     generation = table.write(self.state)
-                    what += self._await_balancers(new.name, generation, step.node)
+                    late = self._await_balancers(new.name, generation, step.node)
+                    if late:
+                        # Traffic stays where it was: the new one out again, the old one in.
+                        table.rotation[step.node] = rotation
+                        table.write(self.state)
+                        raise self._not_counted(new.name, generation, step.node, late)
                     table.rotation[step.node] = [
                         e for e in table.rotation[step.node] if e.instance != step.instance
                     ]
                     what += f", {step.instance} out"
             elif step.node is not None and step.instance is not None:
+                self._check_leaving(step.node, step.instance)
                 table.rotation[step.node] = [
                     e for e in table.rotation.get(step.node, []) if e.instance != step.instance
                 ]

@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from balancer.access import ADMIN_TOKEN_ENV, ADMIN_TOKEN_FILE_ENV, AccessConfigError, admin_guard
@@ -18,6 +19,8 @@ from balancer.table import RoutingTable
 from gitops_nodes import __version__, logs, nodelogs, workflow
 from gitops_nodes.apply import ApplyOptions, ApplyReport, Outcome, StepResult
 from gitops_nodes.errors import GitopsNodesError
+from gitops_nodes.guards import check_not_empty
+from gitops_nodes.live import LiveState
 from gitops_nodes.plan import OTHER_OWNER, Plan, make_plan
 from gitops_nodes.render import render_json, render_text
 from gitops_nodes.runtime.base import Runtime
@@ -25,6 +28,7 @@ from gitops_nodes.runtime.select import connect, runtime_name
 from gitops_nodes.spec.errors import SpecErrors
 from gitops_nodes.spec.schema import schema_text
 from gitops_nodes.spec.settings import RUNTIMES, Settings, load_repository, load_settings
+from gitops_nodes.spec.state import DesiredState
 from gitops_nodes.statedir import StateDir
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
@@ -164,6 +168,7 @@ def _parser() -> argparse.ArgumentParser:
         "-out", "--out", dest="out", type=_path_arg, help="save the plan for `apply FILE`"
     )
     adopt_option(sub)
+    allow_empty(sub)
     sub.set_defaults(command=_plan)
 
     sub = command("apply", "Make the live state match the spec (or a plan saved with -out).")
@@ -178,6 +183,7 @@ def _parser() -> argparse.ArgumentParser:
         help="longest wait for balancers to finish requests on a removed instance (30)",
     )
     adopt_option(sub)
+    allow_empty(sub)
     sub.set_defaults(command=_apply)
 
     sub = command("destroy", "Remove everything the project owns, and nothing else.")
@@ -242,6 +248,26 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def allow_empty(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument(
+        "--allow-empty",
+        action="store_true",
+        help="a spec with no Node or Alias may destroy the project's live nodes",
+    )
+
+
+def _empty_guard(
+    args: argparse.Namespace, desired: DesiredState
+) -> Callable[[Plan, LiveState], None]:
+    """The check that refuses an empty spec over live nodes, unless --allow-empty."""
+
+    def check(plan: Plan, live: LiveState) -> None:
+        if not args.allow_empty:
+            check_not_empty(desired, live, "pass --allow-empty")
+
+    return check
+
+
 def _path_arg(text: str) -> Path:
     """A path argument; an empty one is a usage error (Path("") would be the current folder)."""
     if not text:
@@ -293,6 +319,7 @@ def _plan(args: argparse.Namespace) -> int:
     runtime = _runtime(args, args.path)
     live = workflow.observe(runtime, project, state, args.adopt)
     plan = make_plan(project, desired, live)
+    _empty_guard(args, desired)(plan, live)
     data = plan.to_json()
     print(render_json(data) if args.json else render_text(data), end="")
     if args.out:
@@ -350,6 +377,7 @@ def _apply(args: argparse.Namespace) -> int:
         on_plan=_print_plan,
         on_result=_print_result,
         saved=saved,
+        check=_empty_guard(args, desired),
         adopt=args.adopt or bool(saved and saved.get("adopt")),
     )
     if run.report is None:
@@ -663,7 +691,7 @@ def _print_report(report: ApplyReport, verb: str) -> int:
     for result in failed:
         print(f"  failed: {result.step.id}: {result.detail}", file=sys.stderr)
     for result in skipped:
-        print(f"  not started: {result.step.id}", file=sys.stderr)
+        print(f"  not started: {result.step.id} ({result.detail})", file=sys.stderr)
     print(
         "Every alias still routes to the nodes it had; fix the cause and apply again.",
         file=sys.stderr,

@@ -26,6 +26,9 @@ class Action(StrEnum):
     # Instances only: stopped and kept while their node is suspended, started on resume.
     SUSPEND = "suspend"
     RESUME = "resume"
+    # An instance of the current spec that exists but was never published (an apply stopped
+    # between creating it and publishing it): waited for like a new one, then published.
+    ADOPT = "adopt"
 
 
 class Transition(StrEnum):
@@ -54,7 +57,7 @@ class FieldChange:
 @dataclass(frozen=True)
 class InstanceChange:
     """A new instance at an index (+), one that replaces `old` (-/+), `old` removed (-),
-    stopped and kept (suspend), or started again (resume)."""
+    stopped and kept (suspend), started again (resume), or found unpublished (adopt)."""
 
     index: int
     action: Action
@@ -313,7 +316,7 @@ def _diff_node(
         moved = False
     else:
         served = frozenset(e.instance for e in published.endpoints) if published else frozenset()
-        instances = _diff_instances(want, have, resuming=was_suspended, served=served)
+        instances = _diff_instances(want, have, was_suspended, _listed(published), served)
         moved = _moved(have, published)
     access_changed = published is not None and published.access != want.access
     publish_settings = published is None or not _same_settings(want, published) or moved
@@ -375,14 +378,28 @@ def _unchanged(
         return False
     if want.suspended:
         return not _suspended_instances(want, have)
+    listed = _listed(published)
     return (
         len(have) == want.instances
         and all(
-            i.index == position and i.alive and i.spec_hash == want.spec_hash
+            i.index == position
+            and i.alive
+            and i.spec_hash == want.spec_hash
+            and (listed is None or i.name in listed)
             for position, i in enumerate(have)
         )
         and not _moved(have, published)
     )
+
+
+def _listed(published: NodeEntry | None) -> frozenset[str] | None:
+    """The instances the table lists for a node (none when it is not published yet), or None
+    when balancers find its instances themselves (a discovered node lists none)."""
+    if published is None:
+        return frozenset()
+    if published.discover:
+        return None
+    return frozenset(e.instance for e in published.endpoints)
 
 
 def _moved(have: tuple[LiveInstance, ...], published: NodeEntry | None) -> bool:
@@ -448,11 +465,14 @@ def _diff_instances(
     want: DesiredNode,
     have: tuple[LiveInstance, ...],
     resuming: bool = False,
+    listed: frozenset[str] | None = None,
     served: frozenset[str] = frozenset(),
 ) -> tuple[InstanceChange, ...]:
     """Which instances to keep, create, replace or remove, index by index; when the node
-    resumes, which stopped ones to start again rather than replace. Of several instances at
-    one index, the one the table serves (served: its instance names) is kept."""
+    resumes, which stopped ones to start again rather than replace; which ones of the spec
+    exist but are not in the table (listed: the names it has; None when not known), to adopt
+    after the same wait as a new one. Of several instances at one index, the one the table
+    serves (served: its instance names) is kept."""
     changes: list[InstanceChange] = []
     used: set[str] = set()
     kept: dict[int, str] = {}
@@ -464,6 +484,15 @@ def _diff_instances(
         if keep is not None:
             used.add(keep.name)
             kept[index] = keep.name
+            if listed is not None and keep.name not in listed:
+                changes.append(
+                    InstanceChange(
+                        index,
+                        Action.ADOPT,
+                        keep.name,
+                        f"instance {index} exists but was never published: waited for first",
+                    )
+                )
             continue
         stopped = next(
             (i for i in at_index if i.state in STARTABLE and i.spec_hash == want.spec_hash), None
@@ -488,6 +517,7 @@ def _diff_instances(
     for instance in have:
         if instance.name in used:
             continue
+        second = False
         if instance.index >= want.instances:
             reason = f"scaled down to {want.instances}"
         elif not instance.alive:
@@ -496,7 +526,9 @@ def _diff_instances(
             reason = f"a second instance {instance.index}, beside {kept[instance.index]}"
             if kept[instance.index] in served:
                 reason += ", which the routing table serves"
-        changes.append(InstanceChange(instance.index, Action.DELETE, instance.name, reason))
+            second = True
+        # A second one that serves leaves only once the instance kept at its index does.
+        changes.append(InstanceChange(instance.index, Action.DELETE, instance.name, reason, second))
     return tuple(changes)
 
 

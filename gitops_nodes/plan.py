@@ -30,6 +30,7 @@ import networkx as nx
 from gitops_nodes.diff import Action, AliasChange, Diff, InstanceChange, NodeChange, diff
 from gitops_nodes.gcpause import gc_paused
 from gitops_nodes.live import LiveInstance, LiveState
+from gitops_nodes.rollout import gaining
 from gitops_nodes.spec.state import DesiredState
 
 PLAN_FORMAT = "gitops-nodes/plan/v1"
@@ -61,6 +62,8 @@ _STEP_KEYS = (
 class PlanStep(NamedTuple):
     """One step of a plan. Which fields are set says what it acts on.
 
+    wait with node, instance_index and instance: wait for an instance that exists but was
+    never published (adopted from an apply that stopped early), as for a new one;
     publish with alias: route the alias as the spec says (or drop it);
     publish with node and instance_index: put the instance created at index in rotation, taking
     `instance` (the one it replaces, if any) out; publish with node and instance only: take
@@ -192,6 +195,7 @@ class _Builder:
         self.edges: list[tuple[str, str]] = []
         self.node_published: dict[str, list[str]] = {}  # node -> steps publishing its instances
         self.node_unpublish: dict[str, str] = {}  # deleted node -> the step dropping it
+        self.node_takeouts: dict[str, list[str]] = {}  # node -> steps taking instances out
 
     def add(self, step: PlanStep, *after: str | None) -> str:
         self.steps.setdefault(step.id, step)
@@ -233,8 +237,33 @@ class _Builder:
         if change.build is not None:
             tag = change.build.tag
             build = self.add(PlanStep(f"build {tag}", Step.BUILD, image=tag))
+        adopted = {i.index for i in change.instances if i.action is Action.ADOPT}
+        # An adopted instance kept at an index where a second, serving one is removed takes
+        # its place make-before-break, as a replacement does.
+        replaced: dict[int, str] = {}
         for instance in change.instances:
-            if instance.action is Action.CREATE:
+            if (
+                instance.action is Action.DELETE
+                and instance.in_service
+                and instance.index in adopted
+                and instance.index not in replaced
+            ):
+                replaced[instance.index] = instance.old or ""
+        adopt_published: dict[int, str] = {}
+        for instance in change.instances:
+            if instance.action is Action.ADOPT:
+                put = self._adopt(
+                    name, instance.index, instance.old or "", replaced.get(instance.index)
+                )
+                adopt_published[instance.index] = put
+                published.append(put)
+            elif (
+                instance.action is Action.DELETE
+                and replaced.get(instance.index) == instance.old
+                and instance.index in adopt_published
+            ):
+                self._retire(name, instance.old or "", adopt_published[instance.index], None)
+            elif instance.action is Action.CREATE:
                 published.append(self._bring_up(name, instance.index, None, None, build))
             elif instance.action is Action.RESUME:
                 published.append(self._start(name, instance.index, instance.old or ""))
@@ -247,6 +276,7 @@ class _Builder:
                 out = self.add(
                     PlanStep(f"publish {name} without {old}", Step.PUBLISH, node=name, instance=old)
                 )
+                self.node_takeouts.setdefault(name, []).append(out)
                 self._retire(name, old, out, None)
         previous: list[str] = []  # the removes of the batch before: the next one waits for all
         for number, batch in enumerate(maintenance_batches(change), start=1):
@@ -279,6 +309,15 @@ class _Builder:
         )
         return self.add(step, wait)
 
+    def _adopt(self, node: str, index: int, instance: str, replacing: str | None) -> str:
+        key = f"{node}/{index}"
+        wait = self.add(
+            PlanStep(f"wait {key}", Step.WAIT, node=node, instance_index=index, instance=instance)
+        )
+        label = f"publish {key}" + (f" replacing {replacing}" if replacing else "")
+        step = PlanStep(label, Step.PUBLISH, node=node, instance_index=index, instance=replacing)
+        return self.add(step, wait)
+
     def _start(self, node: str, index: int, instance: str) -> str:
         key = f"{node}/{index}"
         start = self.add(
@@ -301,16 +340,20 @@ class _Builder:
 
     def _alias(self, change: AliasChange) -> None:
         step = self.add(PlanStep(f"publish alias {change.name}", Step.PUBLISH, alias=change.name))
-        # A node the alias gains must be serving first, whatever its own change: new, or
-        # an existing node whose instances are being replaced or healed.
-        before = {node for node, weight in change.before if weight > 0}
-        for node, weight in change.after:
-            if weight > 0 and node not in before:
-                for published in self.node_published.get(node, []):
-                    self.edges.append((published, step))
-        for node, _ in change.before:
+        # A node the alias gains (or gives a larger share) must be serving first, whatever
+        # its own change: new, or an existing node whose instances are being replaced,
+        # added or healed; apply then waits until the balancers count it Healthy.
+        for node in gaining(change.before, change.after):
+            for published in self.node_published.get(node, []):
+                self.edges.append((published, step))
+        kept = {node for node, weight in change.after if weight > 0}
+        for node, weight in change.before:
             if node in self.node_unpublish:
                 self.edges.append((step, self.node_unpublish[node]))
+            if weight > 0 and node not in kept:
+                # The alias leaves the node before the node loses instances: a scale-down
+                # then never leaves the alias routing to what remains of it.
+                self.edges.extend((step, out) for out in self.node_takeouts.get(node, ()))
 
 
 _STEP_ORDER = {step: position for position, step in enumerate(Step)}

@@ -83,7 +83,7 @@ def _change_lines(change: dict[str, Any]) -> list[str]:
             continue
         old = f" {instance['old']}" if instance["old"] else ""
         glyph = instance["action"]
-        if glyph in ("suspend", "resume"):
+        if glyph in ("suspend", "resume", "adopt"):
             glyph = f"  ~ {glyph}"
         batch = f" [batch {instance['batch']} of {batches}]" if "batch" in instance else ""
         lines.append(

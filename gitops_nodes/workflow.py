@@ -183,9 +183,11 @@ def apply(
     saved: dict[str, Any] | None = None,
     on_publish: Callable[[RoutingTable], None] | None = None,
     on_start: Callable[[PlanStep], None] | None = None,
+    check: Callable[[Plan, LiveState], None] | None = None,
     adopt: bool = False,
 ) -> ApplyRun:
-    """Plan and apply under the project's lock, so concurrent applies take turns."""
+    """Plan and apply under the project's lock, so concurrent applies take turns; check
+    (gitops_nodes/guards.py) may refuse the plan, raising, before anything changes."""
     with state.lock(LOCK_TIMEOUT):
         if desired.nodes or desired.aliases:  # destroying needs nothing made first
             runtime.prepare_project(project, state)
@@ -194,6 +196,8 @@ def apply(
         plan = make_plan(project, desired, live)
         if saved is not None:
             check_saved_plan(saved, plan)
+        if check is not None:
+            check(plan, live)
         if on_plan is not None:
             on_plan(plan)
         if plan.empty:

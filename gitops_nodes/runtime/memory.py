@@ -160,6 +160,7 @@ class MemoryBalancers:
         self.balancers: list[MemoryBalancer] = []
         self.history: list[Published] = []
         self.pids = itertools.count(40000)
+        self.listed: tuple[RoutingTable, frozenset[str]] | None = None
 
     def start(self, lag: float = 0.0) -> MemoryBalancer:
         """A balancer more, serving the last table published."""
@@ -178,15 +179,23 @@ class MemoryBalancers:
         now = self.runtime.clock.monotonic()
         acks = []
         for balancer in self.balancers:
-            balancer.catch_up(now)
+            if balancer.pending:
+                balancer.catch_up(now)
             table = balancer.serving
             if table is None:
                 acks.append(BalancerAck(balancer.pid, 0, {}))
                 continue
-            listed = {e.instance for entry in table.nodes.values() for e in entry.endpoints}
+            listed = self._listed(table)
             healthy = frozenset(name for name in listed if self.runtime.is_healthy(name))
             acks.append(BalancerAck(balancer.pid, table.generation, {}, healthy))
         return acks
+
+    def _listed(self, table: RoutingTable) -> frozenset[str]:
+        """The instances a table lists (apply polls the reports often: kept per table)."""
+        if self.listed is None or self.listed[0] is not table:
+            names = frozenset(e.instance for entry in table.nodes.values() for e in entry.endpoints)
+            self.listed = (table, names)
+        return self.listed[1]
 
     def sync(self, table: RoutingTable | None) -> None:
         return None  # like balancers that follow the table file: nothing to hand over

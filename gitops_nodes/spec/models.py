@@ -658,7 +658,10 @@ class Rollout(SpecModel):
     steps: list[int] = Field(min_length=1)  # percent of the way to the new weights
     pause: RolloutPause = _written(30.0, "30s")
     max_error_rate: float = Field(default=0.05, ge=0, le=1)
-    min_requests: int = Field(default=0, ge=0, le=MAX_MIN_REQUESTS)
+    # A step is judged only on this many requests to the nodes gaining share (R-data): with
+    # none, a node failing every request would pass a pause nobody called it in. 20 is the
+    # fewest at which the default 5% bound can tell one failure from none.
+    min_requests: int = Field(default=20, ge=0, le=MAX_MIN_REQUESTS)
 
     @model_validator(mode="after")
     def _increasing_percentages(self) -> Rollout:

@@ -11,6 +11,8 @@ problem reported with its file, line, column and field:
       registry: registry.example.com:5000/ml   # optional: push built images, nodes pull
       engines:                # optional: without a registry, how to reach each other
         worker-1: ssh://root@10.0.0.12         # node's engine to load images into it
+    allowEmpty: false         # watch: apply a revision with no Node or Alias (destroys all)
+    destroyBudget: 50         # watch: most live nodes (percent) one revision may destroy
 
 The spec loader skips this file (it is no Node or Alias document), whatever it holds.
 """
@@ -71,6 +73,9 @@ class Settings(SpecModel):
 
     runtime: Literal["docker", "swarm"] = "docker"
     swarm: SwarmSettings = Field(default_factory=SwarmSettings)
+    # Safety for `watch`, which applies every push unattended (gitops_nodes/guards.py).
+    allow_empty: bool = False
+    destroy_budget: int = Field(default=50, ge=0, le=100)
 
 
 def load_settings(root: Path) -> Settings:

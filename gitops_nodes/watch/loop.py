@@ -24,7 +24,7 @@ from starlette.routing import Route
 
 from balancer.server import Balancer, ServeOptions
 from gitops_nodes.errors import GitopsNodesError
-from gitops_nodes.watch.reconcile import Reconciler, ReconcileResult
+from gitops_nodes.watch.reconcile import Reconciler, ReconcileResult, RolloutRun
 from gitops_nodes.watch.source import Revision, Source
 
 log = logging.getLogger("gitops_nodes.watch")
@@ -208,8 +208,14 @@ class WatchLoop:
     async def _drive_rollout(self) -> None:
         """Advance the rollout step by step while its gates hold; roll back when one fails."""
         reconciler = self.reconciler
+        current: tuple[RolloutRun, int] | None = None
+        start: dict[str, tuple[int, int]] = {}
         while (run := reconciler.rollout) is not None:
-            start = self._counters()
+            if current is None or current[0] is not run or current[1] != run.stage:
+                # A new step: judged on the requests from now on, over as many pauses as
+                # it takes to see minRequests of them.
+                current, start = (run, run.stage), self._counters()
+                run.begin_stage()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), run.pause)
             async with self.busy:

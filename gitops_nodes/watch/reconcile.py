@@ -13,7 +13,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -21,11 +21,15 @@ from balancer.table import RoutingTable, TableError, read_table
 from gitops_nodes import workflow
 from gitops_nodes.apply import ApplyOptions, Outcome, StepResult
 from gitops_nodes.errors import GitopsNodesError, RuntimeUnavailable
+from gitops_nodes.guards import Refused, check_destroy_budget, check_not_empty
+from gitops_nodes.live import LiveState
+from gitops_nodes.plan import Plan
 from gitops_nodes.rollout import error_rate, gaining, rollout_steps
 from gitops_nodes.runtime.base import Runtime
 from gitops_nodes.spec.errors import SpecErrors
 from gitops_nodes.spec.load import SpecLoader
 from gitops_nodes.spec.models import Rollout
+from gitops_nodes.spec.settings import SETTINGS_FILE, Settings, load_settings
 from gitops_nodes.spec.state import DesiredState
 from gitops_nodes.statedir import StateDir
 from gitops_nodes.watch.source import Revision, Source
@@ -42,7 +46,7 @@ class ReconcileResult:
     revision: str
     summary: str  # the commit's subject
     reason: str  # what triggered it: start, commit, change, hook, interval, drift
-    outcome: str  # applied, unchanged, invalid, failed
+    outcome: str  # applied, unchanged, rolling out, invalid, refused, failed, rolled back
     started_at: float  # seconds since the epoch
     seconds: float
     actions: int  # plan steps carried out
@@ -97,13 +101,16 @@ class Reconciler:
         self.rollout = None
         try:
             desired = self.loader.load(revision.tree)
+            settings = load_settings(revision.tree)
         except SpecErrors as exc:
             return self._record(result("invalid", error=str(exc)))
+        guard = _guard(desired, settings)
         staged = self._stage(revision, desired)
         if staged is None:
-            return self._apply(revision, desired, result, final=True)
+            return self._apply(revision, desired, result, final=True, check=guard)
+        staged.check = guard
         self.rollout = staged
-        return self._apply(revision, staged.stages[0], result, final=False)
+        return self._apply(revision, staged.stages[0], result, final=False, check=guard)
 
     def advance(self) -> ReconcileResult | None:
         """Apply the rollout's next step; the last one completes the revision."""
@@ -113,7 +120,9 @@ class Reconciler:
         run.stage += 1
         final = run.stage == len(run.stages) - 1
         result = _results(run.revision, f"rollout step {run.stage + 1}/{len(run.stages)}")
-        outcome = self._apply(run.revision, run.stages[run.stage], result, final=final)
+        outcome = self._apply(
+            run.revision, run.stages[run.stage], result, final=final, check=run.check
+        )
         if final or not outcome.ok:
             self.rollout = None
         return outcome
@@ -206,7 +215,10 @@ class Reconciler:
         desired: DesiredState,
         result: Callable[..., ReconcileResult],
         final: bool,
+        check: Callable[[Plan, LiveState], None] | None = None,
     ) -> ReconcileResult:
+        """Apply one state of revision; check (none when healing a revision applied before)
+        may refuse its plan."""
         try:
             runtime = self._runtime()
             run = workflow.apply(
@@ -217,7 +229,10 @@ class Reconciler:
                 self.options,
                 on_result=_log_step,
                 on_publish=self.on_publish,
+                check=check,
             )
+        except Refused as exc:
+            return self._record(result("refused", error=str(exc)))
         except RuntimeUnavailable as exc:
             self.runtime = None  # reconnect next time: the engine may come back
             return self._record(result("failed", error=str(exc)))
@@ -292,6 +307,8 @@ class RolloutRun:
     gates: dict[str, tuple[list[str], Rollout]]  # alias -> (nodes gaining share, its rollout)
     pause: float
     stage: int = 0
+    check: Callable[[Plan, LiveState], None] | None = None  # the revision's guards
+    seen: dict[str, int] = field(default_factory=dict)  # alias -> requests judged on so far
 
     def judge(
         self,
@@ -299,21 +316,33 @@ class RolloutRun:
         end: Mapping[str, tuple[int, int]],
         healthy: Callable[[str], bool],
     ) -> tuple[bool, str | None]:
-        """(ready to advance, why to roll back) after a pause at the current stage."""
+        """(ready to advance, why to roll back) at the current stage, on the balancer's
+        counters from when the stage began (start) to now (end). A stage is judged on its
+        error rate only once the nodes gaining share have had `minRequests` requests; until
+        then it is neither passed nor failed (no data is no pass), unless a node has no
+        Healthy instance at all."""
         ready = True
         for alias, (nodes, rollout) in self.gates.items():
             for node in nodes:
                 if not healthy(node):
                     return False, f"alias {alias}: node {node} has no Healthy instance"
+            if not nodes:
+                continue  # no node's share grows: nothing to judge
             requests, rate = error_rate(start, end, nodes)
+            self.seen[alias] = requests
+            if requests < rollout.min_requests:
+                ready = False  # not enough traffic to judge yet: wait another pause
+                continue
             if rate > rollout.max_error_rate:
                 return False, (
                     f"alias {alias}: {rate:.1%} of {requests} requests to "
                     f"{', '.join(nodes)} failed, over the {rollout.max_error_rate:.1%} bound"
                 )
-            if requests < rollout.min_requests:
-                ready = False  # not enough traffic to judge yet: wait another pause
         return ready, None
+
+    def begin_stage(self) -> None:
+        """A stage starts: its requests are counted from zero."""
+        self.seen = {}
 
     def status(self) -> dict[str, Any]:
         return {
@@ -324,7 +353,31 @@ class RolloutRun:
                 name: [list(route) for route in self.stages[self.stage].aliases[name].routes]
                 for name in self.gates
             },
+            # Per alias: the requests the step has seen to the nodes gaining share, and how
+            # many more it needs before it is judged.
+            "requests": {
+                name: {
+                    "seen": self.seen.get(name, 0),
+                    "minRequests": rollout.min_requests,
+                    "needed": max(0, rollout.min_requests - self.seen.get(name, 0)),
+                    "nodes": nodes,
+                }
+                for name, (nodes, rollout) in self.gates.items()
+            },
         }
+
+
+def _guard(desired: DesiredState, settings: Settings) -> Callable[[Plan, LiveState], None]:
+    """What watch refuses of a revision (gitops_nodes/guards.py), as its settings allow."""
+
+    def check(plan: Plan, live: LiveState) -> None:
+        if not (desired.nodes or desired.aliases):
+            if settings.allow_empty:
+                return  # meant, destroying everything: no budget applies
+            check_not_empty(desired, live, f"set `allowEmpty: true` in its {SETTINGS_FILE}")
+        check_destroy_budget(plan, live, settings.destroy_budget)
+
+    return check
 
 
 def _results(revision: Revision, reason: str) -> Callable[..., ReconcileResult]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from gitops_nodes.spec.state import DesiredAlias, DesiredNode, DesiredState, Sou
 PROJECT = "mem"
 
 
+@functools.lru_cache(maxsize=1024)  # property tests make the same few thousands of times
 def node(
     name: str,
     *,

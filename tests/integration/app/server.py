@@ -1,6 +1,7 @@
 """The test service: answers its version, and misbehaves on request through its environment.
 
 VERSION: what GET / answers. HEALTH=fail: /healthz answers 503 forever. CRASH=1: exit at start.
+SICK_FILE: /healthz answers 503 while that file exists (`docker exec ... touch` makes it sick).
 STATUS: the status code of every answer but /healthz's (200 by default).
 GET /slow?ms=N answers after N milliseconds.
 Behind a private alias or node it also answers the caller's name the balancer passed on.
@@ -33,7 +34,9 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         if self.path == "/healthz":
-            status = 503 if os.environ.get("HEALTH") == "fail" else 200
+            sick = os.environ.get("SICK_FILE")
+            failing = os.environ.get("HEALTH") == "fail" or bool(sick and os.path.exists(sick))
+            status = 503 if failing else 200
         else:
             status = int(os.environ.get("STATUS", "200"))
             with LOCK:

@@ -1,0 +1,236 @@
+"""The watch loop on the memory runtime, with a stand-in balancer whose counters the test
+sets: rollouts are judged only on enough requests (R-data), refused revisions keep the last
+good state serving (R-prune). Real pauses of 20 ms; no Docker, no sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from balancer.server import ServeOptions
+from balancer.table import RoutingTable, read_table
+from gitops_nodes.apply import ApplyOptions
+from gitops_nodes.runtime.memory import Faults, MemoryRuntime, VirtualClock
+from gitops_nodes.statedir import StateDir
+from gitops_nodes.watch.loop import WatchLoop
+from gitops_nodes.watch.reconcile import Reconciler
+from gitops_nodes.watch.source import Revision
+from tests.unit.test_reconcile_memory import PROJECT, Repo, alias_doc, node_doc
+
+
+@dataclass
+class Series:
+    codes: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass
+class Route:
+    healthy: bool = True
+
+    def has_healthy(self) -> bool:
+        return self.healthy
+
+
+class StandInBalancer:
+    """What the loop reads of the embedded balancer: per-node counters and health."""
+
+    def __init__(self) -> None:
+        self.extra_routes: list[Any] = []
+        self.extra_status: Any = None
+        self.open_paths: set[str] = set()
+        self.metrics = type("Metrics", (), {"nodes": {}})()
+        self.router = type("Router", (), {"nodes": {}})()
+        self.tables: list[RoutingTable] = []
+
+    def swap(self, table: RoutingTable) -> None:
+        self.tables.append(table)
+        self.router.nodes = {name: Route() for name in table.nodes}
+
+    def count(self, node: str, code: int, requests: int) -> None:
+        series = self.metrics.nodes.setdefault(node, Series())
+        series.codes[code] = series.codes.get(code, 0) + requests
+
+    async def start(self, options: ServeOptions) -> None:
+        return None
+
+    async def shutdown(self, drain_timeout: float) -> None:
+        return None
+
+
+class ListSource:
+    """The newest of the revisions a test commits; no change notifications (the test wakes
+    the loop itself)."""
+
+    def __init__(self) -> None:
+        self.revisions: list[Revision] = []
+
+    @property
+    def last(self) -> Revision | None:
+        return self.revisions[-1] if self.revisions else None
+
+    def describe(self) -> str:
+        return "memory"
+
+    def poll(self) -> Revision:
+        return self.revisions[-1]
+
+    def at(self, revision_id: str) -> Revision | None:
+        return next((r for r in self.revisions if r.id == revision_id), None)
+
+    async def changes(self, stop: asyncio.Event) -> AsyncIterator[None]:
+        await stop.wait()
+        return
+        yield
+
+
+class Harness:
+    def __init__(self, tmp_path: Path) -> None:
+        self.runtime = MemoryRuntime(VirtualClock(), Faults())
+        self.runtime.fleet(PROJECT).start()
+        self.repo = Repo(tmp_path / "repo")
+        self.source = ListSource()
+        self.balancer = StandInBalancer()
+        self.state = StateDir(tmp_path / "state")
+        self.loop = asyncio.new_event_loop()
+        options = ApplyOptions(
+            parallelism=1, drain_timeout=1, stop_grace=1, clock=self.runtime.clock
+        )
+        self.reconciler = Reconciler(
+            PROJECT,
+            self.state,
+            lambda: self.runtime,
+            options,
+            on_publish=lambda t: self.loop.call_soon_threadsafe(self.balancer.swap, t),
+        )
+        self.watch = WatchLoop(
+            self.loop,
+            self.source,
+            self.reconciler,
+            self.balancer,  # a stand-in: what the loop reads of the balancer
+            3600.0,  # no timer: the test wakes the loop with each commit
+            None,
+        )
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        self.loop.run_until_complete(self.watch.run(ServeOptions("127.0.0.1", 0), 0.1))
+
+    def __enter__(self) -> Harness:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.thread.is_alive():
+            self.loop.call_soon_threadsafe(self.watch.stop)
+            self.thread.join(timeout=10)
+        self.loop.close()
+
+    def commit(self, *documents: dict[str, object], settings: str | None = None) -> str:
+        revision = self.repo.commit(*documents, settings=settings)
+        self.source.revisions.append(revision)
+        if self.thread.is_alive():
+            self.loop.call_soon_threadsafe(self.watch.trigger, "hook")
+        else:
+            self.thread.start()  # the loop's first reconcile ("start") takes it
+        return revision.id
+
+    def status(self) -> dict[str, Any]:
+        return self.reconciler.status()
+
+    def wait(self, what: str, check: Callable[[], bool], seconds: float = 10.0) -> None:
+        done = threading.Event()
+        for _ in range(int(seconds / 0.01)):
+            if check():
+                return
+            done.wait(0.01)  # polling the loop's thread against a deadline
+        raise AssertionError(f"timed out waiting for {what}: {self.status()}")
+
+    def routes(self, alias: str) -> object:
+        table = read_table(self.state.table)
+        return table.aliases[alias].targets if table and alias in table.aliases else None
+
+
+def rollout_alias(*routes: tuple[str, int], extra: str = "") -> dict[str, object]:
+    doc = alias_doc("api", *routes)
+    spec = doc["spec"]
+    assert isinstance(spec, dict)
+    spec["rollout"] = {"steps": [50], "pause": "20ms", "maxErrorRate": 0.1}
+    return doc
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Harness:
+    return Harness(tmp_path)
+
+
+def start_v1(h: Harness) -> str:
+    first = h.commit(node_doc("v1"), rollout_alias(("v1", 100)))
+    h.wait("v1 applied", lambda: h.status()["appliedRevision"] == first)
+    return first
+
+
+def test_a_rollout_without_traffic_is_never_promoted(harness: Harness) -> None:
+    with harness as h:
+        first = start_v1(h)
+        h.commit(node_doc("v2", "2"), rollout_alias(("v2", 100)))
+        h.wait("step 1", lambda: (h.status()["rollout"] or {}).get("step") == 1)
+        time.sleep(0.3)  # fifteen pauses of 20 ms with no request: nothing may happen
+
+        rollout = h.status()["rollout"]
+        assert rollout is not None and rollout["step"] == 1, h.status()
+        assert rollout["requests"]["api"] == {
+            "seen": 0,
+            "minRequests": 20,
+            "needed": 20,
+            "nodes": ["v2"],
+        }
+        assert h.status()["appliedRevision"] == first
+        assert h.routes("api") == (("v2", 500), ("v1", 500))
+        assert {c.node for c in h.runtime.containers.values()} == {"v1", "v2"}
+
+        h.balancer.count("v2", 200, 12)  # some traffic: not yet enough to judge
+        h.wait("12 seen", lambda: h.status()["rollout"]["requests"]["api"]["seen"] == 12)
+        assert h.status()["rollout"]["requests"]["api"]["needed"] == 8
+        h.balancer.count("v2", 200, 8)
+        h.wait("the rollout to finish", lambda: h.status()["rollout"] is None)
+        assert h.routes("api") == (("v2", 100),)
+
+
+def test_a_rollout_is_rolled_back_once_enough_requests_failed(harness: Harness) -> None:
+    with harness as h:
+        first = start_v1(h)
+        bad = h.commit(node_doc("v2", "2"), rollout_alias(("v2", 100)))
+        h.wait("step 1", lambda: (h.status()["rollout"] or {}).get("step") == 1)
+        time.sleep(0.1)  # the step's counting has begun (its driver took the counters)
+        h.balancer.count("v2", 500, 5)  # failures, but too few to judge on
+        time.sleep(0.1)  # five pauses: still not judged
+        assert h.status()["rollout"] is not None
+        h.balancer.count("v2", 500, 15)
+
+        h.wait("the rollback", lambda: (h.status()["lastError"] or {}).get("revision") == bad)
+        assert h.status()["lastError"]["outcome"] == "rolled back"
+        assert "100.0% of 20 requests to v2 failed" in h.status()["lastError"]["error"]
+        assert h.status()["appliedRevision"] == first
+        h.wait("v1 alone again", lambda: h.routes("api") == (("v1", 100),))
+
+
+def test_an_empty_commit_is_refused_and_the_last_good_state_keeps_serving(
+    harness: Harness,
+) -> None:
+    with harness as h:
+        first = start_v1(h)
+        before = set(h.runtime.containers)
+        empty = h.commit()
+        h.wait("the refusal", lambda: (h.status()["lastError"] or {}).get("revision") == empty)
+
+        assert h.status()["lastError"]["outcome"] == "refused"
+        assert "allowEmpty: true" in h.status()["lastError"]["error"]
+        assert h.status()["appliedRevision"] == first
+        assert set(h.runtime.containers) == before
+        assert h.routes("api") == (("v1", 100),)
