@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from balancer.backends import Backend
 from balancer.head import Head
-from balancer.http import MAX_BODY
+from balancer.http import MAX_BODY, MAX_CLIENTS, MAX_HEAD, MAX_HEADERS
 from balancer.routing import Affinity, AliasRoute, NodeRoute, Router
 
 if TYPE_CHECKING:
@@ -41,13 +41,35 @@ log = logging.getLogger("gitops_nodes.balancer")
 
 @dataclass(frozen=True)
 class ProxySettings:
-    """Limits and timeouts of the data plane (seconds, bytes)."""
+    """Limits and timeouts of the data plane (seconds, bytes).
+
+    The client limits bound what one connection can make the balancer hold: a request head
+    (request line and header lines) of at most max_head bytes and max_headers lines (431, or
+    414 when the request line alone is longer), sent within header_timeout (408); a
+    kept-alive connection idle for idle_timeout closes; past max_clients open connections,
+    a new one is answered 503 and closed.
+    """
 
     max_body: int = MAX_BODY
     connect_timeout: float = 5.0
     read_timeout: float = 60.0  # silence from an instance: before the head, between reads
     idle_timeout: float = 60.0  # kept-alive client connections (instances: each node's own)
     access_log: bool = False
+    max_head: int = MAX_HEAD
+    max_headers: int = MAX_HEADERS
+    header_timeout: float = 10.0  # from a head's first byte to its last (and connect to first)
+    max_clients: int = MAX_CLIENTS  # open client connections, per worker process
+
+    def limits(self) -> dict[str, float | int]:
+        """The client limits, as `/-/status` shows them."""
+        return {
+            "maxHeadBytes": self.max_head,
+            "maxHeaders": self.max_headers,
+            "maxBodyBytes": self.max_body,
+            "headerTimeoutSeconds": self.header_timeout,
+            "idleTimeoutSeconds": self.idle_timeout,
+            "maxClients": self.max_clients,
+        }
 
 
 class Observer(Protocol):
@@ -121,8 +143,7 @@ class Proxy:
         for upstream in list(self.upstreams):
             upstream.check_deadline(now, settings)
         for client in list(self.clients):
-            if client.active is None and now - client.last_active > settings.idle_timeout:
-                client.close()
+            client.check_deadline(now, settings)
 
     def close_idle_clients(self) -> None:
         """Close keep-alive connections with nothing in flight (graceful shutdown)."""

@@ -126,6 +126,11 @@ class Balancer:
         )
 
     @property
+    def limits(self) -> dict[str, float | int]:
+        """The client limits this process enforces, for `/-/status`."""
+        return self.proxy.settings.limits()
+
+    @property
     def router(self) -> Router:
         """The current routing table, compiled; requests read it once at their start."""
         return self.proxy.router
