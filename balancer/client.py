@@ -40,6 +40,7 @@ from balancer.upstream import UpstreamConnection
 
 access_log = logging.getLogger("gitops_nodes.balancer.access")
 HEADS = HeadCache()  # one per process: every connection's clients send the same few heads
+NO_HEADS = HeadCache(max_bytes=0)  # for connections whose limits are below HEADS' bounds
 
 
 class TooManyHeaders(Exception):
@@ -70,6 +71,8 @@ class ClientConnection(asyncio.Protocol):
         settings = proxy.settings
         self.max_head = settings.max_head
         self.max_headers = settings.max_headers
+        # Remembered heads are within these limits, so the fast path checks nothing.
+        self.heads = HEADS if HEADS.admits(self.max_head, self.max_headers) else NO_HEADS
         # A head that is not whole yet: since when, how many bytes (an estimate for one that
         # began behind another message in a read), its last bytes (the blank line that ends
         # it may straddle two reads) and whether its request line ended.
@@ -80,7 +83,8 @@ class ClientConnection(asyncio.Protocol):
         self.line_done = False
         self.last_made: Request | None = None  # the request the parser made last
         self.served = False  # a request came: the idle timeout applies, not the header one
-        self.refusing = False  # a refusal is queued or answered: nothing more is read
+        # A refusal is queued or answered: nothing more is read (at_boundary stays False).
+        self.refusing = False
         self.lingering = False
         self.linger_until = 0.0
 
@@ -113,26 +117,21 @@ class ClientConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_active = self.proxy.loop.time()
-        if self.refusing:
-            return  # after a refusal nothing more is served: what comes is discarded
         end = -1
-        at_boundary = self.at_boundary
-        if at_boundary:
+        if self.at_boundary and self.active is None:  # never while refusing
             end = data.find(b"\r\n\r\n") + 4
             if end > 3:
-                if end > self.max_head:
-                    self.head_too_large(data.find(b"\n", 0, self.max_head) < 0)
+                head = self.heads.get(data if end == len(data) else data[:end])
+                if head is not None and end + max(head.content_length, 0) == len(data):
+                    self.start(self.known(head, data[end:]))
                     return
-                if self.active is None:
-                    head = HEADS.get(data if end == len(data) else data[:end])
-                    if (
-                        head is not None
-                        and end + max(head.content_length, 0) == len(data)
-                        and len(head.headers) <= self.max_headers
-                    ):
-                        self.start(self.known(head, data[end:]))
-                        return
-            elif len(data) > self.max_head:
+        if self.refusing:
+            return  # after a refusal nothing more is served: what comes is discarded
+        at_boundary = self.at_boundary
+        if at_boundary:
+            if end < 0:
+                end = data.find(b"\r\n\r\n") + 4
+            if end > self.max_head or (end == 3 and len(data) > self.max_head):
                 self.head_too_large(data.find(b"\n", 0, self.max_head) < 0)
                 return
         elif self.in_head and self.head_bytes + len(data) > self.max_head:
@@ -298,7 +297,7 @@ class ClientConnection(asyncio.Protocol):
                 self.pause()
 
     def on_message_complete(self) -> None:
-        self.at_boundary = True
+        self.at_boundary = not self.refusing  # refusing: the fast path must not serve more
         request = self.parsing
         if request is None:
             return
@@ -598,6 +597,7 @@ class ClientConnection(asyncio.Protocol):
         """Answer request, whose body is arriving, with code and close: its exchange with an
         instance is dropped (cut off when the instance's answer has begun)."""
         self.refusing = True
+        self.at_boundary = False
         request.keep_alive = False
         if request.local is None:  # not answered by the balancer already (a 404, a 413)
             upstream = request.upstream
@@ -623,6 +623,7 @@ class ClientConnection(asyncio.Protocol):
             self.refuse_body(request, code, message)
             return
         self.refusing = True
+        self.at_boundary = False
         self.pause()
         refusal = Request(b"-", b"-", "1.1", self.proxy.loop.time())
         refusal.client = self
@@ -642,6 +643,7 @@ class ClientConnection(asyncio.Protocol):
             self.refuse(501, "protocol upgrades (WebSocket) are not supported")
             return
         self.refusing = True
+        self.at_boundary = False
         self.pause()
         if request.upstream is not None:  # an execute call waiting for its body
             request.upstream.abort_exchange(client_gone=False)
@@ -679,6 +681,7 @@ class ClientConnection(asyncio.Protocol):
         if self.closed or self.lingering:
             return
         self.refusing = self.lingering = True
+        self.at_boundary = False
         self.linger_until = self.proxy.loop.time() + LINGER
         try:
             self.transport.write_eof()

@@ -98,7 +98,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.sending = request
         request.upstream = self
         self.reused = reused
-        self.response_started = self.informed = False
+        self.response_started = False
         self.raw = b""
         self.deadline_from = now = self.proxy.loop.time()
         held = request.held
@@ -200,7 +200,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.informed = True
             return
         self.raw = b""
-        self.informational = False
+        self.informational = self.informed = False  # (reset here, off the fast path)
         self.code = code
         self.response_started = True
         if request is None:

@@ -13,7 +13,13 @@ process it starts is stopped on the way out, also on Ctrl-C, SIGTERM or an error
 3. two workers, nothing pinned but the backend (the proxies and wrk share both cores):
    nginx with two worker processes against `gitops-nodes serve --workers 2` (SO_REUSEPORT),
    `wrk -t2`;
-4. the balancer's peak memory (VmHWM), summed over its workers.
+4. the balancer's peak memory (VmHWM), summed over its workers;
+5. the resident memory (VmRSS) of one balancer worker holding 1,000 idle kept-alive client
+   connections (each served one request first), with its client limits on (the defaults).
+
+With --compare REV the balancer of git revision REV (its tree exported to the temporary
+folder) is measured too, as one more target interleaved with the others, and its idle-client
+memory next to this tree's: old and new in the same run, under the same load.
 
 Each target is warmed up with wrk before it is measured. With --rounds N every target of a part
 is measured N times, interleaved with the others (all of them stay up meanwhile, idle when not
@@ -21,6 +27,7 @@ measured), and the median round counts: load from elsewhere then spreads over al
 Figures are ratios within one run; absolute numbers depend on the machine and its other load.
 
     python3 benchmarks/balancer_bench.py [--duration 10] [--connections 32] [--rounds 1]
+                                         [--compare REV] [--idle-clients 1000]
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import contextlib
 import http.client
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -419,12 +427,38 @@ class Settings:
     connections: int
     rounds: int
     busy_before: float = 0.0
+    compare: Path | None = None  # the exported tree of another revision, measured alongside
+    compare_label: str = ""
+    idle_clients: int = 1000
+
+
+def export_revision(revision: str, workdir: Path) -> Path:
+    """The tree of a git revision of this repository, exported to a folder of workdir."""
+    folder = workdir / "compare-tree"
+    folder.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(REPO_ROOT), "archive", "--format=tar", revision],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    if archive.returncode != 0:
+        raise BenchError(f"git archive {revision} failed: {archive.stderr.decode().strip()}")
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive.stdout, check=True, timeout=60)
+    return folder
 
 
 def start_balancer(
-    procs: Processes, workdir: Path, backend_port: int, workers: int, core: str | None
+    procs: Processes,
+    workdir: Path,
+    backend_port: int,
+    workers: int,
+    core: str | None,
+    root: Path = REPO_ROOT,
+    name: str = "",
 ) -> tuple[Server, int]:
-    state_dir = workdir / f"state-{workers}"
+    name = name or f"balancer-{workers}w"
+    state_dir = workdir / f"state-{name}"
     write_table(state_dir / PROJECT / "routing-table.json", balancer_table(backend_port))
     port, admin_port = free_port(), free_port()
     command = [
@@ -444,8 +478,8 @@ def start_balancer(
         str(workers),
     ]
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    server = procs.start(f"balancer-{workers}w", pinned(core, command), env=env)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
+    server = procs.start(name, pinned(core, command), env=env)
     wait_for_port(server, port)
     wait_for_port(server, admin_port)
     wait_for_healthy(server, admin_port, times=1 if workers == 1 else 10)
@@ -459,6 +493,46 @@ def balancer_memory_kib(server: Server, workers: int) -> tuple[int, list[int]]:
     if workers == 1:
         return own, [own]
     return own, [vm_hwm_kib(pid) for pid in children_of(server.process.pid)]
+
+
+def vm_rss_kib(pid: int) -> int:
+    """The process's resident set size now (VmRSS), in KiB; 0 when it has gone."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def idle_client_memory(server: Server, port: int, clients: int) -> tuple[int, int]:
+    """(VmRSS before, VmRSS with `clients` idle connections open) of a one-worker balancer.
+
+    Each connection is served one request through the alias first, so it is a kept-alive
+    client between requests (the header timeout closes connections that never send one).
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < clients + 256:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, clients + 256), hard))
+    request = f"GET /aliases/{ALIAS}{REQUEST_PATH} HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
+    before = vm_rss_kib(server.process.pid)
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(clients):
+            sock = socket.create_connection((HOST, port), timeout=10)
+            sockets.append(sock)
+            sock.sendall(request)
+            answer = b""
+            while not answer.endswith(BODY.encode()):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise BenchError(f"the balancer closed an idle-memory client: {answer!r}")
+                answer += chunk
+        time.sleep(0.5)  # let the balancer settle with all of them open and idle
+        server.check_running()
+        return before, vm_rss_kib(server.process.pid)
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def measure_rounds(
@@ -490,9 +564,17 @@ def start_nginx_proxy(
     return port
 
 
+@dataclass(frozen=True)
+class Memory:
+    """A balancer's peak memory over its workers, and one worker's RSS with idle clients."""
+
+    peak: tuple[int, list[int]]
+    idle: dict[str, tuple[int, int]]  # by balancer label: (RSS before, RSS with idle clients)
+
+
 def one_core(
     procs: Processes, workdir: Path, backend_port: int, settings: Settings
-) -> tuple[dict[str, Measured], tuple[int, list[int]]]:
+) -> tuple[dict[str, Measured], Memory]:
     """The backend alone, then nginx, HAProxy and the balancer, each on core PROXY_CORE."""
     nginx_port = start_nginx_proxy(procs, workdir, backend_port, 1, PROXY_CORE)
     haproxy_port = free_port()
@@ -507,11 +589,23 @@ def one_core(
         ("HAProxy", f"http://{HOST}:{haproxy_port}{REQUEST_PATH}"),
         ("balancer", f"http://{HOST}:{balancer_port}/aliases/{ALIAS}{REQUEST_PATH}"),
     ]
+    balancers = [("balancer", balancer, balancer_port)]
+    if settings.compare is not None:
+        label = f"balancer@{settings.compare_label}"
+        old, old_port = start_balancer(
+            procs, workdir, backend_port, 1, PROXY_CORE, root=settings.compare, name=label
+        )
+        targets.append((label, f"http://{HOST}:{old_port}/aliases/{ALIAS}{REQUEST_PATH}"))
+        balancers.append((label, old, old_port))
     results = measure_rounds(targets, settings, threads=1, core=CLIENT_CORE)
     balancer.check_running()
-    memory = balancer_memory_kib(balancer, 1)
+    peak = balancer_memory_kib(balancer, 1)
+    idle = {}
+    for label, server, port in balancers:
+        print(f"  {label}: {settings.idle_clients} idle clients ...", file=sys.stderr, flush=True)
+        idle[label] = idle_client_memory(server, port, settings.idle_clients)
     procs.stop_all_but(1)  # the backend stays for the two-worker part
-    return results, memory
+    return results, Memory(peak, idle)
 
 
 def two_workers(
@@ -563,7 +657,7 @@ def _mib(kib: int) -> str:
 def report(
     settings: Settings,
     single: dict[str, Measured],
-    single_memory: tuple[int, list[int]],
+    single_memory: Memory,
     double: dict[str, Measured],
     double_memory: tuple[int, list[int]],
 ) -> None:
@@ -587,6 +681,14 @@ def report(
         verdict = f"  (target >= {TARGET_RATIO}: {'met' if met else 'NOT met'})"
     print(f"  balancer/nginx   {ratio_nginx}{verdict}")
     print(f"  balancer/HAProxy {_ratio(balancer, single.get('HAProxy'))}")
+    if settings.compare is not None:
+        label = f"balancer@{settings.compare_label}"
+        ratio_old = _ratio(single.get(label), single.get("nginx"))
+        print(f"  {label}/nginx {ratio_old}", end="")
+        if ratio_old != "n/a" and ratio_nginx != "n/a":
+            print(f"  (this tree minus it: {float(ratio_nginx) - float(ratio_old):+.2f})")
+        else:
+            print()
     print()
     print_table(
         f"Two workers, NOT pinned: the proxy's 2 processes and wrk -t2 -c{c} -d{d:g}s share "
@@ -596,13 +698,23 @@ def report(
     ratio_two = _ratio(double.get("balancer, 2 workers"), double.get("nginx, 2 workers"))
     print(f"  balancer/nginx   {ratio_two}")
     print()
-    _, one = single_memory
+    _, one = single_memory.peak
     parent, workers = double_memory
     print("Balancer peak memory (VmHWM, read after its measurements):")
     print(f"  1 worker:  {_mib(sum(one))}")
     parts = " + ".join(_mib(k) for k in workers)
     print(f"  2 workers: {_mib(sum(workers))} ({parts})")
     print(f"  (their parent, which only forks and waits: {_mib(parent)}, not counted)")
+    print(
+        f"One balancer worker's memory (VmRSS) with {settings.idle_clients:,} idle kept-alive"
+        " client connections:"
+    )
+    for label, (before, during) in single_memory.idle.items():
+        each = (during - before) / max(1, settings.idle_clients)
+        print(
+            f"  {label + ':':<22}{_mib(during)} ({_mib(before)} before them;"
+            f" {each:.1f} KiB a connection)"
+        )
     failures = sum(m.failures for m in [*single.values(), *double.values()])
     if failures:
         print(f"\nWARNING: {failures} failed requests (socket errors or non-2xx); see 'errors'.")
@@ -624,9 +736,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=1,
         help="measure each target this many times, interleaved, and keep the median (1)",
     )
+    parser.add_argument(
+        "--compare",
+        metavar="REV",
+        help="also measure the balancer of this git revision (e.g. main), interleaved",
+    )
+    parser.add_argument(
+        "--idle-clients",
+        type=int,
+        default=1000,
+        help="idle client connections for the memory figure (1000)",
+    )
     args = parser.parse_args(argv)
-    if args.duration < 1 or args.connections < 2 or args.rounds < 1:
-        parser.error("needs --duration >= 1, --connections >= 2 and --rounds >= 1")
+    if args.duration < 1 or args.connections < 2 or args.rounds < 1 or args.idle_clients < 1:
+        parser.error(
+            "needs --duration >= 1, --connections >= 2, --rounds >= 1 and --idle-clients >= 1"
+        )
 
     def body() -> None:
         require("wrk", "nginx", "haproxy", "taskset")
@@ -634,13 +759,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise BenchError(
                 "needs at least two cores (proxy on core 0, wrk and backend on core 1)"
             )
-        settings = Settings(args.duration, args.warmup, args.connections, args.rounds, cpu_busy())
+        busy = cpu_busy()
         with (
             signals_interrupt(),
             tempfile.TemporaryDirectory(prefix="balancer-bench-") as temp,
             Processes(Path(temp)) as procs,
         ):
             workdir = Path(temp)
+            compare = export_revision(args.compare, workdir) if args.compare else None
+            settings = Settings(
+                args.duration,
+                args.warmup,
+                args.connections,
+                args.rounds,
+                busy,
+                compare,
+                args.compare or "",
+                args.idle_clients,
+            )
             backend_port = free_port()
             conf = nginx_backend_conf(workdir, backend_port)
             backend = procs.start("backend", pinned(CLIENT_CORE, ["nginx", "-c", str(conf)]))
