@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import os
+import resource
 import signal
 import socket
 import tempfile
@@ -228,6 +229,7 @@ class Balancer:
         Raises AccessConfigError, before listening, for an admin port beyond loopback
         without a key."""
         admin = admin_guard(options.admin_host, options.admin_token)
+        raise_open_files(self.proxy.settings.max_clients)
         if self.table_file is not None:
             self.reload_file()
             if self.follow:
@@ -307,6 +309,26 @@ class _EmbeddedServer(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+def raise_open_files(max_clients: int) -> None:
+    """Raise the soft limit of open files towards what max_clients needs (a client and an
+    instance connection each, plus room), up to the hard limit: a default soft limit of 1024
+    would otherwise fail accepts long before the documented limit answers 503."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 2 * max_clients + 1024
+    if hard != resource.RLIM_INFINITY:
+        wanted = min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        if resource.getrlimit(resource.RLIMIT_NOFILE)[0] < max_clients + 64:
+            log.warning(
+                "open files are limited to %d: fewer than --max-clients %d connections will be "
+                "accepted; raise the limit (ulimit -n) or lower --max-clients",
+                resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+                max_clients,
+            )
 
 
 def _bind(host: str, port: int, reuse_port: bool) -> socket.socket:
