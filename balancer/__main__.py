@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import signal
 import sys
 from pathlib import Path
 
+from balancer.logformat import configure as configure_logs
 from balancer.proxy import ProxySettings
 from balancer.push import push_routes
 from balancer.server import Balancer, ServeOptions, new_loop
@@ -35,8 +35,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-head-size", type=int, default=limits.max_head)
     parser.add_argument("--max-headers", type=int, default=limits.max_headers)
     parser.add_argument("--max-clients", type=int, default=limits.max_clients)
+    parser.add_argument(
+        "--log-format",
+        choices=["json", "text"],
+        default="json",
+        help="every log line (the access log's too) a JSON object, or a plain line",
+    )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    configure_logs(structured=args.log_format == "json")
     try:
         token = args.token_file.read_text().strip()
     except OSError as exc:
