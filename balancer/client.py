@@ -100,19 +100,28 @@ class ClientConnection(asyncio.Protocol):
         proxy.clients.add(self)
 
     def turn_away(self) -> None:
-        """Past max_clients: answer 503 before any request and close, holding nothing."""
+        """Past max_clients: answer 503 before any request, and close. The connection is not
+        one of the clients: it only lingers (a request it sent already is discarded, so the
+        kernel does not reset it before the client reads the 503), on a timer of its own."""
         proxy = self.proxy
-        self.closed = True
+        transport = self.transport
+        self.refusing = self.lingering = True
+        self.at_boundary = False
         request_id = proxy.request_id()
         message = (
             f"the balancer serves {proxy.settings.max_clients} client connections per worker"
             " and all are open: try again later"
         )
-        self.transport.write(
+        transport.write(
             local_response(503, error_body(503, message, request_id), request_id, close=True)
         )
-        self.transport.close()
         proxy.metrics.observe(None, None, 503, 0.0)
+        try:
+            transport.write_eof()
+        except (OSError, RuntimeError, NotImplementedError):
+            transport.close()
+            return
+        proxy.loop.call_later(LINGER, transport.close)
 
     def data_received(self, data: bytes) -> None:
         self.last_active = self.proxy.loop.time()

@@ -304,6 +304,11 @@ def test_an_idle_flood_past_max_clients_is_answered_503_and_closed(served):
         assert (answer.status, answer.reason) == (503, "Service Unavailable")
         assert "300 client connections per worker" in answer.json()["error"]
         assert answer.headers["connection"] == "close"
+        # A client that sends its request before reading still gets the 503, not a reset.
+        with connection(harness) as eager:
+            eager.sendall(get("/nodes/a/x"))
+            [answer] = parse_answers(read_to_eof(eager))
+        assert answer.status == 503
         # The connections within the limit are served, and a freed slot takes a new one.
         kept = [s for s in sockets if not readable(s)]
         assert len(kept) == limit
