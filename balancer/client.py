@@ -30,6 +30,7 @@ from balancer.http import (
     EXECUTE_PREFIX,
     HOLD_LIMIT,
     LINGER,
+    MAX_PIPELINED,
     error_body,
     local_response,
 )
@@ -44,6 +45,10 @@ NO_HEADS = HeadCache(max_bytes=0)  # for connections whose limits are below HEAD
 
 class TooManyHeaders(Exception):
     """Raised from the parser's header callback past the limit (the parser stops there)."""
+
+
+class TooManyPipelined(Exception):
+    """Raised from the parser's head callback when MAX_PIPELINED requests already wait."""
 
 
 class ClientConnection(asyncio.Protocol):
@@ -156,6 +161,8 @@ class ClientConnection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             if isinstance(exc.__context__, TooManyHeaders):
                 self.refuse(431, f"more than {self.max_headers} header lines in the request head")
+            elif isinstance(exc.__context__, TooManyPipelined):
+                self.refuse(429, f"more than {MAX_PIPELINED} pipelined requests waiting")
             else:
                 self.refuse(400, f"malformed request: {exc}")
         else:
@@ -261,6 +268,8 @@ class ClientConnection(asyncio.Protocol):
             self.url = b""
             self.headers = []
             return
+        if len(self.queue) >= MAX_PIPELINED:  # one read of tiny requests must not pile up
+            raise TooManyPipelined
         proxy = self.proxy
         parser = self.parser
         head = read_head(

@@ -16,6 +16,7 @@ MAX_BODY = 16 * 2**20
 MAX_HEAD = 32 * 1024  # request line and header lines, bytes
 MAX_HEADERS = 100  # header lines (Apache's LimitRequestFields)
 MAX_CLIENTS = 10_000  # open client connections per worker process
+MAX_PIPELINED = 100  # requests waiting behind the one being answered, per connection
 LINGER = 5.0  # seconds a closing connection reads and discards what the client still sends
 HOLD_LIMIT = 256 * 1024  # body bytes held while connecting before the client is paused
 HOP_BY_HOP = frozenset(
@@ -60,6 +61,7 @@ REASONS = {
     413: b"Payload Too Large",
     414: b"URI Too Long",
     422: b"Unprocessable Content",
+    429: b"Too Many Requests",
     431: b"Request Header Fields Too Large",
     500: b"Internal Server Error",
     501: b"Not Implemented",

@@ -378,6 +378,17 @@ def test_an_upgrade_pipelined_second_is_refused_501_after_the_first_answer(serve
     assert "/ws" not in counts and "/never" not in counts
 
 
+def test_a_read_of_many_tiny_pipelined_requests_is_cut_at_the_pipelining_limit(served):
+    harness, backend = served()
+    with connection(harness) as sock:
+        sock.sendall(get("/nodes/a/slow?ms=200") + get("/nodes/a/tiny") * 150)
+        answers = parse_answers(read_to_eof(sock, within=30))
+    # The one being answered, the 100 waiting behind it, then the refusal; nothing after.
+    assert [a.status for a in answers] == [200] * 101 + [429]
+    assert answers[-1].headers["connection"] == "close"
+    assert backend.counts()["/tiny"] == 100
+
+
 # -- Expect: 100-continue -----------------------------------------------------------------
 
 
@@ -498,6 +509,7 @@ _RFC_PHRASES = {
     413: {"Content Too Large", "Payload Too Large"},
     414: {"URI Too Long"},
     422: {"Unprocessable Content", "Unprocessable Entity"},
+    429: {"Too Many Requests"},
     431: {"Request Header Fields Too Large"},
     500: {"Internal Server Error"},
     501: {"Not Implemented"},
