@@ -19,6 +19,7 @@ from balancer.logformat import configure as configure_logs
 from balancer.proxy import ProxySettings
 from balancer.push import push_routes
 from balancer.server import Balancer, ServeOptions, new_loop
+from balancer.settings import SettingsError, parse_trusted_proxies
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,12 +37,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-headers", type=int, default=limits.max_headers)
     parser.add_argument("--max-clients", type=int, default=limits.max_clients)
     parser.add_argument(
+        "--trusted-proxies",
+        action="append",
+        default=[],
+        metavar="CIDRS",
+        help="clients whose X-Forwarded-*/Forwarded headers are believed (default: none)",
+    )
+    parser.add_argument(
         "--log-format",
         choices=["json", "text"],
         default="json",
         help="every log line (the access log's too) a JSON object, or a plain line",
     )
     args = parser.parse_args(argv)
+    try:
+        trusted = parse_trusted_proxies(args.trusted_proxies)
+    except SettingsError as exc:
+        parser.error(str(exc))
     configure_logs(structured=args.log_format == "json")
     try:
         token = args.token_file.read_text().strip()
@@ -53,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     asyncio.set_event_loop(loop)
     settings = ProxySettings(
         access_log=args.access_log,
+        trusted_proxies=trusted,
         idle_timeout=args.idle_timeout,
         header_timeout=args.header_timeout,
         max_head=args.max_head_size,

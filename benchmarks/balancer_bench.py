@@ -15,11 +15,8 @@ process it starts is stopped on the way out, also on Ctrl-C, SIGTERM or an error
    `wrk -t2`;
 4. the balancer's peak memory (VmHWM), summed over its workers;
 5. the resident memory (VmRSS) of one balancer worker holding 1,000 idle kept-alive client
-   connections (each served one request first), with its client limits on (the defaults).
-
-With --compare REV the balancer of git revision REV (its tree exported to the temporary
-folder) is measured too, as one more target interleaved with the others, and its idle-client
-memory next to this tree's: old and new in the same run, under the same load.
+   connections (each served one request first), with its client limits on (the defaults),
+   and of the compared checkout's balancer too.
 
 Each target is warmed up with wrk before it is measured. With --rounds N every target of a part
 is measured N times, interleaved with the others (all of them stay up meanwhile, idle when not
@@ -27,7 +24,8 @@ measured), and the median round counts: load from elsewhere then spreads over al
 Figures are ratios within one run; absolute numbers depend on the machine and its other load.
 
     python3 benchmarks/balancer_bench.py [--duration 10] [--connections 32] [--rounds 1]
-                                         [--compare REV] [--idle-clients 1000]
+        [--compare-with CHECKOUT]  (another checkout's balancer, measured beside this one)
+        [--idle-clients 1000]
 """
 
 from __future__ import annotations
@@ -431,25 +429,8 @@ class Settings:
     connections: int
     rounds: int
     busy_before: float = 0.0
-    compare: Path | None = None  # the exported tree of another revision, measured alongside
-    compare_label: str = ""
+    compare_with: Path | None = None  # another checkout's balancer, measured beside this one
     idle_clients: int = 1000
-
-
-def export_revision(revision: str, workdir: Path) -> Path:
-    """The tree of a git revision of this repository, exported to a folder of workdir."""
-    folder = workdir / "compare-tree"
-    folder.mkdir()
-    archive = subprocess.run(
-        ["git", "-C", str(REPO_ROOT), "archive", "--format=tar", revision],
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
-    if archive.returncode != 0:
-        raise BenchError(f"git archive {revision} failed: {archive.stderr.decode().strip()}")
-    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive.stdout, check=True, timeout=60)
-    return folder
 
 
 def start_balancer(
@@ -459,10 +440,9 @@ def start_balancer(
     workers: int,
     core: str | None,
     root: Path = REPO_ROOT,
-    name: str = "",
 ) -> tuple[Server, int]:
-    name = name or f"balancer-{workers}w"
-    state_dir = workdir / f"state-{name}"
+    other = "" if root == REPO_ROOT else "-other"
+    state_dir = workdir / f"state-{workers}{other}"
     write_table(state_dir / PROJECT / "routing-table.json", balancer_table(backend_port))
     port, admin_port = free_port(), free_port()
     command = [
@@ -483,7 +463,7 @@ def start_balancer(
     ]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
-    server = procs.start(name, pinned(core, command), env=env)
+    server = procs.start(f"balancer-{workers}w{other}", pinned(core, command), env=env)
     wait_for_port(server, port)
     wait_for_port(server, admin_port)
     wait_for_healthy(server, admin_port, times=1 if workers == 1 else 10)
@@ -573,7 +553,7 @@ class Memory:
     """A balancer's peak memory over its workers, and one worker's RSS with idle clients."""
 
     peak: tuple[int, list[int]]
-    idle: dict[str, tuple[int, int]]  # by balancer label: (RSS before, RSS with idle clients)
+    idle: dict[str, tuple[int, int]]  # by balancer: (RSS before, RSS with idle clients)
 
 
 def one_core(
@@ -594,13 +574,14 @@ def one_core(
         ("balancer", f"http://{HOST}:{balancer_port}/aliases/{ALIAS}{REQUEST_PATH}"),
     ]
     balancers = [("balancer", balancer, balancer_port)]
-    if settings.compare is not None:
-        label = f"balancer@{settings.compare_label}"
-        old, old_port = start_balancer(
-            procs, workdir, backend_port, 1, PROXY_CORE, root=settings.compare, name=label
+    if settings.compare_with is not None:
+        other, other_port = start_balancer(
+            procs, workdir, backend_port, 1, PROXY_CORE, settings.compare_with
         )
-        targets.append((label, f"http://{HOST}:{old_port}/aliases/{ALIAS}{REQUEST_PATH}"))
-        balancers.append((label, old, old_port))
+        targets.append(
+            ("balancer (compared)", f"http://{HOST}:{other_port}/aliases/{ALIAS}{REQUEST_PATH}")
+        )
+        balancers.append(("balancer (compared)", other, other_port))
     results = measure_rounds(targets, settings, threads=1, core=CLIENT_CORE)
     balancer.check_running()
     peak = balancer_memory_kib(balancer, 1)
@@ -685,14 +666,10 @@ def report(
         verdict = f"  (target >= {TARGET_RATIO}: {'met' if met else 'NOT met'})"
     print(f"  balancer/nginx   {ratio_nginx}{verdict}")
     print(f"  balancer/HAProxy {_ratio(balancer, single.get('HAProxy'))}")
-    if settings.compare is not None:
-        label = f"balancer@{settings.compare_label}"
-        ratio_old = _ratio(single.get(label), single.get("nginx"))
-        print(f"  {label}/nginx {ratio_old}", end="")
-        if ratio_old != "n/a" and ratio_nginx != "n/a":
-            print(f"  (this tree minus it: {float(ratio_nginx) - float(ratio_old):+.2f})")
-        else:
-            print()
+    compared = single.get("balancer (compared)")
+    if compared is not None:
+        print(f"  compared ({settings.compare_with})/nginx {_ratio(compared, single.get('nginx'))}")
+        print(f"  balancer/compared {_ratio(balancer, compared)}")
     print()
     print_table(
         f"Two workers, NOT pinned: the proxy's 2 processes and wrk -t2 -c{c} -d{d:g}s share "
@@ -741,9 +718,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="measure each target this many times, interleaved, and keep the median (1)",
     )
     parser.add_argument(
-        "--compare",
-        metavar="REV",
-        help="also measure the balancer of this git revision (e.g. main), interleaved",
+        "--compare-with",
+        type=Path,
+        default=None,
+        metavar="CHECKOUT",
+        help="also measure the balancer of another checkout (e.g. main's), interleaved with "
+        "this one's on the same core, in the one-core part",
     )
     parser.add_argument(
         "--idle-clients",
@@ -763,24 +743,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise BenchError(
                 "needs at least two cores (proxy on core 0, wrk and backend on core 1)"
             )
-        busy = cpu_busy()
+        settings = Settings(
+            args.duration,
+            args.warmup,
+            args.connections,
+            args.rounds,
+            cpu_busy(),
+            args.compare_with.resolve() if args.compare_with else None,
+            args.idle_clients,
+        )
         with (
             signals_interrupt(),
             tempfile.TemporaryDirectory(prefix="balancer-bench-") as temp,
             Processes(Path(temp)) as procs,
         ):
             workdir = Path(temp)
-            compare = export_revision(args.compare, workdir) if args.compare else None
-            settings = Settings(
-                args.duration,
-                args.warmup,
-                args.connections,
-                args.rounds,
-                busy,
-                compare,
-                args.compare or "",
-                args.idle_clients,
-            )
             backend_port = free_port()
             conf = nginx_backend_conf(workdir, backend_port)
             backend = procs.start("backend", pinned(CLIENT_CORE, ["nginx", "-c", str(conf)]))
