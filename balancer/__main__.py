@@ -30,6 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--admin-port", type=int, default=8081)
     parser.add_argument("--token-file", type=Path, required=True, help="the push token")
     parser.add_argument("--access-log", action="store_true")
+    limits = ProxySettings()
+    parser.add_argument("--idle-timeout", type=float, default=limits.idle_timeout)
+    parser.add_argument("--header-timeout", type=float, default=limits.header_timeout)
+    parser.add_argument("--max-head-size", type=int, default=limits.max_head)
+    parser.add_argument("--max-headers", type=int, default=limits.max_headers)
+    parser.add_argument("--max-clients", type=int, default=limits.max_clients)
     parser.add_argument(
         "--trusted-proxies",
         action="append",
@@ -57,7 +63,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"the token file {args.token_file} is empty")
     loop = new_loop()
     asyncio.set_event_loop(loop)
-    settings = ProxySettings(access_log=args.access_log, trusted_proxies=trusted)
+    settings = ProxySettings(
+        access_log=args.access_log,
+        trusted_proxies=trusted,
+        idle_timeout=args.idle_timeout,
+        header_timeout=args.header_timeout,
+        max_head=args.max_head_size,
+        max_headers=args.max_headers,
+        max_clients=args.max_clients,
+    )
     balancer = Balancer(loop, None, settings, follow_file=False)
     balancer.extra_routes.extend(push_routes(balancer, token))
     for signum in (signal.SIGTERM, signal.SIGINT):

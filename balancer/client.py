@@ -3,6 +3,12 @@
 A read holding exactly one whole request whose head bytes were parsed before skips the
 parser (see balancer/head.py); any other read goes through httptools. The parser is only
 bypassed between messages (`at_boundary`), so the two paths never share a message.
+
+What a client sends that the balancer will not serve (a malformed request, an upgrade, a head
+past the limits, a head too slow) is refused in order: the requests before it are answered
+first, then the refusal with `connection: close`, and nothing after it is read. The limits cost
+a length check per read: a head's bytes are only counted while it is incomplete. Closing while
+the client may still be sending lingers (see `linger`), so its answer is not lost to a reset.
 """
 
 from __future__ import annotations
@@ -19,14 +25,32 @@ from balancer.backends import Backend
 from balancer.execute import ExecuteCall, begin_execute
 from balancer.forwarding import Forward, Hop, forward, hop_of
 from balancer.head import BAD_LENGTH, Head, HeadCache, read_head
-from balancer.http import CONTINUE, EXECUTE_PREFIX, HOLD_LIMIT, error_body, local_response
+from balancer.http import (
+    CONTINUE,
+    EXECUTE_PREFIX,
+    HOLD_LIMIT,
+    LINGER,
+    MAX_PIPELINED,
+    error_body,
+    local_response,
+)
 from balancer.proxy import Proxy
 from balancer.routing import AliasRoute, NodeRoute
+from balancer.settings import ProxySettings
 from balancer.types import Request
 from balancer.upstream import UpstreamConnection
 
 access_log = logging.getLogger("gitops_nodes.balancer.access")
 HEADS = HeadCache()  # one per process: every connection's clients send the same few heads
+NO_HEADS = HeadCache(max_bytes=0)  # for connections whose limits are below HEADS' bounds
+
+
+class TooManyHeaders(Exception):
+    """Raised from the parser's header callback past the limit (the parser stops there)."""
+
+
+class TooManyPipelined(Exception):
+    """Raised from the parser's head callback when MAX_PIPELINED requests already wait."""
 
 
 class ClientConnection(asyncio.Protocol):
@@ -56,6 +80,25 @@ class ClientConnection(asyncio.Protocol):
         self.paused = False
         self.at_boundary = True  # the parser holds no part of a message
         self.begun = 0  # messages begun in the read being parsed
+        settings = proxy.settings
+        self.max_head = settings.max_head
+        self.max_headers = settings.max_headers
+        # Remembered heads are within these limits, so the fast path checks nothing.
+        self.heads = HEADS if HEADS.admits(self.max_head, self.max_headers) else NO_HEADS
+        # A head that is not whole yet: since when, how many bytes (an estimate for one that
+        # began behind another message in a read), its last bytes (the blank line that ends
+        # it may straddle two reads) and whether its request line ended.
+        self.in_head = False
+        self.head_began = 0.0
+        self.head_bytes = 0
+        self.head_tail = b""
+        self.line_done = False
+        self.last_made: Request | None = None  # the request the parser made last
+        self.served = False  # a request came: the idle timeout applies, not the header one
+        # A refusal is queued or answered: nothing more is read (at_boundary stays False).
+        self.refusing = False
+        self.lingering = False
+        self.linger_until = 0.0
 
     # -- asyncio.Protocol -----------------------------------------------------------------
 
@@ -65,34 +108,106 @@ class ClientConnection(asyncio.Protocol):
         address = peer[0] if isinstance(peer, tuple) and peer else "unknown"
         self.client_ip = address.encode()
         self.hop = hop_of(address, self.proxy.settings.trusts(address))
-        self.proxy.clients.add(self)
+        proxy = self.proxy
+        if len(proxy.clients) >= proxy.settings.max_clients:
+            self.turn_away()
+            return
+        proxy.clients.add(self)
+
+    def turn_away(self) -> None:
+        """Past max_clients: answer 503 before any request, and close. The connection is not
+        one of the clients: it only lingers (a request it sent already is discarded, so the
+        kernel does not reset it before the client reads the 503), on a timer of its own."""
+        proxy = self.proxy
+        transport = self.transport
+        self.refusing = self.lingering = True
+        self.at_boundary = False
+        request_id = proxy.request_id()
+        message = (
+            f"the balancer serves {proxy.settings.max_clients} client connections per worker"
+            " and all are open: try again later"
+        )
+        transport.write(
+            local_response(503, error_body(503, message, request_id), request_id, close=True)
+        )
+        proxy.metrics.observe(None, None, 503, 0.0)
+        try:
+            transport.write_eof()
+        except (OSError, RuntimeError, NotImplementedError):
+            transport.close()
+            return
+        proxy.loop.call_later(LINGER, transport.close)
 
     def data_received(self, data: bytes) -> None:
         self.last_active = self.proxy.loop.time()
         end = -1
-        if self.at_boundary and self.active is None:
+        if self.at_boundary and self.active is None:  # never while refusing
             end = data.find(b"\r\n\r\n") + 4
             if end > 3:
-                head = HEADS.get(data if end == len(data) else data[:end])
+                head = self.heads.get(data if end == len(data) else data[:end])
                 if head is not None and end + max(head.content_length, 0) == len(data):
                     self.start(self.known(head, data[end:]))
                     return
+        if self.refusing:
+            return  # after a refusal nothing more is served: what comes is discarded
+        at_boundary = self.at_boundary
+        if at_boundary:
+            if end < 0:
+                end = data.find(b"\r\n\r\n") + 4
+            if end > self.max_head or (end == 3 and len(data) > self.max_head):
+                self.head_too_large(data.find(b"\n", 0, self.max_head) < 0)
+                return
+        elif self.in_head and self.head_bytes + len(data) > self.max_head:
+            room = self.max_head - self.head_bytes
+            if (self.head_tail + data[:room]).find(b"\r\n\r\n") < 0:
+                self.head_too_large(not self.line_done and data.find(b"\n", 0, room) < 0)
+                return
+        continuing = self.in_head
         self.begun = 0
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self.refuse(501, "protocol upgrades (WebSocket) are not supported")
+            self.refuse_upgrade()
         except httptools.HttpParserError as exc:
-            if self.parsing is not None and self.parsing.local is not None:
-                return  # already answering this request (e.g. 413) and closing
-            self.refuse(400, f"malformed request: {exc}")
+            if isinstance(exc.__context__, TooManyHeaders):
+                self.refuse(431, f"more than {self.max_headers} header lines in the request head")
+            elif isinstance(exc.__context__, TooManyPipelined):
+                self.refuse(429, f"more than {MAX_PIPELINED} pipelined requests waiting")
+            else:
+                self.refuse(400, f"malformed request: {exc}")
         else:
+            if self.in_head:
+                self.head_pending(data, continuing, at_boundary)
             request = self.starting
             if request is not None:
                 self.starting = None
                 if end > 3 and self.begun == 1 and request.complete:
                     self.remember(request, data, end)
                 self.start(request)
+            return
+        request = self.starting  # the requests before the refused one are still answered
+        if request is not None:
+            self.starting = None
+            self.start(request)
+
+    def head_pending(self, data: bytes, continuing: bool, at_boundary: bool) -> None:
+        """Count the bytes of a head that this read left incomplete (for max_head)."""
+        if continuing and self.begun == 0:
+            self.head_bytes += len(data)
+        elif at_boundary and self.begun == 1:
+            self.head_bytes = len(data)  # it began with this read
+        else:  # it began behind another message: what the parser handed over so far
+            self.head_bytes = len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers)
+            self.line_done = True
+        if not self.line_done:
+            self.line_done = b"\n" in data
+        self.head_tail = data[-3:]
+
+    def head_too_large(self, in_request_line: bool) -> None:
+        if in_request_line:
+            self.refuse(414, f"the request line is longer than the {self.max_head} byte limit")
+        else:
+            self.refuse(431, f"the request head is larger than the {self.max_head} byte limit")
 
     def known(self, head: Head, body: bytes) -> Request:
         """A request whose head was parsed before from the same bytes, body whole in hand."""
@@ -114,6 +229,11 @@ class ClientConnection(asyncio.Protocol):
             if head.keep_alive != request.keep_alive:  # as on_message_complete found it
                 head = head._replace(keep_alive=request.keep_alive)
             HEADS.remember(data[:end], head)
+
+    def eof_received(self) -> bool | None:
+        if self.lingering:
+            self.close()  # the client read our answer and closed: the linger is over
+        return None  # the transport closes; a request in flight is aborted then
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -139,14 +259,27 @@ class ClientConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.at_boundary = False
         self.begun += 1
+        self.in_head = True
+        self.head_began = self.last_active
+        self.line_done = False
 
     def on_url(self, url: bytes) -> None:
         self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
+        headers = self.headers
+        headers.append((name, value))
+        if len(headers) > self.max_headers:
+            raise TooManyHeaders
 
     def on_headers_complete(self) -> None:
+        self.in_head = False
+        if self.refusing:  # behind a refused request in the same read: never answered
+            self.url = b""
+            self.headers = []
+            return
+        if len(self.queue) >= MAX_PIPELINED:  # one read of tiny requests must not pile up
+            raise TooManyPipelined
         proxy = self.proxy
         parser = self.parser
         head = read_head(
@@ -161,6 +294,7 @@ class ClientConnection(asyncio.Protocol):
         request.client = self
         request.parsed = head
         self.parsing = request
+        self.last_made = request
         self.prepare(request, head)
         self.url = b""  # ready for the next message
         self.headers = []
@@ -190,7 +324,7 @@ class ClientConnection(asyncio.Protocol):
                 self.pause()
 
     def on_message_complete(self) -> None:
-        self.at_boundary = True
+        self.at_boundary = not self.refusing  # refusing: the fast path must not serve more
         request = self.parsing
         if request is None:
             return
@@ -311,6 +445,8 @@ class ClientConnection(asyncio.Protocol):
         extra: dict[str, str] | None = None,
         head: bytes = b"",
     ) -> None:
+        if request.expect_continue and not request.complete:
+            close = True  # answered before its body: the client need not send it
         body = error_body(
             code, message, request.request_id or self.proxy.request_id(), **(extra or {})
         )
@@ -343,6 +479,7 @@ class ClientConnection(asyncio.Protocol):
 
     def start(self, request: Request) -> None:
         self.active = request
+        self.served = True
         if request.local is not None:
             if request.complete or not request.keep_alive:
                 self.finish_local(request)
@@ -429,8 +566,14 @@ class ClientConnection(asyncio.Protocol):
         self.last_active = request.started + elapsed
         if self.closed:
             return
-        if not request.keep_alive or not request.complete:
-            self.close()
+        if not request.complete:
+            self.linger()
+            return
+        if not request.keep_alive:
+            if self.refusing:
+                self.linger()
+            else:
+                self.close()
             return
         if self.queue:
             self.start(self.queue.popleft())
@@ -467,27 +610,106 @@ class ClientConnection(asyncio.Protocol):
 
     def body_too_large(self, request: Request) -> None:
         limit = self.proxy.settings.max_body
-        message = f"request body is over the {limit} byte limit"
+        self.refuse_body(request, 413, f"request body is over the {limit} byte limit")
+
+    def refuse_body(self, request: Request, code: int, message: str) -> None:
+        """Answer request, whose body is arriving, with code and close: its exchange with an
+        instance is dropped (cut off when the instance's answer has begun)."""
+        self.refusing = True
+        self.at_boundary = False
         request.keep_alive = False
-        upstream = request.upstream
-        if upstream is not None and upstream.response_started:
-            self.close()
-            return
-        if upstream is not None:
-            upstream.abort_exchange(client_gone=False)
-        if request.backend is not None and request.upstream is None:
-            self.proxy.release(request.backend)
-        request.held.clear()
-        self.answer(request, 413, message, close=True)
+        if request.local is None:  # not answered by the balancer already (a 404, a 413)
+            upstream = request.upstream
+            if upstream is not None and upstream.response_started:
+                self.close()
+                return
+            if upstream is not None:
+                upstream.abort_exchange(client_gone=False)
+            if request.backend is not None and request.upstream is None:
+                self.proxy.release(request.backend)
+            request.held.clear()
+            self.answer(request, code, message, close=True)
         if request is self.active:
             self.finish_local(request)
 
     def refuse(self, code: int, message: str) -> None:
-        request_id = self.proxy.request_id()  # the same id in the header as in the body
-        body = error_body(code, message, request_id)
-        if self.active is None and not self.closed:
-            self.transport.write(local_response(code, body, request_id, close=True))
-        self.close()
+        """Refuse what the client sent from here on: the requests before it are answered in
+        order, then this answer with `connection: close`; nothing more is read."""
+        if self.refusing or self.closed:
+            return
+        request = self.parsing
+        if request is not None:  # the fault is in the body of the request being read
+            self.refuse_body(request, code, message)
+            return
+        self.refusing = True
+        self.at_boundary = False
+        self.pause()
+        refusal = Request(b"-", b"-", "1.1", self.proxy.loop.time())
+        refusal.client = self
+        refusal.complete = True
+        refusal.request_id = self.proxy.request_id()
+        self.answer(refusal, code, message, close=True)
+        if self.active is None and self.starting is None:
+            self.start(refusal)
+        else:
+            self.queue.append(refusal)
+
+    def refuse_upgrade(self) -> None:
+        """The request the parser read last asks for a protocol upgrade: answer it 501 in its
+        turn, and close."""
+        request = self.last_made
+        if request is None or self.refusing:
+            self.refuse(501, "protocol upgrades (WebSocket) are not supported")
+            return
+        self.refusing = True
+        self.at_boundary = False
+        self.pause()
+        if request.upstream is not None:  # an execute call waiting for its body
+            request.upstream.abort_exchange(client_gone=False)
+            request.upstream = None
+        if request is self.parsing:
+            self.parsing = None
+        request.complete = True
+        self.answer(request, 501, "protocol upgrades (WebSocket) are not supported", close=True)
+        if request is self.active:
+            self.finish_local(request)
+
+    def check_deadline(self, now: float, settings: ProxySettings) -> None:
+        """Enforce the client timeouts (the sweep's once-a-second call): a head still
+        incomplete header_timeout after its first byte is answered 408; a connection with
+        nothing in flight closes after idle_timeout (header_timeout before its first request);
+        a lingering one closes at its end."""
+        if self.lingering:
+            if now > self.linger_until:
+                self.close()
+        elif self.in_head:
+            if not self.refusing and now - self.head_began > settings.header_timeout:
+                self.refuse(
+                    408, f"the request head did not arrive within {settings.header_timeout:g}s"
+                )
+        elif self.active is None and not self.refusing:
+            limit = settings.idle_timeout if self.served else settings.header_timeout
+            if now - self.last_active > limit:
+                self.close()
+
+    def linger(self) -> None:
+        """Close after an answer while the client may still be sending (a refused or
+        unfinished request): send our end of the stream, then read and discard until the
+        client closes or LINGER seconds pass. Closing at once with its bytes unread would
+        make the kernel reset the connection, and the client could lose the answer."""
+        if self.closed or self.lingering:
+            return
+        self.refusing = self.lingering = True
+        self.at_boundary = False
+        self.linger_until = self.proxy.loop.time() + LINGER
+        try:
+            self.transport.write_eof()
+        except (OSError, RuntimeError, NotImplementedError):
+            self.close()
+            return
+        if self.paused:
+            self.paused = False
+            self.transport.resume_reading()
 
     @staticmethod
     def _status_of(local: bytes | None) -> int:

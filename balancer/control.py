@@ -58,6 +58,8 @@ class ControlSource(Protocol):
     def last_reload_error(self) -> str | None: ...
     @property
     def draining(self) -> bool: ...  # shutting down: finishing in-flight requests
+    @property
+    def limits(self) -> dict[str, float | int]: ...  # the client limits (ProxySettings.limits)
 
 
 def _checked(backend: Backend) -> bool:
@@ -147,6 +149,7 @@ def status_document(source: ControlSource) -> dict[str, Any]:
         "reloads": source.reloads,
         "lastReloadError": source.last_reload_error,
         "uptimeSeconds": round(max(0.0, time.time() - source.started_at), 3),
+        "limits": source.limits,
         "aliases": aliases,
         "nodes": nodes,
         "draining": draining,

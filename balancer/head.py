@@ -167,20 +167,34 @@ def read_head(
 
 
 class HeadCache:
-    """Heads remembered by their exact bytes (request line to blank line), boundedly."""
+    """Heads remembered by their exact bytes (request line to blank line), boundedly.
 
-    __slots__ = ("heads", "limit", "max_bytes")
+    Only heads of at most max_bytes and max_headers lines are remembered, so a connection
+    whose limits are at least those may take a remembered head without checking it again
+    (see ClientConnection); one with smaller limits does not use the cache.
+    """
 
-    def __init__(self, limit: int = 1024, max_bytes: int = 4096) -> None:
+    __slots__ = ("heads", "limit", "max_bytes", "max_headers")
+
+    def __init__(self, limit: int = 1024, max_bytes: int = 4096, max_headers: int = 32) -> None:
         self.heads: dict[bytes, Head] = {}
         self.limit = limit
         self.max_bytes = max_bytes
+        self.max_headers = max_headers
 
     def get(self, raw: bytes) -> Head | None:
         return self.heads.get(raw)
 
+    def admits(self, max_head: int, max_headers: int) -> bool:
+        """Whether every head it may remember is within these limits."""
+        return max_head >= self.max_bytes and max_headers >= self.max_headers
+
     def remember(self, raw: bytes, head: Head) -> None:
-        if len(raw) > self.max_bytes or not head.rememberable:
+        if (
+            len(raw) > self.max_bytes
+            or len(head.headers) > self.max_headers
+            or not head.rememberable
+        ):
             return
         heads = self.heads
         if len(heads) >= self.limit:

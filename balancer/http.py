@@ -7,9 +7,17 @@ from __future__ import annotations
 
 import json
 import re
+from http import HTTPStatus
 from typing import NamedTuple
 
 MAX_BODY = 16 * 2**20
+# A request head's limits: nginx refuses past 4 x 8 KiB buffers by default, HAProxy past its
+# 16 KiB buffer; 32 KiB is room for any real client's cookies and tokens.
+MAX_HEAD = 32 * 1024  # request line and header lines, bytes
+MAX_HEADERS = 100  # header lines (Apache's LimitRequestFields)
+MAX_CLIENTS = 10_000  # open client connections per worker process
+MAX_PIPELINED = 100  # requests waiting behind the one being answered, per connection
+LINGER = 5.0  # seconds a closing connection reads and discards what the client still sends
 HOLD_LIMIT = 256 * 1024  # body bytes held while connecting before the client is paused
 HOP_BY_HOP = frozenset(
     {
@@ -42,14 +50,22 @@ REWRITTEN = frozenset(
     }
 )
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+# The reason phrases of the statuses the balancer answers itself (RFC 9110's; 413 keeps its
+# older name, which clients read in error_name). Others (an execute call passes an instance's
+# status on) take the standard phrase from reason_phrase().
 REASONS = {
+    200: b"OK",
     400: b"Bad Request",
     401: b"Unauthorized",
     403: b"Forbidden",
     404: b"Not Found",
     405: b"Method Not Allowed",
+    408: b"Request Timeout",
     413: b"Payload Too Large",
+    414: b"URI Too Long",
     422: b"Unprocessable Content",
+    429: b"Too Many Requests",
+    431: b"Request Header Fields Too Large",
     500: b"Internal Server Error",
     501: b"Not Implemented",
     502: b"Bad Gateway",
@@ -75,6 +91,17 @@ def error_body(code: int, message: str, request_id: bytes, **extra: str) -> byte
     return json.dumps(payload).encode()
 
 
+def reason_phrase(code: int) -> bytes:
+    """The standard reason phrase of a status code (never the phrase of another status)."""
+    phrase = REASONS.get(code)
+    if phrase is None:
+        try:
+            phrase = HTTPStatus(code).phrase.encode()
+        except ValueError:  # a code no standard names
+            phrase = b"Status %d" % code
+    return phrase
+
+
 def local_response(
     code: int, body: bytes, request_id: bytes, close: bool, extra_head: bytes = b""
 ) -> bytes:
@@ -82,8 +109,7 @@ def local_response(
     ending in CRLF."""
     head = (
         b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
-        b"x-request-id: %s\r\n%s"
-        % (code, REASONS.get(code, b"Error"), len(body), request_id, extra_head)
+        b"x-request-id: %s\r\n%s" % (code, reason_phrase(code), len(body), request_id, extra_head)
     )
     if close:
         head += b"connection: close\r\n"

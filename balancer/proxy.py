@@ -87,8 +87,7 @@ class Proxy:
         for upstream in list(self.upstreams):
             upstream.check_deadline(now, settings)
         for client in list(self.clients):
-            if client.active is None and now - client.last_active > settings.idle_timeout:
-                client.close()
+            client.check_deadline(now, settings)
 
     def close_idle_clients(self) -> None:
         """Close keep-alive connections with nothing in flight (graceful shutdown)."""

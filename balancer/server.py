@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -134,6 +135,11 @@ class Balancer:
         )
 
     @property
+    def limits(self) -> dict[str, float | int]:
+        """The client limits this process enforces, for `/-/status`."""
+        return self.proxy.settings.limits()
+
+    @property
     def router(self) -> Router:
         """The current routing table, compiled; requests read it once at their start."""
         return self.proxy.router
@@ -231,6 +237,7 @@ class Balancer:
         Raises AccessConfigError, before listening, for an admin port beyond loopback
         without a key."""
         admin = admin_guard(options.admin_host, options.admin_token)
+        raise_open_files(self.proxy.settings.max_clients)
         if self.table_file is not None:
             self.reload_file()
             if self.follow:
@@ -332,6 +339,26 @@ class _EmbeddedServer(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+def raise_open_files(max_clients: int) -> None:
+    """Raise the soft limit of open files towards what max_clients needs (a client and an
+    instance connection each, plus room), up to the hard limit: a default soft limit of 1024
+    would otherwise fail accepts long before the documented limit answers 503."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 2 * max_clients + 1024
+    if hard != resource.RLIM_INFINITY:
+        wanted = min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        if resource.getrlimit(resource.RLIMIT_NOFILE)[0] < max_clients + 64:
+            log.warning(
+                "open files are limited to %d: fewer than --max-clients %d connections will be "
+                "accepted; raise the limit (ulimit -n) or lower --max-clients",
+                resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+                max_clients,
+            )
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -10,7 +10,7 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from balancer.http import MAX_BODY
+from balancer.http import MAX_BODY, MAX_CLIENTS, MAX_HEAD, MAX_HEADERS
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -21,7 +21,14 @@ class SettingsError(ValueError):
 
 @dataclass(frozen=True)
 class ProxySettings:
-    """Limits and timeouts of the data plane (seconds, bytes), and whom it trusts."""
+    """Limits and timeouts of the data plane (seconds, bytes), and whom it trusts.
+
+    The client limits bound what one connection can make the balancer hold: a request head
+    (request line and header lines) of at most max_head bytes and max_headers lines (431, or
+    414 when the request line alone is longer), sent within header_timeout (408); a
+    kept-alive connection idle for idle_timeout closes; past max_clients open connections,
+    a new one is answered 503 and closed.
+    """
 
     max_body: int = MAX_BODY
     connect_timeout: float = 5.0
@@ -31,6 +38,21 @@ class ProxySettings:
     # Clients whose X-Forwarded-* and Forwarded headers are believed (passed on, appended to);
     # from anyone else they are replaced by what the balancer saw. None by default.
     trusted_proxies: tuple[Network, ...] = ()
+    max_head: int = MAX_HEAD
+    max_headers: int = MAX_HEADERS
+    header_timeout: float = 10.0  # from a head's first byte to its last (and connect to first)
+    max_clients: int = MAX_CLIENTS  # open client connections, per worker process
+
+    def limits(self) -> dict[str, float | int]:
+        """The client limits, as `/-/status` shows them."""
+        return {
+            "maxHeadBytes": self.max_head,
+            "maxHeaders": self.max_headers,
+            "maxBodyBytes": self.max_body,
+            "headerTimeoutSeconds": self.header_timeout,
+            "idleTimeoutSeconds": self.idle_timeout,
+            "maxClients": self.max_clients,
+        }
 
     def trusts(self, address: str) -> bool:
         """Whether a client at this address (an IP as text) is one of the trusted proxies."""

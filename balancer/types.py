@@ -94,11 +94,12 @@ class Client(Downstream, Protocol):
 
 
 class SweptClient(Protocol):
-    """A client connection as the once-a-second sweep sees it (idle timeout, shutdown)."""
+    """A client connection as the once-a-second sweep sees it (its timeouts, shutdown)."""
 
     active: Request | None
     last_active: float
 
+    def check_deadline(self, now: float, settings: ProxySettings) -> None: ...
     def close(self) -> None: ...
 
 

@@ -27,6 +27,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.sending: Request | None = None  # the request whose body goes out here
         self.response_started = False
         self.informational = False
+        self.informed = False  # a 1xx came for this exchange (a final answer must follow)
         self.reused = False
         self.closed = False
         self.paused = False
@@ -135,9 +136,13 @@ class UpstreamConnection(asyncio.Protocol):
             self.raw = self.raw + data if self.raw else data
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self.out.clear()
+            self.protocol_error(f"{self.backend.instance} switched protocols (101) unasked")
+            return
         except httptools.HttpParserError as exc:
             self.out.clear()
-            self.fail(f"malformed response from {self.backend.instance}: {exc}")
+            self.protocol_error(f"malformed response from {self.backend.instance}: {exc}")
             return
         if self.out:
             self.flush()
@@ -161,6 +166,9 @@ class UpstreamConnection(asyncio.Protocol):
             return
         if self.response_started and self.until_close:
             self.on_message_complete()  # the body ended with the connection, as announced
+            return
+        if self.informed and not self.response_started:
+            self.protocol_error(f"{backend.instance} closed the connection after a 1xx answer")
             return
         reason = f"{backend.instance} closed the connection" + (f": {exc}" if exc else "")
         self.fail(reason)
@@ -192,9 +200,10 @@ class UpstreamConnection(asyncio.Protocol):
             self.raw = raw[end + 2 :]
         if 100 <= code < 200:
             self.informational = True  # 100 Continue and hints: ours to absorb
+            self.informed = True
             return
         self.raw = b""
-        self.informational = False
+        self.informational = self.informed = False  # (reset here, off the fast path)
         self.code = code
         self.response_started = True
         if request is None:
@@ -301,7 +310,14 @@ class UpstreamConnection(asyncio.Protocol):
             if client is not None and not client.closed:
                 client.done(request, self.code, request.node.name if request.node else None)
 
-    def fail(self, reason: str) -> None:
+    def protocol_error(self, reason: str) -> None:
+        """The instance broke HTTP (a malformed answer, a 1xx as its last word): it is ejected
+        like one that resets connections, until its health checks pass again, and the
+        request is answered 502 without a retry."""
+        self.backend.eject(reason)
+        self.fail(reason, retry=False)
+
+    def fail(self, reason: str, retry: bool = True) -> None:
         """The exchange broke: a 502 when nothing was written yet, else cut the client off."""
         request = self.request
         self.request = None
@@ -311,7 +327,8 @@ class UpstreamConnection(asyncio.Protocol):
         backend = self.backend
         client = client_of(request)
         if (
-            client is not None
+            retry
+            and client is not None
             and not self.response_started
             and self.reused
             and not request.retried

@@ -13,7 +13,10 @@ process it starts is stopped on the way out, also on Ctrl-C, SIGTERM or an error
 3. two workers, nothing pinned but the backend (the proxies and wrk share both cores):
    nginx with two worker processes against `gitops-nodes serve --workers 2` (SO_REUSEPORT),
    `wrk -t2`;
-4. the balancer's peak memory (VmHWM), summed over its workers.
+4. the balancer's peak memory (VmHWM), summed over its workers;
+5. the resident memory (VmRSS) of one balancer worker holding 1,000 idle kept-alive client
+   connections (each served one request first), with its client limits on (the defaults),
+   and of the compared checkout's balancer too.
 
 Each target is warmed up with wrk before it is measured. With --rounds N every target of a part
 is measured N times, interleaved with the others (all of them stay up meanwhile, idle when not
@@ -22,6 +25,7 @@ Figures are ratios within one run; absolute numbers depend on the machine and it
 
     python3 benchmarks/balancer_bench.py [--duration 10] [--connections 32] [--rounds 1]
         [--compare-with CHECKOUT]  (another checkout's balancer, measured beside this one)
+        [--idle-clients 1000]
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import contextlib
 import http.client
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -425,6 +430,7 @@ class Settings:
     rounds: int
     busy_before: float = 0.0
     compare_with: Path | None = None  # another checkout's balancer, measured beside this one
+    idle_clients: int = 1000
 
 
 def start_balancer(
@@ -473,6 +479,46 @@ def balancer_memory_kib(server: Server, workers: int) -> tuple[int, list[int]]:
     return own, [vm_hwm_kib(pid) for pid in children_of(server.process.pid)]
 
 
+def vm_rss_kib(pid: int) -> int:
+    """The process's resident set size now (VmRSS), in KiB; 0 when it has gone."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def idle_client_memory(server: Server, port: int, clients: int) -> tuple[int, int]:
+    """(VmRSS before, VmRSS with `clients` idle connections open) of a one-worker balancer.
+
+    Each connection is served one request through the alias first, so it is a kept-alive
+    client between requests (the header timeout closes connections that never send one).
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < clients + 256:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, clients + 256), hard))
+    request = f"GET /aliases/{ALIAS}{REQUEST_PATH} HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
+    before = vm_rss_kib(server.process.pid)
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(clients):
+            sock = socket.create_connection((HOST, port), timeout=10)
+            sockets.append(sock)
+            sock.sendall(request)
+            answer = b""
+            while not answer.endswith(BODY.encode()):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise BenchError(f"the balancer closed an idle-memory client: {answer!r}")
+                answer += chunk
+        time.sleep(0.5)  # let the balancer settle with all of them open and idle
+        server.check_running()
+        return before, vm_rss_kib(server.process.pid)
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
 def measure_rounds(
     targets: Sequence[tuple[str, str]], settings: Settings, threads: int, core: str | None
 ) -> dict[str, Measured]:
@@ -502,9 +548,17 @@ def start_nginx_proxy(
     return port
 
 
+@dataclass(frozen=True)
+class Memory:
+    """A balancer's peak memory over its workers, and one worker's RSS with idle clients."""
+
+    peak: tuple[int, list[int]]
+    idle: dict[str, tuple[int, int]]  # by balancer: (RSS before, RSS with idle clients)
+
+
 def one_core(
     procs: Processes, workdir: Path, backend_port: int, settings: Settings
-) -> tuple[dict[str, Measured], tuple[int, list[int]]]:
+) -> tuple[dict[str, Measured], Memory]:
     """The backend alone, then nginx, HAProxy and the balancer, each on core PROXY_CORE."""
     nginx_port = start_nginx_proxy(procs, workdir, backend_port, 1, PROXY_CORE)
     haproxy_port = free_port()
@@ -519,18 +573,24 @@ def one_core(
         ("HAProxy", f"http://{HOST}:{haproxy_port}{REQUEST_PATH}"),
         ("balancer", f"http://{HOST}:{balancer_port}/aliases/{ALIAS}{REQUEST_PATH}"),
     ]
+    balancers = [("balancer", balancer, balancer_port)]
     if settings.compare_with is not None:
-        _, other_port = start_balancer(
+        other, other_port = start_balancer(
             procs, workdir, backend_port, 1, PROXY_CORE, settings.compare_with
         )
         targets.append(
             ("balancer (compared)", f"http://{HOST}:{other_port}/aliases/{ALIAS}{REQUEST_PATH}")
         )
+        balancers.append(("balancer (compared)", other, other_port))
     results = measure_rounds(targets, settings, threads=1, core=CLIENT_CORE)
     balancer.check_running()
-    memory = balancer_memory_kib(balancer, 1)
+    peak = balancer_memory_kib(balancer, 1)
+    idle = {}
+    for label, server, port in balancers:
+        print(f"  {label}: {settings.idle_clients} idle clients ...", file=sys.stderr, flush=True)
+        idle[label] = idle_client_memory(server, port, settings.idle_clients)
     procs.stop_all_but(1)  # the backend stays for the two-worker part
-    return results, memory
+    return results, Memory(peak, idle)
 
 
 def two_workers(
@@ -582,7 +642,7 @@ def _mib(kib: int) -> str:
 def report(
     settings: Settings,
     single: dict[str, Measured],
-    single_memory: tuple[int, list[int]],
+    single_memory: Memory,
     double: dict[str, Measured],
     double_memory: tuple[int, list[int]],
 ) -> None:
@@ -619,13 +679,23 @@ def report(
     ratio_two = _ratio(double.get("balancer, 2 workers"), double.get("nginx, 2 workers"))
     print(f"  balancer/nginx   {ratio_two}")
     print()
-    _, one = single_memory
+    _, one = single_memory.peak
     parent, workers = double_memory
     print("Balancer peak memory (VmHWM, read after its measurements):")
     print(f"  1 worker:  {_mib(sum(one))}")
     parts = " + ".join(_mib(k) for k in workers)
     print(f"  2 workers: {_mib(sum(workers))} ({parts})")
     print(f"  (their parent, which only forks and waits: {_mib(parent)}, not counted)")
+    print(
+        f"One balancer worker's memory (VmRSS) with {settings.idle_clients:,} idle kept-alive"
+        " client connections:"
+    )
+    for label, (before, during) in single_memory.idle.items():
+        each = (during - before) / max(1, settings.idle_clients)
+        print(
+            f"  {label + ':':<22}{_mib(during)} ({_mib(before)} before them;"
+            f" {each:.1f} KiB a connection)"
+        )
     failures = sum(m.failures for m in [*single.values(), *double.values()])
     if failures:
         print(f"\nWARNING: {failures} failed requests (socket errors or non-2xx); see 'errors'.")
@@ -655,9 +725,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="also measure the balancer of another checkout (e.g. main's), interleaved with "
         "this one's on the same core, in the one-core part",
     )
+    parser.add_argument(
+        "--idle-clients",
+        type=int,
+        default=1000,
+        help="idle client connections for the memory figure (1000)",
+    )
     args = parser.parse_args(argv)
-    if args.duration < 1 or args.connections < 2 or args.rounds < 1:
-        parser.error("needs --duration >= 1, --connections >= 2 and --rounds >= 1")
+    if args.duration < 1 or args.connections < 2 or args.rounds < 1 or args.idle_clients < 1:
+        parser.error(
+            "needs --duration >= 1, --connections >= 2, --rounds >= 1 and --idle-clients >= 1"
+        )
 
     def body() -> None:
         require("wrk", "nginx", "haproxy", "taskset")
@@ -672,6 +750,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.rounds,
             cpu_busy(),
             args.compare_with.resolve() if args.compare_with else None,
+            args.idle_clients,
         )
         with (
             signals_interrupt(),

@@ -144,6 +144,37 @@ def _parser() -> argparse.ArgumentParser:
             metavar="SECONDS",
             help="idle client connections (each node's endpoint.idleTimeout: its instances')",
         )
+        limits = ProxySettings()
+        sub.add_argument(
+            "--header-timeout",
+            type=float,
+            default=limits.header_timeout,
+            metavar="SECONDS",
+            help="a request head not whole this long after its first byte: 408, closed "
+            f"({limits.header_timeout:g})",
+        )
+        sub.add_argument(
+            "--max-head-size",
+            type=int,
+            default=limits.max_head,
+            metavar="BYTES",
+            help=f"request line and headers; past it 431 (414: the line) ({limits.max_head})",
+        )
+        sub.add_argument(
+            "--max-headers",
+            type=int,
+            default=limits.max_headers,
+            metavar="N",
+            help=f"header lines in a request; past it 431 ({limits.max_headers})",
+        )
+        sub.add_argument(
+            "--max-clients",
+            type=int,
+            default=limits.max_clients,
+            metavar="N",
+            help="open client connections per worker; past it a new one gets 503 and is "
+            f"closed ({limits.max_clients})",
+        )
         sub.add_argument(
             "--trusted-proxies",
             action="append",
@@ -559,6 +590,10 @@ def _proxy_settings(args: argparse.Namespace) -> ProxySettings:
         read_timeout=args.read_timeout,
         idle_timeout=args.idle_timeout,
         access_log=args.access_log,
+        header_timeout=args.header_timeout,
+        max_head=args.max_head_size,
+        max_headers=args.max_headers,
+        max_clients=args.max_clients,
         trusted_proxies=trusted,
     )
 

@@ -137,3 +137,16 @@ def test_the_cache_is_bounded_and_skips_what_must_not_be_reused():
         assert not read_head(b"POST", b"/nodes/a/", "1.1", True, headers).rememberable
     assert not read_head(b"GET", b"/-/healthz", "1.1", True, []).rememberable
     assert read_head(b"GET", b"/x", "1.1", True, [(b"X-Node-Id", b"a")]).rememberable
+
+
+def test_the_cache_keeps_only_heads_within_its_bounds_and_says_whose_limits_admit_them():
+    cache = HeadCache(max_bytes=4096, max_headers=3)
+    few = read_head(b"GET", b"/nodes/a/", "1.1", True, [(b"H%d" % i, b"v") for i in range(3)])
+    many = read_head(b"GET", b"/nodes/a/", "1.1", True, [(b"H%d" % i, b"v") for i in range(4)])
+    cache.remember(b"few", few)
+    cache.remember(b"many", many)
+    assert cache.get(b"few") is few and cache.get(b"many") is None
+    # A connection may skip its limit checks on remembered heads only when every head the
+    # cache may hold is within its limits.
+    assert cache.admits(4096, 3) and cache.admits(32768, 100)
+    assert not cache.admits(4095, 100) and not cache.admits(32768, 2)

@@ -14,6 +14,7 @@ from typing import Any
 from balancer.backends import Backends
 from balancer.control import ControlSource, make_control_app, node_status, status_document
 from balancer.metrics import BUCKETS, Metrics, escape_label
+from balancer.proxy import ProxySettings
 from balancer.routing import Router
 from balancer.table import AliasEntry, Endpoint, HealthSettings, NodeEntry, RoutingTable
 
@@ -254,6 +255,7 @@ class Source:
     reloads: int = 2
     last_reload_error: str | None = "table.json is not valid JSON: Expecting value"
     draining: bool = False
+    limits: dict[str, float | int] = field(default_factory=lambda: ProxySettings().limits())
 
 
 def make_source() -> Source:
