@@ -174,6 +174,10 @@ def _compile(path: Path, what: str) -> tuple[ast.Module, CodeType]:
         raise ConfigError(f"the {what} {where} is not valid Python: {exc.msg}") from exc
     except ValueError as exc:  # e.g. null bytes in the source
         raise ConfigError(f"the {what} {path} is not valid Python: {exc}") from exc
+    except (RecursionError, MemoryError):  # the parser's own stack, on absurdly nested code
+        raise ConfigError(
+            f"the {what} {path} is nested too deeply to compile; expected flatter code"
+        ) from None
 
 
 def mentioned_names(tree: ast.AST) -> set[str]:

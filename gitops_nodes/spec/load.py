@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -36,6 +37,13 @@ from gitops_nodes.spec.models import (
     PythonSource,
     Telemetry,
 )
+from gitops_nodes.spec.repofiles import (
+    IGNORE_FILE,
+    IgnoreRules,
+    ReadError,
+    read_file,
+    walk_yaml,
+)
 from gitops_nodes.spec.state import (
     BuildRequest,
     DesiredAlias,
@@ -44,6 +52,10 @@ from gitops_nodes.spec.state import (
     PythonBuild,
     Source,
 )
+from gitops_nodes.spec.state import (
+    IgnoredFile as Ignored,
+)
+from gitops_nodes.spec.yaml12 import YamlError, parse_documents
 
 _MODELS: dict[str, type[NodeDocument] | type[AliasDocument]] = {
     "Node": NodeDocument,
@@ -67,35 +79,13 @@ _VALIDATOR_FIELD = {
 }
 
 
-class _DuplicateKey(yaml.MarkedYAMLError):
-    pass
-
-
 # libyaml's C parser is several times faster; PyYAML wheels ship it, source builds may not.
+# Used only to find positions for problems, in files parse_documents already accepted.
 _FastLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
-
-class _StrictLoader(_FastLoader):  # type: ignore[valid-type,misc]
-    """libyaml's safe loader, refusing duplicate keys (the default keeps the last silently)."""
-
-
-def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    loader.flatten_mapping(node)
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node)
-        if key in seen:
-            raise _DuplicateKey(
-                problem=f"duplicate key {key!r}; expected each key once in a mapping",
-                problem_mark=key_node.start_mark,
-            )
-        seen.add(key)
-    mapping: dict[Any, Any] = loader.construct_mapping(node, deep=True)
-    return mapping
-
-
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-StrictLoader = _StrictLoader  # for the settings file (spec/settings.py), read the same way
+# The source YAML the cache of parsed files may hold (it holds the parse of each file, about
+# ten times as much memory); the least recently used files go first past it.
+CACHE_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -109,21 +99,35 @@ class _Entry:
 
 @dataclass(frozen=True)
 class _FileResult:
-    sha: str
+    size: int
     entries: tuple[_Entry, ...]
     problems: tuple[SpecProblem, ...]
     ours: bool
     cacheable: bool
+    reason: str = ""  # why the file is not ours, when it is not
 
 
 class SpecLoader:
-    """Loads specs repeatedly, re-reading only the files whose bytes changed since last time."""
+    """Loads specs repeatedly, re-parsing only files whose path and bytes it has not seen.
 
-    def __init__(self, read_keys: bool = True) -> None:
-        self._cache: dict[Path, _FileResult] = {}
+    The cache is keyed by each file's path in the repository and the digest of its bytes, not
+    by where the repository is on disk: watch checks every commit out into a folder of its
+    own, and an unchanged file is a hit there too. It holds at most max_bytes of source YAML
+    (CACHE_BYTES by default), the least recently used files leaving first.
+    """
+
+    def __init__(self, read_keys: bool = True, max_bytes: int = CACHE_BYTES) -> None:
+        self._cache: OrderedDict[tuple[str, str], _FileResult] = OrderedDict()
+        self._cached_bytes = 0
+        self.max_bytes = max_bytes
         # Without read_keys, private targets' keys are neither read nor required and their
         # access stays None: for commands that only look (status), not publish.
         self.read_keys = read_keys
+
+    @property
+    def cached_bytes(self) -> int:
+        """The source bytes of the files whose parse the cache holds now."""
+        return self._cached_bytes
 
     def load(self, root: Path) -> DesiredState:
         """The repository's desired state; raises SpecErrors listing every problem found."""
@@ -136,19 +140,42 @@ class SpecLoader:
             raise SpecErrors(
                 [SpecProblem(str(root), 0, 0, "", "expected a folder holding YAML files")]
             )
+        problems: list[SpecProblem] = []
+        try:
+            rules = IgnoreRules.read(root)
+        except ReadError as exc:
+            problems.append(exc.as_problem())
+            rules = IgnoreRules([])
+        walk = walk_yaml(root, rules, skip=frozenset({SETTINGS_FILE, IGNORE_FILE}))
+        problems.extend(walk.problems)
+        ignored = list(walk.ignored)
         results: dict[str, _FileResult] = {}
-        for path in _spec_files(root):
-            data = path.read_bytes()
-            sha = hashlib.sha1(data).hexdigest()
-            cached = self._cache.get(path)
-            if cached is None or cached.sha != sha:
-                cached = _parse_file(root, path, data, sha)
-                if cached.cacheable:
-                    self._cache[path] = cached
-                else:
-                    self._cache.pop(path, None)
-            results[path.relative_to(root).as_posix()] = cached
-        return _assemble(root, results, self.read_keys)
+        for relative in walk.files:
+            try:
+                data = read_file(root, relative)
+            except ReadError as exc:
+                problems.append(exc.as_problem())
+                continue
+            result = self._parse(root, relative, data)
+            if not result.ours:
+                ignored.append(Ignored(relative, result.reason))
+            results[relative] = result
+        return _assemble(root, results, self.read_keys, problems, tuple(sorted(ignored)))
+
+    def _parse(self, root: Path, relative: str, data: bytes) -> _FileResult:
+        key = (relative, hashlib.sha1(data).hexdigest())
+        cached = self._cache.get(key)
+        if cached is not None:
+            self._cache.move_to_end(key)
+            return cached
+        result = _parse_file(root, relative, data)
+        if result.cacheable and result.size <= self.max_bytes:
+            self._cache[key] = result
+            self._cached_bytes += result.size
+            while self._cached_bytes > self.max_bytes:
+                _, evicted = self._cache.popitem(last=False)
+                self._cached_bytes -= evicted.size
+        return result
 
 
 def load_spec(root: Path, read_keys: bool = True) -> DesiredState:
@@ -156,30 +183,15 @@ def load_spec(root: Path, read_keys: bool = True) -> DesiredState:
     return SpecLoader(read_keys).load(root)
 
 
-def _spec_files(root: Path) -> list[Path]:
-    found = [
-        path
-        for pattern in ("*.yaml", "*.yml")
-        for path in root.rglob(pattern)
-        if path.is_file() and not any(part.startswith(".") for part in path.relative_to(root).parts)
-    ]
-    settings = root / SETTINGS_FILE  # how the repo is deployed, not what: spec/settings.py
-    return sorted(path for path in found if path != settings)
-
-
-def _parse_file(root: Path, path: Path, data: bytes, sha: str) -> _FileResult:
-    relative = path.relative_to(root).as_posix()
+def _parse_file(root: Path, relative: str, data: bytes) -> _FileResult:
+    path = root / relative
     try:
-        raw_documents = list(yaml.load_all(data, Loader=_StrictLoader))
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        problem = f"invalid YAML: {exc.problem}" if exc.problem else "invalid YAML"
-        return _FileResult(
-            sha, (), (SpecProblem(relative, line, column, "", problem),), True, False
-        )
+        raw_documents = parse_documents(data)
+    except YamlError as exc:
+        problem = SpecProblem(relative, exc.line, exc.column, "", exc.problem)
+        return _FileResult(len(data), (), (problem,), True, False)
     if not any(_looks_ours(doc) for doc in raw_documents):
-        return _FileResult(sha, (), (), False, True)
+        return _FileResult(len(data), (), (), False, True, _not_ours(raw_documents))
 
     entries: list[_Entry] = []
     failures: list[tuple[int, _Loc, str, bool]] = []  # (document, loc, message, at key)
@@ -224,7 +236,7 @@ def _parse_file(root: Path, path: Path, data: bytes, sha: str) -> _FileResult:
         entries.append(_Entry(index, document, node))
 
     problems = _locate(relative, data, failures) if failures else ()
-    return _FileResult(sha, tuple(entries), problems, True, not failures and not has_build)
+    return _FileResult(len(data), tuple(entries), problems, True, not failures and not has_build)
 
 
 def _looks_ours(raw: object) -> bool:
@@ -234,6 +246,24 @@ def _looks_ours(raw: object) -> bool:
     return raw.get("kind") in KINDS or (
         isinstance(version, str) and version.startswith(API_VERSION.split("/")[0] + "/")
     )
+
+
+def _not_ours(documents: list[Any]) -> str:
+    """Why a file whose documents are none of ours is left out, as plan shows it."""
+    written = [doc for doc in documents if doc is not None]
+    if not written:
+        return "empty: no documents"
+    first = written[0]
+    if isinstance(first, list):
+        return "a list, not gitops-nodes documents (mappings with kind: Node or Alias)"
+    if not isinstance(first, dict):
+        return "a scalar, not gitops-nodes documents (mappings with kind: Node or Alias)"
+    kind, version = first.get("kind"), first.get("apiVersion")
+    if "kind" in first and "apiVersion" not in first:
+        return f"kind {_show(kind)} is neither Node nor Alias, and no apiVersion: {API_VERSION}"
+    if "apiVersion" in first:
+        return f"apiVersion {_show(version)} is not {API_VERSION}, kind {_show(kind)}"
+    return f"not gitops-nodes documents: no kind: Node or Alias, no apiVersion: {API_VERSION}"
 
 
 def _describe(error: Any, model: type[BaseModel]) -> tuple[_Loc, str, bool]:
@@ -452,9 +482,15 @@ def _telemetry_port(telemetry: Telemetry | None, port: int) -> int | None:
     return telemetry.port
 
 
-def _assemble(root: Path, results: dict[str, _FileResult], read_keys: bool) -> DesiredState:
+def _assemble(
+    root: Path,
+    results: dict[str, _FileResult],
+    read_keys: bool,
+    problems: list[SpecProblem],
+    ignored: tuple[Ignored, ...],
+) -> DesiredState:
     """Cross-document checks (unique names, aliases naming real nodes), then the state."""
-    problems: list[SpecProblem] = [p for result in results.values() for p in result.problems]
+    problems.extend(p for result in results.values() for p in result.problems)
     nodes: dict[str, DesiredNode] = {}
     aliases: dict[str, DesiredAlias] = {}
     first_seen: dict[tuple[str, str], Source] = {}
@@ -482,7 +518,11 @@ def _assemble(root: Path, results: dict[str, _FileResult], read_keys: bool) -> D
                 access, trouble = resolve_access(document.spec.access, os.environ)
                 late.extend((source, loc, message) for loc, message in trouble)
             if isinstance(document, NodeDocument):
-                resolved = entry.node or _resolve_node(root, document, source)
+                try:
+                    resolved = entry.node or _resolve_node(root, document, source)
+                except ReadError as exc:  # a file of its build folder or python code
+                    late.append((source, _build_field(document), exc.message_in_repo()))
+                    continue
                 nodes[document.metadata.name] = (
                     replace(resolved, access=access) if access else resolved
                 )
@@ -517,7 +557,15 @@ def _assemble(root: Path, results: dict[str, _FileResult], read_keys: bool) -> D
         nodes=MappingProxyType(dict(sorted(nodes.items()))),
         aliases=MappingProxyType(dict(sorted(aliases.items()))),
         files=tuple(relative for relative, result in results.items() if result.ours),
+        ignored=ignored,
     )
+
+
+def _build_field(document: NodeDocument) -> _Loc:
+    """The field that names what a node's image is built from."""
+    if document.spec.python is not None:
+        return ("spec", "python", "code")
+    return ("spec", "image", "build")
 
 
 def _locate_late(root: Path, late: list[tuple[Source, _Loc, str]]) -> Iterator[SpecProblem]:
@@ -525,4 +573,9 @@ def _locate_late(root: Path, late: list[tuple[Source, _Loc, str]]) -> Iterator[S
     for source, loc, message in late:
         by_file.setdefault(source.file, []).append((source.document, loc, message, False))
     for relative, failures in by_file.items():
-        yield from _locate(relative, (root / relative).read_bytes(), failures)
+        try:
+            data = read_file(root, relative)
+        except ReadError as exc:  # changed under us since it was parsed
+            yield exc.as_problem()
+            continue
+        yield from _locate(relative, data, failures)
