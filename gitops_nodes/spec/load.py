@@ -443,7 +443,7 @@ def _resolve_node(root: Path, document: NodeDocument, source: Source) -> Desired
         image = spec.image
         assert image is not None  # the model allows exactly one of image and python
         if image.build is not None:
-            digest = context_digest(root / image.build, image.dockerfile)
+            digest = context_digest(root / image.build, image.dockerfile, image.build)
             build = BuildRequest(build_tag(digest), image.build, image.dockerfile)
             reference = build.tag
         else:

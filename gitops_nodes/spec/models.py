@@ -144,7 +144,12 @@ def _inside_repo(value: Any, info: ValidationInfo, folder: bool) -> str:
     base: Path | None = context.get("base")
     if root is None or base is None:
         return value
-    target = (base / value).resolve()
+    try:
+        target = (base / value).resolve()
+    except (OSError, RuntimeError):  # RuntimeError: a symbolic link loop (Python 3.11)
+        raise PydanticCustomError(
+            "repo_path", "expected a path without a symbolic link loop, got {path}", {"path": value}
+        ) from None
     try:
         relative = target.relative_to(root.resolve())
     except ValueError:
@@ -311,7 +316,10 @@ class ImageSource(SpecModel):
         root: Path | None = (info.context or {}).get("root")
         if self.build is not None and root is not None:
             folder = (root / self.build).resolve()
-            dockerfile = (folder / self.dockerfile).resolve()
+            try:
+                dockerfile = (folder / self.dockerfile).resolve()
+            except (OSError, RuntimeError):  # a symbolic link loop
+                dockerfile = folder / ".."
             if not dockerfile.is_relative_to(folder) or not dockerfile.is_file():
                 raise PydanticCustomError(
                     "dockerfile",

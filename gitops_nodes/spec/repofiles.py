@@ -228,6 +228,16 @@ def _is_folder_link(root: Path, relative: str) -> bool:
         return False
 
 
+def open_problem(mode: int) -> str:
+    """What is wrong with reading a path of this mode as a file."""
+    return _special(mode)
+
+
+def os_problem(exc: OSError) -> str:
+    """An OSError said for a message about a path (permission: what to do)."""
+    return _os_problem(exc)
+
+
 def _special(mode: int) -> str:
     kinds = [
         (stat.S_ISDIR, "a folder"),
