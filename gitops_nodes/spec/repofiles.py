@@ -144,9 +144,10 @@ def walk_yaml(root: Path, rules: IgnoreRules, skip: frozenset[str]) -> RepoWalk:
     return RepoWalk(tuple(sorted(files)), tuple(sorted(ignored)), tuple(problems))
 
 
-def read_file(root: Path, relative: str, limit: int = MAX_FILE_SIZE) -> bytes:
+def read_file(root: Path, relative: str, limit: int | None = None) -> bytes:
     """The bytes of the regular file root/relative, at most limit of them; raises ReadError
     for anything else (a link leading out of root, a FIFO, a device, no permission, ...)."""
+    limit = MAX_FILE_SIZE if limit is None else limit
     path = inside(root, relative)
     descriptor = _open_regular(path, relative)
     try:
@@ -251,7 +252,8 @@ def _special(mode: int) -> str:
     return f"{what}, not a regular file; gitops-nodes reads only regular files and folders"
 
 
-def _too_big(size: int, limit: int = MAX_FILE_SIZE) -> str:
+def _too_big(size: int, limit: int | None = None) -> str:
+    limit = MAX_FILE_SIZE if limit is None else limit
     return (
         f"{size / _MIB:.1f} MiB, over the {limit // _MIB} MiB a spec file may have; "
         f"if it is not spec, list it in {IGNORE_FILE}"
