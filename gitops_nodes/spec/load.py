@@ -105,6 +105,7 @@ class _FileResult:
     ours: bool
     cacheable: bool
     reason: str = ""  # why the file is not ours, when it is not
+    starts: tuple[int, ...] = ()  # each document's first line, to find positions in it alone
 
 
 class SpecLoader:
@@ -185,8 +186,9 @@ def load_spec(root: Path, read_keys: bool = True) -> DesiredState:
 
 def _parse_file(root: Path, relative: str, data: bytes) -> _FileResult:
     path = root / relative
+    starts: list[int] = []
     try:
-        raw_documents = parse_documents(data)
+        raw_documents = parse_documents(data, starts)
     except YamlError as exc:
         problem = SpecProblem(relative, exc.line, exc.column, "", exc.problem)
         return _FileResult(len(data), (), (problem,), True, False)
@@ -235,8 +237,9 @@ def _parse_file(root: Path, relative: str, data: bytes) -> _FileResult:
                 node = _resolve_node(root, document, Source(relative, index))
         entries.append(_Entry(index, document, node))
 
-    problems = _locate(relative, data, failures) if failures else ()
-    return _FileResult(len(data), tuple(entries), problems, True, not failures and not has_build)
+    problems = _locate(relative, data, failures, starts) if failures else ()
+    cacheable = not failures and not has_build
+    return _FileResult(len(data), tuple(entries), problems, True, cacheable, "", tuple(starts))
 
 
 def _looks_ours(raw: object) -> bool:
@@ -351,15 +354,53 @@ def _model_in(annotation: Any) -> Any:
 
 
 def _locate(
-    relative: str, data: bytes, failures: Sequence[tuple[int, _Loc, str, bool]]
+    relative: str,
+    data: bytes,
+    failures: Sequence[tuple[int, _Loc, str, bool]],
+    starts: Sequence[int] = (),
 ) -> tuple[SpecProblem, ...]:
-    """Positions for failures, found by composing the file again (paid only on bad files)."""
-    nodes = list(yaml.compose_all(data, Loader=_FastLoader))
+    """Positions for failures, found by composing the failing documents again (paid only on
+    bad files, and only for their bad documents when starts gives where each one begins)."""
+    lines = _lines(data) if starts else None
+    composed: dict[int, tuple[yaml.Node, int]] = {}
+    everything: list[yaml.Node] | None = None
     problems = []
     for index, loc, message, at_key in failures:
-        line, column = _position(nodes[index], loc, at_key)
-        problems.append(SpecProblem(relative, line, column, _field_path(loc), message))
+        if index not in composed:
+            found = _compose_one(lines, starts, index) if lines is not None else None
+            if found is None:
+                if everything is None:
+                    everything = list(yaml.compose_all(data, Loader=_FastLoader))
+                found = (everything[index], 0)
+            composed[index] = found
+        node, offset = composed[index]
+        line, column = _position(node, loc, at_key)
+        problems.append(SpecProblem(relative, line + offset, column, _field_path(loc), message))
     return tuple(problems)
+
+
+def _lines(data: bytes) -> list[str] | None:
+    """The file's lines as libyaml counts them; None when it is not UTF-8 (UTF-16 files are
+    composed whole). Text that parsed has no other breaks than those str.splitlines knows."""
+    try:
+        return data.decode("utf-8").splitlines(keepends=True)
+    except UnicodeDecodeError:
+        return None
+
+
+def _compose_one(
+    lines: list[str], starts: Sequence[int], index: int
+) -> tuple[yaml.Node, int] | None:
+    """Document index composed from its own lines, and the line it starts at."""
+    if index >= len(starts):
+        return None
+    end = starts[index + 1] if index + 1 < len(starts) else len(lines)
+    text = "".join(lines[starts[index] : end + 1])  # the next `---` line too: harmless
+    try:
+        node = next(iter(yaml.compose_all(text, Loader=_FastLoader)), None)
+    except yaml.YAMLError:
+        return None  # a slice that does not stand alone (a directive before it): compose all
+    return (node, starts[index]) if node is not None else None
 
 
 locate_problems = _locate  # for the settings file's errors
@@ -549,7 +590,8 @@ def _assemble(
                         f"expected the name of a Node in the spec, there is no Node {node!r}",
                     )
                 )
-    problems.extend(_locate_late(root, late))
+    starts = {relative: result.starts for relative, result in results.items()}
+    problems.extend(_locate_late(root, late, starts))
     if problems:
         raise SpecErrors(problems)
     return DesiredState(
@@ -568,7 +610,9 @@ def _build_field(document: NodeDocument) -> _Loc:
     return ("spec", "image", "build")
 
 
-def _locate_late(root: Path, late: list[tuple[Source, _Loc, str]]) -> Iterator[SpecProblem]:
+def _locate_late(
+    root: Path, late: list[tuple[Source, _Loc, str]], starts: dict[str, tuple[int, ...]]
+) -> Iterator[SpecProblem]:
     by_file: dict[str, list[tuple[int, _Loc, str, bool]]] = {}
     for source, loc, message in late:
         by_file.setdefault(source.file, []).append((source.document, loc, message, False))
@@ -578,4 +622,4 @@ def _locate_late(root: Path, late: list[tuple[Source, _Loc, str]]) -> Iterator[S
         except ReadError as exc:  # changed under us since it was parsed
             yield exc.as_problem()
             continue
-        yield from _locate(relative, data, failures)
+        yield from _locate(relative, data, failures, starts.get(relative, ()))

@@ -60,11 +60,12 @@ class YamlError(Exception):
         self.problem = problem
 
 
-def parse_documents(data: bytes | str) -> list[Any]:
+def parse_documents(data: bytes | str, starts: list[int] | None = None) -> list[Any]:
     """Every document of a YAML stream as plain values (dict, list, str, int, float, bool,
-    None); raises YamlError."""
+    None); raises YamlError. starts, when given, gets each document's first line (0-based),
+    so the positions of a problem can be found in that document alone."""
     try:
-        return _Builder().run(data)
+        return _Builder(starts).run(data)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
@@ -121,8 +122,9 @@ _NOTHING = object()
 class _Builder:
     """One pass over libyaml's events, keeping a stack of the collections being built."""
 
-    def __init__(self) -> None:
+    def __init__(self, starts: list[int] | None) -> None:
         self.anchors: dict[str, tuple[Any, int]] = {}  # anchor -> (value, weight)
+        self.starts = starts
 
     def run(self, data: bytes | str) -> list[Any]:
         parser = _PARSER(data)
@@ -173,6 +175,8 @@ class _Builder:
                     value, weight = anchors[event.anchor]
                 elif kind is doc_start:
                     anchors.clear()  # anchors do not cross documents
+                    if self.starts is not None:
+                        self.starts.append(event.start_mark.line)
                     continue
                 else:
                     continue
