@@ -199,7 +199,10 @@ def _parse_file(root: Path, relative: str, data: bytes) -> _FileResult:
     failures: list[tuple[int, _Loc, str, bool]] = []  # (document, loc, message, at key)
     context = {"root": root, "base": path.parent}
     has_build = False
-    for index, raw in enumerate(raw_documents):
+    for index in range(len(raw_documents)):
+        # Each raw document is dropped once validated: a file of 100,000 documents never
+        # holds all of them twice over (as parsed and as models) at once.
+        raw, raw_documents[index] = raw_documents[index], None
         if raw is None:
             continue
         if not isinstance(raw, dict):
