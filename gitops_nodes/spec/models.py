@@ -111,7 +111,11 @@ def _key_file(value: Any, info: ValidationInfo) -> str:
             "expected the absolute path of a file holding the key, outside the repository",
         )
     root: Path | None = (info.context or {}).get("root")
-    if root is not None and Path(value).resolve().is_relative_to(root.resolve()):
+    try:
+        resolved = Path(value).resolve()
+    except (OSError, RuntimeError):  # a symbolic link loop: reading it reports the problem
+        resolved = Path(value)
+    if root is not None and resolved.is_relative_to(root.resolve()):
         raise PydanticCustomError(
             "key_file", "expected a file outside the repository: keys are never committed"
         )
