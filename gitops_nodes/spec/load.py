@@ -105,7 +105,8 @@ class _FileResult:
     ours: bool
     cacheable: bool
     reason: str = ""  # why the file is not ours, when it is not
-    starts: tuple[int, ...] = ()  # each document's first line, to find positions in it alone
+    # Each document's first line and character index, to find positions in it alone.
+    starts: tuple[tuple[int, int], ...] = ()
 
 
 class SpecLoader:
@@ -186,7 +187,7 @@ def load_spec(root: Path, read_keys: bool = True) -> DesiredState:
 
 def _parse_file(root: Path, relative: str, data: bytes) -> _FileResult:
     path = root / relative
-    starts: list[int] = []
+    starts: list[tuple[int, int]] = []
     try:
         raw_documents = parse_documents(data, starts)
     except YamlError as exc:
@@ -360,17 +361,19 @@ def _locate(
     relative: str,
     data: bytes,
     failures: Sequence[tuple[int, _Loc, str, bool]],
-    starts: Sequence[int] = (),
+    starts: Sequence[tuple[int, int]] = (),
 ) -> tuple[SpecProblem, ...]:
     """Positions for failures, found by composing the failing documents again (paid only on
     bad files, and only for their bad documents when starts gives where each one begins)."""
-    lines = _lines(data) if starts else None
+    lines: list[str] | None = None
     composed: dict[int, tuple[yaml.Node, int]] = {}
     everything: list[yaml.Node] | None = None
     problems = []
     for index, loc, message, at_key in failures:
         if index not in composed:
-            found = _compose_one(lines, starts, index) if lines is not None else None
+            if starts and lines is None and not data.isascii():
+                lines = _lines(data)
+            found = _compose_one(data, lines, starts, index) if starts else None
             if found is None:
                 if everything is None:
                     everything = list(yaml.compose_all(data, Loader=_FastLoader))
@@ -382,28 +385,37 @@ def _locate(
     return tuple(problems)
 
 
-def _lines(data: bytes) -> list[str] | None:
-    """The file's lines as libyaml counts them; None when it is not UTF-8 (UTF-16 files are
-    composed whole). Text that parsed has no other breaks than those str.splitlines knows."""
+def _lines(data: bytes) -> list[str]:
+    """The file's lines as libyaml counts them ([] when it is not UTF-8: composed whole).
+    Text that parsed has no other breaks than those str.splitlines knows."""
     try:
         return data.decode("utf-8").splitlines(keepends=True)
     except UnicodeDecodeError:
-        return None
+        return []
 
 
 def _compose_one(
-    lines: list[str], starts: Sequence[int], index: int
+    data: bytes, lines: list[str] | None, starts: Sequence[tuple[int, int]], index: int
 ) -> tuple[yaml.Node, int] | None:
-    """Document index composed from its own lines, and the line it starts at."""
+    """Document index composed from its own text, and the line it starts at. In ASCII
+    (most files) character indexes are byte offsets; otherwise the text is cut by lines."""
     if index >= len(starts):
         return None
-    end = starts[index + 1] if index + 1 < len(starts) else len(lines)
-    text = "".join(lines[starts[index] : end + 1])  # the next `---` line too: harmless
+    line, begin = starts[index]
+    text: str | bytes
+    if lines is None:
+        end = starts[index + 1][1] if index + 1 < len(starts) else len(data)
+        text = data[data.rfind(b"\n", 0, begin) + 1 : end]  # from its line's start
+    elif lines:
+        end = starts[index + 1][0] if index + 1 < len(starts) else len(lines)
+        text = "".join(lines[line : end + 1])  # the next `---` line too: harmless
+    else:
+        return None
     try:
         node = next(iter(yaml.compose_all(text, Loader=_FastLoader)), None)
     except yaml.YAMLError:
         return None  # a slice that does not stand alone (a directive before it): compose all
-    return (node, starts[index]) if node is not None else None
+    return (node, line) if node is not None else None
 
 
 locate_problems = _locate  # for the settings file's errors
@@ -614,7 +626,9 @@ def _build_field(document: NodeDocument) -> _Loc:
 
 
 def _locate_late(
-    root: Path, late: list[tuple[Source, _Loc, str]], starts: dict[str, tuple[int, ...]]
+    root: Path,
+    late: list[tuple[Source, _Loc, str]],
+    starts: dict[str, tuple[tuple[int, int], ...]],
 ) -> Iterator[SpecProblem]:
     by_file: dict[str, list[tuple[int, _Loc, str, bool]]] = {}
     for source, loc, message in late:

@@ -60,10 +60,10 @@ class YamlError(Exception):
         self.problem = problem
 
 
-def parse_documents(data: bytes | str, starts: list[int] | None = None) -> list[Any]:
+def parse_documents(data: bytes | str, starts: list[tuple[int, int]] | None = None) -> list[Any]:
     """Every document of a YAML stream as plain values (dict, list, str, int, float, bool,
-    None); raises YamlError. starts, when given, gets each document's first line (0-based),
-    so the positions of a problem can be found in that document alone."""
+    None); raises YamlError. starts, when given, gets each document's first line (0-based)
+    and character index, so the positions of a problem can be found in that document alone."""
     try:
         return _Builder(starts).run(data)
     except yaml.MarkedYAMLError as exc:
@@ -122,7 +122,7 @@ _NOTHING = object()
 class _Builder:
     """One pass over libyaml's events, keeping a stack of the collections being built."""
 
-    def __init__(self, starts: list[int] | None) -> None:
+    def __init__(self, starts: list[tuple[int, int]] | None) -> None:
         self.anchors: dict[str, tuple[Any, int]] = {}  # anchor -> (value, weight)
         self.starts = starts
 
@@ -176,7 +176,8 @@ class _Builder:
                 elif kind is doc_start:
                     anchors.clear()  # anchors do not cross documents
                     if self.starts is not None:
-                        self.starts.append(event.start_mark.line)
+                        mark = event.start_mark
+                        self.starts.append((mark.line, mark.index))
                     continue
                 else:
                     continue

@@ -395,3 +395,15 @@ def test_the_cache_stays_under_its_bound(tmp_path: Path) -> None:
         (tmp_path / f"n{index}.yaml").write_text(WEB.replace("web", f"m{index}"))
     loader.load(tmp_path)
     assert 0 < loader.cached_bytes <= 10 * size
+
+
+@pytest.mark.parametrize("first_line", ["# plain ASCII\n", "# café, not ASCII\n"])
+def test_a_problem_deep_in_a_long_file_gets_its_own_line(
+    write_repo: WriteRepo, first_line: str
+) -> None:
+    documents = [WEB.replace("name: web", f"name: n{i}") for i in range(50)]
+    documents[37] += "  instances: 0\n"
+    root = write_repo({})
+    (root / "many.yaml").write_text(first_line + "---\n".join(documents))
+    line = 1 + 37 * 9 + 9  # the comment, 37 documents of 8 lines and a `---`, then line 9
+    assert _errors(root) == [f"many.yaml:{line}:14: spec.instances: expected a value ≥ 1, got 0"]
