@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import signal
 import sys
 from pathlib import Path
 
+from balancer.logformat import configure as configure_logs
 from balancer.proxy import ProxySettings
 from balancer.push import push_routes
 from balancer.server import Balancer, ServeOptions, new_loop
@@ -29,8 +29,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--admin-port", type=int, default=8081)
     parser.add_argument("--token-file", type=Path, required=True, help="the push token")
     parser.add_argument("--access-log", action="store_true")
+    parser.add_argument(
+        "--log-format",
+        choices=["json", "text"],
+        default="json",
+        help="every log line (the access log's too) a JSON object, or a plain line",
+    )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    configure_logs(structured=args.log_format == "json")
     try:
         token = args.token_file.read_text().strip()
     except OSError as exc:

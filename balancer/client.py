@@ -8,7 +8,6 @@ bypassed between messages (`at_boundary`), so the two paths never share a messag
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections import deque
 from typing import Any
@@ -443,22 +442,7 @@ class ClientConnection(asyncio.Protocol):
         alias = request.alias.name if request.alias else None
         proxy.metrics.observe(alias, node, code, elapsed)
         if proxy.settings.access_log:
-            access_log.info(
-                json.dumps(
-                    {
-                        "client": self.client_ip.decode(),
-                        "method": request.method.decode(),
-                        "target": request.target.decode("latin-1"),
-                        "alias": alias,
-                        "node": node,
-                        "instance": request.backend.instance if request.backend else None,
-                        "caller": request.caller,
-                        "status": code,
-                        "seconds": round(elapsed, 6),
-                        "requestId": request.request_id.decode("latin-1"),
-                    }
-                )
-            )
+            self._log_access(request, alias, node, code, elapsed)
         self.active = None
         self.last_active = request.started + elapsed
         if self.closed:
@@ -470,6 +454,34 @@ class ClientConnection(asyncio.Protocol):
             self.start(self.queue.popleft())
         if self.paused and not self.queue:
             self.resume()
+
+    def _log_access(
+        self, request: Request, alias: str | None, node: str | None, code: int, elapsed: float
+    ) -> None:
+        """One access-log record: its fields structured (the log's formatter writes them as
+        one JSON object or one plain line), its message a short summary."""
+        method = request.method.decode()
+        target = request.target.decode("latin-1")
+        access_log.info(
+            "%s %s %d",
+            method,
+            target,
+            code,
+            extra={
+                "fields": {
+                    "client": self.client_ip.decode(),
+                    "method": method,
+                    "target": target,
+                    "alias": alias,
+                    "node": node,
+                    "instance": request.backend.instance if request.backend else None,
+                    "caller": request.caller,
+                    "status": code,
+                    "seconds": round(elapsed, 6),
+                    "requestId": request.request_id.decode("latin-1"),
+                }
+            },
+        )
 
     def body_too_large(self, request: Request) -> None:
         limit = self.proxy.settings.max_body

@@ -247,8 +247,8 @@ def wait_for_ok(server: Server, port: int, path: str, times: int = 1) -> None:
 
 
 def wait_for_healthy(server: Server, admin_port: int, times: int) -> None:
-    """Poll /-/status until the node and its instance report Healthy `times` times in a row
-    (new connections each time, so with SO_REUSEPORT several workers are asked)."""
+    """Poll /-/status until the node and its instance report Healthy `times` times in a row,
+    and with --workers every worker counts the instance Healthy (its `workers` list)."""
     deadline = time.monotonic() + HEALTHY_TIMEOUT
     streak = 0
     last = ""
@@ -260,7 +260,11 @@ def wait_for_healthy(server: Server, admin_port: int, times: int) -> None:
             nodes = {n["name"]: n for n in document.get("nodes", [])}
             node = nodes.get(NODE, {})
             instances = [i["status"] for i in node.get("instances", [])]
+            names = [i["instance"] for i in node.get("instances", [])]
             healthy = node.get("status") == "Healthy" and instances == ["Healthy"]
+            healthy = healthy and all(
+                set(names) <= set(w.get("healthy") or ()) for w in document.get("workers", [])
+            )
             last = f"node {node.get('status')}, instances {instances}"
         except (OSError, ValueError, KeyError, TypeError) as exc:
             healthy, last = False, repr(exc)

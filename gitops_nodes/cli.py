@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -26,6 +27,8 @@ from gitops_nodes.spec.state import DesiredState
 from gitops_nodes.statedir import StateDir
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
+
+log = logging.getLogger("gitops_nodes.cli")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,6 +79,14 @@ def _parser() -> argparse.ArgumentParser:
             default=None,
             help="where instances run: one Docker host, or a Swarm cluster through a manager "
             "(default: the repo's gitops-nodes.yaml, else docker)",
+        )
+
+    def log_format_option(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument(
+            "--log-format",
+            choices=["json", "text"],
+            default="json",
+            help="every log line, the access log's too: a JSON object (default) or plain text",
         )
 
     def serve_options(sub: argparse.ArgumentParser) -> None:
@@ -170,6 +181,7 @@ def _parser() -> argparse.ArgumentParser:
     project_options(sub)
     serve_options(sub)
     sub.add_argument("--workers", type=int, default=1, help="processes sharing the port")
+    log_format_option(sub)
     sub.set_defaults(command=_serve)
 
     sub = command(
@@ -183,7 +195,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("--interval", default="30s", help="how often to fetch and check drift")
     project_options(sub)
     serve_options(sub)
-    sub.add_argument("--log-format", choices=["json", "text"], default="json")
+    log_format_option(sub)
     sub.set_defaults(command=_watch)
 
     sub = command("schema", "Print the JSON Schema of a spec document.")
@@ -379,15 +391,22 @@ def _serve(args: argparse.Namespace) -> int:
             "on a Swarm the balancer runs as a service of the project (apply starts it, on "
             "gitops-nodes.yaml's swarm.port); `serve` is the balancer for one Docker host"
         )
-    logs.configure(structured=False)
+    if args.workers < 1:
+        raise GitopsNodesError(f"--workers: expected 1 or more, got {args.workers}")
+    logs.configure(structured=args.log_format == "json")
     options = ServeOptions(
         args.host, args.port, args.admin_host, args.admin_port, admin_token=_admin_token(args)
     )
     settings = _proxy_settings(args)
-    print(
-        f"Serving {state.table} on http://{args.host}:{args.port} "
-        f"(control plane: http://{args.admin_host}:{args.admin_port}/-/status)",
-        flush=True,
+    # A log record rather than a print: under --log-format json every line is an object.
+    log.info(
+        "serving %s on http://%s:%d (control plane: http://%s:%d/-/status), %d worker(s)",
+        state.table,
+        args.host,
+        args.port,
+        args.admin_host,
+        args.admin_port,
+        args.workers,
     )
     return run(state.table, options, settings, workers=args.workers)
 
@@ -496,10 +515,15 @@ def _watch(args: argparse.Namespace) -> int:
         if runtime == "swarm"
         else f"serving http://{args.host}:{args.port}"
     )
-    print(
-        f"Watching {source.describe()} as project {project} on {runtime}; {serving} "
-        f"(control plane: http://{args.admin_host}:{args.admin_port}/-/status)",
-        flush=True,
+    # A log record rather than a print: under --log-format json every line is an object.
+    log.info(
+        "watching %s as project %s on %s; %s (control plane: http://%s:%d/-/status)",
+        source.describe(),
+        project,
+        runtime,
+        serving,
+        args.admin_host,
+        args.admin_port,
     )
     try:
         loop.run_until_complete(watch.run(options))

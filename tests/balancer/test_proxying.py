@@ -218,7 +218,7 @@ def test_client_disconnect_while_waiting_aborts_the_upstream_request(one_node):
     assert time.monotonic() - began < 3.0  # long before the 5 s answer
     assert balancer.get("/aliases/w/after").status == 200
     metrics = balancer.admin("GET", "/-/metrics").body.decode()
-    assert 'node_http_codes{node_id="a",code="499"} 1' in metrics
+    assert 'node_http_codes_total{node_id="a",code="499"} 1' in metrics
 
 
 def received_headers(reply: Any) -> dict[str, list[str]]:
