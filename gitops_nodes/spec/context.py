@@ -116,7 +116,9 @@ def _entries(
             else:
                 problem = open_problem(mode)
                 raise ReadError(_join(shown, relative), f"{problem}; list it in .dockerignore")
-    return sorted(found)
+    # Sorted by path parts, as the digest always was: a folder without links or ignored files
+    # keeps its image tag across this change, so nothing is rebuilt for it.
+    return sorted(found, key=lambda item: item[0].split("/"))
 
 
 def _hash_file(digest: Any, path: Path, shown: str) -> None:
