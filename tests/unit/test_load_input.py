@@ -4,6 +4,7 @@ scalars, merge keys, build folder digests and the cache."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections.abc import Callable
@@ -407,3 +408,19 @@ def test_a_problem_deep_in_a_long_file_gets_its_own_line(
     (root / "many.yaml").write_text(first_line + "---\n".join(documents))
     line = 1 + 37 * 9 + 9  # the comment, 37 documents of 8 lines and a `---`, then line 9
     assert _errors(root) == [f"many.yaml:{line}:14: spec.instances: expected a value ≥ 1, got 0"]
+
+
+def test_a_folder_without_links_or_ignores_keeps_the_digest_it_always_had(tmp_path: Path) -> None:
+    app = _app(tmp_path)
+    (app / "a").mkdir()
+    for relative, text in {"a.txt": "1", "a/b": "2", "a-b": "3", "run.sh": "#!/bin/sh\n"}.items():
+        (app / relative).write_text(text)
+    (app / "run.sh").chmod(0o755)
+    # The digest as computed before .dockerignore and links were honoured: an image tag that
+    # changed here would rebuild and replace every built node on upgrade.
+    expected = hashlib.sha256(b"dockerfile=Dockerfile\0")
+    for path in sorted(p for p in app.rglob("*") if p.is_file()):
+        relative = path.relative_to(app).as_posix()
+        expected.update(f"{relative}\0{int(os.access(path, os.X_OK))}\0".encode())
+        expected.update(path.read_bytes() + b"\0")
+    assert context_digest(app, "Dockerfile") == expected.hexdigest()
