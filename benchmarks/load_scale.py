@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -31,6 +32,7 @@ from pathlib import Path
 
 import yaml
 
+REPO_ROOT = Path(__file__).resolve().parent.parent  # this checkout's code, not an installed one
 RATIO_TARGET = 10.0
 MEMORY_TARGET_MIB = 1024.0
 REFUSE_TARGET_S = 1.0
@@ -68,6 +70,10 @@ def write_data(root: Path, megabytes: int) -> None:
 
 def child(root: str) -> None:
     """Run in a fresh process: load root once, print what happened as one JSON line."""
+    import gitops_nodes
+
+    if Path(gitops_nodes.__file__).resolve().parent.parent != REPO_ROOT:
+        raise SystemExit(f"measuring {gitops_nodes.__file__}, not this checkout's code")
     from gitops_nodes.spec.errors import SpecErrors
     from gitops_nodes.spec.load import load_spec
 
@@ -88,6 +94,7 @@ def measure(root: Path, runs: int) -> tuple[float, float, str]:
     for _ in range(runs):
         done = subprocess.run(
             [sys.executable, __file__, "--child", str(root)],
+            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
             capture_output=True,
             text=True,
             check=True,
