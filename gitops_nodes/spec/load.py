@@ -227,7 +227,6 @@ def _parse_file(root: Path, relative: str, data: bytes) -> _FileResult:
         except ValidationError as exc:
             failures.extend((index, *_describe(error, model)) for error in exc.errors())
             continue
-        node = None
         if isinstance(document, NodeDocument):
             python = document.spec.python
             if python is not None:
@@ -235,15 +234,26 @@ def _parse_file(root: Path, relative: str, data: bytes) -> _FileResult:
                 if trouble is not None:
                     failures.append((index, ("spec", "python", "code"), trouble, False))
                     continue
-            if python is not None or (document.spec.image and document.spec.image.build):
+            if _builds(document):
                 has_build = True  # reads other files: never cached by this file's bytes
-            else:
-                node = _resolve_node(root, document, Source(relative, index))
-        entries.append(_Entry(index, document, node))
+        entries.append(_Entry(index, document, None))
 
+    if not failures:  # resolved once here and cached; a file with problems is never planned
+        entries = [
+            replace(entry, node=_resolve_node(root, entry.document, Source(relative, entry.index)))
+            if isinstance(entry.document, NodeDocument) and not _builds(entry.document)
+            else entry
+            for entry in entries
+        ]
     problems = _locate(relative, data, failures, starts) if failures else ()
     cacheable = not failures and not has_build
     return _FileResult(len(data), tuple(entries), problems, True, cacheable, "", tuple(starts))
+
+
+def _builds(document: NodeDocument) -> bool:
+    """Whether the node's image is built from files of the repository (read when resolved)."""
+    image = document.spec.image
+    return document.spec.python is not None or (image is not None and image.build is not None)
 
 
 def _looks_ours(raw: object) -> bool:
@@ -547,6 +557,10 @@ def _assemble(
 ) -> DesiredState:
     """Cross-document checks (unique names, aliases naming real nodes), then the state."""
     problems.extend(p for result in results.values() for p in result.problems)
+    # With problems already found nothing is planned: nodes whose resolving reads no files
+    # are not resolved, so one error among 100,000 documents costs less than none.
+    doomed = bool(problems)
+    node_names: set[str] = set()
     nodes: dict[str, DesiredNode] = {}
     aliases: dict[str, DesiredAlias] = {}
     first_seen: dict[tuple[str, str], Source] = {}
@@ -574,6 +588,9 @@ def _assemble(
                 access, trouble = resolve_access(document.spec.access, os.environ)
                 late.extend((source, loc, message) for loc, message in trouble)
             if isinstance(document, NodeDocument):
+                node_names.add(document.metadata.name)
+                if doomed and entry.node is None and not _builds(document):
+                    continue  # the load fails anyway: what is left to find needs only names
                 try:
                     resolved = entry.node or _resolve_node(root, document, source)
                 except ReadError as exc:  # a file of its build folder or python code
@@ -597,7 +614,7 @@ def _assemble(
                 )
     for alias in aliases.values():
         for position, (node, _) in enumerate(alias.routes):
-            if node not in nodes:
+            if node not in node_names:
                 late.append(
                     (
                         alias.source,
