@@ -334,7 +334,21 @@ def _validate(args: argparse.Namespace) -> int:
         f"The spec is valid: {_count(len(desired.nodes), 'node')} and "
         f"{_count(len(desired.aliases), 'alias')} in {_count(len(desired.files), 'file')}."
     )
+    _print_ignored(desired)
     return EXIT_OK
+
+
+def _print_ignored(desired: DesiredState) -> None:
+    """The YAML files the load left out, and why: a file that stopped being spec shows here."""
+    if not desired.ignored:
+        return
+    print(f"\nNot read as spec ({_count(len(desired.ignored), 'path')}):")
+    for entry in desired.ignored:
+        print(f"  {entry.path}: {entry.reason}")
+
+
+def _ignored_json(desired: DesiredState) -> list[dict[str, str]]:
+    return [{"path": entry.path, "reason": entry.reason} for entry in desired.ignored]
 
 
 def _count(number: int, noun: str) -> str:
@@ -352,7 +366,11 @@ def _plan(args: argparse.Namespace) -> int:
     plan = make_plan(project, desired, live)
     _empty_guard(args, desired)(plan, live)
     data = plan.to_json()
-    print(render_json(data) if args.json else render_text(data), end="")
+    if args.json:
+        print(render_json({**data, "ignoredFiles": _ignored_json(desired)}), end="")
+    else:
+        print(render_text(data), end="")
+        _print_ignored(desired)
     if args.out:
         try:
             args.out.write_text(

@@ -8,6 +8,8 @@ read is a spec problem at the field that names its source; no message includes a
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -57,11 +59,21 @@ def _from_env(name: str, environ: Mapping[str, str]) -> tuple[str | None, str | 
 
 
 def _from_file(path: Path) -> tuple[str | None, str | None]:
+    # Opened without blocking and checked to be a regular file (links to one are followed:
+    # keys often live behind /run/secrets links), then read only as far as a key can be, so a
+    # FIFO, a device or /dev/zero named by mistake is refused rather than waited on.
     try:
-        with path.open("rb") as handle:
-            data = handle.read(MAX_KEY_LENGTH + 64)  # a key, not whatever file was named
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         return None, f"cannot read the key file {path}: {exc.strerror or type(exc).__name__}"
+    try:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            return None, f"the key file {path} is not a regular file; expected a file holding a key"
+        data = os.read(descriptor, MAX_KEY_LENGTH + 64)  # a key, not whatever file was named
+    except OSError as exc:
+        return None, f"cannot read the key file {path}: {exc.strerror or type(exc).__name__}"
+    finally:
+        os.close(descriptor)
     try:
         key = data.decode().strip()
     except UnicodeDecodeError:

@@ -4,22 +4,38 @@ from __future__ import annotations
 
 import hashlib
 import os
+import posixpath
+import stat
 from pathlib import Path
+from typing import Any
 
+from gitops_nodes.spec.dockerignore import DOCKERIGNORE, DockerIgnore
+from gitops_nodes.spec.repofiles import ReadError, inside, open_problem, open_regular, os_problem
 from gitops_nodes.spec.state import PythonBuild
+
+_CHUNK = 1024 * 1024
 
 BUILD_REPOSITORY = "gitops-nodes/build"
 PACKAGE = Path(__file__).resolve().parent.parent  # gitops_nodes/
 
 
-def context_digest(folder: Path, dockerfile: str) -> str:
-    """The sha256 of every file's relative path, executable bit and bytes, in sorted order."""
+def context_digest(folder: Path, dockerfile: str, shown: str = "") -> str:
+    """The sha256 of what Docker's build sends from folder: each path that its .dockerignore
+    leaves in, with its executable bit and bytes (a symbolic link as the link itself, never
+    what it points to), in sorted order, plus the Dockerfile and .dockerignore, which Docker
+    sends in any case. shown is the folder as messages name it; raises ReadError for a path
+    that is neither a file, a folder nor a link (a FIFO, device or socket) or cannot be read."""
     digest = hashlib.sha256(f"dockerfile={dockerfile}\0".encode())
-    for path in sorted(_files(folder)):
-        relative = path.relative_to(folder).as_posix()
+    ignore = DockerIgnore(_ignore_text(folder, shown))
+    always = {DOCKERIGNORE, posixpath.normpath(dockerfile)}
+    for relative, kind in _entries(folder, ignore, always, shown):
+        path = folder / relative
+        if kind == "link":
+            digest.update(f"{relative}\0link\0{os.readlink(path)}\0".encode())
+            continue
         executable = os.access(path, os.X_OK)
         digest.update(f"{relative}\0{int(executable)}\0".encode())
-        digest.update(path.read_bytes())
+        _hash_file(digest, path, _join(shown, relative))
         digest.update(b"\0")
     return digest.hexdigest()
 
@@ -37,7 +53,7 @@ def python_digest(root: Path, build: PythonBuild) -> str:
     for relative in (build.code, build.checkpoint, build.setup):
         if relative is not None:
             digest.update(f"\0{relative}\0".encode())
-            digest.update((root / relative).read_bytes())
+            _hash_file(digest, inside(root, relative), relative)
     # How the image is assembled (pyimage.py's Dockerfile) is part of what goes in, too.
     for path in [*runtime_files(), PACKAGE / "pyimage.py"]:
         digest.update(f"\0{path.relative_to(PACKAGE.parent).as_posix()}\0".encode())
@@ -50,9 +66,72 @@ def build_tag(digest: str) -> str:
     return f"{BUILD_REPOSITORY}:{digest[:16]}"
 
 
-def _files(folder: Path) -> list[Path]:
-    found: list[Path] = []
-    for directory, subdirs, names in os.walk(folder):
-        subdirs[:] = [name for name in subdirs if name != ".git"]
-        found.extend(Path(directory, name) for name in names)
-    return found
+def _ignore_text(folder: Path, shown: str) -> str:
+    path = folder / DOCKERIGNORE
+    if not os.path.lexists(path):
+        return ""
+    descriptor = open_regular(path, _join(shown, DOCKERIGNORE))
+    try:
+        data = os.read(descriptor, _CHUNK + 1)
+    except OSError as exc:
+        raise ReadError(_join(shown, DOCKERIGNORE), os_problem(exc)) from None
+    finally:
+        os.close(descriptor)
+    if len(data) > _CHUNK:
+        raise ReadError(_join(shown, DOCKERIGNORE), "over 1 MiB; expected a list of patterns")
+    return data.decode(errors="replace")
+
+
+def _entries(
+    folder: Path, ignore: DockerIgnore, always: set[str], shown: str
+) -> list[tuple[str, str]]:
+    """(relative path, "file" or "link") of everything the build sends, never following a link."""
+    found: list[tuple[str, str]] = []
+    pending = [""]
+    while pending:
+        current = pending.pop()
+        try:
+            with os.scandir(folder / current if current else folder) as listing:
+                entries = list(listing)
+        except OSError as exc:
+            raise ReadError(_join(shown, current), os_problem(exc)) from None
+        for entry in entries:
+            relative = f"{current}/{entry.name}" if current else entry.name
+            if entry.name == ".git":
+                continue
+            excluded = relative not in always and ignore.excluded(relative)
+            try:
+                mode = entry.stat(follow_symlinks=False).st_mode
+            except OSError as exc:
+                raise ReadError(_join(shown, relative), os_problem(exc)) from None
+            if stat.S_ISDIR(mode):
+                if not excluded or ignore.has_exclusions:  # a `!` may re-include inside
+                    pending.append(relative)
+            elif excluded:
+                continue
+            elif stat.S_ISLNK(mode):
+                found.append((relative, "link"))
+            elif stat.S_ISREG(mode):
+                found.append((relative, "file"))
+            else:
+                problem = open_problem(mode)
+                raise ReadError(_join(shown, relative), f"{problem}; list it in .dockerignore")
+    # Sorted by path parts, as the digest always was: a folder without links or ignored files
+    # keeps its image tag across this change, so nothing is rebuilt for it.
+    return sorted(found, key=lambda item: item[0].split("/"))
+
+
+def _hash_file(digest: Any, path: Path, shown: str) -> None:
+    descriptor = open_regular(path, shown)
+    try:
+        while chunk := os.read(descriptor, _CHUNK):
+            digest.update(chunk)
+    except OSError as exc:
+        raise ReadError(shown, os_problem(exc)) from None
+    finally:
+        os.close(descriptor)
+
+
+def _join(shown: str, relative: str) -> str:
+    shown = "" if shown == "." else shown
+    return f"{shown}/{relative}" if shown and relative else (shown or relative or ".")

@@ -19,7 +19,8 @@ class SpecProblem:
     message: str
 
     def __str__(self) -> str:
-        where = f"{self.file}:{self.line}:{self.column}"
+        # Line 0: about the file as a whole (it could not be read, or is not a regular file).
+        where = f"{self.file}:{self.line}:{self.column}" if self.line else self.file
         return (
             f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -36,6 +37,13 @@ from gitops_nodes.spec.models import (
     PythonSource,
     Telemetry,
 )
+from gitops_nodes.spec.repofiles import (
+    IGNORE_FILE,
+    IgnoreRules,
+    ReadError,
+    read_file,
+    walk_yaml,
+)
 from gitops_nodes.spec.state import (
     BuildRequest,
     DesiredAlias,
@@ -44,6 +52,10 @@ from gitops_nodes.spec.state import (
     PythonBuild,
     Source,
 )
+from gitops_nodes.spec.state import (
+    IgnoredFile as Ignored,
+)
+from gitops_nodes.spec.yaml12 import YamlError, parse_documents
 
 _MODELS: dict[str, type[NodeDocument] | type[AliasDocument]] = {
     "Node": NodeDocument,
@@ -67,35 +79,13 @@ _VALIDATOR_FIELD = {
 }
 
 
-class _DuplicateKey(yaml.MarkedYAMLError):
-    pass
-
-
 # libyaml's C parser is several times faster; PyYAML wheels ship it, source builds may not.
+# Used only to find positions for problems, in files parse_documents already accepted.
 _FastLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
-
-class _StrictLoader(_FastLoader):  # type: ignore[valid-type,misc]
-    """libyaml's safe loader, refusing duplicate keys (the default keeps the last silently)."""
-
-
-def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    loader.flatten_mapping(node)
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node)
-        if key in seen:
-            raise _DuplicateKey(
-                problem=f"duplicate key {key!r}; expected each key once in a mapping",
-                problem_mark=key_node.start_mark,
-            )
-        seen.add(key)
-    mapping: dict[Any, Any] = loader.construct_mapping(node, deep=True)
-    return mapping
-
-
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-StrictLoader = _StrictLoader  # for the settings file (spec/settings.py), read the same way
+# The source YAML the cache of parsed files may hold (it holds the parse of each file, about
+# ten times as much memory); the least recently used files go first past it.
+CACHE_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -109,21 +99,37 @@ class _Entry:
 
 @dataclass(frozen=True)
 class _FileResult:
-    sha: str
+    size: int
     entries: tuple[_Entry, ...]
     problems: tuple[SpecProblem, ...]
     ours: bool
     cacheable: bool
+    reason: str = ""  # why the file is not ours, when it is not
+    # Each document's first line and character index, to find positions in it alone.
+    starts: tuple[tuple[int, int], ...] = ()
 
 
 class SpecLoader:
-    """Loads specs repeatedly, re-reading only the files whose bytes changed since last time."""
+    """Loads specs repeatedly, re-parsing only files whose path and bytes it has not seen.
 
-    def __init__(self, read_keys: bool = True) -> None:
-        self._cache: dict[Path, _FileResult] = {}
+    The cache is keyed by each file's path in the repository and the digest of its bytes, not
+    by where the repository is on disk: watch checks every commit out into a folder of its
+    own, and an unchanged file is a hit there too. It holds at most max_bytes of source YAML
+    (CACHE_BYTES by default), the least recently used files leaving first.
+    """
+
+    def __init__(self, read_keys: bool = True, max_bytes: int = CACHE_BYTES) -> None:
+        self._cache: OrderedDict[tuple[str, str], _FileResult] = OrderedDict()
+        self._cached_bytes = 0
+        self.max_bytes = max_bytes
         # Without read_keys, private targets' keys are neither read nor required and their
         # access stays None: for commands that only look (status), not publish.
         self.read_keys = read_keys
+
+    @property
+    def cached_bytes(self) -> int:
+        """The source bytes of the files whose parse the cache holds now."""
+        return self._cached_bytes
 
     def load(self, root: Path) -> DesiredState:
         """The repository's desired state; raises SpecErrors listing every problem found."""
@@ -136,19 +142,42 @@ class SpecLoader:
             raise SpecErrors(
                 [SpecProblem(str(root), 0, 0, "", "expected a folder holding YAML files")]
             )
+        problems: list[SpecProblem] = []
+        try:
+            rules = IgnoreRules.read(root)
+        except ReadError as exc:
+            problems.append(exc.as_problem())
+            rules = IgnoreRules([])
+        walk = walk_yaml(root, rules, skip=frozenset({SETTINGS_FILE, IGNORE_FILE}))
+        problems.extend(walk.problems)
+        ignored = list(walk.ignored)
         results: dict[str, _FileResult] = {}
-        for path in _spec_files(root):
-            data = path.read_bytes()
-            sha = hashlib.sha1(data).hexdigest()
-            cached = self._cache.get(path)
-            if cached is None or cached.sha != sha:
-                cached = _parse_file(root, path, data, sha)
-                if cached.cacheable:
-                    self._cache[path] = cached
-                else:
-                    self._cache.pop(path, None)
-            results[path.relative_to(root).as_posix()] = cached
-        return _assemble(root, results, self.read_keys)
+        for relative in walk.files:
+            try:
+                data = read_file(root, relative)
+            except ReadError as exc:
+                problems.append(exc.as_problem())
+                continue
+            result = self._parse(root, relative, data)
+            if not result.ours:
+                ignored.append(Ignored(relative, result.reason))
+            results[relative] = result
+        return _assemble(root, results, self.read_keys, problems, tuple(sorted(ignored)))
+
+    def _parse(self, root: Path, relative: str, data: bytes) -> _FileResult:
+        key = (relative, hashlib.sha1(data).hexdigest())
+        cached = self._cache.get(key)
+        if cached is not None:
+            self._cache.move_to_end(key)
+            return cached
+        result = _parse_file(root, relative, data)
+        if result.cacheable and result.size <= self.max_bytes:
+            self._cache[key] = result
+            self._cached_bytes += result.size
+            while self._cached_bytes > self.max_bytes:
+                _, evicted = self._cache.popitem(last=False)
+                self._cached_bytes -= evicted.size
+        return result
 
 
 def load_spec(root: Path, read_keys: bool = True) -> DesiredState:
@@ -156,36 +185,25 @@ def load_spec(root: Path, read_keys: bool = True) -> DesiredState:
     return SpecLoader(read_keys).load(root)
 
 
-def _spec_files(root: Path) -> list[Path]:
-    found = [
-        path
-        for pattern in ("*.yaml", "*.yml")
-        for path in root.rglob(pattern)
-        if path.is_file() and not any(part.startswith(".") for part in path.relative_to(root).parts)
-    ]
-    settings = root / SETTINGS_FILE  # how the repo is deployed, not what: spec/settings.py
-    return sorted(path for path in found if path != settings)
-
-
-def _parse_file(root: Path, path: Path, data: bytes, sha: str) -> _FileResult:
-    relative = path.relative_to(root).as_posix()
+def _parse_file(root: Path, relative: str, data: bytes) -> _FileResult:
+    path = root / relative
+    starts: list[tuple[int, int]] = []
     try:
-        raw_documents = list(yaml.load_all(data, Loader=_StrictLoader))
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        problem = f"invalid YAML: {exc.problem}" if exc.problem else "invalid YAML"
-        return _FileResult(
-            sha, (), (SpecProblem(relative, line, column, "", problem),), True, False
-        )
+        raw_documents = parse_documents(data, starts)
+    except YamlError as exc:
+        problem = SpecProblem(relative, exc.line, exc.column, "", exc.problem)
+        return _FileResult(len(data), (), (problem,), True, False)
     if not any(_looks_ours(doc) for doc in raw_documents):
-        return _FileResult(sha, (), (), False, True)
+        return _FileResult(len(data), (), (), False, True, _not_ours(raw_documents))
 
     entries: list[_Entry] = []
     failures: list[tuple[int, _Loc, str, bool]] = []  # (document, loc, message, at key)
     context = {"root": root, "base": path.parent}
     has_build = False
-    for index, raw in enumerate(raw_documents):
+    for index in range(len(raw_documents)):
+        # Each raw document is dropped once validated: a file of 100,000 documents never
+        # holds all of them twice over (as parsed and as models) at once.
+        raw, raw_documents[index] = raw_documents[index], None
         if raw is None:
             continue
         if not isinstance(raw, dict):
@@ -209,7 +227,6 @@ def _parse_file(root: Path, path: Path, data: bytes, sha: str) -> _FileResult:
         except ValidationError as exc:
             failures.extend((index, *_describe(error, model)) for error in exc.errors())
             continue
-        node = None
         if isinstance(document, NodeDocument):
             python = document.spec.python
             if python is not None:
@@ -217,14 +234,26 @@ def _parse_file(root: Path, path: Path, data: bytes, sha: str) -> _FileResult:
                 if trouble is not None:
                     failures.append((index, ("spec", "python", "code"), trouble, False))
                     continue
-            if python is not None or (document.spec.image and document.spec.image.build):
+            if _builds(document):
                 has_build = True  # reads other files: never cached by this file's bytes
-            else:
-                node = _resolve_node(root, document, Source(relative, index))
-        entries.append(_Entry(index, document, node))
+        entries.append(_Entry(index, document, None))
 
-    problems = _locate(relative, data, failures) if failures else ()
-    return _FileResult(sha, tuple(entries), problems, True, not failures and not has_build)
+    if not failures:  # resolved once here and cached; a file with problems is never planned
+        entries = [
+            replace(entry, node=_resolve_node(root, entry.document, Source(relative, entry.index)))
+            if isinstance(entry.document, NodeDocument) and not _builds(entry.document)
+            else entry
+            for entry in entries
+        ]
+    problems = _locate(relative, data, failures, starts) if failures else ()
+    cacheable = not failures and not has_build
+    return _FileResult(len(data), tuple(entries), problems, True, cacheable, "", tuple(starts))
+
+
+def _builds(document: NodeDocument) -> bool:
+    """Whether the node's image is built from files of the repository (read when resolved)."""
+    image = document.spec.image
+    return document.spec.python is not None or (image is not None and image.build is not None)
 
 
 def _looks_ours(raw: object) -> bool:
@@ -234,6 +263,24 @@ def _looks_ours(raw: object) -> bool:
     return raw.get("kind") in KINDS or (
         isinstance(version, str) and version.startswith(API_VERSION.split("/")[0] + "/")
     )
+
+
+def _not_ours(documents: list[Any]) -> str:
+    """Why a file whose documents are none of ours is left out, as plan shows it."""
+    written = [doc for doc in documents if doc is not None]
+    if not written:
+        return "empty: no documents"
+    first = written[0]
+    if isinstance(first, list):
+        return "a list, not gitops-nodes documents (mappings with kind: Node or Alias)"
+    if not isinstance(first, dict):
+        return "a scalar, not gitops-nodes documents (mappings with kind: Node or Alias)"
+    kind, version = first.get("kind"), first.get("apiVersion")
+    if "kind" in first and "apiVersion" not in first:
+        return f"kind {_show(kind)} is neither Node nor Alias, and no apiVersion: {API_VERSION}"
+    if "apiVersion" in first:
+        return f"apiVersion {_show(version)} is not {API_VERSION}, kind {_show(kind)}"
+    return f"not gitops-nodes documents: no kind: Node or Alias, no apiVersion: {API_VERSION}"
 
 
 def _describe(error: Any, model: type[BaseModel]) -> tuple[_Loc, str, bool]:
@@ -327,15 +374,64 @@ def _model_in(annotation: Any) -> Any:
 
 
 def _locate(
-    relative: str, data: bytes, failures: Sequence[tuple[int, _Loc, str, bool]]
+    relative: str,
+    data: bytes,
+    failures: Sequence[tuple[int, _Loc, str, bool]],
+    starts: Sequence[tuple[int, int]] = (),
 ) -> tuple[SpecProblem, ...]:
-    """Positions for failures, found by composing the file again (paid only on bad files)."""
-    nodes = list(yaml.compose_all(data, Loader=_FastLoader))
+    """Positions for failures, found by composing the failing documents again (paid only on
+    bad files, and only for their bad documents when starts gives where each one begins)."""
+    lines: list[str] | None = None
+    composed: dict[int, tuple[yaml.Node, int]] = {}
+    everything: list[yaml.Node] | None = None
     problems = []
     for index, loc, message, at_key in failures:
-        line, column = _position(nodes[index], loc, at_key)
-        problems.append(SpecProblem(relative, line, column, _field_path(loc), message))
+        if index not in composed:
+            if starts and lines is None and not data.isascii():
+                lines = _lines(data)
+            found = _compose_one(data, lines, starts, index) if starts else None
+            if found is None:
+                if everything is None:
+                    everything = list(yaml.compose_all(data, Loader=_FastLoader))
+                found = (everything[index], 0)
+            composed[index] = found
+        node, offset = composed[index]
+        line, column = _position(node, loc, at_key)
+        problems.append(SpecProblem(relative, line + offset, column, _field_path(loc), message))
     return tuple(problems)
+
+
+def _lines(data: bytes) -> list[str]:
+    """The file's lines as libyaml counts them ([] when it is not UTF-8: composed whole).
+    Text that parsed has no other breaks than those str.splitlines knows."""
+    try:
+        return data.decode("utf-8").splitlines(keepends=True)
+    except UnicodeDecodeError:
+        return []
+
+
+def _compose_one(
+    data: bytes, lines: list[str] | None, starts: Sequence[tuple[int, int]], index: int
+) -> tuple[yaml.Node, int] | None:
+    """Document index composed from its own text, and the line it starts at. In ASCII
+    (most files) character indexes are byte offsets; otherwise the text is cut by lines."""
+    if index >= len(starts):
+        return None
+    line, begin = starts[index]
+    text: str | bytes
+    if lines is None:
+        end = starts[index + 1][1] if index + 1 < len(starts) else len(data)
+        text = data[data.rfind(b"\n", 0, begin) + 1 : end]  # from its line's start
+    elif lines:
+        end = starts[index + 1][0] if index + 1 < len(starts) else len(lines)
+        text = "".join(lines[line : end + 1])  # the next `---` line too: harmless
+    else:
+        return None
+    try:
+        node = next(iter(yaml.compose_all(text, Loader=_FastLoader)), None)
+    except yaml.YAMLError:
+        return None  # a slice that does not stand alone (a directive before it): compose all
+    return (node, line) if node is not None else None
 
 
 locate_problems = _locate  # for the settings file's errors
@@ -419,7 +515,7 @@ def _resolve_node(root: Path, document: NodeDocument, source: Source) -> Desired
         image = spec.image
         assert image is not None  # the model allows exactly one of image and python
         if image.build is not None:
-            digest = context_digest(root / image.build, image.dockerfile)
+            digest = context_digest(root / image.build, image.dockerfile, image.build)
             build = BuildRequest(build_tag(digest), image.build, image.dockerfile)
             reference = build.tag
         else:
@@ -459,9 +555,19 @@ def _telemetry_port(telemetry: Telemetry | None, port: int) -> int | None:
     return telemetry.port
 
 
-def _assemble(root: Path, results: dict[str, _FileResult], read_keys: bool) -> DesiredState:
+def _assemble(
+    root: Path,
+    results: dict[str, _FileResult],
+    read_keys: bool,
+    problems: list[SpecProblem],
+    ignored: tuple[Ignored, ...],
+) -> DesiredState:
     """Cross-document checks (unique names, aliases naming real nodes), then the state."""
-    problems: list[SpecProblem] = [p for result in results.values() for p in result.problems]
+    problems.extend(p for result in results.values() for p in result.problems)
+    # With problems already found nothing is planned: nodes whose resolving reads no files
+    # are not resolved, so one error among 100,000 documents costs less than none.
+    doomed = bool(problems)
+    node_names: set[str] = set()
     nodes: dict[str, DesiredNode] = {}
     aliases: dict[str, DesiredAlias] = {}
     first_seen: dict[tuple[str, str], Source] = {}
@@ -489,7 +595,14 @@ def _assemble(root: Path, results: dict[str, _FileResult], read_keys: bool) -> D
                 access, trouble = resolve_access(document.spec.access, os.environ)
                 late.extend((source, loc, message) for loc, message in trouble)
             if isinstance(document, NodeDocument):
-                resolved = entry.node or _resolve_node(root, document, source)
+                node_names.add(document.metadata.name)
+                if doomed and entry.node is None and not _builds(document):
+                    continue  # the load fails anyway: what is left to find needs only names
+                try:
+                    resolved = entry.node or _resolve_node(root, document, source)
+                except ReadError as exc:  # a file of its build folder or python code
+                    late.append((source, _build_field(document), exc.message_in_repo()))
+                    continue
                 nodes[document.metadata.name] = (
                     replace(resolved, access=access) if access else resolved
                 )
@@ -509,7 +622,7 @@ def _assemble(root: Path, results: dict[str, _FileResult], read_keys: bool) -> D
                 )
     for alias in aliases.values():
         for position, (node, _) in enumerate(alias.routes):
-            if node not in nodes:
+            if node not in node_names:
                 late.append(
                     (
                         alias.source,
@@ -517,7 +630,8 @@ def _assemble(root: Path, results: dict[str, _FileResult], read_keys: bool) -> D
                         f"expected the name of a Node in the spec, there is no Node {node!r}",
                     )
                 )
-    problems.extend(_locate_late(root, late))
+    starts = {relative: result.starts for relative, result in results.items()}
+    problems.extend(_locate_late(root, late, starts))
     if problems:
         raise SpecErrors(problems)
     return DesiredState(
@@ -525,12 +639,29 @@ def _assemble(root: Path, results: dict[str, _FileResult], read_keys: bool) -> D
         nodes=MappingProxyType(dict(sorted(nodes.items()))),
         aliases=MappingProxyType(dict(sorted(aliases.items()))),
         files=tuple(relative for relative, result in results.items() if result.ours),
+        ignored=ignored,
     )
 
 
-def _locate_late(root: Path, late: list[tuple[Source, _Loc, str]]) -> Iterator[SpecProblem]:
+def _build_field(document: NodeDocument) -> _Loc:
+    """The field that names what a node's image is built from."""
+    if document.spec.python is not None:
+        return ("spec", "python", "code")
+    return ("spec", "image", "build")
+
+
+def _locate_late(
+    root: Path,
+    late: list[tuple[Source, _Loc, str]],
+    starts: dict[str, tuple[tuple[int, int], ...]],
+) -> Iterator[SpecProblem]:
     by_file: dict[str, list[tuple[int, _Loc, str, bool]]] = {}
     for source, loc, message in late:
         by_file.setdefault(source.file, []).append((source.document, loc, message, False))
     for relative, failures in by_file.items():
-        yield from _locate(relative, (root / relative).read_bytes(), failures)
+        try:
+            data = read_file(root, relative)
+        except ReadError as exc:  # changed under us since it was parsed
+            yield exc.as_problem()
+            continue
+        yield from _locate(relative, data, failures, starts.get(relative, ()))

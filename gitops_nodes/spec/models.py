@@ -233,7 +233,11 @@ def _key_file(value: Any, info: ValidationInfo) -> str:
             "expected the absolute path of a file holding the key, outside the repository",
         )
     root: Path | None = (info.context or {}).get("root")
-    if root is not None and Path(value).resolve().is_relative_to(root.resolve()):
+    try:
+        resolved = Path(value).resolve()
+    except (OSError, RuntimeError):  # a symbolic link loop: reading it reports the problem
+        resolved = Path(value)
+    if root is not None and resolved.is_relative_to(root.resolve()):
         raise PydanticCustomError(
             "key_file", "expected a file outside the repository: keys are never committed"
         )
@@ -266,7 +270,12 @@ def _inside_repo(value: Any, info: ValidationInfo, folder: bool) -> str:
     base: Path | None = context.get("base")
     if root is None or base is None:
         return value
-    target = (base / value).resolve()
+    try:
+        target = (base / value).resolve()
+    except (OSError, RuntimeError):  # RuntimeError: a symbolic link loop (Python 3.11)
+        raise PydanticCustomError(
+            "repo_path", "expected a path without a symbolic link loop, got {path}", {"path": value}
+        ) from None
     try:
         relative = target.relative_to(root.resolve())
     except ValueError:
@@ -500,7 +509,10 @@ class ImageSource(SpecModel):
         root: Path | None = (info.context or {}).get("root")
         if self.build is not None and root is not None:
             folder = (root / self.build).resolve()
-            dockerfile = (folder / self.dockerfile).resolve()
+            try:
+                dockerfile = (folder / self.dockerfile).resolve()
+            except (OSError, RuntimeError):  # a symbolic link loop
+                dockerfile = folder / ".."
             if not dockerfile.is_relative_to(folder) or not dockerfile.is_file():
                 raise PydanticCustomError(
                     "dockerfile",

@@ -19,18 +19,20 @@ The spec loader skips this file (it is no Node or Alias document), whatever it h
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
 from gitops_nodes.spec.errors import SpecErrors, SpecProblem
-from gitops_nodes.spec.load import StrictLoader, describe_error, load_spec, locate_problems
+from gitops_nodes.spec.load import describe_error, load_spec, locate_problems
 from gitops_nodes.spec.models import SETTINGS_FILE, Port, SpecModel
+from gitops_nodes.spec.repofiles import ReadError, read_file
 from gitops_nodes.spec.state import DesiredState
+from gitops_nodes.spec.yaml12 import YamlError, parse_documents
 
 __all__ = [
     "RUNTIMES",
@@ -81,13 +83,12 @@ class Settings(SpecModel):
 def load_settings(root: Path) -> Settings:
     """The settings of the repository at root; raises SpecErrors with positions when the file
     is not valid."""
-    path = root / SETTINGS_FILE
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
+    if not os.path.lexists(root / SETTINGS_FILE):
         return Settings()
-    except OSError as exc:
-        raise SpecErrors([SpecProblem(SETTINGS_FILE, 0, 0, "", f"cannot read: {exc}")]) from exc
+    try:
+        data = read_file(root.resolve(), SETTINGS_FILE)
+    except ReadError as exc:
+        raise SpecErrors([exc.as_problem()]) from None
     return parse_settings(data)
 
 
@@ -114,12 +115,15 @@ def load_repository(root: Path, read_keys: bool = True) -> tuple[DesiredState, S
 def parse_settings(data: bytes) -> Settings:
     """Settings from the bytes of a settings file."""
     try:
-        raw: Any = yaml.load(data, Loader=StrictLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        problem = f"invalid YAML: {exc.problem}" if exc.problem else "invalid YAML"
-        raise SpecErrors([SpecProblem(SETTINGS_FILE, line, column, "", problem)]) from None
+        documents = parse_documents(data)
+    except YamlError as exc:
+        problem = SpecProblem(SETTINGS_FILE, exc.line, exc.column, "", exc.problem)
+        raise SpecErrors([problem]) from None
+    if len(documents) > 1:
+        raise SpecErrors(
+            [SpecProblem(SETTINGS_FILE, 1, 1, "", "expected one document, found several")]
+        )
+    raw: Any = documents[0] if documents else None
     if raw is None:
         return Settings()
     if not isinstance(raw, dict):

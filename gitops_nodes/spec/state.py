@@ -120,6 +120,14 @@ class DesiredAlias:
     prefix_rewrite: bool = False  # the balancer puts answers' paths under /aliases/<name>
 
 
+@dataclass(frozen=True, order=True)
+class IgnoredFile:
+    """A YAML file (or a folder, ending in /) of the repository that the load left out."""
+
+    path: str
+    reason: str
+
+
 @dataclass(frozen=True)
 class DesiredState:
     """Every node and alias of the repository, keyed by name."""
@@ -128,6 +136,9 @@ class DesiredState:
     nodes: Mapping[str, DesiredNode]
     aliases: Mapping[str, DesiredAlias]
     files: tuple[str, ...] = field(default=())
+    # YAML files (and folders, ending in /) the load left out, with why, so a plan can show
+    # a file that stopped being spec next to the destroys that causes.
+    ignored: tuple[IgnoredFile, ...] = field(default=())
 
     def digest(self) -> str:
         """A digest of everything plan reads from the spec, to notice that it changed."""

@@ -584,9 +584,9 @@ def parse_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     calls: list[str] = []
     original = load_module._parse_file
 
-    def counting(root: Path, path: Path, data: bytes, sha: str) -> object:
-        calls.append(path.relative_to(root).as_posix())
-        return original(root, path, data, sha)
+    def counting(root: Path, relative: str, data: bytes) -> object:
+        calls.append(relative)
+        return original(root, relative, data)
 
     monkeypatch.setattr(load_module, "_parse_file", counting)
     return calls
