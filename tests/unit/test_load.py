@@ -300,7 +300,7 @@ IMAGE = "  image:\n    name: busybox\n    port: 8080\n"  # lines 6-8
 
 NODE_FIELDS = (
     "image, python, instances, minHealthy, env, resources, healthCheck, endpoint, "
-    "maintenanceLimit, suspended, access, telemetry"
+    "maintenanceLimit, suspended, access, telemetry, logs"
 )
 HEALTH_FIELDS = "path, port, interval, timeout, healthyThreshold, unhealthyThreshold, startTimeout"
 DNS = (
