@@ -22,7 +22,7 @@ from gitops_nodes.spec.errors import SpecErrors
 from gitops_nodes.spec.load import load_spec
 from gitops_nodes.spec.schema import schema_text
 from gitops_nodes.spec.settings import RUNTIMES, Settings, load_settings
-from gitops_nodes.statedir import StateDir
+from gitops_nodes.statedir import StateDir, clean_state
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
 
@@ -276,7 +276,11 @@ def _destroy(args: argparse.Namespace) -> int:
             print(f"{removed} removed")
         for tag in runtime.remove_images(project):
             print(f"image {tag} removed")
-        state.table.unlink(missing_ok=True)
+        cleaned = clean_state(state, workflow.LOCK_TIMEOUT)
+        if cleaned.removed:
+            print(f"state {', '.join(cleaned.removed)} removed from {state.path}")
+        for name, why in cleaned.kept:
+            print(f"state {state.path / name} kept: {why}")
     return code
 
 

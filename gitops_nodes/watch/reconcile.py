@@ -27,12 +27,11 @@ from gitops_nodes.spec.errors import SpecErrors
 from gitops_nodes.spec.load import SpecLoader
 from gitops_nodes.spec.models import Rollout
 from gitops_nodes.spec.state import DesiredState
-from gitops_nodes.statedir import StateDir
+from gitops_nodes.statedir import WATCH_FILE, StateDir
 from gitops_nodes.watch.source import Revision, Source
 
 log = logging.getLogger("gitops_nodes.watch")
 
-WATCH_FILE = "watch.json"
 # Only the newest commit's refusal is ever looked up (the loop does not retry a bad spec);
 # a few more are kept for a branch that goes back and forth, and no more: watch runs for
 # months, and every bad commit would otherwise stay in memory.
