@@ -499,6 +499,14 @@ def report(outcome: Outcome, budgets: Budgets) -> list[str]:
             f"{fitted:+.0f} bytes/commit fitted, {overall:+.0f} bytes/commit last minus first "
             f"(budget {budgets.bytes_per_commit:g})"
         )
+        half = count // 2
+        if half >= 2:  # still growing at the end, or a plateau reached on the way?
+            first = slope_per_hour(points[:half]) / 3600
+            second = slope_per_hour(points[half:]) / 3600
+            print(
+                f"  fitted over the first {half} commits {first:+.0f} bytes/commit, "
+                f"over the last {count - half} {second:+.0f} bytes/commit"
+            )
         if fitted > budgets.bytes_per_commit:
             missed.append(f"watch RSS grows {fitted:.0f} bytes per commit")
     for miss in missed:
