@@ -17,7 +17,6 @@ Two ways a node's instances reach the balancers, decided by the runtime:
 from __future__ import annotations
 
 import threading
-import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -33,6 +32,7 @@ from balancer.table import (
     RoutingTable,
     write_table,
 )
+from gitops_nodes.clock import SYSTEM_CLOCK, Clock
 from gitops_nodes.errors import GitopsNodesError, RuntimeFailure
 from gitops_nodes.fleet import BalancerFleet
 from gitops_nodes.live import LiveInstance, LiveState
@@ -84,6 +84,7 @@ class ApplyOptions:
     parallelism: int = 4
     drain_timeout: float = 30.0  # for balancers to finish requests on a removed instance
     stop_grace: float = 5.0  # for the instance itself to exit after SIGTERM
+    clock: Clock = SYSTEM_CLOCK  # what deadlines are measured with (tests: a virtual one)
 
 
 class _Published:
@@ -204,12 +205,15 @@ class Applier:
         options: ApplyOptions | None = None,
         on_result: Callable[[StepResult], None] | None = None,
         on_publish: Callable[[RoutingTable], None] | None = None,
+        on_start: Callable[[PlanStep], None] | None = None,
     ) -> None:
         self.plan = plan
+        self.on_start = on_start  # told as each step starts, before it does anything
         self.desired = desired
         self.runtime = runtime
         self.state = state
         self.options = options or ApplyOptions()
+        self.clock = self.options.clock
         self.on_result = on_result
         self.project = plan.project
         self.created: dict[tuple[str, int], LiveInstance] = {}  # created or started again
@@ -269,7 +273,9 @@ class Applier:
             self.on_result(result)
 
     def _run_step(self, step: PlanStep) -> StepResult:
-        started = time.monotonic()
+        started = self.clock.monotonic()
+        if self.on_start is not None:
+            self.on_start(step)
         try:
             if step.node is not None:
                 self._prepare(step.node)
@@ -279,7 +285,7 @@ class Applier:
             detail, outcome = str(exc), Outcome.FAILED
         except Exception:  # a bug: keep the traceback in the report rather than lose it
             detail, outcome = "internal error:\n" + traceback.format_exc(), Outcome.FAILED
-        return StepResult(step, outcome, detail, time.monotonic() - started)
+        return StepResult(step, outcome, detail, self.clock.monotonic() - started)
 
     def _prepare(self, node: str) -> None:
         """The runtime's per-node preparation, once per apply, before the node's first step
@@ -396,12 +402,12 @@ class Applier:
     ) -> list[BalancerAck]:
         """Poll the running balancers' reports until none is behind, or timeout passes;
         the ones still behind then."""
-        deadline = time.monotonic() + timeout
+        deadline = self.clock.monotonic() + timeout
         while True:
             late = [ack for ack in self.fleet.acks() if behind(ack)]
-            if not late or time.monotonic() >= deadline:
+            if not late or self.clock.monotonic() >= deadline:
                 return late
-            time.sleep(DRAIN_POLL)  # polling the balancers' reports against a deadline
+            self.clock.sleep(DRAIN_POLL)  # polling the balancers' reports against a deadline
 
     def _build(self, step: PlanStep) -> str:
         request = next(
@@ -442,7 +448,7 @@ class Applier:
         if instance.port is None:
             raise RuntimeFailure(f"{instance.name} has no port published on {instance.host}")
         check = replace(health, timeout=min(health.timeout, health.start_timeout))
-        deadline = time.monotonic() + health.start_timeout
+        deadline = self.clock.monotonic() + health.start_timeout
         passed = 0
         last = "no check ran"
         while True:
@@ -458,12 +464,12 @@ class Applier:
             passed = passed + 1 if found.healthy else 0
             if passed >= health.healthy_threshold:
                 return f"{instance.name} is Healthy ({last})"
-            if time.monotonic() >= deadline:
+            if self.clock.monotonic() >= deadline:
                 raise RuntimeFailure(
                     f"{instance.name} did not become Healthy within {health.start_timeout:g}s: "
                     f"{last}" + self._logs_hint(instance.name)
                 )
-            time.sleep(min(HEALTH_POLL, health.interval))  # the next probe, not a sync point
+            self.clock.sleep(min(HEALTH_POLL, health.interval))  # the next probe, not a sync point
 
     def _logs_hint(self, name: str) -> str:
         logs = self.runtime.instance_logs(name, 8).strip()

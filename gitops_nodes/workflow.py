@@ -17,7 +17,7 @@ from gitops_nodes.apply import Applier, ApplyOptions, ApplyReport, StepResult
 from gitops_nodes.errors import GitopsNodesError, PlanFileError, StalePlan
 from gitops_nodes.health import instance_status, node_status
 from gitops_nodes.live import LiveState
-from gitops_nodes.plan import PLAN_FORMAT, Plan, make_plan
+from gitops_nodes.plan import PLAN_FORMAT, Plan, PlanStep, make_plan
 from gitops_nodes.runtime.base import Runtime
 from gitops_nodes.spec.load import load_spec
 from gitops_nodes.spec.state import DesiredState
@@ -106,6 +106,7 @@ def apply(
     on_result: Callable[[StepResult], None] | None = None,
     saved: dict[str, Any] | None = None,
     on_publish: Callable[[RoutingTable], None] | None = None,
+    on_start: Callable[[PlanStep], None] | None = None,
 ) -> ApplyRun:
     """Plan and apply under the project's lock, so concurrent applies take turns."""
     with state.lock(LOCK_TIMEOUT):
@@ -120,7 +121,9 @@ def apply(
             on_plan(plan)
         if plan.empty:
             return ApplyRun(plan, None)
-        report = Applier(plan, desired, live, runtime, state, options, on_result, on_publish).run()
+        report = Applier(
+            plan, desired, live, runtime, state, options, on_result, on_publish, on_start
+        ).run()
         return ApplyRun(plan, report)
 
 
