@@ -32,9 +32,9 @@ class InstanceConfig:
     # A second container port published for the instance's metrics (spec.telemetry.port,
     # when it differs from port): publishing a port needs a new container, so it is hashed.
     telemetry_port: int | None = None
-    # The node's `logs` (max size in bytes, max files), fixed at a container's creation. None
-    # when the spec does not set it: the runtime's default budget applies, and the hash is
-    # the one it had before `logs` existed, so upgrading recreates nothing (see DEFAULT_LOG_BUDGET).
+    # The node's `logs` (max size in bytes, max files), fixed at a container's creation.
+    # None when the spec does not set it: DEFAULT_LOG_BUDGET applies, and the hash is the
+    # one it had before `logs` existed, so upgrading gitops-nodes recreates nothing.
     logs: tuple[int, int] | None = None
 
     def as_dict(self) -> dict[str, Any]:
