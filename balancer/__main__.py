@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import signal
 import sys
 from pathlib import Path
 
+from balancer.logformat import configure as configure_logs
 from balancer.proxy import ProxySettings
 from balancer.push import push_routes
 from balancer.server import Balancer, ServeOptions, new_loop
+from balancer.settings import SettingsError, parse_trusted_proxies
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,8 +30,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--admin-port", type=int, default=8081)
     parser.add_argument("--token-file", type=Path, required=True, help="the push token")
     parser.add_argument("--access-log", action="store_true")
+    parser.add_argument(
+        "--trusted-proxies",
+        action="append",
+        default=[],
+        metavar="CIDRS",
+        help="clients whose X-Forwarded-*/Forwarded headers are believed (default: none)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=["json", "text"],
+        default="json",
+        help="every log line (the access log's too) a JSON object, or a plain line",
+    )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        trusted = parse_trusted_proxies(args.trusted_proxies)
+    except SettingsError as exc:
+        parser.error(str(exc))
+    configure_logs(structured=args.log_format == "json")
     try:
         token = args.token_file.read_text().strip()
     except OSError as exc:
@@ -39,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"the token file {args.token_file} is empty")
     loop = new_loop()
     asyncio.set_event_loop(loop)
-    balancer = Balancer(loop, None, ProxySettings(access_log=args.access_log), follow_file=False)
+    settings = ProxySettings(access_log=args.access_log, trusted_proxies=trusted)
+    balancer = Balancer(loop, None, settings, follow_file=False)
     balancer.extra_routes.extend(push_routes(balancer, token))
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, balancer.stop)

@@ -27,6 +27,7 @@ MAX_KEY_LENGTH = 4096
 ADMIN_TOKEN_ENV = "GITOPS_NODES_ADMIN_TOKEN"
 ADMIN_TOKEN_FILE_ENV = "GITOPS_NODES_ADMIN_TOKEN_FILE"
 CHALLENGE = 'Bearer realm="gitops-nodes"'
+CHALLENGE_LINE = b"www-authenticate: %s\r\n" % CHALLENGE.encode()  # with every 401
 _SCHEMES = (b"bearer ", b"api-key ")
 _CREDENTIAL_HEADERS = frozenset({b"authorization", b"x-api-key"})
 
@@ -67,15 +68,6 @@ def presented_key(headers: Iterable[tuple[bytes, bytes]]) -> bytes | None:
                 if head.startswith(scheme):
                     authorization = value[len(scheme) :].strip() or None
     return authorization
-
-
-def carries_key(line: bytes, key: bytes) -> bool:
-    """Whether a header line to forward carries the key the balancer admitted: dropped, so the
-    instance never sees a caller's key (it might log it). Other credentials pass through."""
-    name, _, value = line.partition(b":")
-    if name.strip().lower() not in _CREDENTIAL_HEADERS:
-        return False
-    return presented_key([(name.strip(), value.strip())]) == key
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,27 +8,21 @@ bypassed between messages (`at_boundary`), so the two paths never share a messag
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections import deque
 from typing import Any
 
 import httptools
 
-from balancer.access import Guard, carries_key, presented_key
+from balancer.access import CHALLENGE_LINE, Denial
 from balancer.backends import Backend
-from balancer.execute import CHALLENGE_LINE, ExecuteCall, begin_execute
+from balancer.execute import ExecuteCall, begin_execute
+from balancer.forwarding import Forward, Hop, forward, hop_of
 from balancer.head import BAD_LENGTH, Head, HeadCache, read_head
-from balancer.http import (
-    CALLER_HEADER,
-    CONTINUE,
-    EXECUTE_PREFIX,
-    HOLD_LIMIT,
-    error_body,
-    local_response,
-)
-from balancer.proxy import Proxy, Request
+from balancer.http import CONTINUE, EXECUTE_PREFIX, HOLD_LIMIT, error_body, local_response
+from balancer.proxy import Proxy
 from balancer.routing import AliasRoute, NodeRoute
+from balancer.types import Request
 from balancer.upstream import UpstreamConnection
 
 access_log = logging.getLogger("gitops_nodes.balancer.access")
@@ -43,6 +37,12 @@ class ClientConnection(asyncio.Protocol):
         self.transport: Any = None
         self.parser = httptools.HttpRequestParser(self)
         self.client_ip = b""
+        self.hop = Hop(b"unknown", False, b"unknown")  # set once connected
+        # The last forward() decision, by the identity of its Head (a remembered one) and its
+        # route (a new table makes new routes): a client repeating itself is decided once.
+        self.decided_head: Head | None = None
+        self.decided_route: AliasRoute | NodeRoute | None = None
+        self.decided: Forward | Denial | None = None
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.parsing: Request | None = None  # whose body the parser is reading
@@ -62,7 +62,9 @@ class ClientConnection(asyncio.Protocol):
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
         peer = transport.get_extra_info("peername")
-        self.client_ip = (peer[0] if peer else "unknown").encode()
+        address = peer[0] if isinstance(peer, tuple) and peer else "unknown"
+        self.client_ip = address.encode()
+        self.hop = hop_of(address, self.proxy.settings.trusts(address))
         self.proxy.clients.add(self)
 
     def data_received(self, data: bytes) -> None:
@@ -231,17 +233,7 @@ class ClientConnection(asyncio.Protocol):
                 close=True,
             )
         if head.target.startswith(EXECUTE_PREFIX):  # the URL names the target
-            return begin_execute(
-                self,
-                request,
-                router,
-                head.kept,
-                head.forwarded_for,
-                head.forwarded_proto,
-                head.alias,
-                head.node,
-                head.headers,
-            )
+            return begin_execute(self, request, router, head)
         alias_name = head.alias
         if alias_name is not None:
             alias = router.aliases.get(alias_name)
@@ -250,13 +242,9 @@ class ClientConnection(asyncio.Protocol):
                     request, 404, f"no alias {alias_name!r}", extra={"alias": alias_name}
                 )
             request.alias = alias
-            if alias.access is not None and not self.admit(request, head, alias.access, "alias"):
-                return None
-            affinity_header = alias.affinity_header
-            if affinity_header is not None:
-                request.affinity_key = next(
-                    (v for n, v in head.headers if n.lower() == affinity_header), None
-                )
+            if alias.prefix_rewrite and head.prefix:
+                request.rewrite = (head.prefix, head.host)
+            decided = self.decide(head, alias)
         elif head.node is not None:
             node = router.nodes.get(head.node)
             if node is None:
@@ -264,8 +252,9 @@ class ClientConnection(asyncio.Protocol):
                     request, 404, f"no node {head.node!r}", extra={"node": head.node}
                 )
             request.node = node
-            if node.access is not None and not self.admit(request, head, node.access, "node"):
-                return None
+            if node.prefix_rewrite and head.prefix:
+                request.rewrite = (head.prefix, head.host)
+            decided = self.decide(head, node)
         elif head.path == b"/-/healthz":
             request.local = local_response(200, b'{"status": "ok"}', request.request_id, False)
             return None
@@ -276,50 +265,42 @@ class ClientConnection(asyncio.Protocol):
                 "no alias or node in the request: use /aliases/<alias>/..., /nodes/<node>/..., "
                 "or the header x-node-alias or x-node-id",
             )
-
-        kept = head.kept
-        if request.caller is not None:  # private: the instance learns who, never the key
-            key = presented_key(head.headers) or b""
-            kept = b"".join(
-                line + b"\r\n"
-                for line in kept.split(b"\r\n")
-                if line and not carries_key(line + b"\r\n", key)
-            )
-            kept += b"%s: %s\r\n" % (CALLER_HEADER, request.caller.encode())
-        forwarded_for = head.forwarded_for
-        client_ip = self.client_ip
-        forwarded_for = forwarded_for + b", " + client_ip if forwarded_for else client_ip
+        if isinstance(decided, Denial):
+            return self.deny(request, decided)
+        request.caller = decided.caller
+        request.affinity_key = decided.affinity_key
         if content_length >= 0:
             framing = b"content-length: %d\r\n" % content_length
         elif head.chunked:
             framing = b"transfer-encoding: chunked\r\n"
         else:
             framing = b""
-        request.head = (
-            b"%s %s HTTP/1.1\r\n%s%sx-forwarded-for: %s\r\n"
-            b"x-forwarded-proto: %s\r\nx-request-id: %s\r\n\r\n"
-            % (
-                head.method,
-                head.path,
-                kept,
-                framing,
-                forwarded_for,
-                head.forwarded_proto or b"http",
-                request.request_id,
-            )
+        request.head = b"%s %s HTTP/1.1\r\n%s%sx-request-id: %s\r\n\r\n" % (
+            head.method,
+            head.path,
+            framing,
+            decided.lines,
+            request.request_id,
         )
         return None
 
-    def admit(self, request: Request, head: Head, guard: Guard, kind: str) -> bool:
-        """Check a private target's key (and folder); answer 401 or 403 when they fail."""
-        verdict = guard.admit(head.headers)
-        if isinstance(verdict, str):
-            request.caller = verdict
-            return True
-        target = request.alias.name if request.alias else request.node.name if request.node else ""
-        challenge = CHALLENGE_LINE if verdict.status == 401 else b""
-        self.answer(request, verdict.status, verdict.message, extra={kind: target}, head=challenge)
-        return False
+    def decide(self, head: Head, route: AliasRoute | NodeRoute) -> Forward | Denial:
+        """forward() for this connection's hop, reused while the same head takes the same
+        route (the result depends on nothing else)."""
+        decided = self.decided
+        if head is self.decided_head and route is self.decided_route and decided is not None:
+            return decided
+        affinity = route.affinity_header if isinstance(route, AliasRoute) else None
+        decided = forward(head, self.hop, route.access, affinity, head.prefix)
+        self.decided_head, self.decided_route, self.decided = head, route, decided
+        return decided
+
+    def deny(self, request: Request, denial: Denial) -> None:
+        """Answer a private target's 401 (with its challenge) or 403."""
+        alias, node = request.alias, request.node
+        kind, target = ("alias", alias.name) if alias else ("node", node.name if node else "")
+        challenge = CHALLENGE_LINE if denial.status == 401 else b""
+        self.answer(request, denial.status, denial.message, extra={kind: target}, head=challenge)
 
     def answer(
         self,
@@ -443,22 +424,7 @@ class ClientConnection(asyncio.Protocol):
         alias = request.alias.name if request.alias else None
         proxy.metrics.observe(alias, node, code, elapsed)
         if proxy.settings.access_log:
-            access_log.info(
-                json.dumps(
-                    {
-                        "client": self.client_ip.decode(),
-                        "method": request.method.decode(),
-                        "target": request.target.decode("latin-1"),
-                        "alias": alias,
-                        "node": node,
-                        "instance": request.backend.instance if request.backend else None,
-                        "caller": request.caller,
-                        "status": code,
-                        "seconds": round(elapsed, 6),
-                        "requestId": request.request_id.decode("latin-1"),
-                    }
-                )
-            )
+            self._log_access(request, alias, node, code, elapsed)
         self.active = None
         self.last_active = request.started + elapsed
         if self.closed:
@@ -470,6 +436,34 @@ class ClientConnection(asyncio.Protocol):
             self.start(self.queue.popleft())
         if self.paused and not self.queue:
             self.resume()
+
+    def _log_access(
+        self, request: Request, alias: str | None, node: str | None, code: int, elapsed: float
+    ) -> None:
+        """One access-log record: its fields structured (the log's formatter writes them as
+        one JSON object or one plain line), its message a short summary."""
+        method = request.method.decode()
+        target = request.target.decode("latin-1")
+        access_log.info(
+            "%s %s %d",
+            method,
+            target,
+            code,
+            extra={
+                "fields": {
+                    "client": self.client_ip.decode(),
+                    "method": method,
+                    "target": target,
+                    "alias": alias,
+                    "node": node,
+                    "instance": request.backend.instance if request.backend else None,
+                    "caller": request.caller,
+                    "status": code,
+                    "seconds": round(elapsed, 6),
+                    "requestId": request.request_id.decode("latin-1"),
+                }
+            },
+        )
 
     def body_too_large(self, request: Request) -> None:
         limit = self.proxy.settings.max_body
@@ -489,9 +483,10 @@ class ClientConnection(asyncio.Protocol):
             self.finish_local(request)
 
     def refuse(self, code: int, message: str) -> None:
-        body = error_body(code, message, self.proxy.request_id())
+        request_id = self.proxy.request_id()  # the same id in the header as in the body
+        body = error_body(code, message, request_id)
         if self.active is None and not self.closed:
-            self.transport.write(local_response(code, body, b"-", close=True))
+            self.transport.write(local_response(code, body, request_id, close=True))
         self.close()
 
     @staticmethod

@@ -5,11 +5,16 @@ Router once per request, the Backends registry and the Metrics. Everything it sh
 pure functions (`status_document`, `node_status`), testable without HTTP. With an admin key
 (required beyond loopback, balancer/access.py), every endpoint but the open ones (`/-/healthz`,
 and those that check a token of their own) answers 401 to a request without it.
+
+Under `serve --workers N` the worker answering the admin port adds the others' counts
+(balancer/workers.py) with `worker_snapshot`, `combined_metrics` and `with_workers`, so both
+endpoints answer for all the workers.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
@@ -28,6 +33,7 @@ from balancer.metrics import CONTENT_TYPE, FAMILIES, Metrics
 from balancer.routing import Router
 from balancer.table import AccessRule
 from balancer.telemetry import Telemetry
+from balancer.workers import Peers, PeerSnapshot, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +160,72 @@ def _access(rule: AccessRule | None) -> dict[str, Any] | None:
     return {"keys": [k.name for k in rule.keys], "folders": list(rule.folders)}
 
 
+# -- one truth across workers (serve --workers N) ----------------------------------------------
+
+
+def worker_snapshot(source: ControlSource, index: int) -> Snapshot:
+    """What one worker tells the one answering the admin port: its counts, its requests in
+    flight (per node, and per instance), and the table it serves."""
+    router = source.router
+    backends = source.backends
+    return {
+        "worker": index,
+        "pid": os.getpid(),
+        "generation": router.generation,
+        "reloads": source.reloads,
+        "lastReloadError": source.last_reload_error,
+        "healthy": sorted({b.instance for b in list(backends.by_key.values()) if b.healthy}),
+        "metrics": source.metrics.snapshot(),
+        "inflightByNode": inflight_by_node(router, backends),
+        "inflight": [
+            [b.instance, f"{b.host}:{b.port}", b.inflight]
+            for b in list(backends.by_key.values())
+            if b.inflight
+        ],
+    }
+
+
+def combined_metrics(snapshots: Iterable[Snapshot]) -> str:
+    """The balancer's own metrics for all workers: counts summed, in-flight gauges summed."""
+    every = list(snapshots)
+    inflight: dict[str, int] = {}
+    for snapshot in every:
+        for node, count in snapshot["inflightByNode"].items():
+            inflight[node] = inflight.get(node, 0) + int(count)
+    return Metrics.combined(s["metrics"] for s in every).render(lambda: inflight)
+
+
+def with_workers(
+    document: dict[str, Any], own: Snapshot, peers: Sequence[PeerSnapshot]
+) -> dict[str, Any]:
+    """The `/-/status` of the worker answering, with the others' requests in flight added to
+    each instance's and a `workers` list: the table each serves, the instances each counts
+    Healthy (every worker checks them itself), and whether it answered."""
+    extra: dict[tuple[str, str], int] = {}
+    for peer in peers:
+        for instance, address, count in (peer.snapshot or {}).get("inflight", ()):
+            extra[(instance, address)] = extra.get((instance, address), 0) + int(count)
+    if extra:
+        every = [i for n in document["nodes"] for i in n["instances"]] + document["draining"]
+        for entry in every:
+            entry["inflight"] += extra.get((entry["instance"], entry["address"]), 0)
+    rows = [(own["worker"], own, True)]
+    rows += [(p.index, p.snapshot or {}, p.answered) for p in peers]
+    document["workers"] = [
+        {
+            "worker": index,
+            "pid": snapshot.get("pid"),
+            "generation": snapshot.get("generation"),
+            "reloads": snapshot.get("reloads"),
+            "lastReloadError": snapshot.get("lastReloadError"),
+            "healthy": snapshot.get("healthy"),
+            "answered": answered,
+        }
+        for index, snapshot, answered in sorted(rows, key=lambda row: row[0])
+    ]
+    return document
+
+
 class RequireAdminKey:
     """ASGI middleware: the admin key on every path but the open ones, or a JSON 401."""
 
@@ -196,6 +268,7 @@ def make_control_app(
     admin: AdminGuard | None = None,
     open_paths: Iterable[str] = (),
     telemetry: Telemetry | None = None,
+    peers: Peers | None = None,
 ) -> Starlette:
     """The Starlette app serving the control plane's `/-/` endpoints for source.
 
@@ -203,7 +276,8 @@ def make_control_app(
     its own fields to `/-/status` with extra_status. With admin, every path needs the admin
     key except `/-/healthz` and open_paths (endpoints that check a token of their own). With
     telemetry, `/-/metrics` also scrapes the instances of nodes that declare a telemetry path
-    and shows what they said.
+    and shows what they said. With peers (worker 0 of several), `/-/metrics` and `/-/status`
+    answer for every worker.
     """
 
     async def healthz(request: Request) -> Response:
@@ -213,6 +287,8 @@ def make_control_app(
 
     async def status(request: Request) -> Response:
         document = status_document(source)
+        if peers is not None:
+            document = with_workers(document, peers.local(), await peers.gather())
         if extra_status is not None:
             document.update(extra_status())
         return JSONResponse(document)
@@ -220,7 +296,11 @@ def make_control_app(
     async def metrics(request: Request) -> Response:
         router = source.router
         backends = source.backends
-        text = source.metrics.render(lambda: inflight_by_node(router, backends))
+        if peers is None:
+            text = source.metrics.render(lambda: inflight_by_node(router, backends))
+        else:
+            others = [p.snapshot for p in await peers.gather() if p.snapshot is not None]
+            text = combined_metrics([peers.local(), *others])
         if telemetry is not None:
             try:
                 text += await telemetry.render(router.table, FAMILIES)

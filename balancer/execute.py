@@ -7,8 +7,10 @@ The mapping onto a node's own API (flat JSON of inputs in, flat JSON of outputs 
 - Request. The body (at most the body limit, 16 MB; read whole: these are small JSON calls)
   must be a JSON object. `input` (an object; absent or null means `{}`) becomes the body of
   `POST /` on an instance of the node, or of one of the alias's nodes, picked, retried and
-  forwarded like any other request, through the same upstream pool (the client's headers,
-  x-forwarded-for, x-forwarded-proto and x-request-id go along). `node_id` / `alias_name`,
+  forwarded like any other request, through the same upstream pool (the client's headers go
+  along, rewritten by balancer/forwarding.py as on the proxy path, but for its
+  content-type, which is application/json, and no X-Forwarded-Prefix of its own: its URL is
+  no prefix of the node's paths). `node_id` / `alias_name`,
   when given, must name the URL's target; `folder_id`, when given, must agree with the header
   x-folder-id and is recorded on the request. The REST spellings (folderId, nodeId,
   aliasName) are accepted too; any other field is refused, as the reference refuses unknown
@@ -34,21 +36,20 @@ from __future__ import annotations
 
 import json
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import unquote
 
 import httptools
 
-from balancer.access import CHALLENGE, Denial, carries_key, folder_of, presented_key
+from balancer.access import CHALLENGE_LINE, Denial, presented_key
 from balancer.backends import Backend
-from balancer.http import ALIAS_PREFIX, CALLER_HEADER, local_response
-from balancer.proxy import Request
+from balancer.forwarding import forward
+from balancer.head import Head
+from balancer.http import ALIAS_PREFIX, local_response
 from balancer.routing import AliasRoute, NodeRoute, Router
+from balancer.types import Client, Request
 
-if TYPE_CHECKING:
-    from balancer.client import ClientConnection
-
-CHALLENGE_LINE = b"www-authenticate: %s\r\n" % CHALLENGE.encode()
+JSON_TYPE = b"content-type: application/json\r\n"
 ROUTE = re.compile(r"/datasphere/v1/(nodes|aliases)/([^/]+):execute")
 USAGE = "POST /datasphere/v1/nodes/<node>:execute or POST /datasphere/v1/aliases/<alias>:execute"
 # The body's fields, by the key a client may use (gRPC/JSON and REST spellings) -> its name.
@@ -132,20 +133,9 @@ def read_call(
     return json.dumps(inputs, ensure_ascii=False, separators=(",", ":")).encode(), folder
 
 
-def begin_execute(
-    client: ClientConnection,
-    request: Request,
-    router: Router,
-    kept: bytes,
-    forwarded_for: bytes,
-    forwarded_proto: bytes,
-    header_alias: str | None,
-    header_node: str | None,
-    headers: tuple[tuple[bytes, bytes], ...] = (),
-) -> None:
+def begin_execute(client: Client, request: Request, router: Router, head: Head) -> None:
     """Route an execute call from its head: answer 404/405/400 at once, or make it an
-    ExecuteCall that waits for its body. `kept` are the client's header lines to send on
-    (CRLF-terminated, joined)."""
+    ExecuteCall that waits for its body."""
     path = request.target.partition(b"?")[0].decode("latin-1")
     found = ROUTE.fullmatch(unquote(path))
     if found is None:
@@ -163,8 +153,8 @@ def begin_execute(
             request.local = request.local.replace(b"\r\n", b"\r\nallow: POST\r\n", 1)
         return None
     for header, value, value_kind in (
-        ("x-node-alias", header_alias, "alias"),
-        ("x-node-id", header_node, "node"),
+        ("x-node-alias", head.alias, "alias"),
+        ("x-node-id", head.node, "node"),
     ):
         if value is None:
             continue
@@ -182,43 +172,13 @@ def begin_execute(
     )
     if route is None:
         return client.answer(request, 404, f"no {kind} {name!r}", extra={kind: name})
-
     guard = route.access
-    key = b""
-    if guard is not None:
+    if guard is not None and presented_key(head.headers) is None:
         # A private target: no key at all is refused before the body is read; the key itself
-        # is checked once the body's folder_id is known (dispatch), and never sent on.
-        key = presented_key(headers) or b""
-        if not key:
-            client.answer(
-                request, 401, guard.missing.message, extra={kind: name}, head=CHALLENGE_LINE
-            )
-            return None
-    forwarded = forwarded_for + b", " + client.client_ip if forwarded_for else client.client_ip
-    head = b"".join(
-        [
-            b"POST / HTTP/1.1\r\n",
-            *(
-                line + b"\r\n"
-                for line in kept.split(b"\r\n")
-                if line
-                and not line.lower().startswith(b"content-type:")
-                and not (key and carries_key(line + b"\r\n", key))
-            ),
-            b"content-type: application/json\r\nx-forwarded-for: ",
-            forwarded,
-            b"\r\nx-forwarded-proto: ",
-            forwarded_proto or b"http",
-            b"\r\nx-request-id: ",
-            request.request_id,
-            b"\r\n",
-        ]
-    )
-    affinity_key = None
-    if isinstance(route, AliasRoute) and route.affinity_header is not None:
-        wanted = route.affinity_header
-        affinity_key = next((v for n, v in headers if n.lower() == wanted), None)
-    request.upstream = ExecuteCall(client, request, route, kind, name, head, affinity_key, headers)
+        # is checked once the body's folder_id is known (dispatch).
+        client.answer(request, 401, guard.missing.message, extra={kind: name}, head=CHALLENGE_LINE)
+        return None
+    request.upstream = ExecuteCall(client, request, route, kind, name, head)
     request.chunked = False  # the body comes to the call as it is, never re-framed
     return None
 
@@ -262,14 +222,12 @@ class ExecuteCall:
 
     __slots__ = (
         "active",
-        "affinity_key",
         "body",
         "client",
         "complete",
         "finished",
         "gone",
         "head",
-        "headers",
         "inner",
         "kind",
         "name",
@@ -282,23 +240,19 @@ class ExecuteCall:
 
     def __init__(
         self,
-        client: ClientConnection,
+        client: Client,
         outer: Request,
         route: AliasRoute | NodeRoute,
         kind: str,
         name: str,
-        head: bytes,
-        affinity_key: bytes | None,
-        headers: tuple[tuple[bytes, bytes], ...] = (),
+        head: Head,
     ) -> None:
         self.client = client
-        self.headers = headers  # the call's own, for a private target's key and folder
         self.outer = outer
         self.route = route
         self.kind = kind
         self.name = name
-        self.head = head  # the inner request's head, but for its content-length
-        self.affinity_key = affinity_key
+        self.head = head  # the call's own: the inner request's headers come from it
         self.body: list[bytes] = []
         self.active = False  # start() reached it: it is the client's request being answered
         self.complete = False  # its body is whole
@@ -363,33 +317,39 @@ class ExecuteCall:
             self.client.finish_local(outer)
             return
         outer.folder_id = folder
-        head = self.head
-        guard = self.route.access
-        if guard is not None:
-            headers = self.headers
-            if folder is not None and folder_of(headers) is None:  # named in the body only
-                headers = (*headers, (b"x-folder-id", folder.encode()))
-            verdict = guard.admit(headers)
-            if isinstance(verdict, Denial):
-                self.finished = True
-                challenge = CHALLENGE_LINE if verdict.status == 401 else b""
-                self.client.answer(
-                    outer, verdict.status, verdict.message, extra={self.kind: self.name},
-                    head=challenge,
-                )  # fmt: skip
-                self.client.finish_local(outer)
-                return
-            outer.caller = verdict
-            head += b"%s: %s\r\n" % (CALLER_HEADER, verdict.encode())
+        route = self.route
+        decided = forward(
+            self.head,
+            self.client.hop,
+            route.access,
+            route.affinity_header if isinstance(route, AliasRoute) else None,
+            b"",  # the execute API's URL is no prefix of the node's paths
+            folder,
+            JSON_TYPE,
+        )
+        if isinstance(decided, Denial):
+            self.finished = True
+            challenge = CHALLENGE_LINE if decided.status == 401 else b""
+            self.client.answer(
+                outer, decided.status, decided.message, extra={self.kind: self.name},
+                head=challenge,
+            )  # fmt: skip
+            self.client.finish_local(outer)
+            return
+        outer.caller = decided.caller
         inner = Request(b"POST", b"/", "1.1", outer.started)
         inner.request_id = outer.request_id
         inner.caller = outer.caller
-        inner.head = head + b"content-length: %d\r\n\r\n" % len(inputs)
+        inner.head = b"POST / HTTP/1.1\r\n%scontent-length: %d\r\nx-request-id: %s\r\n\r\n" % (
+            decided.lines,
+            len(inputs),
+            outer.request_id,
+        )
         inner.held = [inputs]
         inner.held_size = inner.received = len(inputs)
         inner.complete = True
         inner.folder_id = folder
-        inner.affinity_key = self.affinity_key
+        inner.affinity_key = decided.affinity_key
         inner.client = self
         if isinstance(self.route, AliasRoute):
             inner.alias = self.route

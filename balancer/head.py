@@ -15,6 +15,7 @@ and heads of requests the balancer answers itself are not remembered.
 
 from __future__ import annotations
 
+import re
 from typing import NamedTuple
 
 from balancer.http import (
@@ -27,6 +28,23 @@ from balancer.http import (
 )
 
 BAD_LENGTH = -2  # content_length of a head whose content-length is not a number
+FORWARDING = frozenset(
+    {
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"x-forwarded-prefix",
+        b"forwarded",
+    }
+)
+MAX_REQUEST_ID = 200
+_REQUEST_ID = re.compile(rb"[!-~]{1,%d}" % MAX_REQUEST_ID)
+
+
+def usable_request_id(value: bytes) -> bool:
+    """Whether a client's x-request-id is used as the request's id: 1 to 200 visible ASCII
+    characters (it is echoed in a header and in JSON). Otherwise the balancer makes one."""
+    return _REQUEST_ID.fullmatch(value) is not None
 
 
 class Head(NamedTuple):
@@ -43,9 +61,16 @@ class Head(NamedTuple):
     chunked: bool
     expect_continue: bool
     kept: bytes  # header lines forwarded as they came, CRLF-terminated, joined
+    # The client's forwarding headers, each name's lines joined by ", " in order (believed
+    # only from a trusted proxy: balancer/forwarding.py); b"" when absent.
     forwarded_for: bytes
     forwarded_proto: bytes
-    request_id: bytes  # the client's own x-request-id, or b""
+    forwarded_host: bytes
+    forwarded_prefix: bytes
+    forwarded: bytes  # RFC 7239 Forwarded
+    host: bytes  # the first Host line's value, b"" without one
+    prefix: bytes  # /aliases/<a> or /nodes/<n> as the target began with it; b"" by header
+    request_id: bytes  # the client's own x-request-id (the first usable one), or b""
     folder_id: str | None  # x-folder-id, for access control (it is sent on as well)
     headers: tuple[tuple[bytes, bytes], ...]  # all of them, for per-alias lookups (affinity)
 
@@ -73,7 +98,8 @@ def read_head(
     alias_name = node_name = None
     content_length = -1
     chunked = expect_continue = False
-    forwarded_for = forwarded_proto = request_id = connection = b""
+    request_id = connection = host = b""
+    chains: dict[bytes, list[bytes]] = {}  # the forwarding headers' values, by name
     folder_id = None
     kept: list[bytes] = []
     for name, value in headers:
@@ -86,12 +112,13 @@ def read_head(
             content_length = int(value) if value.isdigit() else BAD_LENGTH
         elif lower == b"transfer-encoding":
             chunked = b"chunked" in value.lower()
-        elif lower == b"x-forwarded-for":
-            forwarded_for = value
-        elif lower == b"x-forwarded-proto":
-            forwarded_proto = value
+        elif lower in FORWARDING:
+            chains.setdefault(lower, []).append(value.strip())
         elif lower == b"x-request-id":
-            request_id = value
+            if not request_id and usable_request_id(value):
+                request_id = value
+        elif lower == b"host":
+            host = host or value
         elif lower == b"expect":
             expect_continue = value.lower() == b"100-continue"
         elif lower == b"connection":
@@ -104,8 +131,12 @@ def read_head(
     if connection:
         kept = without_connection_tokens(kept, connection)
     path = target
+    prefix = b""
     if alias_name is None and node_name is None:
         path, alias_name, node_name = split_target(target)
+        routed = alias_name if alias_name is not None else node_name
+        if routed is not None:  # the target began /aliases/<name> or /nodes/<name>
+            prefix = target[: (9 if alias_name is not None else 7) + len(routed)]
     if alias_name is not None and alias_name.startswith(ALIAS_PREFIX):
         alias_name = alias_name[len(ALIAS_PREFIX) :]
     if content_length >= 0:
@@ -122,8 +153,13 @@ def read_head(
         chunked,
         expect_continue,
         b"".join(kept),
-        forwarded_for,
-        forwarded_proto,
+        b", ".join(chains.get(b"x-forwarded-for", ())),
+        b", ".join(chains.get(b"x-forwarded-proto", ())),
+        b", ".join(chains.get(b"x-forwarded-host", ())),
+        b"".join(v.rstrip(b"/") for v in chains.get(b"x-forwarded-prefix", ())),
+        b", ".join(chains.get(b"forwarded", ())),
+        host,
+        prefix,
         request_id,
         folder_id,
         tuple(headers),

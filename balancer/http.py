@@ -32,6 +32,9 @@ REWRITTEN = frozenset(
     {
         b"x-forwarded-for",
         b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"x-forwarded-prefix",
+        b"forwarded",
         b"x-request-id",
         b"expect",
         b"content-length",

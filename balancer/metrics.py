@@ -9,12 +9,18 @@ Family names and labels follow the reference platform (DataSphere Inference): `n
 `node_http_codes` (label `code`) and the histogram `node_request_durations` (seconds), labelled
 `node_id`; the same three for aliases, labelled `alias_name`. `node_errors` and `alias_errors`
 (responses of 500 or more) are ours, for dashboards that want an error rate in one series.
+Counters are exposed with the `_total` suffix (`node_requests_total`), as OpenMetrics names a
+counter family's sample and `promtool check metrics` wants: the family is the reference's name.
+
+With `serve --workers N` each process counts its own requests; `snapshot()` and `merge()`
+carry those counts to the worker that answers `/-/metrics`, which renders their sum.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
+from typing import Any
 
 from balancer.exposition import escape_label
 
@@ -51,10 +57,17 @@ NODE_LABEL = "node_id"
 ALIAS_LABEL = "alias_name"
 _KINDS = (("node", NODE_LABEL), ("alias", ALIAS_LABEL))
 
-# Every family `Metrics.render` writes: an instance's telemetry may not reuse these names.
+# The counters' family names (the reference's), each exposed as `<family>_total`.
+COUNTERS: tuple[str, ...] = tuple(
+    f"{kind}_{what}" for kind, _ in _KINDS for what in ("requests", "http_codes", "errors")
+)
+
+# Every family `Metrics.render` writes: an instance's telemetry may not reuse these names (nor
+# the counters' bare family names, which an OpenMetrics reader would take for the same family).
 FAMILIES: frozenset[str] = frozenset(
     {
-        *(f"{kind}_{what}" for kind, _ in _KINDS for what in ("requests", "http_codes", "errors")),
+        *COUNTERS,
+        *(f"{family}_total" for family in COUNTERS),
         *(f"{kind}_request_durations" for kind, _ in _KINDS),
         "balancer_unrouted_requests_total",
         "balancer_reloads_total",
@@ -136,6 +149,48 @@ class Metrics:
             for gone in table.keys() - set(names):
                 del table[gone]
 
+    def snapshot(self) -> dict[str, Any]:
+        """Every count as plain JSON values, for merging into another worker's Metrics."""
+        return {
+            "nodes": {name: _dump(series) for name, series in self.nodes.items()},
+            "aliases": {name: _dump(series) for name, series in self.aliases.items()},
+            "unrouted": {str(code): count for code, count in self.unrouted.items()},
+            "reloads": self.reloads,
+            "rejectedReloads": self.rejected_reloads,
+            "generation": self.generation,
+        }
+
+    @classmethod
+    def combined(cls, snapshots: Iterable[Mapping[str, Any]]) -> Metrics:
+        """The sum of several workers' snapshots: counts and durations added up, reloads the
+        most any worker made (each one follows the same table file), generation the lowest
+        (the table every worker serves at least). No bound on names: each worker had one."""
+        total = cls(max_names=2**62)
+        first = True
+        for snapshot in snapshots:
+            total.merge(snapshot)
+            generation = int(snapshot["generation"])
+            total.generation = generation if first else min(total.generation, generation)
+            first = False
+        return total
+
+    def merge(self, snapshot: Mapping[str, Any]) -> None:
+        """Add one snapshot's counts to these (reloads: the larger of the two)."""
+        for table, key in ((self.nodes, "nodes"), (self.aliases, "aliases")):
+            for name, dumped in snapshot[key].items():
+                series = table.get(name) or self._add(table, name)
+                if series is None:
+                    continue
+                series.total += float(dumped["sum"])
+                for index, count in enumerate(dumped["buckets"]):
+                    series.buckets[index] += int(count)
+                for code, count in dumped["codes"].items():
+                    series.codes[int(code)] = series.codes.get(int(code), 0) + int(count)
+        for code, count in snapshot["unrouted"].items():
+            self.unrouted[int(code)] = self.unrouted.get(int(code), 0) + int(count)
+        self.reloads = max(self.reloads, int(snapshot["reloads"]))
+        self.rejected_reloads = max(self.rejected_reloads, int(snapshot["rejectedReloads"]))
+
     def reloaded(self, generation: int) -> None:
         """Count a routing table swapped in, and show its generation."""
         self.reloads += 1
@@ -200,6 +255,14 @@ class Metrics:
         return "\n".join(out)
 
 
+def _dump(series: _Series) -> dict[str, Any]:
+    return {
+        "sum": series.total,
+        "buckets": list(series.buckets),
+        "codes": {str(code): count for code, count in series.codes.items()},
+    }
+
+
 def _family(out: list[str], name: str, kind: str, help_text: str) -> None:
     out.append(f"# HELP {name} {help_text}")
     out.append(f"# TYPE {name} {kind}")
@@ -208,12 +271,12 @@ def _family(out: list[str], name: str, kind: str, help_text: str) -> None:
 def _render_kind(out: list[str], kind: str, label: str, table: Mapping[str, _Series]) -> None:
     """The four families of one kind ("node" or "alias"), each series labelled with its name."""
     names = sorted(table)
-    family = f"{kind}_requests"
+    family = f"{kind}_requests_total"
     _family(out, family, "counter", f"Requests per {kind}.")
     for name in names:
         series = table[name]
         out.append(f'{family}{{{label}="{series.label}"}} {sum(series.codes.values())}')
-    family = f"{kind}_http_codes"
+    family = f"{kind}_http_codes_total"
     _family(out, family, "counter", f"Responses per {kind} and HTTP status code.")
     for name in names:
         series = table[name]
@@ -229,7 +292,7 @@ def _render_kind(out: list[str], kind: str, label: str, table: Mapping[str, _Ser
             out.append(f'{family}_bucket{{{label}="{series.label}",le="{le}"}} {cumulative}')
         out.append(f'{family}_sum{{{label}="{series.label}"}} {series.total!r}')
         out.append(f'{family}_count{{{label}="{series.label}"}} {cumulative}')
-    family = f"{kind}_errors"
+    family = f"{kind}_errors_total"
     _family(out, family, "counter", f"Responses with a status code of 500 or more per {kind}.")
     for name in names:
         series = table[name]

@@ -14,8 +14,9 @@ Request flow, one exchange at a time per client connection (pipelined requests q
   upstream response   -> head rebuilt without hop-by-hop headers, body streamed back
   on_message_complete -> upstream back to its pool, client ready for the next request
 
-This module holds what every connection of a process shares (Proxy) and a request's state
-(Request); client.py and upstream.py hold the two Protocols, http.py the pure HTTP pieces,
+This module holds what every connection of a process shares (Proxy); types.py a request's
+state (Request) and the faces the parts show each other; client.py and upstream.py hold the
+two Protocols, http.py the pure HTTP pieces, forwarding.py the head sent to an instance,
 execute.py the execute API (which stands between the two Protocols for its calls).
 """
 
@@ -24,68 +25,33 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
 from balancer.backends import Backend
-from balancer.head import Head
-from balancer.http import MAX_BODY
-from balancer.routing import Affinity, AliasRoute, NodeRoute, Router
+from balancer.routing import Affinity, Router
+from balancer.settings import ProxySettings
+from balancer.types import (
+    Downstream,
+    Observer,
+    Request,
+    SweptClient,
+    SweptUpstream,
+    Upstream,
+    client_of,
+)
 
-if TYPE_CHECKING:
-    from balancer.client import ClientConnection
-    from balancer.upstream import UpstreamConnection
+# Re-exported: the data plane's settings and request state are imported from here too.
+__all__ = [
+    "Downstream",
+    "Observer",
+    "Proxy",
+    "ProxySettings",
+    "Request",
+    "Upstream",
+    "client_of",
+]
 
 log = logging.getLogger("gitops_nodes.balancer")
-
-
-@dataclass(frozen=True)
-class ProxySettings:
-    """Limits and timeouts of the data plane (seconds, bytes)."""
-
-    max_body: int = MAX_BODY
-    connect_timeout: float = 5.0
-    read_timeout: float = 60.0  # silence from an instance: before the head, between reads
-    idle_timeout: float = 60.0  # kept-alive client connections (instances: each node's own)
-    access_log: bool = False
-
-
-class Observer(Protocol):
-    """Where each finished request is counted (balancer.metrics.Metrics)."""
-
-    def observe(self, alias: str | None, node: str | None, code: int, seconds: float) -> None: ...
-
-
-class Upstream(Protocol):
-    """Where a routed request's body goes: its UpstreamConnection, or the ExecuteCall that
-    reads an execute call's body whole before it picks an instance (balancer/execute.py)."""
-
-    sending: Request | None
-    response_started: bool
-
-    def write(self, data: bytes) -> None: ...
-    def request_sent(self) -> None: ...
-    def abort_exchange(self, client_gone: bool) -> None: ...
-    def pause_reading(self) -> None: ...
-    def resume_reading(self) -> None: ...
-
-
-class Downstream(Protocol):
-    """Who an UpstreamConnection answers: the ClientConnection, or the ExecuteCall that turns
-    an instance's answer into the execute API's before the client sees it."""
-
-    transport: Any
-
-    @property
-    def closed(self) -> bool: ...
-
-    def pause(self) -> None: ...
-    def resume(self) -> None: ...
-    def send_to(self, request: Request, backend: Backend) -> None: ...
-    def retry_elsewhere(self, request: Request, failed: Backend) -> bool: ...
-    def respond_failure(self, request: Request, code: int, message: str) -> None: ...
-    def done(self, request: Request, code: int, node: str | None) -> None: ...
-    def close(self) -> None: ...
 
 
 class Proxy:
@@ -104,8 +70,8 @@ class Proxy:
         self.affinity = affinity
         self.metrics = metrics
         self.settings = settings or ProxySettings()
-        self.clients: set[ClientConnection] = set()
-        self.upstreams: set[UpstreamConnection] = set()
+        self.clients: set[SweptClient] = set()
+        self.upstreams: set[SweptUpstream] = set()
         self.id_prefix = os.urandom(4).hex().encode() + b"-"
         self.counter = 0
         self.on_drained: Any = None  # called with a removed Backend once its last request ends
@@ -138,65 +104,3 @@ class Proxy:
 
     def inflight(self) -> int:
         return sum(1 for client in self.clients if client.active is not None)
-
-
-class Request:
-    """One request on a client connection, from its head to the end of its response."""
-
-    __slots__ = (
-        "affinity_key",
-        "alias",
-        "backend",
-        "caller",
-        "chunked",
-        "client",
-        "complete",
-        "expect_continue",
-        "folder_id",
-        "head",
-        "held",
-        "held_size",
-        "keep_alive",
-        "local",
-        "method",
-        "node",
-        "parsed",
-        "received",
-        "request_id",
-        "retried",
-        "started",
-        "target",
-        "upstream",
-        "version",
-    )
-
-    def __init__(self, method: bytes, target: bytes, version: str, started: float) -> None:
-        self.method = method
-        self.target = target
-        self.version = version
-        self.started = started
-        self.keep_alive = True
-        self.complete = False
-        self.chunked = False
-        self.expect_continue = False
-        self.received = 0
-        self.head = b""
-        self.held: list[bytes] = []  # body bytes waiting for an upstream connection
-        self.held_size = 0
-        self.local: bytes | None = None  # a response the balancer answers itself
-        self.alias: AliasRoute | None = None
-        self.node: NodeRoute | None = None
-        self.parsed: Head | None = None  # its head, when the parser read it
-        self.backend: Backend | None = None
-        self.upstream: Upstream | None = None
-        self.request_id = b""
-        self.affinity_key: bytes | None = None
-        self.retried = False
-        self.client: Downstream | None = None
-        self.folder_id: str | None = None  # from x-folder-id (or an execute call's body)
-        self.caller: str | None = None  # a private target's admitted caller, by name
-
-
-def client_of(request: Request) -> Downstream | None:
-    client = request.client
-    return None if client is None or client.closed else client

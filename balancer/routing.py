@@ -20,7 +20,7 @@ AFFINITY_LIMIT = 100_000  # remembered session keys per balancer; the oldest are
 class NodeRoute:
     """A node's instances; picks the Healthy one with the fewest requests in flight."""
 
-    __slots__ = ("access", "backends", "cursor", "name", "suspended")
+    __slots__ = ("access", "backends", "cursor", "name", "prefix_rewrite", "suspended")
 
     def __init__(
         self,
@@ -28,8 +28,10 @@ class NodeRoute:
         backends: list[Backend],
         access: Guard | None = None,
         suspended: bool = False,
+        prefix_rewrite: bool = False,
     ) -> None:
         self.name = name
+        self.prefix_rewrite = prefix_rewrite  # answers' Location and cookie paths under /nodes/<n>
         self.backends = backends
         self.cursor = 0
         self.access = access  # None: public, called directly without a key
@@ -65,7 +67,16 @@ class NodeRoute:
 class AliasRoute:
     """An alias's nodes with their weights, split by smooth weighted round robin."""
 
-    __slots__ = ("access", "affinity_header", "by_key", "current", "name", "nodes", "weights")
+    __slots__ = (
+        "access",
+        "affinity_header",
+        "by_key",
+        "current",
+        "name",
+        "nodes",
+        "prefix_rewrite",
+        "weights",
+    )
 
     def __init__(
         self,
@@ -74,8 +85,12 @@ class AliasRoute:
         weights: list[int],
         affinity_header: str | None,
         access: Guard | None = None,
+        prefix_rewrite: bool = False,
     ) -> None:
         self.name = name
+        self.prefix_rewrite = (
+            prefix_rewrite  # answers' Location and cookie paths under /aliases/<a>
+        )
         self.access = access  # None: public
         self.nodes = nodes
         self.weights = weights
@@ -121,7 +136,9 @@ class Router:
                 for e in entry.endpoints
                 if (e.instance, e.host, e.port) in backends.by_key
             ]
-            self.nodes[name] = NodeRoute(name, members, guards.nodes.get(name), entry.suspended)
+            self.nodes[name] = NodeRoute(
+                name, members, guards.nodes.get(name), entry.suspended, entry.prefix_rewrite
+            )
         self.aliases: dict[str, AliasRoute] = {}
         for name, alias in table.aliases.items():
             pairs = [(self.nodes[n], w) for n, w in alias.targets if n in self.nodes]
@@ -131,6 +148,7 @@ class Router:
                 [w for _, w in pairs],
                 alias.affinity_header,
                 guards.aliases.get(name),
+                alias.prefix_rewrite,
             )
 
 

@@ -5,7 +5,9 @@ with watchfiles), handed over in-process, or pushed to the admin port (balancer/
 the new Router replaces the old one in one assignment. A table whose nodes say `discover`
 goes through balancer/discovery.py first, which adds the instances DNS finds. Signals belong
 to whoever runs the process (`run()` here, or the watch loop): uvicorn serves the control
-plane without installing handlers of its own.
+plane without installing handlers of its own. With `--workers N`, `run()` forks N such
+processes on one data port; worker 0 alone binds the admin port and answers it for all of
+them (balancer/workers.py).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import tempfile
@@ -27,10 +30,10 @@ from typing import Any
 import uvicorn
 import watchfiles
 
-from balancer.access import admin_guard
+from balancer.access import AdminGuard, admin_guard
 from balancer.backends import Backend, Backends
 from balancer.client import ClientConnection
-from balancer.control import make_control_app
+from balancer.control import make_control_app, worker_snapshot
 from balancer.discovery import Discovery
 from balancer.health import HealthChecker
 from balancer.metrics import Metrics
@@ -38,6 +41,7 @@ from balancer.proxy import Proxy, ProxySettings
 from balancer.routing import Affinity, Router
 from balancer.table import Endpoint, RoutingTable, TableError, read_table
 from balancer.telemetry import Telemetry
+from balancer.workers import Peers, SnapshotServer, WorkerSet
 
 log = logging.getLogger("gitops_nodes.balancer")
 
@@ -56,6 +60,9 @@ class ServeOptions:
     drain_timeout: float = 30.0
     # The admin port's key (required beyond loopback); never shown in a repr or a log.
     admin_token: str | None = field(default=None, repr=False)
+    # One of several processes on the data port (serve --workers N): which one, and where
+    # they tell worker 0 their counts. Only worker 0 binds the admin port.
+    workers: WorkerSet | None = None
 
 
 class Balancer:
@@ -91,6 +98,7 @@ class Balancer:
         self.draining = False
         self._servers: list[asyncio.Server] = []
         self._admin: _EmbeddedServer | None = None
+        self._snapshots: SnapshotServer | None = None
         self.admin_port = 0
         self._tasks: list[asyncio.Task[Any]] = []
         self._stop = asyncio.Event()
@@ -236,6 +244,23 @@ class Balancer:
             backlog=4096,
         )
         self._servers.append(server)
+        workers = options.workers
+        peers: Peers | None = None
+        if workers is not None:
+            index = workers.index
+            self._snapshots = SnapshotServer(
+                workers.socket_path(index), lambda: worker_snapshot(self, index)
+            )
+            await self._snapshots.start()
+            peers = Peers(workers, lambda: worker_snapshot(self, index))
+        if workers is None or workers.answers_admin:
+            await self._serve_admin(options, admin, peers)
+        self._tasks.append(self.loop.create_task(self._sweep()))
+        self.write_ack()
+
+    async def _serve_admin(
+        self, options: ServeOptions, admin: AdminGuard | None, peers: Peers | None
+    ) -> None:
         config = uvicorn.Config(
             make_control_app(
                 self,
@@ -244,17 +269,20 @@ class Balancer:
                 admin,
                 self.open_paths,
                 self.telemetry,
+                peers,
             ),
             log_level="warning",
             lifespan="off",
             access_log=False,
+            # No logging set-up of uvicorn's own: its records go through the process's
+            # handlers, in the one format of --log-format.
+            log_config=None,
         )
         self._admin = _EmbeddedServer(config)
-        admin_socket = _bind(options.admin_host, options.admin_port, options.reuse_port)
+        # Never SO_REUSEPORT: one process answers the admin port, for all the workers.
+        admin_socket = _bind(options.admin_host, options.admin_port)
         self.admin_port = admin_socket.getsockname()[1]  # the one bound, for port 0
         self._tasks.append(self.loop.create_task(self._admin.serve(sockets=[admin_socket])))
-        self._tasks.append(self.loop.create_task(self._sweep()))
-        self.write_ack()
 
     def ports(self) -> list[int]:
         return [s.sockets[0].getsockname()[1] for s in self._servers if s.sockets]
@@ -289,6 +317,8 @@ class Balancer:
             client.close()
         if self._admin is not None:
             self._admin.should_exit = True
+        if self._snapshots is not None:
+            self._snapshots.close()
         await self.discovery.aclose()
         self.checker.close()
         for task in self._tasks:
@@ -305,12 +335,10 @@ class _EmbeddedServer(uvicorn.Server):
         yield
 
 
-def _bind(host: str, port: int, reuse_port: bool) -> socket.socket:
+def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
     sock.listen(512)
     sock.setblocking(False)
@@ -328,33 +356,54 @@ def new_loop() -> asyncio.AbstractEventLoop:
 
 
 def run(table_file: Path, options: ServeOptions, settings: ProxySettings, workers: int = 1) -> int:
-    """Serve until SIGTERM or SIGINT; with workers > 1, that many processes share the port."""
+    """Serve until SIGTERM or SIGINT; with workers > 1, that many processes share the data
+    port and worker 0 answers the admin port for all of them. When a worker fails, the
+    others are stopped too (a balancer with a part of its workers is not what was asked)."""
     if workers <= 1:
         return _run_one(table_file, options, settings)
-    options = ServeOptions(**{**options.__dict__, "reuse_port": True})
-    children = []
-    for _ in range(workers):
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child
-            code = 1
-            try:
-                code = _run_one(table_file, options, settings)
-            finally:
-                os._exit(code)
-        children.append(pid)
+    # The workers' snapshot sockets: a folder only this user can enter (mkdtemp's 0700).
+    folder = Path(tempfile.mkdtemp(prefix="gitops-nodes-workers-"))
+    children: list[int] = []
+    try:
+        for index in range(workers):
+            one = ServeOptions(
+                **{
+                    **options.__dict__,
+                    "reuse_port": True,
+                    "workers": WorkerSet(folder, workers, index),
+                }
+            )
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - the child
+                code = 1
+                try:
+                    code = _run_one(table_file, one, settings)
+                finally:
+                    os._exit(code)
+            children.append(pid)
 
-    def forward(signum: int, _frame: object) -> None:
-        for child in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child, signum)
+        def forward(signum: int, _frame: object) -> None:
+            for child in children:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child, signum)
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    code = 0
-    for child in children:
-        _, status = os.waitpid(child, 0)
-        code = code or os.waitstatus_to_exitcode(status)
-    return code
+        signal.signal(signal.SIGTERM, forward)
+        signal.signal(signal.SIGINT, forward)
+        code = 0
+        running = set(children)
+        while running:
+            pid, status = os.wait()
+            if pid not in running:
+                continue
+            running.discard(pid)
+            exit_code = os.waitstatus_to_exitcode(status)
+            if exit_code and not code:
+                log.error("worker %d exited with %d: stopping the others", pid, exit_code)
+                code = exit_code
+                forward(signal.SIGTERM, None)
+        return code
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _run_one(table_file: Path, options: ServeOptions, settings: ProxySettings) -> int:

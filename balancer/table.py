@@ -104,6 +104,8 @@ class NodeEntry:
     access: AccessRule | None = None  # None: public
     telemetry_path: str | None = None  # the instances' Prometheus text; None: not scraped
     discover: str | None = None
+    # Location and cookie paths of answers to /nodes/<name>/... put under that prefix.
+    prefix_rewrite: bool = False
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,8 @@ class AliasEntry:
     targets: tuple[tuple[str, int], ...]
     affinity_header: str | None = None  # requests with equal values stick to one instance
     access: AccessRule | None = None  # None: public
+    # Location and cookie paths of answers to /aliases/<name>/... put under that prefix.
+    prefix_rewrite: bool = False
 
 
 @dataclass(frozen=True)
@@ -143,6 +147,8 @@ class RoutingTable:
                 nodes[name]["discover"] = entry.discover
             if entry.access is not None:
                 nodes[name]["access"] = access_to_json(entry.access)
+            if entry.prefix_rewrite:  # only when set, as discover
+                nodes[name]["prefixRewrite"] = True
         aliases: dict[str, Any] = {}
         for name, alias in sorted(self.aliases.items()):
             aliases[name] = {
@@ -151,6 +157,8 @@ class RoutingTable:
             }
             if alias.access is not None:
                 aliases[name]["access"] = access_to_json(alias.access)
+            if alias.prefix_rewrite:
+                aliases[name]["prefixRewrite"] = True
         return {
             "format": FORMAT_WITH_ACCESS if self.has_access_rules() else FORMAT,
             "generation": self.generation,
@@ -184,6 +192,7 @@ class RoutingTable:
                     access=access_from_json(entry.get("access")),
                     telemetry_path=_optional_path(entry.get("telemetryPath")),
                     discover=_discover(entry.get("discover")),
+                    prefix_rewrite=_flag(entry.get("prefixRewrite")),
                 )
                 for name, entry in data["nodes"].items()
             }
@@ -192,6 +201,7 @@ class RoutingTable:
                     tuple((str(t["node"]), int(t["weight"])) for t in entry["targets"]),
                     _optional_lower(entry.get("affinityHeader")),
                     access_from_json(entry.get("access")),
+                    _flag(entry.get("prefixRewrite")),
                 )
                 for name, entry in data["aliases"].items()
             }
@@ -266,6 +276,15 @@ def split_discover(value: str) -> tuple[str, int]:
     """(host, port) of a discover entry that from_json accepted."""
     host, _, port = value.rpartition(":")
     return host, int(port)
+
+
+def _flag(value: Any) -> bool:
+    """An optional boolean field: absent is False, anything but a boolean is malformed."""
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise TableError(f"malformed routing table: expected true or false, got {value!r}")
+    return value
 
 
 def _optional_lower(value: Any) -> str | None:

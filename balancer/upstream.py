@@ -9,7 +9,10 @@ import httptools
 
 from balancer.backends import Backend
 from balancer.http import HOP_SEARCH, IDEMPOTENT, fast_head, strip_hop_by_hop
-from balancer.proxy import Proxy, ProxySettings, Request, client_of
+from balancer.prefix import under_prefix
+from balancer.proxy import Proxy
+from balancer.settings import ProxySettings
+from balancer.types import Request, client_of
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -206,6 +209,8 @@ class UpstreamConnection(asyncio.Protocol):
             block = strip_hop_by_hop(block, lower)
         if not block.startswith(b"HTTP/1.1 "):
             block = b"HTTP/1.1" + block[block.find(b" ") :]
+        if request.rewrite is not None:  # a prefixRewrite route's Location and cookie paths
+            block = under_prefix(block, *request.rewrite)
         lines = [block, b"\r\nx-request-id: %s\r\n" % request.request_id]
         no_body = request.method == b"HEAD" or code in (204, 304)
         self.chunk_out = False
@@ -244,9 +249,11 @@ class UpstreamConnection(asyncio.Protocol):
             tail = b"connection: keep-alive\r\n\r\n" if request.version == "1.0" else b"\r\n"
         else:
             tail = b"connection: close\r\n\r\n"
+        head = known.head
+        if request.rewrite is not None:  # a prefixRewrite route's Location and cookie paths
+            head = under_prefix(head, *request.rewrite)
         self.out.append(
-            b"%s\r\nx-request-id: %s\r\n%s%s"
-            % (known.head, request.request_id, tail, data[end + 4 :])
+            b"%s\r\nx-request-id: %s\r\n%s%s" % (head, request.request_id, tail, data[end + 4 :])
         )
         self.complete(known.keep_alive)
         return True

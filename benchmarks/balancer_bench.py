@@ -21,6 +21,7 @@ measured), and the median round counts: load from elsewhere then spreads over al
 Figures are ratios within one run; absolute numbers depend on the machine and its other load.
 
     python3 benchmarks/balancer_bench.py [--duration 10] [--connections 32] [--rounds 1]
+        [--compare-with CHECKOUT]  (another checkout's balancer, measured beside this one)
 """
 
 from __future__ import annotations
@@ -247,8 +248,8 @@ def wait_for_ok(server: Server, port: int, path: str, times: int = 1) -> None:
 
 
 def wait_for_healthy(server: Server, admin_port: int, times: int) -> None:
-    """Poll /-/status until the node and its instance report Healthy `times` times in a row
-    (new connections each time, so with SO_REUSEPORT several workers are asked)."""
+    """Poll /-/status until the node and its instance report Healthy `times` times in a row,
+    and with --workers every worker counts the instance Healthy (its `workers` list)."""
     deadline = time.monotonic() + HEALTHY_TIMEOUT
     streak = 0
     last = ""
@@ -260,7 +261,11 @@ def wait_for_healthy(server: Server, admin_port: int, times: int) -> None:
             nodes = {n["name"]: n for n in document.get("nodes", [])}
             node = nodes.get(NODE, {})
             instances = [i["status"] for i in node.get("instances", [])]
+            names = [i["instance"] for i in node.get("instances", [])]
             healthy = node.get("status") == "Healthy" and instances == ["Healthy"]
+            healthy = healthy and all(
+                set(names) <= set(w.get("healthy") or ()) for w in document.get("workers", [])
+            )
             last = f"node {node.get('status')}, instances {instances}"
         except (OSError, ValueError, KeyError, TypeError) as exc:
             healthy, last = False, repr(exc)
@@ -419,12 +424,19 @@ class Settings:
     connections: int
     rounds: int
     busy_before: float = 0.0
+    compare_with: Path | None = None  # another checkout's balancer, measured beside this one
 
 
 def start_balancer(
-    procs: Processes, workdir: Path, backend_port: int, workers: int, core: str | None
+    procs: Processes,
+    workdir: Path,
+    backend_port: int,
+    workers: int,
+    core: str | None,
+    root: Path = REPO_ROOT,
 ) -> tuple[Server, int]:
-    state_dir = workdir / f"state-{workers}"
+    other = "" if root == REPO_ROOT else "-other"
+    state_dir = workdir / f"state-{workers}{other}"
     write_table(state_dir / PROJECT / "routing-table.json", balancer_table(backend_port))
     port, admin_port = free_port(), free_port()
     command = [
@@ -444,8 +456,8 @@ def start_balancer(
         str(workers),
     ]
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    server = procs.start(f"balancer-{workers}w", pinned(core, command), env=env)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
+    server = procs.start(f"balancer-{workers}w{other}", pinned(core, command), env=env)
     wait_for_port(server, port)
     wait_for_port(server, admin_port)
     wait_for_healthy(server, admin_port, times=1 if workers == 1 else 10)
@@ -507,6 +519,13 @@ def one_core(
         ("HAProxy", f"http://{HOST}:{haproxy_port}{REQUEST_PATH}"),
         ("balancer", f"http://{HOST}:{balancer_port}/aliases/{ALIAS}{REQUEST_PATH}"),
     ]
+    if settings.compare_with is not None:
+        _, other_port = start_balancer(
+            procs, workdir, backend_port, 1, PROXY_CORE, settings.compare_with
+        )
+        targets.append(
+            ("balancer (compared)", f"http://{HOST}:{other_port}/aliases/{ALIAS}{REQUEST_PATH}")
+        )
     results = measure_rounds(targets, settings, threads=1, core=CLIENT_CORE)
     balancer.check_running()
     memory = balancer_memory_kib(balancer, 1)
@@ -587,6 +606,10 @@ def report(
         verdict = f"  (target >= {TARGET_RATIO}: {'met' if met else 'NOT met'})"
     print(f"  balancer/nginx   {ratio_nginx}{verdict}")
     print(f"  balancer/HAProxy {_ratio(balancer, single.get('HAProxy'))}")
+    compared = single.get("balancer (compared)")
+    if compared is not None:
+        print(f"  compared ({settings.compare_with})/nginx {_ratio(compared, single.get('nginx'))}")
+        print(f"  balancer/compared {_ratio(balancer, compared)}")
     print()
     print_table(
         f"Two workers, NOT pinned: the proxy's 2 processes and wrk -t2 -c{c} -d{d:g}s share "
@@ -624,6 +647,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=1,
         help="measure each target this many times, interleaved, and keep the median (1)",
     )
+    parser.add_argument(
+        "--compare-with",
+        type=Path,
+        default=None,
+        metavar="CHECKOUT",
+        help="also measure the balancer of another checkout (e.g. main's), interleaved with "
+        "this one's on the same core, in the one-core part",
+    )
     args = parser.parse_args(argv)
     if args.duration < 1 or args.connections < 2 or args.rounds < 1:
         parser.error("needs --duration >= 1, --connections >= 2 and --rounds >= 1")
@@ -634,7 +665,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise BenchError(
                 "needs at least two cores (proxy on core 0, wrk and backend on core 1)"
             )
-        settings = Settings(args.duration, args.warmup, args.connections, args.rounds, cpu_busy())
+        settings = Settings(
+            args.duration,
+            args.warmup,
+            args.connections,
+            args.rounds,
+            cpu_busy(),
+            args.compare_with.resolve() if args.compare_with else None,
+        )
         with (
             signals_interrupt(),
             tempfile.TemporaryDirectory(prefix="balancer-bench-") as temp,

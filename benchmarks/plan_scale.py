@@ -92,7 +92,7 @@ def _node_yaml(node: NodeDef, rng: random.Random) -> str:
         "    LOG_LEVEL: info",
         f'    MODEL_REVISION: "{node.name}-r{node.revision}"',
         "    # bumped by the nightly retrain",
-        f"    BATCH_SIZE: {rng.choice([8, 16, 32])}",
+        f'    BATCH_SIZE: "{rng.choice([8, 16, 32])}"',
         "  resources:",
         f"    cpus: {cpus}",
         f"    memory: {memory}",

@@ -36,7 +36,7 @@ from gitops_nodes.clock import SYSTEM_CLOCK, Clock
 from gitops_nodes.errors import GitopsNodesError, RuntimeFailure
 from gitops_nodes.fleet import BalancerFleet
 from gitops_nodes.live import LiveInstance, LiveState
-from gitops_nodes.plan import Plan, PlanStep, Step
+from gitops_nodes.plan import OTHER_OWNER, Plan, PlanStep, Step
 from gitops_nodes.runtime.base import Runtime
 from gitops_nodes.spec.state import DesiredState
 from gitops_nodes.statedir import BalancerAck, StateDir
@@ -145,6 +145,7 @@ class _Published:
                 suspended=want.suspended,
                 access=want.access,
                 telemetry_path=want.telemetry_path,
+                prefix_rewrite=want.prefix_rewrite,
             )
         return self.settings.get(node, NodeEntry((), 1, HealthSettings()))
 
@@ -219,6 +220,7 @@ class Applier:
         self.created: dict[tuple[str, int], LiveInstance] = {}  # created or started again
         self.restarted: set[str] = set()  # instances a resume started (rather than created)
         self.known = {i.name: i for i in live.instances}  # every instance seen, by name
+        self.ownership = live.ownership
         self.fleet = runtime.balancers(plan.project, state)
         discover = {
             name: found
@@ -293,7 +295,9 @@ class Applier:
         with self.preparing:
             if node in self.prepared:
                 return
-            self.runtime.prepare_node(self.project, node, self.desired.nodes.get(node))
+            self.runtime.prepare_node(
+                self.project, node, self.desired.nodes.get(node), self.ownership
+            )
             self.prepared.add(node)
 
     def _discovered(self, node: str) -> bool:
@@ -321,6 +325,7 @@ class Applier:
         if step.step is Step.STOP:  # suspended: drained and stopped, the container kept
             return self._drain(step.instance or "") + ", kept for resume"
         instance = self.retiring.get(step.instance or "", step.instance or "")
+        self._check_ours(instance)
         self.runtime.remove_instance(self.project, instance)
         if instance != step.instance:
             return f"{instance} removed (the runtime retired it in place of {step.instance})"
@@ -366,6 +371,7 @@ class Applier:
             lambda ack: ack.generation < needed or ack.draining.get(instance, 0) > 0,
             self.options.drain_timeout,
         )
+        self._check_ours(instance)
         self.runtime.stop_instance(self.project, instance, self.options.stop_grace)
         if behind:
             return (
@@ -378,6 +384,7 @@ class Applier:
         """For a discovered node: the runtime retires the instance (or the one it picks in its
         place), and balancers drop it when its DNS name stops answering with it; wait until
         every balancer has finished its requests on it. Break, after the runtime's make."""
+        self._check_ours(instance)
         retired = self.runtime.stop_instance(self.project, instance, self.options.stop_grace)
         self.retiring[instance] = retired
         current = self.runtime.inspect_instance(self.project, retired)
@@ -396,6 +403,13 @@ class Applier:
             using = ", ".join(a.describe() for a in behind)
             return f"{what} stopping with balancers {using} still using it"
         return f"{what} drained and stopping"
+
+    def _check_ours(self, name: str) -> None:
+        """Re-read the instance's owner just before stopping or removing it: what carries that
+        name now may not be what the plan saw, and another state directory's is never touched."""
+        current = self.runtime.inspect_instance(self.project, name)
+        if current is not None and not self.ownership.owns(current):
+            raise RuntimeFailure(f"{name} is {OTHER_OWNER}: left as it is")
 
     def _await_acks(
         self, behind: Callable[[BalancerAck], bool], timeout: float
@@ -419,7 +433,9 @@ class Applier:
 
     def _create(self, step: PlanStep) -> str:
         node = self.desired.nodes[step.node or ""]
-        instance = self.runtime.create_instance(self.project, node, step.instance_index or 0)
+        instance = self.runtime.create_instance(
+            self.project, node, step.instance_index or 0, self.ownership
+        )
         self.created[(node.name, step.instance_index or 0)] = instance
         return f"{instance.name} started, published on {instance.host}:{instance.port}"
 
@@ -492,7 +508,7 @@ class Applier:
                         if weight > 0 and node not in serving
                     )
                     table.aliases[step.alias] = AliasEntry(
-                        alias.routes, alias.affinity_header, alias.access
+                        alias.routes, alias.affinity_header, alias.access, alias.prefix_rewrite
                     )
                     what = f"alias {step.alias} routes to " + ", ".join(
                         f"{n}={w}" for n, w in alias.routes

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -184,6 +185,7 @@ def node_fields(
     timeouts: Timeouts | None = None,
     suspended: bool | None = None,
     telemetry_path: str | None = None,
+    prefix_rewrite: bool = False,
 ) -> dict[str, Any]:
     """A node flattened to dotted fields, the way plan shows them."""
     fields: dict[str, Any] = {}
@@ -213,6 +215,8 @@ def node_fields(
         fields["endpoint.idleTimeout"] = timeouts.idle
     if suspended is not None:
         fields["suspended"] = suspended
+    if prefix_rewrite:  # shown only when on, as it is off for nearly every node
+        fields["prefixRewrite"] = True
     return fields
 
 
@@ -249,6 +253,7 @@ def _diff_node(
         timeouts=published.timeouts if published else None,
         suspended=published.suspended if published else None,
         telemetry_path=published.telemetry_path if published else None,
+        prefix_rewrite=published.prefix_rewrite if published else False,
     )
     if want is None:
         removals = tuple(
@@ -275,6 +280,7 @@ def _diff_node(
         timeouts=want.timeouts,
         suspended=want.suspended,
         telemetry_path=want.telemetry_path,
+        prefix_rewrite=want.prefix_rewrite,
     )
     if not have and published is None:
         if want.suspended:  # published for its aliases to see; instances come on resume
@@ -308,7 +314,8 @@ def _diff_node(
         instances = _suspended_instances(want, have)
         moved = False
     else:
-        instances = _diff_instances(want, have, resuming=was_suspended)
+        served = frozenset(e.instance for e in published.endpoints) if published else frozenset()
+        instances = _diff_instances(want, have, resuming=was_suspended, served=served)
         moved = _moved(have, published)
     access_changed = published is not None and published.access != want.access
     publish_settings = published is None or not _same_settings(want, published) or moved
@@ -359,6 +366,7 @@ def _same_settings(want: DesiredNode, published: NodeEntry) -> bool:
         and published.suspended == want.suspended
         and published.access == want.access
         and published.telemetry_path == want.telemetry_path
+        and published.prefix_rewrite == want.prefix_rewrite
     )
 
 
@@ -402,7 +410,9 @@ def _suspended_instances(
     removed; resume creates whatever is then missing. Nothing is created while suspended."""
     changes: list[InstanceChange] = []
     kept: set[int] = set()
-    for instance in have:
+    # Of two at one index, the stopped one (the instance suspended), else the older one: a
+    # container started by hand with an instance's labels copied is neither.
+    for instance in sorted(have, key=lambda i: (i.state not in STARTABLE, *_age(i))):
         index = instance.index
         if index >= want.instances:
             reason = f"scaled down to {want.instances}"
@@ -423,24 +433,46 @@ def _suspended_instances(
     return tuple(changes)
 
 
+def _age(instance: LiveInstance) -> tuple[float, str]:
+    """Oldest first (the engine's creation or start time), then by name."""
+    return (instance.started_at if instance.started_at is not None else math.inf, instance.name)
+
+
+def _serving_first(instance: LiveInstance, served: frozenset[str]) -> tuple[bool, bool, float, str]:
+    """The order in which instances claiming one index are preferred: the one the published
+    table serves, then one with a published port, then the older. A container started by
+    hand with an instance's labels copied (an impostor) is none of these, so it never wins
+    over the real one."""
+    return (instance.name not in served, instance.port is None, *_age(instance))
+
+
 def _diff_instances(
-    want: DesiredNode, have: tuple[LiveInstance, ...], resuming: bool = False
+    want: DesiredNode,
+    have: tuple[LiveInstance, ...],
+    resuming: bool = False,
+    served: frozenset[str] = frozenset(),
 ) -> tuple[InstanceChange, ...]:
     """Which instances to keep, create, replace or remove, index by index; when the node
-    resumes, which stopped ones to start again rather than replace."""
+    resumes, which stopped ones to start again rather than replace. Of several instances at
+    one index, the one the table serves (served: its instance names) is kept."""
     changes: list[InstanceChange] = []
     used: set[str] = set()
+    kept: dict[int, str] = {}
     for index in range(want.instances):
-        at_index = [i for i in have if i.index == index]
+        at_index = sorted(
+            (i for i in have if i.index == index), key=lambda i: _serving_first(i, served)
+        )
         keep = next((i for i in at_index if i.alive and i.spec_hash == want.spec_hash), None)
         if keep is not None:
             used.add(keep.name)
+            kept[index] = keep.name
             continue
         stopped = next(
             (i for i in at_index if i.state in STARTABLE and i.spec_hash == want.spec_hash), None
         )
         if resuming and stopped is not None:
             used.add(stopped.name)
+            kept[index] = stopped.name
             changes.append(
                 InstanceChange(index, Action.RESUME, stopped.name, f"instance {index} starts again")
             )
@@ -452,6 +484,7 @@ def _diff_instances(
             )
             continue
         used.add(stale.name)
+        kept[index] = stale.name
         reason = "spec changed" if stale.alive else f"instance {index} is {stale.state}"
         changes.append(InstanceChange(index, Action.REPLACE, stale.name, reason, stale.alive))
     for instance in have:
@@ -462,7 +495,9 @@ def _diff_instances(
         elif not instance.alive:
             reason = f"instance {instance.index} is {instance.state}"
         else:
-            reason = f"a second instance {instance.index}"
+            reason = f"a second instance {instance.index}, beside {kept[instance.index]}"
+            if kept[instance.index] in served:
+                reason += ", which the routing table serves"
         changes.append(InstanceChange(instance.index, Action.DELETE, instance.name, reason))
     return tuple(changes)
 
@@ -511,13 +546,21 @@ def _diff_alias(
         added.extend(_field_changes({}, access_after))
         return AliasChange(name, Action.CREATE, "not published yet", tuple(added), before, after)
     routes_changed = before != after or affinity_before != affinity_after
-    if not routes_changed and published.access == want.access:
+    rewrite_changed = published.prefix_rewrite != want.prefix_rewrite
+    if not routes_changed and not rewrite_changed and published.access == want.access:
         return None
     changed = []
     if before != after:
         changed.append(FieldChange("nodes", _routes_text(before), _routes_text(after)))
     if affinity_before != affinity_after:
         changed.append(FieldChange("sessionAffinity.header", affinity_before, affinity_after))
+    if rewrite_changed:
+        changed.append(FieldChange("prefixRewrite", published.prefix_rewrite, want.prefix_rewrite))
     changed.extend(_field_changes(access_before, access_after))
-    reason = "its routes changed" if routes_changed else "its access changed"
+    if routes_changed:
+        reason = "its routes changed"
+    elif published.access != want.access:
+        reason = "its access changed"
+    else:
+        reason = "its prefixRewrite changed"
     return AliasChange(name, Action.UPDATE, reason, tuple(changed), before, after)

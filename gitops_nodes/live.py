@@ -15,6 +15,29 @@ from gitops_nodes.spec.hashing import InstanceConfig
 ALIVE_STATES = frozenset({"created", "starting", "running", "restarting"})
 STARTABLE = frozenset({"exited"})  # a stopped container that starts again as it was
 LOOPBACK = "127.0.0.1"
+UNLABELLED = ""  # the owner of a container made before owner labels existed
+
+
+@dataclass(frozen=True)
+class Ownership:
+    """Which containers of a project a state directory counts as its own: those carrying its
+    owner id, and those of the owners it adopted (UNLABELLED: made before owner labels)."""
+
+    owner: str
+    adopted: frozenset[str] = frozenset()
+
+    def owns(self, instance: LiveInstance) -> bool:
+        label = instance.owner
+        return (bool(label) and label == self.owner) or label in self.adopted
+
+    def adopting(self, owners: Collection[str]) -> Ownership:
+        """This ownership with owners adopted too (--adopt)."""
+        return Ownership(self.owner, self.adopted | (frozenset(owners) - {self.owner}))
+
+
+# What a LiveState made without a state directory (tests, tools) claims: containers with no
+# owner label, as everything was before owner labels existed.
+UNOWNED = Ownership(UNLABELLED, frozenset({UNLABELLED}))
 
 
 @dataclass(frozen=True)
@@ -35,6 +58,7 @@ class LiveInstance:
     # Where balancers reach it: a Docker container's port is published on loopback; a Swarm
     # task listens on its address in the project's overlay network.
     host: str = LOOPBACK
+    owner: str = UNLABELLED  # the owner id label it carries (labels.OWNER)
 
     @property
     def alive(self) -> bool:
@@ -50,6 +74,9 @@ class LiveState:
     instances: tuple[LiveInstance, ...] = ()
     images: frozenset[str] = frozenset()
     table: RoutingTable | None = None
+    # The project's containers another state directory owns: never planned for, only reported.
+    foreign: tuple[LiveInstance, ...] = ()
+    ownership: Ownership = UNOWNED
     by_node: Mapping[str, tuple[LiveInstance, ...]] = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -88,10 +115,14 @@ class LiveState:
                         entry.timeouts,
                         entry.suspended,
                         entry.telemetry_path,
+                        entry.prefix_rewrite,
                     )
                     for name, entry in table.nodes.items()
                 ),
-                sorted((name, entry.targets) for name, entry in table.aliases.items()),
+                sorted(
+                    (name, entry.targets, entry.prefix_rewrite)
+                    for name, entry in table.aliases.items()
+                ),
             )
             if table is not None
             else None

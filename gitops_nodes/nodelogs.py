@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -20,7 +21,7 @@ from gitops_nodes.live import LiveInstance
 from gitops_nodes.runtime.base import LogLine, LogStream, Runtime
 from gitops_nodes.statedir import StateDir
 
-JOIN_TIMEOUT = 2.0  # seconds to wait for reader threads once their streams are closed
+JOIN_TIMEOUT = 0.3  # seconds to wait for all reader threads once their streams are closed
 
 
 class UnknownNode(GitopsNodesError):
@@ -166,11 +167,14 @@ class Follower:
                 yield item
 
     def close(self) -> None:
-        """Close every stream and wait briefly for the reader threads to end."""
+        """Close every stream and wait briefly for the reader threads to end: JOIN_TIMEOUT
+        for all of them together, whatever their number, so that Ctrl-C ends `logs --follow`
+        within a second (R-stop); a reader still blocked then is a daemon and dies with us."""
         for stream in self.streams:
             stream.close()
+        deadline = time.monotonic() + JOIN_TIMEOUT
         for thread in self.threads:
-            thread.join(JOIN_TIMEOUT)
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def __enter__(self) -> Follower:
         return self

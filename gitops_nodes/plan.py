@@ -29,7 +29,7 @@ import networkx as nx
 
 from gitops_nodes.diff import Action, AliasChange, Diff, InstanceChange, NodeChange, diff
 from gitops_nodes.gcpause import gc_paused
-from gitops_nodes.live import LiveState
+from gitops_nodes.live import LiveInstance, LiveState
 from gitops_nodes.spec.state import DesiredState
 
 PLAN_FORMAT = "gitops-nodes/plan/v1"
@@ -100,6 +100,8 @@ class Plan:
     step_by_id: Mapping[str, PlanStep]
     spec_digest: str
     live_digest: str
+    # The project's containers another state directory owns: the plan never touches them.
+    left_alone: tuple[LiveInstance, ...] = ()
 
     @property
     def empty(self) -> bool:
@@ -146,7 +148,22 @@ class Plan:
                 {**step.to_json(), "after": self.dependencies(step.id)} for step in self.steps()
             ],
             "summary": {"add": add, "change": change, "destroy": destroy},
+            "leftAlone": [_left_alone_json(i) for i in self.left_alone],
         }
+
+
+OTHER_OWNER = "owned by another state directory; --adopt to take it over"
+
+
+def _left_alone_json(instance: LiveInstance) -> dict[str, Any]:
+    owner = f"owner {instance.owner}" if instance.owner else "no owner label"
+    return {
+        "instance": instance.name,
+        "node": instance.node,
+        "index": instance.index,
+        "owner": instance.owner,
+        "reason": f"{OTHER_OWNER} ({owner})",
+    }
 
 
 def make_plan(project: str, desired: DesiredState, live: LiveState) -> Plan:
@@ -162,6 +179,7 @@ def make_plan(project: str, desired: DesiredState, live: LiveState) -> Plan:
             MappingProxyType(builder.steps),
             desired.digest(),
             live.digest([n.build.tag for n in desired.nodes.values() if n.build is not None]),
+            live.foreign,
         )
 
 

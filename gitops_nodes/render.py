@@ -28,7 +28,7 @@ def render_text(plan: dict[str, Any]) -> str:
     """Terraform's habit: a legend, each change with the fields that differ, then a count."""
     changes = plan["changes"]
     if not changes:
-        return "No changes. The live state matches the spec.\n"
+        return "No changes. The live state matches the spec.\n" + _left_alone_text(plan)
     present = [glyph for glyph in _LEGEND if any(c["action"] == glyph for c in changes)]
     moves = [t for t in _TRANSITION_LEGEND if any(c.get("transition") == t for c in changes)]
     lines = [
@@ -46,6 +46,20 @@ def render_text(plan: dict[str, Any]) -> str:
     lines.append(
         f"Plan: {summary['add']} to add, {summary['change']} to change, "
         f"{summary['destroy']} to destroy."
+    )
+    return "\n".join(lines) + "\n" + _left_alone_text(plan)
+
+
+def _left_alone_text(plan: dict[str, Any]) -> str:
+    """The project's containers the plan leaves alone, each with why."""
+    left = plan.get("leftAlone") or []
+    if not left:
+        return ""
+    lines = ["", "Left alone (not this state directory's):"]
+    lines.extend(
+        f"  container {item['instance']} (node {item['node']}, instance {item['index']}): "
+        f"{item['reason']}"
+        for item in left
     )
     return "\n".join(lines) + "\n"
 

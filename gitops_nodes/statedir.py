@@ -7,6 +7,7 @@ import contextlib
 import fcntl
 import json
 import os
+import secrets
 import shutil
 import time
 from collections.abc import Iterator
@@ -15,10 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gitops_nodes.errors import LockTimeout
+from gitops_nodes.errors import GitopsNodesError, LockTimeout
+from gitops_nodes.live import UNLABELLED, Ownership
 
 TABLE_FILE = "routing-table.json"
 LOCK_FILE = "apply.lock"
+OWNER_FILE = "owner.json"
 WATCH_FILE = "watch.json"  # the watch loop's last status (watch/reconcile.py)
 SOURCE_DIR = "source"  # watch's clone of a Git repository and its checkouts (watch/source.py)
 BALANCERS_DIR = "balancers"  # each running balancer's report (BalancerAck)
@@ -35,12 +38,15 @@ DESTROYED_STATE: tuple[str, ...] = (
     SOURCE_DIR,
     BALANCERS_DIR,
     SWARM_TOKEN_FILE,
+    # The owner id names the containers this directory made (see read_ownership): once
+    # destroy removed them all, it names nothing, and the next apply makes a new one.
+    OWNER_FILE,
     LOCK_FILE,
 )
 # What `destroy` keeps on purpose, name -> why (none today).
 KEPT_BY_DESTROY: dict[str, str] = {}
 # Temporary files of our atomic writes (a write interrupted by a crash leaves one behind).
-_TEMPORARY_PREFIXES = (".watch.", f".{TABLE_FILE}.")
+_TEMPORARY_PREFIXES = (".watch.", f".{TABLE_FILE}.", "owner.tmp-")
 
 
 def default_base() -> Path:
@@ -65,6 +71,10 @@ class StateDir:
     @property
     def table(self) -> Path:
         return self.path / TABLE_FILE
+
+    @property
+    def owner_file(self) -> Path:
+        return self.path / OWNER_FILE
 
     @contextmanager
     def lock(self, timeout: float) -> Iterator[None]:
@@ -95,6 +105,50 @@ class StateDir:
                 handle.seek(0)
                 handle.truncate()
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def read_ownership(state: StateDir) -> Ownership:
+    """The containers this state directory counts as its own (see live.Ownership).
+
+    Before its first apply a state directory has no owner id yet; what it would claim then is
+    what ensure_ownership will record: containers with no owner label only when it already
+    published a routing table (it was used before owner labels existed, so the project's
+    unlabelled containers are the ones it made).
+    """
+    path = state.owner_file
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        legacy = frozenset({UNLABELLED}) if state.table.exists() else frozenset()
+        return Ownership("", legacy)
+    except (OSError, ValueError) as exc:
+        raise GitopsNodesError(
+            f"the owner id in {path} is unreadable ({exc}); restore it (it names the "
+            "containers this state directory made) or remove it and take them over with --adopt"
+        ) from exc
+    owner = data.get("owner") if isinstance(data, dict) else None
+    adopted = data.get("adopted", []) if isinstance(data, dict) else None
+    if not isinstance(owner, str) or not owner or not isinstance(adopted, list):
+        raise GitopsNodesError(
+            f'{path} is not an owner record (expected {{"owner": id, "adopted": [...]}}); '
+            "restore it, or remove it and take the containers over with --adopt"
+        )
+    return Ownership(owner, frozenset(str(a) for a in adopted))
+
+
+def ensure_ownership(state: StateDir, ownership: Ownership) -> Ownership:
+    """Record ownership in the state directory, giving it an owner id on its first apply;
+    the ownership as recorded. Called with the apply lock held."""
+    owner = ownership.owner or secrets.token_hex(16)
+    recorded = Ownership(owner, ownership.adopted - {owner})
+    if ownership.owner and state.owner_file.exists() and read_ownership(state) == recorded:
+        return recorded
+    state.path.mkdir(parents=True, exist_ok=True)
+    text = json.dumps({"owner": owner, "adopted": sorted(recorded.adopted)}, indent=2) + "\n"
+    temporary = state.owner_file.with_suffix(f".tmp-{os.getpid()}")
+    temporary.write_text(text)
+    temporary.replace(state.owner_file)
+    return recorded
 
 
 def _flock(handle: Any, lock_path: Path, deadline: float, timeout: float) -> None:

@@ -7,21 +7,23 @@ import re
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from balancer.table import HealthSettings, RoutingTable, TableError, read_table
 from gitops_nodes.apply import Applier, ApplyOptions, ApplyReport, StepResult
 from gitops_nodes.errors import GitopsNodesError, PlanFileError, StalePlan
 from gitops_nodes.health import instance_status, node_status
-from gitops_nodes.live import LiveState
+from gitops_nodes.live import UNLABELLED, LiveState
 from gitops_nodes.plan import PLAN_FORMAT, Plan, PlanStep, make_plan
 from gitops_nodes.runtime.base import Runtime
-from gitops_nodes.spec.load import load_spec
+from gitops_nodes.spec.settings import load_repository
 from gitops_nodes.spec.state import DesiredState
-from gitops_nodes.statedir import StateDir
+from gitops_nodes.statedir import StateDir, ensure_ownership, read_ownership
 
 LOCK_TIMEOUT = 600.0
 SUSPENDED = "Suspended"  # a node's status (and its stopped instances') while suspended
@@ -33,20 +35,44 @@ def project_name(path: Path) -> str:
     return name or "default"
 
 
-def observe(runtime: Runtime, project: str, state: StateDir) -> LiveState:
-    """Read what the project has now: containers and images by label, and the published table."""
+def observe(runtime: Runtime, project: str, state: StateDir, adopt: bool = False) -> LiveState:
+    """Read what the project has now: containers and images by label, and the published table.
+
+    Only the containers the state directory owns are the live state's instances; the
+    project's others (another state directory's, or made by hand with our labels copied
+    but not our owner id) are set aside as `foreign`, for plans to report and never touch.
+    adopt claims them all (--adopt): apply then records their owners as adopted.
+    """
     try:
         table = read_table(state.table)
     except TableError as exc:
         raise GitopsNodesError(
             f"the published routing table is unreadable ({exc}); fix or remove {state.table}"
         ) from exc
+    ownership = read_ownership(state)
+    everything = runtime.list_instances(project)
+    if adopt:
+        ownership = ownership.adopting({i.owner for i in everything if not ownership.owns(i)})
     return LiveState(
         project=project,
-        instances=tuple(runtime.list_instances(project)),
+        instances=tuple(i for i in everything if ownership.owns(i)),
         images=frozenset(runtime.list_images(project)),
         table=table,
+        foreign=tuple(i for i in everything if not ownership.owns(i)),
+        ownership=ownership,
     )
+
+
+def claim(state: StateDir, live: LiveState) -> LiveState:
+    """Record the live state's ownership in the state directory (an owner id on the first
+    apply, owners adopted with --adopt) and return the live state under it. The claim on
+    containers with no owner label (made before owner labels existed) is dropped once none
+    is left, so a later copy without our owner id is not taken for ours. Under the lock."""
+    ownership = live.ownership
+    everything = (*live.instances, *live.foreign)
+    if UNLABELLED in ownership.adopted and not any(i.owner == UNLABELLED for i in everything):
+        ownership = replace(ownership, adopted=ownership.adopted - {UNLABELLED})
+    return replace(live, ownership=ensure_ownership(state, ownership))
 
 
 def empty_spec(root: Path) -> DesiredState:
@@ -54,21 +80,71 @@ def empty_spec(root: Path) -> DesiredState:
     return DesiredState(root=root, nodes=MappingProxyType({}), aliases=MappingProxyType({}))
 
 
-def saved_plan_json(plan: Plan, root: Path, runtime: str = "docker") -> str:
-    """A plan as `plan -out` saves it: with the repo it was made from and the runtime."""
-    data = {**plan.to_json(), "root": str(root.resolve()), "runtime": runtime}
+def saved_plan_json(plan: Plan, root: Path, runtime: str = "docker", adopt: bool = False) -> str:
+    """A plan as `plan -out` saves it: with the repo it was made from, the runtime, and
+    whether it takes over other owners' containers (--adopt)."""
+    data = {**plan.to_json(), "root": str(root.resolve()), "runtime": runtime, "adopt": adopt}
     return json.dumps(data, indent=2) + "\n"
 
 
+class _SavedPlan(BaseModel):
+    """What `apply FILE` needs of a saved plan, checked before any of it is used."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+
+    format: str
+    project: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a state dir's folder name
+    specDigest: str  # the file's own camelCase keys
+    liveDigest: str
+    changes: list[dict[str, Any]]
+    steps: list[dict[str, Any]]
+    summary: dict[str, int]
+    root: str
+    runtime: Literal["docker", "swarm"]
+    adopt: bool = False
+
+
 def read_saved_plan(path: Path) -> dict[str, Any]:
-    """A plan written by `plan -out`; PlanFileError when it is not one."""
+    """A plan written by `plan -out` of this version; PlanFileError, in one line, when it is
+    not one (another file, another version, or a plan cut short or edited)."""
+    not_a_plan = f"{path} is not a plan saved by `gitops-nodes plan -out`"
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise PlanFileError(f"cannot read the saved plan {path}: {exc}") from exc
-    if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT or "root" not in data:
-        raise PlanFileError(f"{path} is not a plan saved by `gitops-nodes plan -out`")
-    return data
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PlanFileError(f"cannot read the saved plan {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise PlanFileError(f"{not_a_plan} (not UTF-8 text)") from None
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        where = "; apply takes a repository folder or such a plan"
+        raise PlanFileError(f"{not_a_plan} (not JSON: {exc}){where}") from None
+    except RecursionError:
+        raise PlanFileError(f"{not_a_plan} (its JSON is nested too deeply)") from None
+    again = f"make a new one with `gitops-nodes plan -out {path}`"
+    if not isinstance(data, dict) or "format" not in data:
+        raise PlanFileError(not_a_plan)
+    if data["format"] != PLAN_FORMAT:
+        raise PlanFileError(
+            f"{path} is a plan of format {str(data['format'])[:60]!r}, this gitops-nodes reads "
+            f"{PLAN_FORMAT}; {again}"
+        )
+    try:
+        _SavedPlan.model_validate(data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"])
+        what = "missing" if error["type"] == "missing" else "not what plan -out writes"
+        raise PlanFileError(
+            f"{path} is not a complete plan of this gitops-nodes version: {where} is {what}; "
+            f"{again}"
+        ) from None
+    if not Path(data["root"]).is_absolute():
+        raise PlanFileError(
+            f"{path} is not a complete plan of this gitops-nodes version: root is not an "
+            f"absolute path; {again}"
+        )
+    return dict(data)
 
 
 def check_saved_plan(saved: dict[str, Any], plan: Plan) -> None:
@@ -107,12 +183,13 @@ def apply(
     saved: dict[str, Any] | None = None,
     on_publish: Callable[[RoutingTable], None] | None = None,
     on_start: Callable[[PlanStep], None] | None = None,
+    adopt: bool = False,
 ) -> ApplyRun:
     """Plan and apply under the project's lock, so concurrent applies take turns."""
     with state.lock(LOCK_TIMEOUT):
         if desired.nodes or desired.aliases:  # destroying needs nothing made first
             runtime.prepare_project(project, state)
-        live = observe(runtime, project, state)
+        live = claim(state, observe(runtime, project, state, adopt))
         runtime.balancers(project, state).sync(live.table)
         plan = make_plan(project, desired, live)
         if saved is not None:
@@ -131,8 +208,8 @@ def load_for_apply(target: Path) -> tuple[DesiredState, dict[str, Any] | None]:
     """The spec to apply: a repository folder, or the folder a saved plan was made from."""
     if target.is_file():
         saved = read_saved_plan(target)
-        return load_spec(Path(saved["root"])), saved
-    return load_spec(target), None
+        return load_repository(Path(saved["root"]))[0], saved
+    return load_repository(target)[0], None
 
 
 @dataclass(frozen=True)
@@ -164,6 +241,7 @@ class StatusView:
     nodes: tuple[NodeView, ...]
     aliases: tuple[tuple[str, tuple[tuple[str, int], ...]], ...]
     table_generation: int | None
+    left_alone: tuple[str, ...] = ()  # the project's containers another state directory owns
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -191,6 +269,7 @@ class StatusView:
                 {"name": name, "nodes": [{"node": n, "weight": w} for n, w in routes]}
                 for name, routes in self.aliases
             ],
+            "leftAlone": list(self.left_alone),
         }
 
 
@@ -264,4 +343,10 @@ def status(
     aliases = tuple(
         (name, entry.targets) for name, entry in sorted((table.aliases if table else {}).items())
     )
-    return StatusView(project, tuple(nodes), aliases, table.generation if table else None)
+    return StatusView(
+        project,
+        tuple(nodes),
+        aliases,
+        table.generation if table else None,
+        tuple(i.name for i in live.foreign),
+    )

@@ -3,6 +3,7 @@ and remove everything their project created, by label, even when the test fails.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import shutil
 import textwrap
@@ -61,9 +62,20 @@ def project(docker_client: Any) -> Iterator[str]:
     selector = {"label": [f"io.gitops-nodes.project={name}"]}
     for container in docker_client.api.containers(all=True, filters=selector):
         docker_client.api.remove_container(container["Id"], force=True, v=True)
-    for image in docker_client.api.images(filters=selector):
+    # Images are labelled with the project they were built for, not the project label
+    # (which containers run from them would inherit); older ones with the project label.
+    import docker
+
+    built_for = {"label": [f"io.gitops-nodes.built-for={name}"]}
+    images = {
+        image["Id"]: image
+        for filters in (built_for, selector)
+        for image in docker_client.api.images(filters=filters)
+    }
+    for image in images.values():
         for tag in image.get("RepoTags") or [image["Id"]]:
-            docker_client.api.remove_image(tag, force=True)
+            with contextlib.suppress(docker.errors.NotFound):
+                docker_client.api.remove_image(tag, force=True)
     from gitops_nodes.runtime.docker import project_sockets  # imports the Docker SDK
 
     shutil.rmtree(project_sockets(name), ignore_errors=True)

@@ -174,6 +174,12 @@ def _compile(path: Path, what: str) -> tuple[ast.Module, CodeType]:
         raise ConfigError(f"the {what} {where} is not valid Python: {exc.msg}") from exc
     except ValueError as exc:  # e.g. null bytes in the source
         raise ConfigError(f"the {what} {path} is not valid Python: {exc}") from exc
+    except (MemoryError, RecursionError) as exc:
+        # Python's parser and compiler give up on deep nesting (thousands of levels) this way.
+        raise ConfigError(
+            f"the {what} {path} is nested too deeply for Python to compile "
+            f"({type(exc).__name__}); split its expressions into statements"
+        ) from None
 
 
 def mentioned_names(tree: ast.AST) -> set[str]:

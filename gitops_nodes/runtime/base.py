@@ -16,7 +16,7 @@ from typing import Protocol
 from balancer.table import HealthSettings
 from gitops_nodes.fleet import BalancerFleet
 from gitops_nodes.health import Probe
-from gitops_nodes.live import LiveInstance
+from gitops_nodes.live import LiveInstance, Ownership
 from gitops_nodes.spec.state import BuildRequest, DesiredNode
 from gitops_nodes.statedir import StateDir
 
@@ -28,6 +28,14 @@ class LogLine:
     at: int  # nanoseconds since the epoch, to merge instances' lines in order; 0 when unknown
     stamp: str  # that time as the engine wrote it (RFC 3339, UTC)
     text: str
+
+
+@dataclass(frozen=True)
+class ImageCleanup:
+    """What removing a project's images did: the tags removed, and each image left with why."""
+
+    removed: tuple[str, ...] = ()
+    left: tuple[str, ...] = ()
 
 
 class LogStream(Protocol):
@@ -44,7 +52,8 @@ class Runtime(Protocol):
     name: str  # "docker" or "swarm", as --runtime and the settings file spell it
 
     def list_instances(self, project: str) -> list[LiveInstance]:
-        """Every instance carrying the project's label, read from labels alone."""
+        """Every instance carrying the project's label, read from labels alone, whoever owns
+        it (LiveInstance.owner; observe sorts ours from the others)."""
         ...
 
     def list_images(self, project: str) -> set[str]:
@@ -52,8 +61,9 @@ class Runtime(Protocol):
         ...
 
     def build_image(self, project: str, root: Path, request: BuildRequest) -> None:
-        """Build request.context (relative to root) as request.tag, labelled for project, and
-        make it available wherever the project's instances may run."""
+        """Build request.context (relative to root) as request.tag, labelled as built for
+        project (never with the project label itself, which containers run from it would
+        inherit), and make it available wherever the project's instances may run."""
         ...
 
     def prepare_project(self, project: str, state: StateDir) -> None:
@@ -61,15 +71,21 @@ class Runtime(Protocol):
         balancer service); called by apply before it plans, never by plan."""
         ...
 
-    def prepare_node(self, project: str, name: str, node: DesiredNode | None) -> None:
+    def prepare_node(
+        self, project: str, name: str, node: DesiredNode | None, ownership: Ownership
+    ) -> None:
         """Bring what the runtime keeps per node in line with the spec, once per apply, before
         the node's first step (node None: the spec no longer has it). Docker keeps nothing
-        per node; Swarm keeps a service, whose spec and replica count change here."""
+        per node; Swarm keeps a service, whose spec and replica count change here, and which
+        it refuses to change when the service is not ownership's."""
         ...
 
-    def create_instance(self, project: str, node: DesiredNode, index: int) -> LiveInstance:
-        """Start one more instance of node with its spec: the one at index where the runtime
-        decides (Docker), or the next new task the node's service starts (Swarm)."""
+    def create_instance(
+        self, project: str, node: DesiredNode, index: int, ownership: Ownership
+    ) -> LiveInstance:
+        """Start one more instance of node with its spec, labelled with ownership's owner id:
+        the one at index where the runtime decides (Docker), or the next new task the node's
+        service starts (Swarm)."""
         ...
 
     def start_instance(self, project: str, name: str) -> LiveInstance:
@@ -115,8 +131,9 @@ class Runtime(Protocol):
         """Where the project's routing tables go and its balancers report."""
         ...
 
-    def remove_images(self, project: str) -> list[str]:
-        """Remove the images the project built that no container uses; the tags removed."""
+    def remove_images(self, project: str) -> ImageCleanup:
+        """Remove the images the project built that no container uses; the tags removed, and
+        the images left with the reason (the containers that use them)."""
         ...
 
     def remove_project(self, project: str, state: StateDir) -> list[str]:

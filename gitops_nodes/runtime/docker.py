@@ -31,9 +31,9 @@ from gitops_nodes import pyimage
 from gitops_nodes.errors import RuntimeFailure, RuntimeUnavailable
 from gitops_nodes.fleet import BalancerFleet, LocalBalancers
 from gitops_nodes.health import Probe, probe
-from gitops_nodes.live import LiveInstance
+from gitops_nodes.live import LiveInstance, Ownership
 from gitops_nodes.runtime import labels
-from gitops_nodes.runtime.base import LogLine
+from gitops_nodes.runtime.base import ImageCleanup, LogLine
 from gitops_nodes.spec.context import BUILD_REPOSITORY
 from gitops_nodes.spec.hashing import InstanceConfig, canonical_json, log_budget
 from gitops_nodes.spec.state import BuildRequest, DesiredNode
@@ -179,7 +179,8 @@ class DockerRuntime:
                 path=str(folder),
                 dockerfile=dockerfile,
                 tag=request.tag,
-                labels={labels.PROJECT: project, labels.BUILD_CONTEXT: what},
+                # Not labels.PROJECT: a container run from the image would inherit it.
+                labels={labels.BUILT_FOR: project, labels.BUILD_CONTEXT: what},
                 rm=True,
                 forcerm=True,
             )
@@ -200,7 +201,9 @@ class DockerRuntime:
     def prepare_project(self, project: str, state: StateDir) -> None:
         return None  # containers need nothing project-wide: Docker's default bridge network
 
-    def prepare_node(self, project: str, name: str, node: DesiredNode | None) -> None:
+    def prepare_node(
+        self, project: str, name: str, node: DesiredNode | None, ownership: Ownership
+    ) -> None:
         return None  # a node is its containers, each created and removed by its own step
 
     def probe_instance(self, instance: LiveInstance, health: HealthSettings) -> Probe:
@@ -217,17 +220,21 @@ class DockerRuntime:
         _remove_folder(project_sockets(project))
         return []
 
-    def create_instance(self, project: str, node: DesiredNode, index: int) -> LiveInstance:
+    def create_instance(
+        self, project: str, node: DesiredNode, index: int, ownership: Ownership
+    ) -> LiveInstance:
         self._ensure_image(node.config.image)
         for _ in range(PORT_ATTEMPTS):
             with contextlib.suppress(PortTaken):
-                return self._create_instance(project, node, index)
+                return self._create_instance(project, node, index, ownership.owner)
         raise RuntimeFailure(
             f"no free loopback port for an instance of {node.name} in {PORT_ATTEMPTS} tries: "
             "the ports chosen were taken before the engine could bind them"
         )
 
-    def _create_instance(self, project: str, node: DesiredNode, index: int) -> LiveInstance:
+    def _create_instance(
+        self, project: str, node: DesiredNode, index: int, owner: str
+    ) -> LiveInstance:
         config = node.config
         name = f"{project}-{node.name}-{index}-{secrets.token_hex(3)}"
         # A python node also serves on a Unix socket in a folder shared with this host, which
@@ -258,6 +265,7 @@ class DockerRuntime:
             labels.INDEX: str(index),
             labels.SPEC_HASH: node.spec_hash,
             labels.CONFIG: canonical_json(config.as_dict()),
+            labels.OWNER: owner,
         }
         environment = dict(config.env)
         if folder is not None:
@@ -363,13 +371,18 @@ class DockerRuntime:
             raise engine_error(f"reading the logs of {name} failed", exc) from exc
         return DockerLogStream(name, stream, client)
 
-    def remove_images(self, project: str) -> list[str]:
-        removed = []
+    def remove_images(self, project: str) -> ImageCleanup:
+        removed: list[str] = []
+        left: list[str] = []
         try:
-            images = self.api.images(filters=labels.project_filter(project))
+            found = {
+                image["Id"]: image
+                for filters in labels.image_filters(project)
+                for image in self.api.images(filters=filters)
+            }
         except ENGINE_ERRORS as exc:
             raise engine_error(f"listing images failed: {exc}", exc) from exc
-        for image in images:
+        for image in found.values():
             for tag in image.get("RepoTags") or [image["Id"]]:
                 try:
                     self.api.remove_image(tag)
@@ -377,10 +390,25 @@ class DockerRuntime:
                 except (NotFound, ImageNotFound):
                     continue
                 except APIError as exc:
-                    if exc.status_code == 409:  # in use by another project's container
-                        continue
-                    raise RuntimeFailure(f"removing image {tag} failed: {exc}") from exc
-        return removed
+                    if exc.status_code != 409:
+                        raise RuntimeFailure(f"removing image {tag} failed: {exc}") from exc
+                    left.append(f"image {tag}: {self._image_users(tag)}")
+        return ImageCleanup(tuple(removed), tuple(left))
+
+    def _image_users(self, tag: str) -> str:
+        """Why an image could not be removed: the containers that use it."""
+        try:
+            users = self.api.containers(all=True, filters={"ancestor": tag})
+        except ENGINE_ERRORS:
+            users = []
+        names = sorted((c.get("Names") or ["/?"])[0].lstrip("/") for c in users)
+        if not names:
+            return "in use (the engine refused to remove it)"
+        return (
+            f"in use by container {', '.join(names)}, which is not the project's (started by "
+            "hand, by another project or by another state directory): remove it, then destroy "
+            "again"
+        )
 
     def _ensure_image(self, reference: str) -> None:
         try:
@@ -491,6 +519,7 @@ def _instance(
         started_at=started,
         telemetry_port=telemetry_port,
         socket=label_map.get(labels.SOCKET) or None,
+        owner=label_map.get(labels.OWNER, ""),
     )
 
 

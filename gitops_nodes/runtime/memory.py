@@ -11,7 +11,9 @@ instances of the table they serve. Faults are scripted on `Faults`:
 - an engine call that raises (`fail_next`), as the engine refusing it;
 - a crash: `Crash`, a BaseException nothing in gitops-nodes catches, raised before a chosen
   mutating engine call (`crash_at_call`) or before a chosen plan step (`crash_before_step`,
-  through `step_started`), which ends the apply where it is, like `kill -9`.
+  through `step_started`), which ends the apply where it is, like `kill -9`;
+- containers added by a third party with an instance's labels copied (`impostor`), with or
+  without its owner id, and containers of another owner (`seed(owner=...)`).
 
 What the memory engine holds survives a crash (it is the engine, not the process); a new
 apply observes it again. Every table published is kept in `MemoryBalancers.history` with
@@ -31,8 +33,8 @@ from balancer.table import HealthSettings, RoutingTable
 from gitops_nodes.errors import RuntimeFailure
 from gitops_nodes.fleet import BalancerFleet
 from gitops_nodes.health import Probe
-from gitops_nodes.live import LiveInstance
-from gitops_nodes.runtime.base import LogLine
+from gitops_nodes.live import UNLABELLED, LiveInstance, Ownership
+from gitops_nodes.runtime.base import ImageCleanup, LogLine
 from gitops_nodes.spec.hashing import InstanceConfig
 from gitops_nodes.spec.state import BuildRequest, DesiredNode
 from gitops_nodes.statedir import BalancerAck, StateDir
@@ -85,10 +87,11 @@ class Container:
     spec_hash: str
     config: InstanceConfig | None
     state: str  # created, running, exited, dead
-    port: int
+    port: int | None  # None: nothing published (an impostor started by hand)
     started_at: float
     script: Script
     logs: list[str] = field(default_factory=list)
+    owner: str = UNLABELLED  # its owner id label
 
     def healthy(self, now: float) -> bool:
         """Whether it passes its health check at now."""
@@ -109,6 +112,7 @@ class Container:
             state=self.state,
             port=self.port,
             started_at=self.started_at,
+            owner=self.owner,
         )
 
 
@@ -271,20 +275,49 @@ class MemoryRuntime:
         state: str = "running",
         script: Script | None = None,
         spec_hash: str | None = None,
+        owner: str = UNLABELLED,
     ) -> LiveInstance:
-        """A container that exists before apply runs (left by an earlier or a killed one)."""
+        """A container that exists before apply runs (left by an earlier or a killed one, or
+        made by another state directory: owner is its owner id label)."""
         with self.lock:
-            container = self._new(project, node, index, script or Script(), state)
+            container = self._new(project, node, index, script or Script(), state, owner)
             if spec_hash is not None:
                 container.spec_hash = spec_hash
             return container.live()
+
+    def impostor(
+        self, of: str, *, copy_owner: bool = True, name: str | None = None
+    ) -> LiveInstance:
+        """A container a third party started by hand with the labels of instance `of` copied
+        (project, node, index, spec hash, config; the owner id too when copy_owner), running
+        and Healthy but with no published port. Its default name sorts before every name
+        the engine gives, so that an order by name would prefer it."""
+        with self.lock:
+            real = self.containers[of]
+            copy = replace(
+                real,
+                name=name or f"{real.project}-{real.node}-{real.index}--copy",
+                port=None,
+                started_at=self.clock.now,
+                script=Script(),
+                logs=[],
+                owner=real.owner if copy_owner else UNLABELLED,
+            )
+            self.containers[copy.name] = copy
+            return copy.live()
 
     def fleet(self, project: str) -> MemoryBalancers:
         with self.lock:
             return self.fleets.setdefault(project, MemoryBalancers(self))
 
     def _new(
-        self, project: str, node: DesiredNode, index: int, script: Script, state: str
+        self,
+        project: str,
+        node: DesiredNode,
+        index: int,
+        script: Script,
+        state: str,
+        owner: str = UNLABELLED,
     ) -> Container:
         name = f"{project}-{node.name}-{index}-{next(self.serial):06x}"
         container = Container(
@@ -298,6 +331,7 @@ class MemoryRuntime:
             next(self.ports),
             self.clock.now,
             script,
+            owner=owner,
         )
         self.containers[name] = container
         return container
@@ -321,14 +355,18 @@ class MemoryRuntime:
     def prepare_project(self, project: str, state: StateDir) -> None:
         return None
 
-    def prepare_node(self, project: str, name: str, node: DesiredNode | None) -> None:
+    def prepare_node(
+        self, project: str, name: str, node: DesiredNode | None, ownership: Ownership
+    ) -> None:
         return None
 
-    def create_instance(self, project: str, node: DesiredNode, index: int) -> LiveInstance:
+    def create_instance(
+        self, project: str, node: DesiredNode, index: int, ownership: Ownership
+    ) -> LiveInstance:
         self._call("create", f"{node.name}/{index}")
         with self.lock:
             script = self.faults.scripts.get(node.name, Script())
-            return self._new(project, node, index, script, "running").live()
+            return self._new(project, node, index, script, "running", ownership.owner).live()
 
     def start_instance(self, project: str, name: str) -> LiveInstance:
         self._call("start", name)
@@ -388,13 +426,22 @@ class MemoryRuntime:
     def balancers(self, project: str, state: StateDir) -> BalancerFleet:
         return self.fleet(project)
 
-    def remove_images(self, project: str) -> list[str]:
+    def remove_images(self, project: str) -> ImageCleanup:
         with self.lock:
-            used = {c.config.image for c in self.containers.values() if c.config}
-            gone = [t for t, p in self.images.items() if p == project and t not in used]
+            users: dict[str, list[str]] = {}
+            for c in self.containers.values():
+                if c.config is not None:
+                    users.setdefault(c.config.image, []).append(c.name)
+            built = [t for t, p in self.images.items() if p == project]
+            gone = tuple(t for t in built if t not in users)
             for tag in gone:
                 del self.images[tag]
-            return gone
+            left = tuple(
+                f"image {t}: in use by container {', '.join(sorted(users[t]))}"
+                for t in built
+                if t in users
+            )
+            return ImageCleanup(gone, left)
 
     def remove_project(self, project: str, state: StateDir) -> list[str]:
         return []

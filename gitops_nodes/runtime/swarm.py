@@ -28,7 +28,7 @@ from gitops_nodes import pyimage
 from gitops_nodes.errors import RuntimeFailure, RuntimeUnavailable
 from gitops_nodes.fleet import BalancerFleet
 from gitops_nodes.health import Probe
-from gitops_nodes.live import LiveInstance
+from gitops_nodes.live import LiveInstance, Ownership
 from gitops_nodes.runtime import balancer_image, labels
 from gitops_nodes.runtime.docker import ENGINE_ERRORS, DockerRuntime, engine_error
 from gitops_nodes.runtime.swarm_balancer import (
@@ -96,6 +96,7 @@ class SwarmRuntime(DockerRuntime):
         self.baseline: dict[str, set[str]] = {}  # service -> its tasks before prepare_node
         self.prepared_at: dict[str, float] = {}  # service -> when prepare_node updated it
         self.claimed: set[str] = set()  # new tasks handed out by create_instance
+        self.owners: dict[str, str] = {}  # service id -> its owner label (_owner_of)
         self.retired: set[str] = set()  # tasks handed out by stop_instance as leaving
 
     # -- reading ----------------------------------------------------------------------------
@@ -143,7 +144,8 @@ class SwarmRuntime(DockerRuntime):
         found: list[LiveInstance] = []
         for service in services:
             own = [t for t in tasks if t.get("ServiceID") == service["ID"]]
-            found.extend(task_instances(service["Spec"]["Name"], own, network))
+            owner = (service["Spec"].get("Labels") or {}).get(labels.OWNER, "")
+            found.extend(task_instances(service["Spec"]["Name"], own, network, owner))
         return found
 
     def _service_instances(self, project: str, service: str) -> list[LiveInstance]:
@@ -151,14 +153,25 @@ class SwarmRuntime(DockerRuntime):
         if current is None:
             return []
         tasks = self._tasks([current["ID"]])
-        return task_instances(service, tasks, network_name(project))
+        owner = (current["Spec"].get("Labels") or {}).get(labels.OWNER, "")
+        return task_instances(service, tasks, network_name(project), owner)
 
     def inspect_instance(self, project: str, name: str) -> LiveInstance | None:
         task = self._task(name)
         if task is None or _task_project(task) != project:
             return None
-        found = task_instances(name.split(".", 1)[0], [task], network_name(project))
+        owner = self._owner_of(str(task.get("ServiceID", "")))
+        found = task_instances(name.split(".", 1)[0], [task], network_name(project), owner)
         return found[0] if found else None
+
+    def _owner_of(self, service_id: str) -> str:
+        """The owner label of a service, which its tasks belong to; read once per service (a
+        service's owner changes only when another state directory adopts it)."""
+        if service_id not in self.owners:
+            current = self._service(service_id) if service_id else None
+            labels_now = (current["Spec"].get("Labels") or {}) if current else {}
+            self.owners[service_id] = labels_now.get(labels.OWNER, "")
+        return self.owners[service_id]
 
     def probe_instance(self, instance: LiveInstance, health: HealthSettings) -> Probe:
         # The check runs inside the task; Swarm shows it running once it passed, and stops
@@ -364,7 +377,9 @@ class SwarmRuntime(DockerRuntime):
 
     # -- a node's service --------------------------------------------------------------------
 
-    def prepare_node(self, project: str, name: str, node: DesiredNode | None) -> None:
+    def prepare_node(
+        self, project: str, name: str, node: DesiredNode | None, ownership: Ownership
+    ) -> None:
         if node is not None and node.suspended:
             # A service keeps its replicas running: stopping its tasks would only make Swarm
             # start new ones. Scaling services to zero is not built yet.
@@ -374,6 +389,13 @@ class SwarmRuntime(DockerRuntime):
             )
         service = service_name(project, name)
         current = self._service(service)
+        if current is not None:
+            owner = (current["Spec"].get("Labels") or {}).get(labels.OWNER, "")
+            if not (owner == ownership.owner or owner in ownership.adopted):
+                raise RuntimeFailure(
+                    f"service {service} is owned by another state directory (owner "
+                    f"{owner or 'unlabelled'}); --adopt to take it over"
+                )
         tasks = self._tasks([current["ID"]]) if current is not None else []
         with self.lock:
             self.baseline[service] = {
@@ -392,8 +414,9 @@ class SwarmRuntime(DockerRuntime):
         image = self.images.reference(node.config.image)
         self.images.ship(node.config.image)
         network = self._ensure_network(project)
-        spec = node_service_spec(project, node, image, network_name(project))
+        spec = node_service_spec(project, node, image, network_name(project), ownership.owner)
         self._write_service(spec, {network_name(project): network})
+        self.owners.clear()  # the service may carry an owner label now: read it again
 
     def _write_service(self, spec: dict[str, Any], network_ids: dict[str, str]) -> None:
         """Create the service, or update it when what we set differs (Swarm then rolls its
@@ -427,7 +450,9 @@ class SwarmRuntime(DockerRuntime):
                 raise engine_error(f"writing service {name} failed", exc) from exc
         raise RuntimeFailure(f"writing service {name} failed: it kept changing under us")
 
-    def create_instance(self, project: str, node: DesiredNode, index: int) -> LiveInstance:
+    def create_instance(
+        self, project: str, node: DesiredNode, index: int, ownership: Ownership
+    ) -> LiveInstance:
         service = service_name(project, node.name)
         within = node.health.start_timeout + NEW_TASK_MARGIN
         deadline = time.monotonic() + within

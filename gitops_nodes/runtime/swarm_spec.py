@@ -139,9 +139,13 @@ def node_labels(project: str, node: DesiredNode) -> dict[str, str]:
     }
 
 
-def node_service_spec(project: str, node: DesiredNode, image: str, network: str) -> dict[str, Any]:
+def node_service_spec(
+    project: str, node: DesiredNode, image: str, network: str, owner: str = ""
+) -> dict[str, Any]:
     """The ServiceSpec of a node (the Engine API's document). image is where nodes get the
-    node's image from: the local tag, or its name in a registry."""
+    node's image from: the local tag, or its name in a registry. owner (the state directory's
+    owner id) labels the service alone: in the tasks' labels, a change of it would make Swarm
+    replace every task of a service made before owner labels existed."""
     config = node.config
     check = node.health
     task_labels = node_labels(project, node)
@@ -175,7 +179,7 @@ def node_service_spec(project: str, node: DesiredNode, image: str, network: str)
     }
     return {
         "Name": service_name(project, node.name),
-        "Labels": dict(task_labels),
+        "Labels": {**task_labels, **({labels.OWNER: owner} if owner else {})},
         "TaskTemplate": {
             "ContainerSpec": container,
             "Resources": {"Limits": limits},
@@ -287,9 +291,10 @@ def parse_timestamp(text: str | None) -> float | None:
 
 
 def task_instances(
-    service: str, tasks: Iterable[Mapping[str, Any]], network: str
+    service: str, tasks: Iterable[Mapping[str, Any]], network: str, owner: str = ""
 ) -> list[LiveInstance]:
-    """One service's tasks as instances: history left out, ranked as the docstring says."""
+    """One service's tasks as instances: history left out, ranked as the docstring says;
+    owner is the service's owner label, which its tasks belong to."""
     found: list[tuple[tuple[int, int, str], LiveInstance]] = []
     for task in tasks:
         status = task.get("Status") or {}
@@ -312,6 +317,7 @@ def task_instances(
             port=config.port if config is not None and address is not None else None,
             started_at=parse_timestamp(task.get("CreatedAt")),
             host=address or "",
+            owner=owner,
         )
         leaving = 1 if state == "removing" else 0
         found.append(((leaving, slot, str(task.get("CreatedAt", ""))), instance))

@@ -264,10 +264,14 @@ def _describe(error: Any, model: type[BaseModel]) -> tuple[_Loc, str, bool]:
         "greater_than_equal": f"expected a value ≥ {ctx.get('ge')}{got}",
         "greater_than": f"expected a value > {ctx.get('gt')}{got}",
         "less_than_equal": f"expected a value ≤ {ctx.get('le')}{got}",
+        "finite_number": f"expected a finite number{got}",
         "too_short": f"expected at least {ctx.get('min_length')} item(s)",
         "string_too_short": "expected a non-empty string",
         "string_pattern_mismatch": f"expected a string matching {ctx.get('pattern')}{got}",
     }
+    if kind == "env_value":
+        read = f", YAML read {_show(given)}" if shown else ""
+        messages[kind] = f'expected a string{read}; quote it: {loc[-1]}: "..."'
     message = messages.get(kind)
     if message is None:
         message = f"{error['msg']}{got}" if kind in _CUSTOM_WITH_INPUT else error["msg"]
@@ -278,10 +282,12 @@ def _describe(error: Any, model: type[BaseModel]) -> tuple[_Loc, str, bool]:
 _CUSTOM_WITH_INPUT = {
     "dns_label",
     "duration",
-    "positive_duration",
+    "duration_range",
     "size",
-    "env_value",
+    "size_range",
     "env_name",
+    "image_reference",
+    "url_path",
 }
 describe_error = _describe  # for the settings file's errors
 
@@ -443,6 +449,7 @@ def _resolve_node(root: Path, document: NodeDocument, source: Source) -> Desired
         maintenance_limit=spec.maintenance_limit,
         suspended=spec.suspended,
         telemetry_path=spec.telemetry.path if spec.telemetry is not None else None,
+        prefix_rewrite=spec.prefix_rewrite,
     )
 
 
@@ -499,6 +506,7 @@ def _assemble(root: Path, results: dict[str, _FileResult], read_keys: bool) -> D
                     ),
                     rollout=document.spec.rollout,
                     access=access,
+                    prefix_rewrite=document.spec.prefix_rewrite,
                 )
     for alias in aliases.values():
         for position, (node, _) in enumerate(alias.routes):

@@ -7,7 +7,10 @@ so nothing downstream depends on where the repository is checked out.
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Callable
+from decimal import Decimal
 from itertools import pairwise
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -40,6 +43,32 @@ MIN_MEMORY = 6 * 2**20
 # An instance's log budget when its node sets no `logs` (spec.logs): 3 files of 10 MiB.
 DEFAULT_LOG_MAX_SIZE, DEFAULT_LOG_MAX_FILES = DEFAULT_LOG_BUDGET
 MIN_LOG_SIZE = 64_000  # a smaller file would rotate at every burst of lines
+_IMAGE_REFERENCE = re.compile(
+    # Docker's reference grammar: [domain[:port]/]path[:tag][@digest], the path in lowercase.
+    r"^(?P<name>(?:(?:(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+    r"(?:\.(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9]))*|\[[a-fA-F0-9:]+\])"
+    r"(?::[0-9]+)?/)?"
+    r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*)"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"
+    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$"
+)
+# The same for JSON Schema, whose regular expressions (ECMA 262) name groups differently.
+_IMAGE_REFERENCE_ECMA = _IMAGE_REFERENCE.pattern.replace("(?P<name>", "(")
+# An HTTP request target: an absolute path and an optional query, in URL characters only.
+_URL_PATH = re.compile(r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*(?:\?[A-Za-z0-9._~!$&'()*+,;=:@%/?-]*)?$")
+
+# The bounds of what a spec may ask for, each documented in the README's table.
+MAX_INSTANCES = 1000  # each instance is a container with a published port on the host
+MAX_THRESHOLD = 100  # healthCheck's healthyThreshold and unhealthyThreshold
+MAX_WEIGHT = 1_000_000  # an alias route's weight
+MIN_CPUS, MAX_CPUS = 0.01, 1024  # Docker refuses fewer than 0.01 CPUs
+MAX_MEMORY = 2**40  # 1024Gi
+MAX_ENV_VALUE = 65_536  # characters; the kernel caps one "NAME=value" string at 128 KiB
+MAX_IMAGE_NAME = 255  # Docker's limit on a repository name (without tag and digest)
+MAX_IMAGE_REFERENCE = 512  # with a tag (at most 128) and a digest
+MAX_URL_PATH = 2048
+MAX_MIN_REQUESTS = 10**9  # a rollout step's minRequests
+DAY = 86_400.0
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _UNIT_BYTES = {None: 1, "k": 1000, "Ki": 1024, "M": 10**6, "Mi": 2**20, "G": 10**9, "Gi": 2**30}
 
@@ -55,39 +84,132 @@ def _dns_label(value: Any) -> str:
 
 
 def parse_duration(value: Any) -> float:
-    """Seconds from '500ms', '2s', '1m', '1h' or a sum such as '1m30s'."""
+    """Seconds from '500ms', '2s', '1m', '1h' or a sum such as '1m30s'; always finite."""
+    seconds = _seconds(value)
+    if not math.isfinite(seconds):
+        raise PydanticCustomError("duration_range", "expected a duration of at most 24h")
+    return seconds
+
+
+def _seconds(value: Any) -> float:
+    """parse_duration's sum, which a very long number makes infinite."""
     if isinstance(value, str) and _DURATION.match(value):
         return sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(value))
     raise PydanticCustomError("duration", "expected a duration such as 500ms, 2s, 1m or 1m30s")
 
 
-def _positive_duration(value: Any) -> float:
-    seconds = parse_duration(value)
-    if seconds <= 0:
-        raise PydanticCustomError("positive_duration", "expected a duration above 0 such as 15s")
-    return seconds
+def show_seconds(seconds: float) -> str:
+    """A bound in seconds as the spec writes durations: 10ms, 1s, 1h, 24h."""
+    if seconds == 0:
+        return "0s"
+    if seconds < 1:
+        return f"{round(seconds * 1000)}ms"
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
 
 
-def parse_size(value: Any) -> int:
-    """Bytes from a plain integer or '512Mi', '1Gi', '300M', '64k'."""
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    if isinstance(value, str) and (match := _SIZE.match(value)):
-        size = int(float(match.group(1)) * _UNIT_BYTES[match.group(2)])
-        if size > 0:
-            return size
-    raise PydanticCustomError(
-        "size", "expected a size in bytes such as 268435456, 256Mi, 1Gi or 300M"
+def _duration_within(low: float, high: float) -> Callable[[Any], float]:
+    """A validator of durations from low to high seconds (a low of 0 admits 0s)."""
+
+    def validate(value: Any) -> float:
+        seconds = _seconds(value)
+        if not low <= seconds <= high:  # an infinite one too
+            raise PydanticCustomError(
+                "duration_range",
+                "expected a duration from {low} to {high}",
+                {"low": show_seconds(low), "high": show_seconds(high)},
+            )
+        return seconds
+
+    return validate
+
+
+def _duration_schema(low: float, high: float, examples: list[str]) -> WithJsonSchema:
+    return WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": _DURATION.pattern,
+            "examples": examples,
+            "description": f"a duration from {show_seconds(low)} to {show_seconds(high)}",
+        }
     )
 
 
+def parse_size(value: Any) -> int:
+    """Bytes from a plain integer or '512Mi', '1Gi', '300M', '64k', at most 1024Gi."""
+    size: Decimal | int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    elif isinstance(value, str) and (match := _SIZE.match(value)):
+        # Decimal, not float: a long number is too large, never infinite or rounded.
+        size = Decimal(match.group(1)) * _UNIT_BYTES[match.group(2)]
+    if size is None or size < 1:
+        raise PydanticCustomError(
+            "size", "expected a size in bytes such as 268435456, 256Mi, 1Gi or 300M"
+        )
+    if size > MAX_MEMORY:
+        raise PydanticCustomError("size_range", "expected a size of at most 1024Gi")
+    return int(size)
+
+
 def _env_value(value: Any) -> str:
-    # Users write `PORT: 8080` and `DEBUG: true`; the container sees strings either way.
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str | int | float):
-        return str(value)
-    raise PydanticCustomError("env_value", "expected a string, number or boolean")
+    # An unquoted `true`, `8080`, `0755` or `1.10` is read as a boolean or a number whose text
+    # is not what was written (`0755` loses its zero, `1.10` becomes 1.1), so only a string,
+    # written as the container will see it, is taken.
+    if not isinstance(value, str):
+        raise PydanticCustomError("env_value", "expected a string")
+    if "\0" in value:
+        raise PydanticCustomError("env_value_nul", "expected a string without NUL characters")
+    if len(value) > MAX_ENV_VALUE:
+        raise PydanticCustomError(
+            "env_value_long", "expected at most {max} characters", {"max": MAX_ENV_VALUE}
+        )
+    return value
+
+
+def _argument(value: Any) -> str:
+    if not isinstance(value, str):
+        raise PydanticCustomError("string_type", "expected a string")
+    if "\0" in value:
+        raise PydanticCustomError("argument_nul", "expected a string without NUL characters")
+    return value
+
+
+def _image_reference(value: Any) -> str:
+    # The length first: Docker bounds it, and no long text reaches the regular expression.
+    if isinstance(value, str) and len(value) <= MAX_IMAGE_REFERENCE:
+        match = _IMAGE_REFERENCE.match(value)
+        if match and len(match.group("name")) <= MAX_IMAGE_NAME:
+            return value
+    raise PydanticCustomError(
+        "image_reference",
+        "expected an image reference such as python:3.11-slim or "
+        "registry.example.com:5000/team/web:1.2 (lowercase path, optional :tag and @digest)",
+    )
+
+
+def _base_image(value: Any) -> str:
+    if value == DEFAULT_BASE:
+        return DEFAULT_BASE
+    try:
+        return _image_reference(value)
+    except PydanticCustomError:
+        raise PydanticCustomError(
+            "image_reference",
+            "expected auto or an image reference such as python:3.11-slim",
+        ) from None
+
+
+def _url_path(value: Any) -> str:
+    if isinstance(value, str) and len(value) <= MAX_URL_PATH and _URL_PATH.match(value):
+        return value
+    raise PydanticCustomError(
+        "url_path",
+        "expected a URL path starting with / such as /healthz (no spaces or control "
+        "characters; others percent-encoded)",
+    )
 
 
 def _env_name(value: Any) -> str:
@@ -172,21 +294,41 @@ DnsLabel = Annotated[
     PlainValidator(_dns_label),
     WithJsonSchema({"type": "string", "pattern": _DNS_LABEL.pattern, "maxLength": 63}),
 ]
-Duration = Annotated[
+# Durations' bounds: a health check more often than every 100ms is a busy loop; none waits
+# for more than a day.
+HOUR = 3600.0
+CheckInterval = Annotated[
     float,
-    PlainValidator(parse_duration),
-    WithJsonSchema({"type": "string", "pattern": _DURATION.pattern, "examples": ["500ms", "2s"]}),
+    PlainValidator(_duration_within(0.1, HOUR)),
+    _duration_schema(0.1, HOUR, ["2s", "500ms"]),
 ]
-PositiveDuration = Annotated[
+CheckTimeout = Annotated[
     float,
-    PlainValidator(_positive_duration),
-    WithJsonSchema({"type": "string", "pattern": _DURATION.pattern, "examples": ["15s", "1m"]}),
+    PlainValidator(_duration_within(0.01, HOUR)),
+    _duration_schema(0.01, HOUR, ["1s", "500ms"]),
+]
+StartTimeout = Annotated[
+    float, PlainValidator(_duration_within(1.0, DAY)), _duration_schema(1.0, DAY, ["60s", "5m"])
+]
+EndpointTimeout = Annotated[
+    float,
+    PlainValidator(_duration_within(0.01, DAY)),
+    _duration_schema(0.01, DAY, ["15s", "1m"]),
+]
+RolloutPause = Annotated[
+    float, PlainValidator(_duration_within(0.0, DAY)), _duration_schema(0.0, DAY, ["30s", "5m"])
 ]
 Size = Annotated[
     int,
     PlainValidator(parse_size),
     WithJsonSchema(
-        {"anyOf": [{"type": "integer", "minimum": 1}, {"type": "string", "pattern": _SIZE.pattern}]}
+        {
+            "anyOf": [
+                {"type": "integer", "minimum": MIN_MEMORY, "maximum": MAX_MEMORY},
+                {"type": "string", "pattern": _SIZE.pattern},
+            ],
+            "description": "a memory size from 6Mi to 1024Gi: bytes, or k, Ki, M, Mi, G, Gi",
+        }
     ),
 ]
 EnvName = Annotated[
@@ -195,7 +337,49 @@ EnvName = Annotated[
 EnvValue = Annotated[
     str,
     PlainValidator(_env_value),
-    WithJsonSchema({"type": ["string", "number", "boolean"]}),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": "^[^\\u0000]*$",
+            "maxLength": MAX_ENV_VALUE,
+            "description": 'a string: quote numbers and booleans, e.g. PORT: "8080"',
+        }
+    ),
+]
+ImageReference = Annotated[
+    str,
+    PlainValidator(_image_reference),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": _IMAGE_REFERENCE_ECMA,
+            "maxLength": MAX_IMAGE_REFERENCE,
+        }
+    ),
+]
+BaseImage = Annotated[
+    str,
+    PlainValidator(_base_image),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"const": "auto"},
+                {
+                    "type": "string",
+                    "pattern": _IMAGE_REFERENCE_ECMA,
+                    "maxLength": MAX_IMAGE_REFERENCE,
+                },
+            ]
+        }
+    ),
+]
+Argument = Annotated[
+    str, PlainValidator(_argument), WithJsonSchema({"type": "string", "pattern": "^[^\\u0000]*$"})
+]
+UrlPath = Annotated[
+    str,
+    PlainValidator(_url_path),
+    WithJsonSchema({"type": "string", "pattern": _URL_PATH.pattern, "maxLength": MAX_URL_PATH}),
 ]
 KeyEnv = Annotated[
     str, PlainValidator(_key_env), WithJsonSchema({"type": "string", "pattern": _ENV_NAME.pattern})
@@ -244,6 +428,11 @@ DEFAULT_BASE = "auto"  # python:3.11-slim when it can be had, else the offline D
 Port = Annotated[int, Field(ge=1, le=65535)]
 
 
+def _written(seconds: float, text: str) -> Any:
+    """A duration field's default, shown in the JSON Schema as it is written in YAML."""
+    return Field(default=seconds, json_schema_extra={"default": text})
+
+
 class SpecModel(BaseModel):
     """Strict, immutable, camelCase in YAML: unknown fields and loose types are errors."""
 
@@ -255,21 +444,21 @@ class SpecModel(BaseModel):
 class HealthCheck(SpecModel):
     """How gitops-nodes decides an instance is Healthy. Without a path: the port accepts TCP."""
 
-    path: str | None = Field(default=None, pattern=r"^/")
+    path: UrlPath | None = None
     port: Port | None = None
-    interval: Duration = 2.0
-    timeout: Duration = 1.0
-    healthy_threshold: int = Field(default=1, ge=1)
-    unhealthy_threshold: int = Field(default=3, ge=1)
-    start_timeout: Duration = 60.0
+    interval: CheckInterval = _written(2.0, "2s")
+    timeout: CheckTimeout = _written(1.0, "1s")
+    healthy_threshold: int = Field(default=1, ge=1, le=MAX_THRESHOLD)
+    unhealthy_threshold: int = Field(default=3, ge=1, le=MAX_THRESHOLD)
+    start_timeout: StartTimeout = _written(60.0, "60s")
 
 
 class EndpointSettings(SpecModel):
     """How the balancer talks to the node's instances (the reference's timeout and idle
     timeout, 15 s each by default). Changing them republishes the node, no new containers."""
 
-    timeout: PositiveDuration = 15.0  # one request: sent to an instance, answered in full
-    idle_timeout: PositiveDuration = 15.0  # a kept-alive connection to an instance, unused
+    timeout: EndpointTimeout = _written(15.0, "15s")  # one request, sent to answered in full
+    idle_timeout: EndpointTimeout = _written(15.0, "15s")  # a kept-alive connection, unused
 
 
 class Telemetry(SpecModel):
@@ -277,7 +466,7 @@ class Telemetry(SpecModel):
     fetches them whenever its `/-/metrics` is scraped and re-exposes them labelled with
     `node_id` and `instance_id`. Without a port: the node's serving port."""
 
-    path: str = Field(default="/metrics", pattern=r"^/[!-~]*$")
+    path: UrlPath = "/metrics"
     port: Port | None = None
 
 
@@ -303,7 +492,7 @@ class Logs(SpecModel):
 class Resources(SpecModel):
     """Limits for each instance's container."""
 
-    cpus: float | None = Field(default=None, gt=0)
+    cpus: float | None = Field(default=None, ge=MIN_CPUS, le=MAX_CPUS, allow_inf_nan=False)
     memory: Size | None = None
 
     @model_validator(mode="after")
@@ -320,11 +509,11 @@ class Resources(SpecModel):
 class ImageSource(SpecModel):
     """An HTTP service from a Docker image given by name, or built from a folder of the repo."""
 
-    name: str | None = Field(default=None, min_length=1)
+    name: ImageReference | None = None
     build: RepoPath | None = None
     dockerfile: str = "Dockerfile"
     port: Port
-    command: list[str] | None = None
+    command: list[Argument] | None = None
 
     @model_validator(mode="after")
     def _one_source(self, info: ValidationInfo) -> ImageSource:
@@ -355,7 +544,7 @@ class PythonSource(SpecModel):
     inputs: dict[str, VariableType] = Field(min_length=1)
     outputs: dict[str, VariableType] = Field(min_length=1)
     packages: list[Pinned] = Field(default_factory=list)
-    base_image: str = DEFAULT_BASE
+    base_image: BaseImage = DEFAULT_BASE
     traceback: bool = False
 
 
@@ -416,7 +605,7 @@ class NodeSpec(SpecModel):
 
     image: ImageSource | None = None
     python: PythonSource | None = None
-    instances: int = Field(default=1, ge=1)
+    instances: int = Field(default=1, ge=1, le=MAX_INSTANCES)
     min_healthy: int = Field(default=1, ge=0)
     env: dict[EnvName, EnvValue] = Field(default_factory=dict)
     resources: Resources = Field(default_factory=Resources)
@@ -428,6 +617,8 @@ class NodeSpec(SpecModel):
     suspended: bool = False
     access: Access | None = None  # private when set: calls to /nodes/<name>/ need a key
     telemetry: Telemetry | None = None
+    # Answers to /nodes/<name>/...: Location and cookie paths put under that prefix.
+    prefix_rewrite: bool = False
     # The output's budget; unset: DEFAULT_LOG_MAX_SIZE × DEFAULT_LOG_MAX_FILES (see Logs).
     logs: Logs | None = None
 
@@ -478,7 +669,7 @@ class AliasRoute(SpecModel):
     """One node behind an alias and its share of the alias's requests."""
 
     node: DnsLabel
-    weight: int = Field(default=100, ge=0)
+    weight: int = Field(default=100, ge=0, le=MAX_WEIGHT)
 
 
 class SessionAffinity(SpecModel):
@@ -491,9 +682,9 @@ class Rollout(SpecModel):
     """How `watch` moves an alias to new weights: in steps, each judged before the next."""
 
     steps: list[int] = Field(min_length=1)  # percent of the way to the new weights
-    pause: Duration = 30.0
+    pause: RolloutPause = _written(30.0, "30s")
     max_error_rate: float = Field(default=0.05, ge=0, le=1)
-    min_requests: int = Field(default=0, ge=0)
+    min_requests: int = Field(default=0, ge=0, le=MAX_MIN_REQUESTS)
 
     @model_validator(mode="after")
     def _increasing_percentages(self) -> Rollout:
@@ -515,6 +706,8 @@ class AliasSpec(SpecModel):
     session_affinity: SessionAffinity | None = None
     rollout: Rollout | None = None
     access: Access | None = None  # private when set: calls to the alias need a key
+    # Answers to /aliases/<name>/...: Location and cookie paths put under that prefix.
+    prefix_rewrite: bool = False
 
     @model_validator(mode="after")
     def _weights_and_unique_nodes(self) -> AliasSpec:

@@ -26,10 +26,18 @@ from pydantic import Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
 from gitops_nodes.spec.errors import SpecErrors, SpecProblem
-from gitops_nodes.spec.load import StrictLoader, describe_error, locate_problems
+from gitops_nodes.spec.load import StrictLoader, describe_error, load_spec, locate_problems
 from gitops_nodes.spec.models import SETTINGS_FILE, Port, SpecModel
+from gitops_nodes.spec.state import DesiredState
 
-__all__ = ["RUNTIMES", "SETTINGS_FILE", "Settings", "SwarmSettings", "load_settings"]
+__all__ = [
+    "RUNTIMES",
+    "SETTINGS_FILE",
+    "Settings",
+    "SwarmSettings",
+    "load_repository",
+    "load_settings",
+]
 
 RUNTIMES = ("docker", "swarm")
 
@@ -76,6 +84,26 @@ def load_settings(root: Path) -> Settings:
     except OSError as exc:
         raise SpecErrors([SpecProblem(SETTINGS_FILE, 0, 0, "", f"cannot read: {exc}")]) from exc
     return parse_settings(data)
+
+
+def load_repository(root: Path, read_keys: bool = True) -> tuple[DesiredState, Settings]:
+    """The spec and the settings of the repository at root; raises one SpecErrors with the
+    problems of both, so a run reports every problem at once."""
+    problems: list[SpecProblem] = []
+    desired: DesiredState | None = None
+    settings = Settings()
+    try:
+        desired = load_spec(root, read_keys)
+    except SpecErrors as exc:
+        problems.extend(exc.problems)
+    if root.is_dir():  # without a repository folder the spec's error says so
+        try:
+            settings = load_settings(root)
+        except SpecErrors as exc:
+            problems.extend(exc.problems)
+    if problems or desired is None:
+        raise SpecErrors(problems)
+    return desired, settings
 
 
 def parse_settings(data: bytes) -> Settings:

@@ -66,6 +66,7 @@ class DesiredNode:
     maintenance_limit: int = 1  # instances replaced at once; plan reads it, nothing publishes it
     suspended: bool = False
     telemetry_path: str | None = None  # where instances serve Prometheus text; None: nowhere
+    prefix_rewrite: bool = False  # the balancer puts answers' paths under /nodes/<name>
     health: HealthSettings = field(init=False, compare=False)
     digest: str = field(init=False, compare=False)  # of everything plan reads from this node
 
@@ -85,6 +86,8 @@ class DesiredNode:
             payload.append(access_to_json(self.access))
         if self.telemetry_path is not None:
             payload.append(["telemetry", self.telemetry_path])
+        if self.prefix_rewrite:
+            payload.append("prefixRewrite")
         object.__setattr__(self, "health", health)
         object.__setattr__(
             self, "digest", hashlib.sha256(canonical_json(payload).encode()).hexdigest()
@@ -114,6 +117,7 @@ class DesiredAlias:
     affinity_header: str | None = None  # lowercase
     rollout: Rollout | None = None  # how watch moves it to new weights; plan ignores it
     access: AccessRule | None = None  # private when set (key digests, never keys)
+    prefix_rewrite: bool = False  # the balancer puts answers' paths under /aliases/<name>
 
 
 @dataclass(frozen=True)
@@ -132,6 +136,8 @@ class DesiredState:
             digest.update(f"node {name} {node.digest}\n".encode())
         for name, alias in sorted(self.aliases.items()):
             digest.update(f"alias {name} {alias.routes!r} {alias.affinity_header}\n".encode())
+            if alias.prefix_rewrite:
+                digest.update(b"prefixRewrite\n")
             if alias.access is not None:
                 digest.update(f"access {canonical_json(access_to_json(alias.access))}\n".encode())
         return digest.hexdigest()

@@ -31,6 +31,7 @@ log = logging.getLogger("gitops_nodes.watch")
 
 HEALING = frozenset({"drift", "engine", "interval", "retry", "start"})
 RETRY_AFTER_FAILURE = 5.0  # seconds before an unreachable source or engine is tried again
+DRIFT_JOIN = 0.1  # seconds a stopping watch gives the drift thread before it exits anyway
 
 
 class WatchLoop:
@@ -137,7 +138,9 @@ class WatchLoop:
                 await task
         await self.balancer.shutdown(drain_timeout)
         if drift_thread is not None:
-            drift_thread.join(timeout=5)
+            # It notices thread_stop at the end of its current one-second window of engine
+            # events; being a daemon, it does not hold the process up meanwhile (R-stop).
+            drift_thread.join(timeout=DRIFT_JOIN)
 
     def stop(self) -> None:
         """Begin a graceful stop (safe from a signal handler on the loop)."""

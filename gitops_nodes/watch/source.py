@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import os
 import re
 import secrets
@@ -64,6 +65,11 @@ _GIT_LOCATION_VARS = (
 _SCP_LIKE = re.compile(r"^[^/@:\s]+@[^/:\s]+:")  # user@host:path, as ssh and git write it
 _HOST_PATH = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]*:")  # host:path, git's scp syntax
 _HEX40 = re.compile(r"^[0-9a-f]{40}$")
+# What git says when a lock file is in its way ("Unable to create '....lock': File exists",
+# "cannot lock ref ...", "Another git process seems to be running").
+_LOCKED = re.compile(r"\.lock\b|cannot lock ref|another git process", re.IGNORECASE)
+
+log = logging.getLogger("gitops_nodes.watch")
 
 
 class SourceError(GitopsNodesError):
@@ -219,10 +225,47 @@ class GitSource:
             self._git("init", "--quiet", "--bare", str(self.git_dir), git_dir=False)
         for leftover in self.checkouts.glob(".tmp-*"):  # from a poll that was interrupted
             shutil.rmtree(leftover, ignore_errors=True)
+        for leftover in self.workdir.glob(".index-*"):  # a checkout's index, and its lock
+            leftover.unlink(missing_ok=True)
+        self.clear_stale_locks()
         self._initialised = True
 
+    def clear_stale_locks(self) -> list[Path]:
+        """Remove the lock files in our clone that no live git process holds; the ones removed.
+
+        A git killed mid-fetch (with watch, or by the machine going down) leaves its lock
+        (`refs/remotes/source/<branch>.lock`, `packed-refs.lock`, `shallow.lock`, ...), and
+        every later fetch then fails on it. Our git runs one at a time under self._lock, so
+        a lock is stale unless another process is running git on this clone right now.
+        """
+        if _git_running_on(self.git_dir):
+            return []
+        removed = []
+        for lock in sorted(self.git_dir.rglob("*.lock")):
+            with contextlib.suppress(FileNotFoundError):
+                lock.unlink()
+                removed.append(lock)
+                log.warning(
+                    "removed %s, a git lock file no running git holds (left by a git that "
+                    "was killed)",
+                    lock,
+                )
+        return removed
+
     def _fetch(self) -> None:
-        result = _run_git(
+        result = self._run_fetch()
+        if result.returncode != 0 and _LOCKED.search(result.stderr) and self.clear_stale_locks():
+            result = self._run_fetch()  # the lock was a leftover: once more without it
+        if result.returncode != 0:
+            raise SourceError(
+                f"cannot fetch branch {self.branch!r} from {_redact(self.url)}: "
+                f"{self._stderr(result)}. Check the URL and the branch name, and that this "
+                "machine can reach the repository without prompting (SSH key, agent or "
+                "credential helper)"
+            )
+
+    def _run_fetch(self) -> subprocess.CompletedProcess[str]:
+        return _run_git(
             [
                 "--git-dir",
                 str(self.git_dir),
@@ -236,13 +279,6 @@ class GitSource:
             timeout=self.fetch_timeout,
             what=f"fetching {self.describe()}",
         )
-        if result.returncode != 0:
-            raise SourceError(
-                f"cannot fetch branch {self.branch!r} from {_redact(self.url)}: "
-                f"{self._stderr(result)}. Check the URL and the branch name, and that this "
-                "machine can reach the repository without prompting (SSH key, agent or "
-                "credential helper)"
-            )
 
     def _head(self) -> tuple[str, str]:
         out = self._git("log", "-1", "--format=%H%x00%s", self._ref, "--")
@@ -367,6 +403,28 @@ def _run_git(
             "or raise the fetch timeout"
         ) from None
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+def _git_running_on(git_dir: Path) -> bool:
+    """Whether a live process runs git on git_dir: ours pass `--git-dir <git_dir>` (and
+    the helpers git starts for a fetch have it as their working directory). Read from /proc;
+    where there is none, every lock counts as held, and is left alone."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return True
+    wanted = str(git_dir)
+    for entry in proc.iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            if not argv or not os.path.basename(argv[0]).startswith(b"git"):
+                continue
+            if wanted.encode() in argv or os.readlink(entry / "cwd") == wanted:
+                return True
+        except OSError:
+            continue  # gone meanwhile, or another user's: not a git of ours
+    return False
 
 
 def _check_branch(branch: str) -> None:

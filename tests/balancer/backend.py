@@ -16,6 +16,8 @@ It prints `PORT <n>` on stdout once it listens on 127.0.0.1. Every answer names 
     /echo                  the request body back, with x-echo-length and x-received-te
     /close                 reads the request, then closes the connection without answering
     /status?code=N         an empty JSON answer with that status code
+    /redirect?to=L[&code=N]  a JSON answer with `Location: L` and status N (302)
+    /cookie?path=P         200 setting `Set-Cookie: s=1; Path=P; HttpOnly` and `t=2` without Path
     POST /                 acts as a python node: the body must be a JSON object of inputs;
                            answers {"name", "inputs", "headers"}, or, when the inputs hold
                            "answer": {"code", "json" | "text" | "pad", "ms"}, that status with
@@ -180,6 +182,16 @@ class Backend:
             else:
                 content_type = ("Content-Type", "text/plain; version=0.0.4")
                 await self.send(writer, 200, [content_type], text, head_only)
+        elif path == "/redirect":
+            code = int(params.get("code", "302"))
+            location = [("Location", params.get("to", "/"))]
+            await self.send_json(writer, code, {"name": self.name}, head_only, location)
+        elif path == "/cookie":
+            cookies = [
+                ("Set-Cookie", f"s=1; Path={params.get('path', '/')}; HttpOnly"),
+                ("Set-Cookie", "t=2"),
+            ]
+            await self.send_json(writer, 200, {"name": self.name}, head_only, cookies)
         elif path == "/status":
             await self.send_json(writer, int(params.get("code", "200")), {"name": self.name})
         else:

@@ -207,6 +207,7 @@ def node(
     *backends: BackendProcess,
     min_healthy: int = 1,
     access: AccessRule | None = None,
+    prefix_rewrite: bool = False,
     **health_overrides: Any,
 ) -> NodeEntry:
     return NodeEntry(
@@ -214,6 +215,7 @@ def node(
         min_healthy=min_healthy,
         health=health(**health_overrides),
         access=access,
+        prefix_rewrite=prefix_rewrite,
     )
 
 
@@ -221,8 +223,9 @@ def alias(
     *targets: tuple[str, int],
     affinity_header: str | None = None,
     access: AccessRule | None = None,
+    prefix_rewrite: bool = False,
 ) -> AliasEntry:
-    return AliasEntry(tuple(targets), affinity_header, access)
+    return AliasEntry(tuple(targets), affinity_header, access, prefix_rewrite)
 
 
 # -- the balancer ---------------------------------------------------------------------------

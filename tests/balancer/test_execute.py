@@ -140,9 +140,9 @@ def test_metrics_count_execute_calls_under_their_alias_and_node(two_nodes):
     assert execute(balancer, NODE_URL.format("b"), {"input": {}}).status == 200
     lines = set(balancer.admin("GET", "/-/metrics").body.decode().splitlines())
     for line in (
-        'alias_requests{alias_name="only-a"} 3',
-        'node_requests{node_id="a"} 3',
-        'node_http_codes{node_id="b",code="200"} 1',
+        'alias_requests_total{alias_name="only-a"} 3',
+        'node_requests_total{node_id="a"} 3',
+        'node_http_codes_total{node_id="b",code="200"} 1',
     ):
         assert line in lines, line
 

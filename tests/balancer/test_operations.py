@@ -66,11 +66,11 @@ def test_metrics_count_requests_per_node_and_alias(balancer, start_backend):
     assert reply.header("content-type").startswith("text/plain")
     lines = set(reply.body.decode().splitlines())
     for line in (
-        'node_requests{node_id="a"} 5',
-        'node_requests{node_id="b"} 3',
-        'alias_requests{alias_name="w"} 5',
-        'node_http_codes{node_id="a",code="200"} 5',
-        'alias_http_codes{alias_name="w",code="200"} 5',
+        'node_requests_total{node_id="a"} 5',
+        'node_requests_total{node_id="b"} 3',
+        'alias_requests_total{alias_name="w"} 5',
+        'node_http_codes_total{node_id="a",code="200"} 5',
+        'alias_http_codes_total{alias_name="w",code="200"} 5',
         'alias_request_durations_count{alias_name="w"} 5',
         'node_request_durations_bucket{node_id="b",le="+Inf"} 3',
         "balancer_table_generation 1",

@@ -51,8 +51,8 @@ def test_instances_metrics_are_relabelled_next_to_the_balancers(balancer, start_
     info = families["backend_info"]
     labels = {"node_id": "iris", "instance_id": "a1", "exported_instance_id": "a1"}
     assert info.value("backend_info", **labels, version="1") == 1
-    assert families["node_requests"].value("node_requests", node_id="iris") == 6
-    assert families["alias_requests"].value("alias_requests", alias_name="front") == 6
+    assert families["node_requests_total"].value("node_requests_total", node_id="iris") == 6
+    assert families["alias_requests_total"].value("alias_requests_total", alias_name="front") == 6
 
 
 def test_a_separate_telemetry_port_is_the_one_scraped(balancer, start_backend):
@@ -94,4 +94,4 @@ def test_a_dead_a_silent_and_a_garbled_instance_leave_the_rest_served(balancer, 
     assert "line 2: expected a quoted value for label path" in comments[0]
     assert comments[1].startswith(f"# telemetry of iris/a2: GET /metrics on port {a2.port} failed")
     assert comments[2] == f"# telemetry of iris/hung: no answer within {SCRAPE_TIMEOUT:g}s"
-    assert "node_requests" in families  # the balancer's own metrics are all there
+    assert "node_requests_total" in families  # the balancer's own metrics are all there

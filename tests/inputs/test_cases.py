@@ -13,6 +13,7 @@ Each folder under cases/ is one case:
                    output = ["..."]         substrings that must all appear in stdout + stderr
                    absent = ["..."]         optional: substrings that must not appear
                    env = {NAME = "value"}   optional: extra environment variables
+                   append = false           optional: never append the repository's path
 
 In arguments and env values, "{repo}" is the temporary repository and "{tmp}" a temporary
 folder beside it (outside the repository). Each case runs `python3 -m gitops_nodes` in its
@@ -24,11 +25,13 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tomllib
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +42,8 @@ CASES = Path(__file__).parent / "cases"
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 30.0  # seconds for one case's command
 MEMORY = 2 * 2**30  # bytes of address space for one case's command
-_KEYS = {"command", "exit", "output", "absent", "env"}
+WORKERS = max(1, min(4, os.cpu_count() or 1))  # cases run at once
+_KEYS = {"command", "exit", "output", "absent", "env", "append"}
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,7 @@ class Expectation:
     output: list[str]
     absent: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+    append: bool = True
 
 
 def _expectation(case: Path) -> Expectation:
@@ -63,15 +68,12 @@ def _expectation(case: Path) -> Expectation:
         output=list(data.get("output", [])),
         absent=list(data.get("absent", [])),
         env=dict(data.get("env", {})),
+        append=bool(data.get("append", True)),
     )
 
 
 def _cases() -> list[Path]:
     return sorted(path for path in CASES.iterdir() if (path / "expect.toml").is_file())
-
-
-def _limit_memory() -> None:  # runs in the child, before exec
-    resource.setrlimit(resource.RLIMIT_AS, (MEMORY, MEMORY))
 
 
 def _make(case: Path, repo: Path) -> None:
@@ -88,10 +90,30 @@ def _substitute(text: str, repo: Path, tmp: Path) -> str:
     return text.replace("{repo}", str(repo)).replace("{tmp}", str(tmp))
 
 
-@pytest.mark.parametrize("case", _cases(), ids=lambda path: path.name)
-def test_case(case: Path, tmp_path: Path) -> None:
+# The child limits its own memory before it runs the command: a preexec_fn is not safe in a
+# process with threads, and the cases run from a pool of them.
+_CHILD = (
+    "import resource, runpy; "
+    f"resource.setrlimit(resource.RLIMIT_AS, ({MEMORY}, {MEMORY})); "
+    "runpy.run_module('gitops_nodes', run_name='__main__', alter_sys=True)"
+)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One case's command as it ran: its arguments, folders, exit code and output."""
+
+    args: list[str]
+    repo: Path
+    tmp: Path
+    code: int | None  # None: killed at the deadline
+    output: str
+
+
+def run_case(case: Path, folder: Path) -> Run:
+    """Lay out the case's repository in folder and run its command there."""
     expect = _expectation(case)
-    repo, tmp = tmp_path / "repo", tmp_path / "tmp"
+    repo, tmp = folder / "repo", folder / "tmp"
     tmp.mkdir()
     if (case / "repo").is_dir():
         shutil.copytree(case / "repo", repo, symlinks=True)
@@ -100,7 +122,7 @@ def test_case(case: Path, tmp_path: Path) -> None:
     if (case / "make.py").is_file():
         _make(case, repo)
     args = [_substitute(arg, repo, tmp) for arg in expect.command]
-    if not any("{repo}" in arg for arg in expect.command):
+    if expect.append and not any("{repo}" in arg for arg in expect.command):
         args.append(str(repo))
     env = {
         **os.environ,
@@ -109,23 +131,67 @@ def test_case(case: Path, tmp_path: Path) -> None:
         "GITOPS_NODES_PROJECT": "gitops-nodes-inputs",
         **{name: _substitute(value, repo, tmp) for name, value in expect.env.items()},
     }
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, *args],
+        cwd=tmp,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group, so a deadline ends all of it
+    )
     try:
-        done = subprocess.run(
-            [sys.executable, "-m", "gitops_nodes", *args],
-            cwd=tmp,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=TIMEOUT,
-            preexec_fn=_limit_memory,
-        )
+        out, _ = child.communicate(timeout=TIMEOUT)
+        code: int | None = child.returncode
     except subprocess.TimeoutExpired:
-        pytest.fail(f"{case.name}: gitops-nodes {' '.join(args)} ran past {TIMEOUT:.0f} s")
-    output = done.stdout.decode(errors="replace") + done.stderr.decode(errors="replace")
-    shown = f"gitops-nodes {' '.join(args)} (exit {done.returncode}):\n{output[-4000:]}"
-    assert "Traceback" not in output, shown
-    assert done.returncode == expect.exit, shown
+        os.killpg(child.pid, signal.SIGKILL)
+        out, _ = child.communicate()
+        code = None
+    return Run(args, repo, tmp, code, out.decode(errors="replace"))
+
+
+@pytest.fixture(scope="session")
+def runs(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Future[Run]]]:
+    """Every selected case started at once on a small pool (their commands are mostly Python
+    starting up, so the lane takes about its length divided by the cores)."""
+    selected = [
+        item.callspec.params["case"]
+        for item in request.session.items
+        if isinstance(item, pytest.Function)
+        and item.originalname == "test_case"
+        and Path(item.path) == Path(__file__)
+    ]
+    with ThreadPoolExecutor(max_workers=WORKERS) as pool:
+        yield {
+            case.name: pool.submit(run_case, case, tmp_path_factory.mktemp(case.name))
+            for case in selected
+        }
+        pool.shutdown(cancel_futures=True)
+
+
+@pytest.mark.parametrize("case", _cases(), ids=lambda path: path.name)
+def test_case(case: Path, runs: dict[str, Future[Run]], tmp_path: Path) -> None:
+    expect = _expectation(case)
+    run = runs[case.name].result() if case.name in runs else run_case(case, tmp_path)
+    shown = f"gitops-nodes {' '.join(run.args)} (exit {run.code}):\n{run.output[-4000:]}"
+    if run.code is None:
+        pytest.fail(f"{case.name}: ran past {TIMEOUT:.0f} s: {shown}")
+    assert "Traceback" not in run.output, shown
+    assert run.code == expect.exit, shown
     for text in expect.output:
-        assert _substitute(text, repo, tmp) in output, f"missing {text!r} in {shown}"
+        assert _substitute(text, run.repo, run.tmp) in run.output, f"missing {text!r} in {shown}"
     for text in expect.absent:
-        assert _substitute(text, repo, tmp) not in output, f"unexpected {text!r} in {shown}"
+        wrong = _substitute(text, run.repo, run.tmp)
+        assert wrong not in run.output, f"unexpected {text!r} in {shown}"
+
+
+def test_every_case_folder_is_a_case() -> None:
+    # A folder without expect.toml (or with a misspelt one) would silently never run.
+    folders = sorted(path.name for path in CASES.iterdir() if path.is_dir())
+    assert folders == [path.name for path in _cases()]
+    for case in _cases():
+        expect = _expectation(case)
+        assert expect.command and all(isinstance(arg, str) for arg in expect.command), case.name
+        assert all(isinstance(text, str) for text in [*expect.output, *expect.absent]), case.name

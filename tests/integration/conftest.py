@@ -218,7 +218,9 @@ def swarm_project(swarm: str, docker_client: Any) -> Iterator[str]:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)  # tasks detach from it a little after they stop
-    for image in api.images(filters=selector):
+    built_for = {"label": [f"io.gitops-nodes.built-for={name}"]}  # images: not the project's
+    images = {i["Id"]: i for f in (built_for, selector) for i in api.images(filters=f)}
+    for image in images.values():
         for tag in image.get("RepoTags") or [image["Id"]]:
             with contextlib.suppress(docker.errors.NotFound):
                 api.remove_image(tag, force=True)

@@ -369,6 +369,8 @@ def test_destroy_leaves_the_swarm_as_it_found_it(
     selector = {"label": [f"io.gitops-nodes.project={repo.project}"]}
     assert docker_client.api.containers(all=True, filters=selector) == []
     assert docker_client.api.images(filters=selector) == []
+    built_for = {"label": [f"io.gitops-nodes.built-for={repo.project}"]}
+    assert docker_client.api.images(filters=built_for) == []
     assert not repo.state.table.exists()
     assert not (repo.state.path / "balancer-token").exists()
 

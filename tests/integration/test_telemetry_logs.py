@@ -145,8 +145,8 @@ def test_a_telemetry_port_is_published_and_scraped_through_the_balancer(
         labels = {"node_id": "iris", "instance_id": instance.name}
         assert families["node_telemetry_up"].value("node_telemetry_up", **labels) == 1
         assert families["app_info"].value("app_info", **labels, version="1") == 1
-    assert families["node_requests"].value("node_requests", node_id="iris") == 5
-    assert families["alias_requests"].value("alias_requests", alias_name="front") == 5
+    assert families["node_requests_total"].value("node_requests_total", node_id="iris") == 5
+    assert families["alias_requests_total"].value("alias_requests_total", alias_name="front") == 5
 
 
 def test_a_stopped_instance_shows_as_down_and_the_rest_is_served(

@@ -30,11 +30,11 @@ def test_one_observation_renders_exact_lines() -> None:
     metrics.observe("front", "web", 200, 0.003)
     text = metrics.render()
     lines = samples(text)
-    assert 'node_requests{node_id="web"} 1' in lines
-    assert 'node_http_codes{node_id="web",code="200"} 1' in lines
-    assert 'node_errors{node_id="web"} 0' in lines
-    assert 'alias_requests{alias_name="front"} 1' in lines
-    assert 'alias_http_codes{alias_name="front",code="200"} 1' in lines
+    assert 'node_requests_total{node_id="web"} 1' in lines
+    assert 'node_http_codes_total{node_id="web",code="200"} 1' in lines
+    assert 'node_errors_total{node_id="web"} 0' in lines
+    assert 'alias_requests_total{alias_name="front"} 1' in lines
+    assert 'alias_http_codes_total{alias_name="front",code="200"} 1' in lines
     histogram = [line for line in lines if line.startswith("node_request_durations")]
     assert histogram == [
         'node_request_durations_bucket{node_id="web",le="0.001"} 0',
@@ -56,7 +56,7 @@ def test_one_observation_renders_exact_lines() -> None:
         'node_request_durations_count{node_id="web"} 1',
     ]
     assert "# TYPE node_request_durations histogram" in text
-    assert "# TYPE alias_requests counter" in text
+    assert "# TYPE alias_requests_total counter" in text
     assert "# TYPE balancer_table_generation gauge" in text
     assert text.endswith("\n")
 
@@ -98,15 +98,15 @@ def test_codes_errors_and_requests_without_a_node_or_alias() -> None:
     metrics.observe(None, "web", 504, 0.01)  # by /nodes/web/
     metrics.observe(None, None, 404, 0.0001)  # unknown alias or node
     lines = samples(metrics.render())
-    assert 'node_requests{node_id="web"} 3' in lines
-    assert 'node_errors{node_id="web"} 2' in lines
-    assert 'alias_requests{alias_name="front"} 3' in lines
-    assert 'alias_errors{alias_name="front"} 2' in lines
-    codes = [line for line in lines if line.startswith("alias_http_codes")]
+    assert 'node_requests_total{node_id="web"} 3' in lines
+    assert 'node_errors_total{node_id="web"} 2' in lines
+    assert 'alias_requests_total{alias_name="front"} 3' in lines
+    assert 'alias_errors_total{alias_name="front"} 2' in lines
+    codes = [line for line in lines if line.startswith("alias_http_codes_total")]
     assert codes == [
-        'alias_http_codes{alias_name="front",code="200"} 1',
-        'alias_http_codes{alias_name="front",code="502"} 1',
-        'alias_http_codes{alias_name="front",code="503"} 1',
+        'alias_http_codes_total{alias_name="front",code="200"} 1',
+        'alias_http_codes_total{alias_name="front",code="502"} 1',
+        'alias_http_codes_total{alias_name="front",code="503"} 1',
     ]
     assert 'balancer_unrouted_requests_total{code="404"} 1' in lines
 
@@ -116,8 +116,8 @@ def test_label_values_are_escaped() -> None:
     metrics = Metrics(inflight=lambda: {'x"y': 2})
     metrics.observe('we"ird\\al\nias', 'no"de', 200, 0.01)
     lines = samples(metrics.render())
-    assert 'node_requests{node_id="no\\"de"} 1' in lines
-    assert 'alias_requests{alias_name="we\\"ird\\\\al\\nias"} 1' in lines
+    assert 'node_requests_total{node_id="no\\"de"} 1' in lines
+    assert 'alias_requests_total{alias_name="we\\"ird\\\\al\\nias"} 1' in lines
     assert 'balancer_inflight_requests{node_id="x\\"y"} 2' in lines
 
 
@@ -132,10 +132,12 @@ def test_rendering_is_deterministic_and_sorted() -> None:
         second.observe(name, name, 500, 0.2)
     assert first.render() == second.render()
     order = [
-        line.split('"')[1] for line in samples(first.render()) if line.startswith("node_requests")
+        line.split('"')[1]
+        for line in samples(first.render())
+        if line.startswith("node_requests_total")
     ]
     assert order == sorted(names)
-    assert 'node_http_codes{node_id="alpha",code="200"} 1' in first.render()
+    assert 'node_http_codes_total{node_id="alpha",code="200"} 1' in first.render()
 
 
 SAMPLE_LINE = r'[a-z_]+(\{([a-z_]+="([^"\\]|\\.)*",?)+\})? [0-9.e+-]+'
@@ -158,14 +160,14 @@ def test_every_family_is_declared_before_its_samples() -> None:
             assert name in declared or base in declared, line
             assert re.fullmatch(SAMPLE_LINE, line), line
     assert families == [
-        "node_requests",
-        "node_http_codes",
+        "node_requests_total",
+        "node_http_codes_total",
         "node_request_durations",
-        "node_errors",
-        "alias_requests",
-        "alias_http_codes",
+        "node_errors_total",
+        "alias_requests_total",
+        "alias_http_codes_total",
         "alias_request_durations",
-        "alias_errors",
+        "alias_errors_total",
         "balancer_unrouted_requests_total",
         "balancer_reloads_total",
         "balancer_rejected_reloads_total",
@@ -199,12 +201,12 @@ def test_names_beyond_the_limit_do_not_become_series() -> None:
         metrics.observe(alias, None, 404, 0.001)
     metrics.observe("c", "n", 200, 0.001)
     lines = samples(metrics.render())
-    assert [line for line in lines if line.startswith("alias_requests")] == [
-        'alias_requests{alias_name="a"} 1',
-        'alias_requests{alias_name="b"} 1',
+    assert [line for line in lines if line.startswith("alias_requests_total")] == [
+        'alias_requests_total{alias_name="a"} 1',
+        'alias_requests_total{alias_name="b"} 1',
     ]
     assert 'balancer_unrouted_requests_total{code="404"} 2' in lines
-    assert 'node_requests{node_id="n"} 1' in lines
+    assert 'node_requests_total{node_id="n"} 1' in lines
 
 
 # --- the control plane ---------------------------------------------------------------------
@@ -437,7 +439,7 @@ def test_metrics_endpoint() -> None:
     assert reply.status == 200
     assert reply.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
     lines = samples(reply.body.decode())
-    assert 'alias_requests{alias_name="front"} 1' in lines
+    assert 'alias_requests_total{alias_name="front"} 1' in lines
     assert "balancer_table_generation 5" in lines
     inflight = [line for line in lines if line.startswith("balancer_inflight_requests")]
     assert inflight == [  # every node of the table; web counts its draining instance too

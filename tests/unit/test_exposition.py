@@ -119,19 +119,21 @@ def test_the_balancers_own_metrics_are_strict_text_with_the_reference_names() ->
     families = promtext.read(metrics.render())
 
     for kind, label in (("node", "node_id"), ("alias", "alias_name")):
-        assert families[f"{kind}_requests"].type == "counter"
-        assert families[f"{kind}_http_codes"].type == "counter"
+        # The reference's family names, counters with the _total suffix of OpenMetrics.
+        assert families[f"{kind}_requests_total"].type == "counter"
+        assert families[f"{kind}_http_codes_total"].type == "counter"
+        assert families[f"{kind}_errors_total"].type == "counter"
         assert families[f"{kind}_request_durations"].type == "histogram"
-        for family in ("requests", "http_codes", "request_durations"):
+        for family in ("requests_total", "http_codes_total", "request_durations"):
             assert all(label in labels for _, labels, _ in families[f"{kind}_{family}"].samples)
-    codes = families["node_http_codes"]
-    assert codes.value("node_http_codes", node_id="iris", code="503") == 1
+    codes = families["node_http_codes_total"]
+    assert codes.value("node_http_codes_total", node_id="iris", code="503") == 1
     durations = families["node_request_durations"]
     assert durations.value("node_request_durations_bucket", node_id="iris", le="0.005") == 1
     assert durations.value("node_request_durations_bucket", node_id="iris", le="+Inf") == 2
     assert durations.value("node_request_durations_sum", node_id="iris") == 12.004
-    alias = families["alias_requests"]
-    assert alias.value("alias_requests", alias_name='al\\ias\n"x"') == 1
+    alias = families["alias_requests_total"]
+    assert alias.value("alias_requests_total", alias_name='al\\ias\n"x"') == 1
 
 
 # --- relabelling and merging ------------------------------------------------------------------
@@ -241,7 +243,7 @@ def test_instances_are_relabelled_and_failures_reported_in_valid_text() -> None:
     }
     histogram = families["model_latency_seconds"]
     assert histogram.value("model_latency_seconds_count", node_id="iris", instance_id="iris-1") == 3
-    assert families["node_requests"].value("node_requests", node_id="iris") == 1
+    assert families["node_requests_total"].value("node_requests_total", node_id="iris") == 1
     lines = text.splitlines()
     assert "# telemetry of iris/iris-2: GET /metrics on port 9100 answered 500" in lines
     assert any(
@@ -258,7 +260,7 @@ def test_an_instance_using_the_balancers_names_cannot_override_them() -> None:
     rendered = render([Scrape(target(), text, None, 0.0)], FAMILIES)
     families = promtext.read(metrics.render() + rendered)
 
-    assert [s[1] for s in families["node_requests"].samples] == [{"node_id": "iris"}]
+    assert [s[1] for s in families["node_requests_total"].samples] == [{"node_id": "iris"}]
     dropped = families["node_telemetry_samples_dropped"]
     labels = {"node_id": "iris", "instance_id": "iris-0"}
     assert dropped.value("node_telemetry_samples_dropped", **labels) == 1

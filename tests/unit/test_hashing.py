@@ -111,7 +111,7 @@ def test_loaded_node_hash_survives_the_label_round_trip(
             metadata: {name: web}
             spec:
               image: {name: busybox, port: 8080, command: [httpd, -f]}
-              env: {Z: 1, A: true, M: 0.5}
+              env: {Z: "1", A: "true", M: "0.5"}
               resources: {cpus: 1, memory: 1Gi}
             """
         }
@@ -135,7 +135,7 @@ def test_equal_specs_written_differently_hash_equally(
             metadata: {name: a}
             spec:
               image: {name: busybox, port: 80}
-              env: {B: "2", A: 1}
+              env: {B: "2", A: "1"}
               resources: {memory: 1Gi, cpus: 1}
               instances: 3
             """,
@@ -145,7 +145,7 @@ def test_equal_specs_written_differently_hash_equally(
             metadata: {name: b}
             spec:
               resources: {cpus: 1.0, memory: 1073741824}
-              env: {A: "1", B: 2}
+              env: {A: '1', B: "2"}
               image: {port: 80, name: busybox}
               healthCheck: {path: /other}
             """,

@@ -50,10 +50,10 @@ spec:
   instances: 3
   minHealthy: 2
   env:
-    PORT: 8080
-    DEBUG: true
-    QUIET: false
-    RATIO: 0.5
+    PORT: "8080"
+    DEBUG: "true"
+    QUIET: "false"
+    RATIO: "0.5"
     NAME: api
   resources:
     cpus: 1
@@ -86,7 +86,7 @@ kind: Node
 metadata:
   name: deep
 spec:
-  image: {name: "registry.local/deep@sha256:abc", port: 80}
+  image: {name: "registry.local:5000/deep:2.0", port: 80}
 """
 
 
@@ -237,6 +237,23 @@ def test_sizes(value: str | int, size: int) -> None:
     assert parse_size(value) == size
 
 
+@pytest.mark.parametrize("text", ["9" * 400 + "s", "1" + "0" * 400 + "h"])
+def test_a_duration_too_long_to_count_is_refused_not_infinite(text: str) -> None:
+    with pytest.raises(ValueError, match="at most 24h"):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize("value", ["9" * 400 + "Mi", "9" * 400, 10**400, "1025Gi"])
+def test_a_size_too_large_is_refused_not_an_overflow(value: str | int) -> None:
+    with pytest.raises(ValueError, match="at most 1024Gi"):
+        parse_size(value)
+
+
+def test_a_long_written_size_is_exact() -> None:
+    assert parse_size("1.5" + "0" * 400 + "Gi") == 3 * 2**29
+    assert parse_size("1024Gi") == 2**40
+
+
 def test_sizes_and_durations_through_the_loader(write_repo: WriteRepo) -> None:
     text = WEB + "  resources:\n    memory: 1Gi\n  healthCheck:\n    timeout: 1m\n"
     node = load_spec(write_repo({"x.yaml": text})).nodes["web"]
@@ -300,7 +317,7 @@ IMAGE = "  image:\n    name: busybox\n    port: 8080\n"  # lines 6-8
 
 NODE_FIELDS = (
     "image, python, instances, minHealthy, env, resources, healthCheck, endpoint, "
-    "maintenanceLimit, suspended, access, telemetry, logs"
+    "maintenanceLimit, suspended, access, telemetry, prefixRewrite, logs"
 )
 HEALTH_FIELDS = "path, port, interval, timeout, healthyThreshold, unhealthyThreshold, startTimeout"
 DNS = (
@@ -344,7 +361,7 @@ BAD_NODES = {
     ),
     "wrong type: null env value": (
         _node(IMAGE + "  env:\n    DEBUG:\n"),
-        "s.yaml:10:11: spec.env.DEBUG: expected a string, number or boolean, got None",
+        's.yaml:10:11: spec.env.DEBUG: expected a string, YAML read None; quote it: DEBUG: "..."',
     ),
     "instances 0": (
         _node(IMAGE + "  instances: 0\n"),
@@ -360,7 +377,7 @@ BAD_NODES = {
     ),
     "endpoint timeout 0": (
         _node(IMAGE + "  endpoint:\n    timeout: 0s\n"),
-        "s.yaml:10:14: spec.endpoint.timeout: expected a duration above 0 such as 15s, got '0s'",
+        "s.yaml:10:14: spec.endpoint.timeout: expected a duration from 10ms to 24h, got '0s'",
     ),
     "endpoint idleTimeout not a duration": (
         _node(IMAGE + "  endpoint:\n    idleTimeout: 15\n"),

@@ -9,6 +9,7 @@ import pytest
 
 from gitops_nodes.apply import Outcome
 from gitops_nodes.errors import RuntimeFailure
+from gitops_nodes.live import UNOWNED
 from gitops_nodes.runtime.base import Runtime
 from gitops_nodes.runtime.memory import NEVER_HEALTHY, Crash, MemoryRuntime, Script
 from tests.unit.memory_world import PROJECT, World, alias, node, spec
@@ -37,8 +38,8 @@ def test_scripted_engine_failures_and_crashes_fire_once(tmp_path: Path) -> None:
     runtime = MemoryRuntime()
     runtime.fail_next("create")
     with pytest.raises(RuntimeFailure, match="scripted"):
-        runtime.create_instance(PROJECT, node("web"), 0)
-    assert runtime.create_instance(PROJECT, node("web"), 0).state == "running"
+        runtime.create_instance(PROJECT, node("web"), 0, UNOWNED)
+    assert runtime.create_instance(PROJECT, node("web"), 0, UNOWNED).state == "running"
 
     runtime.faults.crash_at_call = len(runtime.calls) + 1
     with pytest.raises(Crash):

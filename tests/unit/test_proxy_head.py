@@ -57,7 +57,7 @@ def test_forwarding_headers_are_added_and_hop_by_hop_ones_dropped() -> None:
     )
     lower = head.lower()
     assert b"connection:" not in lower and b"x-hop" not in lower
-    assert b"x-forwarded-for: 1.1.1.1, 10.1.2.3\r\n" in lower
+    assert b"x-forwarded-for: 10.1.2.3\r\n" in lower  # not a trusted proxy: 1.1.1.1 dropped
     assert lower.count(b"x-request-id: abc\r\n") == 1
 
 
@@ -84,3 +84,40 @@ def test_remembered_response_heads_are_bounded() -> None:
     for n in range(http._FAST_HEADS_LIMIT + 10):
         http.fast_head(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nDate: %d" % n)
     assert len(http._FAST_HEADS) <= http._FAST_HEADS_LIMIT
+
+
+def test_a_repeated_head_is_decided_once_per_route(monkeypatch: Any) -> None:
+    from balancer import client as client_module
+
+    calls: list[bytes] = []
+    real = client_module.forward
+
+    def counting(head: Any, *args: Any) -> Any:
+        calls.append(head.target)
+        return real(head, *args)
+
+    monkeypatch.setattr(client_module, "forward", counting)
+    raw = b"GET /aliases/web/again HTTP/1.1\r\nHost: h\r\n\r\n"
+    table = RoutingTable(
+        1,
+        MappingProxyType({"a": NodeEntry((Endpoint("a0", "127.0.0.1", 9),), 1, HealthSettings())}),
+        MappingProxyType({"web": AliasEntry((("a", 1),))}),
+    )
+    loop = asyncio.new_event_loop()
+    try:
+        proxy = Proxy(loop, Router(table, Backends()), Affinity(), Metrics())
+        client = ClientConnection(proxy)
+        client.connection_made(Transport())
+        prepared: list[Request] = []
+        client.start = prepared.append  # type: ignore[method-assign]
+        for _ in range(4):  # the parser's path once, then the remembered head
+            client.data_received(raw)
+        proxy.router = Router(table, Backends())  # a swap: new routes, decided anew
+        client.data_received(raw)
+    finally:
+        loop.close()
+    assert len(calls) <= 3, calls  # parser's head, remembered head, after the swap
+    heads = [r.head for r in prepared]
+    assert len(set(heads)) == len(heads)  # each with its own request id
+    assert all(h.count(b"x-request-id: ") == 1 for h in heads)
+    assert len({h.split(b"x-request-id: ")[0] for h in heads}) == 1  # the rest is the same

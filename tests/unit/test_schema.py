@@ -63,7 +63,7 @@ NODE = {
     "metadata": {"name": "web"},
     "spec": {
         "image": {"name": "busybox", "port": 8080},
-        "env": {"PORT": 8080, "DEBUG": True, "NAME": "x"},
+        "env": {"PORT": "8080", "DEBUG": "true", "NAME": "x"},
         "resources": {"memory": "256Mi", "cpus": 0.5},
         "healthCheck": {"path": "/healthz", "interval": "1m30s"},
     },
@@ -83,8 +83,29 @@ def test_a_minimal_node_validates(validator: jsonschema.protocols.Validator) -> 
         (lambda d: d["metadata"].update(name="Web_1"), "Web_1"),
         (lambda d: d["spec"]["healthCheck"].update(interval="10"), "10"),
         (lambda d: d["spec"]["resources"].update(memory="1GB"), "1GB"),
+        (lambda d: d["spec"].update(instances=1001), "1001"),
+        (lambda d: d["spec"]["env"].update(PORT=8080), "8080"),
+        (lambda d: d["spec"]["env"].update(NUL="a\0b"), "a\\x00b"),
+        (lambda d: d["spec"]["image"].update(name="Not A Valid/Image!!:tag"), "Not A Valid"),
+        (lambda d: d["spec"]["healthCheck"].update(path="/a b"), "/a b"),
+        (lambda d: d["spec"]["resources"].update(cpus=2048), "2048"),
+        (lambda d: d["spec"]["resources"].update(memory=2**41), str(2**41)),
     ],
-    ids=["unknown spec field", "unknown image field", "kind", "name", "duration", "size"],
+    ids=[
+        "unknown spec field",
+        "unknown image field",
+        "kind",
+        "name",
+        "duration",
+        "size",
+        "instances over the maximum",
+        "env value not a string",
+        "env value with NUL",
+        "image reference",
+        "health path with a space",
+        "cpus over the maximum",
+        "memory over the maximum",
+    ],
 )
 def test_a_bad_document_fails_schema_validation(
     validator: jsonschema.protocols.Validator, change: Any, where: str
@@ -103,3 +124,11 @@ def _messages(errors: Any) -> list[str]:
         found.append(error.message)
         found.extend(_messages(error.context or ()))
     return found
+
+
+def test_patterns_use_only_what_ecma_regular_expressions_share_with_python() -> None:
+    # Editors compile a schema's patterns as ECMA 262; Python's named groups and inline flags
+    # are not ECMA and would break the whole schema there.
+    text = schema_text()
+    assert "(?P<" not in text
+    assert "(?i" not in text and "(?x" not in text

@@ -50,6 +50,7 @@ def _everything(state: StateDir, watch_pid: int, balancer_pid: int) -> None:
         json.dumps({"pid": balancer_pid, "generation": 3, "draining": {}})
     )
     (state.path / "balancer-token").write_text("secret")
+    (state.path / "owner.json").write_text('{"owner": "abc", "adopted": []}')
     (state.path / ".watch.abc123").write_text("{")  # an interrupted atomic write
 
 

@@ -96,12 +96,14 @@ def test_nodes_without_telemetry_keep_the_hash_they_had() -> None:
     [
         (
             "  telemetry: {path: metrics}\n",
-            "s.yaml:9:21: spec.telemetry.path: expected a string matching ^/[!-~]*$, got 'metrics'",
+            "s.yaml:9:21: spec.telemetry.path: expected a URL path starting with / such as "
+            "/healthz (no spaces or control characters; others percent-encoded), got 'metrics'",
         ),
         (
             "  telemetry: {path: /my metrics}\n",
             "s.yaml:9:21: spec.telemetry.path: "
-            "expected a string matching ^/[!-~]*$, got '/my metrics'",
+            "expected a URL path starting with / such as /healthz (no spaces or control "
+            "characters; others percent-encoded), got '/my metrics'",
         ),
         (
             "  telemetry: {port: 0}\n",

@@ -22,6 +22,7 @@ from gitops_nodes.watch.source import (
     TreeSource,
     open_source,
 )
+from tests.waiting import wait_until
 
 IDENTITY = {
     "GIT_AUTHOR_NAME": "Test",
@@ -167,6 +168,51 @@ def test_the_repository_root_can_be_the_spec_folder(origin: Origin, tmp_path: Pa
     assert revision.tree == source.checkouts / revision.id
     assert (revision.tree / "deploy" / "node.yaml").is_file()
     assert source.describe() == f"{origin.url}#main"
+
+
+def test_a_stale_ref_lock_from_a_killed_fetch_is_cleared_and_the_next_commit_seen(
+    origin: Origin, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    source = _source(origin, tmp_path)
+    source.poll()
+    lock = source.git_dir / "refs" / "remotes" / "source" / "main.lock"
+    lock.write_text("")  # what a fetch killed with SIGKILL leaves behind
+    (source.git_dir / "packed-refs.lock").write_text("")
+    sha = origin.commit({"deploy/node.yaml": SPEC.format(name="v2")}, "after the lock")
+
+    with caplog.at_level("WARNING", logger="gitops_nodes.watch"):
+        assert source.poll().id == sha
+    assert not lock.exists() and not (source.git_dir / "packed-refs.lock").exists()
+    assert "main.lock" in caplog.text
+
+
+def test_stale_locks_are_cleared_when_watch_starts(origin: Origin, tmp_path: Path) -> None:
+    _source(origin, tmp_path).poll()
+    first = _source(origin, tmp_path)
+    shallow = first.git_dir / "shallow.lock"
+    shallow.write_text("")
+    _source(origin, tmp_path).poll()  # a new process: its first poll clears it
+    assert not shallow.exists()
+
+
+def test_a_lock_a_running_git_holds_is_left_alone(origin: Origin, tmp_path: Path) -> None:
+    source = _source(origin, tmp_path)
+    source.poll()
+    lock = source.git_dir / "index.lock"
+    lock.write_text("")
+    running = subprocess.Popen(  # a git at work on the clone (it waits on its stdin)
+        ["git", "--git-dir", str(source.git_dir), "cat-file", "--batch"],
+        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    cmdline = Path(f"/proc/{running.pid}/cmdline")
+    try:
+        # Until the child has exec'd git, its command line is still this Python's.
+        wait_until(lambda: str(source.git_dir).encode() in cmdline.read_bytes(), "git to run")
+        assert source.clear_stale_locks() == []
+        assert lock.exists()
+    finally:
+        running.communicate(timeout=10)
+    assert source.clear_stale_locks() == [lock]
 
 
 def test_a_wrong_branch_is_reported_with_gits_reason(origin: Origin, tmp_path: Path) -> None:

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Make sure the programs the tests run (beyond Python packages) are installed: `prometheus`
+# and `promtool` from Debian's prometheus package. The balancer's tests start their own
+# Prometheus server on a free loopback port with a temporary configuration, and check
+# /-/metrics with `promtool check metrics`.
+#
+# Missing and root: apt-get install them (apt-get update first only when the package lists
+# do not know the package yet, or when the install fails on stale lists). Missing and not
+# root: exit 1 and say what to run. Idempotent; silent when everything is there.
+set -euo pipefail
+
+readonly LOCK_WAIT_S=300
+readonly PACKAGES=(prometheus)  # gives /usr/bin/prometheus and /usr/bin/promtool
+
+say() { echo "ensure-test-tools: $*" >&2; }
+die() { say "error: $*"; exit 1; }
+now() { echo "${EPOCHREALTIME/,/.}"; }
+elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f s", b - a }'; }
+
+missing() { ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; }
+
+missing || exit 0
+
+if [[ $(id -u) -ne 0 ]]; then
+    die "the tests need prometheus and promtool: run 'sudo apt-get install -y prometheus'
+  (Debian/Ubuntu), or put both binaries (from prometheus.io) on PATH"
+fi
+
+apt_get() {
+    local out
+    out=$(mktemp)
+    if ! DEBIAN_FRONTEND=noninteractive apt-get -q -o DPkg::Lock::Timeout="$LOCK_WAIT_S" "$@" >"$out" 2>&1; then
+        tail -n 20 "$out" >&2
+        rm -f "$out"
+        return 1
+    fi
+    rm -f "$out"
+}
+
+t0=$(now)
+if ! apt-cache show --no-all-versions "${PACKAGES[@]}" >/dev/null 2>&1; then
+    apt_get update || die "apt-get update failed"
+fi
+if ! apt_get install -y --no-install-recommends "${PACKAGES[@]}"; then
+    say "install failed; refreshing package lists and retrying"
+    apt_get update || die "apt-get update failed"
+    apt_get install -y --no-install-recommends "${PACKAGES[@]}" || die "apt-get install ${PACKAGES[*]} failed"
+fi
+missing && die "installed ${PACKAGES[*]}, but prometheus or promtool is still not on PATH"
+say "installed ${PACKAGES[*]} (prometheus, promtool) in $(elapsed "$t0")"
