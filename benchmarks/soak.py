@@ -11,7 +11,8 @@ project's label, then the temporary folders).
    counter model, and a spec like the example's: nodes sentiment-v1 (2 instances) and
    sentiment-v2 built from sentiment/, the python node counter (its access log on for every
    request, with a small log budget of 2 files of 1 MiB, so that rotation happens within
-   the run), and aliases `sentiment` (v1/v2) and `counter`.
+   the run), and aliases `sentiment` (v1/v2) and `counter`, nodes and aliases in files of
+   their own (nodes.yaml, aliases.yaml).
    `gitops-nodes watch file://<repo>` follows it with a hook token and its own free ports.
 2. Load: --connections keep-alive clients through both aliases, paced to --rate requests
    per second in all (loopback only; every answer must be a 200 with the right body).
@@ -129,6 +130,9 @@ spec:
 """
 
 
+ALIASES_START = "apiVersion: gitops-nodes/v1\nkind: Alias\n"
+
+
 class SoakRepo(Repo):
     """The repository the watch follows: the example's sentiment server and counter model."""
 
@@ -141,11 +145,19 @@ class SoakRepo(Repo):
         shutil.copytree(EXAMPLE / "models" / "counter", self.path / "counter")
 
     def next_commit(self, what: str) -> str:
-        """A commit moving the sentiment alias to the next of 10..40% on v2; its id."""
+        """A commit moving the sentiment alias to the next of 10..40% on v2; its id.
+
+        The nodes and the aliases are in files of their own, as in the example: a commit
+        changes the aliases' file only, and the loader's cache sees an unchanged file (of
+        nodes) in a new checkout every time."""
         self.commits += 1
         weight = 10 + self.commits % 31
-        revision, _ = self.commit(spec_text(weight), f"{what} {self.commits}: v2 at {weight}%")
-        return revision
+        nodes, _, aliases = spec_text(weight).partition(ALIASES_START)
+        (self.path / "nodes.yaml").write_text(nodes)
+        (self.path / "aliases.yaml").write_text(ALIASES_START + aliases)
+        self.git("add", "-A")
+        self.git("commit", "-q", "-m", f"{what} {self.commits}: v2 at {weight}%")
+        return self.git("rev-parse", "HEAD").strip()
 
 
 # -- load -------------------------------------------------------------------------------------
