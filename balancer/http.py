@@ -155,6 +155,9 @@ class FastHead(NamedTuple):
 
 _FAST_HEADS: dict[bytes, FastHead | None] = {}
 _FAST_HEADS_LIMIT = 1024
+# Longer heads (and targets) are worked out every time: the memos' size stays within
+# limit × this many bytes of keys, whatever instances and clients send.
+MEMO_MAX_BYTES = 4096
 _UNSEEN = FastHead(b"", -1, 0, False)
 
 
@@ -169,6 +172,8 @@ def fast_head(block: bytes) -> FastHead | None:
     found = _FAST_HEADS.get(block, _UNSEEN)
     if found is _UNSEEN:
         found = _fast_head(block)
+        if len(block) > MEMO_MAX_BYTES:
+            return found
         if len(_FAST_HEADS) >= _FAST_HEADS_LIMIT:
             _FAST_HEADS.clear()
         _FAST_HEADS[block] = found
@@ -210,6 +215,8 @@ def split_target(target: bytes) -> tuple[bytes, str | None, str | None]:
     found = _TARGETS.get(target)
     if found is None:
         found = _split_target(target)
+        if len(target) > MEMO_MAX_BYTES:
+            return found
         if len(_TARGETS) >= _TARGETS_LIMIT:
             _TARGETS.clear()
         _TARGETS[target] = found

@@ -19,7 +19,7 @@ carry those counts to the worker that answers `/-/metrics`, which renders their 
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
 from balancer.exposition import escape_label
@@ -139,6 +139,15 @@ class Metrics:
             return None
         series = table[name] = _Series(escape_label(name))
         return series
+
+    def retain(self, nodes: Collection[str], aliases: Collection[str]) -> None:
+        """Keep only the series of these nodes and aliases (a new table's): a long-running
+        balancer sees nodes and aliases come and go with every commit, and would otherwise
+        keep counting the ones that went, up to max_names, after which new names would not
+        be counted at all. Prometheus reads a series that comes back as a counter reset."""
+        for table, names in ((self.nodes, nodes), (self.aliases, aliases)):
+            for gone in table.keys() - set(names):
+                del table[gone]
 
     def snapshot(self) -> dict[str, Any]:
         """Every count as plain JSON values, for merging into another worker's Metrics."""

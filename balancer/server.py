@@ -123,6 +123,7 @@ class Balancer:
         self.backends.forget([b for b in removed if b.inflight == 0])
         self.reloads += 1
         self.last_reload_error = None
+        self.metrics.retain(table.nodes, table.aliases)
         self.metrics.reloaded(table.generation)
         self.write_ack()
         log.info(

@@ -29,7 +29,7 @@ from gitops_nodes.spec.errors import SpecErrors
 from gitops_nodes.spec.schema import schema_text
 from gitops_nodes.spec.settings import RUNTIMES, Settings, load_repository, load_settings
 from gitops_nodes.spec.state import DesiredState
-from gitops_nodes.statedir import StateDir
+from gitops_nodes.statedir import StateDir, clean_state
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
 
@@ -460,7 +460,11 @@ def _destroy(args: argparse.Namespace) -> int:
             print("\nLeft in place:")
             for item in left:
                 print(f"  {item}")
-        state.table.unlink(missing_ok=True)
+        cleaned = clean_state(state, workflow.LOCK_TIMEOUT)
+        if cleaned.removed:
+            print(f"state {', '.join(cleaned.removed)} removed from {state.path}")
+        for name, why in cleaned.kept:
+            print(f"state {state.path / name} kept: {why}")
     return code
 
 

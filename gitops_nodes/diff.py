@@ -140,7 +140,7 @@ def diff(desired: DesiredState, live: LiveState) -> Diff:
     return Diff(tuple(node_changes), tuple(alias_changes))
 
 
-REPLACE_FIELDS = ("image", "port", "command", "env", "resources", "telemetry.port")
+REPLACE_FIELDS = ("image", "port", "command", "env", "resources", "telemetry.port", "logs")
 
 
 class Sensitive(str):
@@ -202,6 +202,8 @@ def node_fields(
         fields["resources.memory"] = config.memory
         if config.telemetry_port is not None:
             fields["telemetry.port"] = config.telemetry_port
+        if config.logs is not None:
+            fields["logs.maxSize"], fields["logs.maxFiles"] = config.logs
     if telemetry_path is not None:
         fields["telemetry.path"] = telemetry_path
     if instances is not None:

@@ -1,16 +1,20 @@
-"""The state directory: where apply publishes the routing table and holds its lock."""
+"""The state directory: where apply publishes the routing table and holds its lock, balancers
+report, and watch keeps its clone and status; and what `destroy` removes of it."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import secrets
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from gitops_nodes.errors import GitopsNodesError, LockTimeout
 from gitops_nodes.live import UNLABELLED, Ownership
@@ -18,6 +22,31 @@ from gitops_nodes.live import UNLABELLED, Ownership
 TABLE_FILE = "routing-table.json"
 LOCK_FILE = "apply.lock"
 OWNER_FILE = "owner.json"
+WATCH_FILE = "watch.json"  # the watch loop's last status (watch/reconcile.py)
+SOURCE_DIR = "source"  # watch's clone of a Git repository and its checkouts (watch/source.py)
+BALANCERS_DIR = "balancers"  # each running balancer's report (BalancerAck)
+SWARM_TOKEN_FILE = "balancer-token"  # the Swarm balancer's admin key (runtime/swarm_balancer.py)
+
+# What `destroy` removes from a project's state directory once the project's containers,
+# images and services are gone, each entry only while no process still uses it (see
+# clean_state), the apply lock last. The README's "Running for months" lists them. A file
+# not named here is kept and reported, not guessed at: whoever adds state adds it here, or
+# to KEPT_BY_DESTROY with the reason.
+DESTROYED_STATE: tuple[str, ...] = (
+    TABLE_FILE,
+    WATCH_FILE,
+    SOURCE_DIR,
+    BALANCERS_DIR,
+    SWARM_TOKEN_FILE,
+    # The owner id names the containers this directory made (see read_ownership): once
+    # destroy removed them all, it names nothing, and the next apply makes a new one.
+    OWNER_FILE,
+    LOCK_FILE,
+)
+# What `destroy` keeps on purpose, name -> why (none today).
+KEPT_BY_DESTROY: dict[str, str] = {}
+# Temporary files of our atomic writes (a write interrupted by a crash leaves one behind).
+_TEMPORARY_PREFIXES = (".watch.", f".{TABLE_FILE}.", "owner.tmp-")
 
 
 def default_base() -> Path:
@@ -50,23 +79,22 @@ class StateDir:
     @contextmanager
     def lock(self, timeout: float) -> Iterator[None]:
         """Hold the apply lock; raise LockTimeout when another apply keeps it past timeout."""
-        self.path.mkdir(parents=True, exist_ok=True)
         lock_path = self.path / LOCK_FILE
-        with open(lock_path, "a+") as handle:
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        handle.seek(0)
-                        holder = handle.read().strip() or "another process"
-                        raise LockTimeout(
-                            f"{lock_path} is held by {holder}; another apply or destroy is "
-                            f"running on this project (waited {timeout:g}s)"
-                        ) from None
-                    time.sleep(0.1)  # flock has no timed wait; poll the lock, not the work
+        deadline = time.monotonic() + timeout
+        while True:
+            self.path.mkdir(parents=True, exist_ok=True)
+            handle = open(lock_path, "a+")  # noqa: SIM115 - closed below, or by the with
+            try:
+                _flock(handle, lock_path, deadline, timeout)
+            except BaseException:
+                handle.close()
+                raise
+            # destroy removes the lock file while holding it: a lock taken on the removed
+            # file locks nothing that a newcomer (opening a new file) would see. Again.
+            if _same_file(handle, lock_path):
+                break
+            handle.close()
+        with handle:
             handle.seek(0)
             handle.truncate()
             handle.write(f"pid {os.getpid()}\n")
@@ -121,6 +149,117 @@ def ensure_ownership(state: StateDir, ownership: Ownership) -> Ownership:
     temporary.write_text(text)
     temporary.replace(state.owner_file)
     return recorded
+
+
+def _flock(handle: Any, lock_path: Path, deadline: float, timeout: float) -> None:
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                raise LockTimeout(
+                    f"{lock_path} is held by {holder}; another apply or destroy is "
+                    f"running on this project (waited {timeout:g}s)"
+                ) from None
+            time.sleep(0.1)  # flock has no timed wait; poll the lock, not the work
+
+
+def _same_file(handle: Any, path: Path) -> bool:
+    try:
+        return os.fstat(handle.fileno()).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False
+
+
+@dataclass(frozen=True)
+class Cleaned:
+    """What clean_state did: the entries removed, and those kept with the reason."""
+
+    removed: tuple[str, ...]
+    kept: tuple[tuple[str, str], ...]
+
+
+def clean_state(state: StateDir, lock_timeout: float) -> Cleaned:
+    """Remove DESTROYED_STATE from the state directory, and the directory once empty.
+
+    For `destroy`, after it removed everything the project owned. Entries a running process
+    still uses are kept and reported: a running watch's clone and status (it would apply the
+    repository again at its next poll; stop it first) and a running balancer's report.
+    """
+    if not state.path.is_dir():
+        return Cleaned((), ())
+    removed: list[str] = []
+    kept: list[tuple[str, str]] = []
+    with state.lock(lock_timeout):
+        watcher = _watch_pid(state)
+        for name in DESTROYED_STATE:
+            path = state.path / name
+            if name == LOCK_FILE or not (path.exists() or path.is_symlink()):
+                continue
+            if name in (WATCH_FILE, SOURCE_DIR) and watcher is not None:
+                kept.append((name, f"a watch (pid {watcher}) still runs on this project"))
+                continue
+            if name == BALANCERS_DIR:
+                alive = _clean_reports(path)
+                if alive:
+                    pids = ", ".join(str(pid) for pid in alive)
+                    kept.append((name, f"balancers still running report there (pid {pids})"))
+                    continue
+            _remove(path)
+            removed.append(name)
+        for entry in sorted(state.path.iterdir()):
+            if entry.name.startswith(_TEMPORARY_PREFIXES):
+                _remove(entry)
+                removed.append(entry.name)
+            elif entry.name != LOCK_FILE and entry.name not in DESTROYED_STATE:
+                why = KEPT_BY_DESTROY.get(entry.name, "not state gitops-nodes knows")
+                kept.append((entry.name, why))
+        if not kept:
+            (state.path / LOCK_FILE).unlink(missing_ok=True)  # held: see StateDir.lock
+            removed.append(LOCK_FILE)
+    if not kept:
+        # Something that arrived meanwhile (an apply that just started) stays, and so does
+        # the folder holding it.
+        with contextlib.suppress(OSError):
+            state.path.rmdir()
+    return Cleaned(tuple(removed), tuple(kept))
+
+
+def _watch_pid(state: StateDir) -> int | None:
+    """The pid of a watch running on this state directory, from its status file."""
+    try:
+        data = json.loads((state.path / WATCH_FILE).read_text())
+        pid = int(data["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return pid if pid != os.getpid() and _alive(pid) else None
+
+
+def _clean_reports(folder: Path) -> list[int]:
+    """Remove the reports of balancers that are gone; the pids of those still running."""
+    alive = []
+    for path in sorted(folder.glob("*.json")):
+        try:
+            pid = int(json.loads(path.read_text())["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pid = None
+        if pid is not None and pid != os.getpid() and _alive(pid):
+            alive.append(pid)
+        else:
+            path.unlink(missing_ok=True)
+    if not alive:
+        _remove(folder)
+    return alive
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)

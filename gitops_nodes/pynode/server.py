@@ -2,6 +2,7 @@
 
     python3 -m gitops_nodes.pynode.server --config /app/node.json [--host 0.0.0.0] [--port 8080]
                                           [--unix PATH (default: $GITOPS_NODES_SOCKET)]
+                                          [--access-log errors|all|N]
 
 Start-up loads the config (compiling the code once and checking it against the declared
 variables), restores the checkpoint, runs the set-up code, builds the input checks and the
@@ -33,9 +34,12 @@ head over and over (the balancer's pooled connections, a load generator, a scrip
 so a read that holds exactly one whole request whose head bytes were parsed before is
 queued without the parser: see `Known`.
 
-One line per request goes to standard output: method, path, status, and microseconds from
-the end of the request's head to its answer (its wait in the turn included); the stream is
-flushed within 0.1 s, not per line.
+The access log goes to standard output, one line per request logged: method, path, status,
+and microseconds from the end of the request's head to its answer (its wait in the turn
+included); the stream is flushed within 0.1 s, not per line. An instance runs for months and
+its output is kept by the engine, so by default only errors (status 400 or more) are logged;
+$GITOPS_NODES_ACCESS_LOG=all logs every request, and an integer N one in N of the others.
+Successful health checks (the balancers' `GET /healthz`, every few seconds) are never logged.
 Keep-alive follows HTTP/1.1 and HTTP/1.0 rules; pipelined requests are answered in order.
 Connections have no idle timeout here (the balancer pools them).
 """
@@ -81,6 +85,9 @@ KEEP_ALIVE_ASKED = b"\r\nconnection: keep-alive\r\n\r\n"  # HTTP/1.0 clients nee
 CLOSE = b"\r\nconnection: close\r\n\r\n"
 LINGER = 2.0  # seconds a refused connection keeps reading (and dropping) before it closes
 FLUSH_DELAY = 0.1  # seconds the access log may wait before it is flushed
+ACCESS_LOG_ENV = "GITOPS_NODES_ACCESS_LOG"  # errors (the default), all, or N: one in N
+ERRORS_ONLY = 0  # Service.every: log no successful request, only errors
+HEALTH_PATH = b"/healthz"
 
 
 def _head(status: int, extra: bytes = b"") -> bytes:
@@ -146,6 +153,7 @@ class Service:
         loop: asyncio.AbstractEventLoop,
         access_log: BinaryIO | None,
         max_body: int = MAX_BYTES,
+        every: int = ERRORS_ONLY,
     ) -> None:
         self.node = node
         self.run = node.run
@@ -155,6 +163,8 @@ class Service:
         self.health = node.dumps({"status": "ok"})
         self.openapi = node.dumps(document(node.config, max_body))  # generated once
         self.access_log = access_log
+        self.every = every  # log one successful request in every; ERRORS_ONLY: none
+        self.unlogged = 0  # successful requests not logged since the last one that was
         self.flush_armed = False
         self.connections: set[Connection] = set()
         self.known: dict[bytes, Known] = {}  # shared by connections: see Known
@@ -223,10 +233,19 @@ class Service:
         self.known[raw] = known
 
     def logged(self, method: bytes, path: bytes, status: int, started: int) -> None:
-        """Write the request's log line; flushed a moment later, with its neighbours."""
+        """Write the request's log line when it is to be logged (see ACCESS_LOG_ENV);
+        flushed a moment later, with its neighbours."""
         log = self.access_log
         if log is None:
             return
+        if status < 400:
+            every = self.every
+            if every == ERRORS_ONLY or path == HEALTH_PATH:
+                return
+            self.unlogged += 1
+            if self.unlogged < every:
+                return
+            self.unlogged = 0
         micros = (perf_counter_ns() - started) // 1000
         log.write(b"%s %s %d %dus\n" % (method, path, status, micros))
         if not self.flush_armed:
@@ -571,12 +590,13 @@ async def start(
     access_log: BinaryIO | None = None,
     max_body: int = MAX_BYTES,
     unix: str | None = None,
+    every: int = ERRORS_ONLY,
 ) -> tuple[Service, asyncio.Server]:
     """Listen on host:port in the running loop (port 0 picks a free one), and on the Unix
     socket `unix` too when given (Service.unix_server), before the port: health checks go
     to the port, so a healthy instance is one that answers on both."""
     loop = asyncio.get_running_loop()
-    service = Service(node, loop, access_log, max_body)
+    service = Service(node, loop, access_log, max_body, every)
     if unix is not None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(unix)  # left by the previous run of this container
@@ -596,6 +616,7 @@ def serve(
     access_log: BinaryIO | None = None,
     codec: Codec | None = None,
     unix: str | None = None,
+    every: int = ERRORS_ONLY,
 ) -> None:
     """Prepare the node and serve it until SIGTERM or SIGINT (a config may be a path).
 
@@ -609,7 +630,9 @@ def serve(
     log = access_log if access_log is not None else sys.stdout.buffer
     loop = new_event_loop()
     try:
-        service, server = loop.run_until_complete(start(node, host, port, log, unix=unix))
+        service, server = loop.run_until_complete(
+            start(node, host, port, log, unix=unix, every=every)
+        )
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, loop.stop)
@@ -637,6 +660,21 @@ def serve(
         loop.close()
 
 
+def access_every(value: str) -> int:
+    """Service.every from the access log setting: errors, all, or N (one in N)."""
+    text = value.strip().lower()
+    if text == "errors":
+        return ERRORS_ONLY
+    if text == "all":
+        return 1
+    if text.isdigit() and int(text) >= 1:
+        return int(text)
+    raise ValueError(
+        f"{ACCESS_LOG_ENV}={value!r}: expected errors, all, or a number N ≥ 1 "
+        "(log one successful request in N)"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The container's command: serve the node the config describes; 1 when it cannot."""
     parser = argparse.ArgumentParser(
@@ -651,9 +689,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=os.environ.get("GITOPS_NODES_SOCKET") or None,
         help="a Unix socket to serve on as well (default: $GITOPS_NODES_SOCKET)",
     )
+    parser.add_argument(
+        "--access-log",
+        default=os.environ.get(ACCESS_LOG_ENV) or "errors",
+        help="errors (default), all, or N: log one in N successful requests "
+        f"(default: ${ACCESS_LOG_ENV})",
+    )
     args = parser.parse_args(argv)
     try:
-        serve(args.config, args.host, args.port, unix=args.unix)
+        every = access_every(args.access_log)
+    except ValueError as exc:
+        sys.stderr.write(f"pynode: {exc}\n")
+        return 1
+    try:
+        serve(args.config, args.host, args.port, unix=args.unix, every=every)
     except PyNodeError as exc:
         sys.stderr.write(f"pynode: {exc}\n")
         return 1

@@ -35,7 +35,7 @@ from gitops_nodes.live import LiveInstance, Ownership
 from gitops_nodes.runtime import labels
 from gitops_nodes.runtime.base import ImageCleanup, LogLine
 from gitops_nodes.spec.context import BUILD_REPOSITORY
-from gitops_nodes.spec.hashing import canonical_json
+from gitops_nodes.spec.hashing import InstanceConfig, canonical_json, log_budget
 from gitops_nodes.spec.state import BuildRequest, DesiredNode
 from gitops_nodes.statedir import StateDir
 
@@ -115,6 +115,14 @@ def engine_error(what: str, exc: BaseException) -> RuntimeFailure | RuntimeUnava
     if isinstance(exc, requests.exceptions.ConnectionError):
         return RuntimeUnavailable(f"{what}: the Docker engine does not answer ({exc})")
     return RuntimeFailure(f"{what}: {exc}")
+
+
+def log_config(config: InstanceConfig) -> dict[str, Any]:
+    """The container's log driver and its rotation: json-file (whose rotated files `docker
+    logs` reads back, as `gitops-nodes logs` needs) named here rather than left to the
+    engine's default, which rotates nothing unless its daemon.json says so."""
+    size, files = log_budget(config)
+    return {"Type": "json-file", "Config": {"max-size": str(size), "max-file": str(files)}}
 
 
 class DockerRuntime:
@@ -249,6 +257,7 @@ class DockerRuntime:
             mem_limit=config.memory,
             init=True,  # PID 1 that forwards SIGTERM, so stopping an instance is prompt
             binds={str(folder): {"bind": SOCKET_MOUNT, "mode": "rw"}} if folder else None,
+            log_config=log_config(config),
         )
         instance_labels = {
             labels.PROJECT: project,

@@ -30,9 +30,9 @@ from gitops_nodes.runtime import labels
 from gitops_nodes.runtime.balancer_image import ADMIN_PORT, DATA_PORT, TOKEN_TARGET
 from gitops_nodes.runtime.swarm_spec import NS, balancer_name, health_command
 from gitops_nodes.spec.settings import SwarmSettings
-from gitops_nodes.statedir import BalancerAck, StateDir
+from gitops_nodes.statedir import SWARM_TOKEN_FILE, BalancerAck, StateDir
 
-TOKEN_FILE = "balancer-token"
+TOKEN_FILE = SWARM_TOKEN_FILE
 HTTP_TIMEOUT = 5.0
 PUBLISH_RETRY = 10.0  # seconds a table push is retried on a balancer that does not take it
 ENDPOINTS_TTL = 2.0  # the balancers' addresses, cached between acks polls

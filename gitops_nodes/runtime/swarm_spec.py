@@ -40,7 +40,7 @@ from typing import Any
 
 from gitops_nodes.live import LiveInstance
 from gitops_nodes.runtime import labels
-from gitops_nodes.spec.hashing import canonical_json
+from gitops_nodes.spec.hashing import canonical_json, log_budget
 from gitops_nodes.spec.state import DesiredNode
 
 NAME_LIMIT = 63  # service names are DNS labels (tasks.<service> must resolve)
@@ -149,6 +149,7 @@ def node_service_spec(
     config = node.config
     check = node.health
     task_labels = node_labels(project, node)
+    log_size, log_files = log_budget(config)
     container: dict[str, Any] = {
         "Image": image,
         "Env": [f"{key}={value}" for key, value in config.env],
@@ -188,6 +189,13 @@ def node_service_spec(
                 "MaxAttempts": 0,
             },
             "Networks": [{"Target": network}],
+            # Not in projection(): an explicit `logs` is in the CONFIG label, which is, and a
+            # node without one gets the default budget on new services only (no update of
+            # every service after an upgrade just to add it).
+            "LogDriver": {
+                "Name": "json-file",
+                "Options": {"max-size": str(log_size), "max-file": str(log_files)},
+            },
         },
         "Mode": {"Replicated": {"Replicas": node.instances}},
         "UpdateConfig": {**rolling, "FailureAction": "rollback"},

@@ -14,6 +14,10 @@ from typing import Any
 
 SCHEME = 1
 
+# The log budget of an instance whose node sets no `logs`: 3 files of 10 MiB (the spec's
+# documented default, spec/models.py). Applied when a container is created, never hashed.
+DEFAULT_LOG_BUDGET = (10 * 2**20, 3)
+
 
 @dataclass(frozen=True)
 class InstanceConfig:
@@ -28,6 +32,10 @@ class InstanceConfig:
     # A second container port published for the instance's metrics (spec.telemetry.port,
     # when it differs from port): publishing a port needs a new container, so it is hashed.
     telemetry_port: int | None = None
+    # The node's `logs` (max size in bytes, max files), fixed at a container's creation.
+    # None when the spec does not set it: DEFAULT_LOG_BUDGET applies, and the hash is the
+    # one it had before `logs` existed, so upgrading gitops-nodes recreates nothing.
+    logs: tuple[int, int] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -36,11 +44,16 @@ class InstanceConfig:
         if self.telemetry_port is None:
             # Absent rather than null: nodes without it keep the hash they had before it existed.
             del data["telemetry_port"]
+        if self.logs is None:
+            del data["logs"]  # absent, as for telemetry_port
+        else:
+            data["logs"] = {"max_size": self.logs[0], "max_files": self.logs[1]}
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> InstanceConfig:
         command = data.get("command")
+        logs = data.get("logs")
         return cls(
             image=str(data["image"]),
             port=int(data["port"]),
@@ -49,7 +62,13 @@ class InstanceConfig:
             cpus=data.get("cpus"),
             memory=data.get("memory"),
             telemetry_port=data.get("telemetry_port"),
+            logs=(int(logs["max_size"]), int(logs["max_files"])) if logs is not None else None,
         )
+
+
+def log_budget(config: InstanceConfig) -> tuple[int, int]:
+    """(max size in bytes, max files) of an instance's log: its node's, else the default."""
+    return config.logs if config.logs is not None else DEFAULT_LOG_BUDGET
 
 
 def canonical_json(data: Any) -> str:

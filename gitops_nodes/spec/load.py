@@ -530,6 +530,7 @@ def _resolve_node(root: Path, document: NodeDocument, source: Source) -> Desired
         cpus=spec.resources.cpus,
         memory=spec.resources.memory,
         telemetry_port=_telemetry_port(spec.telemetry, port),
+        logs=(spec.logs.max_size, spec.logs.max_files) if spec.logs is not None else None,
     )
     return DesiredNode(
         name=document.metadata.name,

@@ -27,6 +27,8 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
+from gitops_nodes.spec.hashing import DEFAULT_LOG_BUDGET
+
 API_VERSION = "gitops-nodes/v1"
 KINDS = ("Node", "Alias")
 SETTINGS_FILE = "gitops-nodes.yaml"  # the repo's settings at its root (spec/settings.py)
@@ -38,6 +40,9 @@ _SIZE = re.compile(r"^(\d+(?:\.\d+)?)(k|Ki|M|Mi|G|Gi)?$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _FOLDER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MIN_MEMORY = 6 * 2**20
+# An instance's log budget when its node sets no `logs` (spec.logs): 3 files of 10 MiB.
+DEFAULT_LOG_MAX_SIZE, DEFAULT_LOG_MAX_FILES = DEFAULT_LOG_BUDGET
+MIN_LOG_SIZE = 64_000  # a smaller file would rotate at every burst of lines
 _IMAGE_REFERENCE = re.compile(
     # Docker's reference grammar: [domain[:port]/]path[:tag][@digest], the path in lowercase.
     r"^(?P<name>(?:(?:(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
@@ -474,6 +479,25 @@ class Telemetry(SpecModel):
     port: Port | None = None
 
 
+class Logs(SpecModel):
+    """Each instance's output budget: the engine rotates its log at maxSize and keeps maxFiles
+    files, so an instance's log never takes more than maxSize × maxFiles on disk. The log
+    settings are fixed when a container is created: changing them replaces the instances."""
+
+    max_size: Size = DEFAULT_LOG_MAX_SIZE
+    max_files: int = Field(default=DEFAULT_LOG_MAX_FILES, ge=1, le=100)
+
+    @model_validator(mode="after")
+    def _engine_minimum(self) -> Logs:
+        if self.max_size < MIN_LOG_SIZE:
+            raise PydanticCustomError(
+                "min_log_size",
+                "expected at least 64k for a log file, got {size} bytes",
+                {"size": self.max_size},
+            )
+        return self
+
+
 class Resources(SpecModel):
     """Limits for each instance's container."""
 
@@ -607,6 +631,8 @@ class NodeSpec(SpecModel):
     telemetry: Telemetry | None = None
     # Answers to /nodes/<name>/...: Location and cookie paths put under that prefix.
     prefix_rewrite: bool = False
+    # The output's budget; unset: DEFAULT_LOG_MAX_SIZE × DEFAULT_LOG_MAX_FILES (see Logs).
+    logs: Logs | None = None
 
     @model_validator(mode="after")
     def _one_kind(self) -> NodeSpec:

@@ -31,12 +31,18 @@ from gitops_nodes.spec.load import SpecLoader
 from gitops_nodes.spec.models import Rollout
 from gitops_nodes.spec.settings import SETTINGS_FILE, Settings, load_settings
 from gitops_nodes.spec.state import DesiredState
-from gitops_nodes.statedir import StateDir
+from gitops_nodes.statedir import WATCH_FILE, StateDir
 from gitops_nodes.watch.source import Revision, Source
 
 log = logging.getLogger("gitops_nodes.watch")
 
-WATCH_FILE = "watch.json"
+# Only the newest commit's refusal is ever looked up (the loop does not retry a bad spec);
+# a few more are kept for a branch that goes back and forth, and no more: watch runs for
+# months, and every bad commit would otherwise stay in memory.
+REFUSED_KEPT = 16
+# Reconciles that found nothing to change (every interval, when nothing happens) are logged
+# at debug level, and counted in one info line this often (seconds).
+QUIET_SUMMARY_EVERY = 3600.0
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,7 @@ class Reconciler:
         options: ApplyOptions | None = None,
         on_publish: Callable[[RoutingTable], None] | None = None,
         rollouts: bool = True,
+        summary_every: float = QUIET_SUMMARY_EVERY,
     ) -> None:
         self.project = project
         # Progressive rollouts are judged on the embedded balancer's traffic; where another
@@ -90,6 +97,9 @@ class Reconciler:
         self.last_error: ReconcileResult | None = None
         self.refused: dict[str, ReconcileResult] = {}  # revision -> why it was not applied
         self.rollout: RolloutRun | None = None
+        self.summary_every = summary_every
+        self.quiet = 0  # reconciles with nothing to change since the last summary line
+        self.quiet_since = time.monotonic()
 
     def reconcile(self, revision: Revision, reason: str) -> ReconcileResult:
         """Load, plan and apply revision; never raises for a bad revision or a failed apply.
@@ -258,7 +268,10 @@ class Reconciler:
         self.last = outcome
         if not outcome.ok:
             self.last_error = outcome
+            self.refused.pop(outcome.revision, None)  # re-inserted: the newest
             self.refused[outcome.revision] = outcome
+            while len(self.refused) > REFUSED_KEPT:
+                del self.refused[next(iter(self.refused))]
             log.error(
                 "reconcile of %s failed (%s): %s",
                 outcome.revision[:12],
@@ -268,7 +281,8 @@ class Reconciler:
             )
         else:
             self.refused.pop(outcome.revision, None)
-            log.info(
+            quiet = outcome.outcome == "unchanged"
+            (log.debug if quiet else log.info)(
                 "reconcile of %s %s: %d steps in %.2fs",
                 outcome.revision[:12],
                 outcome.outcome,
@@ -276,8 +290,26 @@ class Reconciler:
                 outcome.seconds,
                 extra={"fields": outcome.to_json()},
             )
+            if quiet:
+                self._quiet_summary(outcome)
         self.save()
         return outcome
+
+    def _quiet_summary(self, outcome: ReconcileResult) -> None:
+        """Count a reconcile that changed nothing; say how many once per summary_every."""
+        self.quiet += 1
+        now = time.monotonic()
+        if now - self.quiet_since < self.summary_every:
+            return
+        log.info(
+            "%d reconciles in the last %.0fs found nothing to change; %s is live (%s)",
+            self.quiet,
+            now - self.quiet_since,
+            outcome.revision[:12],
+            outcome.summary,
+            extra={"fields": {"unchanged": self.quiet, "revision": outcome.revision}},
+        )
+        self.quiet, self.quiet_since = 0, now
 
     def status(self) -> dict[str, Any]:
         """The watch loop's part of /-/status and of `gitops-nodes status`."""

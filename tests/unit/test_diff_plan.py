@@ -594,3 +594,23 @@ def test_an_instance_whose_port_moved_is_published_again(
     assert change.action is Action.UPDATE
     assert "ports moved" in change.reason
     assert ids(plan) == ["publish node web"]
+
+
+# --- logs: a budget is fixed at creation ------------------------------------------------------
+
+
+def test_setting_a_log_budget_replaces_instances_and_no_budget_keeps_them(
+    desired: Callable[..., DesiredState],
+) -> None:
+    doc = node_doc("web", instances=2)
+    plain = desired(doc, alias_doc("front", ("web", 100)))
+    old = instances_of(plain.nodes["web"])  # made before budgets existed: no `logs`
+    live = LiveState(PROJECT, old, table=table_for(plain, old))
+    assert make_plan(PROJECT, plain, live).empty  # an upgrade recreates nothing
+
+    doc["spec"]["logs"] = {"maxSize": "1Mi", "maxFiles": 2}
+    budgeted = desired(doc, alias_doc("front", ("web", 100)))
+    change = node_change(make_plan(PROJECT, budgeted, live), "web")
+    assert change.action is Action.REPLACE
+    assert FieldChange("logs.maxSize", None, 2**20, forces_replacement=True) in change.fields
+    assert FieldChange("logs.maxFiles", None, 2, forces_replacement=True) in change.fields

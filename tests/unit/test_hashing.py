@@ -9,7 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from gitops_nodes.spec.hashing import InstanceConfig, canonical_json, spec_hash
+from gitops_nodes.spec.hashing import (
+    DEFAULT_LOG_BUDGET,
+    InstanceConfig,
+    canonical_json,
+    log_budget,
+    spec_hash,
+)
 from gitops_nodes.spec.load import load_spec
 
 BASE = InstanceConfig(
@@ -148,3 +154,49 @@ def test_equal_specs_written_differently_hash_equally(
     nodes = load_spec(root).nodes
     # instances and health checks are settings, not what a container is made from
     assert nodes["a"].spec_hash == nodes["b"].spec_hash
+
+
+# -- logs: fixed at creation, so hashed; unset keeps the hash of before `logs` existed --------
+
+
+def test_a_config_without_logs_keeps_the_hash_it_had_before_logs_existed() -> None:
+    # The hash of BASE as computed before `logs` was added: an upgrade must not recreate
+    # every container of a node that does not set it.
+    assert spec_hash(BASE) == "e91d0f65fc0ecc1395c76aadfb2dbbcbb0f05a7a5e489ac72afbee95ba5fbb7c"
+    assert "logs" not in BASE.as_dict()
+
+
+def test_setting_or_changing_logs_changes_the_hash() -> None:
+    explicit_default = replace(BASE, logs=DEFAULT_LOG_BUDGET)
+    smaller = replace(BASE, logs=(1 << 20, 2))
+
+    assert len({spec_hash(BASE), spec_hash(explicit_default), spec_hash(smaller)}) == 3
+    assert log_budget(BASE) == log_budget(explicit_default) == (10 * 2**20, 3)
+    assert log_budget(smaller) == (1 << 20, 2)
+    back = InstanceConfig.from_dict(json.loads(json.dumps(smaller.as_dict())))
+    assert back == smaller and spec_hash(back) == spec_hash(smaller)
+
+
+def test_the_spec_logs_setting_reaches_the_config(
+    write_repo: Callable[[dict[str, str]], Path],
+) -> None:
+    node = """
+            apiVersion: gitops-nodes/v1
+            kind: Node
+            metadata: {name: %s}
+            spec:
+              image: {name: busybox, port: 8080}
+              %s
+            """
+    root = write_repo(
+        {
+            "a.yaml": node % ("a", "logs: {maxSize: 2Mi, maxFiles: 5}"),
+            "b.yaml": node % ("b", "logs: {maxFiles: 1}"),
+            "c.yaml": node % ("c", ""),
+        }
+    )
+    nodes = load_spec(root).nodes
+
+    assert nodes["a"].config.logs == (2 * 2**20, 5)
+    assert nodes["b"].config.logs == (10 * 2**20, 1)
+    assert nodes["c"].config.logs is None

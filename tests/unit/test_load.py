@@ -317,7 +317,7 @@ IMAGE = "  image:\n    name: busybox\n    port: 8080\n"  # lines 6-8
 
 NODE_FIELDS = (
     "image, python, instances, minHealthy, env, resources, healthCheck, endpoint, "
-    "maintenanceLimit, suspended, access, telemetry, prefixRewrite"
+    "maintenanceLimit, suspended, access, telemetry, prefixRewrite, logs"
 )
 HEALTH_FIELDS = "path, port, interval, timeout, healthyThreshold, unhealthyThreshold, startTimeout"
 DNS = (

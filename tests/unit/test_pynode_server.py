@@ -32,7 +32,13 @@ from gitops_nodes.pynode.codec import Codec, json_codec, orjson_codec
 from gitops_nodes.pynode.config import load_config, mentioned_names, parse_config
 from gitops_nodes.pynode.errors import ConfigError, PrepareError
 from gitops_nodes.pynode.node import MAX_BYTES, prepare
-from gitops_nodes.pynode.server import Service, new_event_loop, start
+from gitops_nodes.pynode.server import (
+    ERRORS_ONLY,
+    Service,
+    access_every,
+    new_event_loop,
+    start,
+)
 from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -104,6 +110,7 @@ def serving(
     codec: Codec | None = None,
     loop_factory: Callable[[], asyncio.AbstractEventLoop] = new_event_loop,
     unix: Path | None = None,
+    every: int = ERRORS_ONLY,
 ) -> Iterator[Served]:
     """Prepare the node and serve it on a free port of 127.0.0.1 (and on the Unix socket
     `unix`, when given) until the block ends."""
@@ -116,7 +123,9 @@ def serving(
     def run() -> None:
         asyncio.set_event_loop(loop)
         where = str(unix) if unix is not None else None
-        service, server = loop.run_until_complete(start(node, "127.0.0.1", 0, log, unix=where))
+        service, server = loop.run_until_complete(
+            start(node, "127.0.0.1", 0, log, unix=where, every=every)
+        )
         found.append((server.sockets[0].getsockname()[1], service))
         ready.set()
         try:
@@ -640,14 +649,55 @@ def test_an_upgrade_request_with_a_body_is_refused_once(model: Served) -> None:
     assert (status, body["error_message"]) == (400, "protocol upgrades are not supported")
 
 
-def test_one_log_line_per_request(model: Served) -> None:
+def test_by_default_only_errors_are_logged_and_never_health_checks(model: Served) -> None:
     model.post({"x": [1.0, 1.0, 1.0]})
+    model.call("GET", "/healthz")
     model.call("GET", "/nope")
+    model.post({"x": "not a list"})
+    model.call("POST", "/healthz")
 
     lines = model.log.getvalue().decode().splitlines()
 
-    assert [line.rsplit(" ", 1)[0] for line in lines] == ["POST / 200", "GET /nope 404"]
+    assert [line.rsplit(" ", 1)[0] for line in lines] == [
+        "GET /nope 404",
+        "POST / 422",
+        "POST /healthz 405",
+    ]
     assert all(line.endswith("us") and line.rsplit(" ", 1)[1][:-2].isdigit() for line in lines)
+
+
+@pytest.mark.parametrize(("every", "logged"), [(1, 6), (3, 2)])
+def test_all_or_one_in_n_requests_are_logged_when_asked_health_checks_never(
+    tmp_path: Path, every: int, logged: int
+) -> None:
+    path = write_node(
+        tmp_path,
+        COUNTER_CODE,
+        {"step": "int"},
+        {"count": "int", "total": "int"},
+        checkpoint={"count": 0},
+    )
+    with serving(path, every=every) as counter:
+        for _ in range(6):
+            assert counter.post({"step": 1})[0] == 200
+            assert counter.call("GET", "/healthz")[0] == 200
+        assert counter.call("GET", "/nope")[0] == 404
+        lines = counter.log.getvalue().decode().splitlines()
+
+    assert [line.rsplit(" ", 1)[0] for line in lines] == ["POST / 200"] * logged + ["GET /nope 404"]
+
+
+@pytest.mark.parametrize(
+    ("setting", "every"), [("errors", ERRORS_ONLY), ("all", 1), ("ALL", 1), ("100", 100)]
+)
+def test_the_access_log_setting(setting: str, every: int) -> None:
+    assert access_every(setting) == every
+
+
+@pytest.mark.parametrize("setting", ["0", "-1", "some", ""])
+def test_a_bad_access_log_setting_says_what_is_expected(setting: str) -> None:
+    with pytest.raises(ValueError, match="expected errors, all, or a number N"):
+        access_every(setting)
 
 
 # -- start-up errors ----------------------------------------------------------------------
@@ -726,7 +776,7 @@ def test_the_command_serves_until_sigterm(tmp_path: Path) -> None:
         checkpoint={"count": 10},
     )
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "GITOPS_NODES_ACCESS_LOG": "all"}
     process = subprocess.Popen(
         [*command(path, port), "--host", "127.0.0.1"],
         stdout=subprocess.PIPE,

@@ -12,6 +12,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 VERSION = os.environ.get("MODEL_VERSION", "1")
 THRESHOLD = float(os.environ.get("THRESHOLD", "0.0"))
+# Every request logged would fill the disk of a server that runs for months: errors only,
+# unless ACCESS_LOG=all (and never the balancers' health checks, a few every second).
+LOG_ALL = os.environ.get("ACCESS_LOG", "errors") == "all"
 LEXICON = {
     "good": 1.0,
     "great": 2.0,
@@ -64,6 +67,11 @@ class Handler(BaseHTTPRequestHandler):
             self._send(422, {"error": 'expected a JSON body {"text": "..."}'})
             return
         self._send(200, predict(str(text)))
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        status = code if isinstance(code, int) else 0
+        if status >= 400 or (LOG_ALL and self.path != "/healthz"):
+            super().log_request(code, size)
 
     def log_message(self, format: str, *args: object) -> None:
         print(f"{self.address_string()} {format % args}", flush=True)
