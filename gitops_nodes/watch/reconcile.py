@@ -265,7 +265,7 @@ class Reconciler:
         return self.runtime
 
     def _record(self, outcome: ReconcileResult) -> ReconcileResult:
-        self.last = outcome
+        previous, self.last = self.last, outcome
         if not outcome.ok:
             self.last_error = outcome
             self.refused.pop(outcome.revision, None)  # re-inserted: the newest
@@ -281,7 +281,14 @@ class Reconciler:
             )
         else:
             self.refused.pop(outcome.revision, None)
-            quiet = outcome.outcome == "unchanged"
+            # A poll that finds the same revision unchanged again is noise; the first look at
+            # a revision (after a start, a new commit or a failure) says at info what is live.
+            quiet = (
+                outcome.outcome == "unchanged"
+                and previous is not None
+                and previous.ok
+                and previous.revision == outcome.revision
+            )
             (log.debug if quiet else log.info)(
                 "reconcile of %s %s: %d steps in %.2fs",
                 outcome.revision[:12],
