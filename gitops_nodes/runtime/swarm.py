@@ -161,16 +161,20 @@ class SwarmRuntime(DockerRuntime):
         if task is None or _task_project(task) != project:
             return None
         owner = self._owner_of(str(task.get("ServiceID", "")))
+        if owner is None:
+            return None  # its service is gone (destroy removed it): the task goes with it
         found = task_instances(name.split(".", 1)[0], [task], network_name(project), owner)
         return found[0] if found else None
 
-    def _owner_of(self, service_id: str) -> str:
-        """The owner label of a service, which its tasks belong to; read once per service (a
-        service's owner changes only when another state directory adopts it)."""
+    def _owner_of(self, service_id: str) -> str | None:
+        """The owner label of a service, which its tasks belong to ("" when unlabelled), or
+        None when the service no longer exists; read once per service (a service's owner
+        changes only when another state directory adopts it)."""
         if service_id not in self.owners:
             current = self._service(service_id) if service_id else None
-            labels_now = (current["Spec"].get("Labels") or {}) if current else {}
-            self.owners[service_id] = labels_now.get(labels.OWNER, "")
+            if current is None:
+                return None
+            self.owners[service_id] = (current["Spec"].get("Labels") or {}).get(labels.OWNER, "")
         return self.owners[service_id]
 
     def probe_instance(self, instance: LiveInstance, health: HealthSettings) -> Probe:
