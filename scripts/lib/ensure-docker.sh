@@ -47,30 +47,13 @@ wait_for_dpkg() {
     done
 }
 
-apt_get() {
-    local out
-    out=$(mktemp)
-    if ! DEBIAN_FRONTEND=noninteractive apt-get -q -o DPkg::Lock::Timeout="$LOCK_WAIT_S" "$@" >"$out" 2>&1; then
-        tail -n 20 "$out" >&2
-        rm -f "$out"
-        return 1
-    fi
-    rm -f "$out"
-}
+# shellcheck source=apt.sh
+source "$(dirname "${BASH_SOURCE[0]}")/apt.sh"
 
 install_docker() {
     local t0
     t0=$(now)
-    # 'apt-get update' only when the package lists do not know docker.io yet.
-    if ! apt-cache show --no-all-versions docker.io >/dev/null 2>&1; then
-        apt_get update || die "apt-get update failed"
-    fi
-    if ! apt_get install -y --no-install-recommends docker.io; then
-        # Stale package lists (404 from the mirror): refresh once and retry.
-        say "install failed; refreshing package lists and retrying"
-        apt_get update || die "apt-get update failed"
-        apt_get install -y --no-install-recommends docker.io || die "apt-get install docker.io failed"
-    fi
+    apt_install docker.io
     say "installed docker.io in $(elapsed "$t0")"
 }
 

@@ -26,25 +26,10 @@ if [[ $(id -u) -ne 0 ]]; then
   (Debian/Ubuntu), or put both binaries (from prometheus.io) on PATH"
 fi
 
-apt_get() {
-    local out
-    out=$(mktemp)
-    if ! DEBIAN_FRONTEND=noninteractive apt-get -q -o DPkg::Lock::Timeout="$LOCK_WAIT_S" "$@" >"$out" 2>&1; then
-        tail -n 20 "$out" >&2
-        rm -f "$out"
-        return 1
-    fi
-    rm -f "$out"
-}
+# shellcheck source=apt.sh
+source "$(dirname "${BASH_SOURCE[0]}")/apt.sh"
 
 t0=$(now)
-if ! apt-cache show --no-all-versions "${PACKAGES[@]}" >/dev/null 2>&1; then
-    apt_get update || die "apt-get update failed"
-fi
-if ! apt_get install -y --no-install-recommends "${PACKAGES[@]}"; then
-    say "install failed; refreshing package lists and retrying"
-    apt_get update || die "apt-get update failed"
-    apt_get install -y --no-install-recommends "${PACKAGES[@]}" || die "apt-get install ${PACKAGES[*]} failed"
-fi
+apt_install "${PACKAGES[@]}"
 missing && die "installed ${PACKAGES[*]}, but prometheus or promtool is still not on PATH"
 say "installed ${PACKAGES[*]} (prometheus, promtool) in $(elapsed "$t0")"
