@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -40,6 +40,9 @@ from balancer.table import (
     write_table,
 )
 from tests.waiting import wait_until
+
+if TYPE_CHECKING:
+    from tests.balancer.served import ServeProcess
 
 HOST = "127.0.0.1"
 BACKEND_SCRIPT = Path(__file__).with_name("backend.py")
@@ -418,3 +421,22 @@ def make_balancer(tmp_path: Path) -> Iterator[Callable[..., BalancerHarness]]:
 @pytest.fixture
 def balancer(make_balancer: Callable[..., BalancerHarness]) -> BalancerHarness:
     return make_balancer()
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Callable[..., ServeProcess]]:
+    """Start `gitops-nodes serve` processes; each is stopped (SIGTERM, then killed) at teardown."""
+    from tests.balancer.served import ServeProcess  # served.py imports this module's helpers
+
+    started: list[ServeProcess] = []
+
+    def start(*args: str) -> ServeProcess:
+        number = len(started)
+        process = ServeProcess(tmp_path / f"state{number}", tmp_path / f"serve{number}.log", args)
+        started.append(process)
+        process.start()
+        return process
+
+    yield start
+    for process in started:
+        process.stop()

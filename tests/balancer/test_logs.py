@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
@@ -16,22 +15,6 @@ from tests.balancer.conftest import BackendProcess, alias, node
 from tests.balancer.served import ServeProcess, fresh_get
 from tests.loglines import access_records, json_lines, text_lines
 from tests.waiting import wait_until
-
-
-@pytest.fixture
-def serve(tmp_path: Path) -> Iterator[Callable[..., ServeProcess]]:
-    started: list[ServeProcess] = []
-
-    def start(*args: str) -> ServeProcess:
-        number = len(started)
-        process = ServeProcess(tmp_path / f"state{number}", tmp_path / f"serve{number}.log", args)
-        started.append(process)
-        process.start()
-        return process
-
-    yield start
-    for process in started:
-        process.stop()
 
 
 def exercise(served: ServeProcess, backend: BackendProcess) -> None:

@@ -33,23 +33,6 @@ from tests.waiting import wait_until
 WORKERS = 3
 
 
-@pytest.fixture
-def serve(tmp_path: Path) -> Iterator[Callable[..., ServeProcess]]:
-    """Start `gitops-nodes serve` processes; each is stopped (SIGTERM, then killed) at teardown."""
-    started: list[ServeProcess] = []
-
-    def start(*args: str) -> ServeProcess:
-        number = len(started)
-        process = ServeProcess(tmp_path / f"state{number}", tmp_path / f"serve{number}.log", args)
-        started.append(process)
-        process.start()
-        return process
-
-    yield start
-    for process in started:
-        process.stop()
-
-
 class Prometheus:
     """A Prometheus server on loopback scraping one target, and its query API."""
 
