@@ -22,6 +22,19 @@ class Transport:
         return ("10.1.2.3", 5555)
 
 
+class CapturingClient(ClientConnection):
+    """A client connection that keeps the requests it would send instead of sending them."""
+
+    __slots__ = ("prepared",)
+
+    def __init__(self, proxy: Proxy) -> None:
+        super().__init__(proxy)
+        self.prepared: list[Request] = []
+
+    def start(self, request: Request) -> None:
+        self.prepared.append(request)
+
+
 def head_for(raw: bytes) -> bytes:
     table = RoutingTable(
         1,
@@ -31,12 +44,10 @@ def head_for(raw: bytes) -> bytes:
     loop = asyncio.new_event_loop()
     try:
         proxy = Proxy(loop, Router(table, Backends()), Affinity(), Metrics())
-        client = ClientConnection(proxy)
+        client = CapturingClient(proxy)
         client.connection_made(Transport())
-        prepared: list[Request] = []
-        client.start = prepared.append  # type: ignore[method-assign]  # capture, do not send
         client.data_received(raw)
-        return prepared[0].head
+        return client.prepared[0].head
     finally:
         loop.close()
 
@@ -106,10 +117,9 @@ def test_a_repeated_head_is_decided_once_per_route(monkeypatch: Any) -> None:
     loop = asyncio.new_event_loop()
     try:
         proxy = Proxy(loop, Router(table, Backends()), Affinity(), Metrics())
-        client = ClientConnection(proxy)
+        client = CapturingClient(proxy)
         client.connection_made(Transport())
-        prepared: list[Request] = []
-        client.start = prepared.append  # type: ignore[method-assign]
+        prepared = client.prepared
         for _ in range(4):  # the parser's path once, then the remembered head
             client.data_received(raw)
         proxy.router = Router(table, Backends())  # a swap: new routes, decided anew
