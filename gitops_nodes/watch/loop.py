@@ -24,6 +24,7 @@ from starlette.routing import Route
 
 from balancer.server import Balancer, ServeOptions
 from gitops_nodes.errors import GitopsNodesError
+from gitops_nodes.watch.memory import give_back_free_memory
 from gitops_nodes.watch.reconcile import Reconciler, ReconcileResult, RolloutRun
 from gitops_nodes.watch.source import Revision, Source
 
@@ -129,6 +130,7 @@ class WatchLoop:
                 break
             reasons, self.reasons = self.reasons, set()
             await self._reconcile(reasons)
+            await self.loop.run_in_executor(None, give_back_free_memory)
         self.thread_stop.set()
         if self.rollout_task is not None:
             tasks.append(self.rollout_task)  # a rollout stops where it is, at a published step
