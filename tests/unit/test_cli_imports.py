@@ -65,11 +65,10 @@ def test_version_and_help_load_almost_nothing() -> None:
 
 
 def test_the_check_would_notice_a_heavy_import() -> None:
-    # the probe sees what a command that does need the graph loads (plan of a bad path fails
-    # after its imports would have run: schema is a command that loads pydantic instead)
-    loaded = _modules_after(["schema"])
-    assert "pydantic" in loaded
-    assert "networkx" in _loaded_by_import("gitops_nodes.plan")
+    # the probes see what is loaded: a command that needs pydantic (schema), and the module
+    # a command that needs the engine imports
+    assert "pydantic" in _modules_after(["schema"])
+    assert "docker" in _loaded_by_import("gitops_nodes.runtime.docker")
 
 
 def _loaded_by_import(module: str) -> set[str]:
@@ -96,3 +95,23 @@ def test_the_clis_copies_of_names_match_their_owners() -> None:
         ADMIN_TOKEN_ENV,
         ADMIN_TOKEN_FILE_ENV,
     )
+
+
+def test_a_plan_with_nothing_to_do_does_not_load_networkx() -> None:
+    # the graph library is what a plan with steps is walked with; a no-op plan (what CI and
+    # watch make all day) has none, and pays nothing for it
+    code = (
+        "import json, sys\n"
+        "from pathlib import Path\n"
+        "from gitops_nodes.live import LiveState\n"
+        "from gitops_nodes.plan import make_plan\n"
+        "from gitops_nodes.spec.state import DesiredState\n"
+        "plan = make_plan('p', DesiredState(Path('.'), {}, {}), LiveState(project='p'))\n"
+        "assert plan.empty and plan.steps() == [] and plan.to_json()['steps'] == []\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert "networkx" not in json.loads(result.stdout)
