@@ -219,7 +219,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = command("apply", "Make the live state match the spec (or a plan saved with -out).")
     sub.add_argument("path", nargs="?", default=".", type=_path_arg, help="a repo folder or a plan")
     project_options(sub)
-    sub.add_argument("--parallelism", type=int, default=4, help="steps run at once (default 4)")
+    sub.add_argument("--parallelism", type=int, default=8, help="steps run at once (default 8)")
     sub.add_argument(
         "--drain-timeout",
         type=float,
