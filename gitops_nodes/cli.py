@@ -3,37 +3,51 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
-import logging
 import os
-import signal
 import sys
-from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from balancer.access import ADMIN_TOKEN_ENV, ADMIN_TOKEN_FILE_ENV, AccessConfigError, admin_guard
-from balancer.proxy import ProxySettings
-from balancer.settings import SettingsError, parse_trusted_proxies
-from balancer.table import RoutingTable
-from gitops_nodes import __version__, logs, nodelogs, workflow
-from gitops_nodes.apply import ApplyOptions, ApplyReport, Outcome, StepResult
+from gitops_nodes import __version__
 from gitops_nodes.errors import GitopsNodesError
-from gitops_nodes.guards import check_not_empty
-from gitops_nodes.live import LiveState
-from gitops_nodes.plan import OTHER_OWNER, Plan, make_plan
-from gitops_nodes.render import render_json, render_text
-from gitops_nodes.runtime.base import Runtime
-from gitops_nodes.runtime.select import connect, runtime_name
-from gitops_nodes.spec.errors import SpecErrors
-from gitops_nodes.spec.schema import schema_text
-from gitops_nodes.spec.settings import RUNTIMES, Settings, load_repository, load_settings
-from gitops_nodes.spec.state import DesiredState
-from gitops_nodes.statedir import StateDir, clean_state
+
+# Start-up time is every command's floor (`--version` and `validate` included), so this module
+# imports only argparse and the errors at load: each command imports what it uses (Docker,
+# networkx, pydantic models, the balancer) inside its own function. tests/unit/test_cli_imports.py
+# holds the line.
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from balancer.settings import ProxySettings
+    from balancer.table import RoutingTable
+    from gitops_nodes import workflow
+    from gitops_nodes.apply import ApplyReport, StepResult
+    from gitops_nodes.live import LiveState
+    from gitops_nodes.plan import Plan
+    from gitops_nodes.runtime.base import Runtime
+    from gitops_nodes.spec.settings import Settings
+    from gitops_nodes.spec.state import DesiredState
+    from gitops_nodes.statedir import StateDir
+
+# The names of the runtimes `--runtime` takes (spec/settings.py's RUNTIMES; a unit test
+# keeps the two equal) and of the admin key's variables (balancer/access.py's), here so that
+# building the parser imports neither pydantic nor the balancer.
+RUNTIMES = ("docker", "swarm")
+ADMIN_TOKEN_ENV = "GITOPS_NODES_ADMIN_TOKEN"
+ADMIN_TOKEN_FILE_ENV = "GITOPS_NODES_ADMIN_TOKEN_FILE"
+
+
+class _ClientLimits:
+    """The data plane's client limits' defaults (balancer/settings.py's ProxySettings, which a
+    unit test keeps these equal to), for `serve` and `watch`'s options and their help."""
+
+    header_timeout = 10.0
+    max_head = 32 * 1024
+    max_headers = 100
+    max_clients = 10_000
+
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
-
-log = logging.getLogger("gitops_nodes.cli")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,10 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         if argv is None and getattr(args, "exit_at_once", False):
             _exit_at_once(code)
         return code
-    except SpecErrors as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    except GitopsNodesError as exc:
+    except GitopsNodesError as exc:  # SpecErrors too: every problem, one per line
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
@@ -61,6 +72,9 @@ def _exit_at_once(code: int) -> None:
     reports removed) when they return, and tearing down the heap of a process that served
     for hours takes longer than the second Ctrl-C and SIGTERM are promised in (R-stop;
     0.3 to 0.8 s measured on an idle machine, more under load)."""
+    import contextlib
+    import logging
+
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):
@@ -144,7 +158,7 @@ def _parser() -> argparse.ArgumentParser:
             metavar="SECONDS",
             help="idle client connections (each node's endpoint.idleTimeout: its instances')",
         )
-        limits = ProxySettings()
+        limits = _ClientLimits
         sub.add_argument(
             "--header-timeout",
             type=float,
@@ -205,7 +219,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = command("apply", "Make the live state match the spec (or a plan saved with -out).")
     sub.add_argument("path", nargs="?", default=".", type=_path_arg, help="a repo folder or a plan")
     project_options(sub)
-    sub.add_argument("--parallelism", type=int, default=4, help="steps run at once (default 4)")
+    sub.add_argument("--parallelism", type=int, default=8, help="steps run at once (default 8)")
     sub.add_argument(
         "--drain-timeout",
         type=float,
@@ -293,6 +307,8 @@ def _empty_guard(
     """The check that refuses an empty spec over live nodes, unless --allow-empty."""
 
     def check(plan: Plan, live: LiveState) -> None:
+        from gitops_nodes.guards import check_not_empty
+
         if not args.allow_empty:
             check_not_empty(desired, live, "pass --allow-empty")
 
@@ -313,6 +329,9 @@ def _text_arg(text: str) -> str:
 
 
 def _context(args: argparse.Namespace, path: Path) -> tuple[str, StateDir]:
+    from gitops_nodes import workflow
+    from gitops_nodes.statedir import StateDir
+
     project = args.project or workflow.project_name(path)
     base = args.state_dir
     return project, StateDir.for_project(project, base)
@@ -320,15 +339,21 @@ def _context(args: argparse.Namespace, path: Path) -> tuple[str, StateDir]:
 
 def _settings(root: Path) -> Settings:
     """The settings file of the repo at root; the defaults where there is no repo folder."""
+    from gitops_nodes.spec.settings import Settings, load_settings
+
     return load_settings(root) if root.is_dir() else Settings()
 
 
 def _runtime(args: argparse.Namespace, root: Path, saved: str | None = None) -> Runtime:
+    from gitops_nodes.runtime.select import connect, runtime_name
+
     settings = _settings(root)
     return connect(runtime_name(args.runtime or saved, settings), settings)
 
 
 def _validate(args: argparse.Namespace) -> int:
+    from gitops_nodes.spec.settings import load_repository
+
     desired, _ = load_repository(args.path)  # the settings' errors are the spec's errors
     print(
         f"The spec is valid: {_count(len(desired.nodes), 'node')} and "
@@ -357,6 +382,11 @@ def _count(number: int, noun: str) -> str:
 
 
 def _plan(args: argparse.Namespace) -> int:
+    from gitops_nodes import workflow
+    from gitops_nodes.plan import make_plan
+    from gitops_nodes.render import render_json, render_text
+    from gitops_nodes.spec.settings import load_repository
+
     if args.out:
         _check_plan_target(args.out)  # before any work, and before the plan is printed
     desired, _ = load_repository(args.path)
@@ -412,6 +442,10 @@ def _check_plan_target(out: Path) -> None:
 
 
 def _apply(args: argparse.Namespace) -> int:
+    from gitops_nodes import workflow
+    from gitops_nodes.apply import ApplyOptions
+    from gitops_nodes.statedir import StateDir
+
     desired, saved = workflow.load_for_apply(args.path)
     project, state = _context(args, desired.root)
     if saved is not None:
@@ -435,6 +469,10 @@ def _apply(args: argparse.Namespace) -> int:
 
 
 def _destroy(args: argparse.Namespace) -> int:
+    from gitops_nodes import workflow
+    from gitops_nodes.plan import OTHER_OWNER
+    from gitops_nodes.statedir import clean_state
+
     project, state = _context(args, args.path)
     runtime = _runtime(args, args.path)
     run = workflow.apply(
@@ -469,6 +507,11 @@ def _destroy(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    import json
+
+    from gitops_nodes import workflow
+    from gitops_nodes.spec.settings import load_repository
+
     desired = load_repository(args.path, read_keys=False)[0] if args.path else None
     project, state = _context(args, args.path or Path.cwd())
     view = workflow.status(_runtime(args, args.path or Path.cwd()), project, state, desired)
@@ -501,6 +544,8 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _print_left_alone(view: workflow.StatusView) -> None:
+    from gitops_nodes.plan import OTHER_OWNER
+
     for name in view.left_alone:
         print(f"container {name}: {OTHER_OWNER}")
 
@@ -525,6 +570,10 @@ def _print_watch(state: StateDir) -> None:
 
 
 def _logs(args: argparse.Namespace) -> int:
+    import signal
+
+    from gitops_nodes import nodelogs
+
     if args.tail is not None and args.tail < 0:
         raise GitopsNodesError(f"--tail: expected a number of lines, 0 or more, got {args.tail}")
     project, state = _context(args, Path.cwd())
@@ -552,7 +601,11 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import logging
+
     from balancer.server import ServeOptions, run
+    from gitops_nodes import logs
+    from gitops_nodes.runtime.select import runtime_name
 
     _, state = _context(args, args.path)
     if runtime_name(args.runtime, _settings(args.path)) == "swarm":
@@ -568,7 +621,7 @@ def _serve(args: argparse.Namespace) -> int:
     )
     settings = _proxy_settings(args)
     # A log record rather than a print: under --log-format json every line is an object.
-    log.info(
+    logging.getLogger("gitops_nodes.cli").info(
         "serving %s on http://%s:%d (control plane: http://%s:%d/-/status), %d worker(s)",
         state.table,
         args.host,
@@ -583,6 +636,8 @@ def _serve(args: argparse.Namespace) -> int:
 def _admin_token(args: argparse.Namespace) -> str | None:
     """The admin port's key, from GITOPS_NODES_ADMIN_TOKEN or the file GITOPS_NODES_ADMIN_TOKEN_FILE
     names; checked here so that a missing or weak one stops the command before it listens."""
+    from balancer.access import AccessConfigError, admin_guard
+
     token = os.environ.get(ADMIN_TOKEN_ENV, "").strip() or None
     path = os.environ.get(ADMIN_TOKEN_FILE_ENV) or None
     if token is not None and path is not None:
@@ -603,6 +658,8 @@ def _admin_token(args: argparse.Namespace) -> str | None:
 
 
 def _proxy_settings(args: argparse.Namespace) -> ProxySettings:
+    from balancer.settings import ProxySettings, SettingsError, parse_trusted_proxies
+
     try:
         trusted = parse_trusted_proxies(args.trusted_proxies)
     except SettingsError as exc:
@@ -622,10 +679,15 @@ def _proxy_settings(args: argparse.Namespace) -> ProxySettings:
 
 def _watch(args: argparse.Namespace) -> int:
     import asyncio
+    import logging
+    import signal
 
     from balancer.server import Balancer, ServeOptions, new_loop
+    from gitops_nodes import logs, workflow
     from gitops_nodes.runtime.docker import follow_events
+    from gitops_nodes.runtime.select import connect, runtime_name
     from gitops_nodes.spec.models import parse_duration
+    from gitops_nodes.statedir import StateDir
     from gitops_nodes.watch.loop import WatchLoop
     from gitops_nodes.watch.reconcile import Reconciler
     from gitops_nodes.watch.source import open_source
@@ -696,7 +758,7 @@ def _watch(args: argparse.Namespace) -> int:
         else f"serving http://{args.host}:{args.port}"
     )
     # A log record rather than a print: under --log-format json every line is an object.
-    log.info(
+    logging.getLogger("gitops_nodes.cli").info(
         "watching %s as project %s on %s; %s (control plane: http://%s:%d/-/status)",
         source.describe(),
         project,
@@ -713,17 +775,23 @@ def _watch(args: argparse.Namespace) -> int:
 
 
 def _schema(args: argparse.Namespace) -> int:
+    from gitops_nodes.spec.schema import schema_text
+
     print(schema_text(), end="")
     return EXIT_OK
 
 
 def _print_plan(plan: Plan) -> None:
+    from gitops_nodes.render import render_text
+
     print(render_text(plan.to_json()), end="", flush=True)
     if not plan.empty:
         print()
 
 
 def _print_result(result: StepResult) -> None:
+    from gitops_nodes.apply import Outcome
+
     mark = {Outcome.DONE: "ok", Outcome.FAILED: "FAILED", Outcome.NOT_STARTED: "not started"}
     if result.outcome is Outcome.NOT_STARTED:
         return
@@ -734,6 +802,8 @@ def _print_result(result: StepResult) -> None:
 
 
 def _print_report(report: ApplyReport, verb: str) -> int:
+    from gitops_nodes.apply import Outcome
+
     done = report.with_outcome(Outcome.DONE)
     failed = report.with_outcome(Outcome.FAILED)
     skipped = report.with_outcome(Outcome.NOT_STARTED)

@@ -22,10 +22,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import cached_property
 from types import MappingProxyType
 from typing import Any, NamedTuple
-
-import networkx as nx
 
 from gitops_nodes.diff import Action, AliasChange, Diff, InstanceChange, NodeChange, diff
 from gitops_nodes.gcpause import gc_paused
@@ -99,12 +98,24 @@ class Plan:
 
     project: str
     diff: Diff
-    graph: Any  # a frozen networkx.DiGraph of step ids; an edge means "after"
     step_by_id: Mapping[str, PlanStep]
     spec_digest: str
     live_digest: str
     # The project's containers another state directory owns: the plan never touches them.
     left_alone: tuple[LiveInstance, ...] = ()
+    edges: tuple[tuple[str, str], ...] = ()  # (before, after) step ids
+
+    @cached_property
+    def graph(self) -> Any:
+        """The steps as a frozen networkx.DiGraph of step ids; an edge means "after". Made
+        when first asked for (make_plan asks when there are steps): a plan with nothing to do
+        never imports networkx, which is a good part of a no-op `plan`'s start-up."""
+        import networkx as nx
+
+        graph = nx.DiGraph()
+        graph.add_nodes_from(self.step_by_id)
+        graph.add_edges_from(self.edges)
+        return nx.freeze(graph)
 
     @property
     def empty(self) -> bool:
@@ -113,6 +124,10 @@ class Plan:
     def steps(self) -> list[PlanStep]:
         """Every step in a deterministic order that respects the dependencies."""
         by_id = self.step_by_id
+        if not by_id:
+            return []
+        import networkx as nx
+
         order = nx.lexicographical_topological_sort(
             self.graph, key=lambda step_id: (_STEP_ORDER[by_id[step_id].step], step_id)
         )
@@ -174,16 +189,19 @@ def make_plan(project: str, desired: DesiredState, live: LiveState) -> Plan:
     with gc_paused():
         changes = diff(desired, live)
         builder = _Builder(changes)
-        graph = builder.build()
-        return Plan(
+        builder.build()
+        plan = Plan(
             project,
             changes,
-            nx.freeze(graph),
             MappingProxyType(builder.steps),
             desired.digest(),
             live.digest([n.build.tag for n in desired.nodes.values() if n.build is not None]),
             live.foreign,
+            tuple(builder.edges),
         )
+        if builder.steps:
+            _ = plan.graph  # built here, where planning's cost is measured
+        return plan
 
 
 class _Builder:
@@ -202,15 +220,11 @@ class _Builder:
         self.edges.extend((before, step.id) for before in after if before is not None)
         return step.id
 
-    def build(self) -> Any:
+    def build(self) -> None:
         for change in self.changes.nodes:
             self._node(change)
         for alias in self.changes.aliases:
             self._alias(alias)
-        graph = nx.DiGraph()
-        graph.add_nodes_from(self.steps)
-        graph.add_edges_from(self.edges)
-        return graph
 
     def _node(self, change: NodeChange) -> None:
         name = change.name

@@ -6,7 +6,7 @@ import json
 import re
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
@@ -17,8 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from balancer.table import HealthSettings, RoutingTable, TableError, read_table
 from gitops_nodes.apply import Applier, ApplyOptions, ApplyReport, StepResult
 from gitops_nodes.errors import GitopsNodesError, PlanFileError, StalePlan
-from gitops_nodes.health import instance_status, node_status
-from gitops_nodes.live import UNLABELLED, LiveState
+from gitops_nodes.health import Probe, instance_status, node_status
+from gitops_nodes.live import UNLABELLED, LiveInstance, LiveState
 from gitops_nodes.plan import PLAN_FORMAT, Plan, PlanStep, make_plan
 from gitops_nodes.runtime.base import Runtime
 from gitops_nodes.spec.settings import load_repository
@@ -26,6 +26,11 @@ from gitops_nodes.spec.state import DesiredState
 from gitops_nodes.statedir import StateDir, ensure_ownership, read_ownership
 
 LOCK_TIMEOUT = 600.0
+# `status` probes every running instance at once (up to STATUS_PROBES at a time), each within
+# its check's own timeout but never longer than STATUS_DEADLINE: one slow or silent instance
+# costs the command this much once, not its timeout once per instance.
+STATUS_DEADLINE = 2.0
+STATUS_PROBES = 64
 SUSPENDED = "Suspended"  # a node's status (and its stopped instances') while suspended
 
 
@@ -277,6 +282,33 @@ class StatusView:
         }
 
 
+def _probe_all(
+    runtime: Runtime, instances: list[LiveInstance], health: Callable[[str], HealthSettings]
+) -> dict[str, Probe]:
+    """One probe of each instance, all at once, within STATUS_DEADLINE; an instance whose
+    probe has not answered by then is reported as such."""
+    if not instances:
+        return {}
+    pool = ThreadPoolExecutor(max_workers=min(STATUS_PROBES, len(instances)))
+    try:
+        futures: dict[str, Future[Probe]] = {
+            i.name: pool.submit(
+                runtime.probe_instance,
+                i,
+                replace(check, timeout=min(check.timeout, STATUS_DEADLINE)),
+            )
+            for i in instances
+            for check in (health(i.node),)
+        }
+        wait(futures.values(), timeout=STATUS_DEADLINE + 0.5)
+        late = Probe(False, False, f"no answer to its check within {STATUS_DEADLINE:g}s")
+        return {
+            name: future.result() if future.done() else late for name, future in futures.items()
+        }
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
 def status(
     runtime: Runtime, project: str, state: StateDir, desired: DesiredState | None
 ) -> StatusView:
@@ -294,14 +326,7 @@ def status(
         return 1, HealthSettings()
 
     running = [i for i in live.instances if i.state == "running" and i.port]
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        probes = dict(
-            zip(
-                [i.name for i in running],
-                pool.map(lambda i: runtime.probe_instance(i, health_for(i.node)[1]), running),
-                strict=True,
-            )
-        )
+    probes = _probe_all(runtime, running, lambda node: health_for(node)[1])
     now = time.time()
     nodes = []
     for name in names:

@@ -151,6 +151,9 @@ class DockerRuntime:
                 "no Docker engine answers "
                 f"({exc}); start one (as root: scripts/lib/ensure-docker.sh) or set DOCKER_HOST"
             ) from exc
+        # Images this runtime saw on the engine: a node's instances all use one, and asking
+        # the engine again for each of them is a round trip per create for nothing.
+        self.present: set[str] = set()
 
     def list_instances(self, project: str) -> list[LiveInstance]:
         try:
@@ -246,6 +249,8 @@ class DockerRuntime:
     def _create_instance(
         self, project: str, node: DesiredNode, index: int, owner: str
     ) -> LiveInstance:
+        """Create and start one instance; it is what was asked for (its labels and the ports
+        chosen here), so it is not read back from the engine."""
         config = node.config
         name = f"{project}-{node.name}-{index}-{secrets.token_hex(3)}"
         # A python node also serves on a Unix socket in a folder shared with this host, which
@@ -257,12 +262,13 @@ class DockerRuntime:
         ports = [config.port]
         if config.telemetry_port is not None:
             ports.append(config.telemetry_port)  # for the balancer's scrape, on loopback too
+        # Host ports are chosen here, not left to Docker: a port Docker picks is picked again
+        # when the container restarts (after a crash, or with the engine), usually a
+        # different one, and the routing table would point at the old one until the next
+        # apply. A port named here is the container's for its whole life.
+        published = {port: free_loopback_port() for port in ports}
         host_config = self.api.create_host_config(
-            # Host ports are chosen here, not left to Docker: a port Docker picks is picked
-            # again when the container restarts (after a crash, or with the engine), usually
-            # a different one, and the routing table would point at the old one until the
-            # next apply. A port named here is the container's for its whole life.
-            port_bindings={port: (LOOPBACK, free_loopback_port()) for port in ports},
+            port_bindings={port: (LOOPBACK, host) for port, host in published.items()},
             restart_policy={"Name": "unless-stopped"},
             nano_cpus=int(config.cpus * 1e9) if config.cpus else None,
             mem_limit=config.memory,
@@ -294,6 +300,7 @@ class DockerRuntime:
             )
         except ENGINE_ERRORS as exc:
             _remove_folder(folder)
+            self.present.discard(config.image)  # removed since it was seen? ask again next time
             raise engine_error(f"creating {name} failed: {exc}", exc) from exc
         try:
             self.api.start(created["Id"])
@@ -303,9 +310,9 @@ class DockerRuntime:
             if PORT_TAKEN.search(str(exc)):
                 raise PortTaken(name) from exc  # taken since it was chosen: choose again
             raise engine_error(f"starting {name} failed", exc) from exc
-        live = self.inspect_instance(project, name)
-        if live is None:
-            raise RuntimeFailure(f"{name} vanished right after it was started")
+        live = _instance(name, instance_labels, "running", published, time.time())
+        if live is None:  # our own labels always make one
+            raise RuntimeFailure(f"{name}: its labels do not describe an instance")
         return live
 
     def start_instance(self, project: str, name: str) -> LiveInstance:
@@ -397,6 +404,7 @@ class DockerRuntime:
             for tag in image_names(image):
                 try:
                     self.api.remove_image(tag)
+                    self.present.discard(tag)
                     removed.append(tag)
                 except (NotFound, ImageNotFound):
                     continue
@@ -422,8 +430,11 @@ class DockerRuntime:
         )
 
     def _ensure_image(self, reference: str) -> None:
+        if reference in self.present:
+            return
         try:
             self.api.inspect_image(reference)
+            self.present.add(reference)
             return
         except ImageNotFound:
             pass
@@ -431,6 +442,7 @@ class DockerRuntime:
             raise engine_error(f"inspecting image {reference} failed: {exc}", exc) from exc
         try:
             self.client.images.pull(reference)
+            self.present.add(reference)
         except ENGINE_ERRORS as exc:
             raise engine_error(
                 f"image {reference} is not on this host and pulling it failed", exc
