@@ -11,6 +11,7 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from balancer.access import ADMIN_TOKEN_ENV, ADMIN_TOKEN_FILE_ENV, AccessConfigError, admin_guard
 from balancer.proxy import ProxySettings
@@ -29,7 +30,7 @@ from gitops_nodes.spec.errors import SpecErrors
 from gitops_nodes.spec.schema import schema_text
 from gitops_nodes.spec.settings import RUNTIMES, Settings, load_repository, load_settings
 from gitops_nodes.spec.state import DesiredState
-from gitops_nodes.statedir import StateDir, clean_state
+from gitops_nodes.statedir import StateDir, clean_state, secret_key
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
 
@@ -359,8 +360,8 @@ def _count(number: int, noun: str) -> str:
 def _plan(args: argparse.Namespace) -> int:
     if args.out:
         _check_plan_target(args.out)  # before any work, and before the plan is printed
-    desired, _ = load_repository(args.path)
     project, state = _context(args, args.path)
+    desired, _ = load_repository(args.path, secret_key=lambda: secret_key(state))
     runtime = _runtime(args, args.path)
     live = workflow.observe(runtime, project, state, args.adopt)
     plan = make_plan(project, desired, live)
@@ -412,7 +413,15 @@ def _check_plan_target(out: Path) -> None:
 
 
 def _apply(args: argparse.Namespace) -> int:
-    desired, saved = workflow.load_for_apply(args.path)
+
+    def state_of(root: Path, saved: dict[str, Any] | None) -> StateDir:
+        if saved is not None:
+            return StateDir.for_project(args.project or saved["project"], args.state_dir)
+        return _context(args, root)[1]
+
+    desired, saved = workflow.load_for_apply(
+        args.path, lambda root, saved: lambda: secret_key(state_of(root, saved))
+    )
     project, state = _context(args, desired.root)
     if saved is not None:
         project = args.project or saved["project"]

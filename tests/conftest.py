@@ -79,6 +79,9 @@ def project(docker_client: Any) -> Iterator[str]:
     from gitops_nodes.runtime.docker import project_sockets  # imports the Docker SDK
 
     shutil.rmtree(project_sockets(name), ignore_errors=True)
+    from gitops_nodes.runtime.secretfiles import remove_project_files
+
+    remove_project_files(name)  # instances' secret files, on a tmpfs
 
 
 @pytest.fixture
