@@ -10,6 +10,7 @@ import stat
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pyrage import x25519
@@ -18,6 +19,14 @@ from gitops_nodes.live import LiveState
 from gitops_nodes.plan import make_plan
 from gitops_nodes.render import render_json, render_text, shown_value
 from gitops_nodes.runtime import secretfiles
+from gitops_nodes.runtime.swarm_spec import (
+    ENV_WRAPPER,
+    SECRET_ENV_FOLDER,
+    SecretMount,
+    node_secret_name,
+    node_secret_targets,
+    node_service_spec,
+)
 from gitops_nodes.spec.errors import SpecErrors
 from gitops_nodes.spec.load import load_spec
 from gitops_nodes.spec.secrets import NodeSecrets, SecretValue, secret_digest
@@ -233,3 +242,64 @@ def test_secret_files_are_written_in_a_private_folder_on_a_tmpfs() -> None:
         secretfiles.remove_instance_files("gnt-unit", "gnt-unit-a-0-abc")
         secretfiles.remove_project_files("gnt-unit")
     assert not os.path.exists(source)
+
+
+# -- on a Swarm: Docker secrets, and env values exported by a wrapper -------------------------
+
+
+def _swarm_node(repo: Path) -> Any:
+    return load_spec(repo, secret_key=lambda: KEY).nodes["db-client"]
+
+
+def test_on_a_swarm_every_value_is_a_docker_secret_and_the_spec_holds_none(repo: Path) -> None:
+    found = _swarm_node(repo)
+    targets = node_secret_targets(found)
+    mounts = [
+        SecretMount(f"id{i}", node_secret_name("p", found.name, digest), target)
+        for i, (digest, target, _) in enumerate(targets)
+    ]
+    spec = node_service_spec(
+        "p", found, "img", "p--net", "owner", mounts, (["/entry"], ["serve", "--fast"])
+    )
+    container = spec["TaskTemplate"]["ContainerSpec"]
+
+    assert {t for _, t, _ in targets} == {
+        f"{SECRET_ENV_FOLDER}/FROM_ENV",
+        f"{SECRET_ENV_FOLDER}/FROM_FILE",
+        f"{SECRET_ENV_FOLDER}/FROM_SOPS",
+        "/run/secrets/db",
+    }
+    assert {s["File"]["Name"] for s in container["Secrets"]} == {t for _, t, _ in targets}
+    assert all(s["File"]["Mode"] == 0o444 for s in container["Secrets"])
+    assert container["Env"] == ["PLAIN=visible"]
+    assert container["Command"][:2] == ["/bin/sh", "-c"]
+    assert container["Args"] == ["/entry", "serve", "--fast"]  # what the image would run
+    assert all(len(m.secret_name) <= 63 for m in mounts)
+    text = json.dumps(spec)
+    for value in (ENV_VALUE, FILE_VALUE, SOPS_VALUE):
+        assert value not in text
+
+
+def test_the_swarm_env_wrapper_exports_each_file_then_runs_the_command(tmp_path: Path) -> None:
+    folder = tmp_path / "env"
+    folder.mkdir()
+    (folder / "DB_PASSWORD").write_text("pa ss'$word\n")
+    (folder / "TOKEN").write_text("t0ken")
+    script = ENV_WRAPPER.replace(SECRET_ENV_FOLDER, str(folder))
+    done = subprocess.run(
+        [
+            "/bin/sh",
+            "-c",
+            script,
+            "gitops-nodes-env",
+            "sh",
+            "-c",
+            'printf "%s|%s" "$DB_PASSWORD" "$TOKEN"',
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "pa ss'$word|t0ken"
