@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from pyrage import x25519
 
+from gitops_nodes.cli import main
 from gitops_nodes.spec.sops import find_sops
 from gitops_nodes.statedir import StateDir
 
@@ -38,7 +39,10 @@ def _value(kind: str) -> str:
 class Secrets:
     """The test's secret values, its age keys, and the environment gitops-nodes runs in."""
 
-    def __init__(self, tmp_path: Path, state: StateDir, project: str) -> None:
+    def __init__(
+        self, tmp_path: Path, state: StateDir, project: str, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        self.capsys = capsys
         self.env_value = _value("env")
         self.file_value = _value("file")
         self.sops_value = _value("sops")
@@ -85,13 +89,16 @@ class Secrets:
         assert self.sops_value.encode() not in encrypted
 
     def cli(self, *args: str, **environ: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "gitops_nodes", *args],
-            env={**self.environ, **environ},
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        """The command run in this process (an interpreter's start per command is slow on a
+        busy machine), in the environment it would have, with its output captured."""
+        self.capsys.readouterr()
+        with pytest.MonkeyPatch.context() as patch:
+            for name, value in {**self.environ, **environ}.items():
+                if os.environ.get(name) != value:
+                    patch.setenv(name, value)
+            code = main(list(args))
+        out, err = self.capsys.readouterr()
+        return subprocess.CompletedProcess(list(args), code, out, err)
 
 
 def spec(secrets_: Secrets) -> str:
@@ -107,8 +114,14 @@ def spec(secrets_: Secrets) -> str:
 
 
 @pytest.fixture
-def setup(tmp_path: Path, state: StateDir, project: str, app_repo: Repo) -> Iterator[Any]:
-    found = Secrets(tmp_path, state, project)
+def setup(
+    tmp_path: Path,
+    state: StateDir,
+    project: str,
+    app_repo: Repo,
+    capsys: pytest.CaptureFixture[str],
+) -> Iterator[Any]:
+    found = Secrets(tmp_path, state, project, capsys)
     repo = app_repo(spec(found))
     found.encrypt_into(repo)
     yield found, repo
