@@ -630,6 +630,7 @@ def _assemble(
     first_seen: dict[tuple[str, str], Source] = {}
     late: list[tuple[Source, _Loc, str]] = []
     sops = SopsFiles(root, os.environ)  # each secrets file decrypted once per load
+    digest_key = secret_key or _ephemeral_key()
     for relative, result in results.items():
         for entry in result.entries:
             document = entry.document
@@ -663,9 +664,7 @@ def _assemble(
                     continue
                 if read_keys and has_secrets(document.spec):
                     # Read on every load, never cached with the file, like access keys.
-                    secrets, trouble = resolve_secrets(
-                        document.spec, os.environ, sops, secret_key or _ephemeral_key()
-                    )
+                    secrets, trouble = resolve_secrets(document.spec, os.environ, sops, digest_key)
                     late.extend((source, loc, message) for loc, message in trouble)
                     if secrets is None:
                         continue
