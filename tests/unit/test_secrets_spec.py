@@ -303,3 +303,31 @@ def test_the_swarm_env_wrapper_exports_each_file_then_runs_the_command(tmp_path:
 
     assert done.returncode == 0, done.stderr
     assert done.stdout == "pa ss'$word|t0ken"
+
+
+def test_a_value_turned_secret_shows_neither_side() -> None:
+    from gitops_nodes.diff import _field_changes, node_fields
+    from gitops_nodes.plan import _fields_json
+    from gitops_nodes.spec.hashing import InstanceConfig
+
+    literal = InstanceConfig("img", 80, None, (("DB", "in-the-clear-123"),), None, None)
+    secret = InstanceConfig("img", 80, None, (), None, None, secret_env=(("DB", "d1"),))
+    rotated = InstanceConfig("img", 80, None, (), None, None, secret_env=(("DB", "d2"),))
+
+    (turned,) = _fields_json(
+        _field_changes(node_fields(literal, 1, 1, None), node_fields(secret, 1, 1, None))
+    )
+    (rolled,) = _fields_json(
+        _field_changes(node_fields(secret, 1, 1, None), node_fields(rotated, 1, 1, None))
+    )
+    same = _field_changes(node_fields(secret, 1, 1, None), node_fields(secret, 1, 1, None))
+
+    assert turned == {
+        "field": "env.DB",
+        "before": "(sensitive value)",
+        "after": "(sensitive value)",
+        "forcesReplacement": True,
+        "sensitive": True,
+    }
+    assert rolled["forcesReplacement"] and rolled["sensitive"]
+    assert same == ()
