@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gitops_nodes import __version__
 from gitops_nodes.errors import GitopsNodesError
@@ -386,11 +386,12 @@ def _plan(args: argparse.Namespace) -> int:
     from gitops_nodes.plan import make_plan
     from gitops_nodes.render import render_json, render_text
     from gitops_nodes.spec.settings import load_repository
+    from gitops_nodes.statedir import secret_key
 
     if args.out:
         _check_plan_target(args.out)  # before any work, and before the plan is printed
-    desired, _ = load_repository(args.path)
     project, state = _context(args, args.path)
+    desired, _ = load_repository(args.path, secret_key=lambda: secret_key(state))
     runtime = _runtime(args, args.path)
     live = workflow.observe(runtime, project, state, args.adopt)
     plan = make_plan(project, desired, live)
@@ -444,9 +445,16 @@ def _check_plan_target(out: Path) -> None:
 def _apply(args: argparse.Namespace) -> int:
     from gitops_nodes import workflow
     from gitops_nodes.apply import ApplyOptions
-    from gitops_nodes.statedir import StateDir
+    from gitops_nodes.statedir import StateDir, secret_key
 
-    desired, saved = workflow.load_for_apply(args.path)
+    def state_of(root: Path, saved: dict[str, Any] | None) -> StateDir:
+        if saved is not None:
+            return StateDir.for_project(args.project or saved["project"], args.state_dir)
+        return _context(args, root)[1]
+
+    desired, saved = workflow.load_for_apply(
+        args.path, lambda root, saved: lambda: secret_key(state_of(root, saved))
+    )
     project, state = _context(args, desired.root)
     if saved is not None:
         project = args.project or saved["project"]

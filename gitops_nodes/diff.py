@@ -12,6 +12,7 @@ from typing import Any
 
 from balancer.table import AccessRule, AliasEntry, NodeEntry, Timeouts, health_to_json
 from gitops_nodes.live import STARTABLE, LiveInstance, LiveState
+from gitops_nodes.render import SENSITIVE_TEXT
 from gitops_nodes.spec.hashing import InstanceConfig
 from gitops_nodes.spec.state import BuildRequest, DesiredAlias, DesiredNode, DesiredState
 
@@ -140,20 +141,31 @@ def diff(desired: DesiredState, live: LiveState) -> Diff:
     return Diff(tuple(node_changes), tuple(alias_changes))
 
 
-REPLACE_FIELDS = ("image", "port", "command", "env", "resources", "telemetry.port", "logs")
+REPLACE_FIELDS = (
+    "image",
+    "port",
+    "command",
+    "env",
+    "secretFiles",
+    "resources",
+    "telemetry.port",
+    "logs",
+)
 
 
 class Sensitive(str):
-    """A key's place in a plan: shown as "(sensitive value)", equal only to the same key.
+    """A key's or a secret's place in a plan: shown as "(sensitive value)", equal only to the
+    same digest.
 
-    A plan shows that a caller's key changed (rotated) without showing the key or its digest;
-    a str, so the JSON plan and its rendering need nothing special.
+    A plan shows that a caller's key or a node's secret changed (rotated) without showing the
+    value or its digest; a str whose text is SENSITIVE_TEXT, so whatever prints it masks it,
+    and plan JSON marks its field `"sensitive": true` (plan.py) for renderers to go by.
     """
 
     digest: str
 
     def __new__(cls, digest: str) -> Sensitive:
-        value = super().__new__(cls, "(sensitive value)")
+        value = super().__new__(cls, SENSITIVE_TEXT)
         value.digest = digest
         return value
 
@@ -198,6 +210,10 @@ def node_fields(
         fields["command"] = list(config.command) if config.command is not None else None
         for key, value in config.env:
             fields[f"env.{key}"] = value
+        for key, digest in config.secret_env:
+            fields[f"env.{key}"] = Sensitive(digest)
+        for path, digest in config.secret_files:
+            fields[f"secretFiles.{path}"] = Sensitive(digest)
         fields["resources.cpus"] = config.cpus
         fields["resources.memory"] = config.memory
         if config.telemetry_port is not None:

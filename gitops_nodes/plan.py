@@ -26,9 +26,18 @@ from functools import cached_property
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
-from gitops_nodes.diff import Action, AliasChange, Diff, InstanceChange, NodeChange, diff
+from gitops_nodes.diff import (
+    Action,
+    AliasChange,
+    Diff,
+    InstanceChange,
+    NodeChange,
+    Sensitive,
+    diff,
+)
 from gitops_nodes.gcpause import gc_paused
 from gitops_nodes.live import LiveInstance, LiveState
+from gitops_nodes.render import SENSITIVE_TEXT
 from gitops_nodes.rollout import gaining
 from gitops_nodes.spec.state import DesiredState
 
@@ -382,15 +391,22 @@ def maintenance_batches(change: NodeChange) -> list[list[InstanceChange]]:
 
 
 def _fields_json(fields: Iterable[Any]) -> list[dict[str, Any]]:
-    return [
-        {
+    items = []
+    for f in fields:
+        item = {
             "field": f.field,
             "before": f.before,
             "after": f.after,
             "forcesReplacement": f.forces_replacement,
         }
-        for f in fields
-    ]
+        if isinstance(f.before, Sensitive) or isinstance(f.after, Sensitive):
+            # A key or a secret: both sides masked (a literal turned secret, or back, shows
+            # neither), and marked so that every renderer masks it (render.shown_value).
+            item["before"] = SENSITIVE_TEXT if f.before is not None else None
+            item["after"] = SENSITIVE_TEXT if f.after is not None else None
+            item["sensitive"] = True
+        items.append(item)
+    return items
 
 
 def _node_json(change: NodeChange) -> dict[str, Any]:

@@ -5,6 +5,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+# What every plan shows for a key or a secret; diff.Sensitive's text (render imports nothing
+# heavier than json, so the constant lives here).
+SENSITIVE_TEXT = "(sensitive value)"
+
 _TITLES = {
     "+": "will be created",
     "~": "will be updated in place",
@@ -104,17 +108,22 @@ def _change_lines(change: dict[str, Any]) -> list[str]:
 
 def _field_line(action: str, item: dict[str, Any], width: int) -> str:
     name = item["field"].ljust(width)
-    before, after = item["before"], item["after"]
-    if before is None and action != "-":
-        return f"+ {name} = {_value(after)}"
-    if after is None:
-        return f"- {name} = {_value(before)}" + (" -> null" if action != "-" else "")
+    before, after = shown_value(item, "before"), shown_value(item, "after")
+    if item["before"] is None and action != "-":
+        return f"+ {name} = {after}"
+    if item["after"] is None:
+        return f"- {name} = {before}" + (" -> null" if action != "-" else "")
     note = " # forces replacement" if item["forcesReplacement"] else ""
-    return f"~ {name} = {_value(before)} -> {_value(after)}{note}"
+    return f"~ {name} = {before} -> {after}{note}"
 
 
-def _value(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False)
+def shown_value(item: dict[str, Any], side: str) -> str:
+    """A plan field's value ("before" or "after") as every rendering shows it: JSON text, or
+    `(sensitive value)` for a field the plan marks sensitive (a key or a secret), whatever
+    the value is. Every renderer (text, markdown, ...) formats values through this."""
+    if item.get("sensitive"):
+        return json.dumps(SENSITIVE_TEXT)
+    return json.dumps(item[side], ensure_ascii=False)
 
 
 def render_json(plan: dict[str, Any]) -> str:

@@ -26,6 +26,9 @@ WATCH_FILE = "watch.json"  # the watch loop's last status (watch/reconcile.py)
 SOURCE_DIR = "source"  # watch's clone of a Git repository and its checkouts (watch/source.py)
 BALANCERS_DIR = "balancers"  # each running balancer's report (BalancerAck)
 SWARM_TOKEN_FILE = "balancer-token"  # the Swarm balancer's admin key (runtime/swarm_balancer.py)
+# The key of the secrets' digests (spec/secrets.py): random, made when a secret is first
+# digested, readable by its owner only. It holds no secret value.
+SECRET_KEY_FILE = "secret-digest.key"
 
 # What `destroy` removes from a project's state directory once the project's containers,
 # images and services are gone, each entry only while no process still uses it (see
@@ -38,6 +41,8 @@ DESTROYED_STATE: tuple[str, ...] = (
     SOURCE_DIR,
     BALANCERS_DIR,
     SWARM_TOKEN_FILE,
+    # Its digests label only containers destroy removed; the next apply makes a new key.
+    SECRET_KEY_FILE,
     # The owner id names the containers this directory made (see read_ownership): once
     # destroy removed them all, it names nothing, and the next apply makes a new one.
     OWNER_FILE,
@@ -46,7 +51,7 @@ DESTROYED_STATE: tuple[str, ...] = (
 # What `destroy` keeps on purpose, name -> why (none today).
 KEPT_BY_DESTROY: dict[str, str] = {}
 # Temporary files of our atomic writes (a write interrupted by a crash leaves one behind).
-_TEMPORARY_PREFIXES = (".watch.", f".{TABLE_FILE}.", "owner.tmp-")
+_TEMPORARY_PREFIXES = (".watch.", f".{TABLE_FILE}.", "owner.tmp-", f".{SECRET_KEY_FILE}.")
 
 
 def default_base() -> Path:
@@ -134,6 +139,48 @@ def read_ownership(state: StateDir) -> Ownership:
             "restore it, or remove it and take the containers over with --adopt"
         )
     return Ownership(owner, frozenset(str(a) for a in adopted))
+
+
+def secret_key(state: StateDir) -> bytes:
+    """The key that secrets' digests are made with for this project, made on first use.
+
+    Kept so that plan, apply and every later run digest a value alike (a rotation shows as a
+    change, nothing else does); made atomically (a second process racing to make it reads
+    the first one's), mode 0600, since with it a label's digest can be checked against
+    guessed values.
+    """
+    path = state.path / SECRET_KEY_FILE
+    for _ in range(3):
+        try:
+            return _read_secret_key(path)
+        except FileNotFoundError:
+            pass
+        state.path.mkdir(parents=True, exist_ok=True)
+        temporary = state.path / f".{SECRET_KEY_FILE}.{os.getpid()}.{secrets.token_hex(4)}"
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(secrets.token_hex(32) + "\n")
+        try:
+            os.link(temporary, path)  # never replaces a key another process made meanwhile
+        except FileExistsError:
+            pass
+        finally:
+            temporary.unlink()
+    return _read_secret_key(path)
+
+
+def _read_secret_key(path: Path) -> bytes:
+    text = path.read_text().strip()
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        key = b""
+    if len(key) < 16:
+        raise GitopsNodesError(
+            f"{path} is not a key (expected 64 hex digits); remove it and apply again: the "
+            "nodes with secrets are then replaced once, since their digests change"
+        )
+    return key
 
 
 def ensure_ownership(state: StateDir, ownership: Ownership) -> Ownership:

@@ -21,6 +21,7 @@ from gitops_nodes.health import Probe, instance_status, node_status
 from gitops_nodes.live import UNLABELLED, LiveInstance, LiveState
 from gitops_nodes.plan import PLAN_FORMAT, Plan, PlanStep, make_plan
 from gitops_nodes.runtime.base import Runtime
+from gitops_nodes.spec.secrets import DigestKey
 from gitops_nodes.spec.settings import load_repository
 from gitops_nodes.spec.state import DesiredState
 from gitops_nodes.statedir import StateDir, ensure_ownership, read_ownership
@@ -213,12 +214,17 @@ def apply(
         return ApplyRun(plan, report)
 
 
-def load_for_apply(target: Path) -> tuple[DesiredState, dict[str, Any] | None]:
-    """The spec to apply: a repository folder, or the folder a saved plan was made from."""
-    if target.is_file():
-        saved = read_saved_plan(target)
-        return load_repository(Path(saved["root"]))[0], saved
-    return load_repository(target)[0], None
+def load_for_apply(
+    target: Path,
+    secret_key_for: Callable[[Path, dict[str, Any] | None], DigestKey] | None = None,
+) -> tuple[DesiredState, dict[str, Any] | None]:
+    """The spec to apply: a repository folder, or the folder a saved plan was made from;
+    secret_key_for(root, saved plan) gives the key of its secrets' digests (its state
+    directory's, which a saved plan's project decides)."""
+    saved = read_saved_plan(target) if target.is_file() else None
+    root = Path(saved["root"]) if saved is not None else target
+    key = secret_key_for(root, saved) if secret_key_for is not None else None
+    return load_repository(root, secret_key=key)[0], saved
 
 
 @dataclass(frozen=True)

@@ -80,6 +80,9 @@ def project(docker_client: Any) -> Iterator[str]:
                 docker_client.api.remove_image(tag, force=True)
 
     shutil.rmtree(project_sockets(name), ignore_errors=True)
+    from gitops_nodes.runtime.secretfiles import remove_project_files
+
+    remove_project_files(name)  # instances' secret files, on a tmpfs
 
 
 @pytest.fixture

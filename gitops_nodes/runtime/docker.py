@@ -32,7 +32,7 @@ from gitops_nodes.errors import RuntimeFailure, RuntimeUnavailable
 from gitops_nodes.fleet import BalancerFleet, LocalBalancers
 from gitops_nodes.health import Probe, probe
 from gitops_nodes.live import LiveInstance, Ownership
-from gitops_nodes.runtime import labels
+from gitops_nodes.runtime import labels, secretfiles
 from gitops_nodes.runtime.base import ImageCleanup, LogLine
 from gitops_nodes.spec.context import BUILD_REPOSITORY
 from gitops_nodes.spec.hashing import InstanceConfig, canonical_json, log_budget
@@ -232,6 +232,7 @@ class DockerRuntime:
     def remove_project(self, project: str, state: StateDir) -> list[str]:
         # Every instance's socket folder went with it; this is their (now empty) parent.
         _remove_folder(project_sockets(project))
+        secretfiles.remove_project_files(project)
         return []
 
     def create_instance(
@@ -259,6 +260,15 @@ class DockerRuntime:
         if _serves_a_socket(node) and private_sockets_root():
             folder = socket_folder(project, name)
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:  # the node's secret files, for this instance alone, on a private tmpfs
+            binds = secretfiles.write_files(project, name, node.secrets)
+        except OSError as exc:
+            secretfiles.remove_instance_files(project, name)
+            raise RuntimeFailure(
+                f"writing the secret files of {name} failed: {exc.strerror or exc}"
+            ) from None
+        if folder is not None:
+            binds[str(folder)] = {"bind": SOCKET_MOUNT, "mode": "rw"}
         ports = [config.port]
         if config.telemetry_port is not None:
             ports.append(config.telemetry_port)  # for the balancer's scrape, on loopback too
@@ -273,7 +283,7 @@ class DockerRuntime:
             nano_cpus=int(config.cpus * 1e9) if config.cpus else None,
             mem_limit=config.memory,
             init=True,  # PID 1 that forwards SIGTERM, so stopping an instance is prompt
-            binds={str(folder): {"bind": SOCKET_MOUNT, "mode": "rw"}} if folder else None,
+            binds=binds or None,
             log_config=log_config(config),
         )
         instance_labels = {
@@ -285,6 +295,9 @@ class DockerRuntime:
             labels.OWNER: owner,
         }
         environment = dict(config.env)
+        # Secret values reach the container here and in the files above only: the labels
+        # carry their keyed digests (config), never them.
+        environment.update((key, value.text()) for key, value in node.secrets.env)
         if folder is not None:
             instance_labels[labels.SOCKET] = str(folder / "socket")
             environment[SOCKET_ENV] = f"{SOCKET_MOUNT}/socket"
@@ -301,12 +314,14 @@ class DockerRuntime:
         except ENGINE_ERRORS as exc:
             _remove_folder(folder)
             self.present.discard(config.image)  # removed since it was seen? ask again next time
+            secretfiles.remove_instance_files(project, name)
             raise engine_error(f"creating {name} failed: {exc}", exc) from exc
         try:
             self.api.start(created["Id"])
         except ENGINE_ERRORS as exc:
             self._force_remove(name)
             _remove_folder(folder)
+            secretfiles.remove_instance_files(project, name)
             if PORT_TAKEN.search(str(exc)):
                 raise PortTaken(name) from exc  # taken since it was chosen: choose again
             raise engine_error(f"starting {name} failed", exc) from exc
@@ -358,6 +373,7 @@ class DockerRuntime:
         self._force_remove(name)
         if live.socket is not None:
             _remove_folder(Path(live.socket).parent)
+        secretfiles.remove_instance_files(project, name)
 
     def instance_logs(self, name: str, lines: int) -> str:
         try:

@@ -15,6 +15,7 @@ the other nodes (swarm_images.py). The balancer is a service too (swarm_balancer
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import threading
 import time
@@ -42,8 +43,11 @@ from gitops_nodes.runtime.swarm_images import ImageShipper
 from gitops_nodes.runtime.swarm_spec import (
     STOP_GRACE,
     UPDATE_MONITOR,
+    SecretMount,
     balancer_name,
     network_name,
+    node_secret_name,
+    node_secret_targets,
     node_service_spec,
     parse_timestamp,
     projection,
@@ -418,9 +422,72 @@ class SwarmRuntime(DockerRuntime):
         image = self.images.reference(node.config.image)
         self.images.ship(node.config.image)
         network = self._ensure_network(project)
-        spec = node_service_spec(project, node, image, network_name(project), ownership.owner)
+        mounts = self._ensure_node_secrets(project, node)
+        spec = node_service_spec(
+            project,
+            node,
+            image,
+            network_name(project),
+            ownership.owner,
+            mounts,
+            self._image_run(node.config.image) if node.config.secret_env else None,
+        )
         self._write_service(spec, {network_name(project): network})
         self.owners.clear()  # the service may carry an owner label now: read it again
+        self._remove_stale_node_secrets(project, name, {m.secret_name for m in mounts})
+
+    def _ensure_node_secrets(self, project: str, node: DesiredNode) -> list[SecretMount]:
+        """A Docker secret for each of the node's secret values (made once per value)."""
+        mounts = []
+        for digest, target, data in node_secret_targets(node):
+            name = node_secret_name(project, node.name, digest)
+            try:
+                listed = self.api.secrets(filters={"name": name})
+                found = [s for s in listed if s["Spec"]["Name"] == name]
+                if found:
+                    secret_id = str(found[0]["ID"])
+                else:
+                    created = self.api.create_secret(
+                        name,
+                        data,
+                        labels={
+                            labels.PROJECT: project,
+                            labels.ROLE: "node-secret",
+                            labels.NODE: node.name,
+                        },
+                    )
+                    secret_id = str(created["ID"])
+            except ENGINE_ERRORS as exc:
+                # The engine's message names the secret, never its data.
+                raise engine_error(f"creating secret {name} failed", exc) from exc
+            mounts.append(SecretMount(secret_id, name, target))
+        return mounts
+
+    def _remove_stale_node_secrets(self, project: str, node: str, keep: set[str]) -> None:
+        selector = [f"{labels.PROJECT}={project}", f"{labels.ROLE}=node-secret"]
+        selector.append(f"{labels.NODE}={node}")
+        try:
+            stale = [
+                s
+                for s in self.api.secrets(filters={"label": selector})
+                if s["Spec"]["Name"] not in keep
+            ]
+        except ENGINE_ERRORS as exc:
+            raise engine_error("listing a node's secrets failed", exc) from exc
+        for secret in stale:
+            # Tasks of the old spec may still use it while Swarm rolls: the next apply (or
+            # destroy) removes it then.
+            with contextlib.suppress(APIError):
+                self.api.remove_secret(secret["ID"])
+
+    def _image_run(self, image: str) -> tuple[list[str], list[str]]:
+        """The image's entrypoint and command, which the env secrets' wrapper runs."""
+        try:
+            found = self.api.inspect_image(image)
+        except ENGINE_ERRORS as exc:
+            raise engine_error(f"inspecting image {image} failed", exc) from exc
+        config = found.get("Config") or {}
+        return list(config.get("Entrypoint") or []), list(config.get("Cmd") or [])
 
     def _write_service(self, spec: dict[str, Any], network_ids: dict[str, str]) -> None:
         """Create the service, or update it when what we set differs (Swarm then rolls its

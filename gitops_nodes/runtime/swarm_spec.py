@@ -33,8 +33,8 @@ from __future__ import annotations
 import hashlib
 import json
 import shlex
-from collections.abc import Iterable, Mapping
-from dataclasses import replace
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -128,6 +128,42 @@ def health_command(port: int, path: str | None, timeout: float) -> list[str]:
     return ["CMD-SHELL", "; ".join([*lines, "exit 127"])]
 
 
+# Secrets on a Swarm are Docker secrets: files at their paths, and env values as files here,
+# exported by ENV_WRAPPER (run by /bin/sh before the image's own entrypoint and command).
+SECRET_ENV_FOLDER = "/run/secrets/gitops-nodes-env"
+ENV_WRAPPER = (
+    f'for f in {SECRET_ENV_FOLDER}/*; do [ -f "$f" ] && export "${{f##*/}}=$(cat "$f")"; '
+    'done; exec "$@"'
+)
+
+
+@dataclass(frozen=True)
+class SecretMount:
+    """A Docker secret a node's tasks mount: its id and name, and the file it becomes."""
+
+    secret_id: str
+    secret_name: str
+    target: str
+
+
+def node_secret_name(project: str, node: str, digest: str) -> str:
+    """The Docker secret holding one of a node's values: named by the value's keyed digest,
+    since a secret cannot change (a rotation is a new secret)."""
+    return _bounded(f"{service_name(project, node)}--s-{digest[:16]}")
+
+
+def node_secret_targets(node: DesiredNode) -> list[tuple[str, str, bytes]]:
+    """(secret name, file in the task, value) for each of the node's secrets."""
+    digests = dict(node.config.secret_env)
+    files = dict(node.config.secret_files)
+    found = []
+    for name, value in node.secrets.env:
+        found.append((digests[name], f"{SECRET_ENV_FOLDER}/{name}", value.data))
+    for path, value in node.secrets.files:
+        found.append((files[path], path, value.data))
+    return found
+
+
 def node_labels(project: str, node: DesiredNode) -> dict[str, str]:
     """The labels a node's service and each of its tasks carry (live state reads them back)."""
     return {
@@ -140,7 +176,13 @@ def node_labels(project: str, node: DesiredNode) -> dict[str, str]:
 
 
 def node_service_spec(
-    project: str, node: DesiredNode, image: str, network: str, owner: str = ""
+    project: str,
+    node: DesiredNode,
+    image: str,
+    network: str,
+    owner: str = "",
+    secrets: Sequence[SecretMount] = (),
+    image_run: tuple[list[str], list[str]] | None = None,
 ) -> dict[str, Any]:
     """The ServiceSpec of a node (the Engine API's document). image is where nodes get the
     node's image from: the local tag, or its name in a registry. owner (the state directory's
@@ -166,6 +208,22 @@ def node_service_spec(
     }
     if config.command is not None:
         container["Args"] = list(config.command)  # the image's CMD; Command is its entrypoint
+    if secrets:
+        container["Secrets"] = [
+            {
+                "SecretID": mount.secret_id,
+                "SecretName": mount.secret_name,
+                "File": {"Name": mount.target, "UID": "0", "GID": "0", "Mode": 0o444},
+            }
+            for mount in secrets
+        ]
+    if config.secret_env:
+        # Env values come as files: the wrapper exports them, then runs what the image would
+        # (image_run: its entrypoint and command, the node's command replacing the latter).
+        entrypoint, command = image_run or ([], [])
+        run = [*entrypoint, *(config.command if config.command is not None else command)]
+        container["Command"] = ["/bin/sh", "-c", ENV_WRAPPER, "gitops-nodes-env"]
+        container["Args"] = run
     limits: dict[str, int] = {}
     if config.cpus:
         limits["NanoCPUs"] = int(config.cpus * NS)

@@ -36,6 +36,11 @@ class InstanceConfig:
     # None when the spec does not set it: DEFAULT_LOG_BUDGET applies, and the hash is the
     # one it had before `logs` existed, so upgrading gitops-nodes recreates nothing.
     logs: tuple[int, int] | None = None
+    # Secrets as (env name or file path in the container, keyed digest of the value): the
+    # digest (spec/secrets.py, HMAC with the state directory's key) is what is hashed and
+    # labelled, so a rotation rolls the instances while no label holds or betrays a value.
+    secret_env: tuple[tuple[str, str], ...] = ()
+    secret_files: tuple[tuple[str, str], ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -48,6 +53,11 @@ class InstanceConfig:
             del data["logs"]  # absent, as for telemetry_port
         else:
             data["logs"] = {"max_size": self.logs[0], "max_files": self.logs[1]}
+        for name in ("secret_env", "secret_files"):
+            if data[name]:
+                data[name] = dict(data[name])
+            else:
+                del data[name]  # absent, as for telemetry_port
         return data
 
     @classmethod
@@ -63,6 +73,8 @@ class InstanceConfig:
             memory=data.get("memory"),
             telemetry_port=data.get("telemetry_port"),
             logs=(int(logs["max_size"]), int(logs["max_files"])) if logs is not None else None,
+            secret_env=tuple(sorted(dict(data.get("secret_env") or {}).items())),
+            secret_files=tuple(sorted(dict(data.get("secret_files") or {}).items())),
         )
 
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -44,6 +44,8 @@ from gitops_nodes.spec.repofiles import (
     read_file,
     walk_yaml,
 )
+from gitops_nodes.spec.secrets import DigestKey, has_secrets, resolve_secrets
+from gitops_nodes.spec.sops import SopsFiles
 from gitops_nodes.spec.state import (
     BuildRequest,
     DesiredAlias,
@@ -120,15 +122,23 @@ class SpecLoader:
     leaving first.
     """
 
-    def __init__(self, read_keys: bool = True, max_bytes: int = CACHE_BYTES) -> None:
+    def __init__(
+        self,
+        read_keys: bool = True,
+        max_bytes: int = CACHE_BYTES,
+        secret_key: DigestKey | None = None,
+    ) -> None:
         self._cache: OrderedDict[tuple[str, str], _FileResult] = OrderedDict()
         self._cached_bytes = 0
         self.max_bytes = max_bytes
         self._used: set[tuple[str, str]] = set()  # keys the load under way read
         self._used_before: set[tuple[str, str]] = set()  # and those the load before it read
-        # Without read_keys, private targets' keys are neither read nor required and their
-        # access stays None: for commands that only look (status), not publish.
+        # Without read_keys, private targets' keys and nodes' secrets are neither read nor
+        # required (access stays None, secrets empty): for commands that only look (status).
         self.read_keys = read_keys
+        # The key secrets' digests are made with: the state directory's (statedir.py), so
+        # plan, apply and the labels agree; without one (validate), a key of this run only.
+        self.secret_key = secret_key or _ephemeral_key()
 
     @property
     def cached_bytes(self) -> int:
@@ -176,7 +186,14 @@ class SpecLoader:
             if not result.ours:
                 ignored.append(Ignored(relative, result.reason))
             results[relative] = result
-        return _assemble(root, results, self.read_keys, problems, tuple(sorted(ignored)))
+        return _assemble(
+            root,
+            results,
+            self.read_keys,
+            problems,
+            tuple(sorted(ignored)),
+            self.secret_key,
+        )
 
     def _parse(self, root: Path, relative: str, data: bytes) -> _FileResult:
         key = (relative, hashlib.sha1(data).hexdigest())
@@ -195,9 +212,22 @@ class SpecLoader:
         return result
 
 
-def load_spec(root: Path, read_keys: bool = True) -> DesiredState:
+def load_spec(
+    root: Path, read_keys: bool = True, secret_key: DigestKey | None = None
+) -> DesiredState:
     """Load a repository once (the CLI's way)."""
-    return SpecLoader(read_keys).load(root)
+    return SpecLoader(read_keys, secret_key=secret_key).load(root)
+
+
+def _ephemeral_key() -> DigestKey:
+    made: list[bytes] = []
+
+    def key() -> bytes:
+        if not made:
+            made.append(os.urandom(32))
+        return made[0]
+
+    return key
 
 
 def _parse_file(root: Path, relative: str, data: bytes) -> _FileResult:
@@ -291,6 +321,8 @@ def _not_ours(documents: list[Any]) -> str:
     if not isinstance(first, dict):
         return "a scalar, not gitops-nodes documents (mappings with kind: Node or Alias)"
     kind, version = first.get("kind"), first.get("apiVersion")
+    if isinstance(first.get("sops"), dict) and "kind" not in first:
+        return "a SOPS-encrypted file (a secrets file for fromSecret, not spec)"
     if "kind" in first and "apiVersion" not in first:
         return f"kind {_show(kind)} is neither Node nor Alias, and no apiVersion: {API_VERSION}"
     if "apiVersion" in first:
@@ -301,6 +333,8 @@ def _not_ours(documents: list[Any]) -> str:
 def _describe(error: Any, model: type[BaseModel]) -> tuple[_Loc, str, bool]:
     """A pydantic error as (field path, what was expected, whether to point at the key)."""
     loc: _Loc = tuple(error["loc"])
+    if loc[1:2] == ("env",) and len(loc) > 3 and loc[3] in ("literal", "secret"):
+        loc = loc[:3] + loc[4:]  # the env entry's shape, which pydantic names: not a field
     kind = error["type"]
     ctx = error.get("ctx") or {}
     given = error.get("input")
@@ -362,16 +396,21 @@ def _show(value: object) -> str:
 def _allowed(model: type[BaseModel], loc: _Loc) -> str:
     """The field names (as written in YAML) of the model found at loc, for 'unknown field'."""
     current: Any = model
+    keyed = False  # the part after a mapping field (env, secretFiles) is a key, not a field
     for part in loc:
-        if isinstance(part, int) or not (
-            isinstance(current, type) and issubclass(current, BaseModel)
+        if (
+            keyed
+            or isinstance(part, int)
+            or not (isinstance(current, type) and issubclass(current, BaseModel))
         ):
+            keyed = False
             continue
         field = next(
             (f for name, f in current.model_fields.items() if part in (name, f.alias)), None
         )
         if field is None:
             return "?"
+        keyed = get_origin(field.annotation) is dict
         current = _model_in(field.annotation)
     if isinstance(current, type) and issubclass(current, BaseModel):
         return ", ".join(f.alias or name for name, f in current.model_fields.items())
@@ -541,7 +580,8 @@ def _resolve_node(root: Path, document: NodeDocument, source: Source) -> Desired
         image=reference,
         port=port,
         command=command,
-        env=tuple(sorted(spec.env.items())),
+        # Secrets' keyed digests are added on every load (_assemble): they are never cached.
+        env=tuple(sorted((k, v) for k, v in spec.env.items() if isinstance(v, str))),
         cpus=spec.resources.cpus,
         memory=spec.resources.memory,
         telemetry_port=_telemetry_port(spec.telemetry, port),
@@ -577,6 +617,7 @@ def _assemble(
     read_keys: bool,
     problems: list[SpecProblem],
     ignored: tuple[Ignored, ...],
+    secret_key: DigestKey | None = None,
 ) -> DesiredState:
     """Cross-document checks (unique names, aliases naming real nodes), then the state."""
     problems.extend(p for result in results.values() for p in result.problems)
@@ -588,6 +629,8 @@ def _assemble(
     aliases: dict[str, DesiredAlias] = {}
     first_seen: dict[tuple[str, str], Source] = {}
     late: list[tuple[Source, _Loc, str]] = []
+    sops = SopsFiles(root, os.environ)  # each secrets file decrypted once per load
+    digest_key = secret_key or _ephemeral_key()
     for relative, result in results.items():
         for entry in result.entries:
             document = entry.document
@@ -619,6 +662,23 @@ def _assemble(
                 except ReadError as exc:  # a file of its build folder or python code
                     late.append((source, _build_field(document), exc.message_in_repo()))
                     continue
+                if read_keys and has_secrets(document.spec):
+                    # Read on every load, never cached with the file, like access keys.
+                    secrets, trouble = resolve_secrets(document.spec, os.environ, sops, digest_key)
+                    late.extend((source, loc, message) for loc, message in trouble)
+                    if secrets is None:
+                        continue
+                    config = replace(
+                        resolved.config,
+                        secret_env=secrets.env_digests,
+                        secret_files=secrets.file_digests,
+                    )
+                    resolved = replace(
+                        resolved,
+                        config=config,
+                        spec_hash=spec_hash(config),
+                        secrets=secrets.values,
+                    )
                 nodes[document.metadata.name] = (
                     replace(resolved, access=access) if access else resolved
                 )

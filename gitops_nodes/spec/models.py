@@ -18,8 +18,10 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     PlainValidator,
+    Tag,
     ValidationInfo,
     WithJsonSchema,
     model_validator,
@@ -590,6 +592,108 @@ class AccessKeySource(SpecModel):
         return self
 
 
+_SECRET_REFERENCE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?/[A-Za-z_][A-Za-z0-9_.-]*$")
+# An absolute, normalized path in a container, for a secret file.
+_CONTAINER_PATH = re.compile(r"^(/[A-Za-z0-9._@+-]+)+$")
+
+
+def _secret_reference(value: Any) -> str:
+    if isinstance(value, str) and len(value) <= 256 and _SECRET_REFERENCE.match(value):
+        return value
+    raise PydanticCustomError(
+        "secret_reference",
+        "expected <name>/<key>: the secrets file secrets/<name>.yaml (or .yml, .json) of the "
+        "repository and a key in it, such as db/password",
+    )
+
+
+def _container_path(value: Any) -> str:
+    if (
+        isinstance(value, str)
+        and len(value) <= MAX_URL_PATH
+        and _CONTAINER_PATH.match(value)
+        and not {".", ".."} & set(value.split("/"))
+    ):
+        return value
+    raise PydanticCustomError(
+        "container_path",
+        "expected an absolute path of a file in the container, such as /run/secrets/db.json "
+        "(no '.' or '..' parts, no spaces)",
+    )
+
+
+SecretReference = Annotated[
+    str,
+    PlainValidator(_secret_reference),
+    WithJsonSchema({"type": "string", "pattern": _SECRET_REFERENCE.pattern, "maxLength": 256}),
+]
+ContainerPath = Annotated[
+    str,
+    PlainValidator(_container_path),
+    WithJsonSchema({"type": "string", "pattern": _CONTAINER_PATH.pattern}),
+]
+
+
+class SecretSource(SpecModel):
+    """Where gitops-nodes reads a secret value when it runs, never the value itself: exactly
+    one of an environment variable, a file outside the repository, or a key of a
+    SOPS-encrypted file of the repository."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "oneOf": [{"required": [name]} for name in ("fromEnv", "fromFile", "fromSecret")]
+        }
+    )
+
+    from_env: KeyEnv | None = Field(
+        default=None,
+        description="the name of an environment variable of the process that runs gitops-nodes",
+    )
+    from_file: KeyFile | None = Field(
+        default=None,
+        description="the absolute path of a file outside the repository holding the value",
+    )
+    from_secret: SecretReference | None = Field(
+        default=None,
+        description=(
+            "<name>/<key>: the key of the SOPS-encrypted file secrets/<name>.yaml (or .yml, "
+            ".json) of the repository, decrypted with the age keys in SOPS_AGE_KEY_FILE or "
+            "SOPS_AGE_KEY"
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SecretSource:
+        given = [s for s in (self.from_env, self.from_file, self.from_secret) if s is not None]
+        if len(given) != 1:
+            raise PydanticCustomError(
+                "secret_source",
+                "expected exactly one of 'fromEnv' (an environment variable), 'fromFile' (a "
+                "file outside the repository) or 'fromSecret' (<name>/<key> of a SOPS file in "
+                "secrets/)",
+            )
+        return self
+
+    @property
+    def field(self) -> str:
+        """The YAML name of the source given: where a problem reading it is reported."""
+        if self.from_env is not None:
+            return "fromEnv"
+        return "fromFile" if self.from_file is not None else "fromSecret"
+
+
+def _env_kind(value: Any) -> str:
+    return "secret" if isinstance(value, dict | SecretSource) else "literal"
+
+
+# An env value: a string as the container sees it, or a mapping naming a secret's source.
+# Discriminated by its shape, so a wrong value gets the errors of what it looks like only.
+EnvEntry = Annotated[
+    Annotated[EnvValue, Tag("literal")] | Annotated[SecretSource, Tag("secret")],
+    Discriminator(_env_kind),
+]
+
+
 class Access(SpecModel):
     """Who may call a private node or alias: the keys it accepts, and optionally the folder ids
     a call's `x-folder-id` must name. Without `access`, anyone may call it."""
@@ -619,7 +723,20 @@ class NodeSpec(SpecModel):
     python: PythonSource | None = None
     instances: int = Field(default=1, ge=1, le=MAX_INSTANCES)
     min_healthy: int = Field(default=1, ge=0)
-    env: dict[EnvName, EnvValue] = Field(default_factory=dict)
+    env: dict[EnvName, EnvEntry] = Field(
+        default_factory=dict,
+        description=(
+            "environment variables: a string, or a secret's source ({fromEnv: NAME}, "
+            "{fromFile: /abs/path} or {fromSecret: name/key}), never shown in plans or labels"
+        ),
+    )
+    secret_files: dict[ContainerPath, SecretSource] = Field(
+        default_factory=dict,
+        description=(
+            "files mounted read-only in each instance at the path given (the key), each "
+            "holding a secret read from its source; never shown in plans or labels"
+        ),
+    )
     resources: Resources = Field(default_factory=Resources)
     health_check: HealthCheck = Field(default_factory=HealthCheck)
     endpoint: EndpointSettings = Field(default_factory=EndpointSettings)

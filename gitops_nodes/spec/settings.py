@@ -31,6 +31,7 @@ from gitops_nodes.spec.errors import SpecErrors, SpecProblem
 from gitops_nodes.spec.load import describe_error, load_spec, locate_problems
 from gitops_nodes.spec.models import SETTINGS_FILE, Port, SpecModel
 from gitops_nodes.spec.repofiles import ReadError, read_file
+from gitops_nodes.spec.secrets import DigestKey
 from gitops_nodes.spec.state import DesiredState
 from gitops_nodes.spec.yaml12 import YamlError, parse_documents
 
@@ -92,14 +93,16 @@ def load_settings(root: Path) -> Settings:
     return parse_settings(data)
 
 
-def load_repository(root: Path, read_keys: bool = True) -> tuple[DesiredState, Settings]:
+def load_repository(
+    root: Path, read_keys: bool = True, secret_key: DigestKey | None = None
+) -> tuple[DesiredState, Settings]:
     """The spec and the settings of the repository at root; raises one SpecErrors with the
     problems of both, so a run reports every problem at once."""
     problems: list[SpecProblem] = []
     desired: DesiredState | None = None
     settings = Settings()
     try:
-        desired = load_spec(root, read_keys)
+        desired = load_spec(root, read_keys, secret_key)
     except SpecErrors as exc:
         problems.extend(exc.problems)
     if root.is_dir():  # without a repository folder the spec's error says so

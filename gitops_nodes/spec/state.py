@@ -17,6 +17,7 @@ from balancer.table import (
 )
 from gitops_nodes.spec.hashing import InstanceConfig, canonical_json
 from gitops_nodes.spec.models import HealthCheck, Rollout
+from gitops_nodes.spec.secrets import NO_SECRETS, NodeSecrets
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,9 @@ class DesiredNode:
     suspended: bool = False
     telemetry_path: str | None = None  # where instances serve Prometheus text; None: nowhere
     prefix_rewrite: bool = False  # the balancer puts answers' paths under /nodes/<name>
+    # The secret values for the runtime to hand to each instance (their keyed digests are in
+    # config, and so in spec_hash); never compared, printed or serialized.
+    secrets: NodeSecrets = field(default=NO_SECRETS, compare=False, repr=False)
     health: HealthSettings = field(init=False, compare=False)
     digest: str = field(init=False, compare=False)  # of everything plan reads from this node
 

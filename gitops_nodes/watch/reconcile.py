@@ -31,7 +31,7 @@ from gitops_nodes.spec.load import SpecLoader
 from gitops_nodes.spec.models import Rollout
 from gitops_nodes.spec.settings import SETTINGS_FILE, Settings, load_settings
 from gitops_nodes.spec.state import DesiredState
-from gitops_nodes.statedir import WATCH_FILE, StateDir
+from gitops_nodes.statedir import WATCH_FILE, StateDir, secret_key
 from gitops_nodes.watch.source import Revision, Source
 
 log = logging.getLogger("gitops_nodes.watch")
@@ -89,7 +89,9 @@ class Reconciler:
         self.connect = connect
         self.options = options or ApplyOptions()
         self.on_publish = on_publish
-        self.loader = SpecLoader()  # re-parses only the files a commit changed
+        # Re-parses only the files a commit changed; secrets are digested with the state
+        # directory's key, as plan and apply do.
+        self.loader = SpecLoader(secret_key=lambda: secret_key(state))
         self.runtime: Runtime | None = None
         self.applied: Revision | None = None
         self.applied_state: DesiredState | None = None  # kept to heal drift past bad commits

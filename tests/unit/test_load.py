@@ -316,7 +316,7 @@ def _alias(nodes: str) -> str:
 IMAGE = "  image:\n    name: busybox\n    port: 8080\n"  # lines 6-8
 
 NODE_FIELDS = (
-    "image, python, instances, minHealthy, env, resources, healthCheck, endpoint, "
+    "image, python, instances, minHealthy, env, secretFiles, resources, healthCheck, endpoint, "
     "maintenanceLimit, suspended, access, telemetry, prefixRewrite, logs"
 )
 HEALTH_FIELDS = "path, port, interval, timeout, healthyThreshold, unhealthyThreshold, startTimeout"

@@ -17,6 +17,7 @@ from gitops_nodes.statedir import (
     LOCK_FILE,
     StateDir,
     clean_state,
+    secret_key,
 )
 
 
@@ -51,6 +52,7 @@ def _everything(state: StateDir, watch_pid: int, balancer_pid: int) -> None:
     )
     (state.path / "balancer-token").write_text("secret")
     (state.path / "owner.json").write_text('{"owner": "abc", "adopted": []}')
+    secret_key(state)  # secret-digest.key
     (state.path / ".watch.abc123").write_text("{")  # an interrupted atomic write
 
 
