@@ -193,6 +193,12 @@ def _parser() -> argparse.ArgumentParser:
     project_options(sub)
     sub.add_argument("--json", action="store_true", help="print the plan as JSON")
     sub.add_argument(
+        "--format",
+        choices=["text", "json", "markdown"],
+        default=None,
+        help="text (default), json (as --json), or markdown for a pull-request comment",
+    )
+    sub.add_argument(
         "--detailed-exitcode", action="store_true", help="exit 0: no changes, 1: error, 2: changes"
     )
     sub.add_argument(
@@ -357,6 +363,8 @@ def _count(number: int, noun: str) -> str:
 
 
 def _plan(args: argparse.Namespace) -> int:
+    if args.json and args.format not in (None, "json"):
+        raise GitopsNodesError(f"--json and --format {args.format}: give one of them")
     if args.out:
         _check_plan_target(args.out)  # before any work, and before the plan is printed
     desired, _ = load_repository(args.path)
@@ -366,8 +374,13 @@ def _plan(args: argparse.Namespace) -> int:
     plan = make_plan(project, desired, live)
     _empty_guard(args, desired)(plan, live)
     data = plan.to_json()
-    if args.json:
+    form = "json" if args.json else args.format or "text"
+    if form == "json":
         print(render_json({**data, "ignoredFiles": _ignored_json(desired)}), end="")
+    elif form == "markdown":
+        from gitops_nodes.render import render_markdown
+
+        print(render_markdown({**data, "ignoredFiles": _ignored_json(desired)}), end="")
     else:
         print(render_text(data), end="")
         _print_ignored(desired)
@@ -380,7 +393,7 @@ def _plan(args: argparse.Namespace) -> int:
             raise GitopsNodesError(
                 f"-out {args.out}: cannot write the plan: {exc.strerror or exc}"
             ) from None
-        if not args.json:
+        if form == "text":
             print(f"\nSaved the plan to {args.out}; `gitops-nodes apply {args.out}` applies it.")
     if args.detailed_exitcode and not plan.empty:
         return EXIT_CHANGES
