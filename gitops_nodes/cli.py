@@ -11,6 +11,7 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from balancer.access import ADMIN_TOKEN_ENV, ADMIN_TOKEN_FILE_ENV, AccessConfigError, admin_guard
 from balancer.proxy import ProxySettings
@@ -18,7 +19,7 @@ from balancer.settings import SettingsError, parse_trusted_proxies
 from balancer.table import RoutingTable
 from gitops_nodes import __version__, logs, nodelogs, workflow
 from gitops_nodes.apply import ApplyOptions, ApplyReport, Outcome, StepResult
-from gitops_nodes.errors import GitopsNodesError
+from gitops_nodes.errors import ApplyCancelled, GitopsNodesError, StalePlan
 from gitops_nodes.guards import check_not_empty
 from gitops_nodes.live import LiveState
 from gitops_nodes.plan import OTHER_OWNER, Plan, make_plan
@@ -218,6 +219,13 @@ def _parser() -> argparse.ArgumentParser:
         default=30.0,
         metavar="SECONDS",
         help="longest wait for balancers to finish requests on a removed instance (30)",
+    )
+    sub.add_argument(
+        "--auto-approve",
+        "-auto-approve",
+        action="store_true",
+        help="on a terminal, apply without showing the plan and asking for yes first "
+        "(without a terminal, and for a saved plan, apply never asks)",
     )
     adopt_option(sub)
     allow_empty(sub)
@@ -430,21 +438,69 @@ def _apply(args: argparse.Namespace) -> int:
     if saved is not None:
         project = args.project or saved["project"]
         state = StateDir.for_project(project, args.state_dir)
-    run = workflow.apply(
-        desired,
-        _runtime(args, desired.root, saved.get("runtime") if saved else None),
-        project,
-        state,
-        ApplyOptions(parallelism=args.parallelism, drain_timeout=args.drain_timeout),
-        on_plan=_print_plan,
-        on_result=_print_result,
-        saved=saved,
-        check=_empty_guard(args, desired),
-        adopt=args.adopt or bool(saved and saved.get("adopt")),
-    )
+    runtime = _runtime(args, desired.root, saved.get("runtime") if saved else None)
+    on_plan: Callable[[Plan], None] | None = _print_plan
+    approved = False
+    if saved is None and not args.auto_approve and sys.stdin.isatty():
+        saved = _approve(args, desired, runtime, project, state)
+        if saved is None:
+            return EXIT_OK  # no changes
+        on_plan, approved = None, True  # the plan was shown above
+    try:
+        run = workflow.apply(
+            desired,
+            runtime,
+            project,
+            state,
+            ApplyOptions(parallelism=args.parallelism, drain_timeout=args.drain_timeout),
+            on_plan=on_plan,
+            on_result=_print_result,
+            saved=saved,
+            check=_empty_guard(args, desired),
+            adopt=args.adopt or bool(saved and saved.get("adopt")),
+        )
+    except StalePlan:
+        if not approved:
+            raise
+        raise StalePlan(
+            "nothing was applied: the spec or the live state changed after the plan was "
+            "shown; run `gitops-nodes apply` again to see the new plan"
+        ) from None
     if run.report is None:
         return EXIT_OK
     return _print_report(run.report, "Apply")
+
+
+def _approve(
+    args: argparse.Namespace,
+    desired: DesiredState,
+    runtime: Runtime,
+    project: str,
+    state: StateDir,
+) -> dict[str, Any] | None:
+    """Show the plan on the terminal and ask for yes, as Terraform does. Returns the plan
+    approved, to apply as a saved plan is (so a spec or live state that moved meanwhile is
+    refused rather than applied unseen), or None when there is nothing to do; any answer
+    but yes raises ApplyCancelled. Nothing is locked or written while the question waits."""
+    live = workflow.observe(runtime, project, state, args.adopt)
+    plan = make_plan(project, desired, live)
+    _empty_guard(args, desired)(plan, live)
+    _print_plan(plan)
+    if plan.empty:
+        return None
+    print(
+        "Do you want to perform these actions?\n"
+        "  gitops-nodes will perform the actions described above.\n"
+        "  Only 'yes' will be accepted to approve.\n"
+    )
+    try:
+        answer = input("  Enter a value: ")
+    except EOFError:
+        answer = ""
+    if answer.strip() != "yes":
+        raise ApplyCancelled("apply cancelled (only 'yes' approves): nothing was changed")
+    print()
+    return {**plan.to_json(), "adopt": args.adopt}
 
 
 def _destroy(args: argparse.Namespace) -> int:
