@@ -159,7 +159,11 @@ def render_markdown(plan: dict[str, Any], limit: int = COMMENT_LIMIT - COMMENT_R
             break
         shown += section
         count += 1
-    return shown + _truncated_note(count, len(sections))
+    note = _truncated_note(count, len(sections))
+    for extra in extras:  # the short lists after the changes, when they still fit
+        if len(shown) + len(extra) + len(note) <= limit:
+            shown += extra
+    return shown + note
 
 
 def _truncated_note(shown: int, total: int) -> str:

@@ -112,14 +112,14 @@ def test_a_plan_past_the_limit_keeps_the_summary_and_says_what_it_left_out(
 
 
 def test_a_huge_plan_fits_a_github_comment_with_room_for_the_ci_title(tmp_path: Path) -> None:
-    spec = load(tmp_path / "repo", *(node(f"n{i:04d}", instances=3) for i in range(400)))
+    spec = load(tmp_path / "repo", *(node(f"n{i:04d}") for i in range(120)))
     plan = make_plan(PROJECT, spec, LiveState(PROJECT)).to_json()
     assert len(render_markdown(plan, limit=10**9)) > COMMENT_LIMIT  # the case is real
 
     text = render_markdown(plan)
 
     assert len(text) <= COMMENT_LIMIT - 1000
-    assert text.startswith("**Plan:** 400 to add, 0 to change, 0 to destroy.")
+    assert text.startswith("**Plan:** 120 to add, 0 to change, 0 to destroy.")
     assert "changes are shown above" in text.splitlines()[-1]
     assert text.count("<details>") == text.count("</details>")
 
@@ -166,3 +166,16 @@ def test_the_left_alone_containers_and_ignored_files_get_sections_too(
     assert "container mem-x-0 (node x, instance 0): not ours" in text
     assert "<summary>Not read as spec: 1 path(s)</summary>" in text
     assert "data/: matched by .gitops-nodes-ignore line 1" in text
+
+
+def test_a_truncated_plan_still_lists_the_files_not_read_when_they_fit(
+    mixed_plan: dict[str, Any],
+) -> None:
+    plan = {**mixed_plan, "ignoredFiles": [{"path": "old.yaml", "reason": "no apiVersion"}]}
+
+    text = render_markdown(plan, limit=2200)
+
+    assert len(text) <= 2200
+    assert "changes are shown above" in text
+    assert "old.yaml: no apiVersion" in text
+    assert text.index("old.yaml: no apiVersion") < text.index("changes are shown above")
