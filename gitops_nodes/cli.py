@@ -443,8 +443,6 @@ def _apply(args: argparse.Namespace) -> int:
     approved = False
     if saved is None and not args.auto_approve and sys.stdin.isatty():
         saved = _approve(args, desired, runtime, project, state)
-        if saved is None:
-            return EXIT_OK  # no changes
         on_plan, approved = None, True  # the plan was shown above
     try:
         run = workflow.apply(
@@ -477,17 +475,19 @@ def _approve(
     runtime: Runtime,
     project: str,
     state: StateDir,
-) -> dict[str, Any] | None:
-    """Show the plan on the terminal and ask for yes, as Terraform does. Returns the plan
-    approved, to apply as a saved plan is (so a spec or live state that moved meanwhile is
-    refused rather than applied unseen), or None when there is nothing to do; any answer
-    but yes raises ApplyCancelled. Nothing is locked or written while the question waits."""
+) -> dict[str, Any]:
+    """Show the plan on the terminal and ask for yes, as Terraform does (no changes: no
+    question). Returns the plan approved, to apply as a saved plan is, so a spec or live
+    state that moved meanwhile is refused rather than applied unseen (an empty plan still
+    goes through apply, which records an --adopt); any answer but yes raises
+    ApplyCancelled. Nothing is locked or written while the question waits."""
     live = workflow.observe(runtime, project, state, args.adopt)
     plan = make_plan(project, desired, live)
     _empty_guard(args, desired)(plan, live)
     _print_plan(plan)
+    approved = {**plan.to_json(), "adopt": args.adopt}
     if plan.empty:
-        return None
+        return approved
     print(
         "Do you want to perform these actions?\n"
         "  gitops-nodes will perform the actions described above.\n"
@@ -500,7 +500,7 @@ def _approve(
     if answer.strip() != "yes":
         raise ApplyCancelled("apply cancelled (only 'yes' approves): nothing was changed")
     print()
-    return {**plan.to_json(), "adopt": args.adopt}
+    return approved
 
 
 def _destroy(args: argparse.Namespace) -> int:

@@ -4,6 +4,7 @@ it applies as before. Each case runs the real command under a pseudo-terminal.""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pty
 import select
@@ -60,6 +61,8 @@ def on_terminal(
                 if not chunk:
                     break
                 output += chunk
+            if answer is None and PROMPT.encode() in output:
+                break  # asked when it should not have: fail now, with the output
             if not answered and PROMPT.encode() in output:
                 if meanwhile is not None:
                     meanwhile()
@@ -67,7 +70,12 @@ def on_terminal(
                 answered = True
             if process.poll() is not None and not ready:
                 break
-        code = process.wait(timeout=max(1.0, end - time.monotonic()))
+        if not (answer is None and PROMPT.encode() in output):
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=max(1.0, end - time.monotonic()))
+        if process.poll() is None:
+            process.kill()  # stuck (at a question nobody answers): its output says where
+        code = process.wait()
     finally:
         if process.poll() is None:
             process.kill()
