@@ -501,7 +501,15 @@ def bench(duration: float, warmup: float, restarts: int, rounds: int) -> tuple[s
         stack.callback(cleanup_project, repo, project, state_dir)  # runs after serve has stopped
         progress(f"project {project}: applying {NODE} (may download wheels and build)")
         run(
-            gitops_nodes("apply", str(repo), "--project", project, "--state-dir", str(state_dir)),
+            gitops_nodes(
+                "apply",
+                "--auto-approve",
+                str(repo),
+                "--project",
+                project,
+                "--state-dir",
+                str(state_dir),
+            ),
             timeout=APPLY_TIMEOUT,
             cwd=REPO_ROOT,
         )

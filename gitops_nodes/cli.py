@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gitops_nodes import __version__
-from gitops_nodes.errors import GitopsNodesError
+from gitops_nodes.errors import ApplyCancelled, GitopsNodesError, StalePlan
 
 # Start-up time is every command's floor (`--version` and `validate` included), so this module
 # imports only argparse and the errors at load: each command imports what it uses (Docker,
@@ -207,6 +207,12 @@ def _parser() -> argparse.ArgumentParser:
     project_options(sub)
     sub.add_argument("--json", action="store_true", help="print the plan as JSON")
     sub.add_argument(
+        "--format",
+        choices=["text", "json", "markdown"],
+        default=None,
+        help="text (default), json (as --json), or markdown for a pull-request comment",
+    )
+    sub.add_argument(
         "--detailed-exitcode", action="store_true", help="exit 0: no changes, 1: error, 2: changes"
     )
     sub.add_argument(
@@ -226,6 +232,13 @@ def _parser() -> argparse.ArgumentParser:
         default=30.0,
         metavar="SECONDS",
         help="longest wait for balancers to finish requests on a removed instance (30)",
+    )
+    sub.add_argument(
+        "--auto-approve",
+        "-auto-approve",
+        action="store_true",
+        help="on a terminal, apply without showing the plan and asking for yes first "
+        "(without a terminal, and for a saved plan, apply never asks)",
     )
     adopt_option(sub)
     allow_empty(sub)
@@ -388,6 +401,8 @@ def _plan(args: argparse.Namespace) -> int:
     from gitops_nodes.spec.settings import load_repository
     from gitops_nodes.statedir import secret_key
 
+    if args.json and args.format not in (None, "json"):
+        raise GitopsNodesError(f"--json and --format {args.format}: give one of them")
     if args.out:
         _check_plan_target(args.out)  # before any work, and before the plan is printed
     project, state = _context(args, args.path)
@@ -397,8 +412,13 @@ def _plan(args: argparse.Namespace) -> int:
     plan = make_plan(project, desired, live)
     _empty_guard(args, desired)(plan, live)
     data = plan.to_json()
-    if args.json:
+    form = "json" if args.json else args.format or "text"
+    if form == "json":
         print(render_json({**data, "ignoredFiles": _ignored_json(desired)}), end="")
+    elif form == "markdown":
+        from gitops_nodes.render import render_markdown
+
+        print(render_markdown({**data, "ignoredFiles": _ignored_json(desired)}), end="")
     else:
         print(render_text(data), end="")
         _print_ignored(desired)
@@ -411,7 +431,7 @@ def _plan(args: argparse.Namespace) -> int:
             raise GitopsNodesError(
                 f"-out {args.out}: cannot write the plan: {exc.strerror or exc}"
             ) from None
-        if not args.json:
+        if form == "text":
             print(f"\nSaved the plan to {args.out}; `gitops-nodes apply {args.out}` applies it.")
     if args.detailed_exitcode and not plan.empty:
         return EXIT_CHANGES
@@ -459,21 +479,72 @@ def _apply(args: argparse.Namespace) -> int:
     if saved is not None:
         project = args.project or saved["project"]
         state = StateDir.for_project(project, args.state_dir)
-    run = workflow.apply(
-        desired,
-        _runtime(args, desired.root, saved.get("runtime") if saved else None),
-        project,
-        state,
-        ApplyOptions(parallelism=args.parallelism, drain_timeout=args.drain_timeout),
-        on_plan=_print_plan,
-        on_result=_print_result,
-        saved=saved,
-        check=_empty_guard(args, desired),
-        adopt=args.adopt or bool(saved and saved.get("adopt")),
-    )
+    runtime = _runtime(args, desired.root, saved.get("runtime") if saved else None)
+    on_plan: Callable[[Plan], None] | None = _print_plan
+    approved = False
+    if saved is None and not args.auto_approve and sys.stdin.isatty():
+        saved = _approve(args, desired, runtime, project, state)
+        on_plan, approved = None, True  # the plan was shown above
+    try:
+        run = workflow.apply(
+            desired,
+            runtime,
+            project,
+            state,
+            ApplyOptions(parallelism=args.parallelism, drain_timeout=args.drain_timeout),
+            on_plan=on_plan,
+            on_result=_print_result,
+            saved=saved,
+            check=_empty_guard(args, desired),
+            adopt=args.adopt or bool(saved and saved.get("adopt")),
+        )
+    except StalePlan:
+        if not approved:
+            raise
+        raise StalePlan(
+            "nothing was applied: the spec or the live state changed after the plan was "
+            "shown; run `gitops-nodes apply` again to see the new plan"
+        ) from None
     if run.report is None:
         return EXIT_OK
     return _print_report(run.report, "Apply")
+
+
+def _approve(
+    args: argparse.Namespace,
+    desired: DesiredState,
+    runtime: Runtime,
+    project: str,
+    state: StateDir,
+) -> dict[str, Any]:
+    """Show the plan on the terminal and ask for yes, as Terraform does (no changes: no
+    question). Returns the plan approved, to apply as a saved plan is, so a spec or live
+    state that moved meanwhile is refused rather than applied unseen (an empty plan still
+    goes through apply, which records an --adopt); any answer but yes raises
+    ApplyCancelled. Nothing is locked or written while the question waits."""
+    from gitops_nodes import workflow
+    from gitops_nodes.plan import make_plan
+
+    live = workflow.observe(runtime, project, state, args.adopt)
+    plan = make_plan(project, desired, live)
+    _empty_guard(args, desired)(plan, live)
+    _print_plan(plan)
+    approved = {**plan.to_json(), "adopt": args.adopt}
+    if plan.empty:
+        return approved
+    print(
+        "Do you want to perform these actions?\n"
+        "  gitops-nodes will perform the actions described above.\n"
+        "  Only 'yes' will be accepted to approve.\n"
+    )
+    try:
+        answer = input("  Enter a value: ")
+    except EOFError:
+        answer = ""
+    if answer.strip() != "yes":
+        raise ApplyCancelled("apply cancelled (only 'yes' approves): nothing was changed")
+    print()
+    return approved
 
 
 def _destroy(args: argparse.Namespace) -> int:

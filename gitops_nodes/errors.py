@@ -7,6 +7,7 @@ GitopsNodesError
 ├── LockTimeout           another apply holds the state directory's lock
 ├── StalePlan             a saved plan no longer matches the spec or the live state
 ├── PlanFileError         a saved plan file cannot be read
+├── ApplyCancelled        the plan apply showed on a terminal was not approved
 └── SourceError           (watch/source.py) the repo cannot be fetched or read
 """
 
@@ -35,3 +36,7 @@ class StalePlan(GitopsNodesError):
 
 class PlanFileError(GitopsNodesError):
     """A saved plan file is missing, unreadable or not a gitops-nodes plan."""
+
+
+class ApplyCancelled(GitopsNodesError):
+    """The plan shown by `apply` on a terminal was not approved with yes."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import html
 import json
+import re
 from typing import Any
 
 # What every plan shows for a key or a secret; diff.Sensitive's text (render imports nothing
@@ -128,3 +130,105 @@ def shown_value(item: dict[str, Any], side: str) -> str:
 
 def render_json(plan: dict[str, Any]) -> str:
     return json.dumps(plan, indent=2, sort_keys=False) + "\n"
+
+
+# GitHub refuses a comment body past 65,536 characters; a CI job adds a marker and a title
+# around the plan, so the plan keeps this much room for them.
+COMMENT_LIMIT = 65_536
+COMMENT_RESERVE = 1_024
+_GLYPH_FIRST = re.compile(r"^( +)([-+])(?=\s)", re.MULTILINE)
+
+
+def render_markdown(plan: dict[str, Any], limit: int = COMMENT_LIMIT - COMMENT_RESERVE) -> str:
+    """A plan for a pull-request comment: the summary line first, then one collapsible
+    section per node and alias holding the same lines the text plan shows; past `limit`
+    characters the sections that do not fit are left out and a note says so."""
+    changes = plan["changes"]
+    project = plan["project"]  # a state folder's name: letters, digits and _.- only
+    if changes:
+        summary = plan["summary"]
+        head = (
+            f"**Plan:** {summary['add']} to add, {summary['change']} to change, "
+            f"{summary['destroy']} to destroy. (gitops-nodes project `{project}`)\n"
+        )
+    else:
+        head = (
+            f"**No changes.** The live state matches the spec. (gitops-nodes project `{project}`)\n"
+        )
+    sections = [_markdown_section(change) for change in changes]
+    extras = _markdown_extras(plan)
+    body = head + "".join(sections) + "".join(extras)
+    if len(body) <= limit:
+        return body
+    shown = head
+    count = 0
+    for section in sections:
+        if len(shown) + len(section) + len(_truncated_note(count + 1, len(sections))) > limit:
+            break
+        shown += section
+        count += 1
+    note = _truncated_note(count, len(sections))
+    for extra in extras:  # the short lists after the changes, when they still fit
+        if len(shown) + len(extra) + len(note) <= limit:
+            shown += extra
+    return shown + note
+
+
+def _truncated_note(shown: int, total: int) -> str:
+    return (
+        f"\n> **The plan is too long for one comment:** {shown} of {total} changes are shown "
+        "above. The whole plan is in the job's log (`gitops-nodes plan`).\n"
+    )
+
+
+def _markdown_section(change: dict[str, Any]) -> str:
+    """One node's or alias's change: a one-line summary that opens onto its text lines."""
+    action = change["action"]
+    title = _TRANSITION_TITLES.get(change.get("transition") or "", _TITLES[action])
+    forcing = [f["field"] for f in change["fields"] if f["forcesReplacement"]]
+    forces = (
+        " — " + ", ".join(f"<code>{_escape(f)}</code>" for f in forcing) + " forces replacement"
+        if forcing
+        else ""
+    )
+    summary = (
+        f"<code>{_escape(action)}</code> {change['kind']} <b>{_escape(change['name'])}</b>"
+        f" {title} ({_escape(change['reason'])}){forces}"
+    )
+    return _details(summary, "\n".join(_change_lines(change)))
+
+
+def _markdown_extras(plan: dict[str, Any]) -> list[str]:
+    """The containers left alone and the files not read as spec, as in the text plan."""
+    extras = []
+    left = plan.get("leftAlone") or []
+    if left:
+        extras.append(
+            _details(
+                f"Left alone: {len(left)} container(s) not this state directory's",
+                _left_alone_text(plan).strip("\n"),
+                language="",
+            )
+        )
+    ignored = plan.get("ignoredFiles") or []
+    if ignored:
+        lines = "\n".join(f"{item['path']}: {item['reason']}" for item in ignored)
+        extras.append(_details(f"Not read as spec: {len(ignored)} path(s)", lines, language=""))
+    return extras
+
+
+def _escape(text: str) -> str:
+    return html.escape(text, quote=False)
+
+
+def _details(summary: str, text: str, language: str = "diff") -> str:
+    """A collapsible block around a code block; the glyphs lead their lines so a diff block
+    colours them, and the fence outgrows any backticks inside the text."""
+    if language == "diff":
+        text = _GLYPH_FIRST.sub(r"\2\1", text)
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return (
+        f"\n<details><summary>{summary}</summary>\n\n"
+        f"{fence}{language}\n{text}\n{fence}\n\n</details>\n"
+    )

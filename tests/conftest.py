@@ -4,6 +4,7 @@ and remove everything their project created, by label, even when the test fails.
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
 import shutil
 import textwrap
@@ -15,6 +16,25 @@ import pytest
 
 BASE_IMAGE = "gitops-nodes/python-base:bookworm"
 APP_DIR = Path(__file__).parent / "integration" / "app"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def no_terminal_for_commands() -> Iterator[None]:
+    """The commands tests run read /dev/null, never the terminal pytest -s leaves them:
+    `apply` on a terminal stops to ask for yes. The confirmation's own tests give theirs a
+    pseudo-terminal explicitly."""
+    if not os.isatty(0):
+        yield
+        return
+    saved = os.dup(0)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 0)
+        os.close(saved)
 
 
 @pytest.fixture

@@ -2,7 +2,8 @@
 # Make sure the programs the tests run (beyond Python packages) are installed: `prometheus`
 # and `promtool` from Debian's prometheus package. The balancer's tests start their own
 # Prometheus server on a free loopback port with a temporary configuration, and check
-# /-/metrics with `promtool check metrics`.
+# /-/metrics with `promtool check metrics`. `node` from Debian's nodejs package runs the
+# GitHub Actions example's comment script (examples/ci/) against a stand-in API.
 #
 # Missing and root: apt-get install them (apt-get update first only when the package lists
 # do not know the package yet, or when the install fails on stale lists). Missing and not
@@ -10,20 +11,26 @@
 set -euo pipefail
 
 readonly LOCK_WAIT_S=300
-readonly PACKAGES=(prometheus)  # gives /usr/bin/prometheus and /usr/bin/promtool
+readonly PACKAGES=(prometheus nodejs)  # /usr/bin/prometheus, /usr/bin/promtool, /usr/bin/node
 
 say() { echo "ensure-test-tools: $*" >&2; }
 die() { say "error: $*"; exit 1; }
 now() { echo "${EPOCHREALTIME/,/.}"; }
 elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f s", b - a }'; }
 
-missing() { ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; }
+missing() {
+    local tool
+    for tool in prometheus promtool node; do
+        command -v "$tool" >/dev/null 2>&1 || return 0
+    done
+    return 1
+}
 
 missing || exit 0
 
 if [[ $(id -u) -ne 0 ]]; then
-    die "the tests need prometheus and promtool: run 'sudo apt-get install -y prometheus'
-  (Debian/Ubuntu), or put both binaries (from prometheus.io) on PATH"
+    die "the tests need prometheus, promtool and node: run 'sudo apt-get install -y prometheus
+  nodejs' (Debian/Ubuntu), or put the binaries (prometheus.io, nodejs.org) on PATH"
 fi
 
 # shellcheck source=apt.sh
@@ -31,5 +38,5 @@ source "$(dirname "${BASH_SOURCE[0]}")/apt.sh"
 
 t0=$(now)
 apt_install "${PACKAGES[@]}"
-missing && die "installed ${PACKAGES[*]}, but prometheus or promtool is still not on PATH"
-say "installed ${PACKAGES[*]} (prometheus, promtool) in $(elapsed "$t0")"
+missing && die "installed ${PACKAGES[*]}, but prometheus, promtool or node is still not on PATH"
+say "installed ${PACKAGES[*]} (prometheus, promtool, node) in $(elapsed "$t0")"

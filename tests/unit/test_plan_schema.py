@@ -1,0 +1,143 @@
+"""`plan --json` is a stable interface: schemas/plan-v1.schema.json describes it, and the
+plans gitops-nodes makes (every action, suspension, builds, containers left alone, saved
+plans) validate against it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from gitops_nodes import workflow
+from gitops_nodes.live import LiveInstance, LiveState
+from gitops_nodes.plan import PLAN_FORMAT, make_plan
+from gitops_nodes.spec.load import load_spec
+from gitops_nodes.spec.state import DesiredState
+
+from .memory_world import PROJECT, World
+
+SCHEMA = Path(__file__).resolve().parents[2] / "schemas" / "plan-v1.schema.json"
+
+
+@pytest.fixture(scope="module")
+def validator() -> Any:
+    schema = json.loads(SCHEMA.read_text())
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema)
+
+
+def node(name: str, version: str = "1", instances: int = 1, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "gitops-nodes/v1",
+        "kind": "Node",
+        "metadata": {"name": name},
+        "spec": {
+            "image": {"name": "busybox:1", "port": 8080},
+            "instances": instances,
+            "env": {"VERSION": version},
+            **spec,
+        },
+    }
+
+
+def alias(name: str, *routes: tuple[str, int]) -> dict[str, Any]:
+    return {
+        "apiVersion": "gitops-nodes/v1",
+        "kind": "Alias",
+        "metadata": {"name": name},
+        "spec": {"nodes": [{"node": n, "weight": w} for n, w in routes]},
+    }
+
+
+def load(
+    root: Path, *documents: dict[str, Any], files: dict[str, str] | None = None
+) -> DesiredState:
+    root.mkdir(parents=True)
+    (root / "spec.yaml").write_text(yaml.safe_dump_all(documents, sort_keys=False))
+    for name, text in (files or {}).items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return load_spec(root)
+
+
+def plans(tmp_path: Path) -> dict[str, dict[str, Any]]:
+    """Real plans of every shape: made by make_plan against a memory engine's live state."""
+    world = World(tmp_path)
+    world.apply(
+        load(
+            tmp_path / "v1",
+            node("web", instances=3, maintenanceLimit=2),
+            node("old"),
+            node("idle"),
+            alias("front", ("web", 90), ("old", 10)),
+        )
+    )
+    live = world.live()
+    every_action = load(
+        tmp_path / "v2",
+        node("web", version="2", instances=3, maintenanceLimit=2),
+        node("idle", suspended=True),
+        node("built", image={"build": "app", "port": 8080}),
+        alias("front", ("web", 50), ("built", 50)),
+        files={"app/Dockerfile": "FROM busybox:1\n"},
+    )
+    theirs = LiveInstance("mem-x-0-1", "x", 0, "h", None, "running", 1, owner="someone-else")
+    made = {
+        "from nothing": make_plan(PROJECT, every_action, LiveState(PROJECT)),
+        "every action": make_plan(PROJECT, every_action, live),
+        "left alone": make_plan(PROJECT, every_action, LiveState(PROJECT, foreign=(theirs,))),
+    }
+    world.apply(every_action)
+    made["no changes"] = make_plan(PROJECT, every_action, world.live())
+    return {name: plan.to_json() for name, plan in made.items()}
+
+
+def test_every_kind_of_plan_validates(tmp_path: Path, validator: Any) -> None:
+    made = plans(tmp_path)
+    every = made["every action"]
+    actions = {c["action"] for c in every["changes"]}
+    assert actions >= {"+", "-/+", "~"}, actions  # the case covers what it says
+    assert any(c.get("transition") == "suspend" for c in every["changes"])
+    assert any(c.get("maintenance") for c in every["changes"])
+    assert any(c.get("build") for c in made["from nothing"]["changes"])
+    assert made["left alone"]["leftAlone"]
+    assert made["no changes"]["changes"] == []
+    for name, plan in made.items():
+        errors = [e.message for e in validator.iter_errors(plan)]
+        assert errors == [], name
+
+
+def test_a_saved_plan_and_plan_json_extras_validate(tmp_path: Path, validator: Any) -> None:
+    plan = make_plan(PROJECT, load(tmp_path / "repo", node("web")), LiveState(PROJECT))
+    saved = json.loads(workflow.saved_plan_json(plan, tmp_path / "repo", "docker", adopt=True))
+    printed = {**plan.to_json(), "ignoredFiles": [{"path": "data/", "reason": "ignored"}]}
+
+    validator.validate(saved)
+    validator.validate(printed)
+    assert saved["format"] == PLAN_FORMAT
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        (("changes", 0, "action"), "replace"),
+        (("summary", "add"), -1),
+        (("changes", 0, "surprise"), True),
+        (("format",), "gitops-nodes/plan/v2"),
+    ],
+)
+def test_the_schema_refuses_what_plan_never_prints(
+    path: tuple[Any, ...], value: Any, tmp_path: Path, validator: Any
+) -> None:
+    plan = make_plan(PROJECT, load(tmp_path / "repo", node("web")), LiveState(PROJECT)).to_json()
+    target: Any = plan
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+
+    assert not validator.is_valid(plan)
