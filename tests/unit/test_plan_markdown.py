@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,6 @@ from typing import Any
 import pytest
 import yaml
 
-from gitops_nodes import render
 from gitops_nodes.live import LiveState
 from gitops_nodes.plan import make_plan
 from gitops_nodes.render import COMMENT_LIMIT, render_markdown, render_text
@@ -135,18 +135,25 @@ def test_backticks_in_a_value_do_not_end_the_code_block(tmp_path: Path) -> None:
     assert "\n`````\n\n</details>" in text
 
 
-def test_values_go_through_the_text_plans_formatter(
-    mixed_plan: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+def test_a_sensitive_field_is_masked_in_the_text_and_the_markdown_alike(
+    mixed_plan: dict[str, Any],
 ) -> None:
-    """One function formats every value the plan shows, so masking one there masks it in
-    the text and the markdown alike."""
-    monkeypatch.setattr(render, "_value", lambda value: "(masked)")
+    """One function (render.shown_value) formats every value the plan shows, so a field
+    the plan marks sensitive is masked in every rendering, whatever its values are."""
+    plan = copy.deepcopy(mixed_plan)
+    fields = [
+        f for c in plan["changes"] for f in c.get("fields", []) if f["field"] == "env.VERSION"
+    ]
+    assert fields, "the mixed plan changes env.VERSION"
+    for item in fields:
+        item["sensitive"] = True
 
-    text, markdown = render_text(mixed_plan), render_markdown(mixed_plan)
+    text, markdown = render_text(plan), render_markdown(plan)
 
     for output in (text, markdown):
         assert '"2"' not in output
-        assert "env.VERSION = (masked) -> (masked) # forces replacement" in output
+        shown = 'env.VERSION = "(sensitive value)" -> "(sensitive value)" # forces replacement'
+        assert shown in output
 
 
 def test_the_left_alone_containers_and_ignored_files_get_sections_too(

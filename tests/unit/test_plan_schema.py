@@ -141,3 +141,27 @@ def test_the_schema_refuses_what_plan_never_prints(
     target[path[-1]] = value
 
     assert not validator.is_valid(plan)
+
+
+def test_a_plan_that_changes_a_secret_validates_and_shows_no_value(
+    tmp_path: Path, validator: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world = World(tmp_path)
+    secret = {"TOKEN": {"fromEnv": "GNT_SCHEMA_SECRET"}}
+    monkeypatch.setenv("GNT_SCHEMA_SECRET", "first-value")
+    world.apply(load_spec(_write(tmp_path / "v1", secret)))
+    monkeypatch.setenv("GNT_SCHEMA_SECRET", "second-value")
+    desired = load_spec(_write(tmp_path / "v2", secret))
+
+    plan = make_plan(PROJECT, desired, world.live()).to_json()
+
+    fields = [f for c in plan["changes"] for f in c.get("fields", [])]
+    assert [f["field"] for f in fields if f.get("sensitive")] == ["env.TOKEN"], fields
+    validator.validate(plan)
+    assert "first-value" not in json.dumps(plan) and "second-value" not in json.dumps(plan)
+
+
+def _write(root: Path, env: dict[str, Any]) -> Path:
+    root.mkdir(parents=True)
+    (root / "spec.yaml").write_text(yaml.safe_dump(node("web", env=env), sort_keys=False))
+    return root
