@@ -32,6 +32,7 @@ from gitops_nodes.spec.state import DesiredState
 from gitops_nodes.statedir import StateDir, clean_state
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
+NOTIFY_GRACE = 5.0  # seconds a stopping watch gives queued notifications
 
 log = logging.getLogger("gitops_nodes.cli")
 
@@ -627,6 +628,7 @@ def _watch(args: argparse.Namespace) -> int:
     from gitops_nodes.runtime.docker import follow_events
     from gitops_nodes.spec.models import parse_duration
     from gitops_nodes.watch.loop import WatchLoop
+    from gitops_nodes.watch.notify import Notifier
     from gitops_nodes.watch.reconcile import Reconciler
     from gitops_nodes.watch.source import open_source
 
@@ -687,6 +689,7 @@ def _watch(args: argparse.Namespace) -> int:
         interval,
         hook_token=os.environ.get("GITOPS_NODES_HOOK_TOKEN"),
         drift=lambda notify, stop: follow_events(project, notify, stop),
+        notifier=(notifier := Notifier(project)),
     )
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, watch.stop)
@@ -709,6 +712,7 @@ def _watch(args: argparse.Namespace) -> int:
         loop.run_until_complete(watch.run(options))
     finally:
         loop.close()
+        notifier.close(NOTIFY_GRACE)  # what is queued gets a few seconds to go out
     return EXIT_OK
 
 
