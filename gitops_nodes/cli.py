@@ -247,6 +247,11 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "-t", "--timestamps", action="store_true", help="show the engine's time of each line"
     )
+    sub.add_argument(
+        "--health",
+        action="store_true",
+        help="also show the lines of the balancers' health-check requests (left out by default)",
+    )
     sub.set_defaults(command=_logs, exit_at_once=True)
 
     sub = command(
@@ -534,12 +539,13 @@ def _logs(args: argparse.Namespace) -> int:
     if not chosen:
         print(f"Node {args.node} has no instances.")
         return EXIT_OK
+    skip = None if args.health else nodelogs.HealthLines.of(state, args.node)
     if not args.follow:
-        for line in nodelogs.recent(runtime, chosen, args.tail, args.timestamps):
+        for line in nodelogs.recent(runtime, chosen, args.tail, args.timestamps, skip):
             print(line)
         return EXIT_OK
     signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM ends following as Ctrl-C does
-    with nodelogs.Follower(runtime, chosen, args.tail, args.timestamps) as follower:
+    with nodelogs.Follower(runtime, chosen, args.tail, args.timestamps, skip) as follower:
         try:
             for line in follower:
                 print(line, flush=True)
