@@ -10,13 +10,15 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import TextIO
 
 from balancer.access import ADMIN_TOKEN_ENV, ADMIN_TOKEN_FILE_ENV, AccessConfigError, admin_guard
 from balancer.proxy import ProxySettings
 from balancer.settings import SettingsError, parse_trusted_proxies
 from balancer.table import RoutingTable
-from gitops_nodes import __version__, logs, nodelogs, workflow
+from gitops_nodes import __version__, logs, nodelogs, progress, workflow
 from gitops_nodes.apply import ApplyOptions, ApplyReport, Outcome, StepResult
 from gitops_nodes.errors import GitopsNodesError
 from gitops_nodes.guards import check_not_empty
@@ -423,18 +425,20 @@ def _apply(args: argparse.Namespace) -> int:
     if saved is not None:
         project = args.project or saved["project"]
         state = StateDir.for_project(project, args.state_dir)
-    run = workflow.apply(
-        desired,
-        _runtime(args, desired.root, saved.get("runtime") if saved else None),
-        project,
-        state,
-        ApplyOptions(parallelism=args.parallelism, drain_timeout=args.drain_timeout),
-        on_plan=_print_plan,
-        on_result=_print_result,
-        saved=saved,
-        check=_empty_guard(args, desired),
-        adopt=args.adopt or bool(saved and saved.get("adopt")),
-    )
+    with _live_progress(sys.stdout):
+        run = workflow.apply(
+            desired,
+            _runtime(args, desired.root, saved.get("runtime") if saved else None),
+            project,
+            state,
+            ApplyOptions(parallelism=args.parallelism, drain_timeout=args.drain_timeout),
+            on_plan=_print_plan,
+            on_result=_print_result,
+            saved=saved,
+            check=_empty_guard(args, desired),
+            adopt=args.adopt or bool(saved and saved.get("adopt")),
+            on_start=progress.step_started,
+        )
     if run.report is None:
         return EXIT_OK
     return _print_report(run.report, "Apply")
@@ -443,15 +447,17 @@ def _apply(args: argparse.Namespace) -> int:
 def _destroy(args: argparse.Namespace) -> int:
     project, state = _context(args, args.path)
     runtime = _runtime(args, args.path)
-    run = workflow.apply(
-        workflow.empty_spec(args.path),
-        runtime,
-        project,
-        state,
-        on_plan=_print_plan,
-        on_result=_print_result,
-        adopt=args.adopt,
-    )
+    with _live_progress(sys.stdout):
+        run = workflow.apply(
+            workflow.empty_spec(args.path),
+            runtime,
+            project,
+            state,
+            on_plan=_print_plan,
+            on_result=_print_result,
+            adopt=args.adopt,
+            on_start=progress.step_started,
+        )
     code = _print_report(run.report, "Destroy") if run.report else EXIT_OK
     if code == EXIT_OK:
         for removed in runtime.remove_project(project, state):
@@ -715,7 +721,8 @@ def _watch(args: argparse.Namespace) -> int:
         args.admin_port,
     )
     try:
-        loop.run_until_complete(watch.run(options))
+        with _live_progress(sys.stderr, args.log_format == "text"):
+            loop.run_until_complete(watch.run(options))
     finally:
         loop.close()
         notifier.close(NOTIFY_GRACE)  # what is queued gets a few seconds to go out
@@ -733,7 +740,18 @@ def _print_plan(plan: Plan) -> None:
         print()
 
 
+def _live_progress(stream: TextIO, wanted: bool = True) -> AbstractContextManager[object]:
+    """On a terminal, a live display of the running steps (rich, imported only then);
+    elsewhere nothing, and the output stays the plain lines it is."""
+    if not wanted or not stream.isatty() or os.environ.get("TERM") == "dumb":
+        return contextlib.nullcontext()
+    from gitops_nodes.liveview import live_progress
+
+    return live_progress(stream)
+
+
 def _print_result(result: StepResult) -> None:
+    progress.step_ended(result)
     mark = {Outcome.DONE: "ok", Outcome.FAILED: "FAILED", Outcome.NOT_STARTED: "not started"}
     if result.outcome is Outcome.NOT_STARTED:
         return

@@ -18,7 +18,7 @@ from types import MappingProxyType
 from typing import Any
 
 from balancer.table import RoutingTable, TableError, read_table
-from gitops_nodes import workflow
+from gitops_nodes import progress, workflow
 from gitops_nodes.apply import ApplyOptions, Outcome, StepResult
 from gitops_nodes.errors import GitopsNodesError, RuntimeUnavailable
 from gitops_nodes.guards import Refused, check_destroy_budget, check_not_empty
@@ -254,6 +254,7 @@ class Reconciler:
                 self.options,
                 on_result=_log_step,
                 on_publish=self.on_publish,
+                on_start=progress.step_started,  # for a live display, on a terminal
                 check=check,
             )
         except Refused as exc:
@@ -471,6 +472,7 @@ def read_watch_status(state: StateDir) -> dict[str, Any] | None:
 
 
 def _log_step(result: StepResult) -> None:
+    progress.step_ended(result)
     if result.outcome is not Outcome.NOT_STARTED:
         log.info(
             "%s: %s in %.2fs, %s",
