@@ -244,8 +244,8 @@ class Sender:
     def _run(self) -> None:
         while True:
             event = self.queue.get()
-            if event is None:
-                return
+            if event is None or self.stop.is_set():
+                return  # closed: what is still queued is dropped
             self._deliver(event)
 
     def _deliver(self, event: Event) -> None:
@@ -277,10 +277,17 @@ class Notifier:
     """The watch loop's side: events from results, to the targets of the newest good
     settings, each through its own Sender."""
 
-    def __init__(self, project: str, backoff: float = BACKOFF, attempts: int = ATTEMPTS) -> None:
+    def __init__(
+        self,
+        project: str,
+        backoff: float = BACKOFF,
+        attempts: int = ATTEMPTS,
+        timeout: float = SEND_TIMEOUT,
+    ) -> None:
         self.transitions = Transitions(project)
         self.backoff = backoff
         self.attempts = attempts
+        self.timeout = timeout
         self.senders: dict[ResolvedTarget, Sender] = {}
         self.lock = threading.Lock()
 
@@ -293,7 +300,7 @@ class Notifier:
                     sender = self.senders.pop(target)
                     threading.Thread(target=sender.close, args=(SEND_TIMEOUT,), daemon=True).start()
             for target in wanted - set(self.senders):
-                self.senders[target] = Sender(target, self.backoff, self.attempts)
+                self.senders[target] = Sender(target, self.backoff, self.attempts, self.timeout)
 
     def observe(
         self,

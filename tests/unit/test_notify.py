@@ -53,8 +53,8 @@ def receiver() -> Iterator[Receiver]:
         yield server
 
 
-def with_notifier(h: Harness, backoff: float = 0.05) -> Notifier:
-    notifier = Notifier("mem", backoff=backoff, attempts=4)
+def with_notifier(h: Harness, backoff: float = 0.05, timeout: float = 10.0) -> Notifier:
+    notifier = Notifier("mem", backoff=backoff, attempts=4, timeout=timeout)
     h.watch.notifier = notifier
     return notifier
 
@@ -145,7 +145,8 @@ def test_a_dead_receiver_does_not_hold_reconciles_up(
     settings = f"notifications:\n  - {{name: ops, type: webhook, url: '{url}'}}\n"
     try:
         with Harness(tmp_path) as h:
-            notifier = with_notifier(h, backoff=30)
+            # Each POST waits 2 s; with the first retry after 30 s, nothing gets through.
+            notifier = with_notifier(h, backoff=30, timeout=2)
             for version in "1234":
                 revision = h.commit(node_doc("v1", version), settings=settings)
                 h.wait(
@@ -155,6 +156,8 @@ def test_a_dead_receiver_does_not_hold_reconciles_up(
             (sender,) = notifier.senders.values()
             assert sender.sent == 0  # nothing was delivered, and every revision was applied
             notifier.close(0.2)
+            sender.thread.join(5)  # its POST timed out, and it stopped rather than retry
+            assert not sender.thread.is_alive()
     finally:
         silent.close()
 
