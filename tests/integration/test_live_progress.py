@@ -9,21 +9,27 @@ import pty
 import re
 import select
 import shutil
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from gitops_nodes.statedir import StateDir
 from tests.conftest import APP_DIR
+from tests.integration.helpers import free_port, git
 
 DEADLINE = 180.0
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07|\r")
 
 
-def in_terminal(argv: list[str], within: float = DEADLINE) -> tuple[int, str]:
+def in_terminal(
+    argv: list[str], within: float = DEADLINE, until: Callable[[str], bool] | None = None
+) -> tuple[int, str]:
     """Run argv with a pseudo-terminal as its stdin, stdout and stderr: (exit code, what it
-    wrote, with terminal control sequences removed)."""
+    wrote, with terminal control sequences removed). With until, it is sent SIGTERM once
+    what it wrote satisfies until."""
     main, child = pty.openpty()
     env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "160", "LINES": "40"}
     process = subprocess.Popen(argv, stdin=child, stdout=child, stderr=child, env=env)
@@ -44,6 +50,9 @@ def in_terminal(argv: list[str], within: float = DEADLINE) -> tuple[int, str]:
             if not data:
                 break
             chunks.append(data)
+            if until is not None and until(ANSI.sub("", b"".join(chunks).decode(errors="replace"))):
+                process.send_signal(signal.SIGTERM)
+                until = None
         code = process.wait(timeout=max(1.0, deadline - time.monotonic()))
     finally:
         if process.poll() is None:
@@ -124,3 +133,28 @@ def test_a_failed_build_on_a_terminal_shows_the_last_lines_of_its_log(
     assert code == 1, shown
     assert "FAILED" in shown and "last-words-of-the-build" in shown, shown
     assert "Apply failed:" in shown
+
+
+def test_watch_with_text_logs_on_a_terminal_shows_the_build_step_that_runs_now(
+    tmp_path: Path, project: str, state: StateDir
+) -> None:
+    root = repo_with(
+        tmp_path / "repo",
+        "FROM gitops-nodes/python-base:bookworm\n"
+        "COPY server.py /app/server.py\n"
+        "RUN sleep 3 && echo slept-on-purpose\n"
+        'CMD ["python3", "/app/server.py"]\n',
+    )
+    git(root, "init", "-q", "-b", "main")
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "first")
+    argv = cli(project, state, "watch", f"file://{root}", "--log-format", "text")
+    argv += ["--interval", "1s", "--port", str(free_port()), "--admin-port", str(free_port())]
+
+    code, shown = in_terminal(argv, until=lambda text: "applied: 4 steps" in text)
+
+    assert code == 0, shown
+    assert "RUN sleep 3 && echo slept-on-purpose" in shown, shown  # the display, while building
+    # The log's own lines, whole: the build's, and the reconcile's.
+    assert re.search(r"build \S+: done in \d+\.\d\ds, built \S+ from slow", shown), shown
+    assert "applied: 4 steps" in shown
