@@ -32,6 +32,7 @@ from balancer.table import (
     RoutingTable,
     write_table,
 )
+from gitops_nodes import progress
 from gitops_nodes.clock import SYSTEM_CLOCK, Clock
 from gitops_nodes.errors import GitopsNodesError, RuntimeFailure
 from gitops_nodes.fleet import BalancerFleet
@@ -235,6 +236,12 @@ def _endpoint(instance: LiveInstance) -> Endpoint:
         instance.telemetry_port,
         instance.socket,
     )
+
+
+def _in_flight(what: str, key: str, late: list[BalancerAck]) -> str:
+    """A drain's progress line: the requests still in flight on key, over the balancers."""
+    requests = sum(ack.draining.get(key, 0) for ack in late)
+    return f"draining {what}: {requests} requests in flight, {len(late)} balancer(s) to finish"
 
 
 def discovered_key(instance: LiveInstance) -> str:
@@ -516,6 +523,7 @@ class Applier:
         behind = self._await_acks(
             lambda ack: ack.generation < needed or ack.draining.get(instance, 0) > 0,
             self.options.drain_timeout,
+            lambda late: _in_flight(instance, instance, late),
         )
         self._check_ours(instance)
         self.runtime.stop_instance(self.project, instance, self.options.stop_grace)
@@ -544,6 +552,7 @@ class Applier:
         behind = self._await_acks(
             lambda ack: key in ack.healthy or ack.draining.get(key, 0) > 0,
             self.options.drain_timeout,
+            lambda late: _in_flight(what, key, late),
         )
         if behind:
             using = ", ".join(a.describe() for a in behind)
@@ -558,15 +567,20 @@ class Applier:
             raise RuntimeFailure(f"{name} is {OTHER_OWNER}: left as it is")
 
     def _await_acks(
-        self, behind: Callable[[BalancerAck], bool], timeout: float
+        self,
+        behind: Callable[[BalancerAck], bool],
+        timeout: float,
+        say: Callable[[list[BalancerAck]], str] | None = None,
     ) -> list[BalancerAck]:
         """Poll the running balancers' reports until none is behind, or timeout passes;
-        the ones still behind then."""
+        the ones still behind then. say tells a live display what is awaited."""
         deadline = self.clock.monotonic() + timeout
         while True:
             late = [ack for ack in self.fleet.acks() if behind(ack)]
             if not late or self.clock.monotonic() >= deadline:
                 return late
+            if say is not None:
+                progress.note(say(late))
             self.clock.sleep(DRAIN_POLL)  # polling the balancers' reports against a deadline
 
     def _build(self, step: PlanStep) -> str:
@@ -642,6 +656,10 @@ class Applier:
             failing = failing or not found.healthy
             last = found.detail
             passed = passed + 1 if found.healthy else 0
+            progress.note(
+                f"{instance.name} {current.state}, not Healthy yet ({passed}/"
+                f"{health.healthy_threshold} checks passed): {last}"
+            )
             if passed >= health.healthy_threshold:
                 return f"{instance.name} is Healthy ({last})"
             if self.clock.monotonic() >= deadline:

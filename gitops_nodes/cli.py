@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from gitops_nodes import __version__
 from gitops_nodes.errors import ApplyCancelled, GitopsNodesError, StalePlan
@@ -17,6 +18,7 @@ from gitops_nodes.errors import ApplyCancelled, GitopsNodesError, StalePlan
 # holds the line.
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from contextlib import AbstractContextManager
 
     from balancer.settings import ProxySettings
     from balancer.table import RoutingTable
@@ -48,6 +50,7 @@ class _ClientLimits:
 
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
+NOTIFY_GRACE = 5.0  # seconds a stopping watch gives queued notifications
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -273,6 +276,11 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "-t", "--timestamps", action="store_true", help="show the engine's time of each line"
     )
+    sub.add_argument(
+        "--health",
+        action="store_true",
+        help="also show the lines of the balancers' health-check requests (left out by default)",
+    )
     sub.set_defaults(command=_logs, exit_at_once=True)
 
     sub = command(
@@ -463,7 +471,7 @@ def _check_plan_target(out: Path) -> None:
 
 
 def _apply(args: argparse.Namespace) -> int:
-    from gitops_nodes import workflow
+    from gitops_nodes import progress, workflow
     from gitops_nodes.apply import ApplyOptions
     from gitops_nodes.statedir import StateDir, secret_key
 
@@ -486,18 +494,20 @@ def _apply(args: argparse.Namespace) -> int:
         saved = _approve(args, desired, runtime, project, state)
         on_plan, approved = None, True  # the plan was shown above
     try:
-        run = workflow.apply(
-            desired,
-            runtime,
-            project,
-            state,
-            ApplyOptions(parallelism=args.parallelism, drain_timeout=args.drain_timeout),
-            on_plan=on_plan,
-            on_result=_print_result,
-            saved=saved,
-            check=_empty_guard(args, desired),
-            adopt=args.adopt or bool(saved and saved.get("adopt")),
-        )
+        with _live_progress(sys.stdout):
+            run = workflow.apply(
+                desired,
+                runtime,
+                project,
+                state,
+                ApplyOptions(parallelism=args.parallelism, drain_timeout=args.drain_timeout),
+                on_plan=on_plan,
+                on_result=_print_result,
+                saved=saved,
+                check=_empty_guard(args, desired),
+                adopt=args.adopt or bool(saved and saved.get("adopt")),
+                on_start=progress.step_started,
+            )
     except StalePlan:
         if not approved:
             raise
@@ -548,21 +558,23 @@ def _approve(
 
 
 def _destroy(args: argparse.Namespace) -> int:
-    from gitops_nodes import workflow
+    from gitops_nodes import progress, workflow
     from gitops_nodes.plan import OTHER_OWNER
     from gitops_nodes.statedir import clean_state
 
     project, state = _context(args, args.path)
     runtime = _runtime(args, args.path)
-    run = workflow.apply(
-        workflow.empty_spec(args.path),
-        runtime,
-        project,
-        state,
-        on_plan=_print_plan,
-        on_result=_print_result,
-        adopt=args.adopt,
-    )
+    with _live_progress(sys.stdout):
+        run = workflow.apply(
+            workflow.empty_spec(args.path),
+            runtime,
+            project,
+            state,
+            on_plan=_print_plan,
+            on_result=_print_result,
+            adopt=args.adopt,
+            on_start=progress.step_started,
+        )
     code = _print_report(run.report, "Destroy") if run.report else EXIT_OK
     if code == EXIT_OK:
         for removed in runtime.remove_project(project, state):
@@ -661,12 +673,13 @@ def _logs(args: argparse.Namespace) -> int:
     if not chosen:
         print(f"Node {args.node} has no instances.")
         return EXIT_OK
+    skip = None if args.health else nodelogs.HealthLines.of(state, args.node)
     if not args.follow:
-        for line in nodelogs.recent(runtime, chosen, args.tail, args.timestamps):
+        for line in nodelogs.recent(runtime, chosen, args.tail, args.timestamps, skip):
             print(line)
         return EXIT_OK
     signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM ends following as Ctrl-C does
-    with nodelogs.Follower(runtime, chosen, args.tail, args.timestamps) as follower:
+    with nodelogs.Follower(runtime, chosen, args.tail, args.timestamps, skip) as follower:
         try:
             for line in follower:
                 print(line, flush=True)
@@ -768,6 +781,7 @@ def _watch(args: argparse.Namespace) -> int:
     from gitops_nodes.spec.models import parse_duration
     from gitops_nodes.statedir import StateDir
     from gitops_nodes.watch.loop import WatchLoop
+    from gitops_nodes.watch.notify import Notifier
     from gitops_nodes.watch.reconcile import Reconciler
     from gitops_nodes.watch.source import open_source
 
@@ -828,6 +842,7 @@ def _watch(args: argparse.Namespace) -> int:
         interval,
         hook_token=os.environ.get("GITOPS_NODES_HOOK_TOKEN"),
         drift=lambda notify, stop: follow_events(project, notify, stop),
+        notifier=(notifier := Notifier(project)),
     )
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, watch.stop)
@@ -847,9 +862,11 @@ def _watch(args: argparse.Namespace) -> int:
         args.admin_port,
     )
     try:
-        loop.run_until_complete(watch.run(options))
+        with _live_progress(sys.stderr, args.log_format == "text"):
+            loop.run_until_complete(watch.run(options))
     finally:
         loop.close()
+        notifier.close(NOTIFY_GRACE)  # what is queued gets a few seconds to go out
     return EXIT_OK
 
 
@@ -868,9 +885,21 @@ def _print_plan(plan: Plan) -> None:
         print()
 
 
+def _live_progress(stream: TextIO, wanted: bool = True) -> AbstractContextManager[object]:
+    """On a terminal, a live display of the running steps (rich, imported only then);
+    elsewhere nothing, and the output stays the plain lines it is."""
+    if not wanted or not stream.isatty() or os.environ.get("TERM") == "dumb":
+        return contextlib.nullcontext()
+    from gitops_nodes.liveview import live_progress
+
+    return live_progress(stream)
+
+
 def _print_result(result: StepResult) -> None:
+    from gitops_nodes import progress
     from gitops_nodes.apply import Outcome
 
+    progress.step_ended(result)
     mark = {Outcome.DONE: "ok", Outcome.FAILED: "FAILED", Outcome.NOT_STARTED: "not started"}
     if result.outcome is Outcome.NOT_STARTED:
         return

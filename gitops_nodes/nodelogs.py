@@ -3,15 +3,17 @@ instance (`iris/0 | ...`), merged in time order, or followed as it comes.
 
 Following runs one thread per instance, each reading its instance's stream into one queue
 that the caller iterates; closing the Follower closes every stream, which ends the threads.
-Nothing here prints: the CLI does.
+Nothing here prints: the CLI does. Unless asked for, the lines an instance writes for the
+balancers' health checks (one a second or so per balancer) are left out: see HealthLines.
 """
 
 from __future__ import annotations
 
 import queue
+import re
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -22,6 +24,10 @@ from gitops_nodes.runtime.base import LogLine, LogStream, Runtime
 from gitops_nodes.statedir import StateDir
 
 JOIN_TIMEOUT = 0.3  # seconds to wait for all reader threads once their streams are closed
+DEFAULT_HEALTH_PATH = "/healthz"  # when the published table does not say (no table yet)
+# The balancers' checker (balancer/health.py's USER_AGENT, not imported: it brings asyncio to
+# the CLI's start) and apply's own probe (gitops_nodes/health.py) name themselves so.
+HEALTH_AGENTS = ("gitops-nodes-balancer", "gitops-nodes-health")
 
 
 class UnknownNode(GitopsNodesError):
@@ -87,6 +93,33 @@ def _prefixed(instances: Sequence[LiveInstance]) -> list[Source]:
     ]
 
 
+class HealthLines:
+    """Tells an instance's log line about one of the health checks from the balancers (or
+    apply's probe) apart from the node's own lines: an access-log line of `GET <the node's
+    health path>` in the usual formats (`"GET /healthz HTTP/1.1" 200`, `GET /healthz 200`),
+    or any line naming the checkers' user agent."""
+
+    def __init__(self, path: str | None) -> None:
+        self.request = (
+            re.compile(rf'(?:^|[\s"])GET {re.escape(path)}(?:\?\S*)?(?=[\s"]|$)') if path else None
+        )
+
+    @classmethod
+    def of(cls, state: StateDir, node: str) -> HealthLines:
+        """For node, with the health path the published routing table gives it."""
+        try:
+            table = read_table(state.table)
+        except TableError:
+            table = None
+        entry = table.nodes.get(node) if table is not None else None
+        return cls(entry.health.path if entry is not None else DEFAULT_HEALTH_PATH)
+
+    def __call__(self, text: str) -> bool:
+        if any(agent in text for agent in HEALTH_AGENTS):
+            return True
+        return self.request is not None and self.request.search(text) is not None
+
+
 def format_line(source: Source, line: LogLine, timestamps: bool) -> str:
     """A line as shown: the instance's prefix, the engine's time if asked for, the text."""
     if timestamps and line.stamp:
@@ -95,15 +128,22 @@ def format_line(source: Source, line: LogLine, timestamps: bool) -> str:
 
 
 def recent(
-    runtime: Runtime, chosen: Sequence[Source], tail: int | None, timestamps: bool = False
+    runtime: Runtime,
+    chosen: Sequence[Source],
+    tail: int | None,
+    timestamps: bool = False,
+    skip: Callable[[str], bool] | None = None,
 ) -> list[str]:
     """The last tail lines of each source (all when None), merged in time order; lines of
-    the same instant keep their instance's order and their own."""
+    the same instant keep their instance's order and their own. Lines skip says yes to
+    (health checks) are left out."""
     merged: list[tuple[int, int, int, str]] = []
     for order, source in enumerate(chosen):
         stream = runtime.log_stream(source.name, tail, follow=False)
         try:
             for sequence, line in enumerate(stream):
+                if skip is not None and skip(line.text):
+                    continue
                 merged.append((line.at, order, sequence, format_line(source, line, timestamps)))
         finally:
             stream.close()
@@ -124,8 +164,10 @@ class Follower:
         chosen: Sequence[Source],
         tail: int | None,
         timestamps: bool = False,
+        skip: Callable[[str], bool] | None = None,
     ) -> None:
         self.timestamps = timestamps
+        self.skip = skip
         self.lines: queue.Queue[object] = queue.Queue()
         self.streams: list[LogStream] = []
         self.threads: list[threading.Thread] = []
@@ -148,6 +190,8 @@ class Follower:
     def _read(self, source: Source, stream: LogStream) -> None:
         try:
             for line in stream:
+                if self.skip is not None and self.skip(line.text):
+                    continue
                 self.lines.put(format_line(source, line, self.timestamps))
         except GitopsNodesError as exc:
             self.lines.put(exc)

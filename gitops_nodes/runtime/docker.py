@@ -17,7 +17,8 @@ import stat
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ import requests
 from docker.errors import APIError, BuildError, DockerException, ImageNotFound, NotFound
 
 from balancer.table import HealthSettings
-from gitops_nodes import pyimage
+from gitops_nodes import progress, pyimage
 from gitops_nodes.errors import RuntimeFailure, RuntimeUnavailable
 from gitops_nodes.fleet import BalancerFleet, LocalBalancers
 from gitops_nodes.health import Probe, probe
@@ -189,7 +190,7 @@ class DockerRuntime:
     def _build(self, project: str, folder: Path, dockerfile: str, request: BuildRequest) -> None:
         what = request.python.code if request.python else request.context
         try:
-            self.client.images.build(
+            chunks = self.client.api.build(
                 path=str(folder),
                 dockerfile=dockerfile,
                 tag=request.tag,
@@ -197,7 +198,9 @@ class DockerRuntime:
                 labels={labels.BUILT_FOR: project, labels.BUILD_CONTEXT: what},
                 rm=True,
                 forcerm=True,
+                decode=True,
             )
+            _follow_build(chunks)
         except BuildError as exc:
             tail = (
                 "".join(
@@ -645,3 +648,26 @@ def follow_events(project: str, notify: Callable[[str], None], stop: threading.E
         wait = until - time.time()
         if wait > 0:
             stop.wait(wait)
+
+
+BUILD_LOG_KEPT = 200  # the build's last chunks, kept for a failure's message
+_BUILT = re.compile(r"(^Successfully built |sha256:)([0-9a-f]+)$")  # as the SDK finds it
+
+
+def _follow_build(chunks: Iterable[dict[str, Any]]) -> None:
+    """Read a build's stream to its end as the SDK's images.build does, telling a live
+    display (gitops_nodes/progress.py) each instruction as it starts; raises BuildError
+    with the last of the log when the build fails."""
+    kept: deque[dict[str, Any]] = deque(maxlen=BUILD_LOG_KEPT)
+    built = False
+    for chunk in chunks:
+        kept.append(chunk)
+        if "error" in chunk:
+            raise BuildError(chunk["error"], list(kept))
+        text = str(chunk.get("stream") or "")
+        if text.startswith("Step "):
+            progress.note(text.strip())
+        if _BUILT.search(text.strip()):
+            built = True
+    if not built:
+        raise BuildError(str(kept[-1] if kept else "the build said nothing"), list(kept))

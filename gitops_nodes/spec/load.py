@@ -78,6 +78,8 @@ _VALIDATOR_FIELD = {
     "access_keys": "keys",
     "access_folders": "folders",
     "admin_port": "adminPort",
+    "notification_hmac": "hmacKey",
+    "notification_events": "events",
 }
 
 
@@ -343,7 +345,12 @@ def _describe(error: Any, model: type[BaseModel]) -> tuple[_Loc, str, bool]:
     if loc and loc[-1] == "[key]":
         return loc[:-1], f"invalid key {loc[-2]!r}: {error['msg']}", True
     # Under `access`, what was written is never repeated: it may be a key pasted by mistake.
-    shown = not isinstance(given, dict | list) and loc[1:2] != ("access",)
+    # Nor under `notifications`: a webhook URL written out may be a secret one.
+    shown = (
+        not isinstance(given, dict | list)
+        and loc[1:2] != ("access",)
+        and loc[:1] != ("notifications",)
+    )
     got = f", got {_show(given)}" if shown else ""
     messages = {
         "missing": "required field is missing",

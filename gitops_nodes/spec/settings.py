@@ -13,6 +13,7 @@ problem reported with its file, line, column and field:
         worker-1: ssh://root@10.0.0.12         # node's engine to load images into it
     allowEmpty: false         # watch: apply a revision with no Node or Alias (destroys all)
     destroyBudget: 50         # watch: most live nodes (percent) one revision may destroy
+    notifications: [...]      # watch: webhooks told of its events (spec/notifications.py)
 
 The spec loader skips this file (it is no Node or Alias document), whatever it holds.
 """
@@ -30,6 +31,7 @@ from pydantic_core import PydanticCustomError
 from gitops_nodes.spec.errors import SpecErrors, SpecProblem
 from gitops_nodes.spec.load import describe_error, load_spec, locate_problems
 from gitops_nodes.spec.models import SETTINGS_FILE, Port, SpecModel
+from gitops_nodes.spec.notifications import NotificationTarget, ResolvedTarget, resolve_targets
 from gitops_nodes.spec.repofiles import ReadError, read_file
 from gitops_nodes.spec.secrets import DigestKey
 from gitops_nodes.spec.state import DesiredState
@@ -40,6 +42,7 @@ __all__ = [
     "SETTINGS_FILE",
     "Settings",
     "SwarmSettings",
+    "load_notifications",
     "load_repository",
     "load_settings",
 ]
@@ -79,6 +82,11 @@ class Settings(SpecModel):
     # Safety for `watch`, which applies every push unattended (gitops_nodes/guards.py).
     allow_empty: bool = False
     destroy_budget: int = Field(default=50, ge=0, le=100)
+    notifications: list[NotificationTarget] = Field(
+        default_factory=list,
+        description="watch: where it sends its events (a revision applied, a reconcile failed, "
+        "recovered, drift healed, a rollout step, a rollback), on transitions only.",
+    )
 
 
 def load_settings(root: Path) -> Settings:
@@ -91,6 +99,22 @@ def load_settings(root: Path) -> Settings:
     except ReadError as exc:
         raise SpecErrors([exc.as_problem()]) from None
     return parse_settings(data)
+
+
+def load_notifications(root: Path, settings: Settings) -> tuple[ResolvedTarget, ...]:
+    """settings' notification targets with their secrets read (from the environment and
+    files, where watch runs); raises SpecErrors at the field of a secret that cannot be read."""
+    if not settings.notifications:
+        return ()
+    targets, problems = resolve_targets(settings.notifications, os.environ)
+    if problems:
+        try:
+            data = read_file(root.resolve(), SETTINGS_FILE)
+        except ReadError as exc:  # changed under us since it was parsed
+            raise SpecErrors([exc.as_problem()]) from None
+        failures = [(0, loc, message, False) for loc, message in problems]
+        raise SpecErrors(locate_problems(SETTINGS_FILE, data, failures))
+    return targets
 
 
 def load_repository(

@@ -25,6 +25,7 @@ from starlette.routing import Route
 from balancer.server import Balancer, ServeOptions
 from gitops_nodes.errors import GitopsNodesError
 from gitops_nodes.watch.memory import give_back_free_memory
+from gitops_nodes.watch.notify import Notifier
 from gitops_nodes.watch.reconcile import Reconciler, ReconcileResult, RolloutRun
 from gitops_nodes.watch.source import Revision, Source
 
@@ -47,6 +48,7 @@ class WatchLoop:
         interval: float,
         hook_token: str | None,
         drift: Callable[[Callable[[str], None], threading.Event], None] | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self.loop = loop
         self.source = source
@@ -55,6 +57,7 @@ class WatchLoop:
         self.interval = interval
         self.hook_token = hook_token
         self.drift = drift
+        self.notifier = notifier
         self.reasons: set[str] = set()
         self.wake = asyncio.Event()
         self.stopping = asyncio.Event()
@@ -245,8 +248,9 @@ class WatchLoop:
 
     async def _run(self, work: Callable[..., ReconcileResult | None], *args: Any) -> Any:
         self.reconciling = True
+        applied = self.reconciler.applied
         try:
-            return await self.loop.run_in_executor(None, work, *args)
+            result = await self.loop.run_in_executor(None, work, *args)
         except Exception:  # a bug must not end the loop: log it whole and carry on
             log.exception("reconcile raised; the loop carries on")
             self.loop.call_later(RETRY_AFTER_FAILURE, self.trigger, "retry")
@@ -254,6 +258,29 @@ class WatchLoop:
         finally:
             self.reconciling = False
             self.reconciles += 1
+        if self.notifier is not None:
+            self._notify(work, result, applied.id if applied else None)
+        return result
+
+    def _notify(
+        self,
+        work: Callable[..., ReconcileResult | None],
+        result: ReconcileResult | None,
+        applied_before: str | None,
+    ) -> None:
+        """Hand the notifier what happened (it queues, never waits on a receiver)."""
+        assert self.notifier is not None
+        reconciler = self.reconciler
+        kinds = {
+            reconciler.reconcile: "reconcile",
+            reconciler.heal: "heal",
+            reconciler.advance: "advance",
+            reconciler.roll_back: "rollback",
+        }
+        kind = kinds.get(work, "reconcile")
+        rolled_back = reconciler.last_error if kind == "rollback" else None
+        self.notifier.use(reconciler.notifications)
+        self.notifier.observe(kind, result, applied_before, rolled_back)
 
     def status(self) -> dict[str, Any]:
         """The `watch` part of /-/status."""

@@ -18,7 +18,7 @@ from types import MappingProxyType
 from typing import Any
 
 from balancer.table import RoutingTable, TableError, read_table
-from gitops_nodes import workflow
+from gitops_nodes import progress, workflow
 from gitops_nodes.apply import ApplyOptions, Outcome, StepResult
 from gitops_nodes.errors import GitopsNodesError, RuntimeUnavailable
 from gitops_nodes.guards import Refused, check_destroy_budget, check_not_empty
@@ -29,7 +29,13 @@ from gitops_nodes.runtime.base import Runtime
 from gitops_nodes.spec.errors import SpecErrors
 from gitops_nodes.spec.load import SpecLoader
 from gitops_nodes.spec.models import Rollout
-from gitops_nodes.spec.settings import SETTINGS_FILE, Settings, load_settings
+from gitops_nodes.spec.notifications import ResolvedTarget
+from gitops_nodes.spec.settings import (
+    SETTINGS_FILE,
+    Settings,
+    load_notifications,
+    load_settings,
+)
 from gitops_nodes.spec.state import DesiredState
 from gitops_nodes.statedir import WATCH_FILE, StateDir, secret_key
 from gitops_nodes.watch.source import Revision, Source
@@ -57,6 +63,7 @@ class ReconcileResult:
     seconds: float
     actions: int  # plan steps carried out
     error: str | None = None
+    plan: str | None = None  # the plan's summary line (Plan: N to add, ...), when one ran
 
     @property
     def ok(self) -> bool:
@@ -99,6 +106,8 @@ class Reconciler:
         self.last_error: ReconcileResult | None = None
         self.refused: dict[str, ReconcileResult] = {}  # revision -> why it was not applied
         self.rollout: RolloutRun | None = None
+        # Where the newest valid revision says to send notifications (watch/notify.py).
+        self.notifications: tuple[ResolvedTarget, ...] = ()
         self.summary_every = summary_every
         self.quiet = 0  # reconciles with nothing to change since the last summary line
         self.quiet_since = time.monotonic()
@@ -114,6 +123,7 @@ class Reconciler:
         try:
             desired = self.loader.load(revision.tree)
             settings = load_settings(revision.tree)
+            self.notifications = load_notifications(revision.tree, settings)
         except SpecErrors as exc:
             return self._record(result("invalid", error=str(exc)))
         guard = _guard(desired, settings)
@@ -166,6 +176,11 @@ class Reconciler:
         except SpecErrors:
             return
         self.applied = revision
+        try:  # who hears of a first reconcile that fails, before any is valid
+            settings = load_settings(revision.tree)
+            self.notifications = load_notifications(revision.tree, settings)
+        except SpecErrors as exc:
+            log.warning("notifications are off until a revision's settings are valid: %s", exc)
 
     def heal(self, reason: str) -> ReconcileResult | None:
         """Apply the last good revision again (drift while the newest commit is bad)."""
@@ -241,6 +256,7 @@ class Reconciler:
                 self.options,
                 on_result=_log_step,
                 on_publish=self.on_publish,
+                on_start=progress.step_started,  # for a live display, on a terminal
                 check=check,
             )
         except Refused as exc:
@@ -252,14 +268,18 @@ class Reconciler:
             return self._record(result("failed", error=str(exc)))
         report = run.report
         done = len(report.with_outcome(Outcome.DONE)) if report else 0
+        add, change, destroy = run.plan.summary()
+        plan = f"Plan: {add} to add, {change} to change, {destroy} to destroy."
         if report is not None and not report.ok:
             failed = report.with_outcome(Outcome.FAILED)
             error = "; ".join(f"{r.step.id}: {r.detail}" for r in failed)
-            return self._record(result("failed", done, error))
+            return self._record(result("failed", done, error, plan=plan))
         if not final:
-            return self._record(result("rolling out", done))
+            return self._record(result("rolling out", done, plan=plan))
         self.applied, self.applied_state = revision, desired
-        return self._record(result("applied" if report else "unchanged", done))
+        if report is None:
+            return self._record(result("unchanged", done))
+        return self._record(result("applied", done, plan=plan))
 
     def _runtime(self) -> Runtime:
         if self.runtime is None:
@@ -426,7 +446,9 @@ def _results(revision: Revision, reason: str) -> Callable[..., ReconcileResult]:
     started = time.time()
     clock = time.monotonic()
 
-    def result(outcome: str, actions: int = 0, error: str | None = None) -> ReconcileResult:
+    def result(
+        outcome: str, actions: int = 0, error: str | None = None, plan: str | None = None
+    ) -> ReconcileResult:
         return ReconcileResult(
             revision.id,
             revision.summary,
@@ -436,6 +458,7 @@ def _results(revision: Revision, reason: str) -> Callable[..., ReconcileResult]:
             time.monotonic() - clock,
             actions,
             error,
+            plan,
         )
 
     return result
@@ -451,6 +474,7 @@ def read_watch_status(state: StateDir) -> dict[str, Any] | None:
 
 
 def _log_step(result: StepResult) -> None:
+    progress.step_ended(result)
     if result.outcome is not Outcome.NOT_STARTED:
         log.info(
             "%s: %s in %.2fs, %s",

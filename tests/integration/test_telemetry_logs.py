@@ -201,6 +201,34 @@ def test_logs_shows_every_instance_prefixed_and_in_time_order(
     assert prefix == "web/1" and stamp.endswith("Z") and text == "1 GET /first"
 
 
+def test_logs_leave_the_balancers_health_checks_out_unless_asked(
+    app_repo: Repo,
+    runtime: DockerRuntime,
+    project: str,
+    state: StateDir,
+    balancer: Callable[[], tuple[int, int]],
+) -> None:
+    root = app_repo(node_spec("web", 1, ', LOG: "all"'))
+    assert apply(root, runtime, project, state).report.ok
+    balancer()  # its health checker sends GET /healthz every 2 s
+    (instance,) = runtime.list_instances(project)
+    get(instance.port or 0, "/own")
+
+    def checked() -> list[str] | None:
+        done = run(project, state, "logs", "web", "--health")
+        assert done.returncode == 0, done.stderr
+        lines = done.stdout.splitlines()
+        agents = [line for line in lines if "GET /healthz 200 gitops-nodes-balancer" in line]
+        return lines if agents and "web/0 | 1 GET /own" in lines else None
+
+    with_health = poll(checked, "a health check from the balancer in the instance's output")
+    shown = run(project, state, "logs", "web")
+    assert shown.returncode == 0, shown.stderr
+    assert "web/0 | 1 GET /own" in shown.stdout.splitlines()
+    assert "/healthz" not in shown.stdout
+    assert len(with_health) > len(shown.stdout.splitlines())
+
+
 def test_logs_of_an_unknown_node_or_instance_is_an_error(
     app_repo: Repo, runtime: DockerRuntime, project: str, state: StateDir, docker_client: Any
 ) -> None:

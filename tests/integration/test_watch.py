@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from collections.abc import Callable
+from pathlib import Path
+
+import pytest
 
 from gitops_nodes.runtime.docker import DockerRuntime
+from tests.receiver import Receiver
 
 from .helpers import Load, Watch, alias_yaml, git, node_yaml
 
@@ -157,3 +163,40 @@ def test_a_restart_with_a_bad_commit_heals_from_the_last_good_one(
         assert status["lastError"]["revision"] == bad
     finally:
         again.stop()
+
+
+def test_watch_notifies_a_failure_once_then_its_recovery(
+    watch: Callable[[str], Watch], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = "integration-hmac-key-42"
+    monkeypatch.setenv("WATCH_TEST_NOTIFY_KEY", key)
+    with Receiver() as receiver:
+        (tmp_path / "origin" / "gitops-nodes.yaml").write_text(
+            "notifications:\n"
+            "  - name: ops\n"
+            "    type: webhook\n"
+            f"    url: {receiver.url()}\n"
+            "    hmacKey: {fromEnv: WATCH_TEST_NOTIFY_KEY}\n"
+        )
+        watcher, first = serving_v1(watch)
+        watcher.wait(lambda: receiver.events() == ["applied"], "the applied message")
+
+        bad = watcher.commit(node_yaml("v1", "1") + "kind: [unclosed\n", "broken")
+        assert watcher.hook() == 202
+        watcher.wait(lambda: (watcher.status()["lastError"] or {}).get("revision") == bad, "bad")
+        seen = watcher.status()["reconciles"]
+        watcher.wait(lambda: watcher.status()["reconciles"] >= seen + 3, "three more intervals")
+        good = watcher.commit(node_yaml("v1", "2") + alias_yaml("api", {"v1": 100}), "fixed")
+        assert watcher.hook() == 202
+        watcher.wait(lambda: watcher.applied(good), "the good commit")
+        watcher.wait(lambda: len(receiver.events()) >= 3, "the recovery message")
+
+        assert receiver.events() == ["applied", "failed", "recovered"]
+        messages = receiver.bodies()
+        assert [m.json["revision"] for m in messages] == [first, bad, good]
+        assert messages[1].json["outcome"] == "invalid" and "spec.yaml" in messages[1].json["error"]
+        for message in messages:
+            signed = "sha256=" + hmac.new(key.encode(), message.body, hashlib.sha256).hexdigest()
+            assert hmac.compare_digest(message.headers["x-gitops-nodes-signature"], signed)
+        log = watcher.log.read_text(errors="replace")
+        assert receiver.url() not in log and key not in log

@@ -9,8 +9,18 @@ from pathlib import Path
 
 import pytest
 
+from balancer.health import USER_AGENT as BALANCER_AGENT
 from gitops_nodes.live import LiveInstance
-from gitops_nodes.nodelogs import Follower, Source, UnknownInstance, UnknownNode, recent, sources
+from gitops_nodes.nodelogs import (
+    HEALTH_AGENTS,
+    Follower,
+    HealthLines,
+    Source,
+    UnknownInstance,
+    UnknownNode,
+    recent,
+    sources,
+)
 from gitops_nodes.runtime.base import LogLine
 from gitops_nodes.runtime.docker import log_line
 from gitops_nodes.statedir import StateDir
@@ -138,3 +148,40 @@ def test_following_merges_streams_and_close_ends_them() -> None:
     done = Follower(runtime, chosen, None)
     done.close()  # closed before reading: the iteration still ends, with what was there
     assert sorted(done) == ["x/0 | a1", "x/1 | b1"]
+
+
+HEALTH_LINES = [
+    '172.17.0.1 - - [03/Dec/2026 01:02:03] "GET /healthz HTTP/1.1" 200 -',
+    "GET /healthz 200 41us",
+    '10.0.0.2 - - [03/Dec/2026:01:02:03 +0000] "GET /healthz?probe=1 HTTP/1.1" 200 2 "-" '
+    '"gitops-nodes-balancer"',
+    "request from gitops-nodes-balancer to /ready",
+]
+OWN_LINES = [
+    '172.17.0.1 - - [03/Dec/2026 01:02:03] "POST /predict HTTP/1.1" 200 -',
+    '172.17.0.1 - - [03/Dec/2026 01:02:03] "GET /healthzz HTTP/1.1" 200 -',
+    "loaded model from /healthz-cache",
+    "GET /predict 500 1200us",
+]
+
+
+def test_health_check_lines_are_told_apart_from_the_nodes_own() -> None:
+    is_health = HealthLines("/healthz")
+    assert [line for line in HEALTH_LINES if not is_health(line)] == []
+    assert [line for line in OWN_LINES if is_health(line)] == []
+    assert HEALTH_AGENTS[0] == BALANCER_AGENT  # kept in step with the checker's own name
+
+
+def test_logs_leave_health_checks_out_unless_asked() -> None:
+    lines = [LogLine(i, "", text) for i, text in enumerate([*HEALTH_LINES, *OWN_LINES])]
+    runtime = Runtime([instance("iris", 0, "c0")], {"c0": lines})
+    chosen = sources(runtime, "p", StateDir(Path("/nonexistent/p")), "iris")
+
+    shown = recent(runtime, chosen, None, skip=HealthLines("/healthz"))
+    everything = recent(runtime, chosen, None)
+
+    assert shown == [f"iris/0 | {text}" for text in OWN_LINES]
+    assert len(everything) == len(HEALTH_LINES) + len(OWN_LINES)
+    with Follower(runtime, chosen, None, skip=HealthLines("/healthz")) as follower:
+        followed = iter(follower)
+        assert [next(followed) for _ in OWN_LINES] == shown

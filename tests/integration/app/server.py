@@ -6,6 +6,7 @@ STATUS: the status code of every answer but /healthz's (200 by default).
 GET /slow?ms=N answers after N milliseconds.
 Behind a private alias or node it also answers the caller's name the balancer passed on.
 LOG=1: print one line per request but /healthz's ("<VERSION> GET <path>"), after a start line.
+LOG=all: /healthz's too, as "<VERSION> GET /healthz <status> <user agent>".
 TELEMETRY_PORT: also serve Prometheus text on that port at /metrics: requests per path
 (`app_requests_total`, label `path`) and `app_info` (label `version`).
 """
@@ -24,7 +25,8 @@ if os.environ.get("CRASH") == "1":
     sys.exit(3)
 
 VERSION = os.environ.get("VERSION", "?")
-LOG = os.environ.get("LOG") == "1"
+LOG = os.environ.get("LOG") in ("1", "all")
+LOG_HEALTH = os.environ.get("LOG") == "all"
 COUNTS = Counter()
 LOCK = threading.Lock()
 
@@ -37,6 +39,9 @@ class Handler(BaseHTTPRequestHandler):
             sick = os.environ.get("SICK_FILE")
             failing = os.environ.get("HEALTH") == "fail" or bool(sick and os.path.exists(sick))
             status = 503 if failing else 200
+            if LOG_HEALTH:
+                agent = self.headers.get("user-agent", "-")
+                print(f"{VERSION} GET {self.path} {status} {agent}", flush=True)
         else:
             status = int(os.environ.get("STATUS", "200"))
             with LOCK:
