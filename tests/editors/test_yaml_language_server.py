@@ -246,3 +246,29 @@ def test_an_empty_document_offers_whole_documents_that_validate(
     text = MODELINE + _expand(items["Alias"]["insertText"]) + "\n"
     assert _diagnostics(server.open(path, text)) == []
     AliasDocument.model_validate(yaml.safe_load(text))
+
+
+def test_the_readme_settings_check_every_document(tmp_path: Path, workspace: Path) -> None:
+    # The README's VS Code settings, as written there, with the schema saved as it says.
+    readme = (ROOT / "README.md").read_text()
+    editors = readme[readme.index("### Editors") :]
+    block = editors[
+        editors.index("```json") + len("```json") : editors.index(
+            "```", editors.index("```json") + 7
+        )
+    ]
+    vscode = json.loads(block)
+    assert "gitops-nodes schema > gitops-nodes.schema.json" in editors
+    shutil.copy(ROOT / SCHEMA_FILE, tmp_path / "gitops-nodes.schema.json")
+    settings = {key.removeprefix("yaml."): value for key, value in vscode.items()}
+    ls = LanguageServer(tmp_path, settings | {"validate": True, "completion": True})
+    try:
+        text, lines = _under_spec(_three_documents(workspace, modelines=False), "  bogus: true")
+        found = _diagnostics(ls.open(tmp_path / "nodes" / "models.yaml", text))
+        assert found == [(line, "Property bogus is not allowed.") for line in lines]
+        alias = (workspace / "aliases" / "iris.yaml").read_text().replace(MODELINE, "")
+        assert _diagnostics(ls.open(tmp_path / "aliases" / "iris.yaml", alias)) == []
+        broken = alias.replace("- node: iris", "- node: Iris")
+        assert len(ls.open(tmp_path / "aliases" / "iris.yaml", broken)) == 1
+    finally:
+        ls.close()
