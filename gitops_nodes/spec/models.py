@@ -461,8 +461,9 @@ DEFAULT_BASE = "auto"  # python:3.11-slim when it can be had, else the offline D
 Port = Annotated[int, Field(ge=1, le=65535)]
 
 
-def _written(seconds: float, text: str, description: str) -> Any:
-    """A duration field's default, shown in the JSON Schema as it is written in YAML."""
+def _written(seconds: float, text: str, description: str | None = None) -> Any:
+    """A duration field's default, shown in the JSON Schema as it is written in YAML (every
+    field needs a description: tests/unit/test_schema.py says which lack one)."""
     return Field(default=seconds, description=description, json_schema_extra={"default": text})
 
 
