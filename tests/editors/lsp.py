@@ -31,7 +31,8 @@ class LanguageServer:
                 f"{SERVER} is missing: run scripts/lib/ensure-test-tools.sh, which installs "
                 "yaml-language-server with npm"
             )
-        self.settings = settings
+        # No schema store: its catalog is fetched from the network and maps schemas of its own.
+        self.settings = {"schemaStore": {"enable": False}} | settings
         self._process = subprocess.Popen(
             ["node", str(SERVER), "--stdio"],
             stdin=subprocess.PIPE,
@@ -63,7 +64,11 @@ class LanguageServer:
             },
         )
         self.notify("initialized", {})
-        self.notify("workspace/didChangeConfiguration", {"settings": {"yaml": settings}})
+        self.notify("workspace/didChangeConfiguration", {"settings": {"yaml": self.settings}})
+        # The server pulls the settings and applies them asynchronously, and validates what is
+        # opened meanwhile without them; its code lens handler answers only once they are
+        # applied, so this answer means the settings are in force.
+        self.request("textDocument/codeLens", {"textDocument": {"uri": (root / ".ready").as_uri()}})
 
     # -- the editor's side ------------------------------------------------------------
 
