@@ -128,13 +128,20 @@ def _duration_within(low: float, high: float) -> Callable[[Any], float]:
     return validate
 
 
+# A type's JSON Schema says what its values look like under this key; spec/schema.py appends
+# it to the description of each field of that type (a field's own description would hide it).
+EXPECTED = "x-expected"
+
+
 def _duration_schema(low: float, high: float, examples: list[str]) -> WithJsonSchema:
     return WithJsonSchema(
         {
             "type": "string",
             "pattern": _DURATION.pattern,
             "examples": examples,
-            "description": f"a duration from {show_seconds(low)} to {show_seconds(high)}",
+            EXPECTED: f"A duration from {show_seconds(low)} to {show_seconds(high)}: "
+            "ms, s, m and h parts such as 500ms, 2s or 1m30s.",
+            "patternErrorMessage": "expected a duration such as 500ms, 2s, 1m or 1m30s",
         }
     )
 
@@ -303,7 +310,15 @@ def _inside_repo(value: Any, info: ValidationInfo, folder: bool) -> str:
 DnsLabel = Annotated[
     str,
     PlainValidator(_dns_label),
-    WithJsonSchema({"type": "string", "pattern": _DNS_LABEL.pattern, "maxLength": 63}),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": _DNS_LABEL.pattern,
+            "maxLength": 63,
+            "patternErrorMessage": "expected a DNS label: lowercase letters, digits and '-', "
+            "starting and ending with a letter or digit",
+        }
+    ),
 ]
 # Durations' bounds: a health check more often than every 100ms is a busy loop; none waits
 # for more than a day.
@@ -329,19 +344,28 @@ EndpointTimeout = Annotated[
 RolloutPause = Annotated[
     float, PlainValidator(_duration_within(0.0, DAY)), _duration_schema(0.0, DAY, ["30s", "5m"])
 ]
-Size = Annotated[
-    int,
-    PlainValidator(parse_size),
-    WithJsonSchema(
+
+
+def _size_schema(minimum: int, low: str) -> WithJsonSchema:
+    return WithJsonSchema(
         {
             "anyOf": [
-                {"type": "integer", "minimum": MIN_MEMORY, "maximum": MAX_MEMORY},
-                {"type": "string", "pattern": _SIZE.pattern},
+                {"type": "integer", "minimum": minimum, "maximum": MAX_MEMORY},
+                {
+                    "type": "string",
+                    "pattern": _SIZE.pattern,
+                    "patternErrorMessage": "expected a size in bytes such as 268435456, 256Mi, "
+                    "1Gi or 300M",
+                },
             ],
-            "description": "a memory size from 6Mi to 1024Gi: bytes, or k, Ki, M, Mi, G, Gi",
+            EXPECTED: f"A size from {low} to 1024Gi: bytes, or a number with k, Ki, M, Mi, G "
+            "or Gi.",
         }
-    ),
-]
+    )
+
+
+Size = Annotated[int, PlainValidator(parse_size), _size_schema(MIN_MEMORY, "6Mi")]
+LogSize = Annotated[int, PlainValidator(parse_size), _size_schema(MIN_LOG_SIZE, "64k")]
 EnvName = Annotated[
     str, PlainValidator(_env_name), WithJsonSchema({"type": "string", "pattern": _ENV_NAME.pattern})
 ]
@@ -353,7 +377,7 @@ EnvValue = Annotated[
             "type": "string",
             "pattern": "^[^\\u0000]*$",
             "maxLength": MAX_ENV_VALUE,
-            "description": 'a string: quote numbers and booleans, e.g. PORT: "8080"',
+            "description": 'A string: quote numbers and booleans, e.g. PORT: "8080".',
         }
     ),
 ]
@@ -439,9 +463,26 @@ DEFAULT_BASE = "auto"  # python:3.11-slim when it can be had, else the offline D
 Port = Annotated[int, Field(ge=1, le=65535)]
 
 
-def _written(seconds: float, text: str) -> Any:
-    """A duration field's default, shown in the JSON Schema as it is written in YAML."""
-    return Field(default=seconds, json_schema_extra={"default": text})
+def _written(seconds: float, text: str, description: str | None = None) -> Any:
+    """A duration field's default, shown in the JSON Schema as it is written in YAML (every
+    field needs a description: tests/unit/test_schema.py says which lack one)."""
+    return Field(default=seconds, description=description, json_schema_extra={"default": text})
+
+
+def _exactly_one(first: str, second: str, kind: str) -> dict[str, Any]:
+    """The JSON Schema of a model validator's "exactly one of `first` and `second`" rule
+    (null counts as absent, as it does for the model, which reads null as not written)."""
+    return {
+        "oneOf": [
+            {"required": [name], "properties": {name: {"type": kind}}} for name in (first, second)
+        ]
+    }
+
+
+_KIND = (
+    "What the document describes: Node (instances behind one API) or Alias (a name routing "
+    "to nodes)."
+)
 
 
 class SpecModel(BaseModel):
@@ -455,21 +496,44 @@ class SpecModel(BaseModel):
 class HealthCheck(SpecModel):
     """How gitops-nodes decides an instance is Healthy. Without a path: the port accepts TCP."""
 
-    path: UrlPath | None = None
-    port: Port | None = None
-    interval: CheckInterval = _written(2.0, "2s")
-    timeout: CheckTimeout = _written(1.0, "1s")
-    healthy_threshold: int = Field(default=1, ge=1, le=MAX_THRESHOLD)
-    unhealthy_threshold: int = Field(default=3, ge=1, le=MAX_THRESHOLD)
-    start_timeout: StartTimeout = _written(60.0, "60s")
+    path: UrlPath | None = Field(
+        default=None,
+        description="The path checked with GET: a 2xx or 3xx answer passes. Without it, "
+        "the check is that the port accepts TCP connections.",
+    )
+    port: Port | None = Field(
+        default=None, description="The port checked, in the container. Default: the node's port."
+    )
+    interval: CheckInterval = _written(2.0, "2s", "How often each instance is checked.")
+    timeout: CheckTimeout = _written(1.0, "1s", "How long one check may take before it fails.")
+    healthy_threshold: int = Field(
+        default=1,
+        ge=1,
+        le=MAX_THRESHOLD,
+        description="Checks in a row that must pass before an instance counts Healthy.",
+    )
+    unhealthy_threshold: int = Field(
+        default=3,
+        ge=1,
+        le=MAX_THRESHOLD,
+        description="Checks in a row that must fail before an instance counts Unhealthy "
+        "and is taken out of balancing.",
+    )
+    start_timeout: StartTimeout = _written(
+        60.0, "60s", "Apply's deadline for a new instance to become Healthy."
+    )
 
 
 class EndpointSettings(SpecModel):
     """How the balancer talks to the node's instances (the reference's timeout and idle
     timeout, 15 s each by default). Changing them republishes the node, no new containers."""
 
-    timeout: EndpointTimeout = _written(15.0, "15s")  # one request, sent to answered in full
-    idle_timeout: EndpointTimeout = _written(15.0, "15s")  # a kept-alive connection, unused
+    timeout: EndpointTimeout = _written(
+        15.0, "15s", "One request, from sent to answered in full; past it the balancer answers 504."
+    )
+    idle_timeout: EndpointTimeout = _written(
+        15.0, "15s", "A kept-alive connection to an instance, unused this long, is closed."
+    )
 
 
 class Telemetry(SpecModel):
@@ -477,8 +541,14 @@ class Telemetry(SpecModel):
     fetches them whenever its `/-/metrics` is scraped and re-exposes them labelled with
     `node_id` and `instance_id`. Without a port: the node's serving port."""
 
-    path: UrlPath = "/metrics"
-    port: Port | None = None
+    path: UrlPath = Field(
+        default="/metrics", description="The path of the instance's Prometheus metrics."
+    )
+    port: Port | None = Field(
+        default=None,
+        description="The port the metrics are served on. Default: the node's serving port; "
+        "another one is published too.",
+    )
 
 
 class Logs(SpecModel):
@@ -486,8 +556,16 @@ class Logs(SpecModel):
     files, so an instance's log never takes more than maxSize × maxFiles on disk. The log
     settings are fixed when a container is created: changing them replaces the instances."""
 
-    max_size: Size = DEFAULT_LOG_MAX_SIZE
-    max_files: int = Field(default=DEFAULT_LOG_MAX_FILES, ge=1, le=100)
+    max_size: LogSize = Field(
+        default=DEFAULT_LOG_MAX_SIZE,
+        description="The size at which an instance's log is rotated (at least 64k).",
+    )
+    max_files: int = Field(
+        default=DEFAULT_LOG_MAX_FILES,
+        ge=1,
+        le=100,
+        description="How many log files of an instance are kept, the current one included.",
+    )
 
     @model_validator(mode="after")
     def _engine_minimum(self) -> Logs:
@@ -503,8 +581,16 @@ class Logs(SpecModel):
 class Resources(SpecModel):
     """Limits for each instance's container."""
 
-    cpus: float | None = Field(default=None, ge=MIN_CPUS, le=MAX_CPUS, allow_inf_nan=False)
-    memory: Size | None = None
+    cpus: float | None = Field(
+        default=None,
+        ge=MIN_CPUS,
+        le=MAX_CPUS,
+        allow_inf_nan=False,
+        description="CPUs each instance may use, from 0.01 to 1024. Default: no limit.",
+    )
+    memory: Size | None = Field(
+        default=None, description="The memory limit of each instance. Default: no limit."
+    )
 
     @model_validator(mode="after")
     def _docker_minimum(self) -> Resources:
@@ -520,11 +606,25 @@ class Resources(SpecModel):
 class ImageSource(SpecModel):
     """An HTTP service from a Docker image given by name, or built from a folder of the repo."""
 
-    name: ImageReference | None = None
-    build: RepoPath | None = None
-    dockerfile: str = "Dockerfile"
-    port: Port
-    command: list[Argument] | None = None
+    model_config = ConfigDict(json_schema_extra=_exactly_one("name", "build", "string"))
+
+    name: ImageReference | None = Field(
+        default=None,
+        description="An image by name, as Docker writes it: [host[:port]/]path[:tag][@digest]. "
+        "Exactly one of name and build.",
+    )
+    build: RepoPath | None = Field(
+        default=None,
+        description="A folder with a Dockerfile, relative to this file, built into the "
+        "node's image. Exactly one of name and build.",
+    )
+    dockerfile: str = Field(
+        default="Dockerfile", description="The Dockerfile's path inside the build folder."
+    )
+    port: Port = Field(description="The port the service listens on in the container.")
+    command: list[Argument] | None = Field(
+        default=None, description="The container's command, replacing the image's."
+    )
 
     @model_validator(mode="after")
     def _one_source(self, info: ValidationInfo) -> ImageSource:
@@ -552,23 +652,55 @@ class PythonSource(SpecModel):
     """A node made from Python code, a checkpoint of interpreter state, and the variables
     selected as its API's inputs and outputs."""
 
-    code: RepoFile
-    checkpoint: RepoFile | None = None
-    setup: RepoFile | None = None
-    inputs: dict[str, VariableType] = Field(min_length=1)
-    outputs: dict[str, VariableType] = Field(min_length=1)
-    packages: list[Pinned] = Field(default_factory=list)
-    base_image: BaseImage = DEFAULT_BASE
-    traceback: bool = False
+    code: RepoFile = Field(
+        description="A Python file, relative to this file, run on every request in the "
+        "preserved interpreter."
+    )
+    checkpoint: RepoFile | None = Field(
+        default=None, description="A pickled dict of variables, loaded once at start."
+    )
+    setup: RepoFile | None = Field(default=None, description="A Python file run once at start.")
+    inputs: dict[str, VariableType] = Field(
+        min_length=1,
+        description="The variables a request sets, each with its type; the code must not "
+        "redefine them.",
+    )
+    outputs: dict[str, VariableType] = Field(
+        min_length=1, description="The variables the response carries, each with its type."
+    )
+    packages: list[Pinned] = Field(
+        default_factory=list,
+        description="Pinned requirements (name==version), downloaded as wheels on the host.",
+    )
+    base_image: BaseImage = Field(
+        default=DEFAULT_BASE,
+        description="The image the node's image is built on; auto: python:3.11-slim if it "
+        "can be had, else the offline Debian base.",
+    )
+    traceback: bool = Field(
+        default=False, description="Whether an error answer carries the code's traceback."
+    )
 
 
 class AccessKeySource(SpecModel):
     """A caller allowed on a private node or alias: its name, and where gitops-nodes reads its
     key when it runs (an environment variable or a file), never the key itself."""
 
-    name: DnsLabel
-    from_env: KeyEnv | None = None
-    from_file: KeyFile | None = None
+    model_config = ConfigDict(json_schema_extra=_exactly_one("fromEnv", "fromFile", "string"))
+
+    name: DnsLabel = Field(
+        description="The caller's name, shown in logs and passed to instances; never the key."
+    )
+    from_env: KeyEnv | None = Field(
+        default=None,
+        description="An environment variable holding the key where gitops-nodes runs. "
+        "Exactly one of fromEnv and fromFile.",
+    )
+    from_file: KeyFile | None = Field(
+        default=None,
+        description="The absolute path of a file holding the key, outside the repository. "
+        "Exactly one of fromEnv and fromFile.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -698,8 +830,14 @@ class Access(SpecModel):
     """Who may call a private node or alias: the keys it accepts, and optionally the folder ids
     a call's `x-folder-id` must name. Without `access`, anyone may call it."""
 
-    keys: list[AccessKeySource] = Field(min_length=1)
-    folders: list[FolderId] = Field(default_factory=list)
+    keys: list[AccessKeySource] = Field(
+        min_length=1, description="The callers allowed, each with where its key is."
+    )
+    folders: list[FolderId] = Field(
+        default_factory=list,
+        description="When set, a call's x-folder-id must name one of these folders.",
+        json_schema_extra={"uniqueItems": True},
+    )
 
     @model_validator(mode="after")
     def _unique(self) -> Access:
@@ -719,37 +857,79 @@ class Access(SpecModel):
 class NodeSpec(SpecModel):
     """A node: identical instances behind one load-balanced API."""
 
-    image: ImageSource | None = None
-    python: PythonSource | None = None
-    instances: int = Field(default=1, ge=1, le=MAX_INSTANCES)
-    min_healthy: int = Field(default=1, ge=0)
+    model_config = ConfigDict(json_schema_extra=_exactly_one("image", "python", "object"))
+
+    image: ImageSource | None = Field(
+        default=None,
+        description="An HTTP service in a Docker image. Exactly one of image and python.",
+    )
+    python: PythonSource | None = Field(
+        default=None,
+        description="A node made from Python code, its API generated from the variables "
+        "selected. Exactly one of image and python.",
+    )
+    instances: int = Field(
+        default=1, ge=1, le=MAX_INSTANCES, description="How many identical instances run."
+    )
+    min_healthy: int = Field(
+        default=1,
+        ge=0,
+        description="The fewest Healthy instances the node needs (at most instances); "
+        "never fewer while instances are replaced.",
+    )
     env: dict[EnvName, EnvEntry] = Field(
         default_factory=dict,
-        description=(
-            "environment variables: a string, or a secret's source ({fromEnv: NAME}, "
-            "{fromFile: /abs/path} or {fromSecret: name/key}), never shown in plans or labels"
-        ),
+        description="Environment variables of each instance: a string (quote numbers and "
+        'booleans: "8080", "true"), or a secret\'s source ({fromEnv: NAME}, {fromFile: '
+        "/abs/path} or {fromSecret: name/key}), never shown in plans or labels.",
     )
     secret_files: dict[ContainerPath, SecretSource] = Field(
         default_factory=dict,
-        description=(
-            "files mounted read-only in each instance at the path given (the key), each "
-            "holding a secret read from its source; never shown in plans or labels"
-        ),
+        description="Files mounted read-only in each instance at the path given (the key), "
+        "each holding a secret read from its source; never shown in plans or labels.",
     )
-    resources: Resources = Field(default_factory=Resources)
-    health_check: HealthCheck = Field(default_factory=HealthCheck)
-    endpoint: EndpointSettings = Field(default_factory=EndpointSettings)
+    resources: Resources = Field(
+        default_factory=Resources, description="Limits for each instance's container."
+    )
+    health_check: HealthCheck = Field(
+        default_factory=HealthCheck,
+        description="How an instance is judged Healthy and taken into balancing.",
+    )
+    endpoint: EndpointSettings = Field(
+        default_factory=EndpointSettings,
+        description="How the balancer talks to the instances: request and idle timeouts.",
+    )
     # How many instances are replaced at once (each make-before-break); see plan.py.
-    maintenance_limit: int = Field(default=1, ge=1)
+    maintenance_limit: int = Field(
+        default=1,
+        ge=1,
+        description="How many instances are replaced at once, each make-before-break "
+        "(at most instances).",
+    )
     # Instances stopped (no cost), definition, image and alias entries kept.
-    suspended: bool = False
-    access: Access | None = None  # private when set: calls to /nodes/<name>/ need a key
-    telemetry: Telemetry | None = None
+    suspended: bool = Field(
+        default=False,
+        description="true: the instances are stopped; the definition and alias entries are kept.",
+    )
+    access: Access | None = Field(
+        default=None,
+        description="Makes the node private: calls to /nodes/<name>/ need one of these keys.",
+    )
+    telemetry: Telemetry | None = Field(
+        default=None,
+        description="Where each instance serves its own metrics, in Prometheus text format.",
+    )
     # Answers to /nodes/<name>/...: Location and cookie paths put under that prefix.
-    prefix_rewrite: bool = False
+    prefix_rewrite: bool = Field(
+        default=False,
+        description="true: Location and cookie paths of answers to /nodes/<name>/... are put "
+        "under that prefix.",
+    )
     # The output's budget; unset: DEFAULT_LOG_MAX_SIZE × DEFAULT_LOG_MAX_FILES (see Logs).
-    logs: Logs | None = None
+    logs: Logs | None = Field(
+        default=None,
+        description="Each instance's log budget. Default: 3 files of 10Mi.",
+    )
 
     @model_validator(mode="after")
     def _one_kind(self) -> NodeSpec:
@@ -781,42 +961,69 @@ class NodeSpec(SpecModel):
 class Metadata(SpecModel):
     """The document's identity."""
 
-    name: DnsLabel
-    description: str | None = None
+    name: DnsLabel = Field(
+        description="The document's name: a DNS label, unique among the documents of its kind."
+    )
+    description: str | None = Field(default=None, description="Free text for people.")
 
 
 class NodeDocument(SpecModel):
     """`kind: Node`."""
 
-    api_version: Literal["gitops-nodes/v1"]
-    kind: Literal["Node"]
-    metadata: Metadata
-    spec: NodeSpec
+    api_version: Literal["gitops-nodes/v1"] = Field(
+        description="The spec's version: gitops-nodes/v1."
+    )
+    kind: Literal["Node"] = Field(description=_KIND)
+    metadata: Metadata = Field(description="The document's name and description.")
+    spec: NodeSpec = Field(description="A node: identical instances behind one load-balanced API.")
 
 
 class AliasRoute(SpecModel):
     """One node behind an alias and its share of the alias's requests."""
 
-    node: DnsLabel
-    weight: int = Field(default=100, ge=0, le=MAX_WEIGHT)
+    node: DnsLabel = Field(description="The name of a Node in the spec.")
+    weight: int = Field(
+        default=100,
+        ge=0,
+        le=MAX_WEIGHT,
+        description="The node's share of the alias's requests, relative to the others' weights.",
+    )
 
 
 class SessionAffinity(SpecModel):
     """Requests carrying the same value of a header go to the same instance while it serves."""
 
-    header: str = Field(pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+    header: str = Field(
+        pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$",
+        description="The request header whose value picks the instance.",
+    )
 
 
 class Rollout(SpecModel):
     """How `watch` moves an alias to new weights: in steps, each judged before the next."""
 
-    steps: list[int] = Field(min_length=1)  # percent of the way to the new weights
-    pause: RolloutPause = _written(30.0, "30s")
-    max_error_rate: float = Field(default=0.05, ge=0, le=1)
+    steps: list[int] = Field(
+        min_length=1,
+        description="Increasing percentages (1 to 99) of the way to the new weights; "
+        "100 is always the last step.",
+        json_schema_extra={"items": {"type": "integer", "minimum": 1, "maximum": 99}},
+    )  # percent of the way to the new weights
+    pause: RolloutPause = _written(30.0, "30s", "How long each step is watched before the next.")
+    max_error_rate: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="The share of failed requests (0 to 1) above which a step rolls back.",
+    )
     # A step is judged only on this many requests to the nodes gaining share (R-data): with
     # none, a node failing every request would pass a pause nobody called it in. 20 is the
     # fewest at which the default 5% bound can tell one failure from none.
-    min_requests: int = Field(default=20, ge=0, le=MAX_MIN_REQUESTS)
+    min_requests: int = Field(
+        default=20,
+        ge=0,
+        le=MAX_MIN_REQUESTS,
+        description="The fewest requests to the nodes gaining share on which a step is judged.",
+    )
 
     @model_validator(mode="after")
     def _increasing_percentages(self) -> Rollout:
@@ -834,12 +1041,38 @@ class Rollout(SpecModel):
 class AliasSpec(SpecModel):
     """A stable name that routes to nodes by weight."""
 
-    nodes: list[AliasRoute] = Field(min_length=1)
-    session_affinity: SessionAffinity | None = None
-    rollout: Rollout | None = None
-    access: Access | None = None  # private when set: calls to the alias need a key
+    nodes: list[AliasRoute] = Field(
+        min_length=1,
+        description="The nodes behind the alias, each once, with weights not all 0.",
+        # At least one route whose weight is not 0 (an absent weight is 100). In an allOf of
+        # its own so that editors show this message for this rule only.
+        json_schema_extra={
+            "allOf": [
+                {
+                    "contains": {
+                        "not": {"required": ["weight"], "properties": {"weight": {"const": 0}}}
+                    },
+                    "errorMessage": "expected at least one weight above 0, all are 0",
+                }
+            ]
+        },
+    )
+    session_affinity: SessionAffinity | None = Field(
+        default=None,
+        description="Requests with the same value of a header go to the same instance.",
+    )
+    rollout: Rollout | None = Field(
+        default=None, description="How watch moves the alias to new weights: in judged steps."
+    )
+    access: Access | None = Field(
+        default=None, description="Makes the alias private: calls to it need one of these keys."
+    )
     # Answers to /aliases/<name>/...: Location and cookie paths put under that prefix.
-    prefix_rewrite: bool = False
+    prefix_rewrite: bool = Field(
+        default=False,
+        description="true: Location and cookie paths of answers to /aliases/<name>/... are put "
+        "under that prefix.",
+    )
 
     @model_validator(mode="after")
     def _weights_and_unique_nodes(self) -> AliasSpec:
@@ -861,10 +1094,12 @@ class AliasSpec(SpecModel):
 class AliasDocument(SpecModel):
     """`kind: Alias`."""
 
-    api_version: Literal["gitops-nodes/v1"]
-    kind: Literal["Alias"]
-    metadata: Metadata
-    spec: AliasSpec
+    api_version: Literal["gitops-nodes/v1"] = Field(
+        description="The spec's version: gitops-nodes/v1."
+    )
+    kind: Literal["Alias"] = Field(description=_KIND)
+    metadata: Metadata = Field(description="The document's name and description.")
+    spec: AliasSpec = Field(description="An alias: a stable name that routes to nodes by weight.")
 
 
 Document = Annotated[NodeDocument | AliasDocument, Field(discriminator="kind")]
