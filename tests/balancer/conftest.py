@@ -345,6 +345,13 @@ class BalancerHarness:
         document: dict[str, Any] = reply.json()
         return document
 
+    def status_of(self, node: str) -> dict[str, Any]:
+        """`/-/status` with node's detail."""
+        reply = self.admin("GET", f"/-/status?node={node}")
+        assert reply.status == 200, reply.body
+        document: dict[str, Any] = reply.json()
+        return document
+
     def instances(self) -> dict[str, dict[str, Any]]:
         """Every instance in /-/status (draining ones too) by instance name."""
         document = self.status()
