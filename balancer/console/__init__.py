@@ -52,7 +52,9 @@ CSP = (
 _SECURITY_HEADERS = [
     (b"content-security-policy", CSP.encode()),
     (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"no-referrer"),
+    # Not no-referrer: browsers then send `Origin: null` on the page's own POSTs, which the
+    # same-origin check must refuse. same-origin sends nothing to other sites.
+    (b"referrer-policy", b"same-origin"),
     (b"x-frame-options", b"DENY"),
 ]
 _TYPES = {

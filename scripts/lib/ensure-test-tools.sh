@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
-# Make sure the programs the tests run (beyond Python packages) are installed: `prometheus`
-# and `promtool` from Debian's prometheus package. The balancer's tests start their own
-# Prometheus server on a free loopback port with a temporary configuration, and check
-# /-/metrics with `promtool check metrics`.
+# Make sure the programs the tests run (beyond Python packages) are installed:
+# - `prometheus` and `promtool` from Debian's prometheus package. The balancer's tests start
+#   their own Prometheus server on a free loopback port with a temporary configuration, and
+#   check /-/metrics with `promtool check metrics`.
+# - `chromium` and `chromedriver` from Debian's chromium and chromium-driver packages: the web
+#   console's browser tests drive headless Chromium with selenium.
+# - axe-core from the npm registry (into .test-tools/ of this checkout, gitignored): the
+#   console's accessibility check runs it inside that browser. npm comes from Debian's npm
+#   package when the machine has none.
 #
 # Missing and root: apt-get install them (apt-get update first only when the package lists
 # do not know the package yet, or when the install fails on stale lists). Missing and not
@@ -10,26 +15,50 @@
 set -euo pipefail
 
 readonly LOCK_WAIT_S=300
-readonly PACKAGES=(prometheus)  # gives /usr/bin/prometheus and /usr/bin/promtool
+readonly AXE_VERSION=4.14.1
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+readonly ROOT
+readonly TOOLS="$ROOT/.test-tools"
+readonly AXE="$TOOLS/node_modules/axe-core/axe.min.js"
 
 say() { echo "ensure-test-tools: $*" >&2; }
 die() { say "error: $*"; exit 1; }
 now() { echo "${EPOCHREALTIME/,/.}"; }
 elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f s", b - a }'; }
 
-missing() { ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; }
+wanted() {
+    local packages=()
+    if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
+        packages+=(prometheus)
+    fi
+    command -v chromium >/dev/null 2>&1 || packages+=(chromium)
+    command -v chromedriver >/dev/null 2>&1 || packages+=(chromium-driver)
+    if [[ ! -f $AXE ]] && ! command -v npm >/dev/null 2>&1; then
+        packages+=(npm)
+    fi
+    echo "${packages[@]}"
+}
 
-missing || exit 0
-
-if [[ $(id -u) -ne 0 ]]; then
-    die "the tests need prometheus and promtool: run 'sudo apt-get install -y prometheus'
-  (Debian/Ubuntu), or put both binaries (from prometheus.io) on PATH"
+read -r -a PACKAGES <<<"$(wanted)"
+if [[ ${#PACKAGES[@]} -gt 0 ]]; then
+    if [[ $(id -u) -ne 0 ]]; then
+        die "the tests need ${PACKAGES[*]}: run 'sudo apt-get install -y ${PACKAGES[*]}'
+  (Debian/Ubuntu)"
+    fi
+    # shellcheck source=apt.sh
+    source "$(dirname "${BASH_SOURCE[0]}")/apt.sh"
+    t0=$(now)
+    apt_install "${PACKAGES[@]}"
+    read -r -a STILL <<<"$(wanted)"
+    [[ ${#STILL[@]} -eq 0 ]] || die "installed ${PACKAGES[*]}, but ${STILL[*]} is still missing"
+    say "installed ${PACKAGES[*]} in $(elapsed "$t0")"
 fi
 
-# shellcheck source=apt.sh
-source "$(dirname "${BASH_SOURCE[0]}")/apt.sh"
-
-t0=$(now)
-apt_install "${PACKAGES[@]}"
-missing && die "installed ${PACKAGES[*]}, but prometheus or promtool is still not on PATH"
-say "installed ${PACKAGES[*]} (prometheus, promtool) in $(elapsed "$t0")"
+if [[ ! -f $AXE ]]; then
+    t0=$(now)
+    mkdir -p "$TOOLS"
+    npm install --prefix "$TOOLS" --no-audit --no-fund --silent "axe-core@$AXE_VERSION" >&2 \
+        || die "npm install axe-core@$AXE_VERSION into $TOOLS failed"
+    [[ -f $AXE ]] || die "npm installed axe-core, but $AXE is not there"
+    say "installed axe-core $AXE_VERSION into $TOOLS in $(elapsed "$t0")"
+fi

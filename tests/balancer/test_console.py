@@ -9,10 +9,7 @@ import json
 import re
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
-
-import jsonschema
 
 from balancer.console import COOKIE, CSP
 from balancer.console.traffic import quantile
@@ -25,16 +22,10 @@ from tests.balancer.conftest import (
     node,
     request,
 )
+from tests.status_schema import validate_status
 from tests.waiting import wait_until
 
 ADMIN = "console-admin-key-0123456789"
-SCHEMA = Path(__file__).parents[2] / "schemas" / "gitops-nodes-status-v1.schema.json"
-
-
-def validate(document: dict[str, Any]) -> None:
-    schema = json.loads(SCHEMA.read_text())
-    jsonschema.Draft202012Validator.check_schema(schema)
-    jsonschema.Draft202012Validator(schema).validate(document)
 
 
 def test_the_page_and_its_files_come_from_the_package_with_a_strict_csp(
@@ -166,7 +157,7 @@ def test_the_stream_sends_a_new_table_and_status_shows_each_nodes_traffic(
         assert response.status == 200
         assert response.getheader("content-type", "").startswith("text/event-stream")
         first = read_event(response, 10.0)
-        validate(first)
+        validate_status(first)
         assert first["generation"] == harness.generation
         harness.publish({"a": node(a1), "b": node(b1)}, {"front": alias(("a", 1), ("b", 1))})
         changed = time.monotonic()
@@ -192,12 +183,12 @@ def test_the_stream_sends_a_new_table_and_status_shows_each_nodes_traffic(
         return document if total == 40 and recent > 0 else None
 
     document = wait_until(counted, "the status to count 40 recent requests", 15.0)
-    validate(document)
+    validate_status(document)
     busy = next(n["traffic"] for n in document["nodes"] if n["traffic"]["requests"])
     assert busy["errors"] == 0 and busy["errorRate"] == 0.0
     assert 0 < busy["p50"] <= busy["p99"] <= BUCKETS[-1]
     detail = harness.status_of("a")
-    validate(detail)
+    validate_status(detail)
     assert detail["node"]["name"] == "a" and detail["node"]["spec"] is None
 
 
