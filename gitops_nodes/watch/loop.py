@@ -32,6 +32,7 @@ log = logging.getLogger("gitops_nodes.watch")
 
 HEALING = frozenset({"drift", "engine", "interval", "retry", "start"})
 RETRY_AFTER_FAILURE = 5.0  # seconds before an unreachable source or engine is tried again
+DETAIL_EVERY = 2.0  # seconds a node's detail (spec, log lines) is reused for its page
 DRIFT_JOIN = 0.1  # seconds a stopping watch gives the drift thread before it exits anyway
 
 
@@ -71,6 +72,7 @@ class WatchLoop:
         balancer.console.actions["reconcile"] = self.reconcile_now
         balancer.console.actions["rollback"] = self.roll_back_now
         balancer.node_detail = self.node_detail
+        self._details: dict[str, tuple[float, dict[str, Any]]] = {}  # node -> (when, detail)
 
     # -- triggers -------------------------------------------------------------------------
 
@@ -118,8 +120,16 @@ class WatchLoop:
         return {"accepted": True, "action": "rollback", "revision": run.revision.id}
 
     async def node_detail(self, name: str) -> dict[str, Any] | None:
-        """A node's spec as applied and its instances' recent log lines, for its page."""
-        return await self.loop.run_in_executor(None, describe_node, self.reconciler, name)
+        """A node's spec as applied and its instances' recent log lines, for its page; read
+        from the engine at most every DETAIL_EVERY seconds per node, however many watch it."""
+        now = time.monotonic()
+        cached = self._details.get(name)
+        if cached is not None and now - cached[0] < DETAIL_EVERY:
+            return cached[1]
+        detail = await self.loop.run_in_executor(None, describe_node, self.reconciler, name)
+        self._details = {n: c for n, c in self._details.items() if now - c[0] < DETAIL_EVERY}
+        self._details[name] = (now, detail)
+        return detail
 
     async def _ticker(self) -> None:
         while not self.stopping.is_set():

@@ -10,47 +10,30 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import secrets
 import shutil
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from selenium import webdriver
-from selenium.common.exceptions import WebDriverException
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
+from tests.browser import axe_violations, browser, poll, shot
 from tests.conftest import remove_project
 from tests.integration.helpers import Watch, git
 from tests.status_schema import validate_status
 
-ROOT = Path(__file__).parents[2]
-EXAMPLE = ROOT / "example-repo"
-ARTIFACTS = ROOT / "artifacts" / "console"
-AXE = ROOT / ".test-tools" / "node_modules" / "axe-core" / "axe.min.js"
+EXAMPLE = Path(__file__).parents[2] / "example-repo"
 ADMIN = "console-admin-key-" + secrets.token_hex(8)
 EXAMPLE_NODES = {"counter": 1, "iris": 2, "sentiment-v1": 2, "sentiment-v2": 1}
 EXAMPLE_ALIASES = {"iris", "sentiment"}
+__all__ = ["browser"]  # the fixture, used by name
 START_WITHIN = 600.0  # the example's images are built on the first start (busy machine)
-PAGE_WITHIN = 60.0  # generous: other engineers' tests share the two cores
-
-
-def poll(condition: Callable[[], Any], what: str, within: float = PAGE_WITHIN) -> Any:
-    deadline = time.monotonic() + within
-    while True:
-        try:
-            value = condition()
-        except (WebDriverException, OSError, ValueError, KeyError):
-            value = None
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within:g}s waiting for {what}")
-        time.sleep(0.1)
 
 
 def admin_request(watch: Watch, method: str, path: str) -> tuple[int, Any]:
@@ -60,6 +43,20 @@ def admin_request(watch: Watch, method: str, path: str) -> tuple[int, Any]:
         response = connection.getresponse()
         body = response.read()
         return response.status, json.loads(body) if body else None
+    finally:
+        connection.close()
+
+
+def predict(watch: Watch, count: int) -> None:
+    """count calls of the example's sentiment alias through the balancer (loopback)."""
+    connection = http.client.HTTPConnection("127.0.0.1", watch.port, timeout=30)
+    try:
+        for _ in range(count):
+            body = json.dumps({"text": "a good day"})
+            connection.request("POST", "/aliases/sentiment/predict", body=body)
+            response = connection.getresponse()
+            response.read()
+            assert response.status == 200
     finally:
         connection.close()
 
@@ -104,41 +101,6 @@ def console(docker_client: Any, tmp_path_factory: pytest.TempPathFactory) -> Ite
         remove_project(docker_client, project)
 
 
-@pytest.fixture
-def browser() -> Iterator[Callable[..., WebDriver]]:
-    """Headless Chromium drivers (quit afterwards); each starts without cookies."""
-    drivers: list[WebDriver] = []
-
-    def start(width: int = 1280, height: int = 1000) -> WebDriver:
-        options = webdriver.ChromeOptions()
-        options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
-        for argument in (
-            "--headless=new",
-            "--no-sandbox",  # tests run as root
-            "--disable-dev-shm-usage",
-            "--disable-gpu",
-            "--no-first-run",
-            f"--window-size={width},{height}",
-        ):
-            options.add_argument(argument)
-        service = Service(shutil.which("chromedriver") or "/usr/bin/chromedriver")
-        driver = webdriver.Chrome(options=options, service=service)
-        driver.set_page_load_timeout(PAGE_WITHIN)
-        drivers.append(driver)
-        return driver
-
-    yield start
-    for driver in drivers:
-        driver.quit()
-
-
-def shot(driver: WebDriver, name: str) -> Path:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    path = ARTIFACTS / f"{name}.png"
-    assert driver.save_screenshot(str(path)), path
-    return path
-
-
 def log_in(driver: WebDriver, watch: Watch, key: str = ADMIN) -> None:
     driver.get(f"http://127.0.0.1:{watch.admin}/-/ui/")
     poll(lambda: driver.find_element(By.ID, "key"), "the login form")
@@ -155,24 +117,6 @@ def live(driver: WebDriver) -> None:
         ),
         "the page to be live",
     )
-
-
-def axe_violations(driver: WebDriver) -> list[dict[str, Any]]:
-    """axe-core's serious and critical violations on the page as it is now."""
-    assert AXE.is_file(), f"{AXE} is missing: run scripts/lib/ensure-test-tools.sh"
-    driver.set_script_timeout(PAGE_WITHIN)
-    driver.execute_script(AXE.read_text())
-    result = driver.execute_async_script(
-        "const done = arguments[arguments.length - 1];"
-        "axe.run(document, {resultTypes: ['violations']})"
-        ".then((r) => done(r.violations)).catch((e) => done([{id: 'axe', impact: 'critical',"
-        " help: String(e), nodes: []}]));"
-    )
-    return [
-        {"id": v["id"], "impact": v["impact"], "help": v["help"], "nodes": len(v["nodes"])}
-        for v in result
-        if v["impact"] in ("serious", "critical")
-    ]
 
 
 def test_with_the_admin_key_set_the_page_refuses_without_login(
@@ -234,9 +178,24 @@ def test_the_page_shows_every_alias_node_and_instance_of_the_example(
     applied = document["watch"]["applied"]
     assert applied["id"][:12] in watch_text and "the example repository" in watch_text
     assert applied["author"] and applied["author"] in watch_text
+    # Traffic through the balancer shows as requests/s and latency on the node's row.
+    predict(console, 60)
+
+    def busy_row() -> str | None:
+        for row in driver.find_elements(By.CSS_SELECTOR, "tr.node-row"):
+            cells = [c.text for c in row.find_elements(By.TAG_NAME, "td")]
+            if cells[0] == "sentiment-v1" and cells[3] != "0" and cells[5] != "–":
+                return "ok"
+        return None
+
+    poll(busy_row, "sentiment-v1's requests/s and p50 on the page")
     shot(driver, "overview")
     assert axe_violations(driver) == []
     # A node's page: its spec as applied (environment names, never values) and its logs.
+    connection = http.client.HTTPConnection("127.0.0.1", console.port, timeout=30)
+    connection.request("POST", "/nodes/sentiment-v2/predict", body="{}")  # 422: logged
+    assert connection.getresponse().status == 422
+    connection.close()
     driver.find_element(By.CSS_SELECTOR, "a[data-key='node:sentiment-v2']").click()
     spec = poll(
         lambda: (
@@ -246,8 +205,12 @@ def test_the_page_shows_every_alias_node_and_instance_of_the_example(
         ),
         "sentiment-v2's spec",
     )
-    assert "MODEL_VERSION" in spec and "0.5" not in spec
-    poll(lambda: driver.find_elements(By.CSS_SELECTOR, "#node-logs pre"), "its log lines")
+    # names only: the values ("1", "0.5") are not beside them
+    assert "Environment (names only)\nMODEL_VERSION, THRESHOLD\n" in spec
+    poll(
+        lambda: "422" in driver.find_element(By.CSS_SELECTOR, "#node-logs pre").text,
+        "its log line of the 422",
+    )
     shot(driver, "node")
     assert axe_violations(driver) == []
     # The API the page is built on follows its schema, under watch and with a node's detail.
@@ -305,17 +268,25 @@ def test_an_unhealthy_node_shows_so(
             ]
         }
     )
-    container.pause()  # health checks time out: the balancer takes it out of rotation
+    # The container's processes stopped from the host (SIGSTOP): the engine still calls it
+    # running, so watch sees no drift, while health checks time out and take it out.
+    top = container.top()
+    column = top["Titles"].index("PID")
+    pids = [int(row[column]) for row in top["Processes"]]
+    badge = "[data-alias='sentiment'] [data-node='sentiment-v2'] .badge"
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
     try:
-        badge = "[data-alias='sentiment'] [data-node='sentiment-v2'] .badge"
         poll(
             lambda: driver.find_element(By.CSS_SELECTOR, badge).text == "Unhealthy",
             "sentiment-v2 shown Unhealthy",
         )
-        assert "Unhealthy" in driver.find_element(By.ID, "node-list").text
+        row = driver.find_element(By.CSS_SELECTOR, "[data-node-row='sentiment-v2']")
+        assert "Unhealthy" in row.find_element(By.XPATH, "../..").text  # its <tr>
         shot(driver, "unhealthy")
     finally:
-        container.unpause()
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
     poll(
         lambda: driver.find_element(By.CSS_SELECTOR, badge).text == "Healthy",
         "sentiment-v2 Healthy again",

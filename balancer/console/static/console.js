@@ -146,6 +146,7 @@ function reconcileFacts(r) {
 function renderWatch(doc) {
   const w = doc.watch;
   $("watch-actions").hidden = !w;
+  $("watch-history").hidden = !w;
   if (!w) return;
   const view = { ...w, now: undefined, history: undefined, rollout: undefined };
   show("watch-info", view, () => {
@@ -190,7 +191,7 @@ function renderNodePage(doc) {
     ? facts([["File", `${spec.file} (document ${spec.document + 1})`], ["Image", spec.image], ["Port", String(spec.port)],
       ["Command", spec.command ? spec.command.join(" ") : null], ["Environment (names only)", spec.env.join(", ") || null],
       ["Instances", String(spec.instances)], ["Minimum Healthy", String(spec.minHealthy)], ["Maintenance limit", String(spec.maintenanceLimit)],
-      ["Suspended", spec.suspended ? "yes" : "no"], ["CPUs", spec.cpus], ["Memory", spec.memory],
+      ["Suspended", spec.suspended ? "yes" : "no"], ["CPUs", spec.cpus], ["Memory", spec.memory ? `${(spec.memory / 1048576).toFixed(0)} MiB` : null],
       ["Health check", `${spec.healthCheck.path} every ${spec.healthCheck.interval} s`], ["Telemetry path", spec.telemetryPath],
       ["Access", spec.access ? `keys ${spec.access.keys.join(", ")}` : "public"], ["Spec hash", short(spec.specHash)]])
     : el("p", { class: "muted", text: detail ? "No applied spec for this node (served by `gitops-nodes serve`, or not applied by this watch)." : "Loading…" }));
