@@ -343,6 +343,7 @@ class Reconciler:
             "lastReconcile": self.last.to_json() if self.last else None,
             "lastError": self.last_error.to_json() if self.last_error else None,
             "rollout": self.rollout.status() if self.rollout else None,
+            "history": list(self.history),  # oldest first
         }
 
     def save(self) -> None:
@@ -350,11 +351,7 @@ class Reconciler:
         self.state.path.mkdir(parents=True, exist_ok=True)
         fd, temp = tempfile.mkstemp(prefix=".watch.", dir=self.state.path)
         with os.fdopen(fd, "w") as handle:
-            json.dump(
-                {"pid": os.getpid(), **self.status(), "history": list(self.history)},
-                handle,
-                indent=2,
-            )
+            json.dump({"pid": os.getpid(), **self.status()}, handle, indent=2)
         os.replace(temp, self.state.path / WATCH_FILE)
 
 

@@ -99,7 +99,8 @@ def test_the_reconcile_history_is_bounded_skips_quiet_polls_and_survives_a_resta
     for _ in range(5):  # the interval finding nothing new: counted, not kept
         reconciler.reconcile(_revision(999, empty), "interval")
 
-    history = list(reconciler.history)
+    history = reconciler.status()["history"]
+    assert history == list(reconciler.history)
     assert len(history) == HISTORY_KEPT
     assert history[-1]["reason"] == "console" and history[-1]["outcome"] == "unchanged"
     assert history[-2]["revision"] == _revision(HISTORY_KEPT + 4, bad).id
