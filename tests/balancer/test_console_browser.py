@@ -1,6 +1,7 @@
-"""The web console in headless Chromium against a real balancer serving 1,000 nodes: the list
-is paged and filtered, a node's page opens by keyboard, and axe-core finds no serious or
-critical violation. (The console on a real `watch` is tests/integration/test_console.py.)"""
+"""The web console in headless Chromium against a real balancer serving 1,000 nodes and
+1,000 aliases: both lists are paged, nodes are filtered, a node's page opens by keyboard, and
+axe-core finds no serious or critical violation. (The console on a real `watch` is
+tests/integration/test_console.py.)"""
 
 from __future__ import annotations
 
@@ -33,7 +34,9 @@ def test_a_thousand_nodes_are_paged_filtered_and_reachable_by_keyboard(
         )
         for i in range(NODES)
     }
-    harness.publish(nodes, {"front": alias(("node-0000", 1), ("node-0001", 3))}, within=30.0)
+    aliases = {f"alias-{i:04d}": alias((f"node-{i:04d}", 1)) for i in range(1, NODES)}
+    aliases["front"] = alias(("node-0000", 1), ("node-0001", 3))
+    harness.publish(nodes, aliases, within=30.0)
     driver = browser()
     driver.get(f"http://127.0.0.1:{harness.admin_port}/")
     poll(
@@ -41,6 +44,17 @@ def test_a_thousand_nodes_are_paged_filtered_and_reachable_by_keyboard(
         "the node count",
     )
     assert driver.find_element(By.ID, "page").text == "Page 1 of 20"
+    # 1,000 aliases too, twenty to a page
+    assert driver.find_element(By.ID, "alias-page").text == "Aliases page 1 of 50"
+    assert len(driver.find_elements(By.CSS_SELECTOR, "#alias-list .alias")) == 20
+    driver.find_element(By.ID, "alias-next").click()
+    poll(
+        lambda: (
+            driver.find_element(By.CSS_SELECTOR, "#alias-list .alias").get_attribute("data-alias")
+            == "alias-0021"
+        ),
+        "the second page of aliases",
+    )
     rows = driver.find_elements(By.CSS_SELECTOR, "[data-node-row]")
     assert [r.get_attribute("data-node-row") for r in rows] == [f"node-{i:04d}" for i in range(50)]
     driver.find_element(By.ID, "next").click()
@@ -55,7 +69,7 @@ def test_a_thousand_nodes_are_paged_filtered_and_reachable_by_keyboard(
     assert axe_violations(driver) == []
     # Keyboard only: tab to the node's link and open its page with Enter.
     link = driver.find_element(By.CSS_SELECTOR, "a[data-key='node:node-0999']")
-    for _ in range(40):  # skip link, sections, log out, aliases' links, filter, then the node
+    for _ in range(80):  # skip link, sections, aliases' links and pager, filter, the node
         if driver.switch_to.active_element == link:
             break
         ActionChains(driver).send_keys(Keys.TAB).perform()

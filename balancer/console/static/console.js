@@ -3,7 +3,8 @@
 "use strict";
 
 const PAGE_SIZE = 50;
-const state = { doc: null, csrf: "", page: 0, filter: "", node: null, source: null, shown: {} };
+const ALIAS_PAGE_SIZE = 20;
+const state = { doc: null, csrf: "", page: 0, aliasPage: 0, filter: "", node: null, source: null, shown: {} };
 
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
@@ -73,9 +74,16 @@ function splitBar(targets) {
 }
 
 function renderAliases(doc) {
-  show("alias-list", doc.aliases, () => {
-    if (!doc.aliases.length) return el("p", { class: "muted", text: "No aliases." });
-    return doc.aliases.map((a) => el("div", { class: "card alias", "data-alias": a.name },
+  const pages = Math.max(1, Math.ceil(doc.aliases.length / ALIAS_PAGE_SIZE));
+  state.aliasPage = Math.max(0, Math.min(state.aliasPage, pages - 1));
+  const aliases = doc.aliases.slice(state.aliasPage * ALIAS_PAGE_SIZE, (state.aliasPage + 1) * ALIAS_PAGE_SIZE);
+  $("alias-pager").hidden = pages === 1;
+  $("alias-page").textContent = `Aliases page ${state.aliasPage + 1} of ${pages}`;
+  $("alias-prev").disabled = state.aliasPage === 0;
+  $("alias-next").disabled = state.aliasPage >= pages - 1;
+  show("alias-list", aliases, () => {
+    if (!aliases.length) return el("p", { class: "muted", text: "No aliases." });
+    return aliases.map((a) => el("div", { class: "card alias", "data-alias": a.name },
       el("h3", {}, a.name, a.access ? el("span", { class: "badge", text: "private" }) : null),
       ...splitBar(a.nodes)));
   });
@@ -292,6 +300,8 @@ async function start() {
   } catch (_) { /* shown as a lost connection below */ }
   $("filter").addEventListener("input", (e) => { state.filter = e.target.value; state.page = 0; render(); });
   $("prev").addEventListener("click", () => { state.page -= 1; render(); });
+  $("alias-prev").addEventListener("click", () => { state.aliasPage -= 1; render(); });
+  $("alias-next").addEventListener("click", () => { state.aliasPage += 1; render(); });
   $("next").addEventListener("click", () => { state.page += 1; render(); });
   $("reconcile").addEventListener("click", (e) => act("reconcile", e.currentTarget));
   $("logout").addEventListener("click", async () => {
