@@ -1,6 +1,7 @@
 """The web console in headless Chromium against a real balancer serving 1,000 nodes and
 1,000 aliases: both lists are paged, nodes are filtered, a node's page opens by keyboard, and
-axe-core finds no serious or critical violation. (The console on a real `watch` is
+axe-core finds no serious or critical violation; when the balancer stops, the page says it
+lost its connection. (The console on a real `watch` is
 tests/integration/test_console.py.)"""
 
 from __future__ import annotations
@@ -81,3 +82,11 @@ def test_a_thousand_nodes_are_paged_filtered_and_reachable_by_keyboard(
     )
     assert driver.find_element(By.ID, "node-instances").text.count("node-0999-0") == 1
     assert axe_violations(driver) == []
+    # The control plane goes away: the page says so rather than showing stale figures as live.
+    assert driver.find_element(By.ID, "connection").text == "Live"
+    harness.stop()
+    poll(
+        lambda: "Connection lost" in driver.find_element(By.ID, "connection").text,
+        "the page to say it lost its connection",
+    )
+    shot(driver, "connection-lost")
