@@ -6,6 +6,12 @@ pure functions (`status_document`, `node_status`), testable without HTTP. With a
 (required beyond loopback, balancer/access.py), every endpoint but the open ones (`/-/healthz`,
 and those that check a token of their own) answers 401 to a request without it.
 
+Each node carries its recent traffic (requests/s, error rate, p50/p99 over the last seconds,
+balancer/console/traffic.py); `/-/status?node=NAME` adds that node's detail from the embedder
+(its spec as applied, its instances' recent log lines) and its telemetry; `/-/status/stream`
+sends the same document as server-sent events whenever it changes. The web console
+(balancer/console/) is built on these alone.
+
 Under `serve --workers N` the worker answering the admin port adds the others' counts
 (balancer/workers.py) with `worker_snapshot`, `combined_metrics` and `with_workers`, so both
 endpoints answer for all the workers.
@@ -13,22 +19,26 @@ endpoints answer for all the workers.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from balancer.access import CHALLENGE, AdminGuard
 from balancer.backends import Backend, BackendKey, Backends
+from balancer.console import UI, Console, SecurityHeaders, is_open, wants_page
+from balancer.console.traffic import TrafficWindow, counts_from
 from balancer.metrics import CONTENT_TYPE, FAMILIES, Metrics
 from balancer.routing import Router
 from balancer.table import AccessRule
@@ -39,6 +49,13 @@ log = logging.getLogger(__name__)
 
 # Instance statuses that only a health check (or a passive ejection) sets.
 _CHECKED = frozenset({"Healthy", "Unhealthy"})
+# How often /-/status/stream looks for a change, and how long it stays quiet at most (a
+# comment line keeps proxies and the browser from taking the stream for dead).
+STREAM_EVERY = 0.5
+STREAM_HEARTBEAT = 15.0
+# Telemetry lines shown per instance on a node's detail.
+TELEMETRY_LINES = 200
+NodeDetail = Callable[[str], Awaitable[dict[str, Any] | None]]
 
 
 class ControlSource(Protocol):
@@ -86,9 +103,10 @@ def _instance(backend: Backend) -> dict[str, Any]:
     }
 
 
-def status_document(source: ControlSource) -> dict[str, Any]:
+def status_document(source: ControlSource, traffic: TrafficWindow | None = None) -> dict[str, Any]:
     """The `/-/status` JSON: the table's generation, every alias, node and instance with its
-    status, weight and in-flight count, and the removed instances still draining."""
+    status, weight and in-flight count, each node's recent traffic (with traffic), and the
+    removed instances still draining."""
     router = source.router  # once: everything below describes this one table
     table = router.table
     nodes: list[dict[str, Any]] = []
@@ -125,6 +143,7 @@ def status_document(source: ControlSource) -> dict[str, Any]:
                 "access": _access(entry.access),
                 "timeouts": {"request": entry.timeouts.request, "idle": entry.timeouts.idle},
                 "instances": instances,
+                "traffic": (traffic or TrafficWindow()).figures(name),
             }
         )
     aliases = [
@@ -232,17 +251,32 @@ def with_workers(
 class RequireAdminKey:
     """ASGI middleware: the admin key on every path but the open ones, or a JSON 401."""
 
-    def __init__(self, app: ASGIApp, guard: AdminGuard, open_paths: frozenset[str]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        guard: AdminGuard,
+        open_paths: frozenset[str],
+        console: Console | None = None,
+    ) -> None:
         self.app = app
         self.guard = guard
         self.open_paths = open_paths
+        self.console = console
+
+    def _admits(self, scope: Scope) -> bool:
+        path = scope["path"]
+        if path in self.open_paths or self.guard.admits(scope["headers"]):
+            return True
+        console = self.console
+        return console is not None and (
+            is_open(path) or console.session_of(scope["headers"]) is not None
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] == "http"
-            and scope["path"] not in self.open_paths
-            and not self.guard.admits(scope["headers"])
-        ):
+        if scope["type"] == "http" and not self._admits(scope):
+            if self.console is not None and wants_page(scope):
+                await RedirectResponse(f"{UI}/login", status_code=303)(scope, receive, send)
+                return
             response = JSONResponse(
                 {
                     "error": "the admin port needs its key: send Authorization: Bearer <key>, "
@@ -272,29 +306,108 @@ def make_control_app(
     open_paths: Iterable[str] = (),
     telemetry: Telemetry | None = None,
     peers: Peers | None = None,
+    console: Console | None = None,
+    node_detail: NodeDetail | None = None,
 ) -> Starlette:
     """The Starlette app serving the control plane's `/-/` endpoints for source.
 
     Whoever embeds the balancer (the watch loop) adds its own endpoints with extra_routes and
-    its own fields to `/-/status` with extra_status. With admin, every path needs the admin
-    key except `/-/healthz` and open_paths (endpoints that check a token of their own). With
-    telemetry, `/-/metrics` also scrapes the instances of nodes that declare a telemetry path
-    and shows what they said. With peers (worker 0 of several), `/-/metrics` and `/-/status`
-    answer for every worker.
+    its own fields to `/-/status` with extra_status, and a node's detail with node_detail.
+    With admin, every path needs the admin key except `/-/healthz` and open_paths (endpoints
+    that check a token of their own), or a console session. With telemetry, `/-/metrics` also
+    scrapes the instances of nodes that declare a telemetry path and shows what they said.
+    With peers (worker 0 of several), `/-/metrics` and `/-/status` answer for every worker.
+    With console, the web console is served too (`/-/ui/`).
     """
+    window = TrafficWindow()
 
     async def healthz(request: Request) -> Response:
         if source.draining:
             return JSONResponse({"status": "draining"}, status_code=503)
         return JSONResponse({"status": "ok"})
 
-    async def status(request: Request) -> Response:
-        document = status_document(source)
-        if peers is not None:
-            document = with_workers(document, peers.local(), await peers.gather())
+    async def build(node: str | None) -> dict[str, Any]:
+        """The status document, with node's detail when one is asked for."""
+        gathered = await peers.gather() if peers is not None else None
+        if gathered is None:
+            counts = source.metrics.snapshot()
+        else:
+            assert peers is not None
+            others = [p.snapshot["metrics"] for p in gathered if p.snapshot is not None]
+            counts = Metrics.combined([peers.local()["metrics"], *others]).snapshot()
+        window.add(time.monotonic(), counts_from(counts))
+        document = status_document(source, window)
+        if peers is not None and gathered is not None:
+            document = with_workers(document, peers.local(), gathered)
         if extra_status is not None:
             document.update(extra_status())
-        return JSONResponse(document)
+        if node is not None:
+            document["node"] = await _detail(node)
+        return document
+
+    async def _detail(name: str) -> dict[str, Any]:
+        """One node's detail: the embedder's (spec, logs) and its instances' telemetry."""
+        detail: dict[str, Any] = {"name": name, "spec": None, "logs": None, "telemetry": None}
+        if node_detail is not None:
+            try:
+                detail.update(await node_detail(name) or {})
+            except Exception as exc:  # a bug there must not cost the status document
+                log.exception("the detail of node %s failed", name)
+                detail["error"] = f"{type(exc).__name__}: {exc}"
+        entry = source.router.table.nodes.get(name)
+        if telemetry is not None and entry is not None and entry.telemetry_path is not None:
+            scrapes = await telemetry.collect(source.router.table, nodes={name})
+            detail["telemetry"] = [
+                {
+                    "instance": s.target.instance,
+                    "lines": (s.text or "").splitlines()[:TELEMETRY_LINES],
+                    "error": s.error,
+                }
+                for s in scrapes
+            ]
+        return detail
+
+    shared: dict[str | None, tuple[float, dict[str, Any]]] = {}
+
+    async def build_shared(node: str | None) -> dict[str, Any]:
+        """The document for the streams: built once per tick, however many pages follow it
+        (at 1,000 nodes a build is a few tens of milliseconds)."""
+        now = time.monotonic()
+        cached = shared.get(node)
+        if cached is not None and now - cached[0] < STREAM_EVERY / 2:
+            return cached[1]
+        document = await build(node)
+        for key in [k for k, (at, _) in shared.items() if now - at > STREAM_HEARTBEAT]:
+            del shared[key]  # nobody follows that node's page any more
+        shared[node] = (now, document)
+        return document
+
+    async def status(request: Request) -> Response:
+        return JSONResponse(await build(request.query_params.get("node")))
+
+    async def stream(request: Request) -> Response:
+        node = request.query_params.get("node")
+
+        async def events() -> AsyncIterator[str]:
+            last: dict[str, Any] | None = None
+            quiet_since = time.monotonic()
+            while not source.draining:
+                document = await build_shared(node)
+                steady = _without_clocks(document)
+                now = time.monotonic()
+                if steady != last or now - quiet_since >= STREAM_HEARTBEAT:
+                    last = steady
+                    quiet_since = now
+                    yield f"data: {json.dumps(document, separators=(',', ':'))}\n\n"
+                if await request.is_disconnected():
+                    return
+                await asyncio.sleep(STREAM_EVERY)
+
+        return StreamingResponse(
+            events(),
+            media_type="text/event-stream",
+            headers={"cache-control": "no-store", "x-accel-buffering": "no"},
+        )
 
     async def metrics(request: Request) -> Response:
         router = source.router
@@ -322,17 +435,31 @@ def make_control_app(
             message = exc.detail
         return JSONResponse({"error": message}, status_code=exc.status_code, headers=exc.headers)
 
-    middleware = []
+    middleware = [Middleware(SecurityHeaders)]
     if admin is not None:
         opened = frozenset({"/-/healthz", *open_paths})
-        middleware.append(Middleware(RequireAdminKey, guard=admin, open_paths=opened))
+        middleware.append(
+            Middleware(RequireAdminKey, guard=admin, open_paths=opened, console=console)
+        )
     return Starlette(
         routes=[
             Route("/-/healthz", healthz, methods=["GET"]),
             Route("/-/status", status, methods=["GET"]),
+            Route("/-/status/stream", stream, methods=["GET"]),
             Route("/-/metrics", metrics, methods=["GET"]),
+            *(console.routes(admin) if console is not None else ()),
             *extra_routes,
         ],
         exception_handlers={HTTPException: http_error},
         middleware=middleware,
     )
+
+
+def _without_clocks(document: dict[str, Any]) -> dict[str, Any]:
+    """The document without the fields that change every second by themselves (compared as
+    values: cheaper than as text)."""
+    steady = {k: v for k, v in document.items() if k != "uptimeSeconds"}
+    watch = steady.get("watch")
+    if isinstance(watch, dict):
+        steady["watch"] = {k: v for k, v in watch.items() if k != "now"}
+    return steady

@@ -34,7 +34,8 @@ import watchfiles
 from balancer.access import AdminGuard, admin_guard
 from balancer.backends import Backend, Backends
 from balancer.client import ClientConnection
-from balancer.control import make_control_app, worker_snapshot
+from balancer.console import Console
+from balancer.control import NodeDetail, make_control_app, worker_snapshot
 from balancer.discovery import Discovery
 from balancer.health import HealthChecker
 from balancer.metrics import Metrics
@@ -83,6 +84,8 @@ class Balancer:
         self.extra_routes: list[Any] = []
         self.extra_status: Any = None
         self.open_paths: set[str] = set()  # admin paths that check a token of their own
+        self.console = Console()  # the web console; the embedder registers its actions
+        self.node_detail: NodeDetail | None = None  # a node's spec and logs, from the embedder
         self.backends = Backends()
         self.metrics = Metrics(inflight=self._inflight_by_node)
         self.telemetry = Telemetry()  # the instances' own metrics, scraped with /-/metrics
@@ -277,6 +280,8 @@ class Balancer:
                 self.open_paths,
                 self.telemetry,
                 peers,
+                self.console,
+                self.node_detail,
             ),
             log_level="warning",
             lifespan="off",

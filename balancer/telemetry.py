@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 
 import httptools
@@ -125,9 +125,12 @@ class Telemetry:
         self.max_bytes = max_bytes
         self.concurrency = concurrency
 
-    async def collect(self, table: RoutingTable) -> list[Scrape]:
-        """Fetch every target's text at once, all within one deadline; never raises."""
-        wanted = targets(table)
+    async def collect(
+        self, table: RoutingTable, nodes: Collection[str] | None = None
+    ) -> list[Scrape]:
+        """Fetch every target's text (only nodes', if given) at once, all within one
+        deadline; never raises."""
+        wanted = [t for t in targets(table) if nodes is None or t.node in nodes]
         if not wanted:
             return []
         loop = asyncio.get_running_loop()

@@ -269,6 +269,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     project_options(sub)
     sub.add_argument("--json", action="store_true")
+    sub.add_argument(
+        "--watch",
+        nargs="?",
+        const=2.0,
+        default=None,
+        type=float,
+        metavar="SECONDS",
+        help="redraw the overview live every SECONDS (2 by default) until Ctrl-C",
+    )
     sub.set_defaults(command=_status)
 
     sub = command("logs", "Show a node's instances' output, each line prefixed with its instance.")
@@ -605,6 +614,39 @@ def _destroy(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    if args.watch is not None:
+        return _status_live(args)
+    return _status_once(args)
+
+
+def _status_live(args: argparse.Namespace) -> int:
+    """`status --watch`: the overview redrawn in place every args.watch seconds."""
+    import io
+    import signal
+    import time
+
+    if not 0.2 <= args.watch <= 3600 or args.json:
+        raise GitopsNodesError(
+            "--watch: expected a number of seconds from 0.2 to 3600, without --json"
+        )
+    signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM ends it as Ctrl-C does
+    try:
+        while True:
+            frame = io.StringIO()
+            with contextlib.redirect_stdout(frame):
+                _status_once(args)
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            header = f"Every {args.watch:g}s: gitops-nodes status    {stamp}    (Ctrl-C ends)\n\n"
+            # Home, clear, then the whole frame in one write: no flicker between frames.
+            sys.stdout.write("\x1b[H\x1b[2J" + header + frame.getvalue())
+            sys.stdout.flush()
+            time.sleep(args.watch)
+    except KeyboardInterrupt:
+        print()
+    return EXIT_OK
+
+
+def _status_once(args: argparse.Namespace) -> int:
     import json
 
     from gitops_nodes import workflow

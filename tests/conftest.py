@@ -79,6 +79,11 @@ def project(docker_client: Any) -> Iterator[str]:
     """A unique project name; afterwards every container and image labelled with it is removed."""
     name = f"gnt-{secrets.token_hex(4)}"
     yield name
+    remove_project(docker_client, name)
+
+
+def remove_project(docker_client: Any, name: str) -> None:
+    """Remove every container and image labelled with project name, and its sockets."""
     selector = {"label": [f"io.gitops-nodes.project={name}"]}
     for container in docker_client.api.containers(all=True, filters=selector):
         docker_client.api.remove_container(container["Id"], force=True, v=True)

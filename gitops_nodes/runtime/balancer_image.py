@@ -36,10 +36,20 @@ CMD ["python3", "-m", "balancer", "--port", "{data}", "--admin-port", "{admin}",
 """
 
 
+# What the package is made of: its modules, and the web console's page (balancer/console/).
+PACKAGE_SUFFIXES = frozenset({".py", ".html", ".css", ".js"})
+
+
 def source_files() -> list[Path]:
-    """The balancer package's modules, in a stable order."""
+    """The balancer package's files (subpackages included), relative to it, in a stable order."""
     package = Path(balancer.__file__).parent
-    return sorted(package.glob("*.py"))
+    return sorted(
+        path.relative_to(package)
+        for path in package.rglob("*")
+        if path.is_file()
+        and path.suffix in PACKAGE_SUFFIXES
+        and "__pycache__" not in path.relative_to(package).parts
+    )
 
 
 def pinned_requirements() -> list[str]:
@@ -54,8 +64,9 @@ def dockerfile(base: str) -> str:
 def image_tag(base: str) -> str:
     """The content-addressed tag of the balancer image on base."""
     digest = hashlib.sha256()
+    package = Path(balancer.__file__).parent
     for path in source_files():
-        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+        digest.update(path.as_posix().encode() + b"\0" + (package / path).read_bytes() + b"\0")
     digest.update("\n".join(pinned_requirements()).encode())
     digest.update(dockerfile(base).encode())
     return f"{REPOSITORY}:{digest.hexdigest()[:16]}"
@@ -64,8 +75,9 @@ def image_tag(base: str) -> str:
 def assemble(base: str, folder: Path) -> None:
     """Write the build folder: Dockerfile, the package and its wheels."""
     target = folder / "app" / "balancer"
-    target.mkdir(parents=True)
+    package = Path(balancer.__file__).parent
     for path in source_files():
-        shutil.copyfile(path, target / path.name)
+        (target / path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(package / path, target / path)
     pyimage.download_wheels(pinned_requirements(), folder / "wheels")
     (folder / "Dockerfile").write_text(dockerfile(base))

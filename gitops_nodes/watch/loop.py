@@ -24,6 +24,7 @@ from starlette.routing import Route
 
 from balancer.server import Balancer, ServeOptions
 from gitops_nodes.errors import GitopsNodesError
+from gitops_nodes.watch.detail import describe_node
 from gitops_nodes.watch.memory import give_back_free_memory
 from gitops_nodes.watch.notify import Notifier
 from gitops_nodes.watch.reconcile import Reconciler, ReconcileResult, RolloutRun
@@ -33,6 +34,7 @@ log = logging.getLogger("gitops_nodes.watch")
 
 HEALING = frozenset({"drift", "engine", "interval", "retry", "start"})
 RETRY_AFTER_FAILURE = 5.0  # seconds before an unreachable source or engine is tried again
+DETAIL_EVERY = 2.0  # seconds a node's detail (spec, log lines) is reused for its page
 DRIFT_JOIN = 0.1  # seconds a stopping watch gives the drift thread before it exits anyway
 
 
@@ -70,6 +72,11 @@ class WatchLoop:
         balancer.extra_routes.append(Route("/-/hooks/git", self.hook, methods=["POST"]))
         balancer.open_paths.add("/-/hooks/git")  # a forge sends the hook token, not the admin key
         balancer.extra_status = self.status
+        # The web console's actions (balancer/console/) and a node's detail on its page.
+        balancer.console.actions["reconcile"] = self.reconcile_now
+        balancer.console.actions["rollback"] = self.roll_back_now
+        balancer.node_detail = self.node_detail
+        self._details: dict[str, tuple[float, dict[str, Any]]] = {}  # node -> (when, detail)
 
     # -- triggers -------------------------------------------------------------------------
 
@@ -94,6 +101,39 @@ class WatchLoop:
             return JSONResponse({"error": "missing or wrong token"}, status_code=401)
         self.trigger("hook")
         return JSONResponse({"accepted": True}, status_code=202)
+
+    async def reconcile_now(self) -> dict[str, Any]:
+        """The console's "reconcile now": what the interval does (fetch, apply what changed,
+        heal drift), at once."""
+        self.trigger("console")
+        return {"accepted": True, "action": "reconcile"}
+
+    async def roll_back_now(self) -> dict[str, Any]:
+        """The console's "roll back this rollout": what a failed judgement does."""
+        async with self.busy:  # never beside a step the rollout driver is taking
+            run = self.reconciler.rollout
+            if run is None:
+                return {"accepted": False, "error": "no rollout is in progress"}
+            task, self.rollout_task = self.rollout_task, None
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            log.warning("rolling back %s: asked for on the console", run.revision.id[:12])
+            await self._run(self.reconciler.roll_back, "rolled back from the web console")
+        return {"accepted": True, "action": "rollback", "revision": run.revision.id}
+
+    async def node_detail(self, name: str) -> dict[str, Any] | None:
+        """A node's spec as applied and its instances' recent log lines, for its page; read
+        from the engine at most every DETAIL_EVERY seconds per node, however many watch it."""
+        now = time.monotonic()
+        cached = self._details.get(name)
+        if cached is not None and now - cached[0] < DETAIL_EVERY:
+            return cached[1]
+        detail = await self.loop.run_in_executor(None, describe_node, self.reconciler, name)
+        self._details = {n: c for n, c in self._details.items() if now - c[0] < DETAIL_EVERY}
+        self._details[name] = (now, detail)
+        return detail
 
     async def _ticker(self) -> None:
         while not self.stopping.is_set():
@@ -221,6 +261,7 @@ class WatchLoop:
                 # it takes to see minRequests of them.
                 current, start = (run, run.stage), self._counters()
                 run.begin_stage()
+            run.judge_at = time.time() + run.pause
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), run.pause)
             async with self.busy:

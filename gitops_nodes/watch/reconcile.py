@@ -12,6 +12,7 @@ import logging
 import os
 import tempfile
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from types import MappingProxyType
@@ -49,6 +50,9 @@ REFUSED_KEPT = 16
 # Reconciles that found nothing to change (every interval, when nothing happens) are logged
 # at debug level, and counted in one info line this often (seconds).
 QUIET_SUMMARY_EVERY = 3600.0
+# Reconciles kept in the status's history (and in the state directory's watch file, so the
+# history survives a restart); a quiet interval reconcile is counted, not kept.
+HISTORY_KEPT = 50
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,7 @@ class Reconciler:
         self.summary_every = summary_every
         self.quiet = 0  # reconciles with nothing to change since the last summary line
         self.quiet_since = time.monotonic()
+        self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY_KEPT)  # oldest first
 
     def reconcile(self, revision: Revision, reason: str) -> ReconcileResult:
         """Load, plan and apply revision; never raises for a bad revision or a failed apply.
@@ -165,6 +170,9 @@ class Reconciler:
         """After a restart: remember the last good revision a previous run applied, so drift
         can be healed from it even when the newest commit is bad (nothing is applied here)."""
         saved = read_watch_status(self.state)
+        kept = saved.get("history") if saved else None
+        if isinstance(kept, list):
+            self.history.extend(e for e in kept[-HISTORY_KEPT:] if isinstance(e, dict))
         revision_id = saved.get("appliedRevision") if saved else None
         if not isinstance(revision_id, str):
             return
@@ -288,6 +296,14 @@ class Reconciler:
 
     def _record(self, outcome: ReconcileResult) -> ReconcileResult:
         previous, self.last = self.last, outcome
+        quiet_poll = (
+            outcome.outcome == "unchanged"
+            and outcome.reason == "interval"
+            and previous is not None
+            and previous.revision == outcome.revision
+        )
+        if not quiet_poll:
+            self.history.append(outcome.to_json())
         if not outcome.ok:
             self.last_error = outcome
             self.refused.pop(outcome.revision, None)  # re-inserted: the newest
@@ -345,9 +361,11 @@ class Reconciler:
         return {
             "appliedRevision": self.applied.id if self.applied else None,
             "appliedSummary": self.applied.summary if self.applied else None,
+            "applied": self.applied.to_json() if self.applied else None,
             "lastReconcile": self.last.to_json() if self.last else None,
             "lastError": self.last_error.to_json() if self.last_error else None,
             "rollout": self.rollout.status() if self.rollout else None,
+            "history": list(self.history),  # oldest first
         }
 
     def save(self) -> None:
@@ -370,6 +388,8 @@ class RolloutRun:
     stage: int = 0
     check: Callable[[Plan, LiveState], None] | None = None  # the revision's guards
     seen: dict[str, int] = field(default_factory=dict)  # alias -> requests judged on so far
+    rates: dict[str, float | None] = field(default_factory=dict)  # alias -> error rate judged on
+    judge_at: float | None = None  # when the next judgement is due (time.time())
 
     def judge(
         self,
@@ -391,6 +411,7 @@ class RolloutRun:
                 continue  # no node's share grows: nothing to judge
             requests, rate = error_rate(start, end, nodes)
             self.seen[alias] = requests
+            self.rates[alias] = rate if requests else None
             if requests < rollout.min_requests:
                 ready = False  # not enough traffic to judge yet: wait another pause
                 continue
@@ -404,6 +425,7 @@ class RolloutRun:
     def begin_stage(self) -> None:
         """A stage starts: its requests are counted from zero."""
         self.seen = {}
+        self.rates = {}
 
     def status(self) -> dict[str, Any]:
         return {
@@ -414,6 +436,12 @@ class RolloutRun:
                 name: [list(route) for route in self.stages[self.stage].aliases[name].routes]
                 for name in self.gates
             },
+            # Per alias, the weights the revision ends with.
+            "targets": {
+                name: [list(route) for route in self.stages[-1].aliases[name].routes]
+                for name in self.gates
+            },
+            "nextJudgementAt": self.judge_at,
             # Per alias: the requests the step has seen to the nodes gaining share, and how
             # many more it needs before it is judged.
             "requests": {
@@ -422,6 +450,8 @@ class RolloutRun:
                     "minRequests": rollout.min_requests,
                     "needed": max(0, rollout.min_requests - self.seen.get(name, 0)),
                     "nodes": nodes,
+                    "errorRate": self.rates.get(name),
+                    "maxErrorRate": rollout.max_error_rate,
                 }
                 for name, (nodes, rollout) in self.gates.items()
             },

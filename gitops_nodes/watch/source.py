@@ -23,7 +23,7 @@ import subprocess
 import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -82,12 +82,24 @@ class Revision:
 
     `id` is the commit sha (40 hex) for Git, or "tree:" + a content digest for a work tree;
     `tree` is the folder holding the spec (the `--path` subfolder already applied);
-    `summary` is the commit's subject line, or "work tree".
+    `summary` is the commit's subject line, or "work tree"; `author` and `committed_at`
+    (seconds since the epoch) are the commit's, for status, and empty for a work tree.
     """
 
     id: str
     tree: Path
     summary: str
+    author: str = field(default="", compare=False)
+    committed_at: float | None = field(default=None, compare=False)
+
+    def to_json(self) -> dict[str, object]:
+        """The revision as `/-/status` shows it."""
+        return {
+            "id": self.id,
+            "summary": self.summary,
+            "author": self.author or None,
+            "committedAt": self.committed_at,
+        }
 
 
 class Source(Protocol):
@@ -185,7 +197,14 @@ class GitSource:
                 return last
             self._check_path(sha, summary)
             root = self._materialise(sha)
-            revision = Revision(id=sha, tree=_join(root, self.path), summary=summary)
+            author, committed_at = self._author(sha)
+            revision = Revision(
+                id=sha,
+                tree=_join(root, self.path),
+                summary=summary,
+                author=author,
+                committed_at=committed_at,
+            )
             self._prune(keep={sha} | ({last.id} if last is not None else set()))
             self._last = revision
             return revision
@@ -202,9 +221,16 @@ class GitSource:
                 summary = self._git("log", "-1", "--format=%s", sha, "--").strip()
                 self._check_path(sha, summary)
                 root = self._materialise(sha)
+                author, committed_at = self._author(sha)
             except SourceError:
                 return None
-            return Revision(id=sha, tree=_join(root, self.path), summary=summary or "-")
+            return Revision(
+                id=sha,
+                tree=_join(root, self.path),
+                summary=summary or "-",
+                author=author,
+                committed_at=committed_at,
+            )
 
     async def changes(self, stop: asyncio.Event) -> AsyncGenerator[None, None]:
         """Never yields: a Git source is polled. Returns once stop is set."""
@@ -279,6 +305,13 @@ class GitSource:
             timeout=self.fetch_timeout,
             what=f"fetching {self.describe()}",
         )
+
+    def _author(self, sha: str) -> tuple[str, float | None]:
+        """A commit's author (name only: an address is nobody's business on a status page)
+        and its commit time."""
+        out = self._git("log", "-1", "--format=%an%x00%ct", sha, "--")
+        name, _, stamp = out.rstrip("\n").partition("\0")
+        return name.strip(), float(stamp) if stamp.strip().isdigit() else None
 
     def _head(self) -> tuple[str, str]:
         out = self._git("log", "-1", "--format=%H%x00%s", self._ref, "--")

@@ -345,6 +345,13 @@ class BalancerHarness:
         document: dict[str, Any] = reply.json()
         return document
 
+    def status_of(self, node: str) -> dict[str, Any]:
+        """`/-/status` with node's detail."""
+        reply = self.admin("GET", f"/-/status?node={node}")
+        assert reply.status == 200, reply.body
+        document: dict[str, Any] = reply.json()
+        return document
+
     def instances(self) -> dict[str, dict[str, Any]]:
         """Every instance in /-/status (draining ones too) by instance name."""
         document = self.status()
@@ -368,7 +375,10 @@ class BalancerHarness:
     # -- tables ---------------------------------------------------------------------------
 
     def publish(
-        self, nodes: dict[str, NodeEntry], aliases: dict[str, AliasEntry] | None = None
+        self,
+        nodes: dict[str, NodeEntry],
+        aliases: dict[str, AliasEntry] | None = None,
+        within: float = 5.0,
     ) -> RoutingTable:
         """Write the next generation of the table file and wait until it is served."""
         self.generation += 1
@@ -378,7 +388,7 @@ class BalancerHarness:
             aliases=MappingProxyType(dict(aliases or {})),
         )
         write_table(self.table_file, table)
-        self.wait_generation(self.generation)
+        self.wait_generation(self.generation, within)
         return table
 
     def wait_generation(self, generation: int, within: float = 5.0) -> None:

@@ -220,11 +220,13 @@ class Load:
 class Watch:
     """A `gitops-nodes watch` process following a repository made for the test."""
 
-    def __init__(self, repo: Path, project: str, state: Path) -> None:
+    def __init__(
+        self, repo: Path, project: str, state: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.repo = repo
         self.project = project
         self.port, self.admin = free_port(), free_port()
-        env = {**os.environ, "GITOPS_NODES_HOOK_TOKEN": HOOK_TOKEN}
+        env = {**os.environ, "GITOPS_NODES_HOOK_TOKEN": HOOK_TOKEN, **(env or {})}
         state.mkdir(parents=True, exist_ok=True)
         self.log = state / f"watch-{self.port}.log"
         self.log_file = self.log.open("w")

@@ -11,7 +11,7 @@ from gitops_nodes.fleet import BalancerFleet, LocalBalancers
 from gitops_nodes.live import LiveInstance
 from gitops_nodes.runtime.base import Runtime
 from gitops_nodes.statedir import StateDir
-from gitops_nodes.watch.reconcile import REFUSED_KEPT, Reconciler
+from gitops_nodes.watch.reconcile import HISTORY_KEPT, REFUSED_KEPT, Reconciler
 from gitops_nodes.watch.source import Revision
 
 BAD = "apiVersion: gitops-nodes/v1\nkind: Node\nmetadata: {name: web}\nspec: {instances: 0}\n"
@@ -82,3 +82,34 @@ def test_unchanged_reconciles_log_at_debug_with_a_periodic_summary(
     assert len(infos) == 2
     assert infos[0].startswith("1 reconciles in the last ")
     assert "found nothing to change" in infos[1]
+
+
+def test_the_reconcile_history_is_bounded_skips_quiet_polls_and_survives_a_restart(
+    tmp_path: Path,
+) -> None:
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "n.yaml").write_text(BAD)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    reconciler = _reconciler(tmp_path)
+    for n in range(HISTORY_KEPT + 5):
+        reconciler.reconcile(_revision(n, bad), "hook")
+    reconciler.reconcile(_revision(999, empty), "console")
+    for _ in range(5):  # the interval finding nothing new: counted, not kept
+        reconciler.reconcile(_revision(999, empty), "interval")
+
+    history = reconciler.status()["history"]
+    assert history == list(reconciler.history)
+    assert len(history) == HISTORY_KEPT
+    assert history[-1]["reason"] == "console" and history[-1]["outcome"] == "unchanged"
+    assert history[-2]["revision"] == _revision(HISTORY_KEPT + 4, bad).id
+    assert history[0]["revision"] == _revision(6, bad).id  # the oldest ones went
+
+    class NoSource:
+        def at(self, revision_id: str) -> None:
+            return None
+
+    again = _reconciler(tmp_path)  # a restarted watch, on the same state directory
+    again.restore(NoSource())  # type: ignore[arg-type]
+    assert list(again.history) == history

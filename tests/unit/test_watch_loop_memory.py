@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from balancer.console import Console
 from balancer.server import ServeOptions
 from balancer.table import RoutingTable, read_table
 from gitops_nodes.apply import ApplyOptions
@@ -45,6 +46,8 @@ class StandInBalancer:
         self.extra_routes: list[Any] = []
         self.extra_status: Any = None
         self.open_paths: set[str] = set()
+        self.console = Console()  # the loop registers its actions there
+        self.node_detail: Any = None
         self.metrics = type("Metrics", (), {"nodes": {}})()
         self.router = type("Router", (), {"nodes": {}})()
         self.tables: list[RoutingTable] = []
@@ -143,6 +146,10 @@ class Harness:
     def status(self) -> dict[str, Any]:
         return self.reconciler.status()
 
+    def call(self, coroutine: Any) -> Any:
+        """Run coroutine on the loop's thread, as the control plane does; its result."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout=10)
+
     def wait(self, what: str, check: Callable[[], bool], seconds: float = 10.0) -> None:
         done = threading.Event()
         for _ in range(int(seconds / 0.01)):
@@ -189,7 +196,11 @@ def test_a_rollout_without_traffic_is_never_promoted(harness: Harness) -> None:
             "minRequests": 20,
             "needed": 20,
             "nodes": ["v2"],
+            "errorRate": None,  # no request yet: no rate
+            "maxErrorRate": 0.1,
         }
+        assert rollout["targets"] == {"api": [["v2", 100]]}
+        assert rollout["nextJudgementAt"] is not None
         assert h.status()["appliedRevision"] == first
         assert h.routes("api") == (("v2", 500), ("v1", 500))
         assert {c.node for c in h.runtime.containers.values()} == {"v1", "v2"}
@@ -234,3 +245,32 @@ def test_an_empty_commit_is_refused_and_the_last_good_state_keeps_serving(
         assert h.status()["appliedRevision"] == first
         assert set(h.runtime.containers) == before
         assert h.routes("api") == (("v1", 100),)
+
+
+def test_the_consoles_roll_back_action_rolls_the_rollout_back(harness: Harness) -> None:
+    with harness as h:
+        first = start_v1(h)
+        assert h.call(h.balancer.console.actions["rollback"]())["accepted"] is False
+        moving = h.commit(node_doc("v2", "2"), rollout_alias(("v2", 100)))
+        h.wait("step 1", lambda: (h.status()["rollout"] or {}).get("step") == 1)
+
+        answer = h.call(h.balancer.console.actions["rollback"]())
+
+        assert answer == {"accepted": True, "action": "rollback", "revision": moving}
+        assert h.status()["rollout"] is None
+        assert h.status()["lastError"]["outcome"] == "rolled back"
+        assert h.status()["lastError"]["error"] == "rolled back from the web console"
+        assert h.status()["appliedRevision"] == first
+        h.wait("v1 alone again", lambda: h.routes("api") == (("v1", 100),))
+        h.balancer.count("v2", 200, 40)  # traffic that would have promoted it: too late
+        time.sleep(0.1)
+        assert h.status()["rollout"] is None and h.routes("api") == (("v1", 100),)
+
+
+def test_the_consoles_reconcile_action_runs_a_reconcile(harness: Harness) -> None:
+    with harness as h:
+        start_v1(h)
+        before = h.watch.reconciles
+        assert h.call(h.balancer.console.actions["reconcile"]())["accepted"] is True
+        h.wait("a reconcile", lambda: h.watch.reconciles > before)
+        assert h.reconciler.history[-1]["reason"] == "console"

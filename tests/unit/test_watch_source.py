@@ -100,6 +100,10 @@ def test_poll_returns_the_branch_commit_and_its_spec_folder(origin: Origin, tmp_
     sha = origin.git("rev-parse", "HEAD")
     tree = source.checkouts / sha / "deploy"
     assert revision == Revision(id=sha, tree=tree, summary="first spec")
+    # Its author (by name: an address is not shown) and commit time, for the console.
+    assert revision.author == origin.git("log", "-1", "--format=%an")
+    assert revision.committed_at == float(origin.git("log", "-1", "--format=%ct"))
+    assert revision.to_json()["author"] and "@" not in str(revision.to_json())
     assert (revision.tree / "node.yaml").read_text() == SPEC.format(name="v1")
     assert source.last is revision
     assert source.describe() == f"{origin.url}#main:deploy"
