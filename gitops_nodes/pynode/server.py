@@ -266,6 +266,96 @@ class Service:
             connection.close()
 
 
+class BatchingService(Service):
+    """A Service for a node with `batch`: requests are gathered into batches, each one run of
+    the code (Node.run_batch).
+
+    Waiting requests form the next batch, which runs when it holds `maxSize` calls, when
+    `maxDelay` has passed since its first call's head was read, or as soon as one more poll
+    of the connections brings no new request: the instance is then idle, and a request never
+    waits for others that are not coming (at one connection it runs at once, after a poll
+    that costs microseconds). The code runs on the event loop's thread as in Service, so
+    batches run one at a time and requests keep the order they were read in; other requests
+    (health, OpenAPI, errors) wait with the batch they came with, which keeps a connection's
+    answers in order.
+    """
+
+    def __init__(
+        self,
+        node: Node,
+        loop: asyncio.AbstractEventLoop,
+        access_log: BinaryIO | None,
+        max_body: int = MAX_BYTES,
+        every: int = ERRORS_ONLY,
+    ) -> None:
+        super().__init__(node, loop, access_log, max_body, every)
+        batch = node.config.batch
+        assert batch is not None
+        self.max_size = batch.max_size
+        self.max_delay = int(batch.max_delay * 1e9)  # ns
+        self.run_batch = node.run_batch
+        self.calls = 0  # calls (POST / and /predict) waiting in self.turn
+        self.first = 0  # perf_counter_ns() at the end of the first waiting call's head
+        self.seen = -1  # len(self.turn) when gather last looked: -1 before its first look
+        self.sizes: list[int] = []  # the last batches' sizes, for tests (at most 64 kept)
+
+    def queue(self, request: Request) -> None:
+        self.turn.append(request)
+        if request.route == CALL and request.method == b"POST":
+            if not self.calls:
+                self.first = request.started
+            self.calls += 1
+        if not self.turn_armed:
+            self.turn_armed = True
+            self.loop.call_soon(self.gather)
+
+    def gather(self) -> None:
+        """Run the waiting batch now, or look again after the loop's next poll."""
+        self.turn_armed = False
+        waiting = len(self.turn)
+        if not waiting:
+            return
+        if (
+            self.calls
+            and self.calls < self.max_size
+            and waiting != self.seen
+            and perf_counter_ns() - self.first < self.max_delay
+        ):
+            self.seen = waiting
+            self.turn_armed = True
+            self.loop.call_soon(self.gather)  # after the loop has polled the connections
+            return
+        self.answer_turn()
+
+    def answer_turn(self) -> None:
+        """Run every waiting request now: calls in batches of at most maxSize, then the
+        answers written in the order the requests were read."""
+        requests = self.turn
+        if not requests:
+            return
+        self.turn = []
+        self.calls = 0
+        self.seen = -1
+        calls = [
+            index for index, r in enumerate(requests) if r.route == CALL and r.method == b"POST"
+        ]
+        outcomes: list[tuple[int, bytes] | None] = [None] * len(requests)
+        size = self.max_size
+        for begin in range(0, len(calls), size):
+            batch = calls[begin : begin + size]
+            if len(self.sizes) >= 64:
+                del self.sizes[:32]
+            self.sizes.append(len(batch))
+            answers = self.run_batch([requests[index].body for index in batch])
+            for index, answer in zip(batch, answers, strict=True):
+                outcomes[index] = answer
+        for request, outcome in zip(requests, outcomes, strict=True):
+            status, payload = outcome if outcome is not None else self.local(request)
+            connection = request.connection
+            connection.queued -= 1
+            connection.respond(request, status, payload)
+
+
 class Connection(asyncio.Protocol):
     """One client connection: parses its requests and queues each whole one for its turn.
 
@@ -596,7 +686,8 @@ async def start(
     socket `unix` too when given (Service.unix_server), before the port: health checks go
     to the port, so a healthy instance is one that answers on both."""
     loop = asyncio.get_running_loop()
-    service = Service(node, loop, access_log, max_body, every)
+    kind = Service if node.config.batch is None else BatchingService
+    service = kind(node, loop, access_log, max_body, every)
     if unix is not None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(unix)  # left by the previous run of this container
@@ -642,6 +733,7 @@ def serve(
                 f"pynode: serving {config.code_path} on {bound[0]}:{bound[1]}"
                 f"{f' and {unix}' if unix else ''} "
                 f"(inputs {names(config.inputs)}; outputs {names(config.outputs)}; "
+                f"{_batching(config)}"
                 f"{type(loop).__module__.split('.')[0]} loop) "
                 f"ready in {(time.perf_counter() - began) * 1000:.0f} ms\n"
             ).encode()
@@ -658,6 +750,15 @@ def serve(
             service.flush()
     finally:
         loop.close()
+
+
+def _batching(config: NodeConfig) -> str:
+    """The start-up line's word on batching: "" when the node is not batched."""
+    batch = config.batch
+    if batch is None:
+        return ""
+    arrays = ", numpy arrays" if batch.numpy else ""
+    return f"batches of up to {batch.max_size}, {batch.max_delay * 1000:g} ms{arrays}; "
 
 
 def access_every(value: str) -> int:

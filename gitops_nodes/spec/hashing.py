@@ -36,6 +36,9 @@ class InstanceConfig:
     # None when the spec does not set it: DEFAULT_LOG_BUDGET applies, and the hash is the
     # one it had before `logs` existed, so upgrading gitops-nodes recreates nothing.
     logs: tuple[int, int] | None = None
+    # The node's `resources.gpus`: a count, "all", or device ids; None (absent from the
+    # hash, as for logs) when the node asks for none.
+    gpus: int | str | tuple[str, ...] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -48,12 +51,17 @@ class InstanceConfig:
             del data["logs"]  # absent, as for telemetry_port
         else:
             data["logs"] = {"max_size": self.logs[0], "max_files": self.logs[1]}
+        if self.gpus is None:
+            del data["gpus"]
+        elif isinstance(self.gpus, tuple):
+            data["gpus"] = list(self.gpus)
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> InstanceConfig:
         command = data.get("command")
         logs = data.get("logs")
+        gpus = data.get("gpus")
         return cls(
             image=str(data["image"]),
             port=int(data["port"]),
@@ -63,7 +71,15 @@ class InstanceConfig:
             memory=data.get("memory"),
             telemetry_port=data.get("telemetry_port"),
             logs=(int(logs["max_size"]), int(logs["max_files"])) if logs is not None else None,
+            gpus=tuple(gpus) if isinstance(gpus, list) else gpus,
         )
+
+
+def show_gpus(gpus: int | str | tuple[str, ...]) -> str:
+    """resources.gpus as the spec writes it: 1, all, ["0", "1"]."""
+    if isinstance(gpus, tuple):
+        return "[" + ", ".join(f'"{device}"' for device in gpus) + "]"
+    return str(gpus)
 
 
 def log_budget(config: InstanceConfig) -> tuple[int, int]:
