@@ -120,7 +120,7 @@ def test_swarm_reserves_gpus_as_generic_resources(write_repo: WriteRepo) -> None
         {"NamedResourceSpec": {"Kind": "gpu", "Value": "0"}}
     ]
     node = replace(node, config=replace(node.config, gpus="all"))
-    with pytest.raises(RuntimeFailure, match="node web: resources.gpus: all cannot be asked"):
+    with pytest.raises(RuntimeFailure, match=r"node web: resources\.gpus: all cannot be asked"):
         node_service_spec("p", node, "busybox", "p--net")
 
 
