@@ -25,7 +25,9 @@ Requests are answered in turns: those read while the event loop polled once (one
 of several connections, or several pipelined on one) are queued, then their code runs back
 to back, then their answers are written. Running the code right after the network stack has
 run costs it much of the processor's caches; a turn pays that once, not once per request
-(see `Service.answer_turn`).
+(see `Service.answer_turn`). A node with `batch` in its config is served by
+`BatchingService`: its waiting requests are gathered across turns into batches, each one run
+of the code (`Node.run_batch`); a node without it runs exactly as before.
 
 The request path allocates little: the body is read whole into the bytes httptools hands
 over (joined only when it came in pieces), the route is one dict lookup, responses are one
@@ -259,6 +261,10 @@ class Service:
             with contextlib.suppress(OSError, ValueError):
                 self.access_log.flush()
 
+    def lost(self, connection: Connection) -> None:
+        """A connection closed: forget it."""
+        self.connections.discard(connection)
+
     def close_connections(self) -> None:
         """Close every client connection (shutdown: answer the turn first, see Connection)."""
         self.answer_turn()
@@ -271,10 +277,13 @@ class BatchingService(Service):
     the code (Node.run_batch).
 
     Waiting requests form the next batch, which runs when it holds `maxSize` calls, when
-    `maxDelay` has passed since its first call's head was read, or as soon as one more poll
-    of the connections brings no new request: the instance is then idle, and a request never
-    waits for others that are not coming (at one connection it runs at once, after a poll
-    that costs microseconds). The code runs on the event loop's thread as in Service, so
+    `maxDelay` has passed since its first call's head was read, or as soon as no other
+    request is to be expected. Expected are the connections whose calls the last batch
+    answered and that have not sent another since (nor closed): a client in a loop, a load
+    generator's connections, the balancer's pooled connections under load. So a lone caller
+    is never kept waiting (its own next request is the one expected: it runs at once), while
+    under load a batch waits, event-driven and without polling, for the callers it just
+    answered, up to maxDelay. The code runs on the event loop's thread as in Service, so
     batches run one at a time and requests keep the order they were read in; other requests
     (health, OpenAPI, errors) wait with the batch they came with, which keeps a connection's
     answers in order.
@@ -296,8 +305,8 @@ class BatchingService(Service):
         self.run_batch = node.run_batch
         self.calls = 0  # calls (POST / and /predict) waiting in self.turn
         self.first = 0  # perf_counter_ns() at the end of the first waiting call's head
-        self.seen = -1  # len(self.turn) when gather last looked: -1 before its first look
-        self.sizes: list[int] = []  # the last batches' sizes, for tests (at most 64 kept)
+        self.expected: set[Connection] = set()  # answered by the last batch, not heard since
+        self.deadline: asyncio.TimerHandle | None = None  # maxDelay after the first call
 
     def queue(self, request: Request) -> None:
         self.turn.append(request)
@@ -305,37 +314,50 @@ class BatchingService(Service):
             if not self.calls:
                 self.first = request.started
             self.calls += 1
+            self.expected.discard(request.connection)
         if not self.turn_armed:
             self.turn_armed = True
             self.loop.call_soon(self.gather)
 
+    def lost(self, connection: Connection) -> None:
+        super().lost(connection)
+        expected = self.expected
+        if connection in expected:
+            expected.discard(connection)
+            if not expected and self.turn and not self.turn_armed:
+                self.turn_armed = True
+                self.loop.call_soon(self.gather)
+
     def gather(self) -> None:
-        """Run the waiting batch now, or look again after the loop's next poll."""
+        """Run the waiting batch now, unless it may still grow: then wait for its callers,
+        or for maxDelay."""
         self.turn_armed = False
-        waiting = len(self.turn)
-        if not waiting:
+        if not self.turn:
             return
-        if (
-            self.calls
-            and self.calls < self.max_size
-            and waiting != self.seen
-            and perf_counter_ns() - self.first < self.max_delay
-        ):
-            self.seen = waiting
-            self.turn_armed = True
-            self.loop.call_soon(self.gather)  # after the loop has polled the connections
-            return
+        if self.calls and self.calls < self.max_size and self.expected:
+            remaining = self.first + self.max_delay - perf_counter_ns()
+            if remaining > 0:
+                if self.deadline is None:
+                    self.deadline = self.loop.call_later(remaining / 1e9, self.due)
+                return
+        self.answer_turn()
+
+    def due(self) -> None:
+        """maxDelay has passed since the waiting batch's first call came: run it."""
+        self.deadline = None
         self.answer_turn()
 
     def answer_turn(self) -> None:
         """Run every waiting request now: calls in batches of at most maxSize, then the
         answers written in the order the requests were read."""
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
         requests = self.turn
         if not requests:
             return
         self.turn = []
         self.calls = 0
-        self.seen = -1
         calls = [
             index for index, r in enumerate(requests) if r.route == CALL and r.method == b"POST"
         ]
@@ -343,17 +365,21 @@ class BatchingService(Service):
         size = self.max_size
         for begin in range(0, len(calls), size):
             batch = calls[begin : begin + size]
-            if len(self.sizes) >= 64:
-                del self.sizes[:32]
-            self.sizes.append(len(batch))
             answers = self.run_batch([requests[index].body for index in batch])
             for index, answer in zip(batch, answers, strict=True):
                 outcomes[index] = answer
+        expected: set[Connection] = set()
         for request, outcome in zip(requests, outcomes, strict=True):
-            status, payload = outcome if outcome is not None else self.local(request)
             connection = request.connection
             connection.queued -= 1
+            if outcome is None:
+                status, payload = self.local(request)
+            else:
+                status, payload = outcome
+                if request.keep_alive:
+                    expected.add(connection)
             connection.respond(request, status, payload)
+        self.expected = {c for c in expected if not c.closing}
 
 
 class Connection(asyncio.Protocol):
@@ -484,7 +510,7 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
-        self.service.connections.discard(self)
+        self.service.lost(self)
 
     def pause_writing(self) -> None:
         # The client does not read its answers: stop reading its (pipelined) requests.

@@ -21,6 +21,7 @@ from gitops_nodes.pynode.codec import json_codec
 from gitops_nodes.pynode.config import load_config
 from gitops_nodes.pynode.errors import ConfigError
 from tests.unit.test_pynode_server import read_answers, serving, write_node
+from tests.waiting import wait_until
 
 # Each request gets 2*x and the size of the batch it ran in; `runs` counts runs of the code.
 BATCH_CODE = """\
@@ -105,6 +106,43 @@ def test_one_request_at_a_time_never_waits_for_max_delay(tmp_path: Path) -> None
         for n in range(3):
             assert served.post({"x": n, "tag": "a"}) == (200, {"y": 2.0 * n, "size": 1})
         assert time.monotonic() - began < 1.5
+
+
+def test_a_batch_waits_for_the_callers_the_last_one_answered(tmp_path: Path) -> None:
+    """A answered in a batch is expected back: B's request waits for A's next one, and both
+    run together, long before maxDelay (1 s)."""
+    with serving(batched(tmp_path, maxDelay=1.0)) as served:
+        a = socket.create_connection(("127.0.0.1", served.port), timeout=10)
+        b = socket.create_connection(("127.0.0.1", served.port), timeout=10)
+        with a, b:
+            a.sendall(post({"x": 1, "tag": "a"}) + post({"x": 2, "tag": "a"}))
+            assert [body["size"] for _, body in read_answers(a, 2)] == [2, 2]
+            began = time.monotonic()
+            b.sendall(post({"x": 3, "tag": "b"}))
+            wait_until(lambda: served.service.turn, "B's request to be read")
+            a.sendall(post({"x": 4, "tag": "a"}))
+            assert read_answers(b, 1) == [(200, {"y": 6.0, "size": 2})]
+            assert read_answers(a, 1) == [(200, {"y": 8.0, "size": 2})]
+            assert time.monotonic() - began < 1.0
+
+
+def test_a_caller_that_does_not_come_back_costs_at_most_max_delay(tmp_path: Path) -> None:
+    """A is expected but stays quiet: B's request runs when maxDelay (0.5 s) has passed. Then
+    B alone is expected, so its next request runs at once."""
+    with serving(batched(tmp_path, maxDelay=0.5)) as served:
+        a = socket.create_connection(("127.0.0.1", served.port), timeout=10)
+        b = socket.create_connection(("127.0.0.1", served.port), timeout=10)
+        with a, b:
+            a.sendall(post({"x": 1, "tag": "a"}))
+            read_answers(a, 1)
+            began = time.monotonic()
+            b.sendall(post({"x": 3, "tag": "b"}))
+            assert read_answers(b, 1) == [(200, {"y": 6.0, "size": 1})]
+            assert 0.45 < time.monotonic() - began < 5.0
+            began = time.monotonic()
+            b.sendall(post({"x": 4, "tag": "b"}))
+            assert read_answers(b, 1) == [(200, {"y": 8.0, "size": 1})]
+            assert time.monotonic() - began < 0.45
 
 
 def test_an_exception_fails_exactly_the_requests_of_its_batch(tmp_path: Path) -> None:
