@@ -107,6 +107,9 @@ NOT_ALLOWED_HEADS = {
 
 perf_counter_ns = time.perf_counter_ns
 new_request = tuple.__new__
+EXPECT_WINDOW = 10  # maxDelays a batched node expects an answered caller back within
+EXPECT_SLACK = 10_000_000  # ns added to it (a client's turnaround on a busy machine)
+EXPECT_MAX = 1_000_000_000  # ns: at most a second
 KNOWN_LIMIT = 256  # distinct heads remembered; a client that varies them gets the parser
 KNOWN_MAX_BYTES = 4096  # longer heads are parsed every time
 
@@ -278,15 +281,18 @@ class BatchingService(Service):
 
     Waiting requests form the next batch, which runs when it holds `maxSize` calls, when
     `maxDelay` has passed since its first call's head was read, or as soon as no other
-    request is to be expected. Expected are the connections whose calls the last batch
-    answered and that have not sent another since (nor closed): a client in a loop, a load
-    generator's connections, the balancer's pooled connections under load. So a lone caller
-    is never kept waiting (its own next request is the one expected: it runs at once), while
-    under load a batch waits, event-driven and without polling, for the callers it just
-    answered, up to maxDelay. The code runs on the event loop's thread as in Service, so
-    batches run one at a time and requests keep the order they were read in; other requests
-    (health, OpenAPI, errors) wait with the batch they came with, which keeps a connection's
-    answers in order.
+    request is to be expected. Expected are the connections whose calls were answered within
+    the last EXPECT_WINDOW maxDelays and that have not sent another since (nor closed): a
+    client in a loop, a load generator's connections, the balancer's pooled connections
+    under load. So a lone caller is not kept waiting (its own next request is the one
+    expected: it runs at once; only within the window after a burst of other callers may it
+    wait maxDelay for them), while under load a batch waits, event-driven and without
+    polling, for the callers recently answered, up to maxDelay. (Only the last batch's
+    callers is not enough: on a busy machine requests trickle in, a batch of one would then
+    forget the other callers, and batches would stay small.) The code runs on the event
+    loop's thread as in Service, so batches run one at a time and requests keep the order
+    they were read in; other requests (health, OpenAPI, errors) wait with the batch they
+    came with, which keeps a connection's answers in order.
     """
 
     def __init__(
@@ -305,7 +311,9 @@ class BatchingService(Service):
         self.run_batch = node.run_batch
         self.calls = 0  # calls (POST / and /predict) waiting in self.turn
         self.first = 0  # perf_counter_ns() at the end of the first waiting call's head
-        self.expected: set[Connection] = set()  # answered by the last batch, not heard since
+        # Connections answered recently and not heard from since: when each was answered.
+        self.expected: dict[Connection, int] = {}
+        self.window = min(EXPECT_WINDOW * self.max_delay + EXPECT_SLACK, EXPECT_MAX)
         self.deadline: asyncio.TimerHandle | None = None  # maxDelay after the first call
 
     def queue(self, request: Request) -> None:
@@ -314,7 +322,7 @@ class BatchingService(Service):
             if not self.calls:
                 self.first = request.started
             self.calls += 1
-            self.expected.discard(request.connection)
+            self.expected.pop(request.connection, None)
         if not self.turn_armed:
             self.turn_armed = True
             self.loop.call_soon(self.gather)
@@ -323,7 +331,7 @@ class BatchingService(Service):
         super().lost(connection)
         expected = self.expected
         if connection in expected:
-            expected.discard(connection)
+            del expected[connection]
             if not expected and self.turn and not self.turn_armed:
                 self.turn_armed = True
                 self.loop.call_soon(self.gather)
@@ -368,7 +376,9 @@ class BatchingService(Service):
             answers = self.run_batch([requests[index].body for index in batch])
             for index, answer in zip(batch, answers, strict=True):
                 outcomes[index] = answer
-        expected: set[Connection] = set()
+        now = perf_counter_ns()
+        since = now - self.window
+        expected = {c: t for c, t in self.expected.items() if t > since}
         for request, outcome in zip(requests, outcomes, strict=True):
             connection = request.connection
             connection.queued -= 1
@@ -377,9 +387,11 @@ class BatchingService(Service):
             else:
                 status, payload = outcome
                 if request.keep_alive:
-                    expected.add(connection)
+                    expected[connection] = now
             connection.respond(request, status, payload)
-        self.expected = {c for c in expected if not c.closing}
+            if connection.closing:
+                expected.pop(connection, None)
+        self.expected = expected
 
 
 class Connection(asyncio.Protocol):

@@ -127,8 +127,8 @@ def test_a_batch_waits_for_the_callers_the_last_one_answered(tmp_path: Path) -> 
 
 
 def test_a_caller_that_does_not_come_back_costs_at_most_max_delay(tmp_path: Path) -> None:
-    """A is expected but stays quiet: B's request runs when maxDelay (0.5 s) has passed. Then
-    B alone is expected, so its next request runs at once."""
+    """A is expected but stays quiet: B's request runs when maxDelay (0.5 s) has passed. Once
+    A has closed, B alone is expected, so its next request runs at once."""
     with serving(batched(tmp_path, maxDelay=0.5)) as served:
         a = socket.create_connection(("127.0.0.1", served.port), timeout=10)
         b = socket.create_connection(("127.0.0.1", served.port), timeout=10)
@@ -139,6 +139,8 @@ def test_a_caller_that_does_not_come_back_costs_at_most_max_delay(tmp_path: Path
             b.sendall(post({"x": 3, "tag": "b"}))
             assert read_answers(b, 1) == [(200, {"y": 6.0, "size": 1})]
             assert 0.45 < time.monotonic() - began < 5.0
+            a.close()
+            wait_until(lambda: len(served.service.expected) == 1, "A to be forgotten")
             began = time.monotonic()
             b.sendall(post({"x": 4, "tag": "b"}))
             assert read_answers(b, 1) == [(200, {"y": 8.0, "size": 1})]
