@@ -156,7 +156,7 @@ namespace.update(pickle.load(open(checkpoint, "rb")))
 code = compile(open(code_path).read(), code_path, "exec")
 namespace["measurements"] = SAMPLE
 def loop(seconds):
-    calls, start = 0, time.perf_counter()
+    calls, start, cpu = 0, time.perf_counter(), time.process_time()
     end = start + seconds
     while True:
         for _ in range(50):
@@ -164,14 +164,14 @@ def loop(seconds):
         calls += 50
         now = time.perf_counter()
         if now >= end:
-            return calls, now - start
+            return calls, now - start, time.process_time() - cpu
 loop(float(sys.argv[1]))
 print(json.dumps({"load_s": statistics.median(loads) if loads else 0.0, "loads": loads,
                   "species_name": namespace["species_name"],
                   "probability": namespace["probability"]}), flush=True)
 for line in sys.stdin:
-    calls, elapsed = loop(float(line))
-    print(json.dumps({"calls": calls, "elapsed": elapsed}), flush=True)
+    calls, elapsed, cpu = loop(float(line))
+    print(json.dumps({"calls": calls, "elapsed": elapsed, "cpu": cpu}), flush=True)
 """.replace("SAMPLE", repr(SAMPLE))
 
 WRK_SCRIPT = f"""wrk.method = "POST"
@@ -360,6 +360,37 @@ def measure(url: str, script: Path, connections: int, duration: float, warmup: f
     return result
 
 
+def cpu_ns(container: str) -> int | None:
+    """The CPU time the container's processes have used, in ns (cgroup v1 or v2); None
+    when this host keeps it elsewhere."""
+    full = run(["docker", "inspect", "--format", "{{.Id}}", container]).strip()
+    for path, scale in (
+        (f"/sys/fs/cgroup/cpuacct/docker/{full}/cpuacct.usage", 1),
+        (f"/sys/fs/cgroup/system.slice/docker-{full}.scope/cpu.stat", 1000),
+        (f"/sys/fs/cgroup/docker/{full}/cpu.stat", 1000),
+    ):
+        with contextlib.suppress(OSError, ValueError):
+            text = Path(path).read_text()
+            if scale == 1:
+                return int(text)
+            found = re.search(r"^usage_usec (\d+)", text, re.MULTILINE)
+            if found:
+                return int(found.group(1)) * scale
+    return None
+
+
+def wrk_cpu(
+    url: str, script: Path, connections: int, seconds: float, container: str
+) -> tuple[WrkResult, float | None]:
+    """wrk, and the container's CPU microseconds per request meanwhile (None: unknown)."""
+    before = cpu_ns(container)
+    result = wrk(url, script, connections, seconds)
+    after = cpu_ns(container)
+    if before is None or after is None or not result.requests:
+        return result, None
+    return result, (after - before) / 1000 / result.requests
+
+
 def batch_sizes(url: str, script: Path, seconds: float) -> list[int]:
     """The batch sizes PROBES requests ran in, sent one by one while wrk loads url at
     BATCH_CONNECTIONS connections."""
@@ -408,6 +439,7 @@ class InProcess:
         self.process = process
         self.load_s: float = first["load_s"]
         self.loads: list[float] = first["loads"]
+        self.cpu_us: list[float] = []  # CPU microseconds per call, one per slice
 
     def rate(self, seconds: float) -> float:
         """Calls per second of the loop run for `seconds` now."""
@@ -415,6 +447,7 @@ class InProcess:
         self.process.stdin.write(b"%g\n" % seconds)
         self.process.stdin.flush()
         answer = read_line(self.process, seconds + 30)
+        self.cpu_us.append(float(answer["cpu"]) * 1e6 / float(answer["calls"]))
         return float(answer["calls"]) / float(answer["elapsed"])
 
 
@@ -515,6 +548,12 @@ class Round:
     alias: WrkResult
     batched: WrkResult | None = None  # iris-batched at BATCH_CONNECTIONS
     batched_alias: WrkResult | None = None
+    # CPU microseconds per request in the instance's container (None: unknown), and per
+    # call in the in-process loop (the slices around the round): figures that others' load
+    # on the machine moves far less than requests/s.
+    instance_cpu: float | None = None
+    batched_cpu: float | None = None
+    inproc_cpu: float | None = None
 
     @property
     def instance_ratio(self) -> float:
@@ -593,7 +632,7 @@ def bench(
 
         instance_url = f"http://{HOST}:{port}/"
         alias_url = f"http://{HOST}:{serve.port}{alias_path}"
-        batched_url = batched_alias_url = ""
+        batched_url = batched_alias_url = batched_container = ""
         if batched:
             batched_container = instance_container(project, BATCHED_NODE)
             run(["docker", "update", "--cpuset-cpus", INSTANCE_CORE, batched_container])
@@ -613,14 +652,19 @@ def bench(
         measured: list[Round] = []
         before = inproc.rate(duration)
         for number in range(1, rounds + 1):
-            instance = wrk(instance_url, script, 16, duration)
+            instance, instance_cpu = wrk_cpu(instance_url, script, 16, duration, container)
             alias = wrk(alias_url, script, 16, duration)
-            many = many_alias = None
+            many = many_alias = many_cpu = None
             if batched:
-                many = wrk(batched_url, script, BATCH_CONNECTIONS, duration)
+                many, many_cpu = wrk_cpu(
+                    batched_url, script, BATCH_CONNECTIONS, duration, batched_container
+                )
                 many_alias = wrk(batched_alias_url, script, BATCH_CONNECTIONS, duration)
             after = inproc.rate(duration)
-            measured.append(Round((before + after) / 2, instance, alias, many, many_alias))
+            inproc_cpu = statistics.mean(inproc.cpu_us[-2:])
+            around = (before + after) / 2
+            slices = (instance, alias, many, many_alias, instance_cpu, many_cpu, inproc_cpu)
+            measured.append(Round(around, *slices))
             progress(
                 f"round {number}/{rounds}: in-process {before:.0f} and {after:.0f} calls/s, "
                 f"instance {instance.requests_per_s:.0f} req/s, alias "
@@ -746,6 +790,17 @@ def report_batched(f: Figures) -> None:
             f"{number:<6} {r.inproc_rate:>12.0f} {r.batched.requests_per_s:>10.0f} "
             f"{r.batched_ratio:>6.2f} {r.batched.p99_ms:>7.2f} "
             f"{r.batched_alias.requests_per_s:>9.0f} {r.batched_alias_ratio:>6.2f}"
+        )
+    cpu_rounds = [r for r in f.rounds if r.batched_cpu and r.instance_cpu and r.inproc_cpu]
+    if cpu_rounds:
+        inproc_cpu = statistics.median(r.inproc_cpu or 0 for r in cpu_rounds)
+        instance_cpu = statistics.median(r.instance_cpu or 0 for r in cpu_rounds)
+        batched_cpu = statistics.median(r.batched_cpu or 0 for r in cpu_rounds)
+        print(
+            f"CPU per request (median of {len(cpu_rounds)}; others' load moves it far less than "
+            f"requests/s): in-process {inproc_cpu:.1f} us a call, instance {instance_cpu:.1f} "
+            f"us (x{inproc_cpu / instance_cpu:.2f} of in-process), batched {batched_cpu:.1f} us "
+            f"(x{inproc_cpu / batched_cpu:.2f})"
         )
     ratio = statistics.median(r.batched_ratio for r in f.rounds)
     alias_ratio = statistics.median(r.batched_alias_ratio for r in f.rounds)

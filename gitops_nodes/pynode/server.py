@@ -348,29 +348,39 @@ class BatchingService(Service):
                 if self.deadline is None:
                     self.deadline = self.loop.call_later(remaining / 1e9, self.due)
                 return
-        self.answer_turn()
+        self.answer_turn(keep_rest=True)
 
     def due(self) -> None:
         """maxDelay has passed since the waiting batch's first call came: run it."""
         self.deadline = None
         self.answer_turn()
 
-    def answer_turn(self) -> None:
-        """Run every waiting request now: calls in batches of at most maxSize, then the
-        answers written in the order the requests were read."""
+    def answer_turn(self, keep_rest: bool = False) -> None:
+        """Run the waiting requests now: calls in batches of at most maxSize, then the answers
+        written in the order the requests were read. With keep_rest, calls past the last full
+        batch (and what came after them) wait to join the next one rather than run as a small
+        batch of their own."""
         if self.deadline is not None:
             self.deadline.cancel()
             self.deadline = None
         requests = self.turn
         if not requests:
             return
-        self.turn = []
-        self.calls = 0
+        size = self.max_size
         calls = [
             index for index, r in enumerate(requests) if r.route == CALL and r.method == b"POST"
         ]
+        rest: list[Request] = []
+        left = len(calls) % size
+        if keep_rest and len(calls) > size and left:
+            cut = calls[-left]
+            rest = requests[cut:]
+            requests = requests[:cut]
+            del calls[-left:]
+            self.first = rest[0].started  # a call: the first of those left
+        self.turn = rest
+        self.calls = left if rest else 0
         outcomes: list[tuple[int, bytes] | None] = [None] * len(requests)
-        size = self.max_size
         for begin in range(0, len(calls), size):
             batch = calls[begin : begin + size]
             answers = self.run_batch([requests[index].body for index in batch])
@@ -389,9 +399,12 @@ class BatchingService(Service):
                 if request.keep_alive:
                     expected[connection] = now
             connection.respond(request, status, payload)
-            if connection.closing:
+            if connection.closing or connection.queued:  # gone, or its next one came
                 expected.pop(connection, None)
         self.expected = expected
+        if rest and not self.turn_armed:
+            self.turn_armed = True
+            self.loop.call_soon(self.gather)
 
 
 class Connection(asyncio.Protocol):

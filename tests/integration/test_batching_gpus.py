@@ -3,8 +3,10 @@ request as the engine receives it (and refuses it: the machines this runs on hav
 
 from __future__ import annotations
 
+import http.client
 import json
 import socket
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -64,7 +66,11 @@ def score(features: list[float]) -> float:
 
 
 def test_a_batched_node_answers_each_request_its_own_element(
-    model_repo: Callable[..., Path], runtime: DockerRuntime, project: str, state: StateDir
+    model_repo: Callable[..., Path],
+    runtime: DockerRuntime,
+    project: str,
+    state: StateDir,
+    serve: Callable[[], int],
 ) -> None:
     root = model_repo(BATCHED_NODE + alias_yaml("scorer", {"scorer": 1}), code=BATCH_CODE)
     run = apply(root, runtime, project, state)
@@ -115,6 +121,32 @@ def test_a_batched_node_answers_each_request_its_own_element(
         sock.sendall(b"POST / HTTP/1.1\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
         ((status, answer),) = read_answers(sock, 1)
     assert status == 400 and "too large for a float" in answer["error_message"]
+
+    # Through the alias, 16 callers at once: each gets its own answer, and their requests
+    # reach the instance together (the balancer does not send them one by one): batches form.
+    balancer = serve()
+    seen: list[tuple[int, int, bool]] = []  # status, batch size, the score was its own
+
+    def caller(number: int) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", balancer, timeout=20)
+        try:
+            for step in range(5):
+                features = [float(number), float(step), 1.0]
+                connection.request("POST", "/aliases/scorer/", json.dumps({"features": features}))
+                response = connection.getresponse()
+                answer = json.loads(response.read())
+                own = answer.get("score") == score(features)
+                seen.append((response.status, answer.get("calls", 0), own))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=caller, args=(n,)) for n in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(seen) == 80 and {(status, own) for status, _, own in seen} == {(200, True)}
+    assert max(calls for _, calls, _ in seen) > 1
 
 
 def test_a_gpu_request_reaches_the_engine_and_a_host_without_gpus_fails_clearly(
