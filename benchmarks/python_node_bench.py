@@ -1,4 +1,5 @@
-"""Benchmark the example's iris Python node: in-process, one instance, the alias, memory, start.
+"""Benchmark the example's iris Python nodes: in-process, one instance, the alias, batched,
+memory, start.
 
 Not a test: it prints the figures that the Python-nodes issue's "Done when" asks for, in one
 run. Everything listens on 127.0.0.1 only, runs against the real Docker engine from a
@@ -8,14 +9,15 @@ SIGKILL), `gitops-nodes destroy` of its project with the same --state-dir (which
 the image the project built), `docker rm -f` of any container still labelled with the project
 or with the benchmark's own label, then the temporary folder.
 
-1. example-repo/ is copied to a temp folder and cut down to node iris (instances: 1) and
-   alias iris. A marker comment is appended to the copy's predict.py: image tags are content
-   hashes shared by all projects, so without it the apply would re-tag the image of an
-   `example-repo` project running on the same engine and destroy would then remove it. The
-   copy is applied under a project name of its own and served by `gitops-nodes serve`
-   (free ports on 127.0.0.1, one worker), pinned with wrk to core 1: the instance's core is
-   its own, as where the balancer runs on CPUs of its own. Unpinned, the scheduler moved it
-   onto the instance's core from run to run, and the alias figure measured that sharing.
+1. example-repo/ is copied to a temp folder and cut down to nodes iris and iris-batched
+   (instances: 1 each) and their aliases. A marker comment is appended to the copy's code
+   files: image tags are content hashes shared by all projects, so without it the apply
+   would re-tag the image of an `example-repo` project running on the same engine and
+   destroy would then remove it. The copy is applied under a project name of its own and
+   served by `gitops-nodes serve` (free ports on 127.0.0.1, one worker), pinned with wrk to
+   core 1: the instance's core is its own, as where the balancer runs on CPUs of its own.
+   Unpinned, the scheduler moved it onto the instance's core from run to run, and the alias
+   figure measured that sharing.
 2. In the node's own image, one `docker run -i --rm --cpuset-cpus 0` container that stays up
    for the whole run: the checkpoint's load time in a fresh interpreter (`import sklearn`
    plus `pickle.load` of model.pkl, the median of 3), then the in-process loop: predict.py
@@ -31,6 +33,12 @@ or with the benchmark's own label, then the temporary folder.
    with the target. This machine's speed drifts by a third within a minute; a ratio of runs
    far apart would measure the drift, so the slices are short and interleaved.
    Then the instance and the alias at 1 connection, for the p50.
+   The batched twin (iris-batched: python.batch, maxSize 64, maxDelay 2ms) is measured in
+   the same rounds at 64 connections, on its instance and through its alias, against the
+   same in-process single-call rate; then at 1 connection. The copy's batched node also
+   answers `batch_size` (the size of the batch each request ran in): while wrk loads it at
+   64 connections, a probe's requests read it, which shows whether requests coming through
+   the alias reach the instance together (batches form) or one by one.
    A warning is printed when the published port goes through docker-proxy (an engine
    running with its userland proxy), which costs about 30% of the instance's requests/s.
 4. The instance's memory after the load: `docker stats --no-stream` MemUsage, and the peak
@@ -44,7 +52,7 @@ Ratios are within one run; other load on the machine shows up in them, so the CP
 share is sampled first.
 
     python3 benchmarks/python_node_bench.py [--duration 2] [--warmup 1] [--restarts 3]
-                                            [--rounds 10]
+                                            [--rounds 10] [--no-batched]
 """
 
 from __future__ import annotations
@@ -63,6 +71,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -104,6 +113,14 @@ TARGET_INSTANCE = 0.75  # instance requests/s over in-process calls/s
 TARGET_ALIAS = 0.65
 TARGET_P50_MS = 0.3  # at one connection, on the instance
 TARGET_START_S = 1.5  # plus the checkpoint's load time
+BATCHED_NODE = "iris-batched"
+BATCHED_ALIAS = "iris-batched"
+BATCH_CONNECTIONS = 64
+TARGET_BATCHED = 4.0  # batched instance requests/s over in-process single calls/s
+MOONSHOT_BATCHED = 6.0
+TARGET_BATCHED_ALIAS = 2.5
+TARGET_BATCHED_P99_MS = 5.0  # plus maxDelay
+PROBES = 40  # requests whose batch_size is read while wrk loads the batched node
 BUSY_WARNING = 0.10
 APPLY_TIMEOUT = 600.0  # may download wheels and build the image
 COMMAND_TIMEOUT = 120.0
@@ -139,7 +156,7 @@ namespace.update(pickle.load(open(checkpoint, "rb")))
 code = compile(open(code_path).read(), code_path, "exec")
 namespace["measurements"] = SAMPLE
 def loop(seconds):
-    calls, start = 0, time.perf_counter()
+    calls, start, cpu = 0, time.perf_counter(), time.process_time()
     end = start + seconds
     while True:
         for _ in range(50):
@@ -147,14 +164,14 @@ def loop(seconds):
         calls += 50
         now = time.perf_counter()
         if now >= end:
-            return calls, now - start
+            return calls, now - start, time.process_time() - cpu
 loop(float(sys.argv[1]))
 print(json.dumps({"load_s": statistics.median(loads) if loads else 0.0, "loads": loads,
                   "species_name": namespace["species_name"],
                   "probability": namespace["probability"]}), flush=True)
 for line in sys.stdin:
-    calls, elapsed = loop(float(line))
-    print(json.dumps({"calls": calls, "elapsed": elapsed}), flush=True)
+    calls, elapsed, cpu = loop(float(line))
+    print(json.dumps({"calls": calls, "elapsed": elapsed, "cpu": cpu}), flush=True)
 """.replace("SAMPLE", repr(SAMPLE))
 
 WRK_SCRIPT = f"""wrk.method = "POST"
@@ -169,28 +186,50 @@ wrk.headers["Content-Type"] = "application/json"
 # -- the repository copy ----------------------------------------------------------------------
 
 
-def make_repo(target: Path) -> None:
-    """Copy example-repo to target, keeping only node iris (one instance) and alias iris."""
+def make_repo(target: Path, batched: bool) -> float:
+    """Copy example-repo to target, keeping only nodes iris and iris-batched (one instance
+    each) and their aliases; the batched one's maxDelay in seconds (0 without it)."""
     shutil.copytree(EXAMPLE, target, ignore=shutil.ignore_patterns("__pycache__", ".git"))
-    kept_node = False
-    for folder, kind, name in (("nodes", "Node", NODE), ("aliases", "Alias", ALIAS)):
+    nodes = {NODE, BATCHED_NODE} if batched else {NODE}
+    aliases = {ALIAS, BATCHED_ALIAS} if batched else {ALIAS}
+    found: set[str] = set()
+    delay = 0.0
+    for folder, kind, names in (("nodes", "Node", nodes), ("aliases", "Alias", aliases)):
         for path in sorted((target / folder).glob("*.y*ml")):
             documents = [d for d in yaml.safe_load_all(path.read_text()) if d]
-            keep = [d for d in documents if d.get("kind") == kind and d["metadata"]["name"] == name]
+            keep = [
+                d for d in documents if d.get("kind") == kind and d["metadata"]["name"] in names
+            ]
             if not keep:
                 path.unlink()
                 continue
-            if kind == "Node":
-                keep[0]["spec"]["instances"] = 1
-                code = (path.parent / keep[0]["spec"]["python"]["code"]).resolve()
+            for document in keep if kind == "Node" else ():
+                spec = document["spec"]
+                spec["instances"] = 1
+                code = (path.parent / spec["python"]["code"]).resolve()
+                text = MARKER
+                if "batch" in spec["python"]:
+                    # The probe reads each request's batch size (see the docstring).
+                    spec["python"]["outputs"]["batch_size"] = "int"
+                    text += "batch_size = [len(measurements)] * len(measurements)\n"
+                    delay = parse_ms(spec["python"]["batch"].get("maxDelay", "2ms")) / 1000
                 with code.open("a") as file:
-                    file.write(MARKER)
-                kept_node = True
+                    file.write(text)
+                found.add(document["metadata"]["name"])
             path.write_text(yaml.safe_dump_all(keep, sort_keys=False))
-    if not kept_node:
-        raise BenchError(f"no node {NODE} in {EXAMPLE / 'nodes'}")
+    if found != nodes:
+        raise BenchError(f"no node {', '.join(sorted(nodes - found))} in {EXAMPLE / 'nodes'}")
     for path in (target / "nodes" / "sentiment", target / "models" / "counter"):
         shutil.rmtree(path, ignore_errors=True)  # what only the dropped nodes used
+    return delay
+
+
+def parse_ms(text: str) -> float:
+    """Milliseconds from the spec's 2ms, 0.5s, 0s."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s)", text)
+    if match is None:
+        raise BenchError(f"cannot read the batch's maxDelay {text!r}")
+    return float(match.group(1)) * (1 if match.group(2) == "ms" else 1000)
 
 
 # -- serve ----------------------------------------------------------------------------------
@@ -321,16 +360,66 @@ def measure(url: str, script: Path, connections: int, duration: float, warmup: f
     return result
 
 
+def cpu_ns(container: str) -> int | None:
+    """The CPU time the container's processes have used, in ns (cgroup v1 or v2); None
+    when this host keeps it elsewhere."""
+    full = run(["docker", "inspect", "--format", "{{.Id}}", container]).strip()
+    for path, scale in (
+        (f"/sys/fs/cgroup/cpuacct/docker/{full}/cpuacct.usage", 1),
+        (f"/sys/fs/cgroup/system.slice/docker-{full}.scope/cpu.stat", 1000),
+        (f"/sys/fs/cgroup/docker/{full}/cpu.stat", 1000),
+    ):
+        with contextlib.suppress(OSError, ValueError):
+            text = Path(path).read_text()
+            if scale == 1:
+                return int(text)
+            found = re.search(r"^usage_usec (\d+)", text, re.MULTILINE)
+            if found:
+                return int(found.group(1)) * scale
+    return None
+
+
+def wrk_cpu(
+    url: str, script: Path, connections: int, seconds: float, container: str
+) -> tuple[WrkResult, float | None]:
+    """wrk, and the container's CPU microseconds per request meanwhile (None: unknown)."""
+    before = cpu_ns(container)
+    result = wrk(url, script, connections, seconds)
+    after = cpu_ns(container)
+    if before is None or after is None or not result.requests:
+        return result, None
+    return result, (after - before) / 1000 / result.requests
+
+
+def batch_sizes(url: str, script: Path, seconds: float) -> list[int]:
+    """The batch sizes PROBES requests ran in, sent one by one while wrk loads url at
+    BATCH_CONNECTIONS connections."""
+    host_port, _, path = url.removeprefix("http://").partition("/")
+    port = int(host_port.rpartition(":")[2])
+    sizes: list[int] = []
+    load = threading.Thread(target=wrk, args=(url, script, BATCH_CONNECTIONS, seconds))
+    load.start()
+    try:
+        time.sleep(min(1.0, seconds / 4))  # wrk's connections are open and busy
+        for _ in range(PROBES):
+            status, data = request(port, "POST", "/" + path, BODY)
+            if status == 200:
+                sizes.append(int(json.loads(data)["batch_size"]))
+    finally:
+        load.join()
+    return sizes
+
+
 # -- docker ---------------------------------------------------------------------------------------
 
 
-def instance_container(project: str) -> str:
+def instance_container(project: str, node: str = NODE) -> str:
     out = run([
         "docker", "ps", "--filter", f"label={PROJECT_LABEL}={project}",
-        "--filter", f"label={NODE_LABEL}={NODE}", "--format", "{{.ID}}",
+        "--filter", f"label={NODE_LABEL}={node}", "--format", "{{.ID}}",
     ]).split()  # fmt: skip
     if len(out) != 1:
-        raise BenchError(f"expected one running container of node {NODE}, found {len(out)}")
+        raise BenchError(f"expected one running container of node {node}, found {len(out)}")
     return out[0]
 
 
@@ -350,6 +439,7 @@ class InProcess:
         self.process = process
         self.load_s: float = first["load_s"]
         self.loads: list[float] = first["loads"]
+        self.cpu_us: list[float] = []  # CPU microseconds per call, one per slice
 
     def rate(self, seconds: float) -> float:
         """Calls per second of the loop run for `seconds` now."""
@@ -357,6 +447,7 @@ class InProcess:
         self.process.stdin.write(b"%g\n" % seconds)
         self.process.stdin.flush()
         answer = read_line(self.process, seconds + 30)
+        self.cpu_us.append(float(answer["cpu"]) * 1e6 / float(answer["calls"]))
         return float(answer["calls"]) / float(answer["elapsed"])
 
 
@@ -455,6 +546,14 @@ class Round:
     inproc_rate: float
     instance: WrkResult
     alias: WrkResult
+    batched: WrkResult | None = None  # iris-batched at BATCH_CONNECTIONS
+    batched_alias: WrkResult | None = None
+    # CPU microseconds per request in the instance's container (None: unknown), and per
+    # call in the in-process loop (the slices around the round): figures that others' load
+    # on the machine moves far less than requests/s.
+    instance_cpu: float | None = None
+    batched_cpu: float | None = None
+    inproc_cpu: float | None = None
 
     @property
     def instance_ratio(self) -> float:
@@ -463,6 +562,16 @@ class Round:
     @property
     def alias_ratio(self) -> float:
         return self.alias.requests_per_s / self.inproc_rate
+
+    @property
+    def batched_ratio(self) -> float:
+        assert self.batched is not None
+        return self.batched.requests_per_s / self.inproc_rate
+
+    @property
+    def batched_alias_ratio(self) -> float:
+        assert self.batched_alias is not None
+        return self.batched_alias.requests_per_s / self.inproc_rate
 
 
 @dataclass
@@ -479,6 +588,10 @@ class Figures:
     start_cmd: list[float]
     start_proc: list[float]
     userland_proxy: bool
+    max_delay: float = 0.0  # the batched node's, seconds
+    batched_1: WrkResult | None = None
+    sizes_instance: list[int] | None = None
+    sizes_alias: list[int] | None = None
 
 
 def userland_proxy_for(port: int) -> bool:
@@ -489,12 +602,14 @@ def userland_proxy_for(port: int) -> bool:
     return found.returncode == 0
 
 
-def bench(duration: float, warmup: float, restarts: int, rounds: int) -> tuple[str, Figures]:
+def bench(
+    duration: float, warmup: float, restarts: int, rounds: int, batched: bool
+) -> tuple[str, Figures]:
     project = f"pynode-bench-{secrets.token_hex(3)}"
     with contextlib.ExitStack() as stack:
         temp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pynode-bench-")))
         repo, state_dir = temp / "repo", temp / "state"
-        make_repo(repo)
+        max_delay = make_repo(repo, batched)
         script = temp / "post.lua"
         script.write_text(WRK_SCRIPT)
         busy = cpu_busy()
@@ -525,26 +640,59 @@ def bench(duration: float, warmup: float, restarts: int, rounds: int) -> tuple[s
 
         instance_url = f"http://{HOST}:{port}/"
         alias_url = f"http://{HOST}:{serve.port}{alias_path}"
+        batched_url = batched_alias_url = batched_container = ""
+        if batched:
+            batched_container = instance_container(project, BATCHED_NODE)
+            run(["docker", "update", "--cpuset-cpus", INSTANCE_CORE, batched_container])
+            batched_port = published_port(batched_container)
+            batched_path = f"/aliases/{BATCHED_ALIAS}/"
+            wait_prediction(batched_port, "/", READY_TIMEOUT)
+            wait_prediction(serve.port, batched_path, READY_TIMEOUT, serve.check_running)
+            batched_url = f"http://{HOST}:{batched_port}/"
+            batched_alias_url = f"http://{HOST}:{serve.port}{batched_path}"
         progress(f"in-process loop in {image} (core {INSTANCE_CORE}): timing checkpoint loads")
         inproc = stack.enter_context(in_process(image, project, warmup, 3))
         progress(f"  checkpoint loads {inproc.loads}")
         for url in (instance_url, alias_url):
             wrk(url, script, 16, warmup)
+        for url in (batched_url, batched_alias_url) if batched else ():
+            wrk(url, script, BATCH_CONNECTIONS, warmup)
         measured: list[Round] = []
         before = inproc.rate(duration)
         for number in range(1, rounds + 1):
-            instance = wrk(instance_url, script, 16, duration)
+            instance, instance_cpu = wrk_cpu(instance_url, script, 16, duration, container)
             alias = wrk(alias_url, script, 16, duration)
+            many = many_alias = many_cpu = None
+            if batched:
+                many, many_cpu = wrk_cpu(
+                    batched_url, script, BATCH_CONNECTIONS, duration, batched_container
+                )
+                many_alias = wrk(batched_alias_url, script, BATCH_CONNECTIONS, duration)
             after = inproc.rate(duration)
-            measured.append(Round((before + after) / 2, instance, alias))
+            inproc_cpu = statistics.mean(inproc.cpu_us[-2:])
+            around = (before + after) / 2
+            slices = (instance, alias, many, many_alias, instance_cpu, many_cpu, inproc_cpu)
+            measured.append(Round(around, *slices))
             progress(
                 f"round {number}/{rounds}: in-process {before:.0f} and {after:.0f} calls/s, "
                 f"instance {instance.requests_per_s:.0f} req/s, alias "
                 f"{alias.requests_per_s:.0f} req/s"
+                + (
+                    f", batched {many.requests_per_s:.0f} and through its alias "
+                    f"{many_alias.requests_per_s:.0f} req/s"
+                    if many is not None and many_alias is not None
+                    else ""
+                )
             )
             before = after
         instance_1 = measure(instance_url, script, 1, duration, warmup)
         alias_1 = measure(alias_url, script, 1, duration, warmup)
+        batched_1 = sizes_instance = sizes_alias = None
+        if batched:
+            batched_1 = measure(batched_url, script, 1, duration, warmup)
+            sizes_instance = batch_sizes(batched_url, script, duration * 2)
+            sizes_alias = batch_sizes(batched_alias_url, script, duration * 2)
+            progress(f"  batch sizes seen: instance {sizes_instance}, alias {sizes_alias}")
         serve.check_running()
         mem_usage, mem_peak = memory(container)
 
@@ -558,6 +706,7 @@ def bench(duration: float, warmup: float, restarts: int, rounds: int) -> tuple[s
     figures = Figures(
         busy, inproc.load_s, measured, instance_1, alias_1,
         mem_usage, mem_peak, start_cmd, start_proc, proxied,
+        max_delay, batched_1, sizes_instance, sizes_alias,
     )  # fmt: skip
     return project, figures
 
@@ -627,6 +776,66 @@ def report(f: Figures, project: str, duration: float, restarts: int) -> None:
     )  # fmt: skip
     for name, value, ok in rows:
         print(f"{name:<44} {value:>8}  {verdict(ok)}")
+    if f.batched_1 is not None:
+        report_batched(f)
+
+
+def report_batched(f: Figures) -> None:
+    """The batched twin's figures against the same in-process single-call rate."""
+    assert f.batched_1 is not None
+    delay_ms = f.max_delay * 1000
+    print(
+        f"\nbatched node {BATCHED_NODE} (maxSize 64, maxDelay {delay_ms:g} ms), "
+        f"{BATCH_CONNECTIONS} connections, against the in-process single-call rate"
+    )
+    print(
+        f"{'round':<6} {'in-process/s':>12} {'batched/s':>10} {'ratio':>6} {'p99 ms':>7} "
+        f"{'alias/s':>9} {'ratio':>6}"
+    )
+    for number, r in enumerate(f.rounds, 1):
+        assert r.batched is not None and r.batched_alias is not None
+        print(
+            f"{number:<6} {r.inproc_rate:>12.0f} {r.batched.requests_per_s:>10.0f} "
+            f"{r.batched_ratio:>6.2f} {r.batched.p99_ms:>7.2f} "
+            f"{r.batched_alias.requests_per_s:>9.0f} {r.batched_alias_ratio:>6.2f}"
+        )
+    cpu_rounds = [r for r in f.rounds if r.batched_cpu and r.instance_cpu and r.inproc_cpu]
+    if cpu_rounds:
+        inproc_cpu = statistics.median(r.inproc_cpu or 0 for r in cpu_rounds)
+        instance_cpu = statistics.median(r.instance_cpu or 0 for r in cpu_rounds)
+        batched_cpu = statistics.median(r.batched_cpu or 0 for r in cpu_rounds)
+        print(
+            f"CPU per request (median of {len(cpu_rounds)}; others' load moves it far less than "
+            f"requests/s): in-process {inproc_cpu:.1f} us a call, instance {instance_cpu:.1f} "
+            f"us (x{inproc_cpu / instance_cpu:.2f} of in-process), batched {batched_cpu:.1f} us "
+            f"(x{inproc_cpu / batched_cpu:.2f})"
+        )
+    ratio = statistics.median(r.batched_ratio for r in f.rounds)
+    alias_ratio = statistics.median(r.batched_alias_ratio for r in f.rounds)
+    p99 = statistics.median(r.batched.p99_ms for r in f.rounds if r.batched is not None)
+    p50_limit = f.instance_1.p50_ms + delay_ms
+    for name, sizes in (("instance", f.sizes_instance), ("alias", f.sizes_alias)):
+        if sizes:
+            print(
+                f"batch sizes seen by {len(sizes)} probes at {BATCH_CONNECTIONS} connections "
+                f"({name}): median {statistics.median(sizes):g}, min {min(sizes)}, "
+                f"max {max(sizes)}"
+            )
+    rounds = len(f.rounds)
+    rows = (
+        (f"batched / in-process >= {TARGET_BATCHED} (median of {rounds})", f"{ratio:.2f}",
+         ratio >= TARGET_BATCHED),
+        (f"  moonshot >= {MOONSHOT_BATCHED}", f"{ratio:.2f}", ratio >= MOONSHOT_BATCHED),
+        (f"batched p99 at {BATCH_CONNECTIONS} <= {delay_ms:g} + {TARGET_BATCHED_P99_MS:g} ms",
+         f"{p99:.2f}", p99 <= delay_ms + TARGET_BATCHED_P99_MS),
+        (f"batched p50 at 1 conn <= {f.instance_1.p50_ms:.3f} + {delay_ms:g} ms",
+         f"{f.batched_1.p50_ms:.3f}", f.batched_1.p50_ms <= p50_limit),
+        (f"batched alias / in-process >= {TARGET_BATCHED_ALIAS} (median)",
+         f"{alias_ratio:.2f}", alias_ratio >= TARGET_BATCHED_ALIAS),
+    )  # fmt: skip
+    print(f"{'target':<44} {'value':>8}  result")
+    for name, value, ok in rows:
+        print(f"{name:<44} {value:>8}  {verdict(ok)}")
 
 
 # -- main -----------------------------------------------------------------------------------------
@@ -642,6 +851,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--rounds", type=int, default=10, help="instance/alias/in-process rounds (10)"
     )
+    parser.add_argument(
+        "--no-batched",
+        dest="batched",
+        action="store_false",
+        help="leave out the batched node (iris-batched)",
+    )
     args = parser.parse_args(argv)
     if args.duration < 1 or args.warmup < 0 or args.restarts < 1 or args.rounds < 1:
         parser.error("--duration must be >= 1, --warmup >= 0, --restarts and --rounds >= 1")
@@ -652,7 +867,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise BenchError("needs two cores (the instance on core 0, wrk on core 1)")
         require_base_image()
         with signals_interrupt():
-            project, figures = bench(args.duration, args.warmup, args.restarts, args.rounds)
+            project, figures = bench(
+                args.duration, args.warmup, args.restarts, args.rounds, args.batched
+            )
         report(figures, project, args.duration, args.restarts)
 
     return run_reporting(body, "everything the benchmark created was removed")

@@ -216,6 +216,9 @@ def node_fields(
             fields[f"secretFiles.{path}"] = Sensitive(digest)
         fields["resources.cpus"] = config.cpus
         fields["resources.memory"] = config.memory
+        if config.gpus is not None:
+            gpus = config.gpus
+            fields["resources.gpus"] = list(gpus) if isinstance(gpus, tuple) else gpus
         if config.telemetry_port is not None:
             fields["telemetry.port"] = config.telemetry_port
         if config.logs is not None:

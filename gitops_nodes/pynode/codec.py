@@ -2,8 +2,10 @@
 
 Both read UTF-8 bytes and write compact UTF-8 bytes. Values JSON has no word for are turned
 into lists when they can be (numpy arrays and scalars through `tolist()`, sets); anything
-else fails to encode. NaN and the infinities are refused on input by both; on output orjson
-writes them as null while the standard library refuses them.
+else fails to encode. NaN and the infinities are refused on input by both, and so is a
+number too large for a float (1e400); on output orjson writes them as null while the
+standard library refuses them (gitops_nodes/pynode/node.py answers either with a 500 naming
+the output, unless the node allows them).
 """
 
 from __future__ import annotations
@@ -39,6 +41,13 @@ def _refuse_constant(name: str) -> object:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value - value != 0.0:  # 1e400 reads as infinity
+        raise ValueError(f"number is infinity when parsed as double: {text[:40]}")
+    return value
+
+
 def orjson_codec() -> Codec | None:
     """The orjson codec, or None when orjson is not installed."""
     try:
@@ -56,7 +65,7 @@ def orjson_codec() -> Codec | None:
 
 def json_codec() -> Codec:
     """The standard library's json, configured to match orjson as closely as it can."""
-    decoder = json.JSONDecoder(parse_constant=_refuse_constant)
+    decoder = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
     encoder = json.JSONEncoder(
         ensure_ascii=False, allow_nan=False, separators=(",", ":"), default=_default
     )

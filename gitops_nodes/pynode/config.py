@@ -9,7 +9,9 @@ The file (``/app/node.json`` in images) is an object::
       "inputs": {"x": "list[float]"},    # request variables and their types (required)
       "outputs": {"y": "float"},         # response variables and their types (required)
       "traceback": false,                # show user tracebacks in 500 answers (optional)
-      "name": "iris", "version": "1"     # the OpenAPI document's title and version (optional)
+      "name": "iris", "version": "1",    # the OpenAPI document's title and version (optional)
+      "batch": {"maxSize": 64, "maxDelay": 0.002, "numpy": false},  # dynamic batching (optional)
+      "allowNonFinite": false            # NaN and infinities in outputs answered as null (optional)
     }
 
 Relative paths are read from the config file's folder. Loading compiles the code and the
@@ -33,8 +35,33 @@ from gitops_nodes.pynode import types
 from gitops_nodes.pynode.errors import ConfigError
 
 KEYS = frozenset(
-    {"code", "checkpoint", "setup", "inputs", "outputs", "traceback", "name", "version"}
+    {
+        "code",
+        "checkpoint",
+        "setup",
+        "inputs",
+        "outputs",
+        "traceback",
+        "name",
+        "version",
+        "batch",
+        "allowNonFinite",
+    }
 )
+BATCH_KEYS = frozenset({"maxSize", "maxDelay", "numpy"})
+MAX_BATCH_SIZE = 4096
+MAX_BATCH_DELAY = 1.0  # seconds
+
+
+@dataclass(frozen=True)
+class Batching:
+    """Dynamic batching: the code runs once for up to max_size requests, each input variable
+    holding the batch's values (a list, or a numpy array when numpy is set), and a request
+    waits at most max_delay seconds for others to join its batch."""
+
+    max_size: int
+    max_delay: float
+    numpy: bool = False
 
 
 @dataclass(frozen=True)
@@ -60,6 +87,8 @@ class NodeConfig:
     traceback: bool = False
     name: str = "python node"
     version: str = "1"
+    batch: Batching | None = None  # None: one request, one run of the code
+    allow_non_finite: bool = False  # NaN and infinities in outputs are null, not a 500
 
 
 def load_config(path: str | Path) -> NodeConfig:
@@ -97,6 +126,10 @@ def parse_config(data: object, base: Path, source: str = "the node config") -> N
         raise ConfigError(f"{source}: 'traceback' must be true or false")
     name = _text(data, "name", "python node", source)
     version = _text(data, "version", "1", source)
+    batch = _batching(data.get("batch"), source)
+    allow_non_finite = data.get("allowNonFinite", False)
+    if not isinstance(allow_non_finite, bool):
+        raise ConfigError(f"{source}: 'allowNonFinite' must be true or false")
 
     tree, code = _compile(code_path, "code")
     _check_mentions(tree, code_path, inputs, outputs)
@@ -115,7 +148,30 @@ def parse_config(data: object, base: Path, source: str = "the node config") -> N
         traceback=show_traceback,
         name=name,
         version=version,
+        batch=batch,
+        allow_non_finite=allow_non_finite,
     )
+
+
+def _batching(value: object, source: str) -> Batching | None:
+    """The config's "batch" object, checked; None when the node is not batched."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) - BATCH_KEYS or "maxSize" not in value:
+        raise ConfigError(
+            f"{source}: 'batch' must be an object with maxSize (1 to {MAX_BATCH_SIZE}) and "
+            "optionally maxDelay (seconds, 0 to 1) and numpy (true or false)"
+        )
+    size = value["maxSize"]
+    delay = value.get("maxDelay", 0.002)
+    numpy = value.get("numpy", False)
+    if type(size) is not int or not 1 <= size <= MAX_BATCH_SIZE:
+        raise ConfigError(f"{source}: batch.maxSize must be an integer from 1 to {MAX_BATCH_SIZE}")
+    if type(delay) not in (int, float) or not 0 <= delay <= MAX_BATCH_DELAY:
+        raise ConfigError(f"{source}: batch.maxDelay must be a number of seconds from 0 to 1")
+    if not isinstance(numpy, bool):
+        raise ConfigError(f"{source}: batch.numpy must be true or false")
+    return Batching(size, float(delay), numpy)
 
 
 def _path(

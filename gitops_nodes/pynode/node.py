@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import pickle
 import traceback
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -26,7 +26,14 @@ from typing import Any
 from gitops_nodes.pynode.codec import DECODE_ERRORS, ENCODE_ERRORS, Codec, default_codec
 from gitops_nodes.pynode.config import NodeConfig, Variable
 from gitops_nodes.pynode.errors import PrepareError
-from gitops_nodes.pynode.types import INVALID, describe, plain, problem
+from gitops_nodes.pynode.types import (
+    INVALID,
+    describe,
+    finite_or_null,
+    non_finite,
+    plain,
+    problem,
+)
 
 MAX_BYTES = 16 * 2**20  # the largest request body and response body, as on the platform
 
@@ -35,6 +42,8 @@ class Node:
     """One instance's interpreter state and the compiled code that answers its requests."""
 
     __slots__ = (
+        "allow_non_finite",
+        "as_array",
         "checks",
         "code",
         "config",
@@ -68,6 +77,11 @@ class Node:
             (v.name, v.type.check) for v in config.outputs if v.type.check is not None
         )
         self.max_response = max_response
+        self.allow_non_finite = config.allow_non_finite
+        # A batched node that asked for numpy arrays: numpy.asarray, imported once here.
+        self.as_array: Callable[[list[Any]], Any] | None = None
+        if config.batch is not None and config.batch.numpy:
+            self.as_array = _numpy_asarray()
 
     def run(self, body: bytes) -> tuple[int, bytes]:
         """Check the inputs in `body`, run the code, and answer (status, JSON of outputs).
@@ -81,7 +95,7 @@ class Node:
             try:
                 data = self.loads(body)
             except DECODE_ERRORS as exc:
-                return 400, self.error("InvalidJSON", f"the request body is not JSON: {exc}")
+                return 400, self.not_json(exc)
             if type(data) is not dict:
                 return 422, self.not_an_object(data)
         else:
@@ -122,13 +136,117 @@ class Node:
         try:
             payload = self.dumps(outputs)
         except ENCODE_ERRORS as exc:
-            return 500, self.unencodable(outputs, exc)
+            return self.unencodable(outputs, exc)
+        # orjson writes NaN and the infinities as null: a null in the answer is looked into
+        # (a scan of its bytes, cheaper than walking every output on every request).
+        if b"null" in payload and not self.allow_non_finite:
+            refused = self.non_finite(outputs)
+            if refused is not None:
+                return 500, refused
         if len(payload) > self.max_response:
-            return 500, self.error(
-                "ResponseTooLarge",
-                f"the response is {len(payload)} bytes, over the limit of "
-                f"{self.max_response} bytes ({self.max_response / 2**20:g} MB)",
-            )
+            return 500, self.too_large(payload)
+        return 200, payload
+
+    def run_batch(self, bodies: list[bytes]) -> list[tuple[int, bytes]]:
+        """Answer a batch of requests with one run of the code (a node with `batch`).
+
+        Each request's inputs are checked alone (a bad one is answered 400/422 and left out);
+        the others' values go into the input variables as lists (or numpy arrays), in the
+        order of `bodies`. The code must set each output to a list (a tuple or array counts)
+        with one value per request run, each answered its own. An exception, or an output
+        that is not such a list, fails every request of the run with the same 500.
+        """
+        answers: list[tuple[int, bytes]] = [(0, b"")] * len(bodies)
+        rows: list[int] = []
+        columns: dict[str, list[Any]] = {name: [] for name, _ in self.checks}
+        for index, body in enumerate(bodies):
+            checked = self.inputs(body)
+            if isinstance(checked, tuple):
+                answers[index] = checked
+                continue
+            rows.append(index)
+            for name, values in columns.items():
+                values.append(checked[name])
+        count = len(rows)
+        if not count:
+            return answers
+        namespace = self.namespace
+        if self.as_array is not None:
+            namespace.update({name: self.as_array(v) for name, v in columns.items()})
+        else:
+            namespace.update(columns)
+        failed: tuple[int, bytes] | None = None
+        outputs: dict[str, list[Any]] = {}
+        try:
+            exec(self.code, namespace)
+        except (Exception, SystemExit) as exc:
+            failed = 500, self.user_error(exc)
+        else:
+            try:
+                for name in self.output_names:
+                    outputs[name] = namespace[name]
+            except KeyError:
+                failed = 500, self.missing_outputs()
+            else:
+                for name, value in outputs.items():
+                    column = _column(value)
+                    if column is None or len(column) != count:
+                        failed = 500, self.not_a_column(name, value, count)
+                        break
+                    outputs[name] = column
+        for position, index in enumerate(rows):
+            if failed is not None:
+                answers[index] = failed
+            else:
+                answers[index] = self.answer({n: c[position] for n, c in outputs.items()})
+        return answers
+
+    def inputs(self, body: bytes) -> dict[str, Any] | tuple[int, bytes]:
+        """One request's checked inputs, or its 400/422 answer (as `run` checks them)."""
+        if body:
+            try:
+                data = self.loads(body)
+            except DECODE_ERRORS as exc:
+                return 400, self.not_json(exc)
+            if type(data) is not dict:
+                return 422, self.not_an_object(data)
+        else:
+            data = {}
+        for name, check in self.checks:
+            value = data.get(name, INVALID)
+            if value is INVALID:
+                return 422, self.invalid_inputs(data)
+            if check is not None:
+                checked = check(value)
+                if checked is not value:
+                    if checked is INVALID:
+                        return 422, self.invalid_inputs(data)
+                    data[name] = checked
+        if len(data) != self.input_count:
+            return 422, self.invalid_inputs(data)
+        return data
+
+    def answer(self, outputs: dict[str, Any]) -> tuple[int, bytes]:
+        """One request's answer from its output values, checked as `run` checks them."""
+        for name, check in self.output_checks:
+            value = outputs[name]
+            checked = check(value)
+            if checked is not value:
+                if checked is INVALID:
+                    checked = check(plain(value))
+                    if checked is INVALID:
+                        return 500, self.invalid_output(name, value)
+                outputs[name] = checked
+        try:
+            payload = self.dumps(outputs)
+        except ENCODE_ERRORS as exc:
+            return self.unencodable(outputs, exc)
+        if b"null" in payload and not self.allow_non_finite:
+            refused = self.non_finite(outputs)
+            if refused is not None:
+                return 500, refused
+        if len(payload) > self.max_response:
+            return 500, self.too_large(payload)
         return 200, payload
 
     # -- the slow paths: only requests that fail come here --------------------------------
@@ -195,17 +313,90 @@ class Node:
             f"(the code {self.config.code_path} set it; the API promises the declared type)",
         )
 
-    def unencodable(self, outputs: dict[str, Any], exc: Exception) -> bytes:
+    def unencodable(self, outputs: dict[str, Any], exc: Exception) -> tuple[int, bytes]:
+        """The answer when the encoder refused the outputs (the standard library's refuses
+        NaN and the infinities, which are null when the node allows them)."""
+        if self.allow_non_finite:
+            try:
+                return 200, self.dumps(finite_or_null(outputs))
+            except ENCODE_ERRORS:
+                pass
+        else:
+            refused = self.non_finite(outputs)
+            if refused is not None:
+                return 500, refused
         culprit = next((n for n in outputs if not _encodes(self, outputs[n])), None)
         what = f"output {culprit!r}" if culprit else "the outputs"
-        return self.error(
+        return 500, self.error(
             "InvalidOutput",
             f"{what} cannot be encoded as JSON: {type(exc).__name__}: {_message(exc)}",
+        )
+
+    def non_finite(self, outputs: dict[str, Any]) -> bytes | None:
+        """500 body naming the first output that holds a NaN or an infinity, or None."""
+        for name, value in outputs.items():
+            where = non_finite(value)
+            if where is not None:
+                inside = f" ({where})" if where else ""
+                return self.error(
+                    "InvalidOutput",
+                    f"output {name!r}{inside} is {_non_finite_word(value, where)}, which JSON "
+                    f"cannot carry (the code {self.config.code_path} set it; set "
+                    "python.allowNonFinite to answer such values as null)",
+                )
+        return None
+
+    def not_json(self, exc: Exception) -> bytes:
+        """400 body for a body the JSON decoder refused, saying what is wrong with it."""
+        text = _message(exc)
+        if "infinity" in text or "too large" in text:
+            return self.error(
+                "InvalidJSON",
+                "the request body has a number too large for a float (JSON numbers are "
+                f"read as 64-bit floats, whose largest is about 1.8e308): {text}",
+            )
+        return self.error("InvalidJSON", f"the request body is not JSON: {text}")
+
+    def not_a_column(self, name: str, value: object, count: int) -> bytes:
+        """500 body for a batched node's output that is not one value per request."""
+        column = _column(value)
+        got = f"{len(column)} values" if column is not None else describe(plain(value))
+        return self.error(
+            "InvalidOutput",
+            f"output {name!r}: expected a list of {count} values (one for each request of "
+            f"the batch, in order), got {got} (the code {self.config.code_path} set it)",
+        )
+
+    def too_large(self, payload: bytes) -> bytes:
+        return self.error(
+            "ResponseTooLarge",
+            f"the response is {len(payload)} bytes, over the limit of "
+            f"{self.max_response} bytes ({self.max_response / 2**20:g} MB)",
         )
 
     def signature(self) -> str:
         """The inputs as "x: list[float], n: int"."""
         return names(self.config.inputs)
+
+
+def _column(value: object) -> list[Any] | None:
+    """A batched output as a list of its values: lists as they are, tuples and arrays
+    (anything with tolist() giving a list) converted; None for anything else."""
+    kind = type(value)
+    if kind is list:
+        return value  # type: ignore[return-value]
+    if kind is tuple:
+        return list(value)  # type: ignore[call-overload, no-any-return]
+    tolist = getattr(value, "tolist", None)
+    if callable(tolist):
+        converted = tolist()
+        if type(converted) is list:
+            return converted
+    return None
+
+
+def _non_finite_word(value: object, where: str) -> str:
+    return "NaN or infinite" if where else f"{plain(value)!r}".replace("nan", "NaN")
 
 
 def _encodes(node: Node, value: object) -> bool:
@@ -231,6 +422,18 @@ def traceback_lines(exc: BaseException, skip: int = 0) -> list[str]:
             tb = tb.tb_next
     text = "".join(traceback.format_exception(type(exc), exc, tb))
     return text.splitlines()
+
+
+def _numpy_asarray() -> Callable[[list[Any]], Any]:
+    try:
+        import numpy
+    except ImportError as exc:
+        raise PrepareError(
+            "the node's batch asks for numpy arrays (batch.numpy: true) but numpy cannot be "
+            f"imported ({exc}): add numpy to the node's packages"
+        ) from exc
+    asarray: Callable[[list[Any]], Any] = numpy.asarray
+    return asarray
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

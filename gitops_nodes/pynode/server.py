@@ -25,7 +25,9 @@ Requests are answered in turns: those read while the event loop polled once (one
 of several connections, or several pipelined on one) are queued, then their code runs back
 to back, then their answers are written. Running the code right after the network stack has
 run costs it much of the processor's caches; a turn pays that once, not once per request
-(see `Service.answer_turn`).
+(see `Service.answer_turn`). A node with `batch` in its config is served by
+`BatchingService`: its waiting requests are gathered across turns into batches, each one run
+of the code (`Node.run_batch`); a node without it runs exactly as before.
 
 The request path allocates little: the body is read whole into the bytes httptools hands
 over (joined only when it came in pieces), the route is one dict lookup, responses are one
@@ -105,6 +107,9 @@ NOT_ALLOWED_HEADS = {
 
 perf_counter_ns = time.perf_counter_ns
 new_request = tuple.__new__
+EXPECT_WINDOW = 10  # maxDelays a batched node expects an answered caller back within
+EXPECT_SLACK = 10_000_000  # ns added to it (a client's turnaround on a busy machine)
+EXPECT_MAX = 1_000_000_000  # ns: at most a second
 KNOWN_LIMIT = 256  # distinct heads remembered; a client that varies them gets the parser
 KNOWN_MAX_BYTES = 4096  # longer heads are parsed every time
 
@@ -259,11 +264,147 @@ class Service:
             with contextlib.suppress(OSError, ValueError):
                 self.access_log.flush()
 
+    def lost(self, connection: Connection) -> None:
+        """A connection closed: forget it."""
+        self.connections.discard(connection)
+
     def close_connections(self) -> None:
         """Close every client connection (shutdown: answer the turn first, see Connection)."""
         self.answer_turn()
         for connection in list(self.connections):
             connection.close()
+
+
+class BatchingService(Service):
+    """A Service for a node with `batch`: requests are gathered into batches, each one run of
+    the code (Node.run_batch).
+
+    Waiting requests form the next batch, which runs when it holds `maxSize` calls, when
+    `maxDelay` has passed since its first call's head was read, or as soon as no other
+    request is to be expected. Expected are the connections whose calls were answered within
+    the last EXPECT_WINDOW maxDelays and that have not sent another since (nor closed): a
+    client in a loop, a load generator's connections, the balancer's pooled connections
+    under load. So a lone caller is not kept waiting (its own next request is the one
+    expected: it runs at once; only within the window after a burst of other callers may it
+    wait maxDelay for them), while under load a batch waits, event-driven and without
+    polling, for the callers recently answered, up to maxDelay. (Only the last batch's
+    callers is not enough: on a busy machine requests trickle in, a batch of one would then
+    forget the other callers, and batches would stay small.) The code runs on the event
+    loop's thread as in Service, so batches run one at a time and requests keep the order
+    they were read in; other requests (health, OpenAPI, errors) wait with the batch they
+    came with, which keeps a connection's answers in order.
+    """
+
+    def __init__(
+        self,
+        node: Node,
+        loop: asyncio.AbstractEventLoop,
+        access_log: BinaryIO | None,
+        max_body: int = MAX_BYTES,
+        every: int = ERRORS_ONLY,
+    ) -> None:
+        super().__init__(node, loop, access_log, max_body, every)
+        batch = node.config.batch
+        assert batch is not None
+        self.max_size = batch.max_size
+        self.max_delay = int(batch.max_delay * 1e9)  # ns
+        self.run_batch = node.run_batch
+        self.calls = 0  # calls (POST / and /predict) waiting in self.turn
+        self.first = 0  # perf_counter_ns() at the end of the first waiting call's head
+        # Connections answered recently and not heard from since: when each was answered.
+        self.expected: dict[Connection, int] = {}
+        self.window = min(EXPECT_WINDOW * self.max_delay + EXPECT_SLACK, EXPECT_MAX)
+        self.deadline: asyncio.TimerHandle | None = None  # maxDelay after the first call
+
+    def queue(self, request: Request) -> None:
+        self.turn.append(request)
+        if request.route == CALL and request.method == b"POST":
+            if not self.calls:
+                self.first = request.started
+            self.calls += 1
+            self.expected.pop(request.connection, None)
+        if not self.turn_armed:
+            self.turn_armed = True
+            self.loop.call_soon(self.gather)
+
+    def lost(self, connection: Connection) -> None:
+        super().lost(connection)
+        expected = self.expected
+        if connection in expected:
+            del expected[connection]
+            if not expected and self.turn and not self.turn_armed:
+                self.turn_armed = True
+                self.loop.call_soon(self.gather)
+
+    def gather(self) -> None:
+        """Run the waiting batch now, unless it may still grow: then wait for its callers,
+        or for maxDelay."""
+        self.turn_armed = False
+        if not self.turn:
+            return
+        if self.calls and self.calls < self.max_size and self.expected:
+            remaining = self.first + self.max_delay - perf_counter_ns()
+            if remaining > 0:
+                if self.deadline is None:
+                    self.deadline = self.loop.call_later(remaining / 1e9, self.due)
+                return
+        self.answer_turn(keep_rest=True)
+
+    def due(self) -> None:
+        """maxDelay has passed since the waiting batch's first call came: run it."""
+        self.deadline = None
+        self.answer_turn()
+
+    def answer_turn(self, keep_rest: bool = False) -> None:
+        """Run the waiting requests now: calls in batches of at most maxSize, then the answers
+        written in the order the requests were read. With keep_rest, calls past the last full
+        batch (and what came after them) wait to join the next one rather than run as a small
+        batch of their own."""
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
+        requests = self.turn
+        if not requests:
+            return
+        size = self.max_size
+        calls = [
+            index for index, r in enumerate(requests) if r.route == CALL and r.method == b"POST"
+        ]
+        rest: list[Request] = []
+        left = len(calls) % size
+        if keep_rest and len(calls) > size and left:
+            cut = calls[-left]
+            rest = requests[cut:]
+            requests = requests[:cut]
+            del calls[-left:]
+            self.first = rest[0].started  # a call: the first of those left
+        self.turn = rest
+        self.calls = left if rest else 0
+        outcomes: list[tuple[int, bytes] | None] = [None] * len(requests)
+        for begin in range(0, len(calls), size):
+            batch = calls[begin : begin + size]
+            answers = self.run_batch([requests[index].body for index in batch])
+            for index, answer in zip(batch, answers, strict=True):
+                outcomes[index] = answer
+        now = perf_counter_ns()
+        since = now - self.window
+        expected = {c: t for c, t in self.expected.items() if t > since}
+        for request, outcome in zip(requests, outcomes, strict=True):
+            connection = request.connection
+            connection.queued -= 1
+            if outcome is None:
+                status, payload = self.local(request)
+            else:
+                status, payload = outcome
+                if request.keep_alive:
+                    expected[connection] = now
+            connection.respond(request, status, payload)
+            if connection.closing or connection.queued:  # gone, or its next one came
+                expected.pop(connection, None)
+        self.expected = expected
+        if rest and not self.turn_armed:
+            self.turn_armed = True
+            self.loop.call_soon(self.gather)
 
 
 class Connection(asyncio.Protocol):
@@ -394,7 +535,7 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
-        self.service.connections.discard(self)
+        self.service.lost(self)
 
     def pause_writing(self) -> None:
         # The client does not read its answers: stop reading its (pipelined) requests.
@@ -596,7 +737,8 @@ async def start(
     socket `unix` too when given (Service.unix_server), before the port: health checks go
     to the port, so a healthy instance is one that answers on both."""
     loop = asyncio.get_running_loop()
-    service = Service(node, loop, access_log, max_body, every)
+    kind = Service if node.config.batch is None else BatchingService
+    service = kind(node, loop, access_log, max_body, every)
     if unix is not None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(unix)  # left by the previous run of this container
@@ -642,6 +784,7 @@ def serve(
                 f"pynode: serving {config.code_path} on {bound[0]}:{bound[1]}"
                 f"{f' and {unix}' if unix else ''} "
                 f"(inputs {names(config.inputs)}; outputs {names(config.outputs)}; "
+                f"{_batching(config)}"
                 f"{type(loop).__module__.split('.')[0]} loop) "
                 f"ready in {(time.perf_counter() - began) * 1000:.0f} ms\n"
             ).encode()
@@ -658,6 +801,15 @@ def serve(
             service.flush()
     finally:
         loop.close()
+
+
+def _batching(config: NodeConfig) -> str:
+    """The start-up line's word on batching: "" when the node is not batched."""
+    batch = config.batch
+    if batch is None:
+        return ""
+    arrays = ", numpy arrays" if batch.numpy else ""
+    return f"batches of up to {batch.max_size}, {batch.max_delay * 1000:g} ms{arrays}; "
 
 
 def access_every(value: str) -> int:

@@ -226,3 +226,46 @@ def _what(value: object, var_type: VarType) -> str:
     if var_type.check is _float and type(value) is int:
         return "an integer too large for a float"
     return describe(value)
+
+
+def non_finite(value: object) -> str | None:
+    """Where a NaN or an infinity is in a decoded output value, or None when there is none.
+
+    "" when the value itself is one; else "item 2", "key 'a'", "key 'a', item 0". The slow
+    path of an output check, taken only when the encoded answer shows a null (which is how
+    orjson writes them) or the encoder refused the value.
+    """
+    kind = type(value)
+    if kind is float or isinstance(value, float):
+        return None if value - value == 0.0 else ""  # type: ignore[operator]  # inf-inf, nan
+    if kind is list or kind is tuple:
+        item: object
+        for index, item in enumerate(value):  # type: ignore[arg-type]
+            where = non_finite(item)
+            if where is not None:
+                return f"item {index}" + (f", {where}" if where else "")
+    elif kind is dict:
+        for key, item in value.items():  # type: ignore[attr-defined]
+            where = non_finite(item)
+            if where is not None:
+                return f"key {key!r}" + (f", {where}" if where else "")
+    else:
+        tolist = getattr(value, "tolist", None)  # numpy values and arrays
+        if callable(tolist):
+            return non_finite(tolist())
+    return None
+
+
+def finite_or_null(value: object) -> object:
+    """`value` with every NaN and infinity replaced by None (JSON's null), recursively."""
+    kind = type(value)
+    if kind is float or isinstance(value, float):
+        return value if value - value == 0.0 else None  # type: ignore[operator]
+    if kind is list or kind is tuple:
+        return [finite_or_null(item) for item in value]  # type: ignore[attr-defined]
+    if kind is dict:
+        return {key: finite_or_null(item) for key, item in value.items()}  # type: ignore[attr-defined]
+    tolist = getattr(value, "tolist", None)
+    if callable(tolist):
+        return finite_or_null(tolist())
+    return value

@@ -36,7 +36,7 @@ from gitops_nodes.live import LiveInstance, Ownership
 from gitops_nodes.runtime import labels, secretfiles
 from gitops_nodes.runtime.base import ImageCleanup, LogLine
 from gitops_nodes.spec.context import BUILD_REPOSITORY
-from gitops_nodes.spec.hashing import InstanceConfig, canonical_json, log_budget
+from gitops_nodes.spec.hashing import InstanceConfig, canonical_json, log_budget, show_gpus
 from gitops_nodes.spec.state import BuildRequest, DesiredNode
 from gitops_nodes.statedir import StateDir
 
@@ -45,6 +45,36 @@ PORT_ATTEMPTS = 5
 SOCKET_MOUNT = "/run/gitops-nodes"  # where a python node's socket folder is, in its container
 SOCKET_ENV = "GITOPS_NODES_SOCKET"  # tells the node's runtime where to listen (pynode/server)
 PORT_TAKEN = re.compile(r"port is already allocated|address already in use", re.IGNORECASE)
+# What the engine says when no device driver gives containers GPUs (no NVIDIA Container
+# Toolkit), or when the driver has no such device.
+NO_GPU = re.compile(
+    r"could not select device driver|nvidia-container-cli|unknown device|gpu", re.IGNORECASE
+)
+
+
+def device_requests(config: InstanceConfig) -> list[docker.types.DeviceRequest] | None:
+    """The node's resources.gpus as Docker device requests (as `docker run --gpus`)."""
+    gpus = config.gpus
+    if gpus is None:
+        return None
+    if isinstance(gpus, tuple):
+        return [docker.types.DeviceRequest(device_ids=list(gpus), capabilities=[["gpu"]])]
+    count = -1 if gpus == "all" else int(gpus)
+    return [docker.types.DeviceRequest(count=count, capabilities=[["gpu"]])]
+
+
+def no_gpu_message(node: DesiredNode, name: str, exc: BaseException) -> str:
+    """Why an instance that asks for GPUs did not start, and what the host is missing."""
+    gpus = node.config.gpus
+    assert gpus is not None
+    engine = getattr(exc, "explanation", None) or str(exc)
+    return (
+        f"node {node.name} asks for GPUs (resources.gpus: {show_gpus(gpus)}) but this Docker "
+        f"engine cannot give them to its containers: {engine}. The host needs an NVIDIA GPU "
+        "with its driver and the NVIDIA Container Toolkit (nvidia-container-toolkit, which "
+        "puts nvidia-container-runtime-hook on the engine's PATH), then a restart of the "
+        f"engine; the instance {name} was removed and nothing else was changed"
+    )
 
 
 class PortTaken(Exception):
@@ -288,6 +318,7 @@ class DockerRuntime:
             init=True,  # PID 1 that forwards SIGTERM, so stopping an instance is prompt
             binds=binds or None,
             log_config=log_config(config),
+            device_requests=device_requests(config),
         )
         instance_labels = {
             labels.PROJECT: project,
@@ -327,6 +358,8 @@ class DockerRuntime:
             secretfiles.remove_instance_files(project, name)
             if PORT_TAKEN.search(str(exc)):
                 raise PortTaken(name) from exc  # taken since it was chosen: choose again
+            if config.gpus is not None and NO_GPU.search(str(exc)):
+                raise RuntimeFailure(no_gpu_message(node, name, exc)) from exc
             raise engine_error(f"starting {name} failed", exc) from exc
         live = _instance(name, instance_labels, "running", published, time.time())
         if live is None:  # our own labels always make one

@@ -38,6 +38,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
+from gitops_nodes.errors import RuntimeFailure
 from gitops_nodes.live import LiveInstance
 from gitops_nodes.runtime import labels
 from gitops_nodes.spec.hashing import canonical_json, log_budget
@@ -69,6 +70,19 @@ TASK_STATES = (
 )
 _UP_TO_RUNNING = frozenset(TASK_STATES[: TASK_STATES.index("running") + 1])
 _SCHEDULING = frozenset(TASK_STATES[: TASK_STATES.index("starting")])
+
+
+def generic_gpus(node: str, gpus: int | str | tuple[str, ...]) -> list[dict[str, Any]]:
+    """resources.gpus as a Swarm's generic resources of kind gpu (each node's engine
+    advertises them with `node-generic-resources` in its daemon.json)."""
+    if isinstance(gpus, tuple):
+        return [{"NamedResourceSpec": {"Kind": "gpu", "Value": device}} for device in gpus]
+    if gpus == "all":
+        raise RuntimeFailure(
+            f"node {node}: resources.gpus: all cannot be asked of a Swarm, whose tasks "
+            "reserve generic resources by count or by id: write a number of GPUs or their ids"
+        )
+    return [{"DiscreteResourceSpec": {"Kind": "gpu", "Value": int(gpus)}}]
 
 
 def _bounded(name: str) -> str:
@@ -229,6 +243,9 @@ def node_service_spec(
         limits["NanoCPUs"] = int(config.cpus * NS)
     if config.memory:
         limits["MemoryBytes"] = config.memory
+    resources: dict[str, Any] = {"Limits": limits}
+    if config.gpus is not None:
+        resources["Reservations"] = {"GenericResources": generic_gpus(node.name, config.gpus)}
     rolling = {
         "Parallelism": 1,
         "Order": "start-first",
@@ -240,7 +257,7 @@ def node_service_spec(
         "Labels": {**task_labels, **({labels.OWNER: owner} if owner else {})},
         "TaskTemplate": {
             "ContainerSpec": container,
-            "Resources": {"Limits": limits},
+            "Resources": resources,
             "RestartPolicy": {
                 "Condition": "any",
                 "Delay": int(RESTART_DELAY * NS),

@@ -41,6 +41,9 @@ class InstanceConfig:
     # labelled, so a rotation rolls the instances while no label holds or betrays a value.
     secret_env: tuple[tuple[str, str], ...] = ()
     secret_files: tuple[tuple[str, str], ...] = ()
+    # The node's `resources.gpus`: a count, "all", or device ids; None (absent from the
+    # hash, as for logs) when the node asks for none.
+    gpus: int | str | tuple[str, ...] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -58,12 +61,17 @@ class InstanceConfig:
                 data[name] = dict(data[name])
             else:
                 del data[name]  # absent, as for telemetry_port
+        if self.gpus is None:
+            del data["gpus"]
+        elif isinstance(self.gpus, tuple):
+            data["gpus"] = list(self.gpus)
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> InstanceConfig:
         command = data.get("command")
         logs = data.get("logs")
+        gpus = data.get("gpus")
         return cls(
             image=str(data["image"]),
             port=int(data["port"]),
@@ -75,7 +83,15 @@ class InstanceConfig:
             logs=(int(logs["max_size"]), int(logs["max_files"])) if logs is not None else None,
             secret_env=tuple(sorted(dict(data.get("secret_env") or {}).items())),
             secret_files=tuple(sorted(dict(data.get("secret_files") or {}).items())),
+            gpus=tuple(gpus) if isinstance(gpus, list) else gpus,
         )
+
+
+def show_gpus(gpus: int | str | tuple[str, ...]) -> str:
+    """resources.gpus as the spec writes it: 1, all, ["0", "1"]."""
+    if isinstance(gpus, tuple):
+        return "[" + ", ".join(f'"{device}"' for device in gpus) + "]"
+    return str(gpus)
 
 
 def log_budget(config: InstanceConfig) -> tuple[int, int]:

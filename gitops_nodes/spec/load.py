@@ -539,6 +539,15 @@ def _python_config(python: PythonSource) -> dict[str, Any]:
         config["checkpoint"] = "code/" + python.checkpoint
     if python.setup is not None:
         config["setup"] = "code/" + python.setup
+    # Written only when set, so a node without them keeps its image tag (and instances).
+    if python.batch is not None:
+        config["batch"] = {
+            "maxSize": python.batch.max_size,
+            "maxDelay": python.batch.max_delay,
+            "numpy": python.batch.numpy,
+        }
+    if python.allow_non_finite:
+        config["allowNonFinite"] = True
     return config
 
 
@@ -591,6 +600,7 @@ def _resolve_node(root: Path, document: NodeDocument, source: Source) -> Desired
         env=tuple(sorted((k, v) for k, v in spec.env.items() if isinstance(v, str))),
         cpus=spec.resources.cpus,
         memory=spec.resources.memory,
+        gpus=spec.resources.gpus,
         telemetry_port=_telemetry_port(spec.telemetry, port),
         logs=(spec.logs.max_size, spec.logs.max_files) if spec.logs is not None else None,
     )

@@ -70,6 +70,10 @@ MAX_IMAGE_NAME = 255  # Docker's limit on a repository name (without tag and dig
 MAX_IMAGE_REFERENCE = 512  # with a tag (at most 128) and a digest
 MAX_URL_PATH = 2048
 MAX_MIN_REQUESTS = 10**9  # a rollout step's minRequests
+MAX_BATCH_SIZE = 4096  # python.batch.maxSize (gitops_nodes/pynode/config.py checks the same)
+MAX_BATCH_DELAY = 1.0  # seconds: python.batch.maxDelay
+MAX_GPUS = 64  # resources.gpus as a count
+_GPU_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9:._-]{0,127}$")
 DAY = 86_400.0
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _UNIT_BYTES = {None: 1, "k": 1000, "Ki": 1024, "M": 10**6, "Mi": 2**20, "G": 10**9, "Gi": 2**30}
@@ -485,6 +489,61 @@ _KIND = (
 )
 
 
+def _gpus(value: Any) -> int | str | tuple[str, ...]:
+    """resources.gpus: a count, `all`, or a list of device ids (indexes or UUIDs)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if 1 <= value <= MAX_GPUS:
+            return value
+        raise PydanticCustomError(
+            "gpus_count", "expected a number of GPUs from 1 to {max}", {"max": MAX_GPUS}
+        )
+    if value == "all":
+        return "all"
+    if isinstance(value, list) and value:
+        if not all(isinstance(item, str) and _GPU_ID.match(item) for item in value):
+            raise PydanticCustomError(
+                "gpus_ids",
+                'expected GPU device ids: indexes such as "0" or UUIDs such as '
+                '"GPU-3a23c669-1f69-c64e-cf85-44e9b07e7a2a" (quote indexes)',
+            )
+        if len(set(value)) != len(value):
+            raise PydanticCustomError("gpus_ids", "expected each GPU device id once")
+        return tuple(value)
+    raise PydanticCustomError(
+        "gpus",
+        'expected a number of GPUs (1), all, or a list of device ids (["0", "1"])',
+    )
+
+
+Gpus = Annotated[
+    int | str | tuple[str, ...],
+    PlainValidator(_gpus),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer", "minimum": 1, "maximum": MAX_GPUS},
+                {"const": "all"},
+                {
+                    "type": "array",
+                    "items": {"type": "string", "pattern": _GPU_ID.pattern},
+                    "minItems": 1,
+                    "uniqueItems": True,
+                },
+            ],
+            "description": "GPUs for each instance: a count (1), all, or device ids "
+            '(["0", "1"] or GPU UUIDs). Docker device requests with the gpu capability on one '
+            "host (the NVIDIA Container Toolkit must be installed); generic resources named "
+            "gpu on a Swarm (a count or ids; not all)",
+        }
+    ),
+]
+BatchDelay = Annotated[
+    float,
+    PlainValidator(_duration_within(0.0, MAX_BATCH_DELAY)),
+    _duration_schema(0.0, MAX_BATCH_DELAY, ["2ms", "5ms"]),
+]
+
+
 class SpecModel(BaseModel):
     """Strict, immutable, camelCase in YAML: unknown fields and loose types are errors."""
 
@@ -591,6 +650,12 @@ class Resources(SpecModel):
     memory: Size | None = Field(
         default=None, description="The memory limit of each instance. Default: no limit."
     )
+    gpus: Gpus | None = Field(
+        default=None,
+        description="GPUs given to each instance: a count (1), all, or a list of device ids "
+        '(["0", "1"], or GPU UUIDs). Unset: none. A host without GPU support fails the '
+        "instance's start with a message naming the node.",
+    )
 
     @model_validator(mode="after")
     def _docker_minimum(self) -> Resources:
@@ -648,6 +713,27 @@ class ImageSource(SpecModel):
         return self
 
 
+class PythonBatch(SpecModel):
+    """Dynamic batching of a python node's requests (see the README's "Python nodes")."""
+
+    max_size: int = Field(
+        ge=1,
+        le=MAX_BATCH_SIZE,
+        description="The most requests one run of the code answers (1 to 4096).",
+    )
+    max_delay: BatchDelay = Field(
+        default=0.002,
+        json_schema_extra={"default": "2ms"},
+        description="The longest a request waits for others to join its batch (0s to 1s); "
+        "an idle instance runs a request at once.",
+    )
+    numpy: bool = Field(
+        default=False,
+        description="Give each input variable as a numpy array of the batch's values rather "
+        "than a list (numpy must be among the packages).",
+    )
+
+
 class PythonSource(SpecModel):
     """A node made from Python code, a checkpoint of interpreter state, and the variables
     selected as its API's inputs and outputs."""
@@ -679,6 +765,17 @@ class PythonSource(SpecModel):
     )
     traceback: bool = Field(
         default=False, description="Whether an error answer carries the code's traceback."
+    )
+    batch: PythonBatch | None = Field(
+        default=None,
+        description="Dynamic batching: the code runs once for many requests, each input "
+        "variable holding the batch's values and each output set to a list of one value per "
+        "request. Unset: one run per request.",
+    )
+    allow_non_finite: bool = Field(
+        default=False,
+        description="Answer NaN and infinite float outputs as null. Unset or false: such an "
+        "output is a 500 InvalidOutput naming it.",
     )
 
 
