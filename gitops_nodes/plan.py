@@ -105,6 +105,9 @@ class Plan:
     live_digest: str
     # The project's containers another state directory owns: the plan never touches them.
     left_alone: tuple[LiveInstance, ...] = ()
+    # What each node's model sources resolved to, and version warnings (DesiredNode's).
+    sources: tuple[dict[str, Any], ...] = ()
+    warnings: tuple[str, ...] = ()
 
     @property
     def empty(self) -> bool:
@@ -152,6 +155,8 @@ class Plan:
             ],
             "summary": {"add": add, "change": change, "destroy": destroy},
             "leftAlone": [_left_alone_json(i) for i in self.left_alone],
+            "sources": list(self.sources),
+            "warnings": list(self.warnings),
         }
 
 
@@ -183,6 +188,18 @@ def make_plan(project: str, desired: DesiredState, live: LiveState) -> Plan:
             desired.digest(),
             live.digest([n.build.tag for n in desired.nodes.values() if n.build is not None]),
             live.foreign,
+            tuple(
+                {
+                    "node": n.name,
+                    "field": v.field,
+                    "source": v.source,
+                    "resolved": v.resolved,
+                    "fetched": v.fetched,
+                }
+                for n in desired.nodes.values()
+                for v in n.sources
+            ),
+            tuple(w for n in desired.nodes.values() for w in n.warnings),
         )
 
 

@@ -9,7 +9,8 @@ The file (``/app/node.json`` in images) is an object::
       "inputs": {"x": "list[float]"},    # request variables and their types (required)
       "outputs": {"y": "float"},         # response variables and their types (required)
       "traceback": false,                # show user tracebacks in 500 answers (optional)
-      "name": "iris", "version": "1"     # the OpenAPI document's title and version (optional)
+      "name": "iris", "version": "1",    # the OpenAPI document's title and version (optional)
+      "models": {"model": "models/model"}  # MLflow models loaded as pyfunc into variables
     }
 
 Relative paths are read from the config file's folder. Loading compiles the code and the
@@ -33,7 +34,7 @@ from gitops_nodes.pynode import types
 from gitops_nodes.pynode.errors import ConfigError
 
 KEYS = frozenset(
-    {"code", "checkpoint", "setup", "inputs", "outputs", "traceback", "name", "version"}
+    {"code", "checkpoint", "setup", "inputs", "outputs", "traceback", "name", "version", "models"}
 )
 
 
@@ -60,6 +61,7 @@ class NodeConfig:
     traceback: bool = False
     name: str = "python node"
     version: str = "1"
+    models: tuple[tuple[str, Path], ...] = ()  # (variable, MLflow model folder)
 
 
 def load_config(path: str | Path) -> NodeConfig:
@@ -103,6 +105,7 @@ def parse_config(data: object, base: Path, source: str = "the node config") -> N
     setup = _compile(setup_path, "set-up code")[1] if setup_path is not None else None
     if checkpoint is not None and not checkpoint.is_file():
         raise ConfigError(f"{source}: the checkpoint file {checkpoint} does not exist")
+    models = _models(data, base, source)
     return NodeConfig(
         source=source,
         code_path=code_path,
@@ -115,6 +118,7 @@ def parse_config(data: object, base: Path, source: str = "the node config") -> N
         traceback=show_traceback,
         name=name,
         version=version,
+        models=models,
     )
 
 
@@ -127,6 +131,16 @@ def _path(
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{source}: {key!r} must be the path of a file")
     return base / value
+
+
+def _models(data: dict[str, Any], base: Path, source: str) -> tuple[tuple[str, Path], ...]:
+    declared = data.get("models", {})
+    if not isinstance(declared, dict) or not all(
+        isinstance(k, str) and k.isidentifier() and isinstance(v, str) and v
+        for k, v in declared.items()
+    ):
+        raise ConfigError(f"{source}: 'models' must be an object of {{variable: folder}}")
+    return tuple((name, base / folder) for name, folder in declared.items())
 
 
 def _text(data: dict[str, Any], key: str, default: str, source: str) -> str:
