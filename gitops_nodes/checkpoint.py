@@ -82,6 +82,8 @@ def version_warnings(header: dict[str, Any] | None, packages: tuple[str, ...]) -
     if header is None:
         return []
     pinned = {_canonical(p.split("==")[0].split("[")[0]): p.split("==")[1] for p in packages}
+    if "mlflow-skinny" in pinned:  # mlflow's client: what a logged model's `mlflow` needs
+        pinned.setdefault("mlflow", pinned["mlflow-skinny"])
     warnings = []
     made = str(header.get("python", ""))
     if made and not made.startswith("3.11."):

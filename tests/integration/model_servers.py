@@ -202,7 +202,8 @@ def mlflow_server(tmp: Path, model: str = "scale") -> Iterator[Registry]:
         assert process.poll() is None, _process_log(log)
         mlflow.set_tracking_uri(uri)
         for factor in (2, 3):
-            artifact = tmp / f"factor-{factor}.txt"
+            artifact = tmp / f"v{factor}" / "factor.txt"  # artifacts/factor.txt in the model
+            artifact.parent.mkdir()
             artifact.write_text(str(factor))
             with mlflow.start_run():
                 mlflow.pyfunc.log_model(
