@@ -9,7 +9,7 @@ the image the project built), `docker rm -f` of any container still labelled wit
 or with the benchmark's own label, then the temporary folder.
 
 1. example-repo/ is copied to a temp folder and cut down to node iris (instances: 1) and
-   alias iris. A marker comment is appended to the copy's predict.py: image tags are content
+   alias iris. A marker comment is appended to the copy's request code: image tags are content
    hashes shared by all projects, so without it the apply would re-tag the image of an
    `example-repo` project running on the same engine and destroy would then remove it. The
    copy is applied under a project name of its own and served by `gitops-nodes serve`
@@ -18,7 +18,7 @@ or with the benchmark's own label, then the temporary folder.
    onto the instance's core from run to run, and the alias figure measured that sharing.
 2. In the node's own image, one `docker run -i --rm --cpuset-cpus 0` container that stays up
    for the whole run: the checkpoint's load time in a fresh interpreter (`import sklearn`
-   plus `pickle.load` of model.pkl, the median of 3), then the in-process loop: predict.py
+   plus loading model.pkl, the median of 3), then the in-process loop: the request code
    compiled once and exec'd in a loop in the namespace the checkpoint fills, with one sample
    (as the runtime runs it, without HTTP and JSON), for as long as each line on its standard
    input asks. Between those slices it waits, using no CPU.
@@ -127,7 +127,8 @@ config = json.load(open("/app/node.json"))
 checkpoint, code_path = "/app/" + config["checkpoint"], "/app/" + config["code"]
 LOAD = (
     "import time; start = time.perf_counter(); import pickle, sklearn; "
-    f"state = pickle.load(open({checkpoint!r}, 'rb')); print(time.perf_counter() - start)"
+    "from gitops_nodes.pynode.node import load_checkpoint; from pathlib import Path; "
+    f"state = load_checkpoint(Path({checkpoint!r})); print(time.perf_counter() - start)"
 )
 loads = [
     float(subprocess.run([sys.executable, "-c", LOAD], capture_output=True, text=True,
@@ -135,7 +136,9 @@ loads = [
     for _ in range(int(sys.argv[2]))
 ]
 namespace = {"__name__": "__main__"}
-namespace.update(pickle.load(open(checkpoint, "rb")))
+from gitops_nodes.pynode.node import load_checkpoint  # a header of versions, then the state
+from pathlib import Path
+namespace.update(load_checkpoint(Path(checkpoint)))
 code = compile(open(code_path).read(), code_path, "exec")
 namespace["measurements"] = SAMPLE
 def loop(seconds):
@@ -182,9 +185,17 @@ def make_repo(target: Path) -> None:
                 continue
             if kind == "Node":
                 keep[0]["spec"]["instances"] = 1
-                code = (path.parent / keep[0]["spec"]["python"]["code"]).resolve()
-                with code.open("a") as file:
-                    file.write(MARKER)
+                python = keep[0]["spec"]["python"]
+                if "notebook" in python:  # the marker goes at the end of the request cell
+                    notebook = (path.parent / python["notebook"]).resolve()
+                    data = json.loads(notebook.read_text())
+                    for cell in data["cells"]:
+                        if python["cell"] in cell["metadata"].get("tags", []):
+                            cell["source"] = "".join(cell["source"]) + MARKER
+                    notebook.write_text(json.dumps(data))
+                else:
+                    with (path.parent / python["code"]).resolve().open("a") as file:
+                        file.write(MARKER)
                 kept_node = True
             path.write_text(yaml.safe_dump_all(keep, sort_keys=False))
     if not kept_node:

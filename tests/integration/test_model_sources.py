@@ -5,10 +5,13 @@ once, and every failure named at its field with nothing applied."""
 from __future__ import annotations
 
 import hashlib
+import http.client
+import json
 import pickle
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,7 +23,7 @@ from gitops_nodes.spec.errors import SpecErrors
 from gitops_nodes.spec.load import load_spec
 from gitops_nodes.statedir import StateDir
 
-from .helpers import apply, table
+from .helpers import Watch, apply, git, table
 from .model_servers import FileServer, Registry, S3Server, file_server, mlflow_server, s3_server
 from .test_python_nodes import call
 
@@ -228,3 +231,33 @@ def test_an_mlflow_alias_move_is_a_change_plan_shows(
     assert run.report is not None and run.report.ok, run.report
     (endpoint,) = table(state).nodes["scaler"].endpoints
     assert call(endpoint.port, {"x": 5}) == (200, {"y": 15.0})
+
+
+def test_watch_rolls_out_an_mlflow_alias_move_without_a_commit(
+    tmp_path: Path,
+    sources_env: Path,
+    registry: Registry,
+    monkeypatch: pytest.MonkeyPatch,
+    watch: Callable[[str], Watch],
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", registry.uri)
+    registry.move_alias("champion", 1)
+    origin = tmp_path / "origin"  # the watch fixture's repository, committed by start()
+    (origin / "model").mkdir(parents=True)
+    (origin / "model" / "predict.py").write_text(RAW_CODE)
+    watcher = watch(MLFLOW_NODE)
+
+    def answer() -> Any:
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", watcher.port, timeout=5)
+            connection.request("POST", "/nodes/scaler/", json.dumps({"x": 5}))
+            response = connection.getresponse()
+            return json.loads(response.read()).get("y") if response.status == 200 else None
+        except (OSError, ValueError, http.client.HTTPException):
+            return None
+
+    watcher.wait(lambda: answer() == 10.0, "version 1 served", 180)
+    commits = git(origin, "rev-list", "--count", "HEAD")
+    registry.move_alias("champion", 2)
+    watcher.wait(lambda: answer() == 15.0, "the alias move rolled out", 180)
+    assert git(origin, "rev-list", "--count", "HEAD") == commits  # no commit made it
