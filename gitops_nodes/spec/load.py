@@ -353,8 +353,7 @@ _CUSTOM_WITH_INPUT = {
     "env_name",
     "image_reference",
     "url_path",
-    "source_url",
-    "file_name",
+    "file_name",  # (never source_url's: a URL may hold a password written by mistake)
 }
 describe_error = _describe  # for the settings file's errors
 

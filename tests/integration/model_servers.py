@@ -165,13 +165,14 @@ class Registry:
 
 
 def mlflow_command() -> list[str]:
-    """The tracking server: GITOPS_NODES_MLFLOW, else the test tools' venv, else mlflow here."""
+    """The tracking server: GITOPS_NODES_MLFLOW, else the venv that scripts/test makes, else
+    mlflow on PATH."""
     explicit = os.environ.get("GITOPS_NODES_MLFLOW")
     if explicit:
         return [explicit]
-    venv = Path("/opt/gitops-nodes-test/mlflow/bin/mlflow")
-    if venv.exists():
-        return [str(venv)]
+    for venv in (Path("/opt/gitops-nodes-test"), Path.home() / ".cache" / "gitops-nodes-test"):
+        if (venv / "mlflow" / "bin" / "mlflow").exists():  # scripts/lib/ensure-mlflow-server.sh
+            return [str(venv / "mlflow" / "bin" / "mlflow")]
     return [shutil.which("mlflow") or "mlflow"]
 
 

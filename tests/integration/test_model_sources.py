@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import importlib.metadata
 import json
 import pickle
 import textwrap
@@ -196,6 +197,8 @@ spec:
     outputs: {y: float}
   healthCheck: {path: /healthz, interval: 200ms, startTimeout: 60s}
 """
+# What mlflow.pyfunc needs in the image: the client, and the pandas and numpy it imports.
+PYFUNC_PACKAGES = ("mlflow-skinny", "pandas", "numpy")
 RAW_CODE = """
 with open("files/model/artifacts/factor.txt") as file:
     y = x * float(file.read())
@@ -261,3 +264,30 @@ def test_watch_rolls_out_an_mlflow_alias_move_without_a_commit(
     registry.move_alias("champion", 2)
     watcher.wait(lambda: answer() == 15.0, "the alias move rolled out", 180)
     assert git(origin, "rev-list", "--count", "HEAD") == commits  # no commit made it
+
+
+def test_an_mlflow_model_is_loaded_as_pyfunc_into_its_variable(
+    tmp_path: Path,
+    sources_env: Path,
+    registry: Registry,
+    monkeypatch: pytest.MonkeyPatch,
+    runtime: DockerRuntime,
+    project: str,
+    state: StateDir,
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", registry.uri)
+    registry.move_alias("champion", 2)
+    pins = [f"{name}=={importlib.metadata.version(name)}" for name in PYFUNC_PACKAGES]
+    spec = MLFLOW_NODE.replace(
+        "    files:\n      model: {mlflow: {model: scale, alias: champion}}\n",
+        "    models:\n      model: {mlflow: {model: scale, alias: champion}}\n"
+        f"    packages: {json.dumps(pins)}\n",
+    )
+    root = repo(tmp_path, spec, "y = float(model.predict([x])[0])\n")
+    plan = make_plan(project, load_spec(root), workflow.observe(runtime, project, state))
+    assert plan.warnings == (), plan.warnings  # the model's requirements are the image's
+
+    run = apply(root, runtime, project, state)
+    assert run.report is not None and run.report.ok, run.report
+    (endpoint,) = table(state).nodes["scaler"].endpoints
+    assert call(endpoint.port, {"x": 5}) == (200, {"y": 15.0})
