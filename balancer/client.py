@@ -56,6 +56,43 @@ class TooManyPipelined(Exception):
 class ClientConnection(asyncio.Protocol):
     """One client's connection: parses its requests and proxies them one at a time."""
 
+    # Slots: a worker holds up to --max-clients of these, mostly idle, and a dict per
+    # connection was most of an idle client's memory.
+    __slots__ = (
+        "active",
+        "at_boundary",
+        "begun",
+        "client_ip",
+        "closed",
+        "decided",
+        "decided_head",
+        "decided_route",
+        "head_began",
+        "head_bytes",
+        "head_tail",
+        "headers",
+        "heads",
+        "hop",
+        "in_head",
+        "last_active",
+        "last_made",
+        "line_done",
+        "linger_until",
+        "lingering",
+        "max_head",
+        "max_headers",
+        "parser",
+        "parsing",
+        "paused",
+        "proxy",
+        "queue",
+        "refusing",
+        "served",
+        "starting",
+        "transport",
+        "url",
+    )
+
     def __init__(self, proxy: Proxy) -> None:
         self.proxy = proxy
         self.transport: Any = None
@@ -563,6 +600,8 @@ class ClientConnection(asyncio.Protocol):
         if proxy.settings.access_log:
             self._log_access(request, alias, node, code, elapsed)
         self.active = None
+        if self.last_made is request:  # an idle client keeps no request alive
+            self.last_made = None
         self.last_active = request.started + elapsed
         if self.closed:
             return

@@ -154,7 +154,10 @@ class FastHead(NamedTuple):
 
 
 _FAST_HEADS: dict[bytes, FastHead | None] = {}
-_FAST_HEADS_LIMIT = 1024
+# 256, not more: an instance's heads differ in their Date line, a new one every second, so a
+# larger memo only takes longer to fill (and the process's RSS longer to level off) while
+# every head still hits for the rest of its second.
+_FAST_HEADS_LIMIT = 256
 # Longer heads (and targets) are worked out every time: the memos' size stays within
 # limit × this many bytes of keys, whatever instances and clients send.
 MEMO_MAX_BYTES = 4096

@@ -114,20 +114,38 @@ def run_wrk(
 
 @dataclass(frozen=True)
 class Measured:
-    """A target's median round (by requests/s) and the requests/s of every round."""
+    """A target's median round (by requests/s) and the requests/s of every round, and the
+    median CPU time its processes spent per request (None for a target not watched)."""
 
     median: WrkResult
     rounds: tuple[float, ...]
     failures: int  # socket errors and non-2xx responses over all rounds
+    cpu_us: float | None = None
 
     @classmethod
-    def of(cls, results: Sequence[WrkResult]) -> Measured:
+    def of(cls, results: Sequence[WrkResult], cpu_us: Sequence[float] = ()) -> Measured:
         ordered = sorted(results, key=lambda r: r.requests_per_s)
         return cls(
             median=ordered[(len(ordered) - 1) // 2],
             rounds=tuple(r.requests_per_s for r in results),
             failures=sum(r.failures for r in results),
+            cpu_us=sorted(cpu_us)[(len(cpu_us) - 1) // 2] if cpu_us else None,
         )
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """User + system CPU seconds of the live processes in process group pgid (a server's
+    master and its workers: each server runs in a session of its own)."""
+    ticks = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            stat = (entry / "stat").read_text()
+            fields = stat[stat.rindex(")") + 2 :].split()
+            if int(fields[2]) == pgid:
+                ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 # -- processes ---------------------------------------------------------------------------
@@ -519,33 +537,52 @@ def idle_client_memory(server: Server, port: int, clients: int) -> tuple[int, in
             sock.close()
 
 
+@dataclass(frozen=True)
+class Target:
+    """What one measurement drives: a URL, and the process group that answers it (whose CPU
+    time per request is measured; None for the backend alone)."""
+
+    name: str
+    url: str
+    pgid: int | None = None
+
+
 def measure_rounds(
-    targets: Sequence[tuple[str, str]], settings: Settings, threads: int, core: str | None
+    targets: Sequence[Target], settings: Settings, threads: int, core: str | None
 ) -> dict[str, Measured]:
     """Measure every target once per round, interleaved (so load from elsewhere on the machine
     spreads over all of them), warming each up before its first round; keep each target's
-    median round by requests/s."""
-    runs: dict[str, list[WrkResult]] = {name: [] for name, _ in targets}
+    median round by requests/s, and its median CPU time per request.
+
+    CPU time per request is the steadier figure on a busy machine: others' load takes the
+    proxy's core away (fewer requests/s) without making each request cost more."""
+    runs: dict[str, list[WrkResult]] = {t.name: [] for t in targets}
+    cpu: dict[str, list[float]] = {t.name: [] for t in targets}
     for round_ in range(settings.rounds):
-        for name, url in targets:
+        for target in targets:
             label = f" (round {round_ + 1}/{settings.rounds})" if settings.rounds > 1 else ""
-            print(f"  measuring {name}{label} ...", file=sys.stderr, flush=True)
+            print(f"  measuring {target.name}{label} ...", file=sys.stderr, flush=True)
             if round_ == 0 and settings.warmup > 0:
-                run_wrk(url, settings.warmup, settings.connections, threads, core)
-            runs[name].append(run_wrk(url, settings.duration, settings.connections, threads, core))
-    return {name: Measured.of(results) for name, results in runs.items()}
+                run_wrk(target.url, settings.warmup, settings.connections, threads, core)
+            before = group_cpu_seconds(target.pgid) if target.pgid else 0.0
+            result = run_wrk(target.url, settings.duration, settings.connections, threads, core)
+            if target.pgid and result.requests:
+                spent = group_cpu_seconds(target.pgid) - before
+                cpu[target.name].append(spent / result.requests * 1e6)
+            runs[target.name].append(result)
+    return {name: Measured.of(results, cpu[name]) for name, results in runs.items()}
 
 
 def start_nginx_proxy(
     procs: Processes, workdir: Path, backend_port: int, workers: int, core: str | None
-) -> int:
+) -> tuple[Server, int]:
     port = free_port()
     name = f"nginx-proxy-{workers}w"
     conf = nginx_proxy_conf(workdir, name, port, backend_port, workers)
     nginx = procs.start(name, pinned(core, ["nginx", "-c", str(conf)]))
     wait_for_port(nginx, port)
     wait_for_ok(nginx, port, REQUEST_PATH, times=1 if workers == 1 else 10)
-    return port
+    return nginx, port
 
 
 @dataclass(frozen=True)
@@ -560,7 +597,7 @@ def one_core(
     procs: Processes, workdir: Path, backend_port: int, settings: Settings
 ) -> tuple[dict[str, Measured], Memory]:
     """The backend alone, then nginx, HAProxy and the balancer, each on core PROXY_CORE."""
-    nginx_port = start_nginx_proxy(procs, workdir, backend_port, 1, PROXY_CORE)
+    nginx, nginx_port = start_nginx_proxy(procs, workdir, backend_port, 1, PROXY_CORE)
     haproxy_port = free_port()
     conf = haproxy_conf(workdir, haproxy_port, backend_port)
     haproxy = procs.start("haproxy", pinned(PROXY_CORE, ["haproxy", "-db", "-f", str(conf)]))
@@ -568,10 +605,14 @@ def one_core(
     wait_for_ok(haproxy, haproxy_port, REQUEST_PATH)
     balancer, balancer_port = start_balancer(procs, workdir, backend_port, 1, PROXY_CORE)
     targets = [
-        ("backend alone", f"http://{HOST}:{backend_port}{REQUEST_PATH}"),
-        ("nginx", f"http://{HOST}:{nginx_port}{REQUEST_PATH}"),
-        ("HAProxy", f"http://{HOST}:{haproxy_port}{REQUEST_PATH}"),
-        ("balancer", f"http://{HOST}:{balancer_port}/aliases/{ALIAS}{REQUEST_PATH}"),
+        Target("backend alone", f"http://{HOST}:{backend_port}{REQUEST_PATH}"),
+        Target("nginx", f"http://{HOST}:{nginx_port}{REQUEST_PATH}", nginx.process.pid),
+        Target("HAProxy", f"http://{HOST}:{haproxy_port}{REQUEST_PATH}", haproxy.process.pid),
+        Target(
+            "balancer",
+            f"http://{HOST}:{balancer_port}/aliases/{ALIAS}{REQUEST_PATH}",
+            balancer.process.pid,
+        ),
     ]
     balancers = [("balancer", balancer, balancer_port)]
     if settings.compare_with is not None:
@@ -579,7 +620,11 @@ def one_core(
             procs, workdir, backend_port, 1, PROXY_CORE, settings.compare_with
         )
         targets.append(
-            ("balancer (compared)", f"http://{HOST}:{other_port}/aliases/{ALIAS}{REQUEST_PATH}")
+            Target(
+                "balancer (compared)",
+                f"http://{HOST}:{other_port}/aliases/{ALIAS}{REQUEST_PATH}",
+                other.process.pid,
+            )
         )
         balancers.append(("balancer (compared)", other, other_port))
     results = measure_rounds(targets, settings, threads=1, core=CLIENT_CORE)
@@ -597,11 +642,15 @@ def two_workers(
     procs: Processes, workdir: Path, backend_port: int, settings: Settings
 ) -> tuple[dict[str, Measured], tuple[int, list[int]]]:
     """nginx with two worker processes against the balancer with two, neither pinned."""
-    nginx_port = start_nginx_proxy(procs, workdir, backend_port, 2, None)
+    nginx, nginx_port = start_nginx_proxy(procs, workdir, backend_port, 2, None)
     balancer, balancer_port = start_balancer(procs, workdir, backend_port, 2, None)
     targets = [
-        ("nginx, 2 workers", f"http://{HOST}:{nginx_port}{REQUEST_PATH}"),
-        ("balancer, 2 workers", f"http://{HOST}:{balancer_port}/aliases/{ALIAS}{REQUEST_PATH}"),
+        Target("nginx, 2 workers", f"http://{HOST}:{nginx_port}{REQUEST_PATH}", nginx.process.pid),
+        Target(
+            "balancer, 2 workers",
+            f"http://{HOST}:{balancer_port}/aliases/{ALIAS}{REQUEST_PATH}",
+            balancer.process.pid,
+        ),
     ]
     results = measure_rounds(targets, settings, threads=2, core=None)
     balancer.check_running()
@@ -619,17 +668,27 @@ def _ratio(numerator: Measured | None, denominator: Measured | None) -> str:
     return f"{numerator.median.requests_per_s / denominator.median.requests_per_s:.2f}"
 
 
+def _cpu_ratio(numerator: Measured | None, denominator: Measured | None) -> str:
+    """The throughput ratio that CPU time per request implies (denominator's cost over the
+    numerator's): what the requests/s ratio would be with each proxy alone on its core."""
+    if numerator is None or denominator is None or not numerator.cpu_us or not denominator.cpu_us:
+        return "n/a"
+    return f"{denominator.cpu_us / numerator.cpu_us:.2f}"
+
+
 def print_table(title: str, results: dict[str, Measured]) -> None:
     print(title)
     rounds = max((len(m.rounds) for m in results.values()), default=1)
     spread = "   requests/s of each round" if rounds > 1 else ""
     header = f"  {'target':<22}{'requests/s':>12}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
+    header += f"{'CPU us/req':>12}"
     print(header + spread)
     print("  " + "-" * (len(header) - 2 + len(spread)))
     for name, m in results.items():
         r = m.median
         line = f"  {name:<22}{r.requests_per_s:>12,.0f}{r.p50_ms:>9.3f}{r.p99_ms:>9.3f}"
         line += f"{m.failures:>8}"
+        line += f"{m.cpu_us:>12.1f}" if m.cpu_us is not None else f"{'':>12}"
         if rounds > 1:
             line += "   " + " ".join(f"{x:,.0f}" for x in m.rounds)
         print(line)
@@ -666,10 +725,19 @@ def report(
         verdict = f"  (target >= {TARGET_RATIO}: {'met' if met else 'NOT met'})"
     print(f"  balancer/nginx   {ratio_nginx}{verdict}")
     print(f"  balancer/HAProxy {_ratio(balancer, single.get('HAProxy'))}")
+    print(
+        f"  by CPU time per request: balancer/nginx {_cpu_ratio(balancer, single.get('nginx'))},"
+        f" balancer/HAProxy {_cpu_ratio(balancer, single.get('HAProxy'))}"
+    )
     compared = single.get("balancer (compared)")
     if compared is not None:
         print(f"  compared ({settings.compare_with})/nginx {_ratio(compared, single.get('nginx'))}")
         print(f"  balancer/compared {_ratio(balancer, compared)}")
+        print(
+            "  by CPU time per request: compared/nginx"
+            f" {_cpu_ratio(compared, single.get('nginx'))},"
+            f" balancer/compared {_cpu_ratio(balancer, compared)}"
+        )
     print()
     print_table(
         f"Two workers, NOT pinned: the proxy's 2 processes and wrk -t2 -c{c} -d{d:g}s share "
@@ -678,6 +746,8 @@ def report(
     )
     ratio_two = _ratio(double.get("balancer, 2 workers"), double.get("nginx, 2 workers"))
     print(f"  balancer/nginx   {ratio_two}")
+    cpu_two = _cpu_ratio(double.get("balancer, 2 workers"), double.get("nginx, 2 workers"))
+    print(f"  by CPU time per request: balancer/nginx {cpu_two}")
     print()
     _, one = single_memory.peak
     parent, workers = double_memory

@@ -72,11 +72,12 @@ def project(docker_client: Any) -> Iterator[str]:
         for filters in (built_for, selector)
         for image in docker_client.api.images(filters=filters)
     }
+    from gitops_nodes.runtime.docker import image_names, project_sockets  # the Docker SDK
+
     for image in images.values():
-        for tag in image.get("RepoTags") or [image["Id"]]:
+        for tag in image_names(image):
             with contextlib.suppress(docker.errors.NotFound):
                 docker_client.api.remove_image(tag, force=True)
-    from gitops_nodes.runtime.docker import project_sockets  # imports the Docker SDK
 
     shutil.rmtree(project_sockets(name), ignore_errors=True)
 

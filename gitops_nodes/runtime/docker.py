@@ -125,6 +125,17 @@ def log_config(config: InstanceConfig) -> dict[str, Any]:
     return {"Type": "json-file", "Config": {"max-size": str(size), "max-file": str(files)}}
 
 
+# How the engine lists a dangling image's tags (one that a rebuild under its tag left behind).
+UNTAGGED = "<none>:<none>"
+
+
+def image_names(image: dict[str, Any]) -> list[str]:
+    """The names to remove an image by, from the engine's image listing: its tags, or its id
+    when it has none (the name `<none>:<none>` is not a reference the engine takes)."""
+    tags = [tag for tag in image.get("RepoTags") or () if tag != UNTAGGED]
+    return tags or [image["Id"]]
+
+
 class DockerRuntime:
     """Instances as containers on a single Docker engine."""
 
@@ -154,7 +165,7 @@ class DockerRuntime:
             images = self.api.images(name=BUILD_REPOSITORY)
         except ENGINE_ERRORS as exc:
             raise engine_error(f"listing images failed: {exc}", exc) from exc
-        return {tag for image in images for tag in image.get("RepoTags") or ()}
+        return {tag for image in images for tag in image.get("RepoTags") or () if tag != UNTAGGED}
 
     def build_image(self, project: str, root: Path, request: BuildRequest) -> None:
         if request.python is None:
@@ -383,7 +394,7 @@ class DockerRuntime:
         except ENGINE_ERRORS as exc:
             raise engine_error(f"listing images failed: {exc}", exc) from exc
         for image in found.values():
-            for tag in image.get("RepoTags") or [image["Id"]]:
+            for tag in image_names(image):
                 try:
                     self.api.remove_image(tag)
                     removed.append(tag)

@@ -132,14 +132,18 @@ class SpecLoader:
 
     The cache is keyed by each file's path in the repository and the digest of its bytes, not
     by where the repository is on disk: watch checks every commit out into a folder of its
-    own, and an unchanged file is a hit there too. It holds at most max_bytes of source YAML
-    (CACHE_BYTES by default), the least recently used files leaving first.
+    own, and an unchanged file is a hit there too. It holds the files of the last two loads
+    only (a file that changed in every commit would otherwise fill it, commit by commit), and
+    at most max_bytes of source YAML (CACHE_BYTES by default), the least recently used files
+    leaving first.
     """
 
     def __init__(self, read_keys: bool = True, max_bytes: int = CACHE_BYTES) -> None:
         self._cache: OrderedDict[tuple[str, str], _FileResult] = OrderedDict()
         self._cached_bytes = 0
         self.max_bytes = max_bytes
+        self._used: set[tuple[str, str]] = set()  # keys the load under way read
+        self._used_before: set[tuple[str, str]] = set()  # and those the load before it read
         # Without read_keys, private targets' keys are neither read nor required and their
         # access stays None: for commands that only look (status), not publish.
         self.read_keys = read_keys
@@ -152,7 +156,17 @@ class SpecLoader:
     def load(self, root: Path) -> DesiredState:
         """The repository's desired state; raises SpecErrors listing every problem found."""
         with gc_paused():
-            return self._load(root)
+            try:
+                return self._load(root)
+            finally:
+                self._forget_unused()
+
+    def _forget_unused(self) -> None:
+        """Drop the files that neither this load nor the one before it read."""
+        keep = self._used | self._used_before
+        for key in [key for key in self._cache if key not in keep]:
+            self._cached_bytes -= self._cache.pop(key).size
+        self._used_before, self._used = self._used, set()
 
     def _load(self, root: Path) -> DesiredState:
         root = root.resolve()
@@ -184,6 +198,7 @@ class SpecLoader:
 
     def _parse(self, root: Path, relative: str, data: bytes) -> _FileResult:
         key = (relative, hashlib.sha1(data).hexdigest())
+        self._used.add(key)
         cached = self._cache.get(key)
         if cached is not None:
             self._cache.move_to_end(key)

@@ -21,7 +21,7 @@ from typing import Any
 import docker
 import pytest
 
-from gitops_nodes.runtime.docker import DockerRuntime
+from gitops_nodes.runtime.docker import DockerRuntime, image_names
 from gitops_nodes.statedir import StateDir
 from tests.conftest import APP_DIR
 
@@ -221,6 +221,6 @@ def swarm_project(swarm: str, docker_client: Any) -> Iterator[str]:
     built_for = {"label": [f"io.gitops-nodes.built-for={name}"]}  # images: not the project's
     images = {i["Id"]: i for f in (built_for, selector) for i in api.images(filters=f)}
     for image in images.values():
-        for tag in image.get("RepoTags") or [image["Id"]]:
+        for tag in image_names(image):
             with contextlib.suppress(docker.errors.NotFound):
                 api.remove_image(tag, force=True)

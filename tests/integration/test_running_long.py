@@ -4,6 +4,7 @@ still shows its newest lines; watch keeps quiet polls out of its log; destroy le
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from typing import Any
 
 from gitops_nodes.runtime.docker import DockerRuntime
 from gitops_nodes.statedir import StateDir
+from tests.conftest import BASE_IMAGE
 
 from .helpers import Watch, alias_yaml, apply, node_yaml
 
@@ -101,3 +103,27 @@ def git_head(watcher: Watch) -> str:
     return subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=watcher.repo, capture_output=True, text=True, check=True
     ).stdout.strip()
+
+
+def test_destroy_removes_a_built_image_that_a_rebuild_left_untagged(
+    runtime: DockerRuntime, project: str, docker_client: Any
+) -> None:
+    """A rebuild under the same tag leaves the earlier image dangling (`<none>:<none>` in the
+    engine's listing): destroy removes it by id instead of failing on that name."""
+    tag = f"gitops-nodes-test/{project}:same"
+    for generation in ("1", "2"):
+        dockerfile = (
+            f"FROM {BASE_IMAGE}\n"
+            f"LABEL io.gitops-nodes.built-for={project} generation={generation}\n"
+        )
+        for _ in docker_client.api.build(
+            fileobj=io.BytesIO(dockerfile.encode()), tag=tag, rm=True, decode=True
+        ):
+            pass
+    selector = {"label": [f"io.gitops-nodes.built-for={project}"]}
+    assert len(docker_client.api.images(filters=selector)) == 2  # one of them dangling
+    cleanup = runtime.remove_images(project)
+    assert docker_client.api.images(filters=selector) == []
+    assert cleanup.left == ()
+    assert tag in cleanup.removed
+    assert "<none>:<none>" not in cleanup.removed

@@ -398,6 +398,21 @@ def test_the_cache_stays_under_its_bound(tmp_path: Path) -> None:
     assert 0 < loader.cached_bytes <= 10 * size
 
 
+def test_the_cache_keeps_only_the_last_two_loads_files(tmp_path: Path) -> None:
+    """A file that changes in every commit (alias weights) must not grow the cache commit by
+    commit: what neither of the last two loads read is dropped, far below the byte bound."""
+    (tmp_path / "web.yaml").write_text(WEB)
+    loader = SpecLoader()
+    sizes = []
+    for index in range(20):
+        (tmp_path / "api.yaml").write_text(WEB.replace("web", f"api{index:02d}"))
+        loader.load(tmp_path)
+        sizes.append(loader.cached_bytes)
+    web, api = (len((tmp_path / name).read_bytes()) for name in ("web.yaml", "api.yaml"))
+    # web.yaml and the api.yaml of the last two loads, from the second load on.
+    assert sizes[1:] == [web + 2 * api] * 19
+
+
 @pytest.mark.parametrize("first_line", ["# plain ASCII\n", "# café, not ASCII\n"])
 def test_a_problem_deep_in_a_long_file_gets_its_own_line(
     write_repo: WriteRepo, first_line: str
