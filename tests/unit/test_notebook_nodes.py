@@ -174,3 +174,25 @@ def test_a_checkpoint_that_fails_to_load_names_the_versions_it_was_made_with(
     message = str(caught.value)
     assert "ModuleNotFoundError" in message
     assert "made with no-such-dist-here 9.9 (here not installed)" in message, message
+
+
+def test_plan_warns_when_the_image_would_load_the_checkpoint_with_other_versions(
+    tmp_path: Path,
+) -> None:
+    from gitops_nodes.live import LiveState
+    from gitops_nodes.plan import make_plan
+    from gitops_nodes.render import render_text
+
+    (tmp_path / "analysis.ipynb").write_text(notebook(CELLS))
+    with (tmp_path / "state.pkl").open("wb") as file:
+        pickle.dump(make_header("3.11.7", {"numpy": "2.1.0"}), file)
+        pickle.dump({"unused": 1}, file)
+    text = spec("predict") + '    checkpoint: state.pkl\n    packages: ["numpy==2.4.6"]\n'
+    (tmp_path / "spec.yaml").write_text(text)
+
+    desired = load_spec(tmp_path)
+    plan = make_plan("p", desired, LiveState(project="p", instances=(), images=frozenset()))
+
+    warning = "node scorer: its checkpoint was made with numpy 2.1.0, the image gets numpy==2.4.6"
+    assert plan.warnings == (warning,)
+    assert f"Warnings:\n  ! {warning}\n" in render_text(plan.to_json())
