@@ -224,6 +224,7 @@ def test_an_mlflow_alias_move_is_a_change_plan_shows(
     plan = make_plan(project, load_spec(root), workflow.observe(runtime, project, state))
     assert plan.empty
     assert "models:/scale@champion → version 1" in render_text(plan.to_json())
+    assert [s["fetched"] for s in plan.to_json()["sources"]] == [False]  # the cache had it
 
     registry.move_alias("champion", 2)  # a promotion: no commit, no change to the repo
     plan = make_plan(project, load_spec(root), workflow.observe(runtime, project, state))
