@@ -9,18 +9,19 @@ SIGKILL), `gitops-nodes destroy` of its project with the same --state-dir (which
 the image the project built), `docker rm -f` of any container still labelled with the project
 or with the benchmark's own label, then the temporary folder.
 
-1. example-repo/ is copied to a temp folder and cut down to nodes iris and iris-batched
-   (instances: 1 each) and their aliases. A marker comment is appended to the copy's code
-   files: image tags are content hashes shared by all projects, so without it the apply
-   would re-tag the image of an `example-repo` project running on the same engine and
-   destroy would then remove it. The copy is applied under a project name of its own and
-   served by `gitops-nodes serve` (free ports on 127.0.0.1, one worker), pinned with wrk to
-   core 1: the instance's core is its own, as where the balancer runs on CPUs of its own.
+1. example-repo/ is copied to a temp folder and cut down to nodes iris (its request code a
+   notebook's cell) and iris-batched (instances: 1 each) and their aliases. A marker
+   comment is appended to the copy's request code (the notebook's cell, or the code file):
+   image tags are content hashes shared by all projects, so without it the apply would
+   re-tag the image of an `example-repo` project running on the same engine and destroy
+   would then remove it. The copy is applied under a project name of its own and served by
+   `gitops-nodes serve` (free ports on 127.0.0.1, one worker), pinned with wrk to core 1:
+   the instance's core is its own, as where the balancer runs on CPUs of its own.
    Unpinned, the scheduler moved it onto the instance's core from run to run, and the alias
    figure measured that sharing.
 2. In the node's own image, one `docker run -i --rm --cpuset-cpus 0` container that stays up
    for the whole run: the checkpoint's load time in a fresh interpreter (`import sklearn`
-   plus `pickle.load` of model.pkl, the median of 3), then the in-process loop: predict.py
+   plus loading model.pkl, the median of 3), then the in-process loop: the request code
    compiled once and exec'd in a loop in the namespace the checkpoint fills, with one sample
    (as the runtime runs it, without HTTP and JSON), for as long as each line on its standard
    input asks. Between those slices it waits, using no CPU.
@@ -144,7 +145,8 @@ config = json.load(open("/app/node.json"))
 checkpoint, code_path = "/app/" + config["checkpoint"], "/app/" + config["code"]
 LOAD = (
     "import time; start = time.perf_counter(); import pickle, sklearn; "
-    f"state = pickle.load(open({checkpoint!r}, 'rb')); print(time.perf_counter() - start)"
+    "from gitops_nodes.pynode.node import load_checkpoint; from pathlib import Path; "
+    f"state = load_checkpoint(Path({checkpoint!r})); print(time.perf_counter() - start)"
 )
 loads = [
     float(subprocess.run([sys.executable, "-c", LOAD], capture_output=True, text=True,
@@ -152,7 +154,9 @@ loads = [
     for _ in range(int(sys.argv[2]))
 ]
 namespace = {"__name__": "__main__"}
-namespace.update(pickle.load(open(checkpoint, "rb")))
+from gitops_nodes.pynode.node import load_checkpoint  # a header of versions, then the state
+from pathlib import Path
+namespace.update(load_checkpoint(Path(checkpoint)))
 code = compile(open(code_path).read(), code_path, "exec")
 namespace["measurements"] = SAMPLE
 def loop(seconds):
@@ -206,15 +210,23 @@ def make_repo(target: Path, batched: bool) -> float:
             for document in keep if kind == "Node" else ():
                 spec = document["spec"]
                 spec["instances"] = 1
-                code = (path.parent / spec["python"]["code"]).resolve()
+                python = spec["python"]
                 text = MARKER
-                if "batch" in spec["python"]:
+                if "batch" in python:
                     # The probe reads each request's batch size (see the docstring).
-                    spec["python"]["outputs"]["batch_size"] = "int"
+                    python["outputs"]["batch_size"] = "int"
                     text += "batch_size = [len(measurements)] * len(measurements)\n"
-                    delay = parse_ms(spec["python"]["batch"].get("maxDelay", "2ms")) / 1000
-                with code.open("a") as file:
-                    file.write(text)
+                    delay = parse_ms(python["batch"].get("maxDelay", "2ms")) / 1000
+                if "notebook" in python:  # the marker goes at the end of the request cell
+                    notebook = (path.parent / python["notebook"]).resolve()
+                    data = json.loads(notebook.read_text())
+                    for cell in data["cells"]:
+                        if python["cell"] in cell["metadata"].get("tags", []):
+                            cell["source"] = "".join(cell["source"]) + "\n" + text
+                    notebook.write_text(json.dumps(data))
+                else:
+                    with (path.parent / python["code"]).resolve().open("a") as file:
+                        file.write(text)
                 found.add(document["metadata"]["name"])
             path.write_text(yaml.safe_dump_all(keep, sort_keys=False))
     if found != nodes:

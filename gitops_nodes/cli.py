@@ -326,6 +326,23 @@ def _parser() -> argparse.ArgumentParser:
 
     sub = command("schema", "Print the JSON Schema of a spec document.")
     sub.set_defaults(command=_schema)
+
+    sub = command(
+        "checkpoint",
+        "Run a notebook in a kernel of this environment and save the variables a python node "
+        "starts from (cloudpickle, with the Python and package versions recorded).",
+    )
+    sub.add_argument("notebook", type=_path_arg, help="the .ipynb file")
+    sub.add_argument("--vars", required=True, help="the variables to save, comma-separated")
+    sub.add_argument("-o", "--output", type=_path_arg, required=True, help="the file to write")
+    sub.add_argument(
+        "--cell",
+        default=None,
+        help="stop before the code cell with this tag or id (the node's request code); "
+        "default: run every cell",
+    )
+    sub.add_argument("--timeout", default="10m", help="a cell's time limit (10m)")
+    sub.set_defaults(command=_checkpoint)
     return parser
 
 
@@ -923,6 +940,32 @@ def _schema(args: argparse.Namespace) -> int:
     from gitops_nodes.spec.schema import schema_text
 
     print(schema_text(), end="")
+    return EXIT_OK
+
+
+def _checkpoint(args: argparse.Namespace) -> int:
+    import keyword
+
+    from pydantic_core import PydanticCustomError
+
+    from gitops_nodes.notebook import run_checkpoint
+    from gitops_nodes.spec.models import parse_duration
+
+    names = [name.strip() for name in args.vars.split(",") if name.strip()]
+    bad = [n for n in names if not n.isidentifier() or keyword.iskeyword(n)]
+    if not names or bad:
+        print(
+            f"error: --vars: expected Python variable names separated by commas, got {args.vars!r}",
+            file=sys.stderr,
+        )
+        return EXIT_CHANGES  # argparse's exit code for a usage error
+    try:
+        timeout = parse_duration(args.timeout)
+    except PydanticCustomError as exc:
+        print(f"error: --timeout: {exc.message()}, got {args.timeout!r}", file=sys.stderr)
+        return EXIT_CHANGES
+    written = run_checkpoint(args.notebook, names, args.output, args.cell, timeout)
+    print(f"saved {', '.join(names)} from {args.notebook} to {written}")
     return EXIT_OK
 
 

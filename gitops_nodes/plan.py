@@ -113,6 +113,9 @@ class Plan:
     # The project's containers another state directory owns: the plan never touches them.
     left_alone: tuple[LiveInstance, ...] = ()
     edges: tuple[tuple[str, str], ...] = ()  # (before, after) step ids
+    # What each node's model sources resolved to, and version warnings (DesiredNode's).
+    sources: tuple[dict[str, Any], ...] = ()
+    warnings: tuple[str, ...] = ()
 
     @cached_property
     def graph(self) -> Any:
@@ -176,6 +179,8 @@ class Plan:
             ],
             "summary": {"add": add, "change": change, "destroy": destroy},
             "leftAlone": [_left_alone_json(i) for i in self.left_alone],
+            "sources": list(self.sources),
+            "warnings": list(self.warnings),
         }
 
 
@@ -207,6 +212,18 @@ def make_plan(project: str, desired: DesiredState, live: LiveState) -> Plan:
             live.digest([n.build.tag for n in desired.nodes.values() if n.build is not None]),
             live.foreign,
             tuple(builder.edges),
+            tuple(
+                {
+                    "node": n.name,
+                    "field": v.field,
+                    "source": v.source,
+                    "resolved": v.resolved,
+                    "fetched": v.fetched,
+                }
+                for n in desired.nodes.values()
+                for v in n.sources
+            ),
+            tuple(w for n in desired.nodes.values() for w in n.warnings),
         )
         if builder.steps:
             _ = plan.graph  # built here, where planning's cost is measured

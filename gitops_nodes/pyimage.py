@@ -71,7 +71,17 @@ def assemble(root: Path, build: PythonBuild, base: str, folder: Path) -> None:
         if relative is not None:
             target = app / "code" / relative
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(root / relative, target)
+            if relative == build.code and build.code_text is not None:
+                target.write_text(build.code_text)  # a notebook's cell
+            else:
+                shutil.copyfile(root / relative, target)
+    for item in build.fetched:  # from the source cache (or the repo, for files)
+        target = app / item.destination
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if item.tree:
+            shutil.copytree(item.path, target)
+        else:
+            shutil.copyfile(item.path, target)
     (app / "node.json").write_text(build.config)
     for path in runtime_files():
         target = folder / "runtime" / path.relative_to(PACKAGE.parent)

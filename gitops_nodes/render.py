@@ -33,8 +33,9 @@ _TRANSITION_LEGEND = {
 def render_text(plan: dict[str, Any]) -> str:
     """Terraform's habit: a legend, each change with the fields that differ, then a count."""
     changes = plan["changes"]
+    head = _sources_text(plan)
     if not changes:
-        return "No changes. The live state matches the spec.\n" + _left_alone_text(plan)
+        return head + "No changes. The live state matches the spec.\n" + _left_alone_text(plan)
     present = [glyph for glyph in _LEGEND if any(c["action"] == glyph for c in changes)]
     moves = [t for t in _TRANSITION_LEGEND if any(c.get("transition") == t for c in changes)]
     lines = [
@@ -53,7 +54,27 @@ def render_text(plan: dict[str, Any]) -> str:
         f"Plan: {summary['add']} to add, {summary['change']} to change, "
         f"{summary['destroy']} to destroy."
     )
-    return "\n".join(lines) + "\n" + _left_alone_text(plan)
+    return head + "\n".join(lines) + "\n" + _left_alone_text(plan)
+
+
+def _sources_text(plan: dict[str, Any]) -> str:
+    """What the nodes' model sources resolved to, and the version warnings, before the plan."""
+    lines = []
+    sources = plan.get("sources") or []
+    if sources:
+        lines.append("Model sources:")
+        lines.extend(
+            f"  {s['node']} {s['field']}: {s['source']} → {s['resolved']}"
+            + (" (fetched now)" if s.get("fetched") else "")
+            for s in sources
+        )
+        lines.append("")
+    warnings = plan.get("warnings") or []
+    if warnings:
+        lines.append("Warnings:")
+        lines.extend(f"  ! {warning}" for warning in warnings)
+        lines.append("")
+    return "\n".join(lines) + "\n" if lines else ""
 
 
 def _left_alone_text(plan: dict[str, Any]) -> str:

@@ -11,7 +11,8 @@ The file (``/app/node.json`` in images) is an object::
       "traceback": false,                # show user tracebacks in 500 answers (optional)
       "name": "iris", "version": "1",    # the OpenAPI document's title and version (optional)
       "batch": {"maxSize": 64, "maxDelay": 0.002, "numpy": false},  # dynamic batching (optional)
-      "allowNonFinite": false            # NaN and infinities in outputs answered as null (optional)
+      "allowNonFinite": false,           # NaN and infinities in outputs answered as null (optional)
+      "models": {"model": "models/model"}  # MLflow models loaded as pyfunc into variables
     }
 
 Relative paths are read from the config file's folder. Loading compiles the code and the
@@ -46,6 +47,7 @@ KEYS = frozenset(
         "version",
         "batch",
         "allowNonFinite",
+        "models",
     }
 )
 BATCH_KEYS = frozenset({"maxSize", "maxDelay", "numpy"})
@@ -89,6 +91,7 @@ class NodeConfig:
     version: str = "1"
     batch: Batching | None = None  # None: one request, one run of the code
     allow_non_finite: bool = False  # NaN and infinities in outputs are null, not a 500
+    models: tuple[tuple[str, Path], ...] = ()  # (variable, MLflow model folder)
 
 
 def load_config(path: str | Path) -> NodeConfig:
@@ -136,6 +139,7 @@ def parse_config(data: object, base: Path, source: str = "the node config") -> N
     setup = _compile(setup_path, "set-up code")[1] if setup_path is not None else None
     if checkpoint is not None and not checkpoint.is_file():
         raise ConfigError(f"{source}: the checkpoint file {checkpoint} does not exist")
+    models = _models(data, base, source)
     return NodeConfig(
         source=source,
         code_path=code_path,
@@ -150,6 +154,7 @@ def parse_config(data: object, base: Path, source: str = "the node config") -> N
         version=version,
         batch=batch,
         allow_non_finite=allow_non_finite,
+        models=models,
     )
 
 
@@ -183,6 +188,16 @@ def _path(
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{source}: {key!r} must be the path of a file")
     return base / value
+
+
+def _models(data: dict[str, Any], base: Path, source: str) -> tuple[tuple[str, Path], ...]:
+    declared = data.get("models", {})
+    if not isinstance(declared, dict) or not all(
+        isinstance(k, str) and k.isidentifier() and isinstance(v, str) and v
+        for k, v in declared.items()
+    ):
+        raise ConfigError(f"{source}: 'models' must be an object of {{variable: folder}}")
+    return tuple((name, base / folder) for name, folder in declared.items())
 
 
 def _text(data: dict[str, Any], key: str, default: str, source: str) -> str:

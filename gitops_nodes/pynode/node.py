@@ -23,6 +23,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from gitops_nodes.pynode.checkpoints import read_header
 from gitops_nodes.pynode.codec import DECODE_ERRORS, ENCODE_ERRORS, Codec, default_codec
 from gitops_nodes.pynode.config import NodeConfig, Variable
 from gitops_nodes.pynode.errors import PrepareError
@@ -438,8 +439,10 @@ def _numpy_asarray() -> Callable[[list[Any]], Any]:
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """The variables saved in a checkpoint file (a pickled dict of {name: value})."""
+    header = None
     try:
         with path.open("rb") as file:
+            header = read_header(file)
             state = pickle.load(file)
     except OSError as exc:
         raise PrepareError(f"cannot read the checkpoint {path}: {exc.strerror or exc}") from exc
@@ -451,7 +454,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
                 "packages; cloudpickle checkpoints also need cloudpickle)"
             )
         raise PrepareError(
-            f"the checkpoint {path} cannot be loaded: {type(exc).__name__}: {_message(exc)}" + hint
+            f"the checkpoint {path} cannot be loaded: {type(exc).__name__}: {_message(exc)}"
+            + hint
+            + version_differences(header)
         ) from exc
     if not isinstance(state, dict) or not all(isinstance(key, str) for key in state):
         raise PrepareError(
@@ -462,11 +467,61 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return {k: v for k, v in state.items() if not (k.startswith("__") and k.endswith("__"))}
 
 
+def version_differences(header: dict[str, Any] | None) -> str:
+    """Where this interpreter differs from the one that made a checkpoint, as a sentence."""
+    if header is None:
+        return ""
+    import importlib.metadata
+    import platform
+
+    found = []
+    made = str(header.get("python", ""))
+    here = platform.python_version()
+    if made and made.rsplit(".", 1)[0] != here.rsplit(".", 1)[0]:
+        found.append(f"Python {made} (here {here})")
+    packages = header.get("packages")
+    for name, version in packages.items() if isinstance(packages, dict) else ():
+        try:
+            installed = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            installed = "not installed"
+        if installed != version:
+            found.append(f"{name} {version} (here {installed})")
+    if not found:
+        return ""
+    return (
+        "; the checkpoint was made with "
+        + ", ".join(found)
+        + ": pin those versions in the node's packages"
+    )
+
+
+def load_models(models: Iterable[tuple[str, Path]], namespace: dict[str, Any]) -> None:
+    """MLflow models loaded as pyfunc into their variables (mlflow must be in the image)."""
+    for name, path in models:
+        try:
+            import mlflow.pyfunc  # type: ignore[import-not-found,unused-ignore]
+
+            namespace[name] = mlflow.pyfunc.load_model(str(path))
+        except ImportError as exc:
+            raise PrepareError(
+                f"model {name!r} ({path}) needs mlflow in the image: add mlflow-skinny (and "
+                f"what the model needs) to the node's packages ({type(exc).__name__}: "
+                f"{_message(exc)})"
+            ) from exc
+        except Exception as exc:
+            raise PrepareError(
+                f"model {name!r} ({path}) cannot be loaded as an MLflow pyfunc: "
+                f"{type(exc).__name__}: {_message(exc)}"
+            ) from exc
+
+
 def prepare(config: NodeConfig, codec: Codec | None = None, max_response: int = MAX_BYTES) -> Node:
     """Build a node's namespace: its checkpoint's variables, then its set-up code run once."""
     namespace: dict[str, Any] = {"__name__": "__main__"}
     if config.checkpoint is not None:
         namespace.update(load_checkpoint(config.checkpoint))
+    load_models(config.models, namespace)
     if config.setup is not None:
         try:
             exec(config.setup, namespace)

@@ -51,9 +51,15 @@ def python_digest(root: Path, build: PythonBuild) -> str:
     digest = hashlib.sha256(f"python\0{build.base_image}\0{build.config}\0".encode())
     digest.update("\0".join(build.packages).encode())
     for relative in (build.code, build.checkpoint, build.setup):
-        if relative is not None:
-            digest.update(f"\0{relative}\0".encode())
+        if relative is None:
+            continue
+        digest.update(f"\0{relative}\0".encode())
+        if relative == build.code and build.code_text is not None:
+            digest.update(build.code_text.encode())  # a notebook's cell
+        else:
             _hash_file(digest, inside(root, relative), relative)
+    for item in build.fetched:  # verified content digests: large models are not read again
+        digest.update(f"\0fetched\0{item.destination}\0{item.digest}\0{item.tree}".encode())
     # How the image is assembled (pyimage.py's Dockerfile) is part of what goes in, too.
     for path in [*runtime_files(), PACKAGE / "pyimage.py"]:
         digest.update(f"\0{path.relative_to(PACKAGE.parent).as_posix()}\0".encode())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -20,9 +21,15 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from balancer.table import Timeouts
+from gitops_nodes.checkpoint import requirement_warnings, version_warnings
 from gitops_nodes.gcpause import gc_paused
+from gitops_nodes.notebook import NotebookError, cell_code
+from gitops_nodes.pynode.checkpoints import header_of
 from gitops_nodes.pynode.config import parse_config
 from gitops_nodes.pynode.errors import PyNodeError
+from gitops_nodes.sources.cache import file_digest
+from gitops_nodes.sources.resolve import Resolved, SourceError
+from gitops_nodes.sources.resolve import resolve as resolve_source
 from gitops_nodes.spec.access import resolve_access
 from gitops_nodes.spec.context import build_tag, context_digest, python_digest
 from gitops_nodes.spec.errors import SpecErrors, SpecProblem
@@ -32,7 +39,9 @@ from gitops_nodes.spec.models import (
     KINDS,
     PYTHON_PORT,
     SETTINGS_FILE,
+    SOURCE_TAGS,
     AliasDocument,
+    ModelSource,
     NodeDocument,
     PythonSource,
     Telemetry,
@@ -41,6 +50,7 @@ from gitops_nodes.spec.repofiles import (
     IGNORE_FILE,
     IgnoreRules,
     ReadError,
+    inside,
     read_file,
     walk_yaml,
 )
@@ -51,8 +61,10 @@ from gitops_nodes.spec.state import (
     DesiredAlias,
     DesiredNode,
     DesiredState,
+    Fetched,
     PythonBuild,
     Source,
+    SourceView,
 )
 from gitops_nodes.spec.state import (
     IgnoredFile as Ignored,
@@ -80,6 +92,12 @@ _VALIDATOR_FIELD = {
     "admin_port": "adminPort",
     "notification_hmac": "hmacKey",
     "notification_events": "events",
+    "python_code": "code",
+    "notebook_cell": "cell",
+    "python_models": "models",
+    "mlflow_version": "version",
+    "model_source": "url",
+    "source_sha256": "sha256",
 }
 
 
@@ -279,7 +297,7 @@ def _parse_file(root: Path, relative: str, data: bytes) -> _FileResult:
             if python is not None:
                 trouble = _check_python(root, python)
                 if trouble is not None:
-                    failures.append((index, ("spec", "python", "code"), trouble, False))
+                    failures.append((index, ("spec", "python", trouble[0]), trouble[1], False))
                     continue
             if _builds(document):
                 has_build = True  # reads other files: never cached by this file's bytes
@@ -334,9 +352,11 @@ def _not_ours(documents: list[Any]) -> str:
 
 def _describe(error: Any, model: type[BaseModel]) -> tuple[_Loc, str, bool]:
     """A pydantic error as (field path, what was expected, whether to point at the key)."""
-    loc: _Loc = tuple(error["loc"])
+    # The union tags pydantic puts in error locations (a repo file's or a model source's kind,
+    # an env entry's shape) name no field.
+    loc: _Loc = tuple(part for part in error["loc"] if part not in SOURCE_TAGS)
     if loc[1:2] == ("env",) and len(loc) > 3 and loc[3] in ("literal", "secret"):
-        loc = loc[:3] + loc[4:]  # the env entry's shape, which pydantic names: not a field
+        loc = loc[:3] + loc[4:]
     kind = error["type"]
     ctx = error.get("ctx") or {}
     given = error.get("input")
@@ -391,6 +411,7 @@ _CUSTOM_WITH_INPUT = {
     "env_name",
     "image_reference",
     "url_path",
+    "file_name",  # (never source_url's: a URL may hold a password written by mistake)
 }
 describe_error = _describe  # for the settings file's errors
 
@@ -527,16 +548,18 @@ def _field_path(loc: _Loc) -> str:
     return text
 
 
-def _python_config(python: PythonSource) -> dict[str, Any]:
-    """The node.json a python node's image carries (paths as they are inside the image)."""
+def _python_config(
+    python: PythonSource, code: str, checkpoint: str | None, models: dict[str, str]
+) -> dict[str, Any]:
+    """The node.json a python node's image carries (paths as they are inside /app)."""
     config: dict[str, Any] = {
-        "code": "code/" + python.code,
+        "code": code,
         "inputs": python.inputs,
         "outputs": python.outputs,
         "traceback": python.traceback,
     }
-    if python.checkpoint is not None:
-        config["checkpoint"] = "code/" + python.checkpoint
+    if checkpoint is not None:
+        config["checkpoint"] = checkpoint
     if python.setup is not None:
         config["setup"] = "code/" + python.setup
     # Written only when set, so a node without them keeps its image tag (and instances).
@@ -548,36 +571,137 @@ def _python_config(python: PythonSource) -> dict[str, Any]:
         }
     if python.allow_non_finite:
         config["allowNonFinite"] = True
+    if models:
+        config["models"] = models
     return config
 
 
-def _check_python(root: Path, python: PythonSource) -> str | None:
-    """What is wrong with a python node's code and variables, checked as its image will:
-    an input or output the code never mentions is an error here, not at run time."""
-    config = _python_config(python)
-    for key in ("code", "checkpoint", "setup"):
-        if key in config:
-            config[key] = config[key].removeprefix("code/")
+def _code_name(python: PythonSource) -> str:
+    """The request code's path in the repository, or for a notebook's cell a name beside it."""
+    if python.notebook is not None:
+        return f"{python.notebook}.{python.cell}.py"
+    assert python.code is not None  # the model requires code or notebook
+    return python.code
+
+
+def _cell_code(root: Path, python: PythonSource) -> str | None:
+    """A notebook node's request code (NotebookError when the cell is not there)."""
+    if python.notebook is None or python.cell is None:
+        return None
+    return cell_code(root / python.notebook, python.cell, python.notebook)
+
+
+def _check_python(root: Path, python: PythonSource) -> tuple[str, str] | None:
+    """(field, what is wrong) with a python node's code and variables, checked as its image
+    will: an input or output the code never mentions is an error here, not at run time."""
     try:
-        parse_config(config, root, source=f"python node code {python.code}")
-    except PyNodeError as exc:
-        return str(exc)
+        text = _cell_code(root, python)
+    except NotebookError as exc:
+        return "cell", str(exc)
+    checkpoint = python.checkpoint if isinstance(python.checkpoint, str) else None
+    with tempfile.TemporaryDirectory() as scratch:
+        code = python.code or ""
+        if text is not None:
+            code = str(Path(scratch) / Path(_code_name(python)).name)
+            Path(code).write_text(text)
+        config = _python_config(python, code, checkpoint, {})
+        if python.setup is not None:
+            config["setup"] = python.setup
+        shown = python.code or f"cell {python.cell!r} of {python.notebook}"
+        try:
+            parse_config(config, root, source=f"python node code {shown}")
+        except PyNodeError as exc:
+            return ("cell" if text is not None else "code"), str(exc).replace(code, shown)
     return None
+
+
+SOURCE_PROBLEM = "cannot fetch"  # starts the message of a source that could not be fetched
+
+
+class _SourceProblem(Exception):
+    """A node's source that could not be resolved: the field and what went wrong."""
+
+    def __init__(self, loc: _Loc, message: str) -> None:
+        super().__init__(message)
+        self.loc = loc
+        self.message = message
+
+
+def _python_build(
+    root: Path, name: str, python: PythonSource
+) -> tuple[PythonBuild, tuple[SourceView, ...], tuple[str, ...]]:
+    """A python node's image recipe, with its sources fetched (or found in the cache), what
+    they resolved to, and how the versions they were made with differ from the image's."""
+    fetched: list[Fetched] = []
+    views: list[SourceView] = []
+    warnings: list[str] = []
+    packages = tuple(python.packages)
+
+    def resolve(source: ModelSource, loc: _Loc, shown: str) -> Resolved:
+        try:
+            resolved = resolve_source(source, shown)
+        except SourceError as exc:
+            raise _SourceProblem(
+                ("spec", "python", *loc),
+                f"node {name}: {SOURCE_PROBLEM} {shown}: {exc}; nothing was applied",
+            ) from None
+        views.append(SourceView(shown, resolved.shown, resolved.resolved, resolved.fetched))
+        for warning in requirement_warnings(resolved.requirements, packages):
+            warnings.append(f"node {name}: {shown} {source.shown()} was {warning}")
+        return resolved
+
+    checkpoint: str | None = None
+    header_path: Path | None = None
+    if isinstance(python.checkpoint, ModelSource):
+        resolved = resolve(python.checkpoint, ("checkpoint",), "checkpoint")
+        checkpoint = "sources/checkpoint"
+        fetched.append(Fetched(checkpoint, str(resolved.entry.path), resolved.entry.digest))
+        header_path = resolved.entry.path
+    elif python.checkpoint is not None:
+        checkpoint = "code/" + python.checkpoint
+        header_path = inside(root, python.checkpoint)
+    if header_path is not None:
+        for warning in version_warnings(header_of(str(header_path)), packages):
+            warnings.append(f"node {name}: its checkpoint was {warning}")
+    for file_name, file_source in sorted(python.files.items()):
+        destination = f"files/{file_name}"
+        if isinstance(file_source, ModelSource):
+            got = resolve(file_source, ("files", file_name), f"files.{file_name}")
+            entry = got.entry
+            fetched.append(Fetched(destination, str(entry.path), entry.digest, entry.tree))
+        else:
+            path = inside(root, file_source)
+            fetched.append(Fetched(destination, str(path), file_digest(path)[0]))
+    models: dict[str, str] = {}
+    for variable, model_source in sorted(python.models.items()):
+        got = resolve(model_source, ("models", variable), f"models.{variable}")
+        models[variable] = f"models/{variable}"
+        fetched.append(Fetched(models[variable], str(got.entry.path), got.entry.digest, True))
+    code = _code_name(python)
+    try:
+        text = _cell_code(root, python)
+    except NotebookError as exc:
+        raise _SourceProblem(("spec", "python", "cell"), str(exc)) from None
+    recipe = PythonBuild(
+        code=code,
+        checkpoint=python.checkpoint if isinstance(python.checkpoint, str) else None,
+        setup=python.setup,
+        packages=packages,
+        base_image=python.base_image,
+        config=canonical_json(_python_config(python, "code/" + code, checkpoint, models)),
+        code_text=text,
+        fetched=tuple(fetched),
+    )
+    return recipe, tuple(views), tuple(warnings)
 
 
 def _resolve_node(root: Path, document: NodeDocument, source: Source) -> DesiredNode:
     spec = document.spec
     build = None
+    views: tuple[SourceView, ...] = ()
+    warnings: tuple[str, ...] = ()
     if spec.python is not None:
-        python = spec.python
-        recipe = PythonBuild(
-            code=python.code,
-            checkpoint=python.checkpoint,
-            setup=python.setup,
-            packages=tuple(python.packages),
-            base_image=python.base_image,
-            config=canonical_json(_python_config(python)),
-        )
+        recipe, views, warnings = _python_build(root, document.metadata.name, spec.python)
         build = BuildRequest(build_tag(python_digest(root, recipe)), ".", "", recipe)
         reference, port = build.tag, PYTHON_PORT
         command: tuple[str, ...] | None = None  # the image's own: the pynode server
@@ -618,6 +742,8 @@ def _resolve_node(root: Path, document: NodeDocument, source: Source) -> Desired
         suspended=spec.suspended,
         telemetry_path=spec.telemetry.path if spec.telemetry is not None else None,
         prefix_rewrite=spec.prefix_rewrite,
+        sources=views,
+        warnings=warnings,
     )
 
 
@@ -679,6 +805,9 @@ def _assemble(
                 except ReadError as exc:  # a file of its build folder or python code
                     late.append((source, _build_field(document), exc.message_in_repo()))
                     continue
+                except _SourceProblem as exc:  # a model source not found, denied, ...
+                    late.append((source, exc.loc, exc.message))
+                    continue
                 if read_keys and has_secrets(document.spec):
                     # Read on every load, never cached with the file, like access keys.
                     secrets, trouble = resolve_secrets(document.spec, os.environ, sops, digest_key)
@@ -739,7 +868,7 @@ def _assemble(
 def _build_field(document: NodeDocument) -> _Loc:
     """The field that names what a node's image is built from."""
     if document.spec.python is not None:
-        return ("spec", "python", "code")
+        return ("spec", "python", "code" if document.spec.python.code else "notebook")
     return ("spec", "image", "build")
 
 

@@ -734,16 +734,179 @@ class PythonBatch(SpecModel):
     )
 
 
-class PythonSource(SpecModel):
-    """A node made from Python code, a checkpoint of interpreter state, and the variables
-    selected as its API's inputs and outputs."""
+_SHA256 = re.compile(r"^(sha256:)?[0-9a-f]{64}$")
+_REMOTE_SCHEMES = ("s3://", "https://", "http://")
+_S3_URL = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/[^\x00-\x1f\x7f]+$")
+_HTTP_URL = re.compile(r"^https?://[^\s/@]+(/[^\s\x00-\x1f\x7f]*)?$")
+_FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_MLFLOW_NAME = re.compile(r"^[^\x00-\x1f\x7f/]{1,256}$")
+_MLFLOW_ALIAS = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
 
-    code: RepoFile = Field(
-        description="A Python file, relative to this file, run on every request in the "
-        "preserved interpreter."
+
+def _source_url(value: Any) -> str:
+    if isinstance(value, str) and len(value) <= 2048:
+        if value.startswith("s3://") and _S3_URL.match(value):
+            return value
+        if value.startswith(("https://", "http://")) and _HTTP_URL.match(value):
+            return value
+    raise PydanticCustomError(
+        "source_url",
+        "expected s3://bucket/key or https://host/path, without user or password in it "
+        "(credentials come from the environment, never the spec)",
     )
-    checkpoint: RepoFile | None = Field(
-        default=None, description="A pickled dict of variables, loaded once at start."
+
+
+def _sha256(value: Any) -> str:
+    if isinstance(value, str) and _SHA256.match(value):
+        return value.removeprefix("sha256:")
+    raise PydanticCustomError("sha256", "expected a sha256 digest: 64 lowercase hex digits")
+
+
+SourceUrl = Annotated[
+    str,
+    PlainValidator(_source_url),
+    WithJsonSchema({"type": "string", "pattern": "^(s3|https?)://", "maxLength": 2048}),
+]
+Sha256 = Annotated[
+    str, PlainValidator(_sha256), WithJsonSchema({"type": "string", "pattern": _SHA256.pattern})
+]
+
+
+class MlflowModel(SpecModel):
+    """A model in the MLflow registry at MLFLOW_TRACKING_URI: a version, or the version an
+    alias points to now (looked up on every plan, so moving the alias is a change)."""
+
+    model: str = Field(
+        pattern=_MLFLOW_NAME.pattern, description="the registered model's name, e.g. iris"
+    )
+    version: int | None = Field(
+        default=None, ge=1, description="a version number; exactly one of version and alias"
+    )
+    alias: str | None = Field(
+        default=None,
+        pattern=_MLFLOW_ALIAS.pattern,
+        description="an alias such as champion; exactly one of version and alias",
+    )
+
+    @model_validator(mode="after")
+    def _one_version(self) -> MlflowModel:
+        if (self.version is None) == (self.alias is None):
+            raise PydanticCustomError(
+                "mlflow_version", "expected exactly one of 'version' (a number) or 'alias'"
+            )
+        return self
+
+    def uri(self) -> str:
+        """The model's registry URI, as MLflow writes it (models:/iris/3, models:/iris@champion)."""
+        if self.alias is not None:
+            return f"models:/{self.model}@{self.alias}"
+        return f"models:/{self.model}/{self.version}"
+
+
+class ModelSource(SpecModel):
+    """Where a file or model comes from, fetched on the host where gitops-nodes runs into a
+    cache keyed by content digest and built into the image: `s3://bucket/key` (or
+    `{url: s3://..., sha256: ...}`), `{url: https://..., sha256: ...}`, or
+    `{mlflow: {model: iris, alias: champion}}`. Credentials come from the environment."""
+
+    url: SourceUrl | None = Field(
+        default=None, description="s3://bucket/key or https://host/path (sha256 required)"
+    )
+    sha256: Sha256 | None = Field(
+        default=None,
+        description="the content's sha256 (hex): required for https, checked when given",
+    )
+    mlflow: MlflowModel | None = Field(
+        default=None, description="a registered model of the MLflow registry"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        return {"url": data} if isinstance(data, str) else data
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSource:
+        if (self.url is None) == (self.mlflow is None):
+            raise PydanticCustomError(
+                "model_source", "expected exactly one of 'url' (s3:// or https://) or 'mlflow'"
+            )
+        if self.url is not None and not self.url.startswith("s3://") and self.sha256 is None:
+            raise PydanticCustomError(
+                "source_sha256",
+                "expected a sha256 for an https:// source: what is built in is pinned",
+            )
+        if self.mlflow is not None and self.sha256 is not None:
+            raise PydanticCustomError(
+                "source_sha256", "expected no sha256 with mlflow: the registry names the version"
+            )
+        return self
+
+    def shown(self) -> str:
+        """The source as plans and messages name it (never with credentials)."""
+        if self.mlflow is not None:
+            return self.mlflow.uri()
+        return self.url or ""
+
+
+def _source_kind(value: Any) -> str:
+    if isinstance(value, str) and not value.startswith(_REMOTE_SCHEMES):
+        return "repo-file"
+    return "model-source"
+
+
+# A repository file (a path relative to this YAML file), or a model source.
+FileSource = Annotated[
+    Annotated[RepoFile, Tag("repo-file")] | Annotated[ModelSource, Tag("model-source")],
+    Discriminator(_source_kind),
+]
+SOURCE_TAGS = ("repo-file", "model-source")  # union tags pydantic puts in error locations
+
+
+def _file_name(value: Any) -> str:
+    if isinstance(value, str) and _FILE_NAME.match(value):
+        return value
+    raise PydanticCustomError(
+        "file_name", "expected a file name: letters, digits, '.', '_' and '-', at most 128"
+    )
+
+
+FileName = Annotated[
+    str,
+    PlainValidator(_file_name),
+    WithJsonSchema({"type": "string", "pattern": _FILE_NAME.pattern}),
+]
+VariableName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+
+
+class PythonSource(SpecModel):
+    """A node made from Python code (a file, or a notebook's cell), a checkpoint of
+    interpreter state, and the variables selected as its API's inputs and outputs."""
+
+    code: RepoFile | None = Field(
+        default=None, description="a Python file run on every request; or notebook and cell"
+    )
+    notebook: RepoFile | None = Field(
+        default=None, description="a Jupyter notebook whose cell `cell` is the request code"
+    )
+    cell: str | None = Field(
+        default=None,
+        min_length=1,
+        description="the tag (Jupyter cell tags) or id of the notebook's request code cell",
+    )
+    checkpoint: FileSource | None = Field(
+        default=None,
+        description="the interpreter state loaded once: a pickled dict of variables, from the "
+        "repository, s3://, https:// (with sha256)",
+    )
+    files: dict[FileName, FileSource] = Field(
+        default_factory=dict,
+        description="extra files the code reads, under files/<name> in its working folder; "
+        "an mlflow source gives the model's artifacts as a folder",
+    )
+    models: dict[VariableName, ModelSource] = Field(
+        default_factory=dict,
+        description="MLflow models loaded as pyfunc into these variables before set-up runs",
     )
     setup: RepoFile | None = Field(default=None, description="A Python file run once at start.")
     inputs: dict[str, VariableType] = Field(
@@ -777,6 +940,26 @@ class PythonSource(SpecModel):
         description="Answer NaN and infinite float outputs as null. Unset or false: such an "
         "output is a 500 InvalidOutput naming it.",
     )
+
+    @model_validator(mode="after")
+    def _one_code(self) -> PythonSource:
+        if (self.code is None) == (self.notebook is None):
+            raise PydanticCustomError(
+                "python_code", "expected exactly one of 'code' (a file) or 'notebook' and 'cell'"
+            )
+        if (self.notebook is None) != (self.cell is None):
+            raise PydanticCustomError(
+                "notebook_cell", "expected 'cell' (a cell's tag or id) with 'notebook', only"
+            )
+        for name, source in self.models.items():
+            if source.mlflow is None:
+                raise PydanticCustomError(
+                    "python_models",
+                    "expected an mlflow source for model variable {name}: only MLflow models "
+                    "load as pyfunc (put other files under 'files')",
+                    {"name": name},
+                )
+        return self
 
 
 class AccessKeySource(SpecModel):

@@ -29,6 +29,17 @@ class Source:
 
 
 @dataclass(frozen=True)
+class Fetched:
+    """A file or folder that goes into a python node's image from outside its code files:
+    a fetched source (in the cache) or a repository file named under `files`."""
+
+    destination: str  # inside the image's /app: sources/checkpoint, files/x, models/model
+    path: str  # absolute, on the host
+    digest: str  # sha256 of the content (a folder's: of its files' paths and digests)
+    tree: bool = False
+
+
+@dataclass(frozen=True)
 class PythonBuild:
     """What a python node's image is made of (paths relative to the repository root)."""
 
@@ -38,6 +49,18 @@ class PythonBuild:
     packages: tuple[str, ...]
     base_image: str
     config: str  # the node.json the image carries, as canonical JSON
+    code_text: str | None = None  # a notebook cell's code, written to code/<code>
+    fetched: tuple[Fetched, ...] = ()
+
+
+@dataclass(frozen=True)
+class SourceView:
+    """What one of a node's sources resolved to, as plan shows it."""
+
+    field: str
+    source: str
+    resolved: str
+    fetched: bool = False  # downloaded by this load (False: found in the cache)
 
 
 @dataclass(frozen=True)
@@ -71,6 +94,10 @@ class DesiredNode:
     # The secret values for the runtime to hand to each instance (their keyed digests are in
     # config, and so in spec_hash); never compared, printed or serialized.
     secrets: NodeSecrets = field(default=NO_SECRETS, compare=False, repr=False)
+    # What its model sources resolved to, and the version warnings of its checkpoint and
+    # models, for plan to show (their content is in spec_hash through the image tag).
+    sources: tuple[SourceView, ...] = field(default=(), compare=False)
+    warnings: tuple[str, ...] = field(default=(), compare=False)
     health: HealthSettings = field(init=False, compare=False)
     digest: str = field(init=False, compare=False)  # of everything plan reads from this node
 

@@ -28,7 +28,7 @@ from gitops_nodes.plan import Plan
 from gitops_nodes.rollout import error_rate, gaining, rollout_steps
 from gitops_nodes.runtime.base import Runtime
 from gitops_nodes.spec.errors import SpecErrors
-from gitops_nodes.spec.load import SpecLoader
+from gitops_nodes.spec.load import SOURCE_PROBLEM, SpecLoader
 from gitops_nodes.spec.models import Rollout
 from gitops_nodes.spec.notifications import ResolvedTarget
 from gitops_nodes.spec.settings import (
@@ -130,6 +130,10 @@ class Reconciler:
             settings = load_settings(revision.tree)
             self.notifications = load_notifications(revision.tree, settings)
         except SpecErrors as exc:
+            if any(SOURCE_PROBLEM in problem.message for problem in exc.problems):
+                # A model source that could not be fetched (a registry down for a while)
+                # is tried again on the interval, like a failed apply; a bad spec is not.
+                return self._record(result("failed", error=str(exc)))
             return self._record(result("invalid", error=str(exc)))
         guard = _guard(desired, settings)
         staged = self._stage(revision, desired)
