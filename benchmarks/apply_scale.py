@@ -240,15 +240,21 @@ def ours_figures(
     limit = 120.0 + n * 3.0
     figures = Figures()
     more = ["--parallelism", str(parallelism)] if parallelism else []
-    figures.seconds["up"] = timed(gitops_nodes("apply", str(repo), *common, *more), limit)
+    figures.seconds["up"] = timed(
+        gitops_nodes("apply", "--auto-approve", str(repo), *common, *more), limit
+    )
     figures.seconds["plan"] = timed(
         gitops_nodes("plan", str(repo), *common, "--detailed-exitcode"), limit
     )
-    figures.seconds["noop"] = timed(gitops_nodes("apply", str(repo), *common, *more), limit)
+    figures.seconds["noop"] = timed(
+        gitops_nodes("apply", "--auto-approve", str(repo), *common, *more), limit
+    )
     write_repo(repo, image, n, 2)
     watcher = MinimumWatcher(client, project, n)
     with watcher.watching():
-        figures.seconds["change"] = timed(gitops_nodes("apply", str(repo), *common, *more), limit)
+        figures.seconds["change"] = timed(
+            gitops_nodes("apply", "--auto-approve", str(repo), *common, *more), limit
+        )
     figures.notes.append(
         f"rolling change of {n}: in {watcher.checks} checks the fewest nodes with an instance "
         f"accepting connections was {watcher.worst} of {n}"
