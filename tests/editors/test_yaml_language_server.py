@@ -64,8 +64,9 @@ def server(workspace: Path) -> Iterator[LanguageServer]:
 
 
 def _three_documents(workspace: Path, modelines: bool) -> str:
-    text = (workspace / "nodes" / "models.yaml").read_text()
-    text += THIRD.format(modeline=MODELINE)
+    # The example's first two documents (its two python nodes), then an image node.
+    documents = (workspace / "nodes" / "models.yaml").read_text().split("---\n")
+    text = "---\n".join(documents[:2]) + THIRD.format(modeline=MODELINE)
     if not modelines:
         text = "".join(line for line in text.splitlines(True) if "yaml-language-server" not in line)
     return text
@@ -91,7 +92,7 @@ def _diagnostics(found: list[dict[str, Any]]) -> list[tuple[int, str]]:
 
 def test_the_example_files_have_no_diagnostics(server: LanguageServer, workspace: Path) -> None:
     files = sorted(workspace.rglob("*.yaml"))
-    assert len(files) == 4
+    assert len(files) == 5
     for path in files:
         text = path.read_text()
         assert text.count(MODELINE) == text.count("kind:"), f"{path}: a modeline per document"
@@ -209,9 +210,11 @@ def test_inserted_field_snippets_validate(server: LanguageServer, workspace: Pat
     path, text = _file(workspace, "a modeline per document")
     text, lines = _under_spec(text, "  ")
     server.open(path, text)
-    # Loaded in place of nodes/models.yaml, whose two documents it holds.
+    # Loaded in place of nodes/models.yaml, whose first two documents it holds (the rest kept
+    # after it: aliases name them).
     spec_file = workspace / "nodes" / "models.yaml"
     original = spec_file.read_text()
+    rest = "".join("---\n" + document for document in original.split("---\n")[2:])
     items = server.completion(path, lines[2], 2)
     inserted = 0
     for item in items:
@@ -222,7 +225,7 @@ def test_inserted_field_snippets_validate(server: LanguageServer, workspace: Pat
         body[lines[2]] = "  " + snippet.replace("\n", "\n  ")
         candidate = "\n".join(body) + "\n"
         assert _diagnostics(server.open(path, candidate)) == [], (item["label"], snippet)
-        spec_file.write_text(candidate)
+        spec_file.write_text(candidate + rest)
         try:
             state = load_spec(workspace, read_keys=False)
         finally:
