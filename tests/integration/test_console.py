@@ -23,6 +23,7 @@ import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
+from gitops_nodes.spec.load import load_spec
 from tests.browser import axe_violations, browser, poll, shot
 from tests.conftest import remove_project
 from tests.integration.helpers import Watch, git
@@ -30,8 +31,10 @@ from tests.status_schema import validate_status
 
 EXAMPLE = Path(__file__).parents[2] / "example-repo"
 ADMIN = "console-admin-key-" + secrets.token_hex(8)
-EXAMPLE_NODES = {"counter": 1, "iris": 2, "sentiment-v1": 2, "sentiment-v2": 1}
-EXAMPLE_ALIASES = {"iris", "sentiment"}
+# What the page must show: the example as validate reads it (no secrets or keys to read).
+_EXAMPLE_SPEC = load_spec(EXAMPLE, read_keys=False)
+EXAMPLE_NODES = {name: node.instances for name, node in _EXAMPLE_SPEC.nodes.items()}
+EXAMPLE_ALIASES = set(_EXAMPLE_SPEC.aliases)
 __all__ = ["browser"]  # the fixture, used by name
 START_WITHIN = 600.0  # the example's images are built on the first start (busy machine)
 

@@ -102,7 +102,7 @@ def test_apply_and_destroy_on_a_terminal_show_the_build_step_that_runs_now(
         'CMD ["python3", "/app/server.py"]\n',
     )
 
-    code, shown = in_terminal(cli(project, state, "apply", str(root)))
+    code, shown = in_terminal(cli(project, state, "apply", "--auto-approve", str(root)))
 
     assert code == 0, shown
     # The live display named the build's current instruction while it ran ...
@@ -128,7 +128,7 @@ def test_a_failed_build_on_a_terminal_shows_the_last_lines_of_its_log(
         "RUN echo first-words && echo last-words-of-the-build && exit 3\n",
     )
 
-    code, shown = in_terminal(cli(project, state, "apply", str(root)))
+    code, shown = in_terminal(cli(project, state, "apply", "--auto-approve", str(root)))
 
     assert code == 1, shown
     assert "FAILED" in shown and "last-words-of-the-build" in shown, shown
