@@ -195,6 +195,8 @@ def test_a_rollout_nobody_calls_is_not_promoted(
         "minRequests": 20,
         "needed": 20,
         "nodes": ["v2"],
+        "errorRate": None,  # no request: no rate to judge
+        "maxErrorRate": 0.1,
     }
     assert status["appliedRevision"] == first
     assert {i.node for i in runtime.list_instances(project)} == {"v1", "v2"}
