@@ -206,8 +206,8 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "--skip-keys",
         action="store_true",
-        help="do not read access keys (where they are not set, as in a pre-commit hook); "
-        "where each key is read from is still checked",
+        help="do not read access keys or secrets (where they are not at hand, as in a "
+        "pre-commit hook); where each access key is read from is still checked",
     )
     sub.set_defaults(command=_validate)
 
