@@ -17,7 +17,7 @@ import balancer
 from gitops_nodes import pyimage
 
 REPOSITORY = "gitops-nodes/balancer"
-REQUIREMENTS = ("httptools", "uvloop", "starlette", "uvicorn", "watchfiles")
+REQUIREMENTS = ("httptools", "orjson", "uvloop", "starlette", "uvicorn", "watchfiles")
 DATA_PORT, ADMIN_PORT = 8080, 8081  # inside the container; published as the settings say
 TOKEN_TARGET = "gitops-nodes-balancer-token"  # under /run/secrets/
 
