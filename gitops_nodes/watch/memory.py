@@ -1,10 +1,11 @@
 """Give memory the allocator holds but no longer uses back to the system, between reconciles.
 
-A long-running ``watch`` frees as much as it allocates (tracemalloc sees no growth over a
-30-minute soak), yet glibc keeps freed pages in its arenas, fragmented by the balancer's
-requests and the reconciler's threads, and the resident size creeps up. ``malloc_trim``
-returns them; Dask's workers do the same for the same reason. Elsewhere (musl, macOS) this
-is a no-op.
+A long-running ``watch`` frees about as much as it allocates (tracemalloc saw no growth of
+live Python objects over a 30-minute soak), while glibc keeps freed pages in its arenas,
+fragmented by the balancer's requests and the reconciler's threads. ``malloc_trim`` returns
+them, as Dask's workers do. It does not stop the slow growth the soak benchmark measures
+(README, Running for months), whose source is not found yet. Elsewhere than glibc (musl,
+macOS) this is a no-op.
 """
 
 from __future__ import annotations
