@@ -351,7 +351,7 @@ def write_table(path: Path, table: RoutingTable) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     # orjson, not json: with indent the standard library falls back to its pure-Python
     # encoder, and apply writes the whole table at every publish (at 500 nodes, 9 ms each
-    # and most of a rolling change's own CPU time). The same text, as UTF-8.
+    # and most of a rolling change's own CPU time). The same JSON, written as UTF-8.
     text = orjson.dumps(table.to_json(), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
     fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
