@@ -185,6 +185,9 @@ def test_the_page_shows_every_alias_node_and_instance_of_the_example(
     predict(console, 60)
 
     def busy_row() -> str | None:
+        # Traffic on every look: the row's figures cover the last seconds only, and a page
+        # slow to draw on a busy machine would otherwise see the burst above age out.
+        predict(console, 3)
         for row in driver.find_elements(By.CSS_SELECTOR, "tr.node-row"):
             cells = [c.text for c in row.find_elements(By.TAG_NAME, "td")]
             if cells[0] == "sentiment-v1" and cells[3] != "0" and cells[5] != "–":
