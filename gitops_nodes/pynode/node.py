@@ -92,29 +92,11 @@ class Node:
         type, numpy's values counting as the Python ones they stand for), and the namespace
         stays as the code left it. An empty body stands for `{}` (a node without inputs).
         """
-        if body:
-            try:
-                data = self.loads(body)
-            except DECODE_ERRORS as exc:
-                return 400, self.not_json(exc)
-            if type(data) is not dict:
-                return 422, self.not_an_object(data)
-        else:
-            data = {}
-        for name, check in self.checks:
-            value = data.get(name, INVALID)
-            if value is INVALID:
-                return 422, self.invalid_inputs(data)
-            if check is not None:
-                checked = check(value)
-                if checked is not value:
-                    if checked is INVALID:
-                        return 422, self.invalid_inputs(data)
-                    data[name] = checked  # ints given for floats, stored as floats
-        if len(data) != self.input_count:
-            return 422, self.invalid_inputs(data)  # an unknown field
+        checked = self.inputs(body)
+        if isinstance(checked, tuple):
+            return checked
         namespace = self.namespace
-        namespace.update(data)
+        namespace.update(checked)
         try:
             exec(self.code, namespace)
         except (Exception, SystemExit) as exc:
@@ -125,28 +107,7 @@ class Node:
                 outputs[name] = namespace[name]
         except KeyError:
             return 500, self.missing_outputs()
-        for name, check in self.output_checks:
-            value = outputs[name]
-            checked = check(value)
-            if checked is not value:
-                if checked is INVALID:
-                    checked = check(plain(value))  # numpy values, tuples: the slow path
-                    if checked is INVALID:
-                        return 500, self.invalid_output(name, value)
-                outputs[name] = checked
-        try:
-            payload = self.dumps(outputs)
-        except ENCODE_ERRORS as exc:
-            return self.unencodable(outputs, exc)
-        # orjson writes NaN and the infinities as null: a null in the answer is looked into
-        # (a scan of its bytes, cheaper than walking every output on every request).
-        if b"null" in payload and not self.allow_non_finite:
-            refused = self.non_finite(outputs)
-            if refused is not None:
-                return 500, refused
-        if len(payload) > self.max_response:
-            return 500, self.too_large(payload)
-        return 200, payload
+        return self.answer(outputs)
 
     def run_batch(self, bodies: list[bytes]) -> list[tuple[int, bytes]]:
         """Answer a batch of requests with one run of the code (a node with `batch`).
@@ -203,7 +164,7 @@ class Node:
         return answers
 
     def inputs(self, body: bytes) -> dict[str, Any] | tuple[int, bytes]:
-        """One request's checked inputs, or its 400/422 answer (as `run` checks them)."""
+        """One request's checked inputs, or its 400/422 answer (for `run` and `run_batch`)."""
         if body:
             try:
                 data = self.loads(body)
@@ -222,19 +183,19 @@ class Node:
                 if checked is not value:
                     if checked is INVALID:
                         return 422, self.invalid_inputs(data)
-                    data[name] = checked
+                    data[name] = checked  # ints given for floats, stored as floats
         if len(data) != self.input_count:
-            return 422, self.invalid_inputs(data)
+            return 422, self.invalid_inputs(data)  # an unknown field
         return data
 
     def answer(self, outputs: dict[str, Any]) -> tuple[int, bytes]:
-        """One request's answer from its output values, checked as `run` checks them."""
+        """One request's answer from its output values, checked (for `run` and `run_batch`)."""
         for name, check in self.output_checks:
             value = outputs[name]
             checked = check(value)
             if checked is not value:
                 if checked is INVALID:
-                    checked = check(plain(value))
+                    checked = check(plain(value))  # numpy values, tuples: the slow path
                     if checked is INVALID:
                         return 500, self.invalid_output(name, value)
                 outputs[name] = checked
@@ -242,6 +203,8 @@ class Node:
             payload = self.dumps(outputs)
         except ENCODE_ERRORS as exc:
             return self.unencodable(outputs, exc)
+        # orjson writes NaN and the infinities as null: a null in the answer is looked into
+        # (a scan of its bytes, cheaper than walking every output on every request).
         if b"null" in payload and not self.allow_non_finite:
             refused = self.non_finite(outputs)
             if refused is not None:
