@@ -9,45 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from gitops_nodes.live import LiveState
 from gitops_nodes.plan import make_plan
 from gitops_nodes.render import COMMENT_LIMIT, render_markdown, render_text
-from gitops_nodes.spec.load import load_spec
-from gitops_nodes.spec.state import DesiredState
 
 from .memory_world import PROJECT, World
+from .spec_documents import alias, load, node
 
 GOLDEN = Path(__file__).parent / "golden"
-
-
-def node(name: str, version: str = "1", instances: int = 1) -> dict[str, Any]:
-    return {
-        "apiVersion": "gitops-nodes/v1",
-        "kind": "Node",
-        "metadata": {"name": name},
-        "spec": {
-            "image": {"name": "busybox:1", "port": 8080},
-            "instances": instances,
-            "env": {"VERSION": version},
-        },
-    }
-
-
-def alias(name: str, *routes: tuple[str, int]) -> dict[str, Any]:
-    return {
-        "apiVersion": "gitops-nodes/v1",
-        "kind": "Alias",
-        "metadata": {"name": name},
-        "spec": {"nodes": [{"node": n, "weight": w} for n, w in routes]},
-    }
-
-
-def load(root: Path, *documents: dict[str, Any]) -> DesiredState:
-    root.mkdir(parents=True)
-    (root / "spec.yaml").write_text(yaml.safe_dump_all(documents, sort_keys=False))
-    return load_spec(root)
 
 
 def check_golden(name: str, text: str) -> None:

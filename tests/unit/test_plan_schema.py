@@ -10,15 +10,13 @@ from typing import Any
 
 import jsonschema
 import pytest
-import yaml
 
 from gitops_nodes import workflow
 from gitops_nodes.live import LiveInstance, LiveState
 from gitops_nodes.plan import PLAN_FORMAT, make_plan
-from gitops_nodes.spec.load import load_spec
-from gitops_nodes.spec.state import DesiredState
 
 from .memory_world import PROJECT, World
+from .spec_documents import alias, load, node
 
 SCHEMA = Path(__file__).resolve().parents[2] / "schemas" / "plan-v1.schema.json"
 
@@ -29,40 +27,6 @@ def validator() -> Any:
     cls = jsonschema.validators.validator_for(schema)
     cls.check_schema(schema)
     return cls(schema)
-
-
-def node(name: str, version: str = "1", instances: int = 1, **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "gitops-nodes/v1",
-        "kind": "Node",
-        "metadata": {"name": name},
-        "spec": {
-            "image": {"name": "busybox:1", "port": 8080},
-            "instances": instances,
-            "env": {"VERSION": version},
-            **spec,
-        },
-    }
-
-
-def alias(name: str, *routes: tuple[str, int]) -> dict[str, Any]:
-    return {
-        "apiVersion": "gitops-nodes/v1",
-        "kind": "Alias",
-        "metadata": {"name": name},
-        "spec": {"nodes": [{"node": n, "weight": w} for n, w in routes]},
-    }
-
-
-def load(
-    root: Path, *documents: dict[str, Any], files: dict[str, str] | None = None
-) -> DesiredState:
-    root.mkdir(parents=True)
-    (root / "spec.yaml").write_text(yaml.safe_dump_all(documents, sort_keys=False))
-    for name, text in (files or {}).items():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_text(text)
-    return load_spec(root)
 
 
 def plans(tmp_path: Path) -> dict[str, dict[str, Any]]:
@@ -149,9 +113,9 @@ def test_a_plan_that_changes_a_secret_validates_and_shows_no_value(
     world = World(tmp_path)
     secret = {"TOKEN": {"fromEnv": "GNT_SCHEMA_SECRET"}}
     monkeypatch.setenv("GNT_SCHEMA_SECRET", "first-value")
-    world.apply(load_spec(_write(tmp_path / "v1", secret)))
+    world.apply(load(tmp_path / "v1", node("web", env=secret)))
     monkeypatch.setenv("GNT_SCHEMA_SECRET", "second-value")
-    desired = load_spec(_write(tmp_path / "v2", secret))
+    desired = load(tmp_path / "v2", node("web", env=secret))
 
     plan = make_plan(PROJECT, desired, world.live()).to_json()
 
@@ -159,9 +123,3 @@ def test_a_plan_that_changes_a_secret_validates_and_shows_no_value(
     assert [f["field"] for f in fields if f.get("sensitive")] == ["env.TOKEN"], fields
     validator.validate(plan)
     assert "first-value" not in json.dumps(plan) and "second-value" not in json.dumps(plan)
-
-
-def _write(root: Path, env: dict[str, Any]) -> Path:
-    root.mkdir(parents=True)
-    (root / "spec.yaml").write_text(yaml.safe_dump(node("web", env=env), sort_keys=False))
-    return root
