@@ -26,6 +26,7 @@ from balancer.http import REASONS
 from balancer.proxy import ProxySettings
 from balancer.table import AccessKey, AccessRule
 from tests.balancer.conftest import HOST, BackendProcess, BalancerHarness, node
+from tests.resident import resident_bytes
 from tests.waiting import wait_until
 
 KEY = "k" * 24
@@ -128,11 +129,6 @@ def get(path: str, *extra: str) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * resource.getpagesize()
-
-
 @pytest.fixture
 def served(
     make_balancer: Callable[..., BalancerHarness],
@@ -157,7 +153,7 @@ def test_a_64_mib_header_line_is_refused_431_without_being_buffered(served):
     harness, backend = served()
     block = b"a" * 65536
     sent = [0]
-    before = rss_bytes()
+    before = resident_bytes()
     peak = [before]
 
     def flood(sock: socket.socket) -> None:
@@ -167,7 +163,7 @@ def test_a_64_mib_header_line_is_refused_431_without_being_buffered(served):
                 sock.sendall(block)
                 sent[0] += len(block)
                 if sent[0] % (4 * 2**20) == 0:
-                    peak[0] = max(peak[0], rss_bytes())
+                    peak[0] = max(peak[0], resident_bytes())
         except OSError:
             pass  # the balancer may close before all of it is sent
 
@@ -184,7 +180,7 @@ def test_a_64_mib_header_line_is_refused_431_without_being_buffered(served):
     assert "/huge" not in backend.counts()  # nothing was forwarded
     # The balancer runs in this process: its growth while the 64 MiB came is bounded by the
     # head limit and a few socket reads, far below what the head would have taken.
-    assert max(peak[0], rss_bytes()) - before < 24 * 2**20, (before, peak[0])
+    assert max(peak[0], resident_bytes()) - before < 24 * 2**20, (before, peak[0])
 
 
 def test_an_over_long_request_line_is_refused_414(served):

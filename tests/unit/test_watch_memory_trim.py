@@ -5,14 +5,7 @@ from __future__ import annotations
 import platform
 
 from gitops_nodes.watch.memory import give_back_free_memory
-
-
-def resident_kib() -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS in /proc/self/status")
+from tests.resident import resident_bytes
 
 
 def test_free_pages_go_back_to_the_system() -> None:
@@ -21,8 +14,8 @@ def test_free_pages_go_back_to_the_system() -> None:
     blocks = [bytearray(1000) for _ in range(100_000)]  # past pymalloc: glibc's heap
     keep = blocks[::97]  # a few survivors pin the heap's top, as long-lived objects do
     del blocks
-    before = resident_kib()
+    before = resident_bytes() // 1024
     assert give_back_free_memory() is True
-    after = resident_kib()
+    after = resident_bytes() // 1024
     assert after < before - 10_000, f"{before} KiB resident before the trim, {after} after"
     assert len(keep) > 0
