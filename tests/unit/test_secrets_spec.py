@@ -331,3 +331,49 @@ def test_a_value_turned_secret_shows_neither_side() -> None:
     }
     assert rolled["forcesReplacement"] and rolled["sensitive"]
     assert same == ()
+
+
+def test_without_keys_each_fromsecret_is_checked_in_clear_and_nothing_decrypted(
+    repo: Path, age: tuple[str, Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SOPS_AGE_KEY_FILE", str(age[2]))  # could decrypt nothing
+    monkeypatch.delenv("GNT_UNIT_SECRET")
+    desired = load_spec(repo, read_keys=False)
+    assert desired.nodes["db-client"].secrets.env == ()
+
+    text = (repo / "node.yaml").read_text()
+    (repo / "node.yaml").write_text(
+        text.replace("FROM_SOPS: {fromSecret: db/password}", "FROM_SOPS: {fromSecret: db/pw}")
+    )
+    with pytest.raises(SpecErrors) as raised:
+        load_spec(repo, read_keys=False)
+    (problem,) = [str(p) for p in raised.value.problems]
+    assert "spec.env.FROM_SOPS.fromSecret: secrets/db.yaml has no key 'pw'" in problem
+    assert "(its keys: password, port)" in problem
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda root: (root / "secrets" / "db.yaml").unlink(), "no secrets file db: expected"),
+        (
+            lambda root: (root / "secrets" / "db.yaml").write_text("password: in-clear-01234\n"),
+            "it is not encrypted with sops",
+        ),
+        (
+            lambda root: (root / "secrets" / "db.yaml").write_text("- a list\n"),
+            "expected one mapping of keys to values",
+        ),
+    ],
+)
+def test_without_keys_a_missing_or_clear_secrets_file_is_an_error_at_each_field(
+    repo: Path, change: Callable[[Path], object], message: str
+) -> None:
+    change(repo)
+    with pytest.raises(SpecErrors) as raised:
+        load_spec(repo, read_keys=False)
+
+    problems = [str(p) for p in raised.value.problems]
+    assert len(problems) == 2  # the env entry and the secret file name the same key
+    assert all(message in p for p in problems), problems
+    assert "in-clear-01234" not in "".join(problems)
