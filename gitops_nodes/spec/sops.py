@@ -16,7 +16,7 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,44 +70,41 @@ class SopsFiles:
 
     def value(self, reference: str) -> str:
         """The string at <name>/<key>; raises SopsProblem (naming the file, not the value)."""
-        name, _, key = reference.partition("/")
-        found = self._decrypted.get(name)
-        if found is None:
-            try:
-                found = self._decrypt(name)
-            except SopsProblem as exc:
-                found = exc
-            self._decrypted[name] = found
-        if isinstance(found, SopsProblem):
-            raise found
-        relative = found.relative
-        if key not in found.values:
-            keys = ", ".join(sorted(found.values)) or "none"
-            raise SopsProblem(f"{relative} has no key {key!r} (its keys: {keys})")
+        found, key = self._entry(reference, self._decrypted, self._decrypt)
         value = found.values[key]
         if not isinstance(value, str):
             raise SopsProblem(
-                f"{relative}: the value of {key!r} is not a string; quote numbers and booleans "
-                "before encrypting"
+                f"{found.relative}: the value of {key!r} is not a string; quote numbers and "
+                "booleans before encrypting"
             )
         return value
 
     def check(self, reference: str) -> None:
         """Raise SopsProblem unless <name>/<key> would be found, without decrypting: the
         file exists, SOPS encrypted it, and its key is there (SOPS keeps keys in clear)."""
+        self._entry(reference, self._keys, self._read_keys)
+
+    @staticmethod
+    def _entry(
+        reference: str,
+        cache: dict[str, _Decrypted | SopsProblem],
+        read: Callable[[str], _Decrypted],
+    ) -> tuple[_Decrypted, str]:
+        """The file <name> as read (once a load) and the key, which it has; or SopsProblem."""
         name, _, key = reference.partition("/")
-        found = self._keys.get(name)
+        found = cache.get(name)
         if found is None:
             try:
-                found = self._read_keys(name)
+                found = read(name)
             except SopsProblem as exc:
                 found = exc
-            self._keys[name] = found
+            cache[name] = found
         if isinstance(found, SopsProblem):
             raise found
         if key not in found.values:
             keys = ", ".join(sorted(found.values)) or "none"
             raise SopsProblem(f"{found.relative} has no key {key!r} (its keys: {keys})")
+        return found, key
 
     def _read_keys(self, name: str) -> _Decrypted:
         path, relative = self._file(name)
