@@ -691,9 +691,12 @@ def _status_once(args: argparse.Namespace) -> int:
             print(
                 f"node {node.name}: {node.status} ({healthy} Healthy, minimum {node.min_healthy})"
             )
+        width = max((len(i.hostname) for i in node.instances), default=0)
         for i in node.instances:
             address = i.address or "-"
-            print(f"  {i.index:>3}  {i.status:<10} {address:<16} {i.name or '-'}  {i.detail}")
+            # The host column only where one is known (a Swarm's tasks, a named engine).
+            host = f"{i.hostname or '-':<{width}} " if width else ""
+            print(f"  {i.index:>3}  {i.status:<10} {address:<16} {host}{i.name or '-'}  {i.detail}")
     for name, routes in view.aliases:
         print(f"alias {name} -> " + ", ".join(f"{n}={w}" for n, w in routes))
     _print_left_alone(view)

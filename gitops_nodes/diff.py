@@ -11,7 +11,7 @@ from functools import cached_property
 from typing import Any
 
 from balancer.table import AccessRule, AliasEntry, NodeEntry, Timeouts, health_to_json
-from gitops_nodes.live import STARTABLE, LiveInstance, LiveState
+from gitops_nodes.live import LOST, STARTABLE, LiveInstance, LiveState
 from gitops_nodes.render import SENSITIVE_TEXT
 from gitops_nodes.spec.hashing import InstanceConfig
 from gitops_nodes.spec.state import BuildRequest, DesiredAlias, DesiredNode, DesiredState
@@ -127,7 +127,8 @@ def diff(desired: DesiredState, live: LiveState) -> Diff:
         change = _diff_node(
             name,
             desired.nodes.get(name),
-            live.by_node.get(name, ()),
+            # A lost instance is its runtime's to replace and to stop (live.LOST).
+            tuple(i for i in live.by_node.get(name, ()) if i.state != LOST),
             published_nodes.get(name),
             live,
         )

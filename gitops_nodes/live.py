@@ -14,6 +14,10 @@ from gitops_nodes.spec.hashing import InstanceConfig
 # container runs but whose health check has not passed yet (Docker containers never say it).
 ALIVE_STATES = frozenset({"created", "starting", "running", "restarting"})
 STARTABLE = frozenset({"exited"})  # a stopped container that starts again as it was
+# A Swarm task on a host the manager counts down: shown by status (Unhealthy), left out of
+# plans. Swarm starts its replacement on another host by itself, and stops it when the host
+# is back; an apply that waited for it to stop would wait for the host.
+LOST = "lost"
 LOOPBACK = "127.0.0.1"
 UNLABELLED = ""  # the owner of a container made before owner labels existed
 
@@ -50,7 +54,9 @@ class LiveInstance:
     index: int
     spec_hash: str
     config: InstanceConfig | None
-    state: str  # the engine's word: created, running, restarting, exited, paused, dead, removing
+    # The engine's word: created, running, restarting, exited, paused, dead, removing, or
+    # LOST (a Swarm task on a host that is down).
+    state: str
     port: int | None  # the port balancers reach it on at host, once known
     started_at: float | None = None  # seconds since the epoch, when running
     telemetry_port: int | None = None  # config.telemetry_port as published on 127.0.0.1
@@ -59,6 +65,9 @@ class LiveInstance:
     # task listens on its address in the project's overlay network.
     host: str = LOOPBACK
     owner: str = UNLABELLED  # the owner id label it carries (labels.OWNER)
+    # The machine it runs on, as its Docker engine names itself ("" when not known): on a
+    # Swarm, the task's node; on one host, that engine.
+    hostname: str = ""
 
     @property
     def alive(self) -> bool:

@@ -18,7 +18,7 @@ from balancer.table import HealthSettings, RoutingTable, TableError, read_table
 from gitops_nodes.apply import Applier, ApplyOptions, ApplyReport, StepResult
 from gitops_nodes.errors import GitopsNodesError, PlanFileError, StalePlan
 from gitops_nodes.health import Probe, instance_status, node_status
-from gitops_nodes.live import UNLABELLED, LiveInstance, LiveState
+from gitops_nodes.live import LOST, UNLABELLED, LiveInstance, LiveState
 from gitops_nodes.plan import PLAN_FORMAT, Plan, PlanStep, make_plan
 from gitops_nodes.runtime.base import Runtime
 from gitops_nodes.spec.secrets import DigestKey
@@ -235,6 +235,7 @@ class InstanceView:
     port: int | None
     detail: str
     host: str = "127.0.0.1"
+    hostname: str = ""  # the machine it runs on ("" when not known)
 
     @property
     def address(self) -> str | None:
@@ -273,6 +274,7 @@ class StatusView:
                             "name": i.name,
                             "status": i.status,
                             "address": i.address,
+                            "hostname": i.hostname or None,
                             "detail": i.detail,
                         }
                         for i in n.instances
@@ -313,6 +315,14 @@ def _probe_all(
         }
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _state_detail(instance: LiveInstance) -> str:
+    """Why an instance that was not probed has its status, in words."""
+    if instance.state == LOST:
+        host = instance.hostname or "its host"
+        return f"{host} is down: Swarm starts a replacement elsewhere, stops this one when back"
+    return f"container is {instance.state}"
 
 
 def status(
@@ -359,8 +369,9 @@ def status(
                     instance.name,
                     instance_status(instance, found, now, health),
                     instance.port,
-                    found.detail if found else f"container is {instance.state}",
+                    found.detail if found else _state_detail(instance),
                     instance.host,
+                    instance.hostname,
                 )
             )
         if desired and name in desired.nodes:

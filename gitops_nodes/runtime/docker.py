@@ -19,6 +19,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -185,14 +186,25 @@ class DockerRuntime:
         # Images this runtime saw on the engine: a node's instances all use one, and asking
         # the engine again for each of them is a round trip per create for nothing.
         self.present: set[str] = set()
+        self.engine_name: str | None = None  # the engine's own name (its host's), read once
 
     def list_instances(self, project: str) -> list[LiveInstance]:
         try:
             summaries = self.api.containers(all=True, filters=labels.project_filter(project))
         except ENGINE_ERRORS as exc:
             raise engine_error(f"listing containers failed: {exc}", exc) from exc
-        found = [_from_summary(s) for s in summaries]
-        return [instance for instance in found if instance is not None]
+        found = [i for i in map(_from_summary, summaries) if i is not None]
+        hostname = self._engine_name() if found else ""
+        return [replace(i, hostname=hostname) for i in found]
+
+    def _engine_name(self) -> str:
+        """The name the engine gives itself (its machine's hostname), for status."""
+        if self.engine_name is None:
+            try:
+                self.engine_name = str(self.api.info().get("Name") or "")
+            except ENGINE_ERRORS as exc:
+                raise engine_error("reading the engine's name failed", exc) from exc
+        return self.engine_name
 
     def list_images(self, project: str) -> set[str]:
         try:

@@ -31,6 +31,7 @@ from gitops_nodes.fleet import BalancerFleet
 from gitops_nodes.health import Probe
 from gitops_nodes.live import LiveInstance, Ownership
 from gitops_nodes.runtime import balancer_image, labels
+from gitops_nodes.runtime.balancer_image import TOKEN_TARGET
 from gitops_nodes.runtime.docker import ENGINE_ERRORS, DockerRuntime, engine_error
 from gitops_nodes.runtime.swarm_balancer import (
     TOKEN_FILE,
@@ -43,9 +44,11 @@ from gitops_nodes.runtime.swarm_images import ImageShipper
 from gitops_nodes.runtime.swarm_spec import (
     STOP_GRACE,
     UPDATE_MONITOR,
+    NodeHost,
     SecretMount,
     balancer_name,
     network_name,
+    node_hosts,
     node_secret_name,
     node_secret_targets,
     node_service_spec,
@@ -64,6 +67,7 @@ NEW_TASK_MARGIN = 30.0  # beyond a node's start timeout, for Swarm to schedule a
 STOPPED_WITHIN = STOP_GRACE + 20.0  # Docker's 2 s before SIGTERM, the grace, and slack
 READY_WITHIN = 120.0  # for the balancer service's tasks to answer
 GONE_WITHIN = 60.0  # for removed services' containers and networks to go
+HOSTS_TTL = 1.0  # the swarm's nodes, read again at most this often (waits poll tasks faster)
 _UP = frozenset(
     ("new", "pending", "assigned", "accepted", "preparing", "ready", "starting", "running")
 )
@@ -102,8 +106,22 @@ class SwarmRuntime(DockerRuntime):
         self.claimed: set[str] = set()  # new tasks handed out by create_instance
         self.owners: dict[str, str] = {}  # service id -> its owner label (_owner_of)
         self.retired: set[str] = set()  # tasks handed out by stop_instance as leaving
+        self.hosts_read: tuple[float, dict[str, NodeHost]] = (-HOSTS_TTL, {})
 
     # -- reading ----------------------------------------------------------------------------
+
+    def _hosts(self, fresh: bool = False) -> dict[str, NodeHost]:
+        """The swarm's nodes by id (hostname, address, ready), read at most every HOSTS_TTL
+        unless fresh: a node may have just gone or come."""
+        stamp, hosts = self.hosts_read
+        if not fresh and time.monotonic() - stamp < HOSTS_TTL:
+            return hosts
+        try:
+            hosts = node_hosts(self.api.nodes(), self.node_id)
+        except ENGINE_ERRORS as exc:
+            raise engine_error("listing the swarm's nodes failed", exc) from exc
+        self.hosts_read = (time.monotonic(), hosts)
+        return hosts
 
     def _services(self, project: str, role: str) -> list[dict[str, Any]]:
         selector = [f"{labels.PROJECT}={project}", f"{labels.ROLE}={role}"]
@@ -145,11 +163,12 @@ class SwarmRuntime(DockerRuntime):
         services = self._services(project, "node")
         tasks = self._tasks([s["ID"] for s in services])
         network = network_name(project)
+        hosts = self._hosts()
         found: list[LiveInstance] = []
         for service in services:
             own = [t for t in tasks if t.get("ServiceID") == service["ID"]]
             owner = (service["Spec"].get("Labels") or {}).get(labels.OWNER, "")
-            found.extend(task_instances(service["Spec"]["Name"], own, network, owner))
+            found.extend(task_instances(service["Spec"]["Name"], own, network, owner, hosts))
         return found
 
     def _service_instances(self, project: str, service: str) -> list[LiveInstance]:
@@ -158,7 +177,7 @@ class SwarmRuntime(DockerRuntime):
             return []
         tasks = self._tasks([current["ID"]])
         owner = (current["Spec"].get("Labels") or {}).get(labels.OWNER, "")
-        return task_instances(service, tasks, network_name(project), owner)
+        return task_instances(service, tasks, network_name(project), owner, self._hosts())
 
     def inspect_instance(self, project: str, name: str) -> LiveInstance | None:
         task = self._task(name)
@@ -167,7 +186,9 @@ class SwarmRuntime(DockerRuntime):
         owner = self._owner_of(str(task.get("ServiceID", "")))
         if owner is None:
             return None  # its service is gone (destroy removed it): the task goes with it
-        found = task_instances(name.split(".", 1)[0], [task], network_name(project), owner)
+        found = task_instances(
+            name.split(".", 1)[0], [task], network_name(project), owner, self._hosts()
+        )
         return found[0] if found else None
 
     def _owner_of(self, service_id: str) -> str | None:
@@ -194,7 +215,8 @@ class SwarmRuntime(DockerRuntime):
         return f"tasks.{service_name(project, node)}:{port}"
 
     def balancers(self, project: str, state: StateDir) -> BalancerFleet:
-        return SwarmBalancers(lambda: self._balancer_endpoints(project), self._token(state))
+        token = self._token(project, state)
+        return SwarmBalancers(lambda: self._balancer_endpoints(project), token)
 
     # -- images ----------------------------------------------------------------------------
 
@@ -218,7 +240,7 @@ class SwarmRuntime(DockerRuntime):
     def prepare_project(self, project: str, state: StateDir) -> None:
         self._refuse_containers(project)
         network = self._ensure_network(project)
-        token = self._token(state)
+        token = self._token(project, state)
         secret = self._ensure_secret(project, token)
         image = self._balancer_image(project)
         spec = balancer_service_spec(project, image, network_name(project), secret, self.settings)
@@ -226,11 +248,14 @@ class SwarmRuntime(DockerRuntime):
         self._remove_stale_secrets(project, secret[1])
         fleet = SwarmBalancers(lambda: self._balancer_endpoints(project), token)
         deadline = time.monotonic() + READY_WITHIN
-        while not fleet.ready():
+        # Every node that takes tasks runs a balancer before apply publishes: a node that
+        # joined since the last apply (its image just shipped) gets the table too.
+        while (missing := self._nodes_without_balancer(project)) or not fleet.ready():
             if time.monotonic() >= deadline:
+                where = f" (none runs on {', '.join(missing)})" if missing else ""
                 raise RuntimeFailure(
                     f"the balancer service {balancer_name(project)} did not answer within "
-                    f"{READY_WITHIN:g}s on admin port {self.settings.admin_port}"
+                    f"{READY_WITHIN:g}s on admin port {self.settings.admin_port}{where}"
                     + self._service_errors(balancer_name(project))
                 )
             time.sleep(POLL * 5)  # waiting for its tasks to start, against a deadline
@@ -249,8 +274,36 @@ class SwarmRuntime(DockerRuntime):
                 "--project"
             )
 
-    def _token(self, state: StateDir) -> str:
-        return read_or_make_token(state)
+    def _token(self, project: str, state: StateDir) -> str:
+        return read_or_make_token(state, lambda: self._token_held(project))
+
+    def _token_held(self, project: str) -> str | None:
+        """The token the project's balancer task on this manager holds (its Swarm secret's
+        file), or None. A state directory lost (a fresh CI runner) then takes up the token
+        the balancers have, rather than giving them a new secret: that would restart every
+        balancer task, each host's data port down while its task restarts."""
+        service = self._service(balancer_name(project))
+        if service is None:
+            return None
+        for task in self._tasks([service["ID"]]):
+            status = task.get("Status") or {}
+            container = (status.get("ContainerStatus") or {}).get("ContainerID")
+            if task.get("NodeID") != self.node_id or status.get("State") != "running":
+                continue
+            if not container:
+                continue
+            try:
+                run = self.api.exec_create(container, ["cat", f"/run/secrets/{TOKEN_TARGET}"])
+                output: bytes = self.api.exec_start(run["Id"])
+                code = self.api.exec_inspect(run["Id"]).get("ExitCode")
+            except APIError:
+                continue  # the task stopped meanwhile: a new token it is, then
+            except ENGINE_ERRORS as exc:
+                raise engine_error(f"reading the token of {container[:12]} failed", exc) from exc
+            token = output.decode(errors="replace").strip()
+            if code == 0 and token:
+                return token
+        return None
 
     def _ensure_network(self, project: str) -> str:
         name = network_name(project)
@@ -293,31 +346,43 @@ class SwarmRuntime(DockerRuntime):
         except ENGINE_ERRORS as exc:
             raise engine_error("removing an old token secret failed", exc) from exc
 
-    def _balancer_endpoints(self, project: str) -> list[str]:
-        """ "address:admin port" of each running balancer task, by its node's address."""
+    def _nodes_without_balancer(self, project: str) -> list[str]:
+        """The ready, active nodes where no balancer task of the project runs (yet)."""
         service = self._service(balancer_name(project))
         if service is None:
             return []
+        hosts = self._hosts(fresh=True)
+        running = {
+            str(t.get("NodeID"))
+            for t in self._tasks([service["ID"]])
+            if t.get("DesiredState") == "running"
+            and (t.get("Status") or {}).get("State") == "running"
+        }
+        return sorted(
+            host.hostname
+            for node_id, host in hosts.items()
+            if host.ready and host.active and node_id not in running
+        )
+
+    def _balancer_endpoints(self, project: str) -> list[str]:
+        """ "address:admin port" of each running balancer task, by its node's address; a task
+        on a node that is down is left out: apply cannot reach it, and must not wait for it
+        (when the node is back, the next apply or reconcile gives it the table)."""
+        service = self._service(balancer_name(project))
+        if service is None:
+            return []
+        hosts = self._hosts(fresh=True)
         found = []
         for task in self._tasks([service["ID"]]):
             if task.get("DesiredState") != "running":
                 continue
             if (task.get("Status") or {}).get("State") != "running":
                 continue
-            found.append(
-                f"{self._node_address(str(task.get('NodeID')))}:{self.settings.admin_port}"
-            )
+            host = hosts.get(str(task.get("NodeID")))
+            if host is None or not host.ready or not host.address:
+                continue
+            found.append(f"{host.address}:{self.settings.admin_port}")
         return sorted(found)
-
-    def _node_address(self, node_id: str) -> str:
-        try:
-            node = self.api.inspect_node(node_id)
-        except ENGINE_ERRORS as exc:
-            raise engine_error(f"inspecting swarm node {node_id} failed", exc) from exc
-        address = str((node.get("Status") or {}).get("Addr") or "")
-        if address in ("", "0.0.0.0") and node_id == self.node_id:
-            return "127.0.0.1"
-        return address
 
     def remove_project(self, project: str, state: StateDir) -> list[str]:
         removed: list[str] = []

@@ -39,8 +39,9 @@ ENDPOINTS_TTL = 2.0  # the balancers' addresses, cached between acks polls
 BALANCER_GRACE = 35.0  # the balancer drains for up to 30 s on SIGTERM
 
 
-def read_or_make_token(state: StateDir) -> str:
-    """The project's push token, made (random, 0600) the first time."""
+def read_or_make_token(state: StateDir, held: Callable[[], str | None] | None = None) -> str:
+    """The project's push token, made (random, 0600) the first time; when the state
+    directory has none, held() may give the one the running balancers already hold."""
     path = state.path / TOKEN_FILE
     try:
         token = path.read_text().strip()
@@ -48,8 +49,8 @@ def read_or_make_token(state: StateDir) -> str:
             return token
     except FileNotFoundError:
         pass
+    token = (held() if held is not None else None) or secrets.token_hex(32)
     state.path.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_hex(32)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(token + "\n")

@@ -8,6 +8,11 @@ engines). On a one-node swarm there is no other node and the local image is all 
 
 Images that we did not build (an `image.name` such as nginx:1.27) are the nodes' business to
 pull, except that one the manager has locally is loaded like ours where there is no registry.
+
+A node that joins later: with a registry it pulls like the others. Without one, every apply
+(and every reconcile of `watch`) lists the nodes again and loads what a new one lacks; until
+then Swarm cannot start our tasks there (the task is rejected: no such image) and starts them
+elsewhere, except the balancer's, which Swarm retries on that node until the image is there.
 """
 
 from __future__ import annotations
@@ -71,22 +76,22 @@ class ImageShipper:
         self.settings = settings
         self.local_id = local_id
         self.lock = threading.Lock()
-        self.done: set[str] = set()  # images pushed or loaded everywhere by this process
+        self.pushed: set[str] = set()  # images this process pushed to the registry
+        self.loaded: dict[str, set[str]] = {}  # image -> the nodes this process loaded it on
 
     def reference(self, image: str) -> str:
         return registry_reference(image, self.settings.registry)
 
     def ship(self, image: str) -> None:
-        """Push image to the registry, or load it into every other node lacking it."""
+        """Push image to the registry, or load it into every other node lacking it (the
+        nodes are listed anew each time: one may have joined since)."""
         with self.lock:
-            if image in self.done:
-                return
             if self.settings.registry is not None:
-                if image.startswith(OURS):
+                if image.startswith(OURS) and image not in self.pushed:
                     self._push(image)
+                    self.pushed.add(image)
             else:
                 self._load_elsewhere(image)
-            self.done.add(image)
 
     def _push(self, image: str) -> None:
         target = self.reference(image)
@@ -110,8 +115,11 @@ class ImageShipper:
             nodes = other_nodes(self.api.nodes(), self.local_id)
         except ENGINE_ERRORS as exc:
             raise engine_error("listing the swarm's nodes failed", exc) from exc
+        done = self.loaded.setdefault(image, set())
         for node in nodes:
-            self._load_into(node, image)
+            if node.id not in done:
+                self._load_into(node, image)
+                done.add(node.id)
 
     def _load_into(self, node: SwarmNode, image: str) -> None:
         url = engine_url(node, self.settings.engines)

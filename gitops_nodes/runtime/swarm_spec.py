@@ -22,6 +22,7 @@ Instance statuses from task states (desired state, then the task's own):
 | desired running; failed, rejected, orphaned   | dead        | Unhealthy                   |
 | desired shutdown/remove; still up to running  | removing    | Deleting                    |
 | desired shutdown/remove; stopped              | (history: not an instance)  |
+| any, on a node that is not ready (host down)  | lost        | Unhealthy; left out of plans |
 
 Tasks have no index of their own (Swarm's slots are not renumbered after scaling down), so an
 instance's index is its rank among its service's tasks, the serving ones first by slot: the
@@ -39,7 +40,7 @@ from datetime import datetime
 from typing import Any
 
 from gitops_nodes.errors import RuntimeFailure
-from gitops_nodes.live import LiveInstance
+from gitops_nodes.live import LOST, LiveInstance
 from gitops_nodes.runtime import labels
 from gitops_nodes.spec.hashing import canonical_json, log_budget
 from gitops_nodes.spec.state import DesiredNode
@@ -365,11 +366,51 @@ def parse_timestamp(text: str | None) -> float | None:
         return None
 
 
+@dataclass(frozen=True)
+class NodeHost:
+    """A node of the swarm as tasks see it: its hostname, address, whether the manager
+    counts it ready (its engine answers the manager's heartbeats), and whether Swarm places
+    tasks on it (availability active, not paused or drained)."""
+
+    hostname: str
+    address: str
+    ready: bool
+    active: bool = True
+
+
+def node_hosts(nodes: Iterable[Mapping[str, Any]], local_id: str = "") -> dict[str, NodeHost]:
+    """The swarm's nodes (the Engine API's node list) by node id.
+
+    A manager may report its address as 0.0.0.0 (it listens on every address): its manager
+    address is used then, and 127.0.0.1 for the manager this runs against, when nothing
+    better is known.
+    """
+    found = {}
+    for node in nodes:
+        node_id = str(node.get("ID", ""))
+        status = node.get("Status") or {}
+        address = str(status.get("Addr") or "")
+        if address in ("", "0.0.0.0"):
+            manager = str((node.get("ManagerStatus") or {}).get("Addr") or "")
+            address = manager.rpartition(":")[0] if ":" in manager else manager
+        if address in ("", "0.0.0.0"):
+            address = "127.0.0.1" if node_id == local_id else ""
+        hostname = str((node.get("Description") or {}).get("Hostname") or node_id)
+        active = (node.get("Spec") or {}).get("Availability", "active") == "active"
+        found[node_id] = NodeHost(hostname, address, status.get("State") == "ready", active)
+    return found
+
+
 def task_instances(
-    service: str, tasks: Iterable[Mapping[str, Any]], network: str, owner: str = ""
+    service: str,
+    tasks: Iterable[Mapping[str, Any]],
+    network: str,
+    owner: str = "",
+    hosts: Mapping[str, NodeHost] | None = None,
 ) -> list[LiveInstance]:
     """One service's tasks as instances: history left out, ranked as the docstring says;
-    owner is the service's owner label, which its tasks belong to."""
+    owner is the service's owner label, which its tasks belong to; hosts (node_hosts) name
+    each task's machine and tell the lost ones (None: not known, none lost)."""
     found: list[tuple[tuple[int, int, str], LiveInstance]] = []
     for task in tasks:
         status = task.get("Status") or {}
@@ -379,6 +420,9 @@ def task_instances(
         node = task_labels.get(labels.NODE)
         if state is None or not node:
             continue
+        host = (hosts or {}).get(str(task.get("NodeID", "")))
+        if host is not None and not host.ready:
+            state = LOST  # what the manager last heard of it is all it knows
         slot = int(task.get("Slot") or 0)
         config = labels.config_of(task_labels.get(labels.CONFIG))
         address = task_address(task, network)
@@ -393,8 +437,9 @@ def task_instances(
             started_at=parse_timestamp(task.get("CreatedAt")),
             host=address or "",
             owner=owner,
+            hostname=host.hostname if host is not None else "",
         )
-        leaving = 1 if state == "removing" else 0
+        leaving = 1 if state in ("removing", LOST) else 0
         found.append(((leaving, slot, str(task.get("CreatedAt", ""))), instance))
     found.sort(key=lambda pair: pair[0])
     return [replace(instance, index=rank) for rank, (_, instance) in enumerate(found)]

@@ -7,6 +7,10 @@
 #   (examples/ci/) against a stand-in API.
 # - `chromium` and `chromedriver` from Debian's chromium and chromium-driver packages: the web
 #   console's browser tests drive headless Chromium with selenium.
+# - `docker-registry` from Debian's docker-registry package (the distribution v2 image
+#   registry): scripts/swarm-lab runs one for the three-engine Swarm the multi-host tests
+#   use (tests/integration/swarm_lab/), in a network namespace of its own. The package's
+#   own service is not used.
 # - From the npm registry (npm from Debian's npm package when the machine has none):
 #   yaml-language-server, the editors' YAML checker, into tests/editors/node_modules (the
 #   version pinned by tests/editors/package-lock.json), which tests/editors/ drives over
@@ -43,6 +47,7 @@ wanted() {
     command -v node >/dev/null 2>&1 || packages+=(nodejs)
     command -v chromium >/dev/null 2>&1 || packages+=(chromium)
     command -v chromedriver >/dev/null 2>&1 || packages+=(chromium-driver)
+    command -v docker-registry >/dev/null 2>&1 || packages+=(docker-registry)
     if { [[ ! -f $AXE ]] || editor_tools_missing; } && ! command -v npm >/dev/null 2>&1; then
         packages+=(npm)
     fi

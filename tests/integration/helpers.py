@@ -312,3 +312,16 @@ class Watch:
         code = self.process.wait(timeout=60)
         self.log_file.close()
         return code
+
+
+def comparable_plan(plan: dict[str, Any]) -> dict[str, Any]:
+    """A plan without what names the live instances (task names differ from containers')."""
+    changes = [
+        {**c, "instances": [{**i, "old": bool(i["old"])} for i in c.get("instances", ())]}
+        for c in plan["changes"]
+    ]
+    steps = sorted(
+        repr((s["step"], s.get("node"), s.get("index"), s.get("alias"), "instance" in s))
+        for s in plan["steps"]
+    )
+    return {"changes": changes, "summary": plan["summary"], "steps": steps}

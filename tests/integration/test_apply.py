@@ -63,6 +63,10 @@ def test_apply_from_scratch_then_no_changes(
     view = json.loads(status.stdout)
     assert [n["status"] for n in view["nodes"]] == ["Healthy"]
     assert [i["status"] for i in view["nodes"][0]["instances"]] == ["Healthy", "Healthy"]
+    engine = runtime.api.info()["Name"]  # one host: the engine's name is every instance's
+    assert [i["hostname"] for i in view["nodes"][0]["instances"]] == [engine, engine]
+    text = cli("status", str(root), state=state, project=project).stdout
+    assert f" {engine} " in text
 
     second = cli("apply", str(root), state=state, project=project)
     assert second.returncode == 0

@@ -28,7 +28,7 @@ import pytest
 from gitops_nodes.statedir import StateDir
 from tests import waiting
 
-from .helpers import alias_yaml, node_yaml
+from .helpers import alias_yaml, comparable_plan, node_yaml
 
 Repo = Callable[[str], Path]
 LOOPBACK = "127.0.0.1"
@@ -375,19 +375,6 @@ def test_destroy_leaves_the_swarm_as_it_found_it(
     assert not (repo.state.path / "balancer-token").exists()
 
 
-def _comparable(plan: dict[str, Any]) -> dict[str, Any]:
-    """A plan without what names the live instances (task names differ from containers')."""
-    changes = [
-        {**c, "instances": [{**i, "old": bool(i["old"])} for i in c.get("instances", ())]}
-        for c in plan["changes"]
-    ]
-    steps = sorted(
-        repr((s["step"], s.get("node"), s.get("index"), s.get("alias"), "instance" in s))
-        for s in plan["steps"]
-    )
-    return {"changes": changes, "summary": plan["summary"], "steps": steps}
-
-
 def test_plan_shows_the_same_actions_for_both_runtimes(
     swarm_repo: Callable[[str], SwarmRepo], project: str, tmp_path: Path
 ) -> None:
@@ -405,7 +392,7 @@ def test_plan_shows_the_same_actions_for_both_runtimes(
         return json.loads(swarm_plan.stdout), json.loads(docker_plan.stdout)
 
     swarm_plan, docker_plan = plans()  # from nothing
-    assert _comparable(swarm_plan) == _comparable(docker_plan)
+    assert comparable_plan(swarm_plan) == comparable_plan(docker_plan)
     assert swarm_plan["changes"] and swarm_plan["specDigest"] == docker_plan["specDigest"]
 
     on_swarm.apply()  # the same repo on both: the settings file says swarm, the flag docker
@@ -418,7 +405,7 @@ def test_plan_shows_the_same_actions_for_both_runtimes(
     )
 
     swarm_plan, docker_plan = plans()
-    assert _comparable(swarm_plan) == _comparable(docker_plan)
+    assert comparable_plan(swarm_plan) == comparable_plan(docker_plan)
     assert [c["action"] for c in swarm_plan["changes"]] == ["-/+", "+", "~"]
     destroyed = on_docker.cli("destroy", str(on_docker.root), runtime="docker")
     assert destroyed.returncode == 0, destroyed.stderr

@@ -4,6 +4,7 @@ cost one probe's time, and a silent one costs the deadline once, not its timeout
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from balancer.table import HealthSettings
 from gitops_nodes import workflow
 from gitops_nodes.health import Probe
-from gitops_nodes.live import LiveInstance
+from gitops_nodes.live import LOST, LiveInstance
 from tests.unit.memory_world import PROJECT, World, node, spec
 
 NODES = 24  # more than any fixed pool of a dozen or so threads
@@ -65,3 +66,28 @@ def test_a_silent_instance_costs_the_deadline_once(
     assert set(statuses.values()) == {"Healthy"}
     (silent,) = next(n for n in view.nodes if n.name == "n03").instances
     assert f"no answer to its check within {workflow.STATUS_DEADLINE:g}s" in silent.detail
+
+
+def test_status_names_each_instances_host_and_why_a_lost_one_is_unhealthy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world = World(tmp_path)
+    run = world.apply(spec(tmp_path, node("api", instances=2)))
+    assert run.report is not None and run.report.ok
+    listed = world.runtime.list_instances
+    # As the Swarm runtime lists them with its host down: one running here, one lost there.
+    hosts = iter(("lab-manager", "lab-worker-2"))
+
+    def on_hosts(project: str) -> list[LiveInstance]:
+        found = [replace(i, hostname=next(hosts)) for i in listed(project)]
+        return [found[0], replace(found[1], state=LOST)]
+
+    monkeypatch.setattr(world.runtime, "list_instances", on_hosts)
+    view = workflow.status(world.runtime, PROJECT, world.state, None).to_json()
+
+    instances = view["nodes"][0]["instances"]
+    assert [(i["hostname"], i["status"]) for i in instances] == [
+        ("lab-manager", "Healthy"),
+        ("lab-worker-2", "Unhealthy"),
+    ]
+    assert instances[1]["detail"].startswith("lab-worker-2 is down: Swarm starts a replacement")

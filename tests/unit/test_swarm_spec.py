@@ -5,20 +5,31 @@ from __future__ import annotations
 import http.server
 import subprocess
 from collections.abc import Callable
+from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import pytest
 
 from balancer.table import HealthSettings
+from gitops_nodes.diff import diff
 from gitops_nodes.health import Probe, instance_status
+from gitops_nodes.live import LOST, LiveState
 from gitops_nodes.runtime import labels
-from gitops_nodes.runtime.swarm_images import engine_url, other_nodes, registry_reference
+from gitops_nodes.runtime.swarm_images import (
+    ImageShipper,
+    engine_url,
+    other_nodes,
+    registry_reference,
+)
 from gitops_nodes.runtime.swarm_spec import (
     NAME_LIMIT,
     TASK_CHECK_MIN_INTERVAL,
+    NodeHost,
     balancer_name,
     health_command,
     network_name,
+    node_hosts,
     node_service_spec,
     projection,
     service_name,
@@ -27,7 +38,8 @@ from gitops_nodes.runtime.swarm_spec import (
 )
 from gitops_nodes.spec.hashing import InstanceConfig, canonical_json, spec_hash
 from gitops_nodes.spec.models import HealthCheck
-from gitops_nodes.spec.state import DesiredNode, Source
+from gitops_nodes.spec.settings import SwarmSettings
+from gitops_nodes.spec.state import DesiredNode, DesiredState, Source
 
 CONFIG = InstanceConfig(
     image="gitops-nodes/build:abc",
@@ -61,6 +73,7 @@ def task(
     desired_state: str = "running",
     created: str = "2026-01-01T00:00:00.5Z",
     address: str | None = "10.0.1.3/24",
+    node_id: str = "n1",
 ) -> dict[str, Any]:
     node = desired()
     attachments = []
@@ -68,6 +81,7 @@ def task(
         attachments = [{"Network": {"Spec": {"Name": "p--net"}}, "Addresses": [address]}]
     return {
         "ID": f"task{slot}{state}",
+        "NodeID": node_id,
         "Slot": slot,
         "DesiredState": desired_state,
         "CreatedAt": created,
@@ -145,6 +159,109 @@ def test_instances_are_ranked_serving_first_by_slot_with_names_hosts_and_ports()
     assert found[0].name == "p-api.1.task1starting"
     assert found[0].spec_hash == spec_hash(CONFIG) and found[0].config == CONFIG
     assert found[0].started_at == pytest.approx(1767225600.5)
+
+
+# -- several hosts: where a task runs, and tasks on a host that is down ----------------------
+
+HOSTS = {
+    "n1": NodeHost("lab-manager", "10.231.0.11", True),
+    "n2": NodeHost("lab-worker-1", "10.231.0.12", True),
+    "n3": NodeHost("lab-worker-2", "10.231.0.13", False),
+}
+
+
+def test_each_instance_names_its_host_and_the_tasks_of_a_host_that_is_down_are_lost() -> None:
+    tasks = [
+        task(1, "running", "shutdown", node_id="n3"),  # lost; Swarm already replaced it
+        task(2, "running", node_id="n3"),  # lost; not replaced yet
+        task(3, "running", node_id="n1"),
+        task(4, "starting", node_id="n2"),
+    ]
+
+    found = task_instances("p-api", tasks, "p--net", hosts=HOSTS)
+
+    assert [(i.index, i.state, i.hostname) for i in found] == [
+        (0, "running", "lab-manager"),
+        (1, "starting", "lab-worker-1"),
+        (2, LOST, "lab-worker-2"),  # after the ones that serve, like leaving ones
+        (3, LOST, "lab-worker-2"),
+    ]
+    assert not found[2].alive
+    assert instance_status(found[2], None, 0.0, HealthSettings()) == "Unhealthy"
+    assert [i.hostname for i in task_instances("p-api", tasks[2:], "p--net")] == ["", ""]
+
+
+def test_plans_leave_lost_instances_to_swarm() -> None:
+    """Swarm replaces a lost task itself and stops it when its host is back: a plan that
+    removed it would wait for a host that may never return."""
+    tasks = [
+        task(1, "running", "shutdown", node_id="n3"),
+        task(2, "running", node_id="n1"),
+        task(3, "running", node_id="n2"),
+    ]
+    instances = task_instances("p-api", tasks, "p--net", hosts=HOSTS)
+    want = desired(instances=2)
+    spec = DesiredState(Path("."), MappingProxyType({"api": want}), MappingProxyType({}))
+
+    (change,) = diff(spec, LiveState("p", tuple(instances))).nodes
+
+    lost = next(i.name for i in instances if i.state == LOST)
+    assert all(c.old != lost for c in change.instances)
+    assert change.before.get("instances") == 2  # the two that run, not the lost one
+
+
+def test_node_hosts_finds_each_nodes_address_even_when_a_manager_reports_every_address() -> None:
+    nodes = [
+        {
+            "ID": "me",
+            "Status": {"State": "ready", "Addr": "0.0.0.0"},
+            "ManagerStatus": {"Addr": "10.231.0.11:2377"},
+            "Description": {"Hostname": "lab-manager"},
+        },
+        {"ID": "w1", "Status": {"State": "down", "Addr": "10.231.0.12"}},
+        {"ID": "solo", "Status": {"State": "ready", "Addr": "0.0.0.0"}},
+    ]
+
+    hosts = node_hosts(nodes, local_id="solo")
+
+    assert hosts == {
+        "me": NodeHost("lab-manager", "10.231.0.11", True),
+        "w1": NodeHost("w1", "10.231.0.12", False),  # no hostname known: its id
+        "solo": NodeHost("solo", "127.0.0.1", True),
+    }
+
+
+class _Engine:
+    """The manager's engine as ImageShipper reads it: an image, and nodes that change."""
+
+    def __init__(self) -> None:
+        self.nodes_now: list[dict[str, Any]] = [_ready("me"), _ready("w1")]
+
+    def inspect_image(self, image: str) -> dict[str, Any]:
+        return {"Id": image}
+
+    def nodes(self) -> list[dict[str, Any]]:
+        return self.nodes_now
+
+
+def _ready(node_id: str) -> dict[str, Any]:
+    return {"ID": node_id, "Status": {"State": "ready", "Addr": f"10.0.0.{len(node_id)}"}}
+
+
+def test_a_node_that_joins_later_gets_the_images_at_the_next_ship(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    engine = _Engine()
+    shipper = ImageShipper(engine, SwarmSettings(), "me")
+    loaded: list[tuple[str, str]] = []
+    monkeypatch.setattr(shipper, "_load_into", lambda node, image: loaded.append((node.id, image)))
+
+    shipper.ship("gitops-nodes/build:abc")
+    shipper.ship("gitops-nodes/build:abc")  # nothing new: nothing loaded again
+    engine.nodes_now.append(_ready("w2"))  # a worker joins
+    shipper.ship("gitops-nodes/build:abc")
+
+    assert loaded == [("w1", "gitops-nodes/build:abc"), ("w2", "gitops-nodes/build:abc")]
 
 
 # -- the service ----------------------------------------------------------------------------
