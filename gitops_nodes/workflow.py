@@ -341,6 +341,8 @@ def status(
             return want.min_healthy, want.health
         return 1, HealthSettings()
 
+    # One engine's name for the instances that do not name their own host (one Docker host).
+    engine = runtime.host_name() if any(not i.hostname for i in live.instances) else ""
     running = [i for i in live.instances if i.state == "running" and i.port]
     probes = _probe_all(runtime, running, lambda node: health_for(node)[1])
     now = time.time()
@@ -371,7 +373,7 @@ def status(
                     instance.port,
                     found.detail if found else _state_detail(instance),
                     instance.host,
-                    instance.hostname,
+                    instance.hostname or engine,
                 )
             )
         if desired and name in desired.nodes:

@@ -56,6 +56,11 @@ class Runtime(Protocol):
         it (LiveInstance.owner; observe sorts ours from the others)."""
         ...
 
+    def host_name(self) -> str:
+        """The one machine every instance runs on, as its engine names itself, for status;
+        "" where instances may run on several (a Swarm's name their own hosts)."""
+        ...
+
     def list_images(self, project: str) -> set[str]:
         """The build tags present on the engine (any project may reuse a content-addressed one)."""
         ...

@@ -19,7 +19,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -193,12 +192,11 @@ class DockerRuntime:
             summaries = self.api.containers(all=True, filters=labels.project_filter(project))
         except ENGINE_ERRORS as exc:
             raise engine_error(f"listing containers failed: {exc}", exc) from exc
-        found = [i for i in map(_from_summary, summaries) if i is not None]
-        hostname = self._engine_name() if found else ""
-        return [replace(i, hostname=hostname) for i in found]
+        return [i for i in map(_from_summary, summaries) if i is not None]
 
-    def _engine_name(self) -> str:
-        """The name the engine gives itself (its machine's hostname), for status."""
+    def host_name(self) -> str:
+        """The name the engine gives itself (its machine's hostname), for status; read once,
+        and only when asked (plan and apply have no use for it)."""
         if self.engine_name is None:
             try:
                 self.engine_name = str(self.api.info().get("Name") or "")

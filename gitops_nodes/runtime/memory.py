@@ -352,6 +352,9 @@ class MemoryRuntime:
         with self.lock:
             return [c.live() for c in self.containers.values() if c.project == project]
 
+    def host_name(self) -> str:
+        return ""
+
     def list_images(self, project: str) -> set[str]:
         with self.lock:
             return set(self.images)

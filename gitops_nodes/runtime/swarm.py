@@ -123,6 +123,9 @@ class SwarmRuntime(DockerRuntime):
         self.hosts_read = (time.monotonic(), hosts)
         return hosts
 
+    def host_name(self) -> str:
+        return ""  # each task names its own node (LiveInstance.hostname)
+
     def _services(self, project: str, role: str) -> list[dict[str, Any]]:
         selector = [f"{labels.PROJECT}={project}", f"{labels.ROLE}={role}"]
         try:
