@@ -25,7 +25,7 @@ from gitops_nodes.runtime.docker import DockerRuntime, image_names
 from gitops_nodes.statedir import StateDir
 from tests.conftest import APP_DIR
 
-from .helpers import PYTHON_CODE, Watch, free_port, git, wait_until_serving
+from .helpers import PYTHON_CODE, Watch, free_port, git, remove_networks, wait_until_serving
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -207,17 +207,7 @@ def swarm_project(swarm: str, docker_client: Any) -> Iterator[str]:
         api.remove_container(container["Id"], force=True, v=True)
     for secret in api.secrets(filters=selector):
         api.remove_secret(secret["ID"])
-    for network in api.networks(filters=selector):
-        while True:
-            try:
-                api.remove_network(network["Id"])
-                break
-            except docker.errors.NotFound:
-                break
-            except docker.errors.APIError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)  # tasks detach from it a little after they stop
+    remove_networks(api, selector, deadline)
     built_for = {"label": [f"io.gitops-nodes.built-for={name}"]}  # images: not the project's
     images = {i["Id"]: i for f in (built_for, selector) for i in api.images(filters=f)}
     for image in images.values():

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import docker
+
 from balancer.table import RoutingTable, read_table
 from gitops_nodes import workflow
 from gitops_nodes.apply import ApplyOptions, StepResult
@@ -325,3 +327,19 @@ def comparable_plan(plan: dict[str, Any]) -> dict[str, Any]:
         for s in plan["steps"]
     )
     return {"changes": changes, "summary": plan["summary"], "steps": steps}
+
+
+def remove_networks(api: Any, selector: dict[str, list[str]], deadline: float) -> None:
+    """Remove the networks selector matches, retrying each until deadline (monotonic): a
+    network is in use for a little while after the tasks on it stopped."""
+    for network in api.networks(filters=selector):
+        while True:
+            try:
+                api.remove_network(network["Id"])
+                break
+            except docker.errors.NotFound:
+                break
+            except docker.errors.APIError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)  # tasks detach from it a little after they stop

@@ -22,6 +22,7 @@ from typing import IO, Any
 import docker
 import pytest
 
+from ..helpers import remove_networks
 from .lab import Lab, LabRepo, lab_traces, swarm_lab
 
 SESSION_LOCK = Path("/run/lock/gitops-nodes-swarm-lab.session.lock")
@@ -102,17 +103,7 @@ def _remove_project(lab: Lab, name: str) -> None:
     for secret in manager.secrets(filters=selector):
         with contextlib.suppress(docker.errors.NotFound):
             manager.remove_secret(secret["ID"])
-    for network in manager.networks(filters=selector):
-        while True:
-            try:
-                manager.remove_network(network["Id"])
-                break
-            except docker.errors.NotFound:
-                break
-            except docker.errors.APIError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)  # tasks detach from it a little after they stop
+    remove_networks(manager, selector, deadline)
     built_for = {"label": [f"io.gitops-nodes.built-for={name}"]}
     for host in lab.hosts:
         api = lab.client(host).api
