@@ -111,6 +111,17 @@ def log_in(driver: WebDriver, watch: Watch, key: str = ADMIN) -> None:
     driver.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()
 
 
+def node_rows(driver: WebDriver) -> dict[str, list[str]]:
+    """Each node row's cell texts by node name, read in one script: the page redraws the table
+    whenever a figure changes (every half second under traffic), so reading it cell by cell
+    over WebDriver can straddle a redraw and find every element stale, look after look."""
+    rows: list[list[str]] = driver.execute_script(
+        "return [...document.querySelectorAll('tr.node-row')]"
+        ".map((row) => [...row.querySelectorAll('td')].map((cell) => cell.innerText.trim()));"
+    )
+    return {cells[0]: cells for cells in rows if cells}
+
+
 def live(driver: WebDriver) -> None:
     """Wait until the page follows the stream and has drawn the aliases."""
     poll(
@@ -188,11 +199,8 @@ def test_the_page_shows_every_alias_node_and_instance_of_the_example(
         # Traffic on every look: the row's figures cover the last seconds only, and a page
         # slow to draw on a busy machine would otherwise see the burst above age out.
         predict(console, 3)
-        for row in driver.find_elements(By.CSS_SELECTOR, "tr.node-row"):
-            cells = [c.text for c in row.find_elements(By.TAG_NAME, "td")]
-            if cells[0] == "sentiment-v1" and cells[3] != "0" and cells[5] != "–":
-                return "ok"
-        return None
+        cells = node_rows(driver).get("sentiment-v1")
+        return "ok" if cells and cells[3] != "0" and cells[5] != "–" else None
 
     poll(busy_row, "sentiment-v1's requests/s and p50 on the page")
     shot(driver, "overview")
@@ -287,8 +295,10 @@ def test_an_unhealthy_node_shows_so(
             lambda: driver.find_element(By.CSS_SELECTOR, badge).text == "Unhealthy",
             "sentiment-v2 shown Unhealthy",
         )
-        row = driver.find_element(By.CSS_SELECTOR, "[data-node-row='sentiment-v2']")
-        assert "Unhealthy" in row.find_element(By.XPATH, "../..").text  # its <tr>
+        poll(
+            lambda: node_rows(driver)["sentiment-v2"][1] == "Unhealthy",
+            "sentiment-v2's row Unhealthy",
+        )
         shot(driver, "unhealthy")
     finally:
         for pid in pids:
