@@ -2,8 +2,10 @@
 
 On a Swarm the balancer is a service on other hosts: apply sends it each routing table with
 `PUT /-/table` and reads its report with `GET /-/ack`, both with `Authorization: Bearer
-<token>`. A pushed table is parsed whole before it is swapped in (one assignment, as a
-reloaded file is), so a malformed one is refused with 400 and the current table keeps serving.
+<token>`. `GET /-/table` gives back the table served, for an apply whose state directory
+lost the one it published (a fresh CI runner): it starts from what serves, not from nothing.
+A pushed table is parsed whole before it is swapped in (one assignment, as a reloaded file
+is), so a malformed one is refused with 400 and the current table keeps serving.
 """
 
 from __future__ import annotations
@@ -26,11 +28,13 @@ class Pushable(Protocol):
     @property
     def router(self) -> Router: ...
     def swap(self, table: RoutingTable) -> None: ...
+    def given_table(self) -> RoutingTable: ...
     def ack_document(self) -> dict[str, Any]: ...
 
 
 def push_routes(balancer: Pushable, token: str) -> list[Route]:
-    """`PUT /-/table` and `GET /-/ack`, refusing requests without the token (401)."""
+    """`PUT /-/table`, `GET /-/table` and `GET /-/ack`, refusing requests without the token
+    (401)."""
     if not token:
         raise ValueError("the push endpoints need a non-empty token")
     expected = f"Bearer {token}".encode()
@@ -60,6 +64,12 @@ def push_routes(balancer: Pushable, token: str) -> list[Route]:
         balancer.swap(table)
         return JSONResponse({"generation": table.generation})
 
+    async def get_table(request: Request) -> Response:
+        denied = refused(request)
+        if denied is not None:
+            return denied
+        return JSONResponse(balancer.given_table().to_json())
+
     async def get_ack(request: Request) -> Response:
         denied = refused(request)
         if denied is not None:
@@ -68,5 +78,6 @@ def push_routes(balancer: Pushable, token: str) -> list[Route]:
 
     return [
         Route("/-/table", put_table, methods=["PUT"]),
+        Route("/-/table", get_table, methods=["GET"]),
         Route("/-/ack", get_ack, methods=["GET"]),
     ]

@@ -200,6 +200,10 @@ class Balancer:
         backend = self.backends.by_key.get((endpoint.instance, endpoint.host, endpoint.port))
         return backend is not None and backend.healthy
 
+    def given_table(self) -> RoutingTable:
+        """The table as it was given (pushed or read), without the instances DNS added."""
+        return self.discovery.declared or self.proxy.router.table
+
     def ack_document(self) -> dict[str, Any]:
         """What apply waits on: the generation served, the instances counted Healthy, and
         the removed ones with requests still in flight."""

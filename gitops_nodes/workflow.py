@@ -42,7 +42,10 @@ def project_name(path: Path) -> str:
 
 
 def observe(runtime: Runtime, project: str, state: StateDir, adopt: bool = False) -> LiveState:
-    """Read what the project has now: containers and images by label, and the published table.
+    """Read what the project has now: containers and images by label, and the published table
+    (the one the balancers serve when the state directory has none: it was lost with the
+    directory that published it, say on a fresh CI runner, and starting from nothing would
+    publish a first table without the aliases that serve now).
 
     Only the containers the state directory owns are the live state's instances; the
     project's others (another state directory's, or made by hand with our labels copied
@@ -55,6 +58,8 @@ def observe(runtime: Runtime, project: str, state: StateDir, adopt: bool = False
         raise GitopsNodesError(
             f"the published routing table is unreadable ({exc}); fix or remove {state.table}"
         ) from exc
+    if table is None:
+        table = runtime.served_table(project, state)
     ownership = read_ownership(state)
     everything = runtime.list_instances(project)
     if adopt:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from balancer.table import HealthSettings
+from balancer.table import HealthSettings, RoutingTable
 from gitops_nodes.fleet import BalancerFleet
 from gitops_nodes.health import Probe
 from gitops_nodes.live import LiveInstance, Ownership
@@ -134,6 +134,13 @@ class Runtime(Protocol):
 
     def balancers(self, project: str, state: StateDir) -> BalancerFleet:
         """Where the project's routing tables go and its balancers report."""
+        ...
+
+    def served_table(self, project: str, state: StateDir) -> RoutingTable | None:
+        """The table the project's balancers serve, asked of them, for a state directory
+        that has none (lost with the directory that published it); None where balancers
+        follow the state directory's file (there is nothing else to ask) or none answers.
+        Changes nothing, on the engine or in the state directory."""
         ...
 
     def remove_images(self, project: str) -> ImageCleanup:

@@ -27,7 +27,7 @@ import docker
 import requests
 from docker.errors import APIError, BuildError, DockerException, ImageNotFound, NotFound
 
-from balancer.table import HealthSettings
+from balancer.table import HealthSettings, RoutingTable
 from gitops_nodes import progress, pyimage
 from gitops_nodes.errors import RuntimeFailure, RuntimeUnavailable
 from gitops_nodes.fleet import BalancerFleet, LocalBalancers
@@ -271,6 +271,9 @@ class DockerRuntime:
 
     def balancers(self, project: str, state: StateDir) -> BalancerFleet:
         return LocalBalancers(state)
+
+    def served_table(self, project: str, state: StateDir) -> RoutingTable | None:
+        return None  # this host's balancers follow the state directory's file
 
     def remove_project(self, project: str, state: StateDir) -> list[str]:
         # Every instance's socket folder went with it; this is their (now empty) parent.

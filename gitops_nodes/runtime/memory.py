@@ -438,6 +438,9 @@ class MemoryRuntime:
     def balancers(self, project: str, state: StateDir) -> BalancerFleet:
         return self.fleet(project)
 
+    def served_table(self, project: str, state: StateDir) -> RoutingTable | None:
+        return None  # like the docker runtime's: its balancers follow the table file
+
     def remove_images(self, project: str) -> ImageCleanup:
         with self.lock:
             users: dict[str, list[str]] = {}

@@ -24,7 +24,7 @@ from typing import Any
 
 from docker.errors import APIError, NotFound
 
-from balancer.table import HealthSettings
+from balancer.table import HealthSettings, RoutingTable
 from gitops_nodes import pyimage
 from gitops_nodes.errors import RuntimeFailure, RuntimeUnavailable
 from gitops_nodes.fleet import BalancerFleet
@@ -38,6 +38,7 @@ from gitops_nodes.runtime.swarm_balancer import (
     SwarmBalancers,
     balancer_service_spec,
     read_or_make_token,
+    read_token,
     secret_name,
 )
 from gitops_nodes.runtime.swarm_images import ImageShipper
@@ -220,6 +221,12 @@ class SwarmRuntime(DockerRuntime):
     def balancers(self, project: str, state: StateDir) -> BalancerFleet:
         token = self._token(project, state)
         return SwarmBalancers(lambda: self._balancer_endpoints(project), token)
+
+    def served_table(self, project: str, state: StateDir) -> RoutingTable | None:
+        token = read_token(state) or self._token_held(project)
+        if token is None:
+            return None  # no balancer of the project runs here: it has served nothing
+        return SwarmBalancers(lambda: self._balancer_endpoints(project), token).served()
 
     # -- images ----------------------------------------------------------------------------
 

@@ -5,7 +5,8 @@ and admin ports published in host mode on each node (`swarm.port`, `swarm.adminP
 call any node's data port. It finds the nodes' instances by DNS (balancer/discovery.py) and
 gets each routing table from apply over its admin port (`PUT /-/table`, balancer/push.py),
 authenticated with a token that apply keeps in the project's state directory and Swarm hands
-the service as a secret; apply reads its reports the same way (`GET /-/ack`).
+the service as a secret; apply reads its reports the same way (`GET /-/ack`), and, when its
+state directory has no table (lost with it), the table the balancers serve (`GET /-/table`).
 
 Published ports: Swarm's host-mode ports bind every address of a node (the Engine API has no
 host address for them), so the admin port is reachable wherever the node is: its table
@@ -24,7 +25,7 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
-from balancer.table import RoutingTable
+from balancer.table import RoutingTable, TableError
 from gitops_nodes.errors import RuntimeFailure
 from gitops_nodes.runtime import labels
 from gitops_nodes.runtime.balancer_image import ADMIN_PORT, DATA_PORT, TOKEN_TARGET
@@ -39,16 +40,21 @@ ENDPOINTS_TTL = 2.0  # the balancers' addresses, cached between acks polls
 BALANCER_GRACE = 35.0  # the balancer drains for up to 30 s on SIGTERM
 
 
+def read_token(state: StateDir) -> str | None:
+    """The project's push token as the state directory keeps it, or None."""
+    try:
+        return (state.path / TOKEN_FILE).read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
 def read_or_make_token(state: StateDir, held: Callable[[], str | None] | None = None) -> str:
     """The project's push token, made (random, 0600) the first time; when the state
     directory has none, held() may give the one the running balancers already hold."""
     path = state.path / TOKEN_FILE
-    try:
-        token = path.read_text().strip()
-        if token:
-            return token
-    except FileNotFoundError:
-        pass
+    token = read_token(state)
+    if token:
+        return token
     token = (held() if held is not None else None) or secrets.token_hex(32)
     state.path.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -195,6 +201,19 @@ class SwarmBalancers:
             body = json.dumps(table.to_json()).encode()
             for target in sorted(behind):
                 self._push(target, body, table.generation)
+
+    def served(self) -> RoutingTable | None:
+        """The newest table any running balancer serves (None when none answers or none was
+        ever given one): what a state directory that lost its table starts from."""
+        newest: RoutingTable | None = None
+        for target in self.endpoints(fresh=True):
+            try:
+                table = RoutingTable.from_json(json.loads(self._call("GET", target, "/-/table")))
+            except (RuntimeFailure, ValueError, TableError):
+                continue  # not answering now, or an older balancer without the endpoint
+            if table.generation > 0 and (newest is None or table.generation > newest.generation):
+                newest = table
+        return newest
 
     def ready(self) -> bool:
         """Whether every running balancer task answers (with the right token)."""

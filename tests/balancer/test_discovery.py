@@ -77,6 +77,12 @@ def test_pushes_need_the_token_and_a_whole_table(
 
     assert harness.status()["generation"] == 1  # every refused push left the table alone
     assert harness.get("/aliases/site/x").backend == "kept"
+    # What it serves is given back whole (to an apply that lost its state directory), and
+    # only with the token.
+    served = harness.admin("GET", "/-/table", {"authorization": f"Bearer {token}"})
+    assert served.status == 200 and served.json() == good.to_json()
+    assert harness.admin("GET", "/-/table").status == 401
+    assert harness.admin("GET", "/-/table", {"authorization": "Bearer wrong"}).status == 401
 
 
 def test_a_name_that_stops_resolving_takes_its_instances_out(

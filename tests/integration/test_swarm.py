@@ -12,6 +12,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -267,6 +268,37 @@ def test_rolling_replacement_fails_no_request_through_the_balancer(
     assert len(tasks) == 2 and not old & {t["ID"] for t in tasks}
     update = service(docker_client, f"{repo.project}-api").get("UpdateStatus") or {}
     assert update.get("State") in ("updating", "completed")  # Swarm's own rolling update
+
+
+def test_a_lost_state_directory_starts_from_the_table_the_balancers_serve(
+    swarm_repo: Callable[[str], SwarmRepo], docker_client: Any, load: Callable[[int], Load]
+) -> None:
+    """A state directory lost (a fresh CI runner): the plan reads the table the balancers
+    serve, so it shows no alias or table change, and `apply --adopt` under load takes the
+    services over without a task replaced and without a failed request."""
+    repo = swarm_repo(node_yaml("api", "1", instances=2) + alias_yaml("api", {"api": 100}))
+    repo.apply()
+    tasks = {t["ID"] for t in running_tasks(docker_client, f"{repo.project}-api")}
+    shutil.rmtree(repo.state.path)
+    running = load(repo.port)
+    wait_until(lambda: running.served["1"] > 20, "the load to be served")
+
+    planned = repo.cli("plan", str(repo.root), "--adopt", "--json")
+    assert planned.returncode == 0, planned.stderr
+    document = json.loads(planned.stdout)
+    assert document["changes"] == [], document["changes"]
+    text = repo.cli("plan", str(repo.root), "--adopt")
+    assert text.returncode == 0 and text.stdout.startswith("No changes."), text.stdout
+    assert not repo.state.table.exists()  # plan wrote nothing
+    taken = repo.cli("apply", str(repo.root), "--adopt")
+    assert taken.returncode == 0, taken.stdout + taken.stderr
+    wait_until(lambda: running.served["1"] > 200, "the load to go on after the apply")
+    finish(running)
+
+    assert running.failures == [], running.failures[:5]
+    assert {t["ID"] for t in running_tasks(docker_client, f"{repo.project}-api")} == tasks
+    again = repo.cli("plan", str(repo.root), "--detailed-exitcode")
+    assert again.returncode == 0 and again.stdout.startswith("No changes."), again.stdout
 
 
 def test_a_replacement_that_never_becomes_healthy_is_rolled_back(

@@ -70,14 +70,20 @@ class ListedRuntime:
 
     name = "listed"
 
-    def __init__(self, instances: list[LiveInstance]) -> None:
+    def __init__(self, instances: list[LiveInstance], served: RoutingTable | None = None) -> None:
         self.instances = instances
+        self.served = served
+        self.asked = 0
 
     def list_instances(self, project: str) -> list[LiveInstance]:
         return list(self.instances)
 
     def list_images(self, project: str) -> set[str]:
         return set()
+
+    def served_table(self, project: str, state: StateDir) -> RoutingTable | None:
+        self.asked += 1
+        return self.served
 
 
 def listed(instances: list[LiveInstance]) -> Runtime:
@@ -147,6 +153,25 @@ def test_observe_sets_aside_the_containers_of_another_owner_and_adopt_takes_them
     adopted = workflow.claim(state, workflow.observe(runtime, PROJECT, state, adopt=True))
     assert set(adopted.instances) == {mine, theirs} and adopted.foreign == ()
     assert read_ownership(state).adopted == frozenset({THEIRS})  # recorded for next time
+
+
+def test_without_a_table_of_its_own_observe_starts_from_the_one_the_balancers_serve(
+    tmp_path: Path,
+) -> None:
+    """A state directory lost (a fresh CI runner): its first plan starts from the table that
+    serves, not from none, so it does not publish a table without the aliases serving now;
+    a state directory's own table is its record, and the balancers are not asked."""
+    served = RoutingTable(generation=7)
+    runtime = ListedRuntime([], served=served)
+    state = StateDir(tmp_path / PROJECT)
+
+    assert workflow.observe(cast(Runtime, runtime), PROJECT, state).table is served
+    assert not state.path.exists()  # observing wrote nothing
+    state.path.mkdir(parents=True)
+    write_table(state.table, RoutingTable(generation=3))
+    asked = runtime.asked
+    own = workflow.observe(cast(Runtime, runtime), PROJECT, state).table
+    assert own is not None and own.generation == 3 and runtime.asked == asked
 
 
 def test_the_claim_on_unlabelled_containers_ends_when_none_is_left(

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from balancer.table import RoutingTable
 from gitops_nodes.fleet import BalancerFleet, LocalBalancers
 from gitops_nodes.live import LiveInstance
 from gitops_nodes.runtime.base import Runtime
@@ -30,6 +31,9 @@ class NothingRuntime:
 
     def balancers(self, project: str, state: StateDir) -> BalancerFleet:
         return LocalBalancers(state)
+
+    def served_table(self, project: str, state: StateDir) -> RoutingTable | None:
+        return None
 
 
 def _reconciler(tmp_path: Path, summary_every: float = 3600.0) -> Reconciler:
