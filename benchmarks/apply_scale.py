@@ -50,11 +50,13 @@ from common import (
     PROJECT_LABEL,
     REPO_ROOT,
     BenchError,
+    compile_bytecode,
     cpu_busy,
     gitops_nodes,
     progress,
     run_reporting,
     signals_interrupt,
+    userland_proxy_running,
     warn,
 )
 
@@ -123,6 +125,11 @@ def engine_figures(client: docker.DockerClient, image: str, n: int, project: str
     with ThreadPoolExecutor(ENGINE_THREADS) as pool:
         ids = list(pool.map(create, range(n)))
     figures.seconds["up"] = time.monotonic() - started
+    if userland_proxy_running():
+        warn(
+            "the engine runs docker-proxy for published ports (dockerd without "
+            "--userland-proxy=false): creating and removing containers is slower than it can be"
+        )
     lists = []
     for _ in range(5):
         started = time.monotonic()
@@ -423,6 +430,7 @@ def main() -> int:
         busy = cpu_busy()
         if busy > 0.25:
             warn(f"the machine is {busy:.0%} busy: figures will be slower than on a quiet one")
+        compile_bytecode()  # commands are timed as an installed gitops-nodes runs them
         progress(f"building {image}")
         build_image(client, image, run_id)
         compose = shutil.which("docker-compose") is not None
