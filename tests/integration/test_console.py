@@ -203,6 +203,17 @@ def test_the_page_shows_every_alias_node_and_instance_of_the_example(
         return "ok" if cells and cells[3] != "0" and cells[5] != "–" else None
 
     poll(busy_row, "sentiment-v1's requests/s and p50 on the page")
+    # A redraw changes the row's figures in place: the link a pointer may be pressing stays
+    # the same element (a replaced one would turn that click into nothing).
+    link = driver.find_element(By.CSS_SELECTOR, "[data-node-row='sentiment-v1'] a")
+    figures = node_rows(driver)["sentiment-v1"][3:7]
+
+    def redrawn() -> bool:
+        predict(console, 3)
+        return node_rows(driver)["sentiment-v1"][3:7] != figures
+
+    poll(redrawn, "sentiment-v1's figures to change")
+    assert link.text == "sentiment-v1"  # not stale: the same element
     shot(driver, "overview")
     assert axe_violations(driver) == []
     # A node's page: its spec as applied (environment names, never values) and its logs.

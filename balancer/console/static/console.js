@@ -44,14 +44,35 @@ function facts(pairs) {
   return dl;
 }
 
-// Replace a region's content only when what it shows changed, keeping keyboard focus.
+// Make parent's children look like wanted (new nodes), keeping each element that has the
+// same tag in the same place and changing only its attributes and text. Under traffic the
+// figures change every half second: replacing the elements would lose a click whose press
+// and release straddle a redraw, the text being selected, and the keyboard focus.
+function morphChildren(parent, wanted) {
+  const current = [...parent.childNodes];
+  wanted.forEach((next, i) => {
+    const old = current[i];
+    if (!old) parent.append(next);
+    else if (old.nodeName !== next.nodeName) parent.replaceChild(next, old);
+    else if (old.nodeType === Node.TEXT_NODE) {
+      if (old.nodeValue !== next.nodeValue) old.nodeValue = next.nodeValue;
+    } else {
+      for (const { name } of [...old.attributes]) if (!next.hasAttribute(name)) old.removeAttribute(name);
+      for (const { name, value } of [...next.attributes]) if (old.getAttribute(name) !== value) old.setAttribute(name, value);
+      morphChildren(old, [...next.childNodes]);
+    }
+  });
+  for (const extra of current.slice(wanted.length)) extra.remove();
+}
+
+// Redraw a region only when what it shows changed, keeping keyboard focus.
 function show(id, key, build) {
   const text = JSON.stringify(key);
   if (state.shown[id] === text) return;
   state.shown[id] = text;
   const focused = document.activeElement && document.activeElement.getAttribute("data-key");
   const region = $(id);
-  region.replaceChildren(...[].concat(build()));
+  morphChildren(region, [].concat(build()));
   if (focused) {
     const again = region.querySelector(`[data-key="${CSS.escape(focused)}"]`);
     if (again) again.focus();
