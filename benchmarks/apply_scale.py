@@ -13,7 +13,8 @@ each as a fresh `gitops-nodes` process the way CI runs it:
 - `status`, then `destroy`.
 
 In the same run it measures the engine's own speed on N such containers through the Docker
-SDK with 8 threads (create+start, a label-filtered listing, force-remove), and, for the N of
+SDK with 8 threads (create+start, a label-filtered listing, replacing all: as many created
+and started beside them, then the old stopped and removed; force-remove), and, for the N of
 --compose-nodes when Debian's `docker-compose` is installed, Compose on the same services
 (`up -d`, `up -d` again, `up -d` after the env change, `down`). Then the ratios: ours to the
 engine's, and each figure at the largest N to the smallest.
@@ -70,7 +71,12 @@ ROWS = [
     ("status", "status"),
     ("destroy", "destroy"),
 ]
-ENGINE_ROWS = {"up": "create+start", "noop": "list by label", "destroy": "force-remove"}
+ENGINE_ROWS = {
+    "up": "create+start",
+    "noop": "list by label",
+    "change": "create+start beside, then stop+remove the old",
+    "destroy": "force-remove",
+}
 
 
 @dataclass
@@ -113,7 +119,7 @@ def engine_figures(client: docker.DockerClient, image: str, n: int, project: str
         )
         created = api.create_container(
             image=image,
-            name=f"{project}-engine-{index}",
+            name=f"{project}-engine-{index}-{'new' if index >= n else 'old'}",
             labels={BENCH_LABEL: project, PROJECT_LABEL: project},
             ports=[PORT],
             host_config=host_config,
@@ -138,9 +144,22 @@ def engine_figures(client: docker.DockerClient, image: str, n: int, project: str
     if len(found) != n:
         raise BenchError(f"the engine lists {len(found)} containers, {n} were made")
     figures.seconds["noop"] = statistics.median(lists)
+
+    def retire(container: str) -> None:
+        api.stop(container, timeout=10)
+        api.remove_container(container, v=True)
+
+    # What a make-before-break change of every node costs the engine alone: as many new
+    # containers beside the old, then the old ones stopped (busybox's httpd ends on SIGTERM)
+    # and removed; no health waits, no routing table, no ordering between nodes.
     started = time.monotonic()
     with ThreadPoolExecutor(ENGINE_THREADS) as pool:
-        list(pool.map(lambda i: api.remove_container(i, force=True, v=True), ids))
+        new = list(pool.map(create, range(n, 2 * n)))
+        list(pool.map(retire, ids))
+    figures.seconds["change"] = time.monotonic() - started
+    started = time.monotonic()
+    with ThreadPoolExecutor(ENGINE_THREADS) as pool:
+        list(pool.map(lambda i: api.remove_container(i, force=True, v=True), new))
     figures.seconds["destroy"] = time.monotonic() - started
     return figures
 
@@ -379,9 +398,11 @@ def report(sizes: list[int], results: dict[tuple[str, int], Figures], busy: floa
         if ours and engine:
             up = ours.seconds["up"] / engine.seconds["up"]
             down = ours.seconds["destroy"] / engine.seconds["destroy"]
+            change = ours.seconds["change"] / engine.seconds["change"]
             print(
                 f"{n} nodes: up / engine create+start {up:.2f} (target ≤ 1.3); "
                 f"destroy / engine force-remove {down:.2f} (target ≤ 1.5); "
+                f"change all / engine replace-all {change:.2f} (the target is 12 s at 50); "
                 f"no-op plan {ours.seconds['plan']:.2f} s, apply {ours.seconds['noop']:.2f} s "
                 f"(targets ≤ 0.5 s at 50)"
             )
