@@ -7,6 +7,7 @@ import asyncio
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -280,9 +281,16 @@ def test_a_hanging_git_is_killed_at_the_timeout(
     # 1.5 s, not less: on a busy machine the fake's shell must have forked its sleeper and
     # written its pid before the timeout kills it, or there is no child to look for.
     source = GitSource("file:///x", "main", "deploy", tmp_path / "state", fetch_timeout=1.5)
+    started = time.monotonic()
     with pytest.raises(SourceError, match=r"did not finish within 1.5s"):
         source.poll()
-    assert _gone_or_zombie(int(child.read_text()))
+    # Not by waiting for the sleeper's 30 s: it holds git's pipes open, so a kill that
+    # missed it would have held poll() until it ended by itself.
+    assert time.monotonic() - started < 20
+    # SIGKILL takes effect asynchronously: the sleeper has closed its end of git's pipes by
+    # now, but on a busy machine it may not yet be a zombie for a moment after.
+    sleeper = int(child.read_text())
+    wait_until(lambda: _gone_or_zombie(sleeper), "git's child to be killed with it", 5.0)
 
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     with pytest.raises(SourceError, match="git is not installed"):
