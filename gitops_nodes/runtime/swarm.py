@@ -219,14 +219,16 @@ class SwarmRuntime(DockerRuntime):
         return f"tasks.{service_name(project, node)}:{port}"
 
     def balancers(self, project: str, state: StateDir) -> BalancerFleet:
-        token = self._token(project, state)
-        return SwarmBalancers(lambda: self._balancer_endpoints(project), token)
+        return self._fleet(project, self._token(project, state))
 
     def served_table(self, project: str, state: StateDir) -> RoutingTable | None:
         token = read_token(state) or self._token_held(project)
         if token is None:
             return None  # no balancer of the project runs here: it has served nothing
-        return SwarmBalancers(lambda: self._balancer_endpoints(project), token).served()
+        return self._fleet(project, token).served()
+
+    def _fleet(self, project: str, token: str) -> SwarmBalancers:
+        return SwarmBalancers(lambda: self._balancer_endpoints(project), token)
 
     # -- images ----------------------------------------------------------------------------
 
@@ -256,7 +258,7 @@ class SwarmRuntime(DockerRuntime):
         spec = balancer_service_spec(project, image, network_name(project), secret, self.settings)
         self._write_service(spec, {network_name(project): network})
         self._remove_stale_secrets(project, secret[1])
-        fleet = SwarmBalancers(lambda: self._balancer_endpoints(project), token)
+        fleet = self._fleet(project, token)
         deadline = time.monotonic() + READY_WITHIN
         # Every node that takes tasks runs a balancer before apply publishes: a node that
         # joined since the last apply (its image just shipped) gets the table too.
