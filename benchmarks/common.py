@@ -64,10 +64,16 @@ def compile_bytecode() -> None:
             raise BenchError(f"compiling {package} to bytecode failed")
 
 
-def userland_proxy_running() -> bool:
-    """Whether the engine runs docker-proxy processes (its userland proxy is on): one more
-    process per published port, which slows creating and removing containers."""
-    return subprocess.run(["pgrep", "-x", "docker-proxy"], capture_output=True).returncode == 0
+def userland_proxy_running(port: int | None = None) -> bool:
+    """Whether the engine runs docker-proxy processes (its userland proxy is on), or one
+    for this published port: a process more per port, which copies the port's traffic and
+    slows creating and removing containers."""
+    if port is None:
+        found = subprocess.run(["pgrep", "-x", "docker-proxy"], capture_output=True)
+    else:
+        pattern = f"docker-proxy .*-host-port {port}( |$)"
+        found = subprocess.run(["pgrep", "-f", pattern], capture_output=True)
+    return found.returncode == 0
 
 
 def warn(message: str) -> None:

@@ -98,6 +98,7 @@ from common import (
     require_base_image,
     run_reporting,
     signals_interrupt,
+    userland_proxy_running,
 )
 from common import run as run_command
 
@@ -606,14 +607,6 @@ class Figures:
     sizes_alias: list[int] | None = None
 
 
-def userland_proxy_for(port: int) -> bool:
-    """Whether a docker-proxy process copies the traffic of this published port."""
-    found = subprocess.run(
-        ["pgrep", "-f", f"docker-proxy .*-host-port {port}( |$)"], capture_output=True
-    )
-    return found.returncode == 0
-
-
 def bench(
     duration: float, warmup: float, restarts: int, rounds: int, batched: bool
 ) -> tuple[str, Figures]:
@@ -645,7 +638,7 @@ def bench(
         image = run(["docker", "inspect", "--format", "{{.Config.Image}}", container]).strip()
         run(["docker", "update", "--cpuset-cpus", INSTANCE_CORE, container])
         port = published_port(container)
-        proxied = userland_proxy_for(port)
+        proxied = userland_proxy_running(port)
         alias_path = f"/aliases/{ALIAS}/"
         wait_prediction(port, "/", READY_TIMEOUT)
         wait_prediction(serve.port, alias_path, READY_TIMEOUT, serve.check_running)
