@@ -27,20 +27,25 @@ import docker
 import requests
 from docker.errors import APIError, BuildError, DockerException, ImageNotFound, NotFound
 
-from balancer.table import HealthSettings, RoutingTable
 from gitops_nodes import progress, pyimage
 from gitops_nodes.errors import RuntimeFailure, RuntimeUnavailable
-from gitops_nodes.fleet import BalancerFleet, LocalBalancers
-from gitops_nodes.health import Probe, probe
 from gitops_nodes.live import LiveInstance, Ownership
 from gitops_nodes.runtime import labels, secretfiles
 from gitops_nodes.runtime.base import ImageCleanup, LogLine
+from gitops_nodes.runtime.container_records import (
+    LOOPBACK,
+    from_inspect,
+    image_names,
+    instance_of,
+    instances_listed,
+    tags_listed,
+)
+from gitops_nodes.runtime.docker_host import DockerHost
 from gitops_nodes.spec.context import BUILD_REPOSITORY
 from gitops_nodes.spec.hashing import InstanceConfig, canonical_json, log_budget, show_gpus
 from gitops_nodes.spec.state import BuildRequest, DesiredNode
 from gitops_nodes.statedir import StateDir
 
-LOOPBACK = "127.0.0.1"
 PORT_ATTEMPTS = 5
 SOCKET_MOUNT = "/run/gitops-nodes"  # where a python node's socket folder is, in its container
 SOCKET_ENV = "GITOPS_NODES_SOCKET"  # tells the node's runtime where to listen (pynode/server)
@@ -156,18 +161,7 @@ def log_config(config: InstanceConfig) -> dict[str, Any]:
     return {"Type": "json-file", "Config": {"max-size": str(size), "max-file": str(files)}}
 
 
-# How the engine lists a dangling image's tags (one that a rebuild under its tag left behind).
-UNTAGGED = "<none>:<none>"
-
-
-def image_names(image: dict[str, Any]) -> list[str]:
-    """The names to remove an image by, from the engine's image listing: its tags, or its id
-    when it has none (the name `<none>:<none>` is not a reference the engine takes)."""
-    tags = [tag for tag in image.get("RepoTags") or () if tag != UNTAGGED]
-    return tags or [image["Id"]]
-
-
-class DockerRuntime:
+class DockerRuntime(DockerHost):
     """Instances as containers on a single Docker engine."""
 
     name = "docker"
@@ -192,7 +186,7 @@ class DockerRuntime:
             summaries = self.api.containers(all=True, filters=labels.project_filter(project))
         except ENGINE_ERRORS as exc:
             raise engine_error(f"listing containers failed: {exc}", exc) from exc
-        return [i for i in map(_from_summary, summaries) if i is not None]
+        return instances_listed(summaries)
 
     def host_name(self) -> str:
         """The name the engine gives itself (its machine's hostname), for status; read once,
@@ -209,7 +203,7 @@ class DockerRuntime:
             images = self.api.images(name=BUILD_REPOSITORY)
         except ENGINE_ERRORS as exc:
             raise engine_error(f"listing images failed: {exc}", exc) from exc
-        return {tag for image in images for tag in image.get("RepoTags") or () if tag != UNTAGGED}
+        return tags_listed(images)
 
     def build_image(self, project: str, root: Path, request: BuildRequest) -> None:
         if request.python is None:
@@ -254,26 +248,6 @@ class DockerRuntime:
             ) from exc
         except (*ENGINE_ERRORS, TypeError) as exc:
             raise engine_error(f"building {what} failed", exc) from exc
-
-    def prepare_project(self, project: str, state: StateDir) -> None:
-        return None  # containers need nothing project-wide: Docker's default bridge network
-
-    def prepare_node(
-        self, project: str, name: str, node: DesiredNode | None, ownership: Ownership
-    ) -> None:
-        return None  # a node is its containers, each created and removed by its own step
-
-    def probe_instance(self, instance: LiveInstance, health: HealthSettings) -> Probe:
-        return probe(instance.port or 0, health)
-
-    def discovery(self, project: str, node: str, port: int) -> str | None:
-        return None  # apply lists each container's loopback port in the table
-
-    def balancers(self, project: str, state: StateDir) -> BalancerFleet:
-        return LocalBalancers(state)
-
-    def served_table(self, project: str, state: StateDir) -> RoutingTable | None:
-        return None  # this host's balancers follow the state directory's file
 
     def remove_project(self, project: str, state: StateDir) -> list[str]:
         # Every instance's socket folder went with it; this is their (now empty) parent.
@@ -374,7 +348,7 @@ class DockerRuntime:
             if config.gpus is not None and NO_GPU.search(str(exc)):
                 raise RuntimeFailure(no_gpu_message(node, name, exc)) from exc
             raise engine_error(f"starting {name} failed", exc) from exc
-        live = _instance(name, instance_labels, "running", published, time.time())
+        live = instance_of(name, instance_labels, "running", published, time.time())
         if live is None:  # our own labels always make one
             raise RuntimeFailure(f"{name}: its labels do not describe an instance")
         return live
@@ -398,7 +372,7 @@ class DockerRuntime:
             return None
         except ENGINE_ERRORS as exc:
             raise engine_error(f"inspecting {name} failed: {exc}", exc) from exc
-        found = _from_inspect(data)
+        found = from_inspect(data)
         if found is None or data["Config"]["Labels"].get(labels.PROJECT) != project:
             return None
         return found
@@ -573,89 +547,6 @@ def log_line(raw: bytes) -> LogLine:
     seconds = int(datetime.fromisoformat(match.group(1) + "+00:00").timestamp())
     fraction = (match.group(2) or "").ljust(9, "0")
     return LogLine(seconds * 1_000_000_000 + int(fraction), stamp, rest)
-
-
-def _instance(
-    name: str,
-    label_map: dict[str, str],
-    state: str,
-    published: dict[int, int],
-    started: float | None,
-) -> LiveInstance | None:
-    """An instance from its labels and published ports ({container port: loopback port})."""
-    node = label_map.get(labels.NODE)
-    index = label_map.get(labels.INDEX, "")
-    if not node or not index.isdigit():
-        return None
-    config = labels.config_of(label_map.get(labels.CONFIG))
-    if config is None:  # no readable config: its only published port is the serving one
-        port = next(iter(published.values()), None)
-        telemetry_port = None
-    else:
-        port = published.get(config.port)
-        telemetry_port = (
-            published.get(config.telemetry_port) if config.telemetry_port is not None else None
-        )
-    return LiveInstance(
-        name=name,
-        node=node,
-        index=int(index),
-        spec_hash=label_map.get(labels.SPEC_HASH, ""),
-        config=config,
-        state=state,
-        port=port,
-        started_at=started,
-        telemetry_port=telemetry_port,
-        socket=label_map.get(labels.SOCKET) or None,
-        owner=label_map.get(labels.OWNER, ""),
-    )
-
-
-def _from_summary(summary: dict[str, Any]) -> LiveInstance | None:
-    published = {
-        int(p["PrivatePort"]): int(p["PublicPort"])
-        for p in summary.get("Ports") or ()
-        if p.get("IP") == LOOPBACK and p.get("PublicPort") and p.get("PrivatePort")
-    }
-    name = (summary.get("Names") or ["/?"])[0].lstrip("/")
-    created = summary.get("Created")
-    return _instance(
-        name,
-        summary.get("Labels") or {},
-        summary.get("State", ""),
-        published,
-        float(created) if created else None,
-    )
-
-
-def _from_inspect(data: dict[str, Any]) -> LiveInstance | None:
-    published: dict[int, int] = {}
-    for key, bindings in (data["NetworkSettings"].get("Ports") or {}).items():
-        container_port = key.split("/", 1)[0]  # "8080/tcp"
-        if not container_port.isdigit():
-            continue
-        for binding in bindings or ():
-            if binding.get("HostIp") == LOOPBACK and binding.get("HostPort"):
-                published[int(container_port)] = int(binding["HostPort"])
-    state = data["State"]
-    return _instance(
-        data["Name"].lstrip("/"),
-        data["Config"]["Labels"] or {},
-        state.get("Status", ""),
-        published,
-        _timestamp(state.get("StartedAt")),
-    )
-
-
-def _timestamp(text: str | None) -> float | None:
-    if not text or text.startswith("0001"):
-        return None
-    # The engine writes nanoseconds and "Z"; fromisoformat takes at most microseconds.
-    match = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d{1,6})?", text)
-    if match is None:
-        return None
-    stamp = match.group(1) + (match.group(2) or "") + "+00:00"
-    return datetime.fromisoformat(stamp).timestamp()
 
 
 DRIFT_ACTIONS = frozenset({"die", "destroy", "stop", "kill", "oom", "pause", "start", "unpause"})
