@@ -41,6 +41,7 @@ from gitops_nodes.runtime.container_records import (
     tags_listed,
 )
 from gitops_nodes.runtime.docker_host import DockerHost
+from gitops_nodes.runtime.engine_socket import EngineSocket, socket_from_env
 from gitops_nodes.spec.context import BUILD_REPOSITORY
 from gitops_nodes.spec.hashing import InstanceConfig, canonical_json, log_budget, show_gpus
 from gitops_nodes.spec.state import BuildRequest, DesiredNode
@@ -552,26 +553,23 @@ def log_line(raw: bytes) -> LogLine:
 DRIFT_ACTIONS = frozenset({"die", "destroy", "stop", "kill", "oom", "pause", "start", "unpause"})
 
 
+EventWindow = Callable[[float, float], list[dict[str, Any]]]
+
+
 def follow_events(project: str, notify: Callable[[str], None], stop: threading.Event) -> None:
     """Call notify("drift") when one of the project's containers dies, stops, starts or goes
     away, and notify("engine") when the engine answers again after it went away. Blocking;
     returns once stop is set. Reads the engine's event stream in one-second windows, so stop
     is noticed within a second and no stream has to be torn down from another thread."""
+    filters = {"type": ["container"], "label": [f"{labels.PROJECT}={project}"]}
     since = time.time()
     lost = False
+    read = _event_window(filters)
     while not stop.is_set():
         until = since + 1.0
         try:
-            client = docker.from_env(timeout=10)
-            events = client.api.events(
-                since=since,
-                until=until,
-                decode=True,
-                filters={"type": "container", "label": f"{labels.PROJECT}={project}"},
-            )
-            drifted = any(event.get("Action") in DRIFT_ACTIONS for event in events)
-            client.close()
-        except ENGINE_ERRORS:
+            drifted = any(event.get("Action") in DRIFT_ACTIONS for event in read(since, until))
+        except (*ENGINE_ERRORS, RuntimeFailure, RuntimeUnavailable):
             lost = True
             stop.wait(1.0)
             since = time.time()
@@ -585,6 +583,24 @@ def follow_events(project: str, notify: Callable[[str], None], stop: threading.E
         wait = until - time.time()
         if wait > 0:
             stop.wait(wait)
+
+
+def _event_window(filters: dict[str, list[str]]) -> EventWindow:
+    """How follow_events reads one window: over a local engine's socket (no client object
+    made per second: this runs for as long as watch does), else a short-lived SDK client."""
+    path = socket_from_env()
+    if path is not None:
+        engine = EngineSocket(path, timeout=10)
+        return lambda since, until: engine.events(since, until, filters)
+
+    def through_the_sdk(since: float, until: float) -> list[dict[str, Any]]:
+        client = docker.from_env(timeout=10)
+        try:
+            return list(client.api.events(since=since, until=until, decode=True, filters=filters))
+        finally:
+            client.close()
+
+    return through_the_sdk
 
 
 BUILD_LOG_KEPT = 200  # the build's last chunks, kept for a failure's message

@@ -75,6 +75,16 @@ class EngineSocket:
 
         Raises RuntimeUnavailable when the engine does not answer, RuntimeFailure when it
         answers with an error or with something that is not its JSON."""
+        body = self._body(what, endpoint, params)
+        try:
+            return json.loads(body) if body.strip() else None
+        except ValueError as exc:
+            raise RuntimeFailure(
+                f"{what}: the engine's answer is not JSON ({exc}): {body[:200]!r}"
+            ) from exc
+
+    def _body(self, what: str, endpoint: str, params: Mapping[str, str] | None) -> bytes:
+        """The body of the engine's answer to GET endpoint, when it is not an error."""
         target = endpoint + ("?" + urlencode(params, quote_via=quote) if params else "")
         try:
             status, body = self._exchange(target)
@@ -84,12 +94,7 @@ class EngineSocket:
             ) from exc
         if status >= 400:
             raise RuntimeFailure(f"{what}: the engine answered {status}: {_message(body)}")
-        try:
-            return json.loads(body) if body.strip() else None
-        except ValueError as exc:
-            raise RuntimeFailure(
-                f"{what}: the engine's answer is not JSON ({exc}): {body[:200]!r}"
-            ) from exc
+        return body
 
     def ping(self) -> None:
         """Check that the engine answers (the SDK client's ping, by GET /_ping)."""
@@ -134,6 +139,22 @@ class EngineSocket:
             {"filters": json.dumps({"reference": [reference]})},
         )
         return list(found or ())
+
+    def events(
+        self, since: float, until: float, filters: Mapping[str, list[str]]
+    ) -> list[dict[str, Any]]:
+        """The engine's events between two times (Unix seconds) that the filters select; the
+        engine answers once `until` has passed (GET /events, one JSON object a line)."""
+        params = {
+            "since": f"{since:.9f}",
+            "until": f"{until:.9f}",
+            "filters": json.dumps(dict(filters)),
+        }
+        body = self._body("reading the engine's events failed", "/events", params)
+        try:
+            return [json.loads(line) for line in body.splitlines() if line.strip()]
+        except ValueError as exc:
+            raise RuntimeFailure(f"reading the engine's events failed: not JSON ({exc})") from exc
 
     def info(self) -> dict[str, Any]:
         """The engine's description of itself (GET /info)."""

@@ -7,13 +7,18 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from gitops_nodes.runtime.docker import DockerRuntime
+from gitops_nodes.runtime import labels
+from gitops_nodes.runtime.docker import DockerRuntime, follow_events
 from gitops_nodes.runtime.docker_lazy import LazyDockerRuntime
 from gitops_nodes.runtime.engine_socket import EngineSocket, socket_from_env
 from gitops_nodes.statedir import StateDir
+from tests.conftest import BASE_IMAGE
 
 from .helpers import apply, node_yaml
 
@@ -78,3 +83,49 @@ def test_a_command_with_nothing_to_do_never_imports_the_sdk(
     report, output = _run(["apply", str(changed), "--project", project], state)
     assert report == {"code": 0, "sdk": True}, output  # a change loads it, and is made
     assert "Apply complete" in output, output
+
+
+def _engine() -> EngineSocket:
+    path = socket_from_env()
+    assert path is not None, "the tests' engine is expected on its local socket"
+    return EngineSocket(path)
+
+
+def test_the_socket_reads_a_window_of_the_projects_events(docker_client: Any, project: str) -> None:
+    selector = {"type": ["container"], "label": [f"{labels.PROJECT}={project}"]}
+    since = time.time()
+    container = docker_client.containers.run(
+        BASE_IMAGE, ["sleep", "30"], detach=True, labels={labels.PROJECT: project}
+    )
+    container.kill()
+    until = time.time() + 0.5
+
+    actions = [event.get("Action") for event in _engine().events(since, until, selector)]
+
+    assert "start" in actions and "die" in actions, actions
+    others = {"type": ["container"], "label": [f"{labels.PROJECT}={project}-other"]}
+    assert _engine().events(since, until, others) == []
+
+
+def test_watch_hears_of_a_project_container_that_dies(docker_client: Any, project: str) -> None:
+    heard: list[str] = []
+    stop = threading.Event()
+    follower = threading.Thread(target=follow_events, args=(project, heard.append, stop))
+    follower.start()
+    try:
+        # A container of the project dies every few seconds until watch's follower tells of
+        # it: the follower's first window starts when its thread runs, which this test cannot
+        # see, so a death before it would not count; a later one must.
+        deadline = time.monotonic() + 30
+        while "drift" not in heard and time.monotonic() < deadline:
+            docker_client.containers.run(
+                BASE_IMAGE, ["sleep", "60"], detach=True, labels={labels.PROJECT: project}
+            ).kill()
+            told_by = time.monotonic() + 5
+            while "drift" not in heard and time.monotonic() < told_by:
+                time.sleep(0.1)
+    finally:
+        stop.set()
+        follower.join(timeout=15)
+    assert "drift" in heard
+    assert not follower.is_alive()
