@@ -41,7 +41,7 @@ from gitops_nodes.runtime.container_records import (
     tags_listed,
 )
 from gitops_nodes.runtime.docker_host import DockerHost
-from gitops_nodes.runtime.engine_socket import EngineSocket, socket_from_env
+from gitops_nodes.runtime.engine_socket import START_ENGINE, EngineSocket, socket_from_env
 from gitops_nodes.spec.context import BUILD_REPOSITORY
 from gitops_nodes.spec.hashing import InstanceConfig, canonical_json, log_budget, show_gpus
 from gitops_nodes.spec.state import BuildRequest, DesiredNode
@@ -173,10 +173,7 @@ class DockerRuntime(DockerHost):
             self.api = self.client.api
             self.api.ping()
         except ENGINE_ERRORS as exc:
-            raise RuntimeUnavailable(
-                "no Docker engine answers "
-                f"({exc}); start one (as root: scripts/lib/ensure-docker.sh) or set DOCKER_HOST"
-            ) from exc
+            raise RuntimeUnavailable(f"no Docker engine answers ({exc}); {START_ENGINE}") from exc
         # Images this runtime saw on the engine: a node's instances all use one, and asking
         # the engine again for each of them is a round trip per create for nothing.
         self.present: set[str] = set()

@@ -5,7 +5,9 @@ project has, its name) is three GET requests. Importing the SDK for them costs m
 requests themselves (about 0.1 s of a command's start-up: the SDK brings requests, urllib3
 and charset_normalizer), and a no-op `plan` or `apply` is what CI and `watch` run all day. So
 these reads go over the socket with the standard library, and the SDK is loaded only when
-something is to be changed (runtime/docker_lazy.py).
+something is to be changed (runtime/docker_lazy.py). `watch` follows the engine's events
+here too (runtime/docker.py's follow_events), one request a second for as long as it runs,
+rather than making and dropping an SDK client each time.
 
 Only a local engine is read this way: DOCKER_HOST unset (the engine's default socket) or a
 `unix://` URL, without TLS. For any other engine `socket_from_env` answers None and the SDK
@@ -26,6 +28,8 @@ from gitops_nodes.errors import RuntimeFailure, RuntimeUnavailable
 
 DEFAULT_SOCKET = "/var/run/docker.sock"  # where the SDK and the CLI look without DOCKER_HOST
 TIMEOUT = 120.0  # seconds, as the SDK client's (a busy engine lists slowly, never forever)
+# What to do when no engine answers, whichever client found out.
+START_ENGINE = "start one (as root: scripts/lib/ensure-docker.sh) or set DOCKER_HOST"
 
 
 def socket_from_env(environ: Mapping[str, str] | None = None) -> str | None:
@@ -102,8 +106,7 @@ class EngineSocket:
             status, body = self._exchange("/_ping")
         except (OSError, http.client.HTTPException) as exc:
             raise RuntimeUnavailable(
-                f"no Docker engine answers at {self.path} ({exc}); start one (as root: "
-                "scripts/lib/ensure-docker.sh) or set DOCKER_HOST"
+                f"no Docker engine answers at {self.path} ({exc}); {START_ENGINE}"
             ) from exc
         if status != 200:
             raise RuntimeUnavailable(
