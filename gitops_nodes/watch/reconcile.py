@@ -164,10 +164,13 @@ class Reconciler:
         self.rollout = None
         if run is None:
             return None
-        self._record(_results(run.revision, "rollout")("rolled back", error=why))
-        refused = self.last
+        refused = _results(run.revision, "rollout")
         healed = self.heal(f"rollback of {run.revision.id[:12]}")
-        self.last_error = refused  # the rollback's reason stays the error to show
+        # Recorded once the last good revision serves again: whoever reads "rolled back"
+        # (status, a test, an operator's script) may count on the old routes being live.
+        self._record(refused("rolled back", error=why))
+        if healed is not None:
+            self.last = healed
         return healed
 
     def restore(self, source: Source) -> None:

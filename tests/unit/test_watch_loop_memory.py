@@ -222,13 +222,28 @@ def test_a_rollout_is_rolled_back_once_enough_requests_failed(harness: Harness) 
         h.balancer.count("v2", 500, 5)  # failures, but too few to judge on
         time.sleep(0.1)  # five pauses: still not judged
         assert h.status()["rollout"] is not None
+        removing, go_on = threading.Event(), threading.Event()
+        remove = h.runtime.remove_instance
+
+        def held_remove(project: str, name: str) -> None:
+            removing.set()
+            go_on.wait(10)  # the rollback's heal waits here, v2 still there
+            remove(project, name)
+
+        h.runtime.remove_instance = held_remove  # type: ignore[method-assign]
         h.balancer.count("v2", 500, 15)
 
+        assert removing.wait(10), "the rollback never began removing v2"
+        # Not reported before it is done: a reader of "rolled back" may count on v1 alone.
+        assert (h.status()["lastError"] or {}).get("revision") != bad
+        go_on.set()
         h.wait("the rollback", lambda: (h.status()["lastError"] or {}).get("revision") == bad)
         assert h.status()["lastError"]["outcome"] == "rolled back"
         assert "100.0% of 20 requests to v2 failed" in h.status()["lastError"]["error"]
         assert h.status()["appliedRevision"] == first
-        h.wait("v1 alone again", lambda: h.routes("api") == (("v1", 100),))
+        assert h.routes("api") == (("v1", 100),)
+        assert {c.node for c in h.runtime.containers.values()} == {"v1"}
+        assert h.status()["lastReconcile"]["reason"] == f"rollback of {bad[:12]}"
 
 
 def test_an_empty_commit_is_refused_and_the_last_good_state_keeps_serving(
