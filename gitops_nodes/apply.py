@@ -23,6 +23,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from types import MappingProxyType
+from typing import ParamSpec, TypeVar
 
 from balancer.table import (
     AliasEntry,
@@ -49,6 +50,12 @@ HEALTH_POLL = 0.1  # seconds between probes while waiting; short so apply is not
 # and removes of the same apply wait behind.
 INSPECT_POLL = 0.5
 DRAIN_POLL = 0.05
+# Steps in flight per engine call allowed at once: most of a rolling change's steps wait
+# (health probes, balancers taking a table, drains) and leave the engine idle meanwhile.
+STEPS_PER_ENGINE_CALL = 4
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 
 class Outcome(StrEnum):
@@ -88,10 +95,12 @@ class ApplyReport:
 class ApplyOptions:
     """How apply behaves; the defaults suit one Docker host."""
 
-    # Steps at once. 8: on a 2-core host, 50 nodes from nothing to Healthy took 1.80x the
-    # engine's own create+start (8 threads) at 4, 1.43x at 8, 1.08x at 16, and a rolling
-    # change of all of them the same at each (benchmarks/apply_scale.py); past 8 the gain is
-    # the health waits', while builds and engine calls at once compete for the same cores.
+    # Engine calls (create, start, stop, remove, inspect, build) at once; the steps that
+    # wait in between run beside them, up to STEPS_PER_ENGINE_CALL times as many (1: one
+    # step at a time). 8: on a 2-core host, 50 nodes from nothing to Healthy took 1.80x the
+    # engine's own create+start (8 threads) at 4 steps at once, 1.43x at 8, 1.08x at 16
+    # (benchmarks/apply_scale.py); what more steps gained was the waits', while engine calls
+    # at once compete for the same cores.
     parallelism: int = 8
     drain_timeout: float = 30.0  # for balancers to finish requests on a removed instance
     stop_grace: float = 5.0  # for the instance itself to exit after SIGTERM
@@ -294,6 +303,11 @@ class Applier:
         self.retiring: dict[str, str] = {}  # a retired instance -> the one the runtime retired
         self.prepared: set[str] = set()
         self.preparing = threading.Lock()
+        self.engine_calls = threading.BoundedSemaphore(max(1, self.options.parallelism))
+        # One step at a time stays one (a serial apply, in order); otherwise waits overlap.
+        self.in_flight = (
+            1 if self.options.parallelism <= 1 else self.options.parallelism * STEPS_PER_ENGINE_CALL
+        )
 
     def run(self) -> ApplyReport:
         """Walk the DAG; never raises for a failed step, which the report carries instead."""
@@ -304,9 +318,9 @@ class Applier:
         results: list[StepResult] = []
         running: dict[Future[StepResult], str] = {}
         failed = False
-        with ThreadPoolExecutor(max_workers=max(1, self.options.parallelism)) as pool:
+        with ThreadPoolExecutor(max_workers=self.in_flight) as pool:
             while ready or running:
-                while ready and not failed and len(running) < self.options.parallelism:
+                while ready and not failed and len(running) < self.in_flight:
                     step_id = ready.pop(0)
                     step = self.plan.step_by_id[step_id]
                     running[pool.submit(self._run_step, step)] = step_id
@@ -377,10 +391,19 @@ class Applier:
         with self.preparing:
             if node in self.prepared:
                 return
-            self.runtime.prepare_node(
-                self.project, node, self.desired.nodes.get(node), self.ownership
+            self._engine(
+                self.runtime.prepare_node,
+                self.project,
+                node,
+                self.desired.nodes.get(node),
+                self.ownership,
             )
             self.prepared.add(node)
+
+    def _engine(self, call: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        """call (the runtime's, reaching the engine) once one of `parallelism` slots is free."""
+        with self.engine_calls:
+            return call(*args, **kwargs)
 
     def _discovered(self, node: str) -> bool:
         return node in self.published.discover
@@ -408,7 +431,7 @@ class Applier:
             return self._drain(step.instance or "") + ", kept for resume"
         instance = self.retiring.get(step.instance or "", step.instance or "")
         self._check_ours(instance)
-        self.runtime.remove_instance(self.project, instance)
+        self._engine(self.runtime.remove_instance, self.project, instance)
         if instance != step.instance:
             return f"{instance} removed (the runtime retired it in place of {step.instance})"
         return f"{step.instance} removed"
@@ -526,7 +549,7 @@ class Applier:
             lambda late: _in_flight(instance, instance, late),
         )
         self._check_ours(instance)
-        self.runtime.stop_instance(self.project, instance, self.options.stop_grace)
+        self._engine(self.runtime.stop_instance, self.project, instance, self.options.stop_grace)
         if behind:
             return (
                 f"{instance} stopped after {self.options.drain_timeout:g}s with balancers "
@@ -539,9 +562,11 @@ class Applier:
         place), and balancers drop it when its DNS name stops answering with it; wait until
         every balancer has finished its requests on it. Break, after the runtime's make."""
         self._check_ours(instance)
-        retired = self.runtime.stop_instance(self.project, instance, self.options.stop_grace)
+        retired = self._engine(
+            self.runtime.stop_instance, self.project, instance, self.options.stop_grace
+        )
         self.retiring[instance] = retired
-        current = self.runtime.inspect_instance(self.project, retired)
+        current = self._engine(self.runtime.inspect_instance, self.project, retired)
         if current is not None and current.alive:
             return f"{retired} stays: the runtime retired no instance in its place"
         found = current or self.known.get(retired)
@@ -562,7 +587,7 @@ class Applier:
     def _check_ours(self, name: str) -> None:
         """Re-read the instance's owner just before stopping or removing it: what carries that
         name now may not be what the plan saw, and another state directory's is never touched."""
-        current = self.runtime.inspect_instance(self.project, name)
+        current = self._engine(self.runtime.inspect_instance, self.project, name)
         if current is not None and not self.ownership.owns(current):
             raise RuntimeFailure(f"{name} is {OTHER_OWNER}: left as it is")
 
@@ -588,19 +613,23 @@ class Applier:
             n.build for n in self.desired.nodes.values() if n.build and n.build.tag == step.image
         )
         assert request is not None
-        self.runtime.build_image(self.project, self.desired.root, request)
+        self._engine(self.runtime.build_image, self.project, self.desired.root, request)
         return f"built {request.tag} from {request.context}"
 
     def _create(self, step: PlanStep) -> str:
         node = self.desired.nodes[step.node or ""]
-        instance = self.runtime.create_instance(
-            self.project, node, step.instance_index or 0, self.ownership
+        instance = self._engine(
+            self.runtime.create_instance,
+            self.project,
+            node,
+            step.instance_index or 0,
+            self.ownership,
         )
         self.created[(node.name, step.instance_index or 0)] = instance
         return f"{instance.name} started, published on {instance.host}:{instance.port}"
 
     def _start(self, step: PlanStep) -> str:
-        instance = self.runtime.start_instance(self.project, step.instance or "")
+        instance = self._engine(self.runtime.start_instance, self.project, step.instance or "")
         self.created[(step.node or "", step.instance_index or 0)] = instance
         self.restarted.add(instance.name)
         return f"{instance.name} started again, published on {instance.host}:{instance.port}"
@@ -610,7 +639,7 @@ class Applier:
         key = (node.name, step.instance_index or 0)
         if step.instance and key not in self.created:
             # Adopted: it exists, but nobody ever saw it Healthy.
-            found = self.runtime.inspect_instance(self.project, step.instance)
+            found = self._engine(self.runtime.inspect_instance, self.project, step.instance)
             if found is None:
                 raise RuntimeFailure(f"{step.instance} is gone: it cannot be adopted")
             self.created[key] = found
@@ -622,9 +651,14 @@ class Applier:
             # It never took traffic: removing it (stopping it again, when a resume started
             # it) keeps the node as it was before this apply.
             if instance.name in self.restarted:
-                self.runtime.stop_instance(self.project, instance.name, self.options.stop_grace)
+                self._engine(
+                    self.runtime.stop_instance,
+                    self.project,
+                    instance.name,
+                    self.options.stop_grace,
+                )
             else:
-                self.runtime.remove_instance(self.project, instance.name)
+                self._engine(self.runtime.remove_instance, self.project, instance.name)
             raise
 
     def _wait_healthy(self, instance: LiveInstance, health: HealthSettings) -> str:
@@ -644,7 +678,7 @@ class Applier:
         inspect_after = self.clock.monotonic()
         while True:
             if failing and self.clock.monotonic() >= inspect_after:
-                current = self.runtime.inspect_instance(self.project, instance.name)
+                current = self._engine(self.runtime.inspect_instance, self.project, instance.name)
                 inspect_after = self.clock.monotonic() + (INSPECT_POLL if listed else 0.0)
             if current is None or current.state in ("exited", "dead", "restarting"):
                 state = current.state if current else "removed"
@@ -670,7 +704,7 @@ class Applier:
             self.clock.sleep(min(HEALTH_POLL, health.interval))  # the next probe, not a sync point
 
     def _logs_hint(self, name: str) -> str:
-        logs = self.runtime.instance_logs(name, 8).strip()
+        logs = self._engine(self.runtime.instance_logs, name, 8).strip()
         return "\n    last log lines:\n    " + logs.replace("\n", "\n    ") if logs else ""
 
     def _publish(self, step: PlanStep) -> str:

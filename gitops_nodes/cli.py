@@ -235,7 +235,13 @@ def _parser() -> argparse.ArgumentParser:
     sub = command("apply", "Make the live state match the spec (or a plan saved with -out).")
     sub.add_argument("path", nargs="?", default=".", type=_path_arg, help="a repo folder or a plan")
     project_options(sub)
-    sub.add_argument("--parallelism", type=int, default=8, help="steps run at once (default 8)")
+    sub.add_argument(
+        "--parallelism",
+        type=int,
+        default=8,
+        help="engine calls at once (default 8); steps that wait overlap up to 4x as many, "
+        "1 runs one step at a time",
+    )
     sub.add_argument(
         "--drain-timeout",
         type=float,
