@@ -323,6 +323,7 @@ class Options:
     sample_every: float
     extra_commits: int
     warm_commits: int
+    interval: float = 10.0  # watch's --interval: how often it polls and reconciles
 
 
 @dataclass
@@ -354,7 +355,7 @@ def soak(options: Options, sha: str) -> Outcome:
         revision = repo.next_commit("start")
         stack.callback(cleanup_project, repo.path, project, state_dir)
         watch = stack.enter_context(
-            start_watch(repo.path, project, state_dir, temp / "watch.log", 10.0)
+            start_watch(repo.path, project, state_dir, temp / "watch.log", options.interval)
         )
         progress(f"project {project}: waiting for the first reconcile (may build images)")
         watch.wait_applied(revision, START_TIMEOUT)
@@ -543,6 +544,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=4, help="keep-alive clients (4)")
     parser.add_argument("--commit-every", type=float, default=60.0, help="seconds (60)")
     parser.add_argument("--sample-every", type=float, default=10.0, help="seconds (10)")
+    parser.add_argument(
+        "--interval", type=float, default=10.0, help="watch's poll interval, seconds (10)"
+    )
     parser.add_argument("--extra-commits", type=int, default=0, help="per-commit mode: K")
     parser.add_argument("--warm-commits", type=int, default=50, help="before the K (50)")
     parser.add_argument("--check", action="store_true", help="exit 1 when over a budget")
@@ -563,6 +567,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.sample_every,
         max(0, args.extra_commits),
         max(0, args.warm_commits),
+        args.interval,
     )
     budgets = Budgets(args.max_rss_mb_per_hour, args.max_bytes_per_commit, args.max_fd_range)
     missed: list[str] = []
