@@ -15,10 +15,8 @@ from typing import Any
 
 from balancer.table import HealthSettings
 from gitops_nodes import workflow
-from gitops_nodes.apply import StepResult
 from gitops_nodes.health import Probe
 from gitops_nodes.live import LiveInstance
-from gitops_nodes.plan import PlanStep
 from gitops_nodes.runtime.memory import Faults, MemoryRuntime, VirtualClock
 from tests.unit.memory_world import PROJECT, World, node, spec
 
@@ -33,16 +31,22 @@ class Peak:
         self.now = 0
         self.most = 0
 
-    @contextmanager
-    def inside(self) -> Iterator[None]:
+    def enter(self) -> None:
         with self.lock:
             self.now += 1
             self.most = max(self.most, self.now)
+
+    def leave(self) -> None:
+        with self.lock:
+            self.now -= 1
+
+    @contextmanager
+    def inside(self) -> Iterator[None]:
+        self.enter()
         try:
             yield
         finally:
-            with self.lock:
-                self.now -= 1
+            self.leave()
 
 
 class TimedRuntime(MemoryRuntime):
@@ -102,17 +106,7 @@ def test_engine_calls_stay_within_parallelism_while_waits_overlap_beyond_it(
 
 def test_parallelism_one_runs_one_step_at_a_time(tmp_path: Path) -> None:
     world, runtime = world_with(tmp_path, parallelism=1)
-    lock = threading.Lock()
-    running = [0, 0]  # steps begun and not yet reported, the most of them at once
-
-    def started(_step: PlanStep) -> None:
-        with lock:
-            running[0] += 1
-            running[1] = max(running[1], running[0])
-
-    def ended(_result: StepResult) -> None:
-        with lock:
-            running[0] -= 1
+    steps = Peak()  # steps begun and not yet reported
 
     run = workflow.apply(
         spec(tmp_path, *(node(f"n{i}") for i in range(4))),
@@ -120,10 +114,10 @@ def test_parallelism_one_runs_one_step_at_a_time(tmp_path: Path) -> None:
         PROJECT,
         world.state,
         world.options(),
-        on_start=started,
-        on_result=ended,
+        on_start=lambda _step: steps.enter(),
+        on_result=lambda _result: steps.leave(),
     )
 
     assert run.report is not None and run.report.ok
-    assert running[1] == 1
+    assert steps.most == 1
     assert runtime.engine.most == 1 and runtime.probes.most == 1
