@@ -38,7 +38,7 @@ from balancer.proxy import Proxy
 from balancer.routing import AliasRoute, NodeRoute
 from balancer.settings import ProxySettings
 from balancer.types import Request
-from balancer.upstream import UpstreamConnection
+from balancer.upstream import NoCallbacks, UpstreamConnection
 
 access_log = logging.getLogger("gitops_nodes.balancer.access")
 HEADS = HeadCache()  # one per process: every connection's clients send the same few heads
@@ -51,6 +51,10 @@ class TooManyHeaders(Exception):
 
 class TooManyPipelined(Exception):
     """Raised from the parser's head callback when MAX_PIPELINED requests already wait."""
+
+
+# An ended connection's parser, never fed: see ENDED_RESPONSE_PARSER in upstream.py.
+ENDED_REQUEST_PARSER = httptools.HttpRequestParser(NoCallbacks())
 
 
 class ClientConnection(asyncio.Protocol):
@@ -276,9 +280,12 @@ class ClientConnection(asyncio.Protocol):
         self.closed = True
         self.proxy.clients.discard(self)
         active = self.active
-        if active is not None and active.upstream is not None:
-            active.upstream.abort_exchange(client_gone=True)
-        self.queue.clear()
+        try:
+            if active is not None and active.upstream is not None:
+                active.upstream.abort_exchange(client_gone=True)
+            self.queue.clear()
+        finally:
+            self.parser = ENDED_REQUEST_PARSER  # the cycle through its callbacks (upstream.py)
 
     def pause_writing(self) -> None:
         # The client reads slower than the instance writes: stop reading the instance.

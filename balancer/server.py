@@ -223,7 +223,9 @@ class Balancer:
         ack = self.ack_document()
         fd, temp = tempfile.mkstemp(prefix=".ack.", dir=folder)
         with os.fdopen(fd, "w") as handle:
-            json.dump(ack, handle)
+            # dumps, not dump: dump always takes the pure-Python encoder, whose closures are
+            # reference cycles left for a full collection (gitops_nodes/watch/reconcile.py).
+            handle.write(json.dumps(ack))
         os.replace(temp, folder / f"{os.getpid()}.json")
 
     def _remove_ack(self) -> None:

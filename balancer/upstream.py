@@ -15,6 +15,18 @@ from balancer.settings import ProxySettings
 from balancer.types import Request, client_of
 
 
+class NoCallbacks:
+    """A parser's protocol with no callbacks (httptools looks each one up at creation)."""
+
+
+# What an ended connection keeps as its parser, never fed. Its own parser holds bound methods
+# of the connection (httptools' callbacks): a reference cycle, which only a full collection
+# frees, and those are rare in a large heap. A balancer runs for months and may see a
+# connection end for every request (clients and instances that do not keep alive), so the
+# cycle is broken when the connection ends, and reference counting frees it at once.
+ENDED_RESPONSE_PARSER = httptools.HttpResponseParser(NoCallbacks())
+
+
 class UpstreamConnection(asyncio.Protocol):
     """A kept-alive connection to one instance, carrying one exchange at a time."""
 
@@ -53,6 +65,7 @@ class UpstreamConnection(asyncio.Protocol):
                     proxy.settings.connect_timeout,
                 )
         except (OSError, TimeoutError) as exc:
+            self.parser = ENDED_RESPONSE_PARSER  # never connected: connection_lost won't come
             reason = f"connect to {backend.host}:{backend.port} failed: {exc or 'timed out'}"
             backend.eject(reason)
             client_request = self.request
@@ -156,6 +169,12 @@ class UpstreamConnection(asyncio.Protocol):
         out.clear()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        try:
+            self._connection_lost(exc)
+        finally:
+            self.parser = ENDED_RESPONSE_PARSER
+
+    def _connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.proxy.upstreams.discard(self)
         backend = self.backend

@@ -278,7 +278,7 @@ def clean_state(state: StateDir, lock_timeout: float) -> Cleaned:
 def _watch_pid(state: StateDir) -> int | None:
     """The pid of a watch running on this state directory, from its status file."""
     try:
-        data = json.loads((state.path / WATCH_FILE).read_text())
+        data = json.loads((state.path / WATCH_FILE).read_bytes())
         pid = int(data["pid"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
