@@ -173,7 +173,6 @@ class WatchLoop:
                 break
             reasons, self.reasons = self.reasons, set()
             await self._reconcile(reasons)
-            await self.loop.run_in_executor(None, give_back_free_memory)
         self.thread_stop.set()
         if self.rollout_task is not None:
             tasks.append(self.rollout_task)  # a rollout stops where it is, at a published step
@@ -299,6 +298,10 @@ class WatchLoop:
         finally:
             self.reconciling = False
             self.reconciles += 1
+        # A quiet reconcile leaves no garbage in reference cycles; anything else may (an
+        # apply's plan graph): collected now, not when the heap has grown by a quarter.
+        changed = result is None or result.outcome != "unchanged"
+        await self.loop.run_in_executor(None, give_back_free_memory, changed)
         if self.notifier is not None:
             self._notify(work, result, applied.id if applied else None)
         return result

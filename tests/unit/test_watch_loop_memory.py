@@ -5,6 +5,7 @@ good state serving (R-prune). Real pauses of 20 ms; no Docker, no sockets."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -180,6 +181,37 @@ def start_v1(h: Harness) -> str:
     first = h.commit(node_doc("v1"), rollout_alias(("v1", 100)))
     h.wait("v1 applied", lambda: h.status()["appliedRevision"] == first)
     return first
+
+
+def test_a_change_is_followed_by_a_full_collection_and_a_quiet_poll_is_not(
+    harness: Harness,
+) -> None:
+    """An apply leaves garbage in reference cycles (networkx's plan graph): collected at once,
+    not once the heap has grown by a quarter; a quiet poll, every interval, leaves none and
+    pays for no collection (watch/memory.py)."""
+    full: list[int] = []
+
+    def count(phase: str, info: dict[str, int]) -> None:
+        if phase == "start" and info["generation"] == 2:
+            full.append(1)
+
+    with harness as h:
+        start_v1(h)
+        gc.disable()  # only the collections the loop asks for, none the allocator would
+        gc.callbacks.append(count)
+        try:
+            done = h.watch.reconciles
+            h.loop.call_soon_threadsafe(h.watch.trigger, "interval")
+            h.wait("the quiet poll", lambda: h.watch.reconciles == done + 1)
+            assert h.status()["lastReconcile"]["outcome"] == "unchanged"
+            second = h.commit(node_doc("v1", "2"), rollout_alias(("v1", 100)))
+            h.wait("the change applied", lambda: h.status()["appliedRevision"] == second)
+            h.wait("a full collection", lambda: len(full) > 0)
+            # Reconciles take turns, each with its collection: the quiet poll's would be in.
+            assert len(full) == 1
+        finally:
+            gc.callbacks.remove(count)
+            gc.enable()
 
 
 def test_a_rollout_without_traffic_is_never_promoted(harness: Harness) -> None:
