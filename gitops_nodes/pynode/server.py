@@ -407,6 +407,16 @@ class BatchingService(Service):
             self.loop.call_soon(self.gather)
 
 
+class _NoCallbacks:
+    """A parser's protocol with no callbacks (httptools looks each one up at creation)."""
+
+
+# What an ended connection keeps as its parser, never fed. Its own parser holds bound methods
+# of the connection (httptools' callbacks): a reference cycle, freed only by a full
+# collection, for every connection that ends (each health check that does not keep alive).
+ENDED_PARSER = httptools.HttpRequestParser(_NoCallbacks())
+
+
 class Connection(asyncio.Protocol):
     """One client connection: parses its requests and queues each whole one for its turn.
 
@@ -535,6 +545,7 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
+        self.parser = ENDED_PARSER  # the cycle through its callbacks, broken at once
         self.service.lost(self)
 
     def pause_writing(self) -> None:

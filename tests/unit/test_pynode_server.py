@@ -8,6 +8,7 @@ a deadline.
 from __future__ import annotations
 
 import asyncio
+import gc
 import http.client
 import io
 import json
@@ -20,6 +21,8 @@ import subprocess
 import sys
 import textwrap
 import threading
+import types as pytypes
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -228,6 +231,35 @@ def test_state_persists_between_requests(counter: Served) -> None:
     assert counter.post({"step": 1}) == (200, {"count": 1, "total": 1})
     assert counter.post({"step": 1}) == (200, {"count": 2, "total": 2})
     assert counter.post({"step": 5}) == (200, {"count": 7, "total": 7})
+
+
+def test_ended_connections_leave_no_reference_cycles(counter: Served) -> None:
+    """An instance serves for months, and each health check or client that does not keep
+    alive is a connection of its own: one left in a reference cycle would wait for a full
+    collection, and show as the instance's memory growing until then."""
+
+    def ours(thing: object) -> str | None:
+        of = thing if isinstance(thing, pytypes.FunctionType) else type(thing)
+        name = f"{of.__module__}.{of.__qualname__}"
+        return name if name.startswith(("gitops_nodes.", "httptools.")) else None
+
+    assert counter.call("GET", "/healthz")[0] == 200  # warm
+    wait_until(lambda: not counter.service.connections, "the warm-up's connection to end")
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)  # what a collection finds is kept in gc.garbage to look at
+    try:
+        for _ in range(5):  # a connection each
+            assert counter.call("GET", "/healthz")[0] == 200
+            assert counter.post({"step": 1})[0] == 200
+        wait_until(lambda: not counter.service.connections, "the connections to end")
+        gc.collect()
+        cycles = Counter(name for o in gc.garbage if (name := ours(o)))
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert not cycles, f"10 ended connections left objects in reference cycles: {cycles}"
 
 
 def test_set_up_code_runs_once_at_start_after_the_checkpoint(tmp_path: Path) -> None:
