@@ -2,12 +2,12 @@
 
 Two kinds of memory a long-running ``watch`` no longer uses are not returned by themselves:
 
-- Garbage in reference cycles, which only a full collection frees; in a heap of a few hundred
-  thousand objects the collector runs one only once the survivors of younger collections
-  reach a quarter of the heap, so the process grows until then (measured: about 1 MB over
-  the first 2,000 reconciles, then flat). The hot paths make none (quiet reconciles and
-  ended connections: tests hold it); an apply makes some (networkx's plan graph, parse
-  trees), so after one we collect at once: about 30 ms of a 60 MB process, once per change.
+- Garbage in reference cycles, which only a full collection frees, and the collector runs
+  one only once the survivors of younger collections reach a quarter of the heap's objects
+  (watch holds about 60,000): until then the process grows (measured: about 1 MB over the
+  first 2,000 reconciles, then flat). The hot paths make none (quiet reconciles, ended
+  connections: tests hold it); an apply makes some (networkx's plan graph), so after one we
+  collect at once: about 40 ms, once per change.
 - Pages glibc keeps in its arenas once freed. ``malloc_trim`` returns them, as Dask's workers
   do. Elsewhere than glibc (musl, macOS) this part is a no-op.
 """
