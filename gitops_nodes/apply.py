@@ -32,6 +32,7 @@ from balancer.table import (
     HealthSettings,
     NodeEntry,
     RoutingTable,
+    TableEncoder,
     write_table,
 )
 from gitops_nodes import progress
@@ -143,6 +144,7 @@ class _Published:
         self.staged: RoutingTable | None = None
         self.flushed = table.generation  # the last written and handed to the balancers
         self.writing = threading.Lock()  # one writer at a time, in generation order
+        self.encoder = TableEncoder()  # the writer's: it re-encodes only the changed entries
         # node -> the name balancers resolve for its instances (a discovered node lists none)
         self.discover = {
             **{n: e.discover for n, e in table.nodes.items() if e.discover},
@@ -303,7 +305,7 @@ class _Published:
             table = self.staged  # the newest: staged only grows, one assignment at a time
             if self.flushed >= generation or table is None:
                 return
-            write_table(path_table.table, table)
+            write_table(path_table.table, table, self.encoder)
             self.fleet.publish(table)
             if self.on_publish is not None:
                 self.on_publish(table)  # an embedded balancer takes it in-process, at once
