@@ -15,10 +15,11 @@ apply_scale.py's figures hold besides the engine's calls, and the 500/50 ratios 
 it grows faster than the nodes do. No balancer reports by default, as in apply_scale.py
 (no `watch` runs there); --balancers B starts B memory balancers, whose reports cost the
 memory runtime a pass over the table's instances each. A small run first pays for imports
-and first calls. --profile prints where the change at the largest N spends its time.
+and first calls; each figure is the median of --runs. --profile runs the largest N once
+more and prints where its change spends its time.
 
     python3 benchmarks/apply_memory.py [--nodes 50 500] [--balancers B] [--parallelism P]
-                                       [--profile]
+                                       [--runs 3] [--profile]
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import argparse
 import cProfile
 import gc
 import pstats
+import statistics
 import sys
 import tempfile
 import threading
@@ -145,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nodes", type=int, nargs="+", default=[50, 500])
     parser.add_argument("--balancers", type=int, default=0, help="memory balancers reporting")
     parser.add_argument("--parallelism", type=int, default=ApplyOptions().parallelism)
+    parser.add_argument("--runs", type=int, default=3, help="each figure the median of these")
     parser.add_argument("--profile", action="store_true", help="profile the largest change")
     args = parser.parse_args(argv)
 
@@ -155,15 +158,20 @@ def main(argv: list[str] | None = None) -> int:
         )
     sizes = sorted(args.nodes)
     run(5, args.balancers, args.parallelism)  # imports and first calls: not the nodes' cost
-    profile = ThreadProfiles() if args.profile else None
-    figures = {
-        n: run(n, args.balancers, args.parallelism, profile if n == sizes[-1] else None)
-        for n in sizes
-    }
+    figures: dict[int, dict[str, tuple[float, float]]] = {}
+    for n in sizes:
+        runs = [run(n, args.balancers, args.parallelism) for _ in range(args.runs)]
+        figures[n] = {
+            phase: (
+                statistics.median(r[phase][0] for r in runs),
+                statistics.median(r[phase][1] for r in runs),
+            )
+            for phase in PHASES
+        }
 
     print(
         f"apply on the memory runtime, {args.balancers} balancer(s), "
-        f"parallelism {args.parallelism}: seconds (CPU seconds)"
+        f"parallelism {args.parallelism}, median of {args.runs}: seconds (CPU seconds)"
     )
     print(f"{'nodes':>6} " + " ".join(f"{phase:>15}" for phase in PHASES))
     for n in sizes:
@@ -177,7 +185,9 @@ def main(argv: list[str] | None = None) -> int:
             for p in PHASES
         )
         print(f"{f'{large}/{small}':>6} " + " ".join(f"{r:>15}" for r in ratios))
-    if profile is not None:
+    if args.profile:  # a run of its own: the profiler slows what it watches
+        profile = ThreadProfiles()
+        run(sizes[-1], args.balancers, args.parallelism, profile)
         print(f"\nthe change at {sizes[-1]} nodes, by own time:")
         profile.print(25)
     return 0
