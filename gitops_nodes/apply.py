@@ -16,6 +16,7 @@ Two ways a node's instances reach the balancers, decided by the runtime:
 
 from __future__ import annotations
 
+import heapq
 import threading
 import traceback
 from collections import Counter
@@ -398,14 +399,17 @@ class Applier:
         graph = self.plan.graph
         waiting = {step_id: graph.in_degree(step_id) for step_id in graph}
         order = {step.id: position for position, step in enumerate(self.plan.steps())}
-        ready = sorted((s for s, n in waiting.items() if n == 0), key=order.__getitem__)
+        # Steps whose dependencies are done, first in plan order: a heap, as hundreds may be
+        # ready at once and one ends at a time.
+        ready = [(order[s], s) for s, n in waiting.items() if n == 0]
+        heapq.heapify(ready)
         results: list[StepResult] = []
         running: dict[Future[StepResult], str] = {}
         failed = False
         with ThreadPoolExecutor(max_workers=self.in_flight) as pool:
             while ready or running:
                 while ready and not failed and len(running) < self.in_flight:
-                    step_id = ready.pop(0)
+                    step_id = heapq.heappop(ready)[1]
                     step = self.plan.step_by_id[step_id]
                     running[pool.submit(self._run_step, step)] = step_id
                 if not running:
@@ -421,8 +425,7 @@ class Applier:
                     for successor in graph.successors(step_id):
                         waiting[successor] -= 1
                         if waiting[successor] == 0:
-                            ready.append(successor)
-                    ready.sort(key=order.__getitem__)
+                            heapq.heappush(ready, (order[successor], successor))
         ended = {r.step.id: r for r in results}
         failures = [r.step.id for r in results if r.outcome is Outcome.FAILED]
         blocked: dict[str, str] = {}  # a step -> the failed step upstream of it
