@@ -16,9 +16,11 @@ Two ways a node's instances reach the balancers, decided by the runtime:
 
 from __future__ import annotations
 
+import heapq
 import threading
 import traceback
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from enum import StrEnum
@@ -31,6 +33,7 @@ from balancer.table import (
     HealthSettings,
     NodeEntry,
     RoutingTable,
+    TableEncoder,
     write_table,
 )
 from gitops_nodes import progress
@@ -116,6 +119,11 @@ class _Published:
     write (group commit) instead of queueing one write each, each of the whole table (at
     hundreds of nodes, writing is what costs); a publish still returns only once a table
     holding its change is written and handed to the balancers.
+
+    Every change goes through the methods that make it (rotate, include, configure, drop,
+    route, unroute), which mark what it touched: a stage rebuilds only those nodes' entries
+    and keeps the others' from the stage before, so a change of every node, a few publishes
+    each, costs in proportion to the nodes and not to their square.
     """
 
     def __init__(
@@ -137,6 +145,7 @@ class _Published:
         self.staged: RoutingTable | None = None
         self.flushed = table.generation  # the last written and handed to the balancers
         self.writing = threading.Lock()  # one writer at a time, in generation order
+        self.encoder = TableEncoder()  # the writer's: it re-encodes only the changed entries
         # node -> the name balancers resolve for its instances (a discovered node lists none)
         self.discover = {
             **{n: e.discover for n, e in table.nodes.items() if e.discover},
@@ -144,31 +153,82 @@ class _Published:
         }
         # Where each instance listens now: the engine may have moved it since (a restart).
         listening = {i.name: i for i in live.instances if i.port}
-        self.rotation: dict[str, list[Endpoint]] = {
-            node: [
+        self._rotation: dict[str, tuple[Endpoint, ...]] = {
+            node: tuple(
                 replace(_endpoint(listening[e.instance]), host=e.host)
                 for e in entry.endpoints
                 if e.instance in listening
-            ]
+            )
             for node, entry in table.nodes.items()
         }
         # Each node's entry as last published; its endpoints come from rotation instead.
-        self.settings: dict[str, NodeEntry] = dict(table.nodes)
+        self._settings: dict[str, NodeEntry] = dict(table.nodes)
         for node, instances in live.by_node.items():
-            if node not in self.rotation:
-                self.rotation[node] = (
-                    []
+            if node not in self._rotation:
+                self._rotation[node] = (
+                    ()
                     if node in self.discover
-                    else [
+                    else tuple(
                         _endpoint(i)
                         for i in instances
                         if i.alive and i.port and i.name not in pending
-                    ]
+                    )
                 )
-        self.aliases: dict[str, AliasEntry] = dict(table.aliases)
+        self._aliases: dict[str, AliasEntry] = dict(table.aliases)
         # The generation that took each instance out of the table: drains wait for it.
         self.removed_at: dict[str, int] = {}
-        self.written = {e.instance for entry in table.nodes.values() for e in entry.endpoints}
+        # What the last stage built, by node (in name order), and the instances each entry
+        # lists; before the first stage, the table published before this apply's. `written`
+        # counts the entries listing each instance: it left the table when that reaches 0.
+        self._entries: dict[str, NodeEntry] = {}
+        self._listed = {
+            node: frozenset(e.instance for e in entry.endpoints)
+            for node, entry in table.nodes.items()
+        }
+        self._written: Counter[str] = Counter(i for names in self._listed.values() for i in names)
+        self._staged_aliases: Mapping[str, AliasEntry] = MappingProxyType({})
+        # Changed since the last stage: the first one builds every node and alias.
+        self._dirty: set[str] = set(self._rotation) | set(self._listed)
+        self._aliases_dirty = True
+
+    @property
+    def rotation(self) -> Mapping[str, tuple[Endpoint, ...]]:
+        """Each node's instances in rotation, as the next stage will list them."""
+        return MappingProxyType(self._rotation)
+
+    @property
+    def aliases(self) -> Mapping[str, AliasEntry]:
+        return MappingProxyType(self._aliases)
+
+    def rotate(self, node: str, endpoints: Iterable[Endpoint]) -> None:
+        """Put exactly endpoints in the node's rotation."""
+        self._rotation[node] = tuple(endpoints)
+        self._dirty.add(node)
+
+    def include(self, node: str) -> None:
+        """Give the node an entry (with nothing in rotation) when it has none."""
+        if node not in self._rotation:
+            self.rotate(node, ())
+
+    def configure(self, node: str) -> NodeEntry:
+        """Take the node's settings from the spec; its entry as the spec wants it."""
+        self._settings[node] = entry = self.settings_for(node)
+        self._dirty.add(node)
+        return entry
+
+    def drop(self, node: str) -> None:
+        """Take the node's entry out of the table."""
+        self._rotation.pop(node, None)
+        self._settings.pop(node, None)
+        self._dirty.add(node)
+
+    def route(self, alias: str, entry: AliasEntry) -> None:
+        self._aliases[alias] = entry
+        self._aliases_dirty = True
+
+    def unroute(self, alias: str) -> None:
+        self._aliases.pop(alias, None)
+        self._aliases_dirty = True
 
     def settings_for(self, node: str) -> NodeEntry:
         """The node's entry as the spec wants it (endpoints aside)."""
@@ -184,7 +244,7 @@ class _Published:
                 telemetry_path=want.telemetry_path,
                 prefix_rewrite=want.prefix_rewrite,
             )
-        return self.settings.get(node, NodeEntry((), 1, HealthSettings()))
+        return self._settings.get(node, NodeEntry((), 1, HealthSettings()))
 
     def write(self, path_table: StateDir) -> int:
         """Stage and write the table at once (with `lock` held: the changes that come
@@ -197,22 +257,47 @@ class _Published:
         """The table as it is now, as the next generation to write; its generation. Called
         with `lock` held."""
         self.generation += 1
-        nodes = {
-            node: replace(
-                self.settings.get(node) or self.settings_for(node),
-                endpoints=tuple(endpoints),
-                discover=self.discover.get(node),
-            )
-            for node, endpoints in sorted(self.rotation.items())
-        }
-        aliases = dict(sorted(self.aliases.items()))
-        table = RoutingTable(self.generation, MappingProxyType(nodes), MappingProxyType(aliases))
-        now_written = {e.instance for endpoints in self.rotation.values() for e in endpoints}
-        for instance in self.written - now_written:
-            self.removed_at[instance] = self.generation
-        self.written = now_written
-        self.staged = table
+        staged = self.staged
+        nodes = staged.nodes if staged is not None and not self._dirty else self._stage_nodes()
+        if self._aliases_dirty:
+            self._staged_aliases = MappingProxyType(dict(sorted(self._aliases.items())))
+            self._aliases_dirty = False
+        self.staged = RoutingTable(self.generation, nodes, self._staged_aliases)
         return self.generation
+
+    def _stage_nodes(self) -> Mapping[str, NodeEntry]:
+        """Rebuild the entries of the nodes changed since the last stage; all entries."""
+        entries = self._entries
+        added = False
+        leaving: list[str] = []
+        for node in self._dirty:
+            endpoints = self._rotation.get(node)
+            before = self._listed.pop(node, frozenset())
+            now: frozenset[str] = frozenset()
+            if endpoints is None:
+                entries.pop(node, None)
+            else:
+                added = added or node not in entries
+                entries[node] = replace(
+                    self._settings.get(node) or self.settings_for(node),
+                    endpoints=endpoints,
+                    discover=self.discover.get(node),
+                )
+                now = self._listed[node] = frozenset(e.instance for e in endpoints)
+            self._written.update(now - before)
+            leaving.extend(before - now)
+        # Counted out only after every changed node counted its own in: an instance that
+        # moved between two of them never left the table.
+        for instance in leaving:
+            self._written[instance] -= 1
+            if self._written[instance] <= 0:
+                del self._written[instance]
+                self.removed_at[instance] = self.generation
+        self._dirty.clear()
+        if added:  # in name order, as tables always were; only a new node moves any
+            self._entries = entries = dict(sorted(entries.items()))
+        # A copy (at C speed): the staged table stays a value while the entries change.
+        return MappingProxyType(dict(entries))
 
     def flush(self, path_table: StateDir, generation: int) -> None:
         """Return once a table of at least this generation is written and handed on; write
@@ -221,7 +306,7 @@ class _Published:
             table = self.staged  # the newest: staged only grows, one assignment at a time
             if self.flushed >= generation or table is None:
                 return
-            write_table(path_table.table, table)
+            write_table(path_table.table, table, self.encoder)
             self.fleet.publish(table)
             if self.on_publish is not None:
                 self.on_publish(table)  # an embedded balancer takes it in-process, at once
@@ -314,14 +399,17 @@ class Applier:
         graph = self.plan.graph
         waiting = {step_id: graph.in_degree(step_id) for step_id in graph}
         order = {step.id: position for position, step in enumerate(self.plan.steps())}
-        ready = sorted((s for s, n in waiting.items() if n == 0), key=order.__getitem__)
+        # Steps whose dependencies are done, first in plan order: a heap, as hundreds may be
+        # ready at once and one ends at a time.
+        ready = [(order[s], s) for s, n in waiting.items() if n == 0]
+        heapq.heapify(ready)
         results: list[StepResult] = []
         running: dict[Future[StepResult], str] = {}
         failed = False
         with ThreadPoolExecutor(max_workers=self.in_flight) as pool:
             while ready or running:
                 while ready and not failed and len(running) < self.in_flight:
-                    step_id = ready.pop(0)
+                    step_id = heapq.heappop(ready)[1]
                     step = self.plan.step_by_id[step_id]
                     running[pool.submit(self._run_step, step)] = step_id
                 if not running:
@@ -337,8 +425,7 @@ class Applier:
                     for successor in graph.successors(step_id):
                         waiting[successor] -= 1
                         if waiting[successor] == 0:
-                            ready.append(successor)
-                    ready.sort(key=order.__getitem__)
+                            heapq.heappush(ready, (order[successor], successor))
         ended = {r.step.id: r for r in results}
         failures = [r.step.id for r in results if r.outcome is Outcome.FAILED]
         blocked: dict[str, str] = {}  # a step -> the failed step upstream of it
@@ -473,7 +560,7 @@ class Applier:
         """The node's instances as balancers name them: the table's, or for a discovered node
         the alive ones this apply saw or started."""
         if not self._discovered(node):
-            return {e.instance for e in self.published.rotation.get(node, [])}
+            return {e.instance for e in self.published.rotation.get(node, ())}
         alive = [i for i in self.known.values() if i.node == node and i.alive]
         alive += [i for (name, _), i in self.created.items() if name == node]
         return {discovered_key(i) for i in alive}
@@ -508,7 +595,7 @@ class Applier:
         min(minHealthy, what it counts now), or none while an alias routes to the node: a
         scale-down must not keep only the sick ones."""
         want = self.desired.nodes.get(node)
-        current = {e.instance for e in self.published.rotation.get(node, [])}
+        current = {e.instance for e in self.published.rotation.get(node, ())}
         if want is None or instance not in current:
             return
         rest = current - {instance}
@@ -721,50 +808,53 @@ class Applier:
             if step.alias is not None:
                 alias = self.desired.aliases.get(step.alias)
                 if alias is None:
-                    table.aliases.pop(step.alias, None)
+                    table.unroute(step.alias)
                     what = f"alias {step.alias} dropped"
                 else:
                     before = table.aliases.get(step.alias)
                     for node in gaining(before.targets if before else (), alias.routes):
                         self._await_node(step.alias, node)
-                    table.aliases[step.alias] = AliasEntry(
-                        alias.routes, alias.affinity_header, alias.access, alias.prefix_rewrite
+                    table.route(
+                        step.alias,
+                        AliasEntry(
+                            alias.routes, alias.affinity_header, alias.access, alias.prefix_rewrite
+                        ),
                     )
                     what = f"alias {step.alias} routes to " + ", ".join(
                         f"{n}={w}" for n, w in alias.routes
                     )
             elif step.node is not None and step.instance_index is not None:
                 new = self.created[(step.node, step.instance_index)]
-                table.settings[step.node] = table.settings_for(step.node)
+                table.configure(step.node)
                 if self._discovered(step.node):
                     # Balancers find it by DNS (it answers there once Healthy): wait until
                     # every one counts it Healthy; the runtime retires what it replaces.
-                    table.rotation.setdefault(step.node, [])
+                    table.include(step.node)
                     generation = table.write(self.state)
                     late = self._await_balancers(self._key(new), generation, step.node)
                     if late:
                         raise self._not_counted(new.name, generation, step.node, late)
                     return f"{new.name} found by the balancers (table generation {generation})"
-                rotation = [e for e in table.rotation.get(step.node, []) if e.instance != new.name]
-                table.rotation[step.node] = [*rotation, _endpoint(new)]
+                rotation = [e for e in table.rotation.get(step.node, ()) if e.instance != new.name]
+                table.rotate(step.node, [*rotation, _endpoint(new)])
                 what = f"{new.name} in rotation"
             elif step.node is not None and step.instance is not None:
                 self._check_leaving(step.node, step.instance)
-                table.rotation[step.node] = [
-                    e for e in table.rotation.get(step.node, []) if e.instance != step.instance
-                ]
+                table.rotate(
+                    step.node,
+                    [e for e in table.rotation.get(step.node, ()) if e.instance != step.instance],
+                )
                 what = f"{step.instance} out of rotation"
             elif step.node is not None and step.node in self.desired.nodes:
-                table.settings[step.node] = entry = table.settings_for(step.node)
+                entry = table.configure(step.node)
                 if entry.suspended:  # out of rotation: its aliases route around it
-                    table.rotation[step.node] = []
+                    table.rotate(step.node, ())
                     what = f"node {step.node} suspended, its instances out of rotation"
                 else:
-                    table.rotation.setdefault(step.node, [])
+                    table.include(step.node)
                     what = f"node {step.node} settings"
             else:
-                table.rotation.pop(step.node or "", None)
-                table.settings.pop(step.node or "", None)
+                table.drop(step.node or "")
                 what = f"node {step.node} dropped"
             generation = table.stage()
         table.flush(self.state, generation)  # outside the lock: others' changes join it
@@ -780,20 +870,20 @@ class Applier:
         new = self.created[(node, index)]
 
         def without(name: str) -> list[Endpoint]:
-            return [e for e in table.rotation.get(node, []) if e.instance != name]
+            return [e for e in table.rotation.get(node, ()) if e.instance != name]
 
         with table.lock:
-            table.settings[node] = table.settings_for(node)
-            table.rotation[node] = [*without(new.name), _endpoint(new)]
+            table.configure(node)
+            table.rotate(node, [*without(new.name), _endpoint(new)])
             generation = table.stage()
         table.flush(self.state, generation)
         late = self._await_balancers(new.name, generation, node)
         with table.lock:
             if late:
                 # Traffic stays where it was: the new one out again, the old one in.
-                table.rotation[node] = without(new.name)
+                table.rotate(node, without(new.name))
             else:
-                table.rotation[node] = without(old)
+                table.rotate(node, without(old))
             final = table.stage()
         table.flush(self.state, final)
         if late:

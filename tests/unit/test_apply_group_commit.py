@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from balancer.table import RoutingTable, read_table
+from balancer.table import RoutingTable, TableEncoder, read_table
 from gitops_nodes import apply as apply_module
 from gitops_nodes import workflow
 from gitops_nodes.apply import ApplyOptions, Outcome, StepResult
@@ -27,9 +27,9 @@ def test_publishes_share_writes_and_end_after_theirs(
     writes: list[int] = []
     lock = threading.Lock()
 
-    def slow_write(path: Path, table: RoutingTable) -> None:
+    def slow_write(path: Path, table: RoutingTable, encoder: TableEncoder | None = None) -> None:
         time.sleep(0.1)  # a large table's JSON and fsync: what makes one write per publish cost
-        real_write(path, table)
+        real_write(path, table, encoder)
         with lock:
             writes.append(table.generation)
 
