@@ -250,7 +250,8 @@ def test_a_rollout_is_rolled_back_once_enough_requests_failed(harness: Harness) 
         first = start_v1(h)
         bad = h.commit(node_doc("v2", "2"), rollout_alias(("v2", 100)))
         h.wait("step 1", lambda: (h.status()["rollout"] or {}).get("step") == 1)
-        time.sleep(0.1)  # the step's counting has begun (its driver took the counters)
+        # The step's counting has begun: its driver took the counters, then set the judgement.
+        h.wait("the first judgement due", lambda: h.status()["rollout"]["nextJudgementAt"])
         h.balancer.count("v2", 500, 5)  # failures, but too few to judge on
         time.sleep(0.1)  # five pauses: still not judged
         assert h.status()["rollout"] is not None
