@@ -3,15 +3,12 @@ pipelining, HTTP/1.0 clients, backpressure, and clients that leave while connect
 
 from __future__ import annotations
 
-import gc
 import http.server
 import json
 import re
 import socket
 import threading
 import time
-import types
-from collections import Counter
 from collections.abc import Iterator
 
 import pytest
@@ -19,6 +16,7 @@ import pytest
 from balancer.table import Endpoint, NodeEntry
 from tests.balancer.backend import CHUNKS
 from tests.balancer.conftest import HOST, Reply, alias, health, node, request, wait_until
+from tests.cycles import Cycles
 
 
 def test_removed_instance_finishes_its_requests_and_drains(balancer, start_backend):
@@ -190,13 +188,6 @@ def closing_instance() -> Iterator[int]:
         server.server_close()
 
 
-def _ours(thing: object) -> str | None:
-    """The name of a balancer object (or of a function or parser it uses), else None."""
-    of = thing if isinstance(thing, types.FunctionType) else type(thing)
-    name = f"{of.__module__}.{of.__qualname__}"
-    return name if name.startswith(("balancer.", "httptools.", "json.")) else None
-
-
 def test_ended_connections_and_acks_leave_no_reference_cycles(
     balancer, start_backend, closing_instance
 ):
@@ -217,20 +208,11 @@ def test_ended_connections_and_acks_leave_no_reference_cycles(
     for path in ("/nodes/kept/warm", "/nodes/closing/warm"):
         assert request(balancer.port, "GET", path).status == 200
     wait_until(ended, "the warm-up's connections to end", 5.0)
-    gc.collect()
-    gc.disable()
-    gc.set_debug(gc.DEBUG_SAVEALL)  # what a collection finds is kept in gc.garbage to look at
-    try:
+    with Cycles(("balancer.", "httptools.", "json.")) as cycles:
         for index in range(10):  # a client connection each, and an instance connection each
             for path in ("/nodes/kept/", "/nodes/closing/"):
                 assert request(balancer.port, "GET", f"{path}{index}").status == 200
         wait_until(ended, "the clients' and instances' connections to end", 5.0)
         for _ in range(3):  # what apply waits on, written at each table, health change, drain
             balancer.call(balancer.balancer.write_ack)
-        gc.collect()
-        cycles = Counter(name for o in gc.garbage if (name := _ours(o)))
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-        gc.enable()
-    assert not cycles, f"ended connections and acks left objects in reference cycles: {cycles}"
+    assert not cycles.found, f"ended connections and acks left objects in cycles: {cycles.found}"

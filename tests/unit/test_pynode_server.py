@@ -8,7 +8,6 @@ a deadline.
 from __future__ import annotations
 
 import asyncio
-import gc
 import http.client
 import io
 import json
@@ -21,8 +20,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import types as pytypes
-from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,6 +39,7 @@ from gitops_nodes.pynode.server import (
     new_event_loop,
     start,
 )
+from tests.cycles import Cycles
 from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -238,28 +236,14 @@ def test_ended_connections_leave_no_reference_cycles(counter: Served) -> None:
     alive is a connection of its own: one left in a reference cycle would wait for a full
     collection, and show as the instance's memory growing until then."""
 
-    def ours(thing: object) -> str | None:
-        of = thing if isinstance(thing, pytypes.FunctionType) else type(thing)
-        name = f"{of.__module__}.{of.__qualname__}"
-        return name if name.startswith(("gitops_nodes.", "httptools.")) else None
-
     assert counter.call("GET", "/healthz")[0] == 200  # warm
     wait_until(lambda: not counter.service.connections, "the warm-up's connection to end")
-    gc.collect()
-    gc.disable()
-    gc.set_debug(gc.DEBUG_SAVEALL)  # what a collection finds is kept in gc.garbage to look at
-    try:
+    with Cycles(("gitops_nodes.", "httptools.")) as cycles:
         for _ in range(5):  # a connection each
             assert counter.call("GET", "/healthz")[0] == 200
             assert counter.post({"step": 1})[0] == 200
         wait_until(lambda: not counter.service.connections, "the connections to end")
-        gc.collect()
-        cycles = Counter(name for o in gc.garbage if (name := ours(o)))
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-        gc.enable()
-    assert not cycles, f"10 ended connections left objects in reference cycles: {cycles}"
+    assert not cycles.found, f"10 ended connections left objects in cycles: {cycles.found}"
 
 
 def test_set_up_code_runs_once_at_start_after_the_checkpoint(tmp_path: Path) -> None:

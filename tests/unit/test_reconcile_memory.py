@@ -4,8 +4,6 @@ traffic where it was) as watch meets them."""
 
 from __future__ import annotations
 
-import gc
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -17,6 +15,7 @@ from gitops_nodes.runtime.memory import NEVER_HEALTHY, Crash, Faults, MemoryRunt
 from gitops_nodes.statedir import StateDir
 from gitops_nodes.watch.reconcile import Reconciler
 from gitops_nodes.watch.source import Revision
+from tests.cycles import Cycles
 
 PROJECT = "mem"
 
@@ -89,19 +88,10 @@ def test_a_quiet_reconcile_leaves_no_reference_cycles(
     revision = repo.commit(*THREE)
     assert reconciler.reconcile(revision, "start").outcome == "applied"
     assert reconciler.reconcile(revision, "interval").outcome == "unchanged"  # caches warm
-    gc.collect()
-    gc.disable()
-    gc.set_debug(gc.DEBUG_SAVEALL)  # what a collection finds is kept in gc.garbage to look at
-    try:
+    with Cycles() as cycles:
         for _ in range(5):
             assert reconciler.reconcile(revision, "interval").outcome == "unchanged"
-        gc.collect()
-        cycles = Counter(type(o).__qualname__ for o in gc.garbage)
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-        gc.enable()
-    assert not cycles, f"5 quiet reconciles left objects in reference cycles: {cycles}"
+    assert not cycles.found, f"5 quiet reconciles left objects in cycles: {cycles.found}"
 
 
 def test_an_empty_revision_is_refused_and_the_nodes_keep_serving(
