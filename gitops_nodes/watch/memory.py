@@ -4,10 +4,11 @@ Two kinds of memory a long-running ``watch`` no longer uses are not returned by 
 
 - Garbage in reference cycles, which only a full collection frees, and the collector runs
   one only once the survivors of younger collections reach a quarter of the heap's objects
-  (watch holds about 60,000): until then the process grows (measured: about 1 MB over the
-  first 2,000 reconciles, then flat). The hot paths make none (quiet reconciles, ended
-  connections: tests hold it); an apply makes some (networkx's plan graph), so after one we
-  collect at once: about 40 ms, once per change.
+  (watch holds about 60,000): until then the process grows. The paths that run all the time
+  make none (quiet reconciles, ended connections: tests hold it); an apply makes some
+  (networkx's plan graph), so after one we collect at once: about 40 ms, once per change.
+  A full collection also empties the interpreter's free lists (up to 2,000 freed tuples of
+  each size, which quiet polls fill slowly to their caps: README, Running for months).
 - Pages glibc keeps in its arenas once freed. ``malloc_trim`` returns them, as Dask's workers
   do. Elsewhere than glibc (musl, macOS) this part is a no-op.
 """
