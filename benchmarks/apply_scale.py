@@ -43,6 +43,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import docker
 from common import (
@@ -225,6 +226,8 @@ class MinimumWatcher:
         self.stop = threading.Event()
         self.checks = 0
         self.worst = n  # the fewest nodes with an instance answering, over all checks
+        self.suspects = 0  # nodes that did not answer at first but did when looked at again
+        self.failed: set[str] = set()  # nodes that answered neither time, in some check
         self.busy = 0.0  # seconds spent in rounds
         self.cpu = 0.0  # this process's CPU while watching: the rounds' (apply is another)
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -236,6 +239,21 @@ class MinimumWatcher:
         except OSError:
             return False
 
+    def _ports(self, containers: list[dict[str, Any]]) -> dict[str, list[int]]:
+        """node -> the published ports of its instances in this listing."""
+        ports: dict[str, list[int]] = {}
+        for container in containers:
+            node = container["Labels"].get("io.gitops-nodes.node", "?")
+            for port in container.get("Ports") or ():
+                if port.get("PublicPort") and port.get("PrivatePort") == PORT:
+                    ports.setdefault(node, []).append(int(port["PublicPort"]))
+        return ports
+
+    def _serves_now(self, node: str) -> bool:
+        labels = [f"{PROJECT_LABEL}={self.project}", f"io.gitops-nodes.node={node}"]
+        found = self.api.containers(all=True, filters={"label": labels})
+        return any(self._answers(p) for p in self._ports(found).get(node, []))
+
     def _run(self) -> None:
         with ThreadPoolExecutor(16) as pool:
             while not self.stop.is_set():
@@ -243,19 +261,23 @@ class MinimumWatcher:
                 found = self.api.containers(
                     all=True, filters={"label": f"{PROJECT_LABEL}={self.project}"}
                 )
-                ports: dict[str, list[int]] = {}
-                for container in found:
-                    node = container["Labels"].get("io.gitops-nodes.node", "?")
-                    for port in container.get("Ports") or ():
-                        if port.get("PublicPort") and port.get("PrivatePort") == PORT:
-                            ports.setdefault(node, []).append(int(port["PublicPort"]))
+                ports = self._ports(found)
 
                 def serving(node_ports: list[int]) -> bool:
                     return any(self._answers(p) for p in node_ports)
 
-                answering = sum(pool.map(serving, ports.values()))
+                nodes = list(ports)
+                first = dict(zip(nodes, pool.map(serving, ports.values()), strict=True))
+                # A node that did not answer is looked at again, from a fresh listing: the
+                # first listing may predate its new instance, and its old one may have been
+                # stopped since (make-before-break done between listing and connecting).
+                again = [node for node, ok in first.items() if not ok]
+                confirmed = [node for node in again if not self._serves_now(node)]
+                self.suspects += len(again) - len(confirmed)
+                if confirmed:
+                    self.failed.update(confirmed)
                 self.checks += 1
-                self.worst = min(self.worst, answering)
+                self.worst = min(self.worst, len(nodes) - len(confirmed))
                 took = time.monotonic() - started
                 self.busy += took
                 self.stop.wait(max(self.PAUSE, took * (1 - self.BUSY) / self.BUSY))
@@ -301,6 +323,12 @@ def ours_figures(
         f"{watcher.cpu:.1f} s of this process's CPU) "
         f"the fewest nodes with an instance accepting connections was {watcher.worst} of {n}"
         + ("" if watcher.worst == n else " (BELOW THE MINIMUM)")
+        + f"; {watcher.suspects} node(s) answered only when looked at again"
+        + (
+            f"; never answering in a check: {', '.join(sorted(watcher.failed)[:10])}"
+            if watcher.failed
+            else ""
+        )
     )
     figures.seconds["status"] = timed(gitops_nodes("status", str(repo), *common), limit)
     figures.seconds["destroy"] = timed(gitops_nodes("destroy", str(repo), *common), limit)
