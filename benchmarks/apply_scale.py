@@ -325,7 +325,7 @@ def ours_figures(
         + ("" if watcher.worst == n else " (BELOW THE MINIMUM)")
         + f"; {watcher.suspects} node(s) answered only when looked at again"
         + (
-            f"; never answering in a check: {', '.join(sorted(watcher.failed)[:10])}"
+            f"; answering at neither look in some check: {', '.join(sorted(watcher.failed)[:10])}"
             if watcher.failed
             else ""
         )
