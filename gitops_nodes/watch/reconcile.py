@@ -383,7 +383,7 @@ class Reconciler:
         # orjson, not json.dump: the standard library's file and indented encoders are its
         # pure-Python one, whose closures refer to each other. Each save left ~30 objects in
         # reference cycles that only a full collection frees; written after every reconcile,
-        # they were the steady RSS growth of an idle watch (README, Running for months).
+        # they were part of an idle watch's steady RSS growth (README, Running for months).
         text = orjson.dumps({"pid": os.getpid(), **self.status()}, option=orjson.OPT_INDENT_2)
         fd, temp = tempfile.mkstemp(prefix=".watch.", dir=self.state.path)
         with os.fdopen(fd, "wb") as handle:
