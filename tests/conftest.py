@@ -4,6 +4,7 @@ and remove everything their project created, by label, even when the test fails.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import secrets
 import shutil
@@ -35,6 +36,18 @@ def no_terminal_for_commands() -> Iterator[None]:
     finally:
         os.dup2(saved, 0)
         os.close(saved)
+
+
+@pytest.fixture(autouse=True)
+def logging_as_it_was() -> Iterator[None]:
+    """Commands run in-process set the root logger's handler to the sys.stderr of the
+    moment, which is the test's capture; put the handlers back so that a thread still
+    logging after its test (a notifier's retry) does not write to a closed capture."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture
