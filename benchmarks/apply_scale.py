@@ -38,6 +38,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
@@ -228,16 +229,28 @@ class MinimumWatcher:
         self.worst = n  # the fewest nodes with an instance answering, over all checks
         self.suspects = 0  # nodes that did not answer at first but did when looked at again
         self.failed: set[str] = set()  # nodes that answered neither time, in some check
+        self.failures: Counter[str] = Counter()  # how their second looks failed
         self.busy = 0.0  # seconds spent in rounds
         self.cpu = 0.0  # this process's CPU while watching: the rounds' (apply is another)
         self.thread = threading.Thread(target=self._run, daemon=True)
 
-    def _answers(self, port: int) -> bool:
+    FIRST_LOOK = 1.0  # s to connect at the first look
+    SECOND_LOOK = 5.0  # s at the second: past the kernel's first SYN retransmission (1 s)
+
+    def _connect(self, port: int, timeout: float) -> str:
+        """'ok', 'refused' (nothing listens: a real gap) or how else the connect failed."""
         try:
-            with socket.create_connection((HOST, port), timeout=1.0):
-                return True
-        except OSError:
-            return False
+            with socket.create_connection((HOST, port), timeout=timeout):
+                return "ok"
+        except ConnectionRefusedError:
+            return "refused"
+        except TimeoutError:
+            return "timed out"
+        except OSError as exc:
+            return exc.strerror or type(exc).__name__
+
+    def _answers(self, port: int) -> bool:
+        return self._connect(port, self.FIRST_LOOK) == "ok"
 
     def _ports(self, containers: list[dict[str, Any]]) -> dict[str, list[int]]:
         """node -> the published ports of its instances in this listing."""
@@ -250,9 +263,15 @@ class MinimumWatcher:
         return ports
 
     def _serves_now(self, node: str) -> bool:
+        """The second look: a fresh listing of the node, a longer timeout; how each of its
+        ports failed is counted (refusals are gaps, timeouts may be the machine's load)."""
         labels = [f"{PROJECT_LABEL}={self.project}", f"io.gitops-nodes.node={node}"]
         found = self.api.containers(all=True, filters={"label": labels})
-        return any(self._answers(p) for p in self._ports(found).get(node, []))
+        how = [self._connect(p, self.SECOND_LOOK) for p in self._ports(found).get(node, [])]
+        if "ok" in how:
+            return True
+        self.failures.update(how or ["no published port listed"])
+        return False
 
     def _run(self) -> None:
         with ThreadPoolExecutor(16) as pool:
@@ -326,6 +345,7 @@ def ours_figures(
         + f"; {watcher.suspects} node(s) answered only when looked at again"
         + (
             f"; answering at neither look in some check: {', '.join(sorted(watcher.failed)[:10])}"
+            f" (second looks: {', '.join(f'{k} {v}' for k, v in watcher.failures.items())})"
             if watcher.failed
             else ""
         )
