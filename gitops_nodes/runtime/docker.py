@@ -151,6 +151,13 @@ def engine_error(what: str, exc: BaseException) -> RuntimeFailure | RuntimeUnava
     """Our error for an engine call that failed: unavailable when the engine is gone."""
     if isinstance(exc, requests.exceptions.ConnectionError):
         return RuntimeUnavailable(f"{what}: the Docker engine does not answer ({exc})")
+    if isinstance(exc, requests.exceptions.ReadTimeout):
+        # Seen with a busy engine of a thousand containers whose stops waited for exits that
+        # containerd never reported: the call, not the engine, is stuck; its log says why.
+        return RuntimeFailure(
+            f"{what}: the Docker engine took the call and did not answer in time ({exc}); it "
+            "is overloaded or stuck on this container (its log says which)"
+        )
     return RuntimeFailure(f"{what}: {exc}")
 
 
@@ -183,7 +190,7 @@ class DockerRuntime(DockerHost):
         try:
             summaries = self.api.containers(all=True, filters=labels.project_filter(project))
         except ENGINE_ERRORS as exc:
-            raise engine_error(f"listing containers failed: {exc}", exc) from exc
+            raise engine_error("listing containers failed", exc) from exc
         return instances_listed(summaries)
 
     def host_name(self) -> str:
@@ -200,7 +207,7 @@ class DockerRuntime(DockerHost):
         try:
             images = self.api.images(name=BUILD_REPOSITORY)
         except ENGINE_ERRORS as exc:
-            raise engine_error(f"listing images failed: {exc}", exc) from exc
+            raise engine_error("listing images failed", exc) from exc
         return tags_listed(images)
 
     def build_image(self, project: str, root: Path, request: BuildRequest) -> None:
@@ -334,7 +341,7 @@ class DockerRuntime(DockerHost):
             _remove_folder(folder)
             self.present.discard(config.image)  # removed since it was seen? ask again next time
             secretfiles.remove_instance_files(project, name)
-            raise engine_error(f"creating {name} failed: {exc}", exc) from exc
+            raise engine_error(f"creating {name} failed", exc) from exc
         try:
             self.api.start(created["Id"])
         except ENGINE_ERRORS as exc:
@@ -369,7 +376,7 @@ class DockerRuntime(DockerHost):
         except NotFound:
             return None
         except ENGINE_ERRORS as exc:
-            raise engine_error(f"inspecting {name} failed: {exc}", exc) from exc
+            raise engine_error(f"inspecting {name} failed", exc) from exc
         found = from_inspect(data)
         if found is None or data["Config"]["Labels"].get(labels.PROJECT) != project:
             return None
@@ -383,7 +390,7 @@ class DockerRuntime(DockerHost):
         except NotFound:
             return name
         except ENGINE_ERRORS as exc:
-            raise engine_error(f"stopping {name} failed: {exc}", exc) from exc
+            raise engine_error(f"stopping {name} failed", exc) from exc
         return name
 
     def remove_instance(self, project: str, name: str) -> None:
@@ -436,7 +443,7 @@ class DockerRuntime(DockerHost):
                 for image in self.api.images(filters=filters)
             }
         except ENGINE_ERRORS as exc:
-            raise engine_error(f"listing images failed: {exc}", exc) from exc
+            raise engine_error("listing images failed", exc) from exc
         for image in found.values():
             for tag in image_names(image):
                 try:
@@ -447,8 +454,10 @@ class DockerRuntime(DockerHost):
                     continue
                 except APIError as exc:
                     if exc.status_code != 409:
-                        raise RuntimeFailure(f"removing image {tag} failed: {exc}") from exc
+                        raise engine_error(f"removing image {tag} failed", exc) from exc
                     left.append(f"image {tag}: {self._image_users(tag)}")
+                except ENGINE_ERRORS as exc:
+                    raise engine_error(f"removing image {tag} failed", exc) from exc
         return ImageCleanup(tuple(removed), tuple(left))
 
     def _image_users(self, tag: str) -> str:
@@ -476,7 +485,7 @@ class DockerRuntime(DockerHost):
         except ImageNotFound:
             pass
         except ENGINE_ERRORS as exc:
-            raise engine_error(f"inspecting image {reference} failed: {exc}", exc) from exc
+            raise engine_error(f"inspecting image {reference} failed", exc) from exc
         try:
             self.client.images.pull(reference)
             self.present.add(reference)
@@ -490,10 +499,11 @@ class DockerRuntime(DockerHost):
             self.api.remove_container(name, force=True, v=True)
         except NotFound:
             return
-        except APIError as exc:
-            if exc.status_code == 409 and "already in progress" in str(exc):
-                return
-            raise RuntimeFailure(f"removing {name} failed: {exc}") from exc
+        except ENGINE_ERRORS as exc:
+            busy = isinstance(exc, APIError) and exc.status_code == 409
+            if busy and "already in progress" in str(exc):
+                return  # another call is removing it
+            raise engine_error(f"removing {name} failed", exc) from exc
 
 
 class DockerLogStream:
