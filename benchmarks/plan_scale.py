@@ -38,7 +38,7 @@ from balancer.table import AliasEntry, Endpoint, NodeEntry, RoutingTable
 from gitops_nodes.health import settings_from
 from gitops_nodes.live import LiveInstance, LiveState
 from gitops_nodes.plan import Plan, make_plan
-from gitops_nodes.spec import load as spec_load
+from gitops_nodes.spec import yaml12
 from gitops_nodes.spec.load import SpecLoader, load_spec
 from gitops_nodes.spec.state import DesiredState
 
@@ -275,7 +275,8 @@ def versions() -> str:
     if yaml.__with_libyaml__:
         from yaml import _yaml
 
-        used = issubclass(spec_load._StrictLoader, yaml.CSafeLoader)
+        # The parser every spec file is read with (yaml12 binds libyaml's when it imports).
+        used = vars(yaml12)["_PARSER"] is _yaml.CParser
         libyaml = f"libyaml {_yaml.get_version_string()} ({'used' if used else 'NOT used'})"
     return (
         f"python {platform.python_version()}, PyYAML {yaml.__version__} with {libyaml}, "

@@ -110,7 +110,8 @@ def remove_project(docker_client: Any, name: str) -> None:
         for filters in (built_for, selector)
         for image in docker_client.api.images(filters=filters)
     }
-    from gitops_nodes.runtime.docker import image_names, project_sockets  # the Docker SDK
+    from gitops_nodes.runtime.container_records import image_names
+    from gitops_nodes.runtime.docker import project_sockets  # the Docker SDK
 
     for image in images.values():
         for tag in image_names(image):

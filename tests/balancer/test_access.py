@@ -10,12 +10,11 @@ import hashlib
 import hmac
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytest
 
-import balancer.access as access_module
 from balancer.access import CHALLENGE, AccessConfigError
 from balancer.proxy import ProxySettings
 from balancer.server import Balancer, ServeOptions, new_loop
@@ -24,12 +23,13 @@ from tests.balancer.conftest import (
     HOST,
     BackendProcess,
     BalancerHarness,
+    Reply,
     alias,
     free_port,
     node,
     request,
-    wait_until,
 )
+from tests.waiting import wait_until
 
 CI = "ci-key-0123456789abcdef"
 ANALYST = "analyst-key-fedcba9876543210"
@@ -199,7 +199,7 @@ def test_the_keys_are_compared_in_constant_time(
         compared.append(b)
         return original(a, b)
 
-    monkeypatch.setattr(access_module.hmac, "compare_digest", spy)
+    monkeypatch.setattr(hmac, "compare_digest", spy)  # the module balancer.access uses
     assert private.get("/aliases/front/x", bearer(CI)).status == 200
     presented = hashlib.sha256(CI.encode()).digest()
     assert compared == [presented, presented]  # against each of front's two keys
@@ -329,7 +329,9 @@ def test_the_admin_port_beyond_loopback_without_a_key_refuses_to_start() -> None
 # -- the execute API honours the same rules ---------------------------------------------
 
 
-def execute_call(harness: BalancerHarness, url: str, body: dict[str, object], **headers: str):
+def execute_call(
+    harness: BalancerHarness, url: str, body: Mapping[str, object], **headers: str
+) -> Reply:
     return request(
         harness.port,
         "POST",

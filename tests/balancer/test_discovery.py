@@ -14,7 +14,8 @@ import pytest
 from balancer.table import NodeEntry, RoutingTable
 from gitops_nodes.errors import RuntimeFailure
 from gitops_nodes.runtime.swarm_balancer import SwarmBalancers
-from tests.balancer.conftest import HOST, BackendProcess, BalancerHarness, alias, health, wait_until
+from tests.balancer.conftest import HOST, BackendProcess, BalancerHarness, alias, health
+from tests.waiting import wait_until
 
 
 def discovering(port: int, host: str = "localhost") -> NodeEntry:

@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import http.client
 import time
+from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
 
 from balancer.table import NodeEntry, Timeouts
-from tests.balancer.conftest import alias, node, send, wait_until
+from tests.balancer.conftest import BackendProcess, BalancerHarness, alias, node, send
+from tests.waiting import wait_until
 
 
 def timed(entry: NodeEntry, request: float = 15.0, idle: float = 15.0) -> NodeEntry:
     return replace(entry, timeouts=Timeouts(request=request, idle=idle))
 
 
-def test_each_node_has_its_own_request_timeout(make_balancer, start_backend):
+def test_each_node_has_its_own_request_timeout(
+    make_balancer: Callable[..., BalancerHarness], start_backend: Callable[..., BackendProcess]
+) -> None:
     balancer = make_balancer()  # the balancer's own read timeout: 60 s
     a1, b1 = start_backend("a1"), start_backend("b1")
     balancer.publish({"a": timed(node(a1), request=1.0), "b": timed(node(b1), request=10.0)})
@@ -38,7 +42,9 @@ def test_each_node_has_its_own_request_timeout(make_balancer, start_backend):
     assert balancer.get("/nodes/a/quick").status == 200
 
 
-def test_the_request_timeout_bounds_the_whole_exchange(make_balancer, start_backend):
+def test_the_request_timeout_bounds_the_whole_exchange(
+    make_balancer: Callable[..., BalancerHarness], start_backend: Callable[..., BackendProcess]
+) -> None:
     """A response that keeps coming (no silence for the read timeout) is still cut off."""
     balancer = make_balancer()
     a1 = start_backend("a1")
@@ -60,7 +66,9 @@ def test_the_request_timeout_bounds_the_whole_exchange(make_balancer, start_back
     wait_until(lambda: balancer.inflight() == 0, "in-flight count back to 0")
 
 
-def test_a_new_table_changes_the_timeouts_of_instances_in_place(make_balancer, start_backend):
+def test_a_new_table_changes_the_timeouts_of_instances_in_place(
+    make_balancer: Callable[..., BalancerHarness], start_backend: Callable[..., BackendProcess]
+) -> None:
     balancer = make_balancer()
     a1 = start_backend("a1")
     balancer.publish({"a": timed(node(a1), request=10.0)})
@@ -75,11 +83,13 @@ def test_a_new_table_changes_the_timeouts_of_instances_in_place(make_balancer, s
     assert status["a"]["timeouts"] == {"request": 1.0, "idle": 15.0}
 
 
-def open_serving(backend) -> int:
+def open_serving(backend: BackendProcess) -> int:
     return int(backend.get("/-/stats").json()["openServing"])
 
 
-def test_each_node_closes_its_idle_upstream_connections(make_balancer, start_backend):
+def test_each_node_closes_its_idle_upstream_connections(
+    make_balancer: Callable[..., BalancerHarness], start_backend: Callable[..., BackendProcess]
+) -> None:
     balancer = make_balancer()
     a1, b1 = start_backend("a1"), start_backend("b1")
     balancer.publish({"a": timed(node(a1), idle=1.0), "b": timed(node(b1), idle=60.0)})
@@ -103,7 +113,9 @@ def test_each_node_closes_its_idle_upstream_connections(make_balancer, start_bac
     assert a1.counts()["/two"] == 1
 
 
-def test_a_suspended_node_is_routed_around(make_balancer, start_backend):
+def test_a_suspended_node_is_routed_around(
+    make_balancer: Callable[..., BalancerHarness], start_backend: Callable[..., BackendProcess]
+) -> None:
     balancer = make_balancer()
     a1, b1 = start_backend("a1"), start_backend("b1")
     balancer.publish(

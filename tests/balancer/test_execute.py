@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import json
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from balancer.proxy import ProxySettings
 from tests.balancer.backend import MIB
-from tests.balancer.conftest import HOST, alias, node, send, wait_until
+from tests.balancer.conftest import HOST, BackendProcess, BalancerHarness, Reply, alias, node, send
 from tests.balancer.test_proxying import read_response
+from tests.waiting import wait_until
 
 NODE_URL = "/datasphere/v1/nodes/{}:execute"
 ALIAS_URL = "/datasphere/v1/aliases/{}:execute"
@@ -20,7 +22,9 @@ JSON = {"content-type": "application/json"}
 
 
 @pytest.fixture
-def two_nodes(balancer, start_backend):
+def two_nodes(
+    balancer: BalancerHarness, start_backend: Callable[..., BackendProcess]
+) -> tuple[BalancerHarness, BackendProcess, BackendProcess]:
     """Nodes a (instance a1) and b (b1); alias w splits 1:1 between them, alias only-a."""
     a1, b1 = start_backend("a1"), start_backend("b1")
     balancer.publish(
@@ -30,7 +34,9 @@ def two_nodes(balancer, start_backend):
     return balancer, a1, b1
 
 
-def execute(balancer, url: str, body: Any, headers: dict[str, str] | None = None):
+def execute(
+    balancer: BalancerHarness, url: str, body: Any, headers: dict[str, str] | None = None
+) -> Reply:
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
     return balancer.request("POST", url, headers={**JSON, **(headers or {})}, body=raw)
 
@@ -42,7 +48,7 @@ def seen_headers(output: dict[str, Any]) -> dict[str, list[str]]:
     return found
 
 
-def assert_balancer_error(reply, code: int, name: str, *fragments: str) -> dict[str, Any]:
+def assert_balancer_error(reply: Reply, code: int, name: str, *fragments: str) -> dict[str, Any]:
     assert reply.status == code, reply.body
     assert reply.header("content-type") == "application/json"
     document: dict[str, Any] = reply.json()
@@ -64,7 +70,9 @@ def assert_balancer_error(reply, code: int, name: str, *fragments: str) -> dict[
         {"folder": "folderId", "target": "nodeId"},  # its REST names
     ],
 )
-def test_a_node_call_answers_the_outputs_wrapped(two_nodes, spelling):
+def test_a_node_call_answers_the_outputs_wrapped(
+    two_nodes: tuple[BalancerHarness, BackendProcess, BackendProcess], spelling: dict[str, str]
+) -> None:
     balancer, a1, _ = two_nodes
     inputs = {"features": [1.5, -2, 3e-7], "text": "é ✓", "nested": {"k": [None, True]}}
     body = {spelling["folder"]: "f-1", spelling["target"]: "a", "input": inputs}
@@ -91,7 +99,9 @@ def test_a_node_call_answers_the_outputs_wrapped(two_nodes, spelling):
     assert a1.counts()["/"] == 1
 
 
-def test_input_may_be_left_out_for_a_node_without_inputs(two_nodes):
+def test_input_may_be_left_out_for_a_node_without_inputs(
+    two_nodes: tuple[BalancerHarness, BackendProcess, BackendProcess],
+) -> None:
     balancer, _, _ = two_nodes
     for body in ({"folder_id": "f"}, {"input": None}, {}):
         reply = execute(balancer, NODE_URL.format("a"), body)
@@ -100,7 +110,9 @@ def test_input_may_be_left_out_for_a_node_without_inputs(two_nodes):
 
 
 @pytest.mark.parametrize("name", ["w", "datasphere.user.w"])
-def test_an_alias_call_is_balanced_over_its_nodes(two_nodes, name):
+def test_an_alias_call_is_balanced_over_its_nodes(
+    two_nodes: tuple[BalancerHarness, BackendProcess, BackendProcess], name: str
+) -> None:
     balancer, _, _ = two_nodes
     served = set()
     conn = balancer.connect()
@@ -117,7 +129,9 @@ def test_an_alias_call_is_balanced_over_its_nodes(two_nodes, name):
     assert served == {"a1", "b1"}
 
 
-def test_execute_calls_and_plain_proxying_share_a_connection(two_nodes):
+def test_execute_calls_and_plain_proxying_share_a_connection(
+    two_nodes: tuple[BalancerHarness, BackendProcess, BackendProcess],
+) -> None:
     balancer, _, _ = two_nodes
     conn = balancer.connect()
     try:
@@ -133,7 +147,9 @@ def test_execute_calls_and_plain_proxying_share_a_connection(two_nodes):
         conn.close()
 
 
-def test_metrics_count_execute_calls_under_their_alias_and_node(two_nodes):
+def test_metrics_count_execute_calls_under_their_alias_and_node(
+    two_nodes: tuple[BalancerHarness, BackendProcess, BackendProcess],
+) -> None:
     balancer, _, _ = two_nodes
     for _ in range(3):
         assert execute(balancer, ALIAS_URL.format("only-a"), {"input": {}}).status == 200
@@ -172,7 +188,11 @@ def test_metrics_count_execute_calls_under_their_alias_and_node(two_nodes):
         ),
     ],
 )
-def test_a_node_error_is_passed_through_with_its_status(two_nodes, code, error):
+def test_a_node_error_is_passed_through_with_its_status(
+    two_nodes: tuple[BalancerHarness, BackendProcess, BackendProcess],
+    code: int,
+    error: dict[str, Any],
+) -> None:
     balancer, _, _ = two_nodes
     body = {"node_id": "a", "input": {"answer": {"code": code, "json": error}}}
     reply = execute(balancer, NODE_URL.format("a"), body)
@@ -181,7 +201,9 @@ def test_a_node_error_is_passed_through_with_its_status(two_nodes, code, error):
     assert reply.json() == error
 
 
-def test_answers_that_are_not_json_objects_become_balancer_errors(two_nodes):
+def test_answers_that_are_not_json_objects_become_balancer_errors(
+    two_nodes: tuple[BalancerHarness, BackendProcess, BackendProcess],
+) -> None:
     balancer, _, _ = two_nodes
     cases = [
         ({"code": 404, "text": "<html>no</html>"}, 404, "NotFound", "a: a1 answered 404"),
@@ -229,7 +251,14 @@ def test_answers_that_are_not_json_objects_become_balancer_errors(two_nodes):
         (NODE_URL.format("a"), {"input": {}}, {"x-node-alias": "w"}, "x-node-alias", "alias"),
     ],
 )
-def test_a_bad_call_is_400_naming_the_field(two_nodes, url, body, headers, field, fragment):
+def test_a_bad_call_is_400_naming_the_field(
+    two_nodes: tuple[BalancerHarness, BackendProcess, BackendProcess],
+    url: str,
+    body: bytes | dict[str, Any],
+    headers: dict[str, str],
+    field: str | None,
+    fragment: str,
+) -> None:
     balancer, a1, b1 = two_nodes
     reply = execute(balancer, url, body, headers)
     document = assert_balancer_error(reply, 400, "BadRequest", fragment)
@@ -237,7 +266,9 @@ def test_a_bad_call_is_400_naming_the_field(two_nodes, url, body, headers, field
     assert a1.counts().get("/", 0) == 0 and b1.counts().get("/", 0) == 0  # nothing was sent
 
 
-def test_headers_that_agree_with_the_url_are_fine(two_nodes):
+def test_headers_that_agree_with_the_url_are_fine(
+    two_nodes: tuple[BalancerHarness, BackendProcess, BackendProcess],
+) -> None:
     balancer, _, _ = two_nodes
     reply = execute(
         balancer, ALIAS_URL.format("only-a"), {}, {"x-node-alias": "datasphere.user.only-a"}
@@ -255,7 +286,12 @@ def test_headers_that_agree_with_the_url_are_fine(two_nodes):
         (ALIAS_URL.format("datasphere.user.nope"), "alias", "nope"),
     ],
 )
-def test_an_unknown_target_is_404_naming_it(two_nodes, url, kind, name):
+def test_an_unknown_target_is_404_naming_it(
+    two_nodes: tuple[BalancerHarness, BackendProcess, BackendProcess],
+    url: str,
+    kind: str,
+    name: str,
+) -> None:
     balancer, _, _ = two_nodes
     reply = execute(balancer, url, {"input": {}})
     document = assert_balancer_error(reply, 404, "NotFound", f"no {kind} {name!r}")
@@ -271,20 +307,26 @@ def test_an_unknown_target_is_404_naming_it(two_nodes, url, kind, name):
         "/datasphere/v1/projects/a:execute",
     ],
 )
-def test_an_unknown_execute_endpoint_is_404(two_nodes, url):
+def test_an_unknown_execute_endpoint_is_404(
+    two_nodes: tuple[BalancerHarness, BackendProcess, BackendProcess], url: str
+) -> None:
     balancer, _, _ = two_nodes
     reply = execute(balancer, url, {"input": {}})
     assert_balancer_error(reply, 404, "NotFound", "no such endpoint", "aliases/<alias>:execute")
 
 
-def test_a_percent_encoded_colon_and_a_query_are_understood(two_nodes):
+def test_a_percent_encoded_colon_and_a_query_are_understood(
+    two_nodes: tuple[BalancerHarness, BackendProcess, BackendProcess],
+) -> None:
     balancer, _, _ = two_nodes
     reply = execute(balancer, "/datasphere/v1/nodes/a%3Aexecute?x=1", {"input": {"v": 1}})
     assert reply.status == 200 and reply.json()["output"]["inputs"] == {"v": 1}, reply.body
 
 
 @pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
-def test_other_methods_are_405(two_nodes, method):
+def test_other_methods_are_405(
+    two_nodes: tuple[BalancerHarness, BackendProcess, BackendProcess], method: str
+) -> None:
     balancer, a1, _ = two_nodes
     reply = balancer.request(method, NODE_URL.format("a"), headers=JSON, body=b"{}")
     assert_balancer_error(reply, 405, "MethodNotAllowed", method)
@@ -292,7 +334,9 @@ def test_other_methods_are_405(two_nodes, method):
     assert a1.counts().get("/", 0) == 0
 
 
-def test_413_for_a_declared_length_over_the_limit(two_nodes):
+def test_413_for_a_declared_length_over_the_limit(
+    two_nodes: tuple[BalancerHarness, BackendProcess, BackendProcess],
+) -> None:
     balancer, a1, _ = two_nodes
     with socket.create_connection((HOST, balancer.port), timeout=5) as sock:
         sock.sendall(
@@ -304,7 +348,9 @@ def test_413_for_a_declared_length_over_the_limit(two_nodes):
     assert a1.counts().get("/", 0) == 0
 
 
-def test_413_for_a_chunked_body_over_the_limit(make_balancer, start_backend):
+def test_413_for_a_chunked_body_over_the_limit(
+    make_balancer: Callable[..., BalancerHarness], start_backend: Callable[..., BackendProcess]
+) -> None:
     balancer = make_balancer(ProxySettings(max_body=64 * 1024))
     a1 = start_backend("a1")
     balancer.publish({"a": node(a1)})
@@ -323,7 +369,9 @@ def test_413_for_a_chunked_body_over_the_limit(make_balancer, start_backend):
     assert execute(balancer, NODE_URL.format("a"), {"input": {}}).status == 200
 
 
-def test_a_large_call_under_the_limit_goes_through(two_nodes):
+def test_a_large_call_under_the_limit_goes_through(
+    two_nodes: tuple[BalancerHarness, BackendProcess, BackendProcess],
+) -> None:
     balancer, _, _ = two_nodes
     inputs = {"blob": "z" * (3 * MIB)}  # over the 256 KiB the proxy holds before it pauses
     reply = execute(balancer, NODE_URL.format("a"), {"input": inputs})
@@ -349,7 +397,9 @@ def read_responses(sock: socket.socket, count: int) -> list[tuple[int, bytes]]:
     return answers
 
 
-def test_pipelined_calls_are_answered_in_order(two_nodes):
+def test_pipelined_calls_are_answered_in_order(
+    two_nodes: tuple[BalancerHarness, BackendProcess, BackendProcess],
+) -> None:
     balancer, _, _ = two_nodes
     bodies = [json.dumps({"input": {"n": n}}).encode() for n in range(3)]
     head = b"POST /datasphere/v1/nodes/a:execute HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
@@ -361,7 +411,9 @@ def test_pipelined_calls_are_answered_in_order(two_nodes):
     ]
 
 
-def test_a_body_sent_after_100_continue(two_nodes):
+def test_a_body_sent_after_100_continue(
+    two_nodes: tuple[BalancerHarness, BackendProcess, BackendProcess],
+) -> None:
     # The call is started before its body arrives: it waits for it, then goes out.
     balancer, _, _ = two_nodes
     body = json.dumps({"input": {"e": 1}}).encode()
@@ -379,7 +431,9 @@ def test_a_body_sent_after_100_continue(two_nodes):
 # -- balancer-side failures -------------------------------------------------------------------
 
 
-def test_no_healthy_instance_is_503(two_nodes):
+def test_no_healthy_instance_is_503(
+    two_nodes: tuple[BalancerHarness, BackendProcess, BackendProcess],
+) -> None:
     balancer, a1, _ = two_nodes
     a1.set_healthy(False)
     balancer.wait_status({"a1": "Unhealthy"})
@@ -387,7 +441,9 @@ def test_no_healthy_instance_is_503(two_nodes):
     assert_balancer_error(reply, 503, "ServiceUnavailable", "alias 'only-a'")
 
 
-def test_a_connect_failure_is_retried_on_another_instance(balancer, start_backend):
+def test_a_connect_failure_is_retried_on_another_instance(
+    balancer: BalancerHarness, start_backend: Callable[..., BackendProcess]
+) -> None:
     a1, a2 = start_backend("a1"), start_backend("a2")
     balancer.publish({"a": node(a1, a2, interval=30.0, unhealthy_threshold=3)})
     balancer.wait_status({"a1": "Healthy", "a2": "Healthy"})
@@ -398,7 +454,9 @@ def test_a_connect_failure_is_retried_on_another_instance(balancer, start_backen
     assert balancer.instances()["a2"]["status"] == "Unhealthy"
 
 
-def test_a_lone_instance_that_is_gone_is_502(balancer, start_backend):
+def test_a_lone_instance_that_is_gone_is_502(
+    balancer: BalancerHarness, start_backend: Callable[..., BackendProcess]
+) -> None:
     a1 = start_backend("a1")
     balancer.publish({"a": node(a1, interval=30.0, unhealthy_threshold=3)})
     balancer.wait_status({"a1": "Healthy"})
@@ -408,7 +466,9 @@ def test_a_lone_instance_that_is_gone_is_502(balancer, start_backend):
     wait_until(lambda: balancer.inflight() == 0, "in-flight count back to 0")
 
 
-def test_a_slow_node_is_504(make_balancer, start_backend):
+def test_a_slow_node_is_504(
+    make_balancer: Callable[..., BalancerHarness], start_backend: Callable[..., BackendProcess]
+) -> None:
     balancer = make_balancer(ProxySettings(read_timeout=0.3))
     a1 = start_backend("a1")
     balancer.publish({"a": node(a1)})
@@ -420,7 +480,9 @@ def test_a_slow_node_is_504(make_balancer, start_backend):
     assert execute(balancer, NODE_URL.format("a"), {"input": {}}).status == 200
 
 
-def test_an_answer_over_the_limit_is_502(make_balancer, start_backend):
+def test_an_answer_over_the_limit_is_502(
+    make_balancer: Callable[..., BalancerHarness], start_backend: Callable[..., BackendProcess]
+) -> None:
     balancer = make_balancer(ProxySettings(max_body=64 * 1024))
     a1 = start_backend("a1")
     balancer.publish({"a": node(a1)})
@@ -432,7 +494,9 @@ def test_an_answer_over_the_limit_is_502(make_balancer, start_backend):
     assert execute(balancer, NODE_URL.format("a"), {"input": {}}).status == 200
 
 
-def test_a_client_that_leaves_mid_call_frees_the_instance(two_nodes):
+def test_a_client_that_leaves_mid_call_frees_the_instance(
+    two_nodes: tuple[BalancerHarness, BackendProcess, BackendProcess],
+) -> None:
     balancer, _, _ = two_nodes
     body = json.dumps({"input": {"answer": {"ms": 10_000}}}).encode()
     with socket.create_connection((HOST, balancer.port), timeout=5) as sock:
@@ -446,7 +510,9 @@ def test_a_client_that_leaves_mid_call_frees_the_instance(two_nodes):
     assert execute(balancer, NODE_URL.format("a"), {"input": {}}).status == 200
 
 
-def test_plain_proxying_errors_carry_the_reference_error_fields(two_nodes):
+def test_plain_proxying_errors_carry_the_reference_error_fields(
+    two_nodes: tuple[BalancerHarness, BackendProcess, BackendProcess],
+) -> None:
     balancer, _, _ = two_nodes
     reply = balancer.get("/x", {"x-node-alias": "datasphere.user.nope"})
     document = assert_balancer_error(reply, 404, "NotFound", "no alias 'nope'")

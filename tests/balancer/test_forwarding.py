@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -16,7 +17,7 @@ import pytest
 from balancer.proxy import ProxySettings
 from balancer.settings import parse_trusted_proxies
 from balancer.table import AccessKey, AccessRule
-from tests.balancer.conftest import HOST, alias, node
+from tests.balancer.conftest import HOST, BackendProcess, BalancerHarness, alias, node
 from tests.balancer.test_proxying import read_response
 
 TRUSTING = ProxySettings(trusted_proxies=parse_trusted_proxies(["127.0.0.0/8"]))
@@ -30,7 +31,9 @@ PRIVATE = AccessRule(
 )
 
 
-def serve(harness: Any, start_backend: Any) -> Any:
+def serve(
+    harness: BalancerHarness, start_backend: Callable[..., BackendProcess]
+) -> BalancerHarness:
     """Node a (instance a1), public; node p (instance p1), private; alias w -> a."""
     a1, p1 = start_backend("a1"), start_backend("p1")
     harness.publish({"a": node(a1), "p": node(p1, access=PRIVATE)}, {"w": alias(("a", 1))})
@@ -39,13 +42,17 @@ def serve(harness: Any, start_backend: Any) -> Any:
 
 
 @pytest.fixture
-def untrusting(balancer, start_backend):
+def untrusting(
+    balancer: BalancerHarness, start_backend: Callable[..., BackendProcess]
+) -> BalancerHarness:
     """A balancer with no trusted proxies (the default)."""
     return serve(balancer, start_backend)
 
 
 @pytest.fixture
-def trusting(make_balancer, start_backend):
+def trusting(
+    make_balancer: Callable[..., BalancerHarness], start_backend: Callable[..., BackendProcess]
+) -> BalancerHarness:
     """A balancer that trusts 127.0.0.0/8, where the tests' requests come from."""
     return serve(make_balancer(TRUSTING), start_backend)
 
@@ -77,7 +84,7 @@ CLAIMS = (
 )
 
 
-def test_an_untrusted_client_s_forwarding_headers_are_replaced(untrusting):
+def test_an_untrusted_client_s_forwarding_headers_are_replaced(untrusting: BalancerHarness) -> None:
     raw = b"GET /aliases/w/x HTTP/1.1\r\nHost: h:8080\r\n" + CLAIMS + b"\r\n"
     code, _, body = exchange(untrusting.port, raw)
     assert code == 200, body
@@ -89,7 +96,9 @@ def test_an_untrusted_client_s_forwarding_headers_are_replaced(untrusting):
     assert seen["forwarded"] == ['for=127.0.0.1;host="h:8080";proto=http']
 
 
-def test_a_trusted_proxy_s_forwarding_headers_are_passed_on_and_appended_to(trusting):
+def test_a_trusted_proxy_s_forwarding_headers_are_passed_on_and_appended_to(
+    trusting: BalancerHarness,
+) -> None:
     raw = b"GET /nodes/a/x HTTP/1.1\r\nHost: h:8080\r\n" + CLAIMS + b"\r\n"
     code, _, body = exchange(trusting.port, raw)
     assert code == 200, body
@@ -104,7 +113,7 @@ def test_a_trusted_proxy_s_forwarding_headers_are_passed_on_and_appended_to(trus
     ]
 
 
-def test_the_prefix_is_forwarded_only_on_prefix_routes(untrusting):
+def test_the_prefix_is_forwarded_only_on_prefix_routes(untrusting: BalancerHarness) -> None:
     via_alias = untrusting.get("/aliases/w/deep/path?q=1")
     assert received(via_alias.body)["x-forwarded-prefix"] == ["/aliases/w"]
     via_node = untrusting.get("/nodes/a")
@@ -114,7 +123,9 @@ def test_the_prefix_is_forwarded_only_on_prefix_routes(untrusting):
     assert "x-forwarded-prefix" not in received(by_header.body)
 
 
-def test_two_request_ids_the_first_wins_and_a_bad_one_is_replaced(untrusting):
+def test_two_request_ids_the_first_wins_and_a_bad_one_is_replaced(
+    untrusting: BalancerHarness,
+) -> None:
     raw = (
         b"GET /aliases/w/x HTTP/1.1\r\nHost: h\r\n"
         b"X-Request-Id: first-1\r\nX-Request-Id: second-2\r\n\r\n"
@@ -144,7 +155,9 @@ def test_two_request_ids_the_first_wins_and_a_bad_one_is_replaced(untrusting):
         (b"GET /aliases/w/x HTTP/1.1\r\nHost: h\r\nContent-Length: x1\r\n\r\n", 400),
     ],
 )
-def test_every_answer_the_balancer_makes_has_a_real_request_id(untrusting, raw, code):
+def test_every_answer_the_balancer_makes_has_a_real_request_id(
+    untrusting: BalancerHarness, raw: bytes, code: int
+) -> None:
     status, headers, body = exchange(untrusting.port, raw)
     assert status == code, body
     request_id = headers["x-request-id"]
@@ -152,7 +165,9 @@ def test_every_answer_the_balancer_makes_has_a_real_request_id(untrusting, raw, 
     assert json.loads(body)["requestId"] == request_id
 
 
-def test_execute_calls_get_the_same_forwarding_headers(trusting, untrusting):
+def test_execute_calls_get_the_same_forwarding_headers(
+    trusting: BalancerHarness, untrusting: BalancerHarness
+) -> None:
     body = json.dumps({"input": {"n": 1}}).encode()
     raw = (
         b"POST /datasphere/v1/nodes/a:execute HTTP/1.1\r\nHost: h\r\n"
@@ -183,7 +198,7 @@ KEY_LINES = (
 )
 
 
-def test_no_key_line_reaches_a_private_instance_by_any_path(untrusting):
+def test_no_key_line_reaches_a_private_instance_by_any_path(untrusting: BalancerHarness) -> None:
     raw = b"GET /nodes/p/x HTTP/1.1\r\nHost: h\r\n" + KEY_LINES + b"\r\n"
     code, _, body = exchange(untrusting.port, raw)
     assert code == 200, body
@@ -208,7 +223,9 @@ def test_no_key_line_reaches_a_private_instance_by_any_path(untrusting):
 
 
 @pytest.fixture
-def rewriting(balancer, start_backend):
+def rewriting(
+    balancer: BalancerHarness, start_backend: Callable[..., BackendProcess]
+) -> BalancerHarness:
     """Node on (prefixRewrite) and node off, one instance each; alias on-alias (prefixRewrite)
     -> off, alias off-alias -> on: the route's own setting decides, not the node behind."""
     r1, p1 = start_backend("r1"), start_backend("p1")
@@ -235,7 +252,9 @@ def follow(harness: Any, path: str, hops: int = 5) -> tuple[list[str], Any]:
 
 
 @pytest.mark.parametrize("code", [302, 201])  # the parser's path, and the 2xx fast path
-def test_redirects_stay_under_the_prefix_when_rewriting_is_on(rewriting, code):
+def test_redirects_stay_under_the_prefix_when_rewriting_is_on(
+    rewriting: BalancerHarness, code: int
+) -> None:
     for prefix in ("/nodes/on", "/aliases/on-alias"):
         reply = rewriting.get(f"{prefix}/redirect?to=/landing&code={code}", {"Host": "h"})
         assert reply.status == code and reply.header("location") == f"{prefix}/landing"
@@ -255,7 +274,7 @@ def test_redirects_stay_under_the_prefix_when_rewriting_is_on(rewriting, code):
     assert done.header("location") == "/nodes/on/x"
 
 
-def test_redirects_leave_the_prefix_when_rewriting_is_off(rewriting):
+def test_redirects_leave_the_prefix_when_rewriting_is_off(rewriting: BalancerHarness) -> None:
     visited, reply = follow(rewriting, "/nodes/off/redirect?to=/landing")
     assert visited == ["/nodes/off/redirect?to=/landing", "/landing"]
     assert reply.status == 404  # the balancer's: /landing is no route
@@ -265,7 +284,7 @@ def test_redirects_leave_the_prefix_when_rewriting_is_off(rewriting):
     assert by_header.header("location") == "/landing"
 
 
-def test_cookie_paths_follow_the_setting(rewriting):
+def test_cookie_paths_follow_the_setting(rewriting: BalancerHarness) -> None:
     on = rewriting.get("/aliases/on-alias/cookie?path=/")
     assert on.headers.get_all("set-cookie") == ["s=1; Path=/aliases/on-alias; HttpOnly", "t=2"]
     deep = rewriting.get("/nodes/on/cookie?path=/app")

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Callable
 
 import pytest
 
-from tests.balancer.conftest import alias, node, send
+from tests.balancer.conftest import BackendProcess, BalancerHarness, alias, node, send
 
 
-def served_by(balancer, path: str, count: int) -> Counter[str | None]:
+def served_by(balancer: BalancerHarness, path: str, count: int) -> Counter[str | None]:
     conn = balancer.connect()
     try:
         replies = [send(conn, "GET", path) for _ in range(count)]
@@ -22,7 +23,9 @@ def served_by(balancer, path: str, count: int) -> Counter[str | None]:
     return Counter(r.backend for r in replies)
 
 
-def test_unhealthy_instance_is_skipped_and_readmitted(balancer, start_backend):
+def test_unhealthy_instance_is_skipped_and_readmitted(
+    balancer: BalancerHarness, start_backend: Callable[..., BackendProcess]
+) -> None:
     a1, a2 = start_backend("a1"), start_backend("a2")
     balancer.publish({"a": node(a1, a2)})
     balancer.wait_status({"a1": "Healthy", "a2": "Healthy"})
@@ -39,7 +42,9 @@ def test_unhealthy_instance_is_skipped_and_readmitted(balancer, start_backend):
     assert counts["a2"] >= 5 and counts["a1"] >= 5, counts
 
 
-def test_new_instance_takes_no_traffic_before_its_first_check_passes(balancer, start_backend):
+def test_new_instance_takes_no_traffic_before_its_first_check_passes(
+    balancer: BalancerHarness, start_backend: Callable[..., BackendProcess]
+) -> None:
     a1 = start_backend("a1")
     # a2 accepts connections at once, but its health check takes 1.5 s to pass.
     a2 = start_backend("a2", health_delay_ms=1500)
@@ -55,7 +60,9 @@ def test_new_instance_takes_no_traffic_before_its_first_check_passes(balancer, s
     assert served_by(balancer, "/aliases/w/x", 20)["a2"] >= 5
 
 
-def test_unhealthy_new_instance_never_takes_traffic(balancer, start_backend):
+def test_unhealthy_new_instance_never_takes_traffic(
+    balancer: BalancerHarness, start_backend: Callable[..., BackendProcess]
+) -> None:
     a1, a2 = start_backend("a1"), start_backend("a2", unhealthy=True)
     balancer.publish({"a": node(a1)})
     balancer.wait_status({"a1": "Healthy"})
@@ -66,7 +73,9 @@ def test_unhealthy_new_instance_never_takes_traffic(balancer, start_backend):
 
 
 @pytest.mark.parametrize("method", ["GET", "POST"])
-def test_connect_failure_is_retried_on_another_instance_and_ejects(balancer, start_backend, method):
+def test_connect_failure_is_retried_on_another_instance_and_ejects(
+    balancer: BalancerHarness, start_backend: Callable[..., BackendProcess], method: str
+) -> None:
     a1, a2 = start_backend("a1"), start_backend("a2")
     # Slow active checks, so only the data plane can notice that a2 is gone.
     balancer.publish({"a": node(a1, a2, interval=30.0, unhealthy_threshold=3)})
@@ -95,7 +104,9 @@ def test_connect_failure_is_retried_on_another_instance_and_ejects(balancer, sta
     assert instance["inflight"] == 0
 
 
-def test_health_state_survives_a_swap(balancer, start_backend):
+def test_health_state_survives_a_swap(
+    balancer: BalancerHarness, start_backend: Callable[..., BackendProcess]
+) -> None:
     # a1's check takes 1 s to pass: a swap that reset health would leave a gap of 503s.
     a1 = start_backend("a1", health_delay_ms=1000)
     b1 = start_backend("b1")

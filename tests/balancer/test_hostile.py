@@ -65,7 +65,7 @@ def parse_answers(data: bytes) -> list[Answer]:
 def read_to_eof(sock: socket.socket, within: float = 10.0) -> bytes:
     """Everything the balancer sends until it closes; fails after `within` seconds."""
     sock.settimeout(within)
-    chunks = []
+    chunks: list[bytes] = []
     deadline = time.monotonic() + within
     while True:
         if time.monotonic() > deadline:
@@ -149,7 +149,9 @@ def served(
 # -- request heads ------------------------------------------------------------------------
 
 
-def test_a_64_mib_header_line_is_refused_431_without_being_buffered(served):
+def test_a_64_mib_header_line_is_refused_431_without_being_buffered(
+    served: Callable[..., tuple[BalancerHarness, BackendProcess]],
+) -> None:
     harness, backend = served()
     block = b"a" * 65536
     sent = [0]
@@ -183,7 +185,9 @@ def test_a_64_mib_header_line_is_refused_431_without_being_buffered(served):
     assert max(peak[0], resident_bytes()) - before < 24 * 2**20, (before, peak[0])
 
 
-def test_an_over_long_request_line_is_refused_414(served):
+def test_an_over_long_request_line_is_refused_414(
+    served: Callable[..., tuple[BalancerHarness, BackendProcess]],
+) -> None:
     harness, backend = served(max_head=4096)
     with connection(harness) as sock:
         sock.sendall(get("/nodes/a/" + "x" * 5000))
@@ -201,7 +205,9 @@ def test_an_over_long_request_line_is_refused_414(served):
     assert backend.counts().get("/ok") is None
 
 
-def test_a_head_just_under_the_limit_is_served_in_pieces(served):
+def test_a_head_just_under_the_limit_is_served_in_pieces(
+    served: Callable[..., tuple[BalancerHarness, BackendProcess]],
+) -> None:
     harness, _backend = served(max_head=4096)
     head = get("/nodes/a/fits", "X-Pad: " + "p" * 3900)
     assert len(head) <= 4096
@@ -214,7 +220,9 @@ def test_a_head_just_under_the_limit_is_served_in_pieces(served):
     assert [a.status for a in answers] == [200, 200]
 
 
-def test_more_headers_than_the_limit_are_refused_431(served):
+def test_more_headers_than_the_limit_are_refused_431(
+    served: Callable[..., tuple[BalancerHarness, BackendProcess]],
+) -> None:
     harness, backend = served(max_headers=20)
     fine = [f"X-H{i}: v" for i in range(18)]  # with Host and Connection: 20, the limit
     with connection(harness) as sock:
@@ -228,7 +236,9 @@ def test_more_headers_than_the_limit_are_refused_431(served):
     assert backend.counts().get("/many") is None
 
 
-def test_a_head_sent_one_byte_at_a_time_gets_408_and_is_closed(served):
+def test_a_head_sent_one_byte_at_a_time_gets_408_and_is_closed(
+    served: Callable[..., tuple[BalancerHarness, BackendProcess]],
+) -> None:
     harness, backend = served(header_timeout=1.0)
     head = get("/nodes/a/slow-head")
     with connection(harness) as sock:
@@ -249,7 +259,9 @@ def test_a_head_sent_one_byte_at_a_time_gets_408_and_is_closed(served):
     assert backend.counts().get("/slow-head") is None
 
 
-def test_idle_connections_close_after_their_timeouts(make_balancer, start_backend):
+def test_idle_connections_close_after_their_timeouts(
+    make_balancer: Callable[..., BalancerHarness], start_backend: Callable[..., BackendProcess]
+) -> None:
     backend = start_backend("a1")
     harness = make_balancer(ProxySettings(header_timeout=1.0, idle_timeout=60.0))
     harness.publish({"a": node(backend)})
@@ -273,7 +285,9 @@ def test_idle_connections_close_after_their_timeouts(make_balancer, start_backen
         wait_until(lambda: is_closed(kept), "the idle keep-alive connection to close", 10.0)
 
 
-def test_an_idle_flood_past_max_clients_is_answered_503_and_closed(served):
+def test_an_idle_flood_past_max_clients_is_answered_503_and_closed(
+    served: Callable[..., tuple[BalancerHarness, BackendProcess]],
+) -> None:
     limit, flood = 300, 2000
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < 2 * flood + 512:  # the test's sockets and the balancer's share this process
@@ -323,7 +337,9 @@ def test_an_idle_flood_past_max_clients_is_answered_503_and_closed(served):
             sock.close()
 
 
-def test_status_shows_the_limits(served):
+def test_status_shows_the_limits(
+    served: Callable[..., tuple[BalancerHarness, BackendProcess]],
+) -> None:
     harness, _ = served(max_head=8192, max_headers=50, header_timeout=3.0, max_clients=77)
     assert harness.status()["limits"] == {
         "maxHeadBytes": 8192,
@@ -338,7 +354,9 @@ def test_status_shows_the_limits(served):
 # -- pipelining ---------------------------------------------------------------------------
 
 
-def test_garbage_pipelined_in_one_write_is_refused_after_the_good_request(served):
+def test_garbage_pipelined_in_one_write_is_refused_after_the_good_request(
+    served: Callable[..., tuple[BalancerHarness, BackendProcess]],
+) -> None:
     harness, _ = served()
     with connection(harness) as sock:
         sock.sendall(get("/nodes/a/slow?ms=300") + b"GARBAGE\x01 / HTTP/1.1\r\n\r\n")
@@ -350,7 +368,9 @@ def test_garbage_pipelined_in_one_write_is_refused_after_the_good_request(served
     assert refusal.json()["requestId"] == refusal.headers["x-request-id"] != "-"
 
 
-def test_garbage_pipelined_in_a_later_write_is_refused_after_the_good_request(served):
+def test_garbage_pipelined_in_a_later_write_is_refused_after_the_good_request(
+    served: Callable[..., tuple[BalancerHarness, BackendProcess]],
+) -> None:
     harness, _ = served()
     with connection(harness) as sock:
         sock.sendall(get("/nodes/a/slow?ms=1000"))
@@ -361,7 +381,9 @@ def test_garbage_pipelined_in_a_later_write_is_refused_after_the_good_request(se
     assert refusal.status == 400
 
 
-def test_an_upgrade_pipelined_second_is_refused_501_after_the_first_answer(served):
+def test_an_upgrade_pipelined_second_is_refused_501_after_the_first_answer(
+    served: Callable[..., tuple[BalancerHarness, BackendProcess]],
+) -> None:
     harness, backend = served()
     upgrade = get("/nodes/a/ws", "Upgrade: websocket", "Connection: Upgrade")
     with connection(harness) as sock:
@@ -374,7 +396,9 @@ def test_an_upgrade_pipelined_second_is_refused_501_after_the_first_answer(serve
     assert "/ws" not in counts and "/never" not in counts
 
 
-def test_a_read_of_many_tiny_pipelined_requests_is_cut_at_the_pipelining_limit(served):
+def test_a_read_of_many_tiny_pipelined_requests_is_cut_at_the_pipelining_limit(
+    served: Callable[..., tuple[BalancerHarness, BackendProcess]],
+) -> None:
     harness, backend = served()
     with connection(harness) as sock:
         sock.sendall(get("/nodes/a/slow?ms=200") + get("/nodes/a/tiny") * 150)
@@ -395,7 +419,9 @@ def expect_head(path: str, *extra: str) -> bytes:
     ).encode()
 
 
-def test_expect_continue_gets_the_balancers_own_answer_at_once(served):
+def test_expect_continue_gets_the_balancers_own_answer_at_once(
+    served: Callable[..., tuple[BalancerHarness, BackendProcess]],
+) -> None:
     harness, backend = served()
     digest = hashlib.sha256(KEY.encode()).hexdigest()
     private = node(backend, access=AccessRule((AccessKey("ci", digest),), ("folder-1",)))
@@ -432,7 +458,9 @@ def test_expect_continue_gets_the_balancers_own_answer_at_once(served):
 # -- broken bodies and broken instances ----------------------------------------------------
 
 
-def test_a_bad_chunk_size_mid_upload_is_answered_400(served):
+def test_a_bad_chunk_size_mid_upload_is_answered_400(
+    served: Callable[..., tuple[BalancerHarness, BackendProcess]],
+) -> None:
     harness, _backend = served()
     with connection(harness) as sock:
         sock.sendall(
@@ -451,8 +479,10 @@ def test_a_bad_chunk_size_mid_upload_is_answered_400(served):
 
 @pytest.mark.parametrize("code", [103, 101])
 def test_a_1xx_as_the_final_answer_is_502_and_ejects_the_instance(
-    make_balancer, start_backend, code
-):
+    make_balancer: Callable[..., BalancerHarness],
+    start_backend: Callable[..., BackendProcess],
+    code: int,
+) -> None:
     backend = start_backend("a1")
     harness = make_balancer()
     # Checks far apart: the ejection stays visible until the next one readmits it.
@@ -469,7 +499,9 @@ def test_a_1xx_as_the_final_answer_is_502_and_ejects_the_instance(
 # -- status lines -------------------------------------------------------------------------
 
 
-def test_the_data_ports_healthz_says_200_ok(served):
+def test_the_data_ports_healthz_says_200_ok(
+    served: Callable[..., tuple[BalancerHarness, BackendProcess]],
+) -> None:
     harness, _ = served()
     with connection(harness) as sock:
         sock.sendall(get("/-/healthz", "Connection: close"))
@@ -477,7 +509,9 @@ def test_the_data_ports_healthz_says_200_ok(served):
     assert data.startswith(b"HTTP/1.1 200 OK\r\n")
 
 
-def test_every_local_answer_has_its_own_reason_phrase(served):
+def test_every_local_answer_has_its_own_reason_phrase(
+    served: Callable[..., tuple[BalancerHarness, BackendProcess]],
+) -> None:
     harness, _ = served()
     for code, phrase in REASONS.items():
         assert phrase.decode() in _RFC_PHRASES[code], code

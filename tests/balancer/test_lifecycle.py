@@ -9,17 +9,29 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from balancer.table import Endpoint, NodeEntry
 from tests.balancer.backend import CHUNKS
-from tests.balancer.conftest import HOST, Reply, alias, health, node, request, wait_until
+from tests.balancer.conftest import (
+    HOST,
+    BackendProcess,
+    BalancerHarness,
+    Reply,
+    alias,
+    health,
+    node,
+    request,
+)
 from tests.cycles import Cycles
+from tests.waiting import wait_until
 
 
-def test_removed_instance_finishes_its_requests_and_drains(balancer, start_backend):
+def test_removed_instance_finishes_its_requests_and_drains(
+    balancer: BalancerHarness, start_backend: Callable[..., BackendProcess]
+) -> None:
     a1, a2 = start_backend("a1"), start_backend("a2")
     balancer.publish({"a": node(a1)}, {"w": alias(("a", 1))})
     balancer.wait_status({"a1": "Healthy"})
@@ -48,7 +60,9 @@ def test_removed_instance_finishes_its_requests_and_drains(balancer, start_backe
     assert ack["generation"] == 2 and ack["draining"] == {}
 
 
-def test_graceful_shutdown_finishes_in_flight_requests(balancer, start_backend):
+def test_graceful_shutdown_finishes_in_flight_requests(
+    balancer: BalancerHarness, start_backend: Callable[..., BackendProcess]
+) -> None:
     a1 = start_backend("a1")
     balancer.publish({"a": node(a1)})
     balancer.wait_status({"a1": "Healthy"})
@@ -77,7 +91,9 @@ def read_until_closed(sock: socket.socket) -> bytes:
     raise AssertionError(f"the connection stayed open after {data!r}")
 
 
-def test_pipelined_requests_are_answered_in_order(balancer, start_backend):
+def test_pipelined_requests_are_answered_in_order(
+    balancer: BalancerHarness, start_backend: Callable[..., BackendProcess]
+) -> None:
     a1 = start_backend("a1")
     balancer.publish({"a": node(a1)}, {"w": alias(("a", 1))})
     balancer.wait_status({"a1": "Healthy"})
@@ -93,7 +109,9 @@ def test_pipelined_requests_are_answered_in_order(balancer, start_backend):
     assert data.index(b'"/slow"') < data.index(b"no alias 'nope'") < data.index(b'"/third"')
 
 
-def test_http_1_0_client_gets_an_unframed_chunked_response(balancer, start_backend):
+def test_http_1_0_client_gets_an_unframed_chunked_response(
+    balancer: BalancerHarness, start_backend: Callable[..., BackendProcess]
+) -> None:
     a1 = start_backend("a1")
     balancer.publish({"a": node(a1)})
     balancer.wait_status({"a1": "Healthy"})
@@ -106,7 +124,9 @@ def test_http_1_0_client_gets_an_unframed_chunked_response(balancer, start_backe
     assert body == b"".join(CHUNKS)
 
 
-def test_a_slow_client_does_not_make_the_balancer_buffer_the_response(balancer, start_backend):
+def test_a_slow_client_does_not_make_the_balancer_buffer_the_response(
+    balancer: BalancerHarness, start_backend: Callable[..., BackendProcess]
+) -> None:
     a1 = start_backend("a1")
     balancer.publish({"a": node(a1)})
     balancer.wait_status({"a1": "Healthy"})
@@ -132,7 +152,9 @@ def test_a_slow_client_does_not_make_the_balancer_buffer_the_response(balancer, 
     wait_until(lambda: balancer.inflight() == 0, "in-flight count back to 0")
 
 
-def test_client_leaving_while_connecting_leaks_no_upstream_connection(balancer, start_backend):
+def test_client_leaving_while_connecting_leaks_no_upstream_connection(
+    balancer: BalancerHarness, start_backend: Callable[..., BackendProcess]
+) -> None:
     checker = start_backend("checker")
     # The instance: a real listening socket with a full accept queue, so the balancer's
     # connect waits for a SYN retransmission; its health is checked on checker's port.
@@ -189,8 +211,8 @@ def closing_instance() -> Iterator[int]:
 
 
 def test_ended_connections_and_acks_leave_no_reference_cycles(
-    balancer, start_backend, closing_instance
-):
+    balancer: BalancerHarness, start_backend: Callable[..., BackendProcess], closing_instance: int
+) -> None:
     """A balancer in watch runs for months: a connection that ended and is still held by a
     reference cycle waits for a full collection, rare in a large heap, and shows as growth."""
     kept = start_backend("kept")
@@ -200,7 +222,7 @@ def test_ended_connections_and_acks_leave_no_reference_cycles(
     proxy = balancer.balancer.proxy
 
     def ended() -> bool:
-        return balancer.call(lambda: not proxy.clients and not proxy.upstreams - set(idle()))
+        return bool(balancer.call(lambda: not proxy.clients and not proxy.upstreams - set(idle())))
 
     def idle() -> list[object]:
         return [u for b in balancer.balancer.backends.by_key.values() for u in b.idle]

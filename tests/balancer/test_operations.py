@@ -4,25 +4,30 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
+from pathlib import Path
 
 from balancer.table import FORMAT
-from tests.balancer.conftest import alias, node, wait_until
+from tests.balancer.conftest import BackendProcess, BalancerHarness, alias, node
+from tests.waiting import wait_until
 
 
-def replace_file(path, text: str) -> None:
+def replace_file(path: Path, text: str) -> None:
     temp = path.with_name(".tmp-" + path.name)
     temp.write_text(text)
     os.replace(temp, path)
 
 
-def rejected_reloads(balancer) -> int:
+def rejected_reloads(balancer: BalancerHarness) -> int:
     for line in balancer.admin("GET", "/-/metrics").body.decode().splitlines():
         if line.startswith("balancer_rejected_reloads_total "):
             return int(line.split()[1])
     raise AssertionError("no balancer_rejected_reloads_total in /-/metrics")
 
 
-def test_malformed_table_is_rejected_and_the_old_one_keeps_serving(balancer, start_backend):
+def test_malformed_table_is_rejected_and_the_old_one_keeps_serving(
+    balancer: BalancerHarness, start_backend: Callable[..., BackendProcess]
+) -> None:
     a1 = start_backend("a1")
     balancer.publish({"a": node(a1)}, {"w": alias(("a", 1))})
     balancer.wait_status({"a1": "Healthy"})
@@ -36,10 +41,11 @@ def test_malformed_table_is_rejected_and_the_old_one_keeps_serving(balancer, sta
     ]
     for rejected, (text, problem) in enumerate(bad_files, start=1):
         replace_file(balancer.table_file, text)
-        wait_until(
-            lambda rejected=rejected: rejected_reloads(balancer) == rejected,
-            f"rejected reload number {rejected}",
-        )
+
+        def reloaded(rejected: int = rejected) -> bool:
+            return rejected_reloads(balancer) == rejected
+
+        wait_until(reloaded, f"rejected reload number {rejected}")
         document = balancer.status()
         assert problem in document["lastReloadError"], document["lastReloadError"]
         assert document["generation"] == 1
@@ -51,7 +57,9 @@ def test_malformed_table_is_rejected_and_the_old_one_keeps_serving(balancer, sta
     assert balancer.get("/aliases/v/x").status == 200
 
 
-def test_metrics_count_requests_per_node_and_alias(balancer, start_backend):
+def test_metrics_count_requests_per_node_and_alias(
+    balancer: BalancerHarness, start_backend: Callable[..., BackendProcess]
+) -> None:
     a1, b1 = start_backend("a1"), start_backend("b1")
     balancer.publish({"a": node(a1), "b": node(b1)}, {"w": alias(("a", 1))})
     balancer.wait_status({"a1": "Healthy", "b1": "Healthy"})
@@ -63,7 +71,8 @@ def test_metrics_count_requests_per_node_and_alias(balancer, start_backend):
 
     reply = balancer.admin("GET", "/-/metrics")
     assert reply.status == 200
-    assert reply.header("content-type").startswith("text/plain")
+    content_type = reply.header("content-type")
+    assert content_type is not None and content_type.startswith("text/plain")
     lines = set(reply.body.decode().splitlines())
     for line in (
         'node_requests_total{node_id="a"} 5',
@@ -79,13 +88,15 @@ def test_metrics_count_requests_per_node_and_alias(balancer, start_backend):
         assert line in lines, line
 
 
-def test_healthz_on_the_admin_port_and_the_data_port(balancer):
+def test_healthz_on_the_admin_port_and_the_data_port(balancer: BalancerHarness) -> None:
     for reply in (balancer.admin("GET", "/-/healthz"), balancer.get("/-/healthz")):
         assert reply.status == 200
         assert reply.json() == {"status": "ok"}
 
 
-def test_status_lists_aliases_nodes_and_instances(balancer, start_backend):
+def test_status_lists_aliases_nodes_and_instances(
+    balancer: BalancerHarness, start_backend: Callable[..., BackendProcess]
+) -> None:
     a1 = start_backend("a1")
     balancer.publish({"a": node(a1)}, {"w": alias(("a", 7))})
     balancer.wait_status({"a1": "Healthy"})

@@ -8,17 +8,21 @@ import json
 import os
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from balancer.proxy import ProxySettings
 from tests.balancer.backend import CHUNKS, MIB, big_block
-from tests.balancer.conftest import HOST, alias, node, send, wait_until
+from tests.balancer.conftest import HOST, BackendProcess, BalancerHarness, alias, node, send
+from tests.waiting import wait_until
 
 
 @pytest.fixture
-def one_node(balancer, start_backend):
+def one_node(
+    balancer: BalancerHarness, start_backend: Callable[..., BackendProcess]
+) -> tuple[BalancerHarness, BackendProcess]:
     """balancer serving node a (instance a1) behind alias w."""
     a1 = start_backend("a1")
     balancer.publish({"a": node(a1)}, {"w": alias(("a", 1))})
@@ -47,7 +51,9 @@ def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
     return int(lines[0].split()[1]), headers, body
 
 
-def test_post_that_reached_the_upstream_is_not_retried(balancer, start_backend):
+def test_post_that_reached_the_upstream_is_not_retried(
+    balancer: BalancerHarness, start_backend: Callable[..., BackendProcess]
+) -> None:
     a1, a2 = start_backend("a1"), start_backend("a2")
     balancer.publish({"a": node(a1, a2)})
     balancer.wait_status({"a1": "Healthy", "a2": "Healthy"})
@@ -68,7 +74,9 @@ def test_post_that_reached_the_upstream_is_not_retried(balancer, start_backend):
     assert balancer.get("/nodes/a/after").status == 200
 
 
-def test_read_timeout_gives_504_json(make_balancer, start_backend):
+def test_read_timeout_gives_504_json(
+    make_balancer: Callable[..., BalancerHarness], start_backend: Callable[..., BackendProcess]
+) -> None:
     balancer = make_balancer(ProxySettings(read_timeout=0.3))
     a1 = start_backend("a1")
     balancer.publish({"a": node(a1)}, {"w": alias(("a", 1))})
@@ -84,7 +92,9 @@ def test_read_timeout_gives_504_json(make_balancer, start_backend):
     assert balancer.get("/aliases/w/quick").status == 200
 
 
-def test_413_for_a_declared_length_over_16_mb_before_the_body(one_node):
+def test_413_for_a_declared_length_over_16_mb_before_the_body(
+    one_node: tuple[BalancerHarness, BackendProcess],
+) -> None:
     balancer, a1 = one_node
     with socket.create_connection((HOST, balancer.port), timeout=5) as sock:
         sock.sendall(
@@ -99,7 +109,9 @@ def test_413_for_a_declared_length_over_16_mb_before_the_body(one_node):
     assert a1.counts().get("/echo", 0) == 0
 
 
-def test_413_for_a_chunked_body_over_the_limit(make_balancer, start_backend):
+def test_413_for_a_chunked_body_over_the_limit(
+    make_balancer: Callable[..., BalancerHarness], start_backend: Callable[..., BackendProcess]
+) -> None:
     balancer = make_balancer(ProxySettings(max_body=64 * 1024))
     a1 = start_backend("a1")
     balancer.publish({"a": node(a1)})
@@ -117,7 +129,9 @@ def test_413_for_a_chunked_body_over_the_limit(make_balancer, start_backend):
     assert balancer.get("/nodes/a/after").status == 200
 
 
-def test_chunked_request_body_is_echoed_intact(one_node):
+def test_chunked_request_body_is_echoed_intact(
+    one_node: tuple[BalancerHarness, BackendProcess],
+) -> None:
     balancer, _ = one_node
     parts = [os.urandom(1000 + 997 * i) for i in range(40)]
     reply = balancer.request("POST", "/aliases/w/echo", body=iter(parts))
@@ -128,7 +142,9 @@ def test_chunked_request_body_is_echoed_intact(one_node):
     assert reply.body == expected
 
 
-def test_a_16_mb_request_body_at_the_limit_is_echoed_intact(one_node):
+def test_a_16_mb_request_body_at_the_limit_is_echoed_intact(
+    one_node: tuple[BalancerHarness, BackendProcess],
+) -> None:
     balancer, _ = one_node
     payload = os.urandom(16 * MIB)
     reply = balancer.request("PUT", "/aliases/w/echo", body=payload)
@@ -137,7 +153,9 @@ def test_a_16_mb_request_body_at_the_limit_is_echoed_intact(one_node):
     assert reply.body == payload
 
 
-def test_chunked_response_is_passed_through(one_node):
+def test_chunked_response_is_passed_through(
+    one_node: tuple[BalancerHarness, BackendProcess],
+) -> None:
     balancer, _ = one_node
     conn = balancer.connect()
     try:
@@ -150,7 +168,7 @@ def test_chunked_response_is_passed_through(one_node):
         conn.close()
 
 
-def test_head_has_headers_and_no_body(one_node):
+def test_head_has_headers_and_no_body(one_node: tuple[BalancerHarness, BackendProcess]) -> None:
     balancer, _ = one_node
     conn = balancer.connect()
     try:
@@ -171,7 +189,9 @@ def test_head_has_headers_and_no_body(one_node):
 
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
-def test_a_20_mb_streamed_response_arrives_intact(one_node, chunked):
+def test_a_20_mb_streamed_response_arrives_intact(
+    one_node: tuple[BalancerHarness, BackendProcess], chunked: bool
+) -> None:
     balancer, _ = one_node
     expected = hashlib.sha256()
     for index in range(20):
@@ -192,7 +212,9 @@ def test_a_20_mb_streamed_response_arrives_intact(one_node, chunked):
     assert received.hexdigest() == expected.hexdigest()
 
 
-def test_client_disconnect_mid_response_does_not_hurt_the_balancer(one_node):
+def test_client_disconnect_mid_response_does_not_hurt_the_balancer(
+    one_node: tuple[BalancerHarness, BackendProcess],
+) -> None:
     balancer, _ = one_node
     for _ in range(3):
         with socket.create_connection((HOST, balancer.port), timeout=5) as sock:
@@ -208,7 +230,9 @@ def test_client_disconnect_mid_response_does_not_hurt_the_balancer(one_node):
     assert balancer.get("/aliases/w/after").status == 200
 
 
-def test_client_disconnect_while_waiting_aborts_the_upstream_request(one_node):
+def test_client_disconnect_while_waiting_aborts_the_upstream_request(
+    one_node: tuple[BalancerHarness, BackendProcess],
+) -> None:
     balancer, _ = one_node
     with socket.create_connection((HOST, balancer.port), timeout=5) as sock:
         sock.sendall(b"GET /aliases/w/slow?ms=5000 HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -228,7 +252,9 @@ def received_headers(reply: Any) -> dict[str, list[str]]:
     return headers
 
 
-def test_hop_by_hop_headers_are_not_forwarded(one_node):
+def test_hop_by_hop_headers_are_not_forwarded(
+    one_node: tuple[BalancerHarness, BackendProcess],
+) -> None:
     balancer, _ = one_node
     hop = {
         "Connection": "keep-alive",
@@ -260,7 +286,9 @@ def test_hop_by_hop_headers_are_not_forwarded(one_node):
     assert seen["transfer-encoding"] == ["chunked"] and reply.json()["bodyLength"] == 3
 
 
-def test_headers_named_by_connection_are_not_forwarded(one_node):
+def test_headers_named_by_connection_are_not_forwarded(
+    one_node: tuple[BalancerHarness, BackendProcess],
+) -> None:
     balancer, _ = one_node
     reply = balancer.request(
         "GET", "/aliases/w/x", headers={"Connection": "keep-alive, x-hop", "X-Hop": "secret"}
@@ -269,7 +297,9 @@ def test_headers_named_by_connection_are_not_forwarded(one_node):
     assert "x-hop" not in received_headers(reply)
 
 
-def test_forwarding_headers_and_request_id_are_added(one_node):
+def test_forwarding_headers_and_request_id_are_added(
+    one_node: tuple[BalancerHarness, BackendProcess],
+) -> None:
     balancer, _ = one_node
     reply = balancer.get("/aliases/w/x")
     seen = received_headers(reply)

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from tests.balancer.conftest import Reply, alias, node, send, wait_until
+from tests.balancer.conftest import BackendProcess, BalancerHarness, Reply, alias, node, send
+from tests.waiting import wait_until
 
 
 def names(replies: list[Reply]) -> Counter[str | None]:
@@ -31,7 +33,9 @@ def get_many(
     return replies
 
 
-def test_alias_weights_are_honoured_by_smooth_wrr(balancer, start_backend):
+def test_alias_weights_are_honoured_by_smooth_wrr(
+    balancer: BalancerHarness, start_backend: Callable[..., BackendProcess]
+) -> None:
     a1, b1 = start_backend("a1"), start_backend("b1")
     balancer.publish({"a": node(a1), "b": node(b1)}, {"w": alias(("a", 90), ("b", 10))})
     balancer.wait_status({"a1": "Healthy", "b1": "Healthy"})
@@ -44,7 +48,9 @@ def test_alias_weights_are_honoured_by_smooth_wrr(balancer, start_backend):
     assert all(85 <= share <= 95 for share in windows), (min(windows), max(windows))
 
 
-def test_least_outstanding_within_a_node(balancer, start_backend):
+def test_least_outstanding_within_a_node(
+    balancer: BalancerHarness, start_backend: Callable[..., BackendProcess]
+) -> None:
     a1, a2 = start_backend("a1"), start_backend("a2")
     balancer.publish({"a": node(a1, a2)})
     balancer.wait_status({"a1": "Healthy", "a2": "Healthy"})
@@ -66,7 +72,9 @@ def test_least_outstanding_within_a_node(balancer, start_backend):
     assert slow and slow[0].status == 200 and slow[0].backend == busy
 
 
-def test_node_without_healthy_instance_gives_its_share_to_the_others(balancer, start_backend):
+def test_node_without_healthy_instance_gives_its_share_to_the_others(
+    balancer: BalancerHarness, start_backend: Callable[..., BackendProcess]
+) -> None:
     a1, b1 = start_backend("a1"), start_backend("b1", unhealthy=True)
     balancer.publish({"a": node(a1), "b": node(b1)}, {"w": alias(("a", 50), ("b", 50))})
     balancer.wait_status({"a1": "Healthy", "b1": "Preparing"})
@@ -83,7 +91,9 @@ def test_node_without_healthy_instance_gives_its_share_to_the_others(balancer, s
     assert names(get_many(balancer, "/aliases/w/x", 20)) == {"b1": 20}
 
 
-def test_all_instances_down_gives_503_json(balancer, start_backend):
+def test_all_instances_down_gives_503_json(
+    balancer: BalancerHarness, start_backend: Callable[..., BackendProcess]
+) -> None:
     a1, b1 = start_backend("a1"), start_backend("b1", unhealthy=True)
     balancer.publish({"a": node(a1), "b": node(b1)}, {"w": alias(("a", 1), ("b", 1))})
     balancer.wait_status({"a1": "Healthy", "b1": "Preparing"})
@@ -113,8 +123,13 @@ def test_all_instances_down_gives_503_json(balancer, start_backend):
     ],
 )
 def test_unknown_alias_or_node_is_404_json_naming_it(
-    balancer, start_backend, path, headers, kind, name
-):
+    balancer: BalancerHarness,
+    start_backend: Callable[..., BackendProcess],
+    path: str,
+    headers: dict[str, str],
+    kind: str,
+    name: str,
+) -> None:
     a1 = start_backend("a1")
     balancer.publish({"a": node(a1)}, {"w": alias(("a", 1))})
     reply = balancer.get(path, headers)
@@ -125,7 +140,7 @@ def test_unknown_alias_or_node_is_404_json_naming_it(
     assert document["status"] == 404 and document["requestId"]
 
 
-def test_no_alias_or_node_at_all_is_404_json(balancer):
+def test_no_alias_or_node_at_all_is_404_json(balancer: BalancerHarness) -> None:
     reply = balancer.get("/predict")
     assert reply.status == 404
     assert "error" in reply.json()
@@ -140,7 +155,9 @@ def test_no_alias_or_node_at_all_is_404_json(balancer):
         {"x-node-id": "a"},
     ],
 )
-def test_headers_pick_the_target_and_the_path_passes_through(balancer, start_backend, headers):
+def test_headers_pick_the_target_and_the_path_passes_through(
+    balancer: BalancerHarness, start_backend: Callable[..., BackendProcess], headers: dict[str, str]
+) -> None:
     a1, b1 = start_backend("a1"), start_backend("b1")
     balancer.publish({"a": node(a1), "b": node(b1)}, {"w": alias(("a", 1))})
     balancer.wait_status({"a1": "Healthy", "b1": "Healthy"})
@@ -164,7 +181,12 @@ def test_headers_pick_the_target_and_the_path_passes_through(balancer, start_bac
         ("/nodes/a/a%20b?x=%2F&y=", "/a%20b?x=%2F&y="),
     ],
 )
-def test_alias_and_node_urls_forward_path_and_query(balancer, start_backend, target, forwarded):
+def test_alias_and_node_urls_forward_path_and_query(
+    balancer: BalancerHarness,
+    start_backend: Callable[..., BackendProcess],
+    target: str,
+    forwarded: str,
+) -> None:
     a1 = start_backend("a1")
     balancer.publish({"a": node(a1)}, {"w": alias(("a", 1))})
     balancer.wait_status({"a1": "Healthy"})
@@ -173,7 +195,9 @@ def test_alias_and_node_urls_forward_path_and_query(balancer, start_backend, tar
     assert reply.json()["target"] == forwarded
 
 
-def test_session_affinity_sticks_and_falls_back_when_the_instance_leaves(balancer, start_backend):
+def test_session_affinity_sticks_and_falls_back_when_the_instance_leaves(
+    balancer: BalancerHarness, start_backend: Callable[..., BackendProcess]
+) -> None:
     a1, a2, b1 = start_backend("a1"), start_backend("a2"), start_backend("b1")
     nodes = {"a": node(a1, a2), "b": node(b1)}
     aliases = {"s": alias(("a", 50), ("b", 50), affinity_header="x-session")}
@@ -203,6 +227,7 @@ def test_session_affinity_sticks_and_falls_back_when_the_instance_leaves(balance
     assert len(names(get_many(balancer, "/aliases/s/x", 12))) >= 2
 
     gone = sticky["k0"]
+    assert gone is not None  # every reply named its backend
     survivors = {"a1": a1, "a2": a2, "b1": b1}
     del survivors[gone]
     remaining = [b for b in (a1, a2) if b.name != gone]

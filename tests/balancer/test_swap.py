@@ -7,15 +7,18 @@ import http.client
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 
-from tests.balancer.conftest import HOST, alias, node
+from tests.balancer.conftest import HOST, BackendProcess, BalancerHarness, alias, node
 
 CLIENTS = 8
 SWAPS = 50
 TIME_LIMIT = 15.0
 
 
-def test_swapping_the_table_under_load_fails_no_request(balancer, start_backend):
+def test_swapping_the_table_under_load_fails_no_request(
+    balancer: BalancerHarness, start_backend: Callable[..., BackendProcess]
+) -> None:
     v1, v2 = start_backend("v1"), start_backend("v2")
     nodes = {
         "v1": node(v1, timeout=2.0, unhealthy_threshold=3),

@@ -4,19 +4,21 @@ loopback, relabelled with node_id and instance_id, and failures reported without
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from dataclasses import replace
 
 from balancer.table import Endpoint
 from balancer.telemetry import SCRAPE_TIMEOUT
 from tests import promtext
-from tests.balancer.conftest import HOST, alias, node
+from tests.balancer.conftest import HOST, BackendProcess, BalancerHarness, alias, node
 
 
-def scrape(balancer) -> tuple[dict[str, promtext.Family], list[str]]:
+def scrape(balancer: BalancerHarness) -> tuple[dict[str, promtext.Family], list[str]]:
     """The admin /-/metrics, read strictly: its families and its lines."""
     reply = balancer.admin("GET", "/-/metrics")
     assert reply.status == 200
-    assert reply.header("content-type").startswith("text/plain; version=0.0.4")
+    content_type = reply.header("content-type")
+    assert content_type is not None and content_type.startswith("text/plain; version=0.0.4")
     text = reply.body.decode()
     return promtext.read(text), text.splitlines()
 
@@ -25,7 +27,9 @@ def up(families: dict[str, promtext.Family]) -> dict[str, float]:
     return {labels["instance_id"]: v for _, labels, v in families["node_telemetry_up"].samples}
 
 
-def test_instances_metrics_are_relabelled_next_to_the_balancers(balancer, start_backend):
+def test_instances_metrics_are_relabelled_next_to_the_balancers(
+    balancer: BalancerHarness, start_backend: Callable[..., BackendProcess]
+) -> None:
     a1, a2, b1 = start_backend("a1"), start_backend("a2"), start_backend("b1")
     iris = replace(node(a1, a2), telemetry_path="/metrics")
     wine = replace(node(b1), telemetry_path="/metrics?chunked=1")  # a chunked answer
@@ -55,7 +59,9 @@ def test_instances_metrics_are_relabelled_next_to_the_balancers(balancer, start_
     assert families["alias_requests_total"].value("alias_requests_total", alias_name="front") == 6
 
 
-def test_a_separate_telemetry_port_is_the_one_scraped(balancer, start_backend):
+def test_a_separate_telemetry_port_is_the_one_scraped(
+    balancer: BalancerHarness, start_backend: Callable[..., BackendProcess]
+) -> None:
     a1, exporter = start_backend("a1"), start_backend("a1-exporter")
     endpoint = Endpoint("a1", HOST, a1.port, telemetry_port=exporter.port)
     entry = replace(node(a1), endpoints=(endpoint,), telemetry_path="/metrics")
@@ -69,7 +75,9 @@ def test_a_separate_telemetry_port_is_the_one_scraped(balancer, start_backend):
     assert labels["instance_id"] == "a1" and labels["exported_instance_id"] == "a1-exporter"
 
 
-def test_a_dead_a_silent_and_a_garbled_instance_leave_the_rest_served(balancer, start_backend):
+def test_a_dead_a_silent_and_a_garbled_instance_leave_the_rest_served(
+    balancer: BalancerHarness, start_backend: Callable[..., BackendProcess]
+) -> None:
     a1, a2, bad = start_backend("a1"), start_backend("a2"), start_backend("bad")
     silent = socket.socket()  # listens but never accepts: connects, then no answer
     silent.bind((HOST, 0))

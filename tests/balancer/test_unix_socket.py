@@ -11,13 +11,13 @@ import http.server
 import json
 import socketserver
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from tests.balancer.conftest import BackendProcess, alias, node, request
+from tests.balancer.conftest import BackendProcess, BalancerHarness, alias, node, request
 
 
 class UnixHandler(http.server.BaseHTTPRequestHandler):
@@ -57,7 +57,9 @@ def unix_server(tmp_path: Path) -> Iterator[Path]:
         thread.join(timeout=5)
 
 
-def test_requests_go_to_the_instance_socket(balancer, start_backend, unix_server) -> None:
+def test_requests_go_to_the_instance_socket(
+    balancer: BalancerHarness, start_backend: Callable[..., BackendProcess], unix_server: Path
+) -> None:
     a1 = start_backend("a1")
     entry = node(a1)
     endpoint = replace(entry.endpoints[0], socket=str(unix_server))
@@ -73,7 +75,7 @@ def test_requests_go_to_the_instance_socket(balancer, start_backend, unix_server
 
 
 def test_a_socket_that_does_not_answer_falls_back_to_the_port(
-    balancer, start_backend, tmp_path: Path
+    balancer: BalancerHarness, start_backend: Callable[..., BackendProcess], tmp_path: Path
 ) -> None:
     a1 = start_backend("a1")
     entry = node(a1)

@@ -243,7 +243,11 @@ def test_a_failed_worker_stops_the_others(serve: Callable[..., ServeProcess]) ->
     served.process.wait(timeout=40)
     assert served.process.returncode != 0
     for pid in pids:
-        wait_until(lambda pid=pid: not _alive(pid), f"worker {pid} to exit", 20.0, 0.05)
+
+        def exited(pid: int = pid) -> bool:
+            return not _alive(pid)
+
+        wait_until(exited, f"worker {pid} to exit", 20.0, 0.05)
 
 
 def _alive(pid: int) -> bool:

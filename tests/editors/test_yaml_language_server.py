@@ -192,9 +192,13 @@ def test_hover_shows_the_field_description_in_a_later_document(
     lines = text.splitlines()
     third = lines.index("  healthCheck: {path: /healthz}")
     assert lines.count("  healthCheck: {path: /healthz}") == 1
-    assert NodeSpec.model_fields["health_check"].description in server.hover(path, third, 4)
+    described = NodeSpec.model_fields["health_check"].description
+    assert described is not None
+    assert described in server.hover(path, third, 4)
     instances = lines.index("  instances: 2")  # the first document's
-    assert NodeSpec.model_fields["instances"].description in server.hover(path, instances, 4)
+    described = NodeSpec.model_fields["instances"].description
+    assert described is not None
+    assert described in server.hover(path, instances, 4)
 
 
 def _expand(snippet: str) -> str:

@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -157,7 +157,7 @@ def runs(
     """Every selected case started at once on a small pool (their commands are mostly Python
     starting up, so the lane takes about its length divided by the cores)."""
     selected = [
-        item.callspec.params["case"]
+        cast(Path, item.callspec.params["case"])  # the parameters: _cases()' folders
         for item in request.session.items
         if isinstance(item, pytest.Function)
         and item.originalname == "test_case"

@@ -21,7 +21,8 @@ from typing import Any
 import docker
 import pytest
 
-from gitops_nodes.runtime.docker import DockerRuntime, image_names
+from gitops_nodes.runtime.container_records import image_names
+from gitops_nodes.runtime.docker import DockerRuntime
 from gitops_nodes.statedir import StateDir
 from tests.conftest import APP_DIR
 

@@ -272,7 +272,8 @@ class Watch:
         connection = http.client.HTTPConnection("127.0.0.1", self.admin, timeout=5)
         connection.request("GET", "/-/status")
         data: dict[str, Any] = json.loads(connection.getresponse().read())
-        return data["watch"]
+        watch: dict[str, Any] = data["watch"]
+        return watch
 
     def wait(self, condition: Callable[[], bool], what: str, seconds: float = 60) -> None:
         deadline = time.monotonic() + seconds

@@ -16,7 +16,7 @@ import pytest
 from gitops_nodes import workflow
 from gitops_nodes.apply import Outcome, StepResult
 from gitops_nodes.errors import StalePlan
-from gitops_nodes.plan import Step
+from gitops_nodes.plan import Step, make_plan
 from gitops_nodes.runtime.docker import DockerRuntime
 from gitops_nodes.spec.load import load_spec
 from gitops_nodes.statedir import StateDir
@@ -126,7 +126,7 @@ def test_instance_removed_by_hand_is_healed(
     victim = sorted(runtime.list_instances(project), key=lambda i: i.index)[0]
     docker_client.api.remove_container(victim.name, force=True)
 
-    plan = workflow.make_plan(project, load_spec(root), workflow.observe(runtime, project, state))
+    plan = make_plan(project, load_spec(root), workflow.observe(runtime, project, state))
     assert [c.action.value for c in plan.diff.nodes] == ["~"]
     assert "instance 0 is missing" in plan.diff.nodes[0].reason
 
@@ -274,7 +274,7 @@ def test_plan_graph_orders_build_before_create(
     root = app_repo(node_yaml("api", "1"))
     # Build images are content-addressed and shared: make this context one nobody built yet.
     (root / "app" / "unique.txt").write_text(project)
-    plan = workflow.make_plan(project, load_spec(root), workflow.observe(runtime, project, state))
+    plan = make_plan(project, load_spec(root), workflow.observe(runtime, project, state))
     builds = [s.id for s in plan.steps() if s.step is Step.BUILD]
     assert len(builds) == 1
     assert nx.has_path(plan.graph, builds[0], "create api/0")

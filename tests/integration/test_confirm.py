@@ -31,7 +31,7 @@ def on_terminal(
     argv: list[str],
     state: StateDir,
     answer: str | None = None,
-    meanwhile: Callable[[], None] | None = None,
+    meanwhile: Callable[[], object] | None = None,
 ) -> tuple[int, str]:
     """Run the command with a pseudo-terminal as its stdin, stdout and stderr; when answer
     is given, type it (and Enter) once the prompt shows, after calling meanwhile. Returns

@@ -13,7 +13,7 @@ import pytest
 
 from gitops_nodes import workflow
 from gitops_nodes.apply import Outcome
-from gitops_nodes.plan import Step
+from gitops_nodes.plan import Step, make_plan
 from gitops_nodes.runtime.docker import DockerRuntime
 from gitops_nodes.spec.errors import SpecErrors
 from gitops_nodes.spec.load import load_spec
@@ -73,7 +73,7 @@ def test_a_python_node_is_built_applied_and_answers(
     # the 422 never ran the code; the one that raised did: calls went 1, 2, 3, now 4
     assert call(port, {"features": [0, 0, 0]}) == (200, {"score": 0.1, "calls": 4})
 
-    plan = workflow.make_plan(project, load_spec(root), workflow.observe(runtime, project, state))
+    plan = make_plan(project, load_spec(root), workflow.observe(runtime, project, state))
     assert plan.empty  # unchanged: not rebuilt, not replaced
 
 
@@ -90,7 +90,7 @@ def test_a_new_checkpoint_rebuilds_and_rolls_the_node(
     assert call(first.socket, {"features": [1, 2, 3]}) == (200, {"score": 4.6, "calls": 1})
 
     model_repo(spec, weights=[1.0, 1.0, 1.0])
-    plan = workflow.make_plan(project, load_spec(root), workflow.observe(runtime, project, state))
+    plan = make_plan(project, load_spec(root), workflow.observe(runtime, project, state))
     assert [s.step for s in plan.steps()].count(Step.BUILD) == 1
     assert plan.diff.nodes[0].action.value == "-/+"
     run = apply(root, runtime, project, state)

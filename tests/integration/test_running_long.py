@@ -37,7 +37,8 @@ def test_a_nodes_log_rotates_at_its_budget_and_logs_shows_the_newest_lines(
 ) -> None:
     logs = f"  logs: {{maxSize: {MAX_SIZE}, maxFiles: {MAX_FILES}}}\n"
     root = app_repo(node_yaml("web", "1", extra_env=', LOG: "1"', extra_spec=logs))
-    assert apply(root, runtime, project, state).report.ok
+    run = apply(root, runtime, project, state)
+    assert run.report is not None and run.report.ok
     [instance] = runtime.list_instances(project)
     config = docker_client.api.inspect_container(instance.name)["HostConfig"]["LogConfig"]
     assert config == {

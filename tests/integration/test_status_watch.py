@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
@@ -29,7 +30,7 @@ def test_status_watch_redraws_until_interrupted(project: str, state: StateDir) -
         stderr=subprocess.PIPE,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
-    assert process.stdout is not None
+    assert isinstance(process.stdout, io.BufferedReader)  # read1: what is there, at once
     seen = b""
     deadline = time.monotonic() + 60
     try:

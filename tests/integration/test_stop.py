@@ -81,7 +81,8 @@ def test_logs_follow_ends_within_a_second_of_the_signal(
     app_repo: Repo, runtime: DockerRuntime, project: str, state: StateDir, signum: int
 ) -> None:
     root = app_repo(node_yaml("web", "1", instances=2, extra_env=', LOG: "1"'))
-    assert apply(root, runtime, project, state).report.ok
+    run = apply(root, runtime, project, state)
+    assert run.report is not None and run.report.ok
     process = subprocess.Popen(
         cli(project, state, "logs", "web", "--follow"),
         stdout=subprocess.PIPE,

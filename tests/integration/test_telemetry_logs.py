@@ -106,7 +106,8 @@ def test_a_telemetry_port_is_published_and_scraped_through_the_balancer(
         node_spec("iris", 2, ', TELEMETRY_PORT: "9100"', telemetry)
         + alias_yaml("front", {"iris": 1})
     )
-    assert apply(root, runtime, project, state).report.ok
+    applied = apply(root, runtime, project, state)
+    assert applied.report is not None and applied.report.ok
 
     instances = sorted(runtime.list_instances(project), key=lambda i: i.index)
     assert len(instances) == 2
@@ -159,7 +160,8 @@ def test_a_stopped_instance_shows_as_down_and_the_rest_is_served(
 ) -> None:
     telemetry = "  telemetry: {path: /metrics, port: 9100}\n"
     root = app_repo(node_spec("iris", 2, ', TELEMETRY_PORT: "9100"', telemetry))
-    assert apply(root, runtime, project, state).report.ok
+    applied = apply(root, runtime, project, state)
+    assert applied.report is not None and applied.report.ok
     instances = sorted(runtime.list_instances(project), key=lambda i: i.index)
     _, admin = balancer()
     docker_client.api.stop(instances[1].name, timeout=1)  # out of the routing table's knowledge
@@ -178,7 +180,8 @@ def test_logs_shows_every_instance_prefixed_and_in_time_order(
     app_repo: Repo, runtime: DockerRuntime, project: str, state: StateDir
 ) -> None:
     root = app_repo(node_spec("web", 2, ', LOG: "1"'))
-    assert apply(root, runtime, project, state).report.ok
+    applied = apply(root, runtime, project, state)
+    assert applied.report is not None and applied.report.ok
     by_index = {i.index: i for i in runtime.list_instances(project)}
     get(by_index[1].port or 0, "/first")  # instance 1 before instance 0: time order shows
     get(by_index[0].port or 0, "/second")
@@ -209,7 +212,8 @@ def test_logs_leave_the_balancers_health_checks_out_unless_asked(
     balancer: Callable[[], tuple[int, int]],
 ) -> None:
     root = app_repo(node_spec("web", 1, ', LOG: "all"'))
-    assert apply(root, runtime, project, state).report.ok
+    applied = apply(root, runtime, project, state)
+    assert applied.report is not None and applied.report.ok
     balancer()  # its health checker sends GET /healthz every 2 s
     (instance,) = runtime.list_instances(project)
     get(instance.port or 0, "/own")
@@ -233,7 +237,8 @@ def test_logs_of_an_unknown_node_or_instance_is_an_error(
     app_repo: Repo, runtime: DockerRuntime, project: str, state: StateDir, docker_client: Any
 ) -> None:
     root = app_repo(node_spec("web", 1))
-    assert apply(root, runtime, project, state).report.ok
+    applied = apply(root, runtime, project, state)
+    assert applied.report is not None and applied.report.ok
 
     unknown = run(project, state, "logs", "nope")
     assert unknown.returncode == 1
@@ -252,7 +257,8 @@ def test_logs_follow_streams_a_line_written_after_it_started(
     app_repo: Repo, runtime: DockerRuntime, project: str, state: StateDir
 ) -> None:
     root = app_repo(node_spec("web", 2, ', LOG: "1"'))
-    assert apply(root, runtime, project, state).report.ok
+    applied = apply(root, runtime, project, state)
+    assert applied.report is not None and applied.report.ok
     by_index = {i.index: i for i in runtime.list_instances(project)}
     process = subprocess.Popen(
         cli(project, state, "logs", "web", "--follow"),
@@ -264,7 +270,13 @@ def test_logs_follow_streams_a_line_written_after_it_started(
     lines: queue.Queue[str] = queue.Queue()
     seen: list[str] = []
     assert process.stdout is not None
-    reader = threading.Thread(target=lambda: [lines.put(x) for x in process.stdout], daemon=True)
+    stdout = process.stdout
+
+    def read() -> None:
+        for x in stdout:
+            lines.put(x)
+
+    reader = threading.Thread(target=read, daemon=True)
     reader.start()
 
     def saw(wanted: str) -> bool:

@@ -64,6 +64,7 @@ def test_watch_logs_one_pipeline(tmp_path: Path, project: str, log_format: str) 
         assert any(r["message"].startswith("reconcile of") for r in records)
     else:
         lines = text_lines(text)
-        access = [line for line in lines if " gitops_nodes.balancer.access " in line]
-        assert access and " status=404 " in access[0] and " target=/aliases/nope/x " in access[0]
+        access_lines = [line for line in lines if " gitops_nodes.balancer.access " in line]
+        assert access_lines
+        assert " status=404 " in access_lines[0] and " target=/aliases/nope/x " in access_lines[0]
         assert any(" reconcile of " in line and " outcome=" in line for line in lines)

@@ -15,6 +15,7 @@ from gitops_nodes.runtime.memory import Faults, MemoryBalancers, MemoryRuntime, 
 from gitops_nodes.spec.hashing import InstanceConfig, spec_hash
 from gitops_nodes.spec.models import HealthCheck
 from gitops_nodes.spec.state import DesiredAlias, DesiredNode, DesiredState, Source
+from gitops_nodes.statedir import StateDir
 
 PROJECT = "mem"
 
@@ -37,8 +38,8 @@ def node(
         spec_hash=spec_hash(config),
         instances=instances,
         min_healthy=min_healthy,
-        health_check=HealthCheck(
-            path="/healthz", interval="1s", start_timeout=f"{start_timeout:g}s"
+        health_check=HealthCheck.model_validate(
+            {"path": "/healthz", "interval": "1s", "start_timeout": f"{start_timeout:g}s"}
         ),
         build=None,
         source=Source("spec.yaml", 0),
@@ -68,7 +69,7 @@ class World:
 
     def __post_init__(self) -> None:
         self.runtime = MemoryRuntime(self.clock, self.faults)
-        self.state = workflow.StateDir(self.root / "state")
+        self.state = StateDir(self.root / "state")
 
     @property
     def fleet(self) -> MemoryBalancers:

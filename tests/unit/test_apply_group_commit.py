@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from balancer.table import RoutingTable, TableEncoder, read_table
+from balancer.table import RoutingTable, TableEncoder, read_table, write_table
 from gitops_nodes import apply as apply_module
 from gitops_nodes import workflow
 from gitops_nodes.apply import ApplyOptions, Outcome, StepResult
@@ -23,7 +23,7 @@ def test_publishes_share_writes_and_end_after_theirs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     world = World(tmp_path)
-    real_write = apply_module.write_table
+    real_write = write_table  # what gitops_nodes.apply writes with
     writes: list[int] = []
     lock = threading.Lock()
 

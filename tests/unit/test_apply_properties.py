@@ -147,6 +147,7 @@ def check_publishes(
         table, healthy = published.table, published.healthy
         if previous is not None:
             for name in before.aliases if before is not None else ():
+                assert before is not None  # only its aliases are iterated
                 # Served by the table before the apply (with today's health): then by this one.
                 if served(before, name, healthy) and name in table.aliases:
                     assert served(table, name, healthy), (

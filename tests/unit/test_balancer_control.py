@@ -13,7 +13,8 @@ from typing import Any
 
 from balancer.backends import Backends
 from balancer.control import ControlSource, make_control_app, node_status, status_document
-from balancer.metrics import BUCKETS, Metrics, escape_label
+from balancer.exposition import escape_label
+from balancer.metrics import BUCKETS, Metrics
 from balancer.proxy import ProxySettings
 from balancer.routing import Router
 from balancer.table import AliasEntry, Endpoint, HealthSettings, NodeEntry, RoutingTable

@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -213,12 +213,12 @@ def test_an_unreadable_folder_is_an_error_naming_it(
     root = write_repo({"web.yaml": WEB, "locked/a.yaml": WEB})
     real_scandir = os.scandir
 
-    def scandir(path: object) -> object:
+    def scandir(path: str | os.PathLike[str]) -> Iterator[os.DirEntry[str]]:
         if str(path).endswith("locked"):
             raise PermissionError(13, "Permission denied")
-        return real_scandir(path)  # type: ignore[arg-type]
+        return real_scandir(path)
 
-    monkeypatch.setattr(repofiles.os, "scandir", scandir)
+    monkeypatch.setattr(os, "scandir", scandir)  # the module repofiles lists folders with
     (problem,) = _errors(root)
     assert problem.startswith("locked: cannot read this folder: permission denied")
 

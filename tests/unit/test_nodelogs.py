@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -22,6 +23,7 @@ from gitops_nodes.nodelogs import (
     sources,
 )
 from gitops_nodes.runtime.base import LogLine
+from gitops_nodes.runtime.base import Runtime as EngineRuntime
 from gitops_nodes.runtime.docker import log_line
 from gitops_nodes.statedir import StateDir
 
@@ -74,6 +76,11 @@ class Runtime:
         return stream
 
 
+def engine(runtime: Runtime) -> EngineRuntime:
+    """The stand-in as the runtime nodelogs takes: it has only what nodelogs calls."""
+    return cast(EngineRuntime, runtime)
+
+
 def instance(node: str, index: int, name: str) -> LiveInstance:
     return LiveInstance(name, node, index, "h", None, "running", 1000 + index)
 
@@ -94,18 +101,18 @@ def test_prefixes_line_up_and_name_the_container_where_indexes_repeat(state: Sta
         {},
     )
 
-    found = sources(runtime, "p", state, "web")
+    found = sources(engine(runtime), "p", state, "web")
 
     assert found == [
         Source("web/1 (p-web-1-new)", "p-web-1-new"),
         Source("web/1 (p-web-1-old)", "p-web-1-old"),
         Source("web/10             ", "p-web-10-a"),
     ]
-    assert sources(runtime, "p", state, "web", 10) == [Source("web/10", "p-web-10-a")]
+    assert sources(engine(runtime), "p", state, "web", 10) == [Source("web/10", "p-web-10-a")]
     with pytest.raises(UnknownInstance, match="node web has no instance 2; its instances: 1, 10"):
-        sources(runtime, "p", state, "web", 2)
+        sources(engine(runtime), "p", state, "web", 2)
     with pytest.raises(UnknownNode, match="project p has no node 'db'; its nodes: api, web"):
-        sources(runtime, "p", state, "db")
+        sources(engine(runtime), "p", state, "db")
 
 
 def test_recent_merges_by_time_and_keeps_order_within_an_instant() -> None:
@@ -118,7 +125,7 @@ def test_recent_merges_by_time_and_keeps_order_within_an_instant() -> None:
     )
     chosen = [Source("x/0", "a"), Source("x/1", "b")]
 
-    assert recent(runtime, chosen, None) == [
+    assert recent(engine(runtime), chosen, None) == [
         "x/0 | a1",
         "x/1 | b3",
         "x/0 | a5",
@@ -126,7 +133,7 @@ def test_recent_merges_by_time_and_keeps_order_within_an_instant() -> None:
         "x/1 | b5",
         "x/1 | b9",
     ]
-    assert recent(runtime, chosen, 1, timestamps=True) == [
+    assert recent(engine(runtime), chosen, 1, timestamps=True) == [
         "x/0 | s5 a5bis",
         "x/1 | s9 b9",
     ]
@@ -137,7 +144,7 @@ def test_following_merges_streams_and_close_ends_them() -> None:
     runtime = Runtime([], {"a": [LogLine(1, "", "a1")], "b": [LogLine(2, "", "b1")]})
     chosen = [Source("x/0", "a"), Source("x/1", "b")]
 
-    with Follower(runtime, chosen, None) as follower:
+    with Follower(engine(runtime), chosen, None) as follower:
         lines = iter(follower)
         got = {next(lines), next(lines)}
     assert got == {"x/0 | a1", "x/1 | b1"}
@@ -145,7 +152,7 @@ def test_following_merges_streams_and_close_ends_them() -> None:
     assert not any(thread.is_alive() for thread in follower.threads)
 
     runtime.follow_gate = threading.Event()
-    done = Follower(runtime, chosen, None)
+    done = Follower(engine(runtime), chosen, None)
     done.close()  # closed before reading: the iteration still ends, with what was there
     assert sorted(done) == ["x/0 | a1", "x/1 | b1"]
 
@@ -175,13 +182,13 @@ def test_health_check_lines_are_told_apart_from_the_nodes_own() -> None:
 def test_logs_leave_health_checks_out_unless_asked() -> None:
     lines = [LogLine(i, "", text) for i, text in enumerate([*HEALTH_LINES, *OWN_LINES])]
     runtime = Runtime([instance("iris", 0, "c0")], {"c0": lines})
-    chosen = sources(runtime, "p", StateDir(Path("/nonexistent/p")), "iris")
+    chosen = sources(engine(runtime), "p", StateDir(Path("/nonexistent/p")), "iris")
 
-    shown = recent(runtime, chosen, None, skip=HealthLines("/healthz"))
-    everything = recent(runtime, chosen, None)
+    shown = recent(engine(runtime), chosen, None, skip=HealthLines("/healthz"))
+    everything = recent(engine(runtime), chosen, None)
 
     assert shown == [f"iris/0 | {text}" for text in OWN_LINES]
     assert len(everything) == len(HEALTH_LINES) + len(OWN_LINES)
-    with Follower(runtime, chosen, None, skip=HealthLines("/healthz")) as follower:
+    with Follower(engine(runtime), chosen, None, skip=HealthLines("/healthz")) as follower:
         followed = iter(follower)
         assert [next(followed) for _ in OWN_LINES] == shown

@@ -7,6 +7,7 @@ import json
 import pickle
 import platform
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from gitops_nodes.spec.errors import SpecErrors
 from gitops_nodes.spec.load import load_spec
 
 
-def notebook(cells: list[tuple[str, list[str], str | None]]) -> str:
+def notebook(cells: Sequence[tuple[str, list[str], str | None]]) -> str:
     """nbformat 4 JSON of code cells given as (source, tags, id)."""
     return json.dumps(
         {

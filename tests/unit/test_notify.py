@@ -39,7 +39,7 @@ def settings_for(hook: str, slack: str, extra: str = "") -> str:
     )
 
 
-BAD_NODE = {
+BAD_NODE: dict[str, object] = {
     "apiVersion": "gitops-nodes/v1",
     "kind": "Node",
     "metadata": {"name": "v1"},
@@ -82,7 +82,11 @@ def test_a_failed_commit_then_a_good_one_gives_exactly_two_messages(
         for _ in range(3):  # the same failure on every interval is told once
             count = h.watch.reconciles
             interval(h)
-            h.wait("an interval's reconcile", lambda c=count: h.watch.reconciles > c)
+
+            def reconciled(c: int = count) -> bool:
+                return h.watch.reconciles > c
+
+            h.wait("an interval's reconcile", reconciled)
         good = h.commit(node_doc("v1", "2"), alias_doc("api", ("v1", 100)), settings=settings)
         h.wait("the good commit applied", lambda: h.status()["appliedRevision"] == good)
         wait_until(lambda: len(receiver.events("/hook")) == 3, "three webhook messages")
@@ -149,10 +153,11 @@ def test_a_dead_receiver_does_not_hold_reconciles_up(
             notifier = with_notifier(h, backoff=30, timeout=2)
             for version in "1234":
                 revision = h.commit(node_doc("v1", version), settings=settings)
-                h.wait(
-                    f"version {version} applied",
-                    lambda r=revision: h.status()["appliedRevision"] == r,
-                )
+
+                def applied(r: str = revision) -> bool:
+                    return bool(h.status()["appliedRevision"] == r)
+
+                h.wait(f"version {version} applied", applied)
             (sender,) = notifier.senders.values()
             assert sender.sent == 0  # nothing was delivered, and every revision was applied
             notifier.close(0.2)

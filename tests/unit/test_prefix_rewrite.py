@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -88,7 +89,7 @@ def test_a_head_is_rewritten_once_and_only_its_location_and_cookies() -> None:
 
 
 def test_the_table_carries_the_flag_only_when_set() -> None:
-    data = {
+    data: dict[str, Any] = {
         "format": "gitops-nodes/routing-table/v1",
         "generation": 1,
         "nodes": {

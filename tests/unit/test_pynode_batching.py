@@ -20,6 +20,7 @@ import pytest
 from gitops_nodes.pynode.codec import json_codec
 from gitops_nodes.pynode.config import load_config
 from gitops_nodes.pynode.errors import ConfigError
+from gitops_nodes.pynode.server import BatchingService
 from tests.unit.test_pynode_server import read_answers, serving, write_node
 from tests.waiting import wait_until
 
@@ -140,7 +141,9 @@ def test_a_caller_that_does_not_come_back_costs_at_most_max_delay(tmp_path: Path
             assert read_answers(b, 1) == [(200, {"y": 6.0, "size": 1})]
             assert 0.45 < time.monotonic() - began < 5.0
             a.close()
-            wait_until(lambda: len(served.service.expected) == 1, "A to be forgotten")
+            service = served.service
+            assert isinstance(service, BatchingService)
+            wait_until(lambda: len(service.expected) == 1, "A to be forgotten")
             began = time.monotonic()
             b.sendall(post({"x": 4, "tag": "b"}))
             assert read_answers(b, 1) == [(200, {"y": 8.0, "size": 1})]
@@ -234,7 +237,7 @@ table = {"a": value * 10}
 """
 
 
-def non_finite_node(folder: Path, **extra: object) -> Path:
+def non_finite_node(folder: Path, **extra: Any) -> Path:
     return write_node(
         folder,
         NON_FINITE_CODE,

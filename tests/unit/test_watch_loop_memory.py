@@ -11,12 +11,12 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from balancer.console import Console
-from balancer.server import ServeOptions
+from balancer.server import Balancer, ServeOptions
 from balancer.table import RoutingTable, read_table
 from gitops_nodes.apply import ApplyOptions
 from gitops_nodes.runtime.memory import Faults, MemoryRuntime, VirtualClock
@@ -106,18 +106,23 @@ class Harness:
         options = ApplyOptions(
             parallelism=1, drain_timeout=1, stop_grace=1, clock=self.runtime.clock
         )
+
+        def publish(table: RoutingTable) -> None:
+            self.loop.call_soon_threadsafe(self.balancer.swap, table)
+
         self.reconciler = Reconciler(
             PROJECT,
             self.state,
             lambda: self.runtime,
             options,
-            on_publish=lambda t: self.loop.call_soon_threadsafe(self.balancer.swap, t),
+            on_publish=publish,
         )
         self.watch = WatchLoop(
             self.loop,
             self.source,
             self.reconciler,
-            self.balancer,  # a stand-in: what the loop reads of the balancer
+            # a stand-in: what the loop reads of the balancer (metrics, router, start, shutdown)
+            cast(Balancer, self.balancer),
             3600.0,  # no timer: the test wakes the loop with each commit
             None,
         )
