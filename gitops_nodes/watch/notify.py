@@ -290,11 +290,14 @@ class Notifier:
         self.timeout = timeout
         self.senders: dict[ResolvedTarget, Sender] = {}
         self.lock = threading.Lock()
+        self.closed = False  # a reconcile finishing after close() starts no sender again
 
     def use(self, targets: Iterable[ResolvedTarget]) -> None:
         """Send to targets from now on; a target that is gone finishes its queue and stops."""
         wanted = set(targets)
         with self.lock:
+            if self.closed:
+                return
             for target in list(self.senders):
                 if target not in wanted:
                     sender = self.senders.pop(target)
@@ -322,6 +325,7 @@ class Notifier:
     def close(self, timeout: float) -> None:
         """Give every queue up to timeout (in all) to be delivered, then stop."""
         with self.lock:
+            self.closed = True
             senders, self.senders = list(self.senders.values()), {}
         deadline = time.monotonic() + timeout
         for sender in senders:

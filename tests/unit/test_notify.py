@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -136,6 +137,17 @@ def test_a_receiver_that_fails_then_recovers_gets_the_message_after_a_retry() ->
         assert flaky.attempts == 3
         assert [r.json["error"] for r in flaky.received] == ["bad spec"]
         assert sender.sent == 1
+
+
+def test_a_reconcile_ending_after_close_starts_no_sender() -> None:
+    # watch closes its notifier as it stops; a reconcile still finishing hands it targets.
+    notifier = Notifier("mem")
+    notifier.close(0)
+    before = set(threading.enumerate())
+    notifier.use([ResolvedTarget("ops", "webhook", frozenset({"failed"}), "http://127.0.0.1:9/")])
+    notifier.observe("reconcile", result("invalid", error="bad spec"), None)
+    assert notifier.senders == {}
+    assert not [t.name for t in set(threading.enumerate()) - before if t.name.startswith("notify")]
 
 
 def test_a_dead_receiver_does_not_hold_reconciles_up(
