@@ -43,7 +43,9 @@ its output is kept by the engine, so by default only errors (status 400 or more)
 $GITOPS_NODES_ACCESS_LOG=all logs every request, and an integer N one in N of the others.
 Successful health checks (the balancers' `GET /healthz`, every few seconds) are never logged.
 Keep-alive follows HTTP/1.1 and HTTP/1.0 rules; pipelined requests are answered in order.
-Connections have no idle timeout here (the balancer pools them).
+Connections have no idle timeout here (the balancer pools them), but a request head is at
+most MAX_HEAD bytes (431, or 414 for the request line alone) and must be whole within
+HEAD_TIMEOUT seconds of the read that began it (408); these refusals close the connection.
 """
 
 from __future__ import annotations
@@ -73,7 +75,10 @@ REASONS = {
     400: b"Bad Request",
     404: b"Not Found",
     405: b"Method Not Allowed",
+    408: b"Request Timeout",
     413: b"Content Too Large",
+    414: b"URI Too Long",
+    431: b"Request Header Fields Too Large",
     422: b"Unprocessable Content",
     500: b"Internal Server Error",
 }
@@ -86,6 +91,11 @@ KEEP_ALIVE = b"\r\n\r\n"
 KEEP_ALIVE_ASKED = b"\r\nconnection: keep-alive\r\n\r\n"  # HTTP/1.0 clients need to hear it
 CLOSE = b"\r\nconnection: close\r\n\r\n"
 LINGER = 2.0  # seconds a refused connection keeps reading (and dropping) before it closes
+# A request head (its line and header lines) is bounded in size and in time, or one client
+# could make an instance hold without end what httptools gathers of it. Both are well past
+# what a balancer sends (its own limit is 32 KiB, the head whole in one write).
+MAX_HEAD = 64 * 1024  # bytes; past it 431, or 414 when the request line alone is longer
+HEAD_TIMEOUT = 30.0  # seconds for a head to be whole once a read left it begun; past it 408
 FLUSH_DELAY = 0.1  # seconds the access log may wait before it is flushed
 ACCESS_LOG_ENV = "GITOPS_NODES_ACCESS_LOG"  # errors (the default), all, or N: one in N
 ERRORS_ONLY = 0  # Service.every: log no successful request, only errors
@@ -438,8 +448,13 @@ class Connection(asyncio.Protocol):
         "closing",
         "content_length",
         "expect",
+        "head_bytes",
+        "head_tail",
+        "head_timer",
+        "in_head",
         "keep_alive_asked",
         "known",
+        "line_done",
         "max_body",
         "method",
         "parser",
@@ -472,6 +487,13 @@ class Connection(asyncio.Protocol):
         self.read_end = -1
         self.begun = 0
         self.queued = 0  # this connection's requests waiting in the turn
+        # A head the parser holds only part of: its bytes so far (at least), the last 3 of
+        # them (to find its end across reads), whether its request line is whole, its 408.
+        self.in_head = False
+        self.head_bytes = 0
+        self.head_tail = b""
+        self.line_done = False
+        self.head_timer: asyncio.TimerHandle | None = None
         self.method = b"-"
         self.path = b"-"
         self.route = 0
@@ -518,6 +540,17 @@ class Connection(asyncio.Protocol):
                     )
                     self.queue(new_request(Request, request))
                     return
+        at_boundary = self.at_boundary
+        if at_boundary:
+            if end > MAX_HEAD or (end == 3 and len(data) > MAX_HEAD):
+                self.head_too_large(data.find(b"\n", 0, MAX_HEAD) < 0)
+                return
+        elif self.in_head and self.head_bytes + len(data) > MAX_HEAD:
+            room = MAX_HEAD - self.head_bytes
+            if (self.head_tail + data[:room]).find(b"\r\n\r\n") < 0:
+                self.head_too_large(not self.line_done and data.find(b"\n", 0, room) < 0)
+                return
+        continuing = self.in_head
         self.read = data
         self.read_end = end
         self.begun = 0
@@ -538,13 +571,50 @@ class Connection(asyncio.Protocol):
             if not self.closing:
                 message = f"the node's runtime failed: {type(exc).__name__}: {exc}"
                 self.refuse(500, "InternalError", message)
+        else:
+            if self.in_head and not self.closing:
+                self.head_pending(data, continuing, at_boundary)
         self.read = b""
+
+    def head_pending(self, data: bytes, continuing: bool, at_boundary: bool) -> None:
+        """Count the bytes of a head this read left incomplete (MAX_HEAD); time it."""
+        if continuing and self.begun == 0:
+            self.head_bytes += len(data)
+        elif at_boundary and self.begun == 1:
+            self.head_bytes = len(data)  # it began with this read
+        else:  # it began behind another message: at least its request target so far
+            self.head_bytes = len(self.url)
+            self.line_done = True
+        if not self.line_done:
+            self.line_done = b"\n" in data
+        self.head_tail = data[-3:]
+        if self.head_timer is None:
+            self.head_timer = self.service.loop.call_later(HEAD_TIMEOUT, self.head_late)
+
+    def head_too_large(self, in_request_line: bool) -> None:
+        if in_request_line:
+            self.refuse_lingering(
+                414, "URITooLong", f"the request line is longer than {MAX_HEAD} bytes"
+            )
+        else:
+            self.refuse_lingering(
+                431, "RequestHeaderFieldsTooLarge", f"the request head is over {MAX_HEAD} bytes"
+            )
+
+    def head_late(self) -> None:
+        self.head_timer = None
+        if self.in_head and not self.closing:
+            message = f"the request head was not whole {HEAD_TIMEOUT:g} s after it began"
+            self.refuse_lingering(408, "RequestTimeout", message)
 
     def eof_received(self) -> bool | None:
         return None  # the client is done sending: close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
+        if self.head_timer is not None:
+            self.head_timer.cancel()  # it holds the connection for HEAD_TIMEOUT otherwise
+            self.head_timer = None
         self.parser = ENDED_PARSER  # the cycle through its callbacks, broken at once
         self.service.lost(self)
 
@@ -567,6 +637,8 @@ class Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.at_boundary = False
         self.begun += 1
+        self.in_head = True
+        self.line_done = False
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -585,6 +657,10 @@ class Connection(asyncio.Protocol):
             self.chunked = True  # any transfer coding: such heads are never remembered
 
     def on_headers_complete(self) -> None:
+        self.in_head = False
+        if self.head_timer is not None:
+            self.head_timer.cancel()
+            self.head_timer = None
         if self.closing:
             return
         self.started = perf_counter_ns()
@@ -710,11 +786,19 @@ class Connection(asyncio.Protocol):
         dropping, so that a client still sending its body gets the 413 rather than a reset.
         """
         message = f"{what} over the limit of {self.max_body} bytes ({self.max_body / 2**20:g} MB)"
+        self.refuse_lingering(413, "RequestTooLarge", message)
+
+    def refuse_lingering(self, status: int, name: str, message: str) -> None:
+        """Answer with an error to a client that may still be sending; then drop what
+        follows, and close (see too_large)."""
         self.answer_queued()
+        if not self.active:  # refused before its head was whole
+            self.started = perf_counter_ns()
+            self.method = self.path = b"-"
         transport = self.transport
-        payload = self.service.error("RequestTooLarge", message)
-        self.service.logged(self.method, self.path, 413, self.started)
-        transport.write(b"%s%d%s%s" % (HEADS[413], len(payload), CLOSE, payload))
+        payload = self.service.error(name, message)
+        self.service.logged(self.method, self.path, status, self.started)
+        transport.write(b"%s%d%s%s" % (HEADS[status], len(payload), CLOSE, payload))
         self.closing = True
         if transport.can_write_eof():
             transport.write_eof()
