@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import select
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -48,6 +49,21 @@ def call(port: int | str, body: Any) -> tuple[int, Any]:
     return response.status, json.loads(response.read())
 
 
+def endless_head(port: int) -> bytes:
+    """Send a header that never ends, 8 KiB at a time (at most 4 MiB), until an answer can be
+    read; what the instance answers until it closes the connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nhost: x\r\nx-long: ")
+        for _ in range(512):
+            if select.select([sock], [], [], 0)[0]:
+                break
+            sock.sendall(b"a" * 8192)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
 def port_of(state: StateDir, node: str) -> int:
     (endpoint,) = table(state).nodes[node].endpoints
     return endpoint.port
@@ -72,6 +88,9 @@ def test_a_python_node_is_built_applied_and_answers(
     assert "traceback" not in body
     # the 422 never ran the code; the one that raised did: calls went 1, 2, 3, now 4
     assert call(port, {"features": [0, 0, 0]}) == (200, {"score": 0.1, "calls": 4})
+    # Any local client reaches the published port: a head without end is refused, not held.
+    assert endless_head(port).startswith(b"HTTP/1.1 431 Request Header Fields Too Large")
+    assert call(port, {"features": [0, 0, 0]}) == (200, {"score": 0.1, "calls": 5})
 
     plan = make_plan(project, load_spec(root), workflow.observe(runtime, project, state))
     assert plan.empty  # unchanged: not rebuilt, not replaced
