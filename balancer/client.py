@@ -66,6 +66,8 @@ class ClientConnection(asyncio.Protocol):
         "active",
         "at_boundary",
         "begun",
+        "body_came",
+        "body_gap",
         "client_ip",
         "closed",
         "decided",
@@ -134,6 +136,10 @@ class ClientConnection(asyncio.Protocol):
         self.head_bytes = 0
         self.head_tail = b""
         self.line_done = False
+        # A chunked body: bytes read since body last came (framing, extensions and trailer
+        # fields, which httptools gathers whole before handing over), bounded like a head.
+        self.body_came = False
+        self.body_gap = 0
         self.last_made: Request | None = None  # the request the parser made last
         self.served = False  # a request came: the idle timeout applies, not the header one
         # A refusal is queued or answered: nothing more is read (at_boundary stays False).
@@ -204,6 +210,9 @@ class ClientConnection(asyncio.Protocol):
                 self.head_too_large(not self.line_done and data.find(b"\n", 0, room) < 0)
                 return
         continuing = self.in_head
+        parsing = self.parsing
+        in_chunks = parsing if parsing is not None and parsing.chunked else None
+        self.body_came = False
         self.begun = 0
         try:
             self.parser.feed_data(data)
@@ -219,6 +228,8 @@ class ClientConnection(asyncio.Protocol):
         else:
             if self.in_head:
                 self.head_pending(data, continuing, at_boundary)
+            elif (parsing := self.parsing) is not None and parsing.chunked:
+                self.chunks_pending(len(data), in_chunks)
             request = self.starting
             if request is not None:
                 self.starting = None
@@ -243,6 +254,19 @@ class ClientConnection(asyncio.Protocol):
         if not self.line_done:
             self.line_done = b"\n" in data
         self.head_tail = data[-3:]
+
+    def chunks_pending(self, size: int, continuing: Request | None) -> None:
+        """Count the bytes of a chunked body, not yet whole, that brought no body (max_head)."""
+        if self.body_came or continuing is None or continuing is not self.parsing:
+            self.body_gap = 0  # it came, or began, in this read: undercounts by at most one
+            return
+        self.body_gap += size
+        if self.body_gap > self.max_head:
+            self.refuse(
+                431,
+                f"the chunked body's framing and trailer fields are over the {self.max_head}"
+                " byte limit",
+            )
 
     def head_too_large(self, in_request_line: bool) -> None:
         if in_request_line:
@@ -349,6 +373,7 @@ class ClientConnection(asyncio.Protocol):
             self.pause()
 
     def on_body(self, body: bytes) -> None:
+        self.body_came = True
         request = self.parsing
         if request is None or request.local is not None:
             return

@@ -185,6 +185,67 @@ def test_a_64_mib_header_line_is_refused_431_without_being_buffered(
     assert max(peak[0], resident_bytes()) - before < 24 * 2**20, (before, peak[0])
 
 
+@pytest.mark.parametrize(
+    "begun",
+    [b"1\r\nx\r\n0\r\nX-Trailer: ", b"1;x-extension="],
+    ids=["a trailer field", "a chunk extension"],
+)
+def test_chunk_framing_without_end_is_refused_431_without_being_buffered(
+    served: Callable[..., tuple[BalancerHarness, BackendProcess]], begun: bytes
+) -> None:
+    # After the head, httptools gathers a trailer field whole before handing it over: a
+    # chunked body's bytes that bring no body are bounded like a head.
+    harness, _backend = served()
+    block = b"a" * 65536
+    before = resident_bytes()
+    peak = [before]
+
+    def flood(sock: socket.socket) -> None:
+        try:
+            sock.sendall(
+                b"POST /nodes/a/echo HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n"
+                + begun
+            )
+            for sent in range(1, 1025):  # 64 MiB, one 64 KiB block at a time
+                sock.sendall(block)
+                if sent % 64 == 0:
+                    peak[0] = max(peak[0], resident_bytes())
+        except OSError:
+            pass  # the balancer may close before all of it is sent
+
+    with connection(harness) as sock:
+        sender = threading.Thread(target=flood, args=(sock,), daemon=True)
+        sender.start()
+        data = read_to_eof(sock, within=60)
+        sender.join(60)
+    [answer] = parse_answers(data)
+    assert (answer.status, answer.reason) == (431, "Request Header Fields Too Large")
+    assert answer.headers["connection"] == "close"
+    assert "framing and trailer fields" in answer.json()["error"]
+    assert max(peak[0], resident_bytes()) - before < 24 * 2**20, (before, peak[0])
+    wait_until(lambda: harness.inflight() == 0, "the aborted upload to be released", 5.0)
+    assert harness.get("/nodes/a/x").status == 200
+
+
+def test_a_body_of_many_small_chunks_with_trailers_is_forwarded_whole(
+    served: Callable[..., tuple[BalancerHarness, BackendProcess]],
+) -> None:
+    harness, _backend = served()
+    body = bytes(range(256)) * 80  # 20 KiB, one byte a chunk
+    framed = b"".join(b"1\r\n%s\r\n" % body[i : i + 1] for i in range(len(body)))
+    request = (
+        b"POST /nodes/a/echo HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + framed
+        + b"0\r\nX-Trailer: fine\r\n\r\n"
+    )
+    with connection(harness) as sock:
+        for start in range(0, len(request), 1000):
+            sock.sendall(request[start : start + 1000])
+        answer = read_answer(sock)
+    assert answer.status == 200
+    assert answer.body == body
+
+
 def test_an_over_long_request_line_is_refused_414(
     served: Callable[..., tuple[BalancerHarness, BackendProcess]],
 ) -> None:
