@@ -443,6 +443,8 @@ class Connection(asyncio.Protocol):
         "at_boundary",
         "begun",
         "body",
+        "body_came",
+        "body_gap",
         "chunked",
         "chunks",
         "closing",
@@ -494,6 +496,10 @@ class Connection(asyncio.Protocol):
         self.head_tail = b""
         self.line_done = False
         self.head_timer: asyncio.TimerHandle | None = None
+        # A chunked body: bytes read since body last came (framing, extensions, trailer
+        # fields, which httptools gathers whole before handing over), bounded like a head.
+        self.body_came = False
+        self.body_gap = 0
         self.method = b"-"
         self.path = b"-"
         self.route = 0
@@ -551,6 +557,8 @@ class Connection(asyncio.Protocol):
                 self.head_too_large(not self.line_done and data.find(b"\n", 0, room) < 0)
                 return
         continuing = self.in_head
+        in_chunks = self.active and self.chunked  # a chunked body began in an earlier read
+        self.body_came = False
         self.read = data
         self.read_end = end
         self.begun = 0
@@ -574,7 +582,22 @@ class Connection(asyncio.Protocol):
         else:
             if self.in_head and not self.closing:
                 self.head_pending(data, continuing, at_boundary)
+            elif self.active and self.chunked and not self.closing:
+                self.chunks_pending(len(data), in_chunks and self.begun == 0)
         self.read = b""
+
+    def chunks_pending(self, size: int, continuing: bool) -> None:
+        """Count the bytes of an unfinished chunked body that brought no body (MAX_HEAD)."""
+        if self.body_came or not continuing:
+            self.body_gap = 0  # undercounts by at most this read
+            return
+        self.body_gap += size
+        if self.body_gap > MAX_HEAD:
+            self.refuse_lingering(
+                431,
+                "RequestHeaderFieldsTooLarge",
+                f"the chunked body's framing and trailer fields are over {MAX_HEAD} bytes",
+            )
 
     def head_pending(self, data: bytes, continuing: bool, at_boundary: bool) -> None:
         """Count the bytes of a head this read left incomplete (MAX_HEAD); time it."""
@@ -679,6 +702,7 @@ class Connection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         if self.closing:
             return
+        self.body_came = True
         self.received += len(body)
         if self.received > self.max_body:
             self.too_large("the request body grows")  # chunked: its size was not given

@@ -147,3 +147,36 @@ def test_a_connection_that_sends_whole_heads_slowly_is_never_timed_out(
             select.select([sock], [], [], 0.6)  # idle past the timeout: nothing may come
         sock.sendall(post_step(4))
         assert sock.recv(65536).endswith(b'{"count":7,"total":7}')
+
+
+CHUNKED = b"POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    "begun",
+    [b"1\r\n{\r\n0\r\nx-trailer: ", b"1;x-extension="],
+    ids=["a trailer field", "a chunk extension"],
+)
+def test_a_chunked_body_with_framing_without_end_is_431_and_closed(
+    counter: Served, begun: bytes
+) -> None:
+    sent, raw = send_until_refused(counter.port, CHUNKED + begun, b"f" * PIECE)
+
+    status, headers, body = split_response(raw)
+    assert status == 431 and headers["connection"] == "close"
+    assert "framing and trailer fields" in body["error_message"]
+    assert sent < CAP
+    assert counter.post({"step": 1}) == (200, {"count": 1, "total": 1})
+
+
+def test_a_body_of_many_small_chunks_sent_in_pieces_is_served(counter: Served) -> None:
+    body = b'{"step": 5}' + b" " * 20_000
+    framed = b"".join(b"1\r\n%s\r\n" % body[i : i + 1] for i in range(len(body)))
+    request = CHUNKED + framed + b"0\r\nx-trailer: fine\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", counter.port), timeout=10) as sock:
+        for start in range(0, len(request), 1000):
+            sock.sendall(request[start : start + 1000])
+        raw = sock.recv(65536)
+
+    assert raw.startswith(b"HTTP/1.1 200 ")
+    assert raw.endswith(b'{"count":5,"total":5}')
