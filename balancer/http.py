@@ -15,6 +15,7 @@ MAX_BODY = 16 * 2**20
 # 16 KiB buffer; 32 KiB is room for any real client's cookies and tokens.
 MAX_HEAD = 32 * 1024  # request line and header lines, bytes
 MAX_HEADERS = 100  # header lines (Apache's LimitRequestFields)
+MAX_RESPONSE_HEAD = 64 * 1024  # an instance's status line and header lines, bytes: past it 502
 MAX_CLIENTS = 10_000  # open client connections per worker process
 MAX_PIPELINED = 100  # requests waiting behind the one being answered, per connection
 LINGER = 5.0  # seconds a closing connection reads and discards what the client still sends

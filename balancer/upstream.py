@@ -8,7 +8,13 @@ from typing import Any
 import httptools
 
 from balancer.backends import Backend
-from balancer.http import HOP_SEARCH, IDEMPOTENT, fast_head, strip_hop_by_hop
+from balancer.http import (
+    HOP_SEARCH,
+    IDEMPOTENT,
+    MAX_RESPONSE_HEAD,
+    fast_head,
+    strip_hop_by_hop,
+)
 from balancer.prefix import under_prefix
 from balancer.proxy import Proxy
 from balancer.settings import ProxySettings
@@ -156,6 +162,14 @@ class UpstreamConnection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self.out.clear()
             self.protocol_error(f"malformed response from {self.backend.instance}: {exc}")
+            return
+        if not self.response_started and len(self.raw) > MAX_RESPONSE_HEAD:
+            # Held whole until it ends (the head is rewritten before it goes on): an instance
+            # whose head never ends would have the worker hold it all until the timeout.
+            self.out.clear()
+            self.protocol_error(
+                f"{self.backend.instance} sent a response head over {MAX_RESPONSE_HEAD} bytes"
+            )
             return
         if self.out:
             self.flush()

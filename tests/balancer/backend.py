@@ -11,6 +11,8 @@ It prints `PORT <n>` on stdout once it listens on 127.0.0.1. Every answer names 
                            many open connections served a path other than /healthz, /-/...
     /slow?ms=N             answers after N milliseconds
     /drip?ms=N&count=K     a chunked response of K chunks, one every N milliseconds
+    /endless?part=head|trailer[&mb=N]  a response whose header (or trailer) never ends:
+                           N MiB (64) of it, until the reader closes
     /big?mb=N[&chunked=1]  streams N MiB of `big_block(i)` blocks, content-length or chunked
     /chunked               a chunked response of CHUNKS
     /echo                  the request body back, with x-echo-length and x-received-te
@@ -137,6 +139,16 @@ class Backend:
                     await asyncio.sleep(0.01)
                 writer.write(b"0\r\n\r\n")
                 await writer.drain()
+        elif path == "/endless":  # ?part=head: a header, or trailer: a trailer, never ending
+            if params.get("part") == "trailer":
+                await self.send_head(writer, 200, [("Transfer-Encoding", "chunked")])
+                writer.write(b"1\r\nx\r\n0\r\nX-Trailer: ")
+            else:
+                writer.write(b"HTTP/1.1 200 OK\r\nX-Long: ")
+            block = b"e" * 65536
+            for _ in range(int(params.get("mb", "64")) * 16):
+                writer.write(block)
+                await writer.drain()  # ends with an error when the balancer closes
         elif path == "/drip":
             await self.send_head(writer, 200, [("Transfer-Encoding", "chunked")])
             for _ in range(int(params.get("count", "10"))):

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from balancer.http import REASONS
+from balancer.http import MAX_RESPONSE_HEAD, REASONS
 from balancer.proxy import ProxySettings
 from balancer.table import AccessKey, AccessRule
 from tests.balancer.conftest import HOST, BackendProcess, BalancerHarness, node
@@ -555,6 +555,28 @@ def test_a_1xx_as_the_final_answer_is_502_and_ejects_the_instance(
     assert instance["status"] == "Unhealthy"
     assert "a1" in instance["lastError"]
     assert harness.get("/nodes/a/x").status == 503  # out of balancing
+
+
+def test_a_response_head_without_end_is_502_at_once_and_not_held(
+    make_balancer: Callable[..., BalancerHarness],
+    start_backend: Callable[..., BackendProcess],
+) -> None:
+    # The balancer holds an instance's head whole before it rewrites and forwards it: one
+    # whose head never ends is cut off at the limit, not held until the request timeout.
+    backend = start_backend("a1")
+    harness = make_balancer()
+    harness.publish({"a": node(backend, interval=60.0)})
+    harness.wait_status({"a1": "Healthy"})
+    before = resident_bytes()
+    started = time.monotonic()
+    reply = harness.get("/nodes/a/endless?part=head&mb=256")
+    took = time.monotonic() - started
+    assert reply.status == 502
+    assert f"sent a response head over {MAX_RESPONSE_HEAD} bytes" in reply.json()["error"]
+    assert took < 10, took  # the node's request timeout is 15 s
+    assert resident_bytes() - before < 24 * 2**20
+    instance = harness.instances()["a1"]
+    assert instance["status"] == "Unhealthy" and "response head" in instance["lastError"]
 
 
 # -- status lines -------------------------------------------------------------------------
