@@ -161,8 +161,12 @@ class Console:
             origin = request.headers.get("origin")
             if origin is not None and origin != f"{request.url.scheme}://{request.url.netloc}":
                 return self._login_page("This form must be sent from the console itself.", 403)
-            body = await request.body()
-            fields = parse_qs(body[:MAX_LOGIN_BODY].decode("utf-8", "replace"))
+            body = await _login_body(request)
+            if body is None:
+                return self._login_page(
+                    f"The form is larger than {MAX_LOGIN_BODY} bytes: send only the key.", 413
+                )
+            fields = parse_qs(body.decode("utf-8", "replace"))
             key = (fields.get("key") or [""])[0].strip()
             if not key or not admin.admits([(b"x-api-key", key.encode())]):
                 return self._login_page("That is not the admin key.", 401)
@@ -236,6 +240,20 @@ class Console:
         template = (self.asset("login.html") or b"").decode()
         shown = f'<p class="error" role="alert">{html.escape(message)}</p>' if message else ""
         return HTMLResponse(template.replace("<!--message-->", shown), status_code=status)
+
+
+async def _login_body(request: Request) -> bytes | None:
+    """The login form's body, or None past MAX_LOGIN_BODY: read no further than that, since
+    anyone who reaches the admin port may post it before any key is checked."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_LOGIN_BODY:
+        return None
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_LOGIN_BODY:
+            return None
+    return body
 
 
 def wants_page(scope: Scope) -> bool:

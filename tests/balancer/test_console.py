@@ -4,9 +4,11 @@ the `/-/status` JSON Schema checked against real answers."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import re
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -22,6 +24,7 @@ from tests.balancer.conftest import (
     node,
     request,
 )
+from tests.resident import resident_bytes
 from tests.status_schema import validate_status
 from tests.waiting import wait_until
 
@@ -90,6 +93,33 @@ def test_with_a_key_the_console_needs_a_login_whose_cookie_is_not_the_key(
     assert request(port, "GET", "/-/ui/", session).status == 200
     made_up = {"cookie": f"{COOKIE}=made-up-session"}
     assert request(port, "GET", "/-/status", made_up).status == 401
+
+
+def test_a_login_form_past_its_limit_is_413_and_never_read_whole(
+    make_balancer: Callable[..., BalancerHarness],
+) -> None:
+    # Anyone who reaches the admin port may post the form before any key is checked.
+    harness = make_balancer(admin_token=ADMIN)
+    before = resident_bytes()
+    declared = b"content-length: %d\r\n\r\nkey=" % (64 * 2**20)
+    chunked = b"transfer-encoding: chunked\r\n\r\n"
+    for framing, block in (
+        (declared, b"k" * 65536),
+        (chunked, b"10000\r\n%s\r\n" % (b"k" * 65536)),
+    ):
+        with socket.create_connection((HOST, harness.admin_port), timeout=10) as sock:
+            sock.sendall(
+                b"POST /-/ui/login HTTP/1.1\r\nhost: x\r\n"
+                b"content-type: application/x-www-form-urlencoded\r\n" + framing
+            )
+            with contextlib.suppress(OSError):  # it may close before all of it is sent
+                for _ in range(1024):  # 64 MiB
+                    sock.sendall(block)
+            answer = sock.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
+        assert b"larger than 8192 bytes" in answer
+        assert b"set-cookie" not in answer.lower()
+    assert resident_bytes() - before < 24 * 2**20
 
 
 def test_an_action_needs_the_csrf_token_of_its_session(
