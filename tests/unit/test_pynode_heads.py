@@ -31,6 +31,7 @@ REFUSED = re.compile(rb"HTTP/1\.1 4\d\d ")
 
 @pytest.fixture
 def counter(tmp_path: Path) -> Iterator[Served]:
+    """test_pynode_server.py's counter node (a module's fixtures are its own)."""
     path = write_node(
         tmp_path,
         COUNTER_CODE,
