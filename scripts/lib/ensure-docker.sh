@@ -63,8 +63,16 @@ if ! command -v dockerd >/dev/null 2>&1 || ! command -v docker >/dev/null 2>&1; 
 fi
 engine_up && exit 0
 
+# The dockerd of the default socket, by its pidfile: `pgrep dockerd` would also find the
+# engines of the test suite's Swarm lab (scripts/swarm-lab), which serve other sockets.
+default_dockerd() {
+    local pid
+    pid=$(cat /var/run/docker.pid 2>/dev/null) || return 1
+    [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = dockerd ]
+}
+
 t0=$(now)
-if pgrep -x dockerd >/dev/null 2>&1; then
+if default_dockerd; then
     say "dockerd is already running but not answering yet; waiting for it"
 else
     mkdir -p "$(dirname "$DOCKERD_LOG")"
@@ -74,10 +82,11 @@ else
         flags=()
     fi
     setsid nohup dockerd "${flags[@]}" >>"$DOCKERD_LOG" 2>&1 </dev/null &
+    started=$!
 fi
 
 until engine_up; do
-    if ! pgrep -x dockerd >/dev/null 2>&1; then
+    if ! default_dockerd && { [ -z "${started:-}" ] || ! kill -0 "$started" 2>/dev/null; }; then
         tail -n 20 "$DOCKERD_LOG" >&2 || true
         die "dockerd exited during startup (log: $DOCKERD_LOG)"
     fi
