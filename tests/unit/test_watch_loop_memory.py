@@ -234,7 +234,13 @@ def test_a_rollout_without_traffic_is_never_promoted(harness: Harness) -> None:
         first = start_v1(h)
         h.commit(node_doc("v2", "2"), rollout_alias(("v2", 100)))
         h.wait("step 1", lambda: (h.status()["rollout"] or {}).get("step") == 1)
-        time.sleep(0.3)  # fifteen pauses of 20 ms with no request: nothing may happen
+        # The step is driven by a task started after its reconcile: once it has a judgement
+        # due, fifteen pauses of 20 ms with no request, in which nothing may happen.
+        h.wait(
+            "step 1's judgement due",
+            lambda: (h.status()["rollout"] or {}).get("nextJudgementAt") is not None,
+        )
+        time.sleep(0.3)
 
         rollout = h.status()["rollout"]
         assert rollout is not None and rollout["step"] == 1, h.status()
