@@ -2,7 +2,8 @@
 
 It describes `POST /` (and its alias `POST /predict`): a flat JSON object of the input
 variables in, a flat JSON object of the output variables out, each variable with the JSON
-Schema of its declared type; and the error answers (400, 413, 422, 500) with their bodies.
+Schema of its declared type; and the error answers (400, 408, 413, 422, 500, 503) with
+their bodies.
 """
 
 from __future__ import annotations
@@ -54,12 +55,18 @@ def document(config: NodeConfig, max_bytes: int) -> dict[str, Any]:
         "responses": {
             "200": _json("Outputs", "The output variables"),
             "400": _json("Error", "The body is not JSON"),
+            "408": _json("Error", "The request body stopped coming before it was whole"),
             "413": _json("Error", f"The request body is over {limit}"),
             "422": _json("InvalidInput", "Inputs missing, of the wrong type, or unknown"),
             "500": _json(
                 "Error",
                 "The code raised (error_name is the exception's type), did not set an output, "
                 f"or the response is over {limit}",
+            ),
+            "503": _json(
+                "Error",
+                "The instance is receiving too many request bodies at once (Busy) or serves "
+                "too many connections (TooManyConnections): try again in a moment",
             ),
         },
     }

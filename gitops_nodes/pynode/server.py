@@ -43,9 +43,16 @@ its output is kept by the engine, so by default only errors (status 400 or more)
 $GITOPS_NODES_ACCESS_LOG=all logs every request, and an integer N one in N of the others.
 Successful health checks (the balancers' `GET /healthz`, every few seconds) are never logged.
 Keep-alive follows HTTP/1.1 and HTTP/1.0 rules; pipelined requests are answered in order.
-Connections have no idle timeout here (the balancer pools them), but a request head is at
-most MAX_HEAD bytes (431, or 414 for the request line alone) and must be whole within
-HEAD_TIMEOUT seconds of the read that began it (408); these refusals close the connection.
+A kept-alive connection between requests has no idle timeout (the balancer pools them, and
+a pooled connection closed under it would fail a POST it cannot send again). What any client
+of the published port can make an instance hold is bounded instead: a request head is at most
+MAX_HEAD bytes (431, or 414 for the request line alone) and must be whole within HEAD_TIMEOUT
+seconds of the read that began it (408); a new connection that sends nothing for
+HEAD_TIMEOUT is closed; a body stalled for BODY_TIMEOUT is 408; the bodies the instance holds
+unfinished, over all its connections, are at most MAX_PENDING bytes (503 to the connection
+whose read would pass it); each listening socket serves at most MAX_CONNECTIONS connections
+(503 to a new one past it; the port and the balancer's Unix socket are counted apart, so a
+flood of the port does not shut the balancer out). These refusals close the connection.
 """
 
 from __future__ import annotations
@@ -81,6 +88,7 @@ REASONS = {
     431: b"Request Header Fields Too Large",
     422: b"Unprocessable Content",
     500: b"Internal Server Error",
+    503: b"Service Unavailable",
 }
 CALL, HEALTH, OPENAPI = 1, 2, 3
 ROUTES = {b"/": CALL, b"/predict": CALL, b"/healthz": HEALTH, b"/openapi.json": OPENAPI}
@@ -96,6 +104,12 @@ LINGER = 2.0  # seconds a refused connection keeps reading (and dropping) before
 # what a balancer sends (its own limit is 32 KiB, the head whole in one write).
 MAX_HEAD = 64 * 1024  # bytes; past it 431, or 414 when the request line alone is longer
 HEAD_TIMEOUT = 30.0  # seconds for a head to be whole once a read left it begun; past it 408
+# The same for what else one client can make an instance hold: a body, a connection. A body
+# goes on as long as it keeps coming (a large upload on a slow link is not an attack); how
+# much of all connections' unfinished bodies is held is what bounds memory.
+BODY_TIMEOUT = 30.0  # seconds an unfinished body may go without a byte; past it 408
+MAX_PENDING = 128 * 2**20  # bytes of unfinished bodies held, all connections; past it 503
+MAX_CONNECTIONS = 10_000  # open connections per listening socket; a new one past it 503
 FLUSH_DELAY = 0.1  # seconds the access log may wait before it is flushed
 ACCESS_LOG_ENV = "GITOPS_NODES_ACCESS_LOG"  # errors (the default), all, or N: one in N
 ERRORS_ONLY = 0  # Service.every: log no successful request, only errors
@@ -186,6 +200,7 @@ class Service:
         self.turn: list[Request] = []  # read, not yet answered: see answer_turn
         self.turn_armed = False
         self.unix_server: asyncio.AbstractServer | None = None  # see start()
+        self.pending = 0  # bytes of unfinished request bodies held (MAX_PENDING)
 
     def queue(self, request: Request) -> None:
         """Queue a whole request; the turn is answered once the loop has read what it polled."""
@@ -417,6 +432,15 @@ class BatchingService(Service):
             self.loop.call_soon(self.gather)
 
 
+class Listener:
+    """The connections open on one listening socket (at most MAX_CONNECTIONS)."""
+
+    __slots__ = ("open",)
+
+    def __init__(self) -> None:
+        self.open = 0
+
+
 class _NoCallbacks:
     """A parser's protocol with no callbacks (httptools looks each one up at creation)."""
 
@@ -445,18 +469,23 @@ class Connection(asyncio.Protocol):
         "body",
         "body_came",
         "body_gap",
+        "body_seen",
+        "body_timer",
         "chunked",
         "chunks",
         "closing",
         "content_length",
         "expect",
+        "fresh",
         "head_bytes",
         "head_tail",
         "head_timer",
+        "held",
         "in_head",
         "keep_alive_asked",
         "known",
         "line_done",
+        "listener",
         "max_body",
         "method",
         "parser",
@@ -474,8 +503,9 @@ class Connection(asyncio.Protocol):
         "url",
     )
 
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: Service, listener: Listener) -> None:
         self.service = service
+        self.listener = listener
         self.run = service.run
         self.known = service.known
         self.max_body = service.max_body
@@ -500,6 +530,12 @@ class Connection(asyncio.Protocol):
         # fields, which httptools gathers whole before handing over), bounded like a head.
         self.body_came = False
         self.body_gap = 0
+        # An unfinished body: when a read last brought some of it (loop time), its 408's
+        # timer, and how many of its bytes are counted in Service.pending.
+        self.body_seen = 0.0
+        self.body_timer: asyncio.TimerHandle | None = None
+        self.held = 0
+        self.fresh = True  # nothing read yet: closed when it stays so (HEAD_TIMEOUT)
         self.method = b"-"
         self.path = b"-"
         self.route = 0
@@ -508,6 +544,8 @@ class Connection(asyncio.Protocol):
 
     def reset(self) -> None:
         """Forget the request just answered (cheaper than an on_message_begin callback)."""
+        if self.held:
+            self.release()
         self.active = False
         self.url = b""
         self.body = b""
@@ -524,10 +562,26 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
         self.service.connections.add(self)
+        listener = self.listener
+        listener.open += 1
+        if listener.open > MAX_CONNECTIONS:
+            self.refuse_lingering(
+                503,
+                "TooManyConnections",
+                f"this instance already serves {MAX_CONNECTIONS} connections on this socket; "
+                "try again when some have closed",
+            )
+            return
+        self.head_timer = self.service.loop.call_later(HEAD_TIMEOUT, self.head_late)
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return  # refused (413, 400): what the client still sends is read and dropped
+        if self.fresh:
+            self.fresh = False
+            if self.head_timer is not None:
+                self.head_timer.cancel()
+                self.head_timer = None
         end = -1
         if self.at_boundary:
             end = data.find(b"\r\n\r\n") + 4
@@ -582,9 +636,50 @@ class Connection(asyncio.Protocol):
         else:
             if self.in_head and not self.closing:
                 self.head_pending(data, continuing, at_boundary)
-            elif self.active and self.chunked and not self.closing:
-                self.chunks_pending(len(data), in_chunks and self.begun == 0)
+            elif self.active and not self.closing:
+                if self.chunked:
+                    self.chunks_pending(len(data), in_chunks and self.begun == 0)
+                if not self.closing:
+                    self.body_pending()
         self.read = b""
+
+    def body_pending(self) -> None:
+        """Count the body this read left unfinished in Service.pending (MAX_PENDING); time
+        it (BODY_TIMEOUT)."""
+        service = self.service
+        self.body_seen = service.loop.time()
+        if self.received != self.held:
+            service.pending += self.received - self.held
+            self.held = self.received
+            if service.pending > MAX_PENDING:
+                self.refuse_lingering(
+                    503,
+                    "Busy",
+                    f"the request bodies this instance is receiving are over {MAX_PENDING} "
+                    "bytes together; try again in a moment",
+                )
+                return
+        if self.body_timer is None:
+            self.body_timer = service.loop.call_later(BODY_TIMEOUT, self.body_late)
+
+    def body_late(self) -> None:
+        self.body_timer = None
+        if not self.active or self.closing or self.in_head:
+            return
+        quiet = self.service.loop.time() - self.body_seen
+        if quiet < BODY_TIMEOUT:  # some came meanwhile: wait for the rest of the timeout
+            self.body_timer = self.service.loop.call_later(BODY_TIMEOUT - quiet, self.body_late)
+            return
+        message = f"nothing of the request body came for {BODY_TIMEOUT:g} s"
+        self.refuse_lingering(408, "RequestTimeout", message)
+
+    def release(self) -> None:
+        """Take this connection's unfinished body out of Service.pending; drop its timer."""
+        self.service.pending -= self.held
+        self.held = 0
+        if self.body_timer is not None:
+            self.body_timer.cancel()
+            self.body_timer = None
 
     def chunks_pending(self, size: int, continuing: bool) -> None:
         """Count the bytes of an unfinished chunked body that brought no body (MAX_HEAD)."""
@@ -626,7 +721,9 @@ class Connection(asyncio.Protocol):
 
     def head_late(self) -> None:
         self.head_timer = None
-        if self.in_head and not self.closing:
+        if self.fresh and not self.closing:
+            self.close()  # a connection that never sent anything: no request to answer
+        elif self.in_head and not self.closing:
             message = f"the request head was not whole {HEAD_TIMEOUT:g} s after it began"
             self.refuse_lingering(408, "RequestTimeout", message)
 
@@ -635,9 +732,13 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
+        self.listener.open -= 1
         if self.head_timer is not None:
             self.head_timer.cancel()  # it holds the connection for HEAD_TIMEOUT otherwise
             self.head_timer = None
+        self.release()
+        self.body = b""
+        self.chunks = None
         self.parser = ENDED_PARSER  # the cycle through its callbacks, broken at once
         self.service.lost(self)
 
@@ -816,6 +917,10 @@ class Connection(asyncio.Protocol):
         """Answer with an error to a client that may still be sending; then drop what
         follows, and close (see too_large)."""
         self.answer_queued()
+        if self.held:
+            self.release()
+        self.body = b""  # not held while the connection lingers
+        self.chunks = None
         if not self.active:  # refused before its head was whole
             self.started = perf_counter_ns()
             self.method = self.path = b"-"
@@ -861,11 +966,15 @@ async def start(
     if unix is not None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(unix)  # left by the previous run of this container
+        socket_listener = Listener()
         service.unix_server = await loop.create_unix_server(
-            lambda: Connection(service), unix, backlog=1024
+            lambda: Connection(service, socket_listener), unix, backlog=1024
         )
         os.chmod(unix, 0o666)  # the balancer may run as another user than the container
-    server = await loop.create_server(lambda: Connection(service), host, port, backlog=1024)
+    port_listener = Listener()
+    server = await loop.create_server(
+        lambda: Connection(service, port_listener), host, port, backlog=1024
+    )
     return service, server
 
 

@@ -1,5 +1,5 @@
 """Unit fixtures: desired states loaded from YAML documents written to a temporary repo, and
-small HTTP servers on 127.0.0.1 for the probes."""
+small HTTP servers on 127.0.0.1 for the probes, and a python node served in a thread."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import yaml
 
 from gitops_nodes.spec.load import load_spec
 from gitops_nodes.spec.state import DesiredState
+from tests.unit.test_pynode_server import COUNTER_CODE, Served, serving, write_node
 
 
 @pytest.fixture
@@ -49,3 +50,18 @@ def serve_http() -> Iterator[Callable[[type[BaseHTTPRequestHandler]], int]]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+@pytest.fixture
+def counter(tmp_path: Path) -> Iterator[Served]:
+    """A stateful python node served in a thread: each request adds `step` (an int) to a
+    count kept in the namespace."""
+    path = write_node(
+        tmp_path,
+        COUNTER_CODE,
+        {"step": "int"},
+        {"count": "int", "total": "int"},
+        setup="count = 0\n",
+    )
+    with serving(path) as served:
+        yield served

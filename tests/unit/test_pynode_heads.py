@@ -8,39 +8,20 @@ from __future__ import annotations
 import re
 import select
 import socket
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from gitops_nodes.pynode import server
 from gitops_nodes.pynode.server import MAX_HEAD
 from tests.unit.test_pynode_server import (
-    COUNTER_CODE,
     Served,
     post_step,
-    serving,
     split_response,
-    write_node,
 )
 
 PIECE = 8192
 CAP = 4 * 2**20  # bytes a test sends at most before it gives up waiting for an answer
 REFUSED = re.compile(rb"HTTP/1\.1 4\d\d ")
-
-
-@pytest.fixture
-def counter(tmp_path: Path) -> Iterator[Served]:
-    """test_pynode_server.py's counter node (a module's fixtures are its own)."""
-    path = write_node(
-        tmp_path,
-        COUNTER_CODE,
-        {"step": "int"},
-        {"count": "int", "total": "int"},
-        setup="count = 0\n",
-    )
-    with serving(path) as served:
-        yield served
 
 
 def send_until_refused(port: int, first: bytes, piece: bytes) -> tuple[int, bytes]:

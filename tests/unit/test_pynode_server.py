@@ -163,20 +163,6 @@ def model(tmp_path: Path) -> Iterator[Served]:
         yield served
 
 
-@pytest.fixture
-def counter(tmp_path: Path) -> Iterator[Served]:
-    """A stateful node: each request adds `step` (an int) to a count kept in the namespace."""
-    path = write_node(
-        tmp_path,
-        COUNTER_CODE,
-        {"step": "int"},
-        {"count": "int", "total": "int"},
-        setup="count = 0\n",
-    )
-    with serving(path) as served:
-        yield served
-
-
 def raw_exchange(port: int, data: bytes, until_close: bool = True) -> bytes:
     """Send raw bytes and read what comes back until the server closes the connection."""
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
