@@ -32,6 +32,7 @@ import uvicorn
 import watchfiles
 
 from balancer.access import AdminGuard, admin_guard
+from balancer.admin_http import ADMIN_MAX_CONNECTIONS, protocol_for
 from balancer.backends import Backend, Backends
 from balancer.client import ClientConnection
 from balancer.console import Console
@@ -292,6 +293,10 @@ class Balancer:
             log_level="warning",
             lifespan="off",
             access_log=False,
+            # Bounded like the data port (see balancer/admin_http.py): this process serves both.
+            http=protocol_for(self.proxy.settings.header_timeout),
+            h11_max_incomplete_event_size=self.proxy.settings.max_head,
+            limit_concurrency=ADMIN_MAX_CONNECTIONS,
             # No logging set-up of uvicorn's own: its records go through the process's
             # handlers, in the one format of --log-format.
             log_config=None,

@@ -82,8 +82,10 @@ def read_to_eof(sock: socket.socket, within: float = 10.0) -> bytes:
 
 
 @contextlib.contextmanager
-def connection(harness: BalancerHarness) -> Iterator[socket.socket]:
-    sock = socket.create_connection((HOST, harness.port), timeout=10)
+def connection(harness: BalancerHarness, admin: bool = False) -> Iterator[socket.socket]:
+    """A raw connection to the balancer's data port (or its admin port)."""
+    port = harness.admin_port if admin else harness.port
+    sock = socket.create_connection((HOST, port), timeout=10)
     try:
         yield sock
     finally:
@@ -153,6 +155,16 @@ def flood_64_mib(harness: BalancerHarness, begun: bytes) -> tuple[Answer, int]:
     """Send begun, then 64 MiB of "a" in 64 KiB blocks (never ending what begun began), while
     reading what the balancer answers until it closes: its one answer, and how much this
     process (the balancer runs in it) grew meanwhile at most."""
+    data, growth = flood_64_mib_raw(harness, begun)
+    [answer] = parse_answers(data)
+    return answer, growth
+
+
+def flood_64_mib_raw(
+    harness: BalancerHarness, begun: bytes, admin: bool = False
+) -> tuple[bytes, int]:
+    """flood_64_mib to the data port or the admin port: what was read before the balancer
+    closed (or reset) the connection, and the growth."""
     block = b"a" * 65536
     before = resident_bytes()
     peak = [before]
@@ -167,13 +179,15 @@ def flood_64_mib(harness: BalancerHarness, begun: bytes) -> tuple[Answer, int]:
         except OSError:
             pass  # the balancer may close before all of it is sent
 
-    with connection(harness) as sock:
+    with connection(harness, admin) as sock:
         sender = threading.Thread(target=flood, args=(sock,), daemon=True)
         sender.start()
-        data = read_to_eof(sock, within=60)
+        try:
+            data = read_to_eof(sock, within=60)
+        except ConnectionResetError:  # closed with our bytes unread: the answer may be lost
+            data = b""
         sender.join(60)
-    [answer] = parse_answers(data)
-    return answer, max(peak[0], resident_bytes()) - before
+    return data, max(peak[0], resident_bytes()) - before
 
 
 def test_a_64_mib_header_line_is_refused_431_without_being_buffered(
@@ -397,6 +411,68 @@ def test_status_shows_the_limits(
         "idleTimeoutSeconds": 60.0,
         "maxClients": 77,
     }
+
+
+# -- the admin port -----------------------------------------------------------------------
+# It runs in the data plane's process (uvicorn, balancer/admin_http.py): what it would hold,
+# the data plane would lose.
+
+
+@pytest.mark.parametrize(
+    "begun",
+    [b"GET /-/status HTTP/1.1\r\nHost: test\r\nX-Big: ", b"GET /-/"],
+    ids=["a header line", "a request line"],
+)
+def test_a_64_mib_head_on_the_admin_port_is_refused_without_being_buffered(
+    make_balancer: Callable[..., BalancerHarness], begun: bytes
+) -> None:
+    harness = make_balancer()
+    data, growth = flood_64_mib_raw(harness, begun, admin=True)
+    # uvicorn answers 400 and closes at once, so the answer may be lost to the reset that
+    # closing with unread bytes sends; closed it is, in any case (read_to_eof).
+    assert data == b"" or data.startswith(b"HTTP/1.1 400 "), data[:200]
+    assert growth < 24 * 2**20, growth  # before: 113 MiB for one 64 MiB header
+    assert harness.admin("GET", "/-/healthz").status == 200
+
+
+def test_the_admin_port_closes_a_connection_without_a_whole_head_in_the_header_timeout(
+    make_balancer: Callable[..., BalancerHarness],
+) -> None:
+    harness = make_balancer(ProxySettings(header_timeout=1.0))
+    with connection(harness, admin=True) as silent, connection(harness, admin=True) as drip:
+        started = time.monotonic()
+        for byte in get("/-/healthz", "X-Filler: " + "f" * 100):  # 8 s of one byte a 60 ms
+            drip.sendall(bytes([byte]))
+            if readable(drip):
+                break
+            time.sleep(0.06)  # the client's pace, not a wait for the server
+        assert read_to_eof(drip) == b""  # closed with no answer: no request came whole
+        assert time.monotonic() - started < 5
+        wait_until(lambda: is_closed(silent), "the silent connection to close", 10.0)
+    assert harness.admin("GET", "/-/healthz").status == 200
+
+
+def test_the_admin_port_answers_503_past_its_connection_limit(
+    make_balancer: Callable[..., BalancerHarness], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("balancer.server.ADMIN_MAX_CONNECTIONS", 5)
+    harness = make_balancer(ProxySettings(header_timeout=60.0))
+    with contextlib.ExitStack() as stack:
+        for _ in range(5):
+            stack.enter_context(connection(harness, admin=True))
+
+        def admin_connections() -> int:
+            admin = harness.balancer._admin
+            assert admin is not None
+            return len(admin.server_state.connections)
+
+        wait_until(lambda: harness.call(admin_connections) == 5, "5 idle admin connections")
+        with connection(harness, admin=True) as sock:
+            sock.sendall(get("/-/healthz"))
+            assert read_answer(sock).status == 503
+        assert harness.get("/-/healthz").status != 503  # the data port is not limited
+    wait_until(lambda: harness.call(admin_connections) == 0, "the idle ones gone")
+    assert harness.admin("GET", "/-/healthz").status == 200
 
 
 # -- pipelining ---------------------------------------------------------------------------
