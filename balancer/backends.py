@@ -8,6 +8,7 @@ check), and marks the ones it drops as removed, to be drained and closed.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -45,6 +46,7 @@ class Backend:
         "settings",
         "socket",
         "status",
+        "unhealthy_since",
     )
 
     def __init__(
@@ -73,16 +75,29 @@ class Backend:
         self.fails = 0
         self.last_error = ""
         self.checked_at = 0.0
+        self.unhealthy_since: float | None = None  # time.monotonic() it turned Unhealthy
 
     def mark_healthy(self) -> None:
         self.healthy = True
         self.status = "Healthy"
         self.last_error = ""
+        self.unhealthy_since = None
 
     def mark_unhealthy(self, reason: str) -> None:
         self.healthy = False
+        if self.status != "Unhealthy":
+            self.unhealthy_since = time.monotonic()
         self.status = "Unhealthy"
         self.last_error = reason
+
+    def failing_for(self, now: float) -> float:
+        """Seconds it has been Unhealthy with its checks failing still (0: it is not);
+        now is time.monotonic(). An instance ejected for a refused connection whose checks
+        pass again is not failing."""
+        since = self.unhealthy_since
+        if since is None or self.fails == 0 or self.status != "Unhealthy":
+            return 0.0
+        return now - since
 
     def eject(self, reason: str) -> None:
         """Take it out of balancing at once (a refused or reset connection); checks readmit it."""

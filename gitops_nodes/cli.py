@@ -326,6 +326,12 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("--branch", default="main", help="the branch to follow (main)")
     sub.add_argument("--path", default=".", help="the folder inside the repo with the spec")
     sub.add_argument("--interval", default="30s", help="how often to fetch and check drift")
+    sub.add_argument(
+        "--replace-unhealthy-after",
+        default="60s",
+        help="replace an instance (make before break) that the balancer has counted Unhealthy, "
+        "its health checks failing, this long: hung code, a deadlock (60s; 0 never)",
+    )
     project_options(sub)
     serve_options(sub)
     log_format_option(sub)
@@ -801,6 +807,24 @@ def _serve(args: argparse.Namespace) -> int:
     return run(state.table, options, settings, workers=args.workers)
 
 
+def _replace_unhealthy_after(text: str) -> float:
+    """--replace-unhealthy-after in seconds (0: never)."""
+    from gitops_nodes.spec.models import parse_duration
+
+    if text.strip() == "0":
+        return 0.0
+    try:
+        seconds = parse_duration(text)
+    except ValueError:
+        seconds = -1.0
+    if not 1.0 <= seconds <= 86_400.0:
+        raise GitopsNodesError(
+            "--replace-unhealthy-after: expected a duration from 1s to 24h such as 60s or 5m, "
+            f"or 0 to never replace an Unhealthy instance, got {text!r}"
+        )
+    return seconds
+
+
 def _admin_token(args: argparse.Namespace) -> str | None:
     """The admin port's key, from GITOPS_NODES_ADMIN_TOKEN or the file GITOPS_NODES_ADMIN_TOKEN_FILE
     names; checked here so that a missing or weak one stops the command before it listens."""
@@ -870,6 +894,7 @@ def _watch(args: argparse.Namespace) -> int:
             f"--interval: expected a duration from 1s to 24h such as 30s or 1m, "
             f"got {args.interval!r}"
         )
+    replace_after = _replace_unhealthy_after(args.replace_unhealthy_after)
     admin_token = _admin_token(args)
     name = args.repo.rstrip("/").removesuffix(".git")
     project = args.project or workflow.project_name(Path(name))
@@ -919,6 +944,7 @@ def _watch(args: argparse.Namespace) -> int:
         hook_token=os.environ.get("GITOPS_NODES_HOOK_TOKEN"),
         drift=lambda notify, stop: follow_events(project, notify, stop),
         notifier=(notifier := Notifier(project)),
+        replace_unhealthy_after=replace_after,
     )
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, watch.stop)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 from balancer.table import RoutingTable
@@ -18,6 +18,10 @@ STARTABLE = frozenset({"exited"})  # a stopped container that starts again as it
 # plans. Swarm starts its replacement on another host by itself, and stops it when the host
 # is back; an apply that waited for it to stop would wait for the host.
 LOST = "lost"
+# A running container the balancer has counted Unhealthy, its checks failing, for longer than
+# watch lets one be (--replace-unhealthy-after): hung code, a deadlock. Not alive, so plan
+# replaces it make-before-break, as Swarm replaces a task whose health check keeps failing.
+UNRESPONSIVE = "unresponsive"
 LOOPBACK = "127.0.0.1"
 UNLABELLED = ""  # the owner of a container made before owner labels existed
 
@@ -94,6 +98,16 @@ class LiveState:
             grouped.setdefault(instance.node, []).append(instance)
         frozen = {node: tuple(items) for node, items in sorted(grouped.items())}
         object.__setattr__(self, "by_node", MappingProxyType(frozen))
+
+    def with_unresponsive(self, names: Collection[str]) -> LiveState:
+        """This state with the running instances named marked UNRESPONSIVE (see there)."""
+        marked = tuple(
+            replace(i, state=UNRESPONSIVE) if i.name in names and i.state == "running" else i
+            for i in self.instances
+        )
+        if marked == self.instances:
+            return self
+        return replace(self, instances=marked)
 
     def node_names(self) -> set[str]:
         """Nodes that exist: with containers, or published in the routing table."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -196,13 +196,17 @@ def apply(
     on_start: Callable[[PlanStep], None] | None = None,
     check: Callable[[Plan, LiveState], None] | None = None,
     adopt: bool = False,
+    unresponsive: Collection[str] = (),
 ) -> ApplyRun:
     """Plan and apply under the project's lock, so concurrent applies take turns; check
-    (gitops_nodes/guards.py) may refuse the plan, raising, before anything changes."""
+    (gitops_nodes/guards.py) may refuse the plan, raising, before anything changes.
+    unresponsive names running instances to plan as not alive (watch: see UNRESPONSIVE)."""
     with state.lock(LOCK_TIMEOUT):
         if desired.nodes or desired.aliases:  # destroying needs nothing made first
             runtime.prepare_project(project, state)
         live = claim(state, observe(runtime, project, state, adopt))
+        if unresponsive:
+            live = live.with_unresponsive(unresponsive)
         runtime.balancers(project, state).sync(live.table)
         plan = make_plan(project, desired, live)
         if saved is not None:

@@ -32,10 +32,12 @@ from gitops_nodes.watch.source import Revision, Source
 
 log = logging.getLogger("gitops_nodes.watch")
 
-HEALING = frozenset({"drift", "engine", "interval", "retry", "start"})
+HEALING = frozenset({"drift", "engine", "interval", "retry", "start", "unresponsive"})
 RETRY_AFTER_FAILURE = 5.0  # seconds before an unreachable source or engine is tried again
 DETAIL_EVERY = 2.0  # seconds a node's detail (spec, log lines) is reused for its page
 DRIFT_JOIN = 0.1  # seconds a stopping watch gives the drift thread before it exits anyway
+REPLACE_UNHEALTHY_AFTER = 60.0  # seconds Unhealthy, checks failing, before a replacement
+UNRESPONSIVE_EVERY = 1.0  # seconds between looks at the balancer's health for those
 
 
 class WatchLoop:
@@ -51,6 +53,7 @@ class WatchLoop:
         hook_token: str | None,
         drift: Callable[[Callable[[str], None], threading.Event], None] | None = None,
         notifier: Notifier | None = None,
+        replace_unhealthy_after: float = REPLACE_UNHEALTHY_AFTER,
     ) -> None:
         self.loop = loop
         self.source = source
@@ -60,6 +63,7 @@ class WatchLoop:
         self.hook_token = hook_token
         self.drift = drift
         self.notifier = notifier
+        self.replace_unhealthy_after = replace_unhealthy_after  # 0: never
         self.reasons: set[str] = set()
         self.wake = asyncio.Event()
         self.stopping = asyncio.Event()
@@ -142,6 +146,32 @@ class WatchLoop:
             if not self.stopping.is_set():
                 self.trigger("interval")
 
+    async def _replace_unresponsive(self) -> None:
+        """Hand the reconciler the instances the balancer has counted Unhealthy, their checks
+        failing, for replace_unhealthy_after; reconcile when one is new. On one engine nothing
+        else replaces a container whose process hangs: it stays up, refused no connection, and
+        without this its node would stay short of it (with one instance, down) for good."""
+        after = self.replace_unhealthy_after
+        reconciler = self.reconciler
+        while not self.stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), UNRESPONSIVE_EVERY)
+            now = time.monotonic()
+            stuck = frozenset(
+                backend.instance
+                for backend in self.balancer.backends.by_key.values()
+                if not backend.removed and backend.failing_for(now) >= after
+            )
+            new = stuck - reconciler.unresponsive
+            reconciler.unresponsive = stuck  # read by the reconcile's thread: one reference
+            if new:
+                log.warning(
+                    "replacing %s: Unhealthy, its health checks failing, for %gs or more",
+                    ", ".join(sorted(new)),
+                    after,
+                )
+                self.trigger("unresponsive")
+
     async def _follow_changes(self) -> None:
         async for _ in self.source.changes(self.stopping):
             self.trigger("change")
@@ -155,6 +185,8 @@ class WatchLoop:
             self.loop.create_task(self._ticker()),
             self.loop.create_task(self._follow_changes()),
         ]
+        if self.replace_unhealthy_after > 0:
+            tasks.append(self.loop.create_task(self._replace_unresponsive()))
         drift_thread = None
         if self.drift is not None:
             drift_thread = threading.Thread(

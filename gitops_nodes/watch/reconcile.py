@@ -118,6 +118,8 @@ class Reconciler:
         self.quiet = 0  # reconciles with nothing to change since the last summary line
         self.quiet_since = time.monotonic()
         self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY_KEPT)  # oldest first
+        # Running instances to replace as not alive, set by the watch loop (live.UNRESPONSIVE).
+        self.unresponsive: frozenset[str] = frozenset()
 
     def reconcile(self, revision: Revision, reason: str) -> ReconcileResult:
         """Load, plan and apply revision; never raises for a bad revision or a failed apply.
@@ -275,6 +277,7 @@ class Reconciler:
                 on_publish=self.on_publish,
                 on_start=progress.step_started,  # for a live display, on a terminal
                 check=check,
+                unresponsive=self.unresponsive,
             )
         except Refused as exc:
             return self._record(result("refused", error=str(exc)))

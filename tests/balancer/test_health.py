@@ -5,6 +5,7 @@ health state survives a table swap."""
 from __future__ import annotations
 
 import os
+import time
 from collections import Counter
 from collections.abc import Callable
 
@@ -36,8 +37,15 @@ def test_unhealthy_instance_is_skipped_and_readmitted(
     assert served_by(balancer, "/nodes/a/x", 20) == {"a1": 20}
     assert balancer.instances()["a2"]["lastError"]
 
+    # How long its checks have been failing: what watch replaces a hung instance on.
+    key = (a2.name, a2.endpoint().host, a2.port)
+    backend = balancer.call(lambda: balancer.balancer.backends.by_key[key])
+    assert backend.failing_for(time.monotonic()) > 0
+    assert backend.failing_for(time.monotonic() + 30) > 30
+
     a2.set_healthy(True)
     balancer.wait_status({"a2": "Healthy"})
+    assert backend.failing_for(time.monotonic()) == 0
     counts = served_by(balancer, "/nodes/a/x", 20)
     assert counts["a2"] >= 5 and counts["a1"] >= 5, counts
 

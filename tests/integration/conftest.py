@@ -83,16 +83,16 @@ def serve(state: StateDir, project: str) -> Iterator[Callable[[], int]]:
 
 @pytest.fixture
 def watch(tmp_path: Path, project: str) -> Iterator[Callable[[str], Watch]]:
-    """Start `gitops-nodes watch` on a fresh git repository holding the test service and a
-    first commit of the given spec. Stopped afterwards."""
+    """Start `gitops-nodes watch` (with any more arguments given) on a fresh git repository
+    holding the test service and a first commit of the given spec. Stopped afterwards."""
     repo = tmp_path / "origin"
     repo.mkdir()
     git(repo, "init", "-q", "-b", "main")
     shutil.copytree(APP_DIR, repo / "app")
     started: list[Watch] = []
 
-    def start(first_spec: str) -> Watch:
-        watcher = Watch(repo, project, tmp_path / "state")
+    def start(first_spec: str, *args: str) -> Watch:
+        watcher = Watch(repo, project, tmp_path / "state", args=args)
         watcher.commit(first_spec, "first")
         started.append(watcher)
         return watcher

@@ -223,7 +223,12 @@ class Watch:
     """A `gitops-nodes watch` process following a repository made for the test."""
 
     def __init__(
-        self, repo: Path, project: str, state: Path, env: dict[str, str] | None = None
+        self,
+        repo: Path,
+        project: str,
+        state: Path,
+        env: dict[str, str] | None = None,
+        args: tuple[str, ...] = (),
     ) -> None:
         self.repo = repo
         self.project = project
@@ -249,6 +254,7 @@ class Watch:
                 str(self.port),
                 "--admin-port",
                 str(self.admin),
+                *args,
             ],
             env=env,
             stdout=self.log_file,

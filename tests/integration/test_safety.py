@@ -1,10 +1,12 @@
 """The safety rules on the real engine, as a user meets the failures they prevent: a killed
 apply re-run onto instances that never turn Healthy, weights moved onto a node that turned
 sick (R-route), an empty repository under apply and watch (R-prune), a rollout nobody calls
-(R-data). Each failed on the code before the rules."""
+(R-data), and under watch an instance whose checks keep failing, or whose code hangs, replaced
+make-before-break. Each failed on the code before the rules."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -168,6 +170,93 @@ def test_an_empty_commit_under_watch_is_refused_and_the_nodes_keep_serving(
     assert watcher.status()["appliedRevision"] == first
     assert watcher.versions() == {"1"}
     assert [i.node for i in runtime.list_instances(project)] == ["v1"]
+
+
+def test_watch_replaces_an_instance_whose_health_checks_keep_failing(
+    watch: Callable[..., Watch], runtime: DockerRuntime, project: str
+) -> None:
+    # On one engine nothing else would: the container runs, refuses no connection, and its
+    # node (one instance here) stays down for good. A hung process looks the same to checks.
+    watcher = watch(
+        node_yaml("v1", "1", extra_env=SICK) + alias_yaml("api", {"v1": 100}),
+        "--replace-unhealthy-after",
+        "2s",
+    )
+    watcher.wait(lambda: watcher.serves({"1"}), "v1 to serve")
+    [hung] = [i.name for i in runtime.list_instances(project)]
+    sick = subprocess.run(
+        ["docker", "exec", hung, "touch", "/tmp/sick"], capture_output=True, text=True
+    )
+    assert sick.returncode == 0, sick.stderr
+
+    def replaced() -> bool:
+        names = [i.name for i in runtime.list_instances(project)]
+        return len(names) == 1 and hung not in names
+
+    watcher.wait(replaced, "the failing instance replaced and removed", 120)
+    watcher.wait(lambda: watcher.serves({"1"}), "the alias to serve from the new one")
+    assert f"replacing {hung}: Unhealthy" in watcher.log.read_text()
+    reconciles = watcher.status()["history"]
+    assert any(  # with the interval's reason too, when both came during one reconcile
+        "unresponsive" in r["reason"].split(",") and r["outcome"] == "applied" for r in reconciles
+    )
+
+
+HANGING_CODE = """
+if x < 0:
+    while True:  # a request that never returns: the instance's one thread is taken for good
+        pass
+y = x * 2
+"""
+DOUBLER = """
+apiVersion: gitops-nodes/v1
+kind: Node
+metadata: {name: doubler}
+spec:
+  python: {code: model/predict.py, inputs: {x: float}, outputs: {y: float}}
+  healthCheck: {path: /healthz, interval: 200ms, timeout: 500ms, startTimeout: 30s}
+---
+"""
+
+
+def post_x(port: int, x: float, timeout: float) -> tuple[int, object]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        connection.request("POST", "/aliases/double/", body=json.dumps({"x": x}))
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+def test_watch_replaces_a_python_node_whose_code_hangs(
+    watch: Callable[..., Watch], runtime: DockerRuntime, project: str, tmp_path: Path
+) -> None:
+    model = tmp_path / "origin" / "model"  # the watch fixture's repository, before its commit
+    model.mkdir(parents=True)
+    (model / "predict.py").write_text(HANGING_CODE)
+    watcher = watch(
+        DOUBLER + alias_yaml("double", {"doubler": 100}), "--replace-unhealthy-after", "2s"
+    )
+
+    def answers() -> bool:
+        try:
+            return post_x(watcher.port, 2, 5) == (200, {"y": 4.0})
+        except (OSError, http.client.HTTPException, ValueError):
+            return False
+
+    watcher.wait(answers, "doubler to serve")
+    [hung] = [i.name for i in runtime.list_instances(project)]
+    with contextlib.suppress(OSError):  # the client gives up; the instance stays hung
+        post_x(watcher.port, -1, 1)
+
+    def replaced() -> bool:
+        names = [i.name for i in runtime.list_instances(project)]
+        return len(names) == 1 and hung not in names
+
+    watcher.wait(replaced, "the hung instance replaced and removed", 120)
+    assert answers()
+    assert f"replacing {hung}: Unhealthy" in watcher.log.read_text()
 
 
 def test_a_rollout_nobody_calls_is_not_promoted(

@@ -308,6 +308,36 @@ def test_an_exited_instance_is_replaced(desired: Callable[..., DesiredState]) ->
     assert not any(s.instance == up.name for s in plan.steps())
 
 
+def test_an_unresponsive_instance_is_replaced_make_before_break(
+    desired: Callable[..., DesiredState],
+) -> None:
+    # watch marks a running instance the balancer has counted Unhealthy too long (hung code).
+    spec = desired(node_doc("web", instances=2))
+    up, hung = instances_of(spec.nodes["web"])
+    live = LiveState(PROJECT, (up, hung), table=table_for(spec, (up, hung)))
+    assert make_plan(PROJECT, spec, live).empty
+
+    marked = live.with_unresponsive({hung.name, "not-an-instance"})
+    assert [i.state for i in marked.instances] == ["running", "unresponsive"]
+    assert live.with_unresponsive(()) is live
+    plan = make_plan(PROJECT, spec, marked)
+
+    change = node_change(plan, "web")
+    assert "instance 1 is unresponsive" in change.reason
+    assert [(i.index, i.action, i.old) for i in change.instances] == [
+        (1, Action.REPLACE, hung.name)
+    ]
+    assert path(plan, "wait web/1", f"publish web/1 replacing {hung.name}")
+    assert path(plan, f"publish web/1 replacing {hung.name}", f"remove {hung.name}")
+    assert not any(s.instance == up.name for s in plan.steps())
+
+
+def test_only_running_instances_are_marked_unresponsive() -> None:
+    exited = LiveInstance("proj-web-0", "web", 0, "h", None, "exited", 1)
+    live = LiveState(PROJECT, (exited,))
+    assert live.with_unresponsive({exited.name}) is live
+
+
 def test_an_instance_removed_by_hand_is_created_again(
     desired: Callable[..., DesiredState],
 ) -> None:

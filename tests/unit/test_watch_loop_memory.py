@@ -15,9 +15,10 @@ from typing import Any, cast
 
 import pytest
 
+from balancer.backends import Backend, Backends
 from balancer.console import Console
 from balancer.server import Balancer, ServeOptions
-from balancer.table import RoutingTable, read_table
+from balancer.table import Endpoint, HealthSettings, RoutingTable, read_table
 from gitops_nodes.apply import ApplyOptions
 from gitops_nodes.runtime.memory import Faults, MemoryRuntime, VirtualClock
 from gitops_nodes.statedir import StateDir
@@ -51,6 +52,7 @@ class StandInBalancer:
         self.node_detail: Any = None
         self.metrics = type("Metrics", (), {"nodes": {}})()
         self.router = type("Router", (), {"nodes": {}})()
+        self.backends = Backends()  # what the test puts there: the loop reads their health
         self.tables: list[RoutingTable] = []
 
     def swap(self, table: RoutingTable) -> None:
@@ -95,7 +97,7 @@ class ListSource:
 
 
 class Harness:
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, replace_unhealthy_after: float = 60.0) -> None:
         self.runtime = MemoryRuntime(VirtualClock(), Faults())
         self.runtime.fleet(PROJECT).start()
         self.repo = Repo(tmp_path / "repo")
@@ -125,6 +127,7 @@ class Harness:
             cast(Balancer, self.balancer),
             3600.0,  # no timer: the test wakes the loop with each commit
             None,
+            replace_unhealthy_after=replace_unhealthy_after,
         )
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -347,3 +350,37 @@ def test_the_consoles_reconcile_action_runs_a_reconcile(harness: Harness) -> Non
             "a reconcile for the console",
             lambda: any(e["reason"] == "console" for e in list(h.reconciler.history)),
         )
+
+
+def test_an_instance_unhealthy_too_long_is_replaced_and_the_reason_recorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("gitops_nodes.watch.loop.UNRESPONSIVE_EVERY", 0.02)
+    with Harness(tmp_path, replace_unhealthy_after=5.0) as h:
+        start_v1(h)
+        [hung] = h.runtime.list_instances(PROJECT)
+        backend = Backend("v1", Endpoint(hung.name, "127.0.0.1", 1), HealthSettings())
+        backend.mark_unhealthy("GET /healthz failed: timed out")
+        backend.fails = 3
+
+        def failing(seconds: float) -> None:  # on the loop's thread, which reads them
+            backend.unhealthy_since = time.monotonic() - seconds
+            h.balancer.backends.by_key[backend.key] = backend
+
+        h.loop.call_soon_threadsafe(failing, 4.0)  # not yet long enough
+        time.sleep(0.1)  # several looks (every 20 ms): none may replace it yet
+        assert h.reconciler.unresponsive == frozenset()
+        assert [i.name for i in h.runtime.list_instances(PROJECT)] == [hung.name]
+
+        h.loop.call_soon_threadsafe(failing, 6.0)
+        h.wait(
+            "a replacement, and the hung instance removed",
+            lambda: [i.name for i in h.runtime.list_instances(PROJECT)] not in ([hung.name], []),
+        )
+        h.wait("the hung one gone", lambda: len(h.runtime.list_instances(PROJECT)) == 1)
+        last = h.status()["history"][-1]
+        assert last["reason"] == "unresponsive" and last["outcome"] == "applied"
+        table = read_table(h.state.table)
+        assert table is not None
+        [published] = table.nodes["v1"].endpoints
+        assert published.instance != hung.name
