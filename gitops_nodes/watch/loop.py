@@ -365,6 +365,9 @@ class WatchLoop:
                 "source": self.source.describe(),
                 "sourceError": self.source_error,
                 "interval": self.interval,
+                # 0: never; unresponsive: the instances it is replacing for that (see there)
+                "replaceUnhealthyAfter": self.replace_unhealthy_after,
+                "unresponsive": sorted(self.reconciler.unresponsive),
                 "reconciling": self.reconciling,
                 "reconciles": self.reconciles,
                 "now": time.time(),

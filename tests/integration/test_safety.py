@@ -189,13 +189,19 @@ def test_watch_replaces_an_instance_whose_health_checks_keep_failing(
     )
     assert sick.returncode == 0, sick.stderr
 
+    seen: set[str] = set()
+
     def replaced() -> bool:
+        seen.update(watcher.status()["unresponsive"])  # shown while it is being replaced
         names = [i.name for i in runtime.list_instances(project)]
         return len(names) == 1 and hung not in names
 
     watcher.wait(replaced, "the failing instance replaced and removed", 120)
     watcher.wait(lambda: watcher.serves({"1"}), "the alias to serve from the new one")
     assert f"replacing {hung}: Unhealthy" in watcher.log.read_text()
+    assert seen == {hung}
+    watcher.wait(lambda: watcher.status()["unresponsive"] == [], "nothing left to replace")
+    assert watcher.status()["replaceUnhealthyAfter"] == 2.0
     reconciles = watcher.status()["history"]
     assert any(  # with the interval's reason too, when both came during one reconcile
         "unresponsive" in r["reason"].split(",") and r["outcome"] == "applied" for r in reconciles
