@@ -14,7 +14,7 @@ import yaml
 
 from gitops_nodes.spec.load import load_spec
 from gitops_nodes.spec.state import DesiredState
-from tests.unit.test_pynode_server import COUNTER_CODE, Served, serving, write_node
+from tests.unit.test_pynode_server import Served, serving, write_counter
 
 
 @pytest.fixture
@@ -56,12 +56,5 @@ def serve_http() -> Iterator[Callable[[type[BaseHTTPRequestHandler]], int]]:
 def counter(tmp_path: Path) -> Iterator[Served]:
     """A stateful python node served in a thread: each request adds `step` (an int) to a
     count kept in the namespace."""
-    path = write_node(
-        tmp_path,
-        COUNTER_CODE,
-        {"step": "int"},
-        {"count": "int", "total": "int"},
-        setup="count = 0\n",
-    )
-    with serving(path) as served:
+    with serving(write_counter(tmp_path)) as served:
         yield served

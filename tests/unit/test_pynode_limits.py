@@ -16,12 +16,11 @@ import pytest
 
 from gitops_nodes.pynode import server
 from tests.unit.test_pynode_server import (
-    COUNTER_CODE,
     Served,
     post_step,
     serving,
     split_response,
-    write_node,
+    write_counter,
 )
 from tests.waiting import wait_until
 
@@ -132,15 +131,8 @@ def test_connections_past_the_cap_get_503_and_the_unix_socket_is_counted_apart(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(server, "MAX_CONNECTIONS", 3)
-    path = write_node(
-        tmp_path,
-        COUNTER_CODE,
-        {"step": "int"},
-        {"count": "int", "total": "int"},
-        setup="count = 0\n",
-    )
     unix = tmp_path / "node.sock"
-    with serving(path, unix=unix) as served, contextlib.ExitStack() as stack:
+    with serving(write_counter(tmp_path), unix=unix) as served, contextlib.ExitStack() as stack:
         idle = open_idle(served.port, 3, stack)
         wait_until(lambda: len(served.service.connections) == 3, "3 connections accepted")
         with connected(served.port) as refused:

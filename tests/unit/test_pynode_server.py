@@ -105,6 +105,18 @@ def write_node(
     return path
 
 
+def write_counter(folder: Path) -> Path:
+    """The counter node's config in folder: each request adds `step` (an int) to a count
+    kept in the namespace."""
+    return write_node(
+        folder,
+        COUNTER_CODE,
+        {"step": "int"},
+        {"count": "int", "total": "int"},
+        setup="count = 0\n",
+    )
+
+
 @contextmanager
 def serving(
     config_path: Path,
