@@ -8,7 +8,7 @@ process by 113 MiB), keeps a connection that never finishes a head for ever, and
 limit on connections. Here:
 
 - a head (its request line and header lines) over the data port's --max-head-size is
-  refused (h11's limit on an incomplete event: 400, then closed);
+  refused (h11's limit on an incomplete event: 400 in the admin port's JSON, then closed);
 - a connection waiting for a head (new, or between requests) that has none whole within the
   data port's --header-timeout is closed; uvicorn's own keep-alive timeout (5 s) still closes
   an idle one sooner, but any byte re-arms that one, not this;
@@ -19,6 +19,7 @@ limit on connections. Here:
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -52,6 +53,19 @@ class AdminProtocol(H11Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_waiting()
         super().connection_lost(exc)
+
+    def send_400_response(self, msg: str) -> None:
+        """A malformed request, or a head past the limit: answered as the admin port's other
+        errors are (JSON), then closed (uvicorn's own answer is plain text)."""
+        del msg  # uvicorn's one text for every such request
+        body = json.dumps(
+            {"error": "invalid HTTP request: malformed, or its head is over the size limit"}
+        ).encode()
+        self.transport.write(
+            b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
+        )
+        self.transport.close()
 
     def _waiting(self) -> bool:
         """Whether no request is in progress: the next head is what the connection waits for."""
