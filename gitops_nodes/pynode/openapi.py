@@ -2,7 +2,7 @@
 
 It describes `POST /` (and its alias `POST /predict`): a flat JSON object of the input
 variables in, a flat JSON object of the output variables out, each variable with the JSON
-Schema of its declared type; and the error answers (400, 408, 413, 422, 500, 503) with
+Schema of its declared type; and the error answers (400, 408, 413, 422, 429, 500, 503) with
 their bodies.
 """
 
@@ -58,6 +58,7 @@ def document(config: NodeConfig, max_bytes: int) -> dict[str, Any]:
             "408": _json("Error", "The request body stopped coming before it was whole"),
             "413": _json("Error", f"The request body is over {limit}"),
             "422": _json("InvalidInput", "Inputs missing, of the wrong type, or unknown"),
+            "429": _json("Error", "Too many pipelined requests wait on this connection"),
             "500": _json(
                 "Error",
                 "The code raised (error_name is the exception's type), did not set an output, "

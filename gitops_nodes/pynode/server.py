@@ -50,7 +50,8 @@ MAX_HEAD bytes (431, or 414 for the request line alone) and must be whole within
 seconds of the read that began it (408); a new connection that sends nothing for
 HEAD_TIMEOUT is closed; a body stalled for BODY_TIMEOUT is 408; the bodies the instance holds
 unfinished, over all its connections, are at most MAX_PENDING bytes (503 to the connection
-whose read would pass it); each listening socket serves at most MAX_CONNECTIONS connections
+whose read would pass it); at most MAX_PIPELINED requests of one connection wait in a turn
+(429 after their answers); each listening socket serves at most MAX_CONNECTIONS connections
 (503 to a new one past it; the port and the balancer's Unix socket are counted apart, so a
 flood of the port does not shut the balancer out). These refusals close the connection.
 """
@@ -87,6 +88,7 @@ REASONS = {
     414: b"URI Too Long",
     431: b"Request Header Fields Too Large",
     422: b"Unprocessable Content",
+    429: b"Too Many Requests",
     500: b"Internal Server Error",
     503: b"Service Unavailable",
 }
@@ -110,6 +112,11 @@ HEAD_TIMEOUT = 30.0  # seconds for a head to be whole once a read left it begun;
 BODY_TIMEOUT = 30.0  # seconds an unfinished body may go without a byte; past it 408
 MAX_PENDING = 128 * 2**20  # bytes of unfinished bodies held, all connections; past it 503
 MAX_CONNECTIONS = 10_000  # open connections per listening socket; a new one past it 503
+# Requests of one connection waiting in a turn (pipelined: sent before the earlier were
+# answered). Each waits with its answer until the turn's writes, and orjson's answers keep a
+# 4 KiB buffer each: 60,000 tiny pipelined requests (3 MB) held 240 MB at once. As the
+# balancer does: 429 after the answers to those before it, then closed.
+MAX_PIPELINED = 100
 FLUSH_DELAY = 0.1  # seconds the access log may wait before it is flushed
 ACCESS_LOG_ENV = "GITOPS_NODES_ACCESS_LOG"  # errors (the default), all, or N: one in N
 ERRORS_ONLY = 0  # Service.every: log no successful request, only errors
@@ -858,6 +865,14 @@ class Connection(asyncio.Protocol):
 
     def queue(self, request: Request) -> None:
         """Queue a whole request for the turn; after a last one, read no further."""
+        if self.queued >= MAX_PIPELINED:
+            self.refuse_lingering(
+                429,
+                "TooManyRequests",
+                f"more than {MAX_PIPELINED} pipelined requests wait for their answers on this "
+                "connection; send more once those are answered",
+            )
+            return
         self.queued += 1
         if not request.keep_alive:
             self.closing = True  # its answer closes the connection: drop what follows

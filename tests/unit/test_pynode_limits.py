@@ -1,13 +1,15 @@
 """What any client of a python node's published port can make its instance hold, besides a
 request head (test_pynode_heads.py): a body that stops coming (408 after BODY_TIMEOUT), the
-unfinished bodies of all connections together (503 past MAX_PENDING), open connections per
-listening socket (503 past MAX_CONNECTIONS), a connection that never sends anything (closed
-after HEAD_TIMEOUT). Real HTTP over loopback, the node served in a thread."""
+unfinished bodies of all connections together (503 past MAX_PENDING), pipelined requests of
+one connection (429 past MAX_PIPELINED), open connections per listening socket (503 past
+MAX_CONNECTIONS), a connection that never sends anything (closed after HEAD_TIMEOUT). Real HTTP
+over loopback, the node served in a thread."""
 
 from __future__ import annotations
 
 import contextlib
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from gitops_nodes.pynode import server
+from tests.resident import resident_bytes
 from tests.unit.test_pynode_server import (
     Served,
     post_step,
@@ -184,3 +187,45 @@ def test_a_kept_alive_connection_between_requests_is_not_closed(
         sock.settimeout(10)
         sock.sendall(post_step(2))
         assert sock.recv(65536).endswith(b'{"count":3,"total":3}')
+
+
+def test_pipelined_requests_past_the_limit_get_429_after_the_answers_before(
+    counter: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(server, "MAX_PIPELINED", 3)
+    with connected(counter.port) as sock:
+        sock.sendall(b"".join(post_step(1) for _ in range(10)))  # one write: one read
+        answers = read_to_close(sock).split(b"HTTP/1.1 ")[1:]
+
+    assert [a[:3] for a in answers] == [b"200", b"200", b"200", b"429"]
+    assert answers[2].endswith(b'{"count":3,"total":3}')
+    _, headers, body = split_response(b"HTTP/1.1 " + answers[3])
+    assert headers["connection"] == "close" and body["error_name"] == "TooManyRequests"
+    assert counter.post({"step": 1}) == (200, {"count": 4, "total": 4})
+
+
+def test_a_flood_of_pipelined_requests_nobody_reads_holds_little(counter: Served) -> None:
+    # 60,000 tiny requests (2.9 MB) in one go: before the limit the instance ran them all in
+    # one turn and held every answer meanwhile, 240 MB of them (orjson keeps 4 KiB each).
+    flood = post_step(1) * 60_000
+    before = resident_bytes()
+    peak = [before]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.01):
+            peak[0] = max(peak[0], resident_bytes())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        with connected(counter.port) as sock:
+            with contextlib.suppress(OSError):  # refused and closed while sending
+                sock.sendall(flood)
+            with contextlib.suppress(OSError):
+                read_to_close(sock)
+    finally:
+        done.set()
+        sampler.join(5)
+    assert max(peak[0], resident_bytes()) - before < 40 * 2**20
+    assert counter.post({"step": 1})[0] == 200
