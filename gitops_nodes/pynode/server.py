@@ -51,9 +51,11 @@ seconds of the read that began it (408); a new connection that sends nothing for
 HEAD_TIMEOUT is closed; a body stalled for BODY_TIMEOUT is 408; the bodies the instance holds
 unfinished, over all its connections, are at most MAX_PENDING bytes (503 to the connection
 whose read would pass it); at most MAX_PIPELINED requests of one connection wait in a turn
-(429 after their answers); each listening socket serves at most MAX_CONNECTIONS connections
-(503 to a new one past it; the port and the balancer's Unix socket are counted apart, so a
-flood of the port does not shut the balancer out). These refusals close the connection.
+(429 after their answers); answers a client leaves unread, none of them draining for
+WRITE_TIMEOUT, cut its connection; each listening socket serves at most MAX_CONNECTIONS
+connections (503 to a new one past it; the port and the balancer's Unix socket are counted
+apart, so a flood of the port does not shut the balancer out). These refusals close the
+connection.
 """
 
 from __future__ import annotations
@@ -63,6 +65,8 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
+import struct
 import sys
 import threading
 import time
@@ -117,6 +121,10 @@ MAX_CONNECTIONS = 10_000  # open connections per listening socket; a new one pas
 # 4 KiB buffer each: 60,000 tiny pipelined requests (3 MB) held 240 MB at once. As the
 # balancer does: 429 after the answers to those before it, then closed.
 MAX_PIPELINED = 100
+# A client that stops reading its answers holds them in the instance's write buffer (up to a
+# 16 MB answer each): its connection is cut once they have not drained at all for this long.
+WRITE_TIMEOUT = 60.0
+RESET_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a reset
 FLUSH_DELAY = 0.1  # seconds the access log may wait before it is flushed
 ACCESS_LOG_ENV = "GITOPS_NODES_ACCESS_LOG"  # errors (the default), all, or N: one in N
 ERRORS_ONLY = 0  # Service.every: log no successful request, only errors
@@ -508,6 +516,8 @@ class Connection(asyncio.Protocol):
         "transport",
         "upgrade",
         "url",
+        "write_backlog",
+        "write_timer",
     )
 
     def __init__(self, service: Service, listener: Listener) -> None:
@@ -543,6 +553,10 @@ class Connection(asyncio.Protocol):
         self.body_timer: asyncio.TimerHandle | None = None
         self.held = 0
         self.fresh = True  # nothing read yet: closed when it stays so (HEAD_TIMEOUT)
+        # Answers the client is not reading: their bytes when last looked at, and the timer
+        # that looks (WRITE_TIMEOUT), from pause_writing to resume_writing.
+        self.write_backlog = 0
+        self.write_timer: asyncio.TimerHandle | None = None
         self.method = b"-"
         self.path = b"-"
         self.route = 0
@@ -743,6 +757,9 @@ class Connection(asyncio.Protocol):
         if self.head_timer is not None:
             self.head_timer.cancel()  # it holds the connection for HEAD_TIMEOUT otherwise
             self.head_timer = None
+        if self.write_timer is not None:
+            self.write_timer.cancel()
+            self.write_timer = None
         self.release()
         self.body = b""
         self.chunks = None
@@ -752,9 +769,36 @@ class Connection(asyncio.Protocol):
     def pause_writing(self) -> None:
         # The client does not read its answers: stop reading its (pipelined) requests.
         self.transport.pause_reading()
+        self.write_backlog = self.transport.get_write_buffer_size()
+        if self.write_timer is None:
+            self.write_timer = self.service.loop.call_later(WRITE_TIMEOUT, self.write_late)
 
     def resume_writing(self) -> None:
+        if self.write_timer is not None:
+            self.write_timer.cancel()
+            self.write_timer = None
         self.transport.resume_reading()
+
+    def write_late(self) -> None:
+        """Cut a connection whose answers have not drained at all for WRITE_TIMEOUT; one
+        that drains, however slowly, is looked at again."""
+        self.write_timer = None
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        backlog = transport.get_write_buffer_size()
+        if backlog < self.write_backlog:
+            self.write_backlog = backlog
+            self.write_timer = self.service.loop.call_later(WRITE_TIMEOUT, self.write_late)
+            return
+        self.closing = True
+        # A reset, not a close: the kernel would otherwise keep offering the answers it holds
+        # (megabytes) to a client that acknowledges without reading, for as long as it does.
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET_ON_CLOSE)
+        transport.abort()
 
     def close(self) -> None:
         """Close the connection now (its queued requests answered first)."""

@@ -1,9 +1,9 @@
 """What any client of a python node's published port can make its instance hold, besides a
 request head (test_pynode_heads.py): a body that stops coming (408 after BODY_TIMEOUT), the
 unfinished bodies of all connections together (503 past MAX_PENDING), pipelined requests of
-one connection (429 past MAX_PIPELINED), open connections per listening socket (503 past
-MAX_CONNECTIONS), a connection that never sends anything (closed after HEAD_TIMEOUT). Real HTTP
-over loopback, the node served in a thread."""
+one connection (429 past MAX_PIPELINED), answers nobody reads (cut after WRITE_TIMEOUT), open
+connections per listening socket (503 past MAX_CONNECTIONS), a connection that never sends
+anything (closed after HEAD_TIMEOUT). Real HTTP over loopback, the node served in a thread."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from tests.unit.test_pynode_server import (
     serving,
     split_response,
     write_counter,
+    write_node,
 )
 from tests.waiting import wait_until
 
@@ -229,3 +230,55 @@ def test_a_flood_of_pipelined_requests_nobody_reads_holds_little(counter: Served
         sampler.join(5)
     assert max(peak[0], resident_bytes()) - before < 40 * 2**20
     assert counter.post({"step": 1})[0] == 200
+
+
+BIG = 8 * 2**20  # bytes of the big node's one output: far more than the sockets' buffers
+
+
+@pytest.fixture
+def big(tmp_path: Path) -> Iterator[Served]:
+    """A node answering an 8 MiB string."""
+    path = write_node(tmp_path, f"text = 'x' * {BIG}\n", {}, {"text": "str"})
+    with serving(path) as served:
+        yield served
+
+
+def ask_big(port: int, receive_buffer: int = 4096) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.sendall(b"POST / HTTP/1.1\r\ncontent-length: 2\r\n\r\n{}")
+    return sock
+
+
+def test_answers_nobody_reads_cut_the_connection_after_the_timeout(
+    big: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(server, "WRITE_TIMEOUT", 0.3)
+    with ask_big(big.port) as sock:
+        wait_until(lambda: len(big.service.connections) == 1, "the request read")
+        # Not reading: the answer waits in the instance until the connection is cut.
+        wait_until(lambda: not big.service.connections, "the stalled connection cut")
+        # Reset, so the kernel stops offering what it held: reading now ends at once.
+        began = time.monotonic()
+        received = 0
+        with pytest.raises(ConnectionResetError):
+            while chunk := sock.recv(65536):
+                received += len(chunk)
+        assert time.monotonic() - began < 5
+    assert received < BIG  # cut, not delivered
+
+
+def test_a_slow_reader_that_keeps_reading_gets_its_whole_answer(
+    big: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(server, "WRITE_TIMEOUT", 1.0)
+    received = 0
+    with ask_big(big.port, receive_buffer=65536) as sock:
+        began = time.monotonic()
+        while chunk := sock.recv(65536):
+            received += len(chunk)
+            if received > BIG:
+                break
+            time.sleep(0.01)  # the client's pace (6.5 MB/s at most): slower than the writes
+    assert received > BIG, "the answer was cut"
+    assert time.monotonic() - began > 1.0  # longer than the timeout, draining all along
