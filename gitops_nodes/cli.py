@@ -807,22 +807,27 @@ def _serve(args: argparse.Namespace) -> int:
     return run(state.table, options, settings, workers=args.workers)
 
 
-def _replace_unhealthy_after(text: str) -> float:
-    """--replace-unhealthy-after in seconds (0: never)."""
+def _duration_flag(flag: str, text: str, examples: str, also: str = "") -> float:
+    """A watch flag's duration in seconds, from 1s to 24h; an error naming the flag else."""
     from gitops_nodes.spec.models import parse_duration
 
-    if text.strip() == "0":
-        return 0.0
     try:
         seconds = parse_duration(text)
     except ValueError:
         seconds = -1.0
     if not 1.0 <= seconds <= 86_400.0:
         raise GitopsNodesError(
-            "--replace-unhealthy-after: expected a duration from 1s to 24h such as 60s or 5m, "
-            f"or 0 to never replace an Unhealthy instance, got {text!r}"
+            f"{flag}: expected a duration from 1s to 24h such as {examples}{also}, got {text!r}"
         )
     return seconds
+
+
+def _replace_unhealthy_after(text: str) -> float:
+    """--replace-unhealthy-after in seconds (0: never)."""
+    if text.strip() == "0":
+        return 0.0
+    never = ", or 0 to never replace an Unhealthy instance"
+    return _duration_flag("--replace-unhealthy-after", text, "60s or 5m", never)
 
 
 def _admin_token(args: argparse.Namespace) -> str | None:
@@ -878,22 +883,14 @@ def _watch(args: argparse.Namespace) -> int:
     from gitops_nodes import logs, workflow
     from gitops_nodes.runtime.docker import follow_events
     from gitops_nodes.runtime.select import connect, runtime_name
-    from gitops_nodes.spec.models import parse_duration
     from gitops_nodes.statedir import StateDir
     from gitops_nodes.watch.loop import WatchLoop
     from gitops_nodes.watch.notify import Notifier
     from gitops_nodes.watch.reconcile import Reconciler
     from gitops_nodes.watch.source import open_source
 
-    try:
-        interval = parse_duration(args.interval)
-    except ValueError:
-        interval = -1.0
-    if not 1.0 <= interval <= 86_400.0:  # more often than every second is a busy loop
-        raise GitopsNodesError(
-            f"--interval: expected a duration from 1s to 24h such as 30s or 1m, "
-            f"got {args.interval!r}"
-        )
+    # More often than every second is a busy loop.
+    interval = _duration_flag("--interval", args.interval, "30s or 1m")
     replace_after = _replace_unhealthy_after(args.replace_unhealthy_after)
     admin_token = _admin_token(args)
     name = args.repo.rstrip("/").removesuffix(".git")
