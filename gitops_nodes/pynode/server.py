@@ -565,7 +565,7 @@ class Connection(asyncio.Protocol):
 
     def reset(self) -> None:
         """Forget the request just answered (cheaper than an on_message_begin callback)."""
-        if self.held:
+        if self.body_timer is not None:  # its body came in several reads (body_pending)
             self.release()
         self.active = False
         self.url = b""
@@ -976,8 +976,7 @@ class Connection(asyncio.Protocol):
         """Answer with an error to a client that may still be sending; then drop what
         follows, and close (see too_large)."""
         self.answer_queued()
-        if self.held:
-            self.release()
+        self.release()
         self.body = b""  # not held while the connection lingers
         self.chunks = None
         if not self.active:  # refused before its head was whole
