@@ -172,6 +172,12 @@ def test_an_empty_commit_under_watch_is_refused_and_the_nodes_keep_serving(
     assert [i.node for i in runtime.list_instances(project)] == ["v1"]
 
 
+def only_another_than(name: str, runtime: DockerRuntime, project: str) -> bool:
+    """Whether the project has one instance, and it is not `name` (replaced, and removed)."""
+    names = [i.name for i in runtime.list_instances(project)]
+    return len(names) == 1 and name not in names
+
+
 def test_watch_replaces_an_instance_whose_health_checks_keep_failing(
     watch: Callable[..., Watch], runtime: DockerRuntime, project: str
 ) -> None:
@@ -193,8 +199,7 @@ def test_watch_replaces_an_instance_whose_health_checks_keep_failing(
 
     def replaced() -> bool:
         seen.update(watcher.status()["unresponsive"])  # shown while it is being replaced
-        names = [i.name for i in runtime.list_instances(project)]
-        return len(names) == 1 and hung not in names
+        return only_another_than(hung, runtime, project)
 
     watcher.wait(replaced, "the failing instance replaced and removed", 120)
     watcher.wait(lambda: watcher.serves({"1"}), "the alias to serve from the new one")
@@ -256,11 +261,11 @@ def test_watch_replaces_a_python_node_whose_code_hangs(
     with contextlib.suppress(OSError):  # the client gives up; the instance stays hung
         post_x(watcher.port, -1, 1)
 
-    def replaced() -> bool:
-        names = [i.name for i in runtime.list_instances(project)]
-        return len(names) == 1 and hung not in names
-
-    watcher.wait(replaced, "the hung instance replaced and removed", 120)
+    watcher.wait(
+        lambda: only_another_than(hung, runtime, project),
+        "the hung instance replaced and removed",
+        120,
+    )
     assert answers()
     assert f"replacing {hung}: Unhealthy" in watcher.log.read_text()
 
