@@ -18,7 +18,7 @@ from balancer.table import HealthSettings, RoutingTable, TableError, read_table
 from gitops_nodes.apply import Applier, ApplyOptions, ApplyReport, StepResult
 from gitops_nodes.errors import GitopsNodesError, PlanFileError, StalePlan
 from gitops_nodes.health import Probe, instance_status, node_status
-from gitops_nodes.live import LOST, UNLABELLED, LiveInstance, LiveState
+from gitops_nodes.live import LOST, UNLABELLED, UNRESPONSIVE, LiveInstance, LiveState
 from gitops_nodes.plan import PLAN_FORMAT, Plan, PlanStep, make_plan
 from gitops_nodes.runtime.base import Runtime
 from gitops_nodes.spec.secrets import DigestKey
@@ -181,6 +181,8 @@ class ApplyRun:
 
     plan: Plan
     report: ApplyReport | None
+    # The running instances it planned as unresponsive (replaced, when the report is ok).
+    unresponsive: frozenset[str] = frozenset()
 
 
 def apply(
@@ -207,6 +209,7 @@ def apply(
         live = claim(state, observe(runtime, project, state, adopt))
         if unresponsive:
             live = live.with_unresponsive(unresponsive)
+        marked = frozenset(i.name for i in live.instances if i.state == UNRESPONSIVE)
         runtime.balancers(project, state).sync(live.table)
         plan = make_plan(project, desired, live)
         if saved is not None:
@@ -216,11 +219,11 @@ def apply(
         if on_plan is not None:
             on_plan(plan)
         if plan.empty:
-            return ApplyRun(plan, None)
+            return ApplyRun(plan, None, marked)
         report = Applier(
             plan, desired, live, runtime, state, options, on_result, on_publish, on_start
         ).run()
-        return ApplyRun(plan, report)
+        return ApplyRun(plan, report, marked)
 
 
 def load_for_apply(

@@ -294,12 +294,15 @@ class Reconciler:
             failed = report.with_outcome(Outcome.FAILED)
             error = "; ".join(f"{r.step.id}: {r.detail}" for r in failed)
             return self._record(result("failed", done, error, plan=plan))
+        # Whichever trigger ran it (the interval's, drift's, one already under way when the
+        # instance was counted unresponsive), the history says why an instance was replaced.
+        why = "unresponsive" if run.unresponsive else None
         if not final:
-            return self._record(result("rolling out", done, plan=plan))
+            return self._record(result("rolling out", done, plan=plan, also=why))
         self.applied, self.applied_state = revision, desired
         if report is None:
             return self._record(result("unchanged", done))
-        return self._record(result("applied", done, plan=plan))
+        return self._record(result("applied", done, plan=plan, also=why))
 
     def _runtime(self) -> Runtime:
         if self.runtime is None:
@@ -494,12 +497,20 @@ def _results(revision: Revision, reason: str) -> Callable[..., ReconcileResult]:
     clock = time.monotonic()
 
     def result(
-        outcome: str, actions: int = 0, error: str | None = None, plan: str | None = None
+        outcome: str,
+        actions: int = 0,
+        error: str | None = None,
+        plan: str | None = None,
+        also: str | None = None,
     ) -> ReconcileResult:
+        """also: one more reason, found while reconciling, added to the triggers' (sorted)."""
+        triggers = reason.split(",")
+        if also and also not in triggers:
+            triggers = sorted([*triggers, also])
         return ReconcileResult(
             revision.id,
             revision.summary,
-            reason,
+            ",".join(triggers),
             outcome,
             started,
             time.monotonic() - clock,

@@ -384,3 +384,29 @@ def test_an_instance_unhealthy_too_long_is_replaced_and_the_reason_recorded(
         assert table is not None
         [published] = table.nodes["v1"].endpoints
         assert published.instance != hung.name
+
+
+def test_a_reconcile_that_replaces_an_unresponsive_instance_says_so_whatever_ran_it(
+    tmp_path: Path,
+) -> None:
+    # The instance may be counted unresponsive while another reconcile (the interval's, drift's)
+    # is under way: that one replaces it, and its history entry must still say why.
+    with Harness(tmp_path, replace_unhealthy_after=0) as h:
+        start_v1(h)
+        [hung] = h.runtime.list_instances(PROJECT)
+        h.reconciler.unresponsive = frozenset({hung.name})
+
+        h.loop.call_soon_threadsafe(h.watch.trigger, "interval")
+
+        h.wait("the hung one replaced", lambda: hung.name not in names(h))
+        h.wait("and its reconcile recorded", lambda: h.status()["history"][-1]["actions"] > 0)
+        last = h.status()["history"][-1]
+        assert (last["reason"], last["outcome"]) == ("interval,unresponsive", "applied")
+        h.reconciler.unresponsive = frozenset()
+        h.loop.call_soon_threadsafe(h.watch.trigger, "drift")
+        h.wait("a quiet reconcile", lambda: h.status()["history"][-1]["reason"] == "drift")
+        assert h.status()["history"][-1]["outcome"] == "unchanged"
+
+
+def names(h: Harness) -> list[str]:
+    return [i.name for i in h.runtime.list_instances(PROJECT)]
