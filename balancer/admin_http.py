@@ -13,18 +13,67 @@ limit on connections. Here:
   data port's --header-timeout is closed; uvicorn's own keep-alive timeout (5 s) still closes
   an idle one sooner, but any byte re-arms that one, not this;
 - past ADMIN_MAX_CONNECTIONS open connections, requests are answered 503 (uvicorn's
-  limit_concurrency); the data port is not affected.
+  limit_concurrency); the data port is not affected;
+- the warnings uvicorn logs for each such request (and each unsupported upgrade) are logged
+  once a minute each, with a count of the ones left out: a client sending garbage in a loop
+  would otherwise fill the log (and the disk a log collector writes it to).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import time
 from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 ADMIN_MAX_CONNECTIONS = 1000  # open connections (or running requests) before 503
+
+# What uvicorn logs, at warning, once for each request a client can send as often as it likes.
+CLIENT_CAUSED = (
+    "Invalid HTTP request received.",
+    "Unsupported upgrade request.",
+    "No supported WebSocket library detected.",  # the start of the upgrade warning's second
+    "Exceeded concurrency limit.",
+)
+REPEAT_LOGGED_EVERY = 60.0  # seconds between two records of one such warning
+
+
+class OncePerWindow(logging.Filter):
+    """Lets the first record of each client-caused warning through, then none for `every`
+    seconds; the next one let through says how many were left out meanwhile."""
+
+    def __init__(self, every: float) -> None:
+        super().__init__()
+        self.every = every
+        self.logged_at: dict[str, float] = {}
+        self.left_out: dict[str, int] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.msg if isinstance(record.msg, str) else ""
+        key = next((known for known in CLIENT_CAUSED if text.startswith(known)), None)
+        if key is None:
+            return True  # an error of the admin application's own: always logged
+        now = time.monotonic()
+        last = self.logged_at.get(key)
+        if last is not None and now - last < self.every:
+            self.left_out[key] = self.left_out.get(key, 0) + 1
+            return False
+        self.logged_at[key] = now
+        if last is not None and (left_out := self.left_out.pop(key, 0)):
+            record.msg = f"{text} ({left_out} more like it in the last {now - last:.0f} s)"
+        return True
+
+
+# The admin port's own child of uvicorn's logger (its records reach the process's handlers
+# the same way), so that the filter applies to it alone.
+ADMIN_ERRORS = logging.getLogger("uvicorn.error.admin")
+# The admin server's log_level (balancer/server.py), set on the child too: uvicorn reads
+# `logger.level`, not the effective one, before tracing each connection, and a child's is 0.
+ADMIN_ERRORS.setLevel(logging.WARNING)
+ADMIN_ERRORS.addFilter(OncePerWindow(REPEAT_LOGGED_EVERY))
 
 
 class AdminProtocol(H11Protocol):
@@ -33,6 +82,10 @@ class AdminProtocol(H11Protocol):
 
     header_timeout = 10.0
     head_timer: asyncio.TimerHandle | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.logger = ADMIN_ERRORS
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import resource
 import select
 import socket
@@ -22,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from balancer.admin_http import ADMIN_ERRORS, REPEAT_LOGGED_EVERY, OncePerWindow
 from balancer.http import MAX_RESPONSE_HEAD, REASONS
 from balancer.proxy import ProxySettings
 from balancer.table import AccessKey, AccessRule
@@ -449,6 +451,35 @@ def test_a_malformed_request_on_the_admin_port_is_answered_400_in_json(
     assert answer.json() == {
         "error": "invalid HTTP request: malformed, or its head is over the size limit"
     }
+
+
+def test_the_admin_port_logs_what_a_client_can_repeat_once_a_minute_with_a_count(
+    make_balancer: Callable[..., BalancerHarness],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    window = OncePerWindow(REPEAT_LOGGED_EVERY)  # its own: the module's is the process's
+    monkeypatch.setattr(ADMIN_ERRORS, "filters", [window])
+    harness = make_balancer()
+    invalid = "Invalid HTTP request received."
+
+    def send(request: bytes) -> None:
+        with connection(harness, admin=True) as sock:
+            sock.sendall(request)
+            assert parse_answers(read_to_eof(sock))[0].status == 400
+
+    def logged() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == ADMIN_ERRORS.name]
+
+    with caplog.at_level(logging.WARNING, logger=ADMIN_ERRORS.name):
+        for _ in range(20):
+            send(b"GET /-/status HTTP/1.1\r\nnot a header line\r\n\r\n")
+        assert logged() == [invalid]
+        window.logged_at[invalid] -= REPEAT_LOGGED_EVERY  # a minute on
+        send(b"\x16\x03\x01 TLS, say\r\n\r\n")
+        wait_until(lambda: len(logged()) == 2, "the count to be logged", 5.0)
+    assert logged()[1].startswith(f"{invalid} (19 more like it in the last 6")
+    assert harness.admin("GET", "/-/healthz").status == 200
 
 
 def test_the_admin_port_closes_a_connection_without_a_whole_head_in_the_header_timeout(
