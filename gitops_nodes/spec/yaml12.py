@@ -69,10 +69,44 @@ def parse_documents(data: bytes | str, starts: list[tuple[int, int]] | None = No
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        raise YamlError(line, column, f"invalid YAML: {exc.problem or exc}") from None
+        raise YamlError(line, column, f"invalid YAML: {_syntax_problem(exc, data)}") from None
     except yaml.YAMLError as exc:  # the reader's: bytes that are not UTF-8, NUL, ...
         problem = f"invalid YAML: {_reader_problem(exc)}"
         raise YamlError(*_reader_position(exc, data), problem) from None
+
+
+# libyaml's context for a problem, as the construct the user wrote.
+CONSTRUCTS = {
+    "while scanning a quoted scalar": "the quoted string",
+    "while parsing a flow sequence": "the [ list",
+    "while parsing a flow mapping": "the { mapping",
+    "while parsing a block mapping": "the mapping",
+    "while parsing a block collection": "the list",
+}
+
+
+def _syntax_problem(exc: yaml.MarkedYAMLError, data: bytes | str) -> str:
+    """libyaml's problem, with the construct it was reading and where that began; a tab
+    that indents a line said as such (libyaml: "cannot start any token")."""
+    problem = exc.problem or str(exc)
+    at = exc.problem_mark
+    if at is not None and _character(data, at.line, at.column) == "\t":
+        return "a tab character; expected spaces (YAML indents with spaces, never tabs)"
+    began = exc.context_mark
+    construct = CONSTRUCTS.get(exc.context or "")
+    if construct is None or began is None:
+        return problem
+    where = f"{began.line + 1}:{began.column + 1}"
+    if construct == "the quoted string":
+        return f"{problem}; expected the quoted string that began at {where} to be closed"
+    return f"{problem}, in {construct} that began at {where}"
+
+
+def _character(data: bytes | str, line: int, column: int) -> str:
+    """The character at a 0-based line and column of data ('' past its end)."""
+    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+    lines = text.split("\n", line + 1)
+    return lines[line][column : column + 1] if line < len(lines) else ""
 
 
 def _reader_position(exc: yaml.YAMLError, data: bytes | str) -> tuple[int, int]:

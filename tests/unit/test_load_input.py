@@ -149,6 +149,34 @@ def test_unreadable_yaml_is_a_spec_error_naming_the_file(
     assert problem.startswith("bad.yaml:") and words in problem
 
 
+@pytest.mark.parametrize(
+    ("text", "where", "words"),
+    [
+        ("metadata: {name: 'web}\n", "2:1", "expected the quoted string that began at 1:18"),
+        ("metadata:\n\tname: web\n", "2:1", "a tab character; expected spaces"),
+        ("a: 1\n\tb: 2\n", "2:1", "a tab character; expected spaces"),
+        ("nodes: [a, b\nc: 1\n", "2:2", "expected ',' or ']', in the [ list that began at 1:8"),
+        ("a:\n  b: 1\n c: 2\n", "3:2", "expected key, in the mapping that began at 1:1"),
+        ("a: b: c\n", "1:5", "mapping values are not allowed in this context"),
+    ],
+    ids=[
+        "unclosed quote",
+        "tab indent",
+        "tab after a line",
+        "unclosed list",
+        "indentation",
+        "a: b: c",
+    ],
+)
+def test_a_syntax_error_says_what_was_being_read_and_where_it_began(
+    text: str, where: str, words: str
+) -> None:
+    with pytest.raises(YamlError) as caught:
+        parse_documents(text.encode())
+    assert str(caught.value).startswith(f"{where}: invalid YAML: ")
+    assert words in str(caught.value)
+
+
 def test_utf16_with_a_byte_order_mark_is_read(write_repo: WriteRepo) -> None:
     root = write_repo({})
     (root / "web.yaml").write_bytes(WEB.encode("utf-16"))
