@@ -241,7 +241,10 @@ class WatchLoop:
         rollout = reconciler.rollout
         if rollout is not None:
             if rollout.revision.id == revision.id:
-                return  # the rollout's own driver moves this revision along
+                # Its own driver moves this revision along; meanwhile its step is healed.
+                if reasons & HEALING:
+                    await self._run(reconciler.heal_rollout, reason)
+                return
             await self._cancel_rollout()  # a newer commit takes over from today's weights
         applied = reconciler.applied
         unchanged = applied is not None and applied.id == revision.id

@@ -162,6 +162,17 @@ class Reconciler:
             self.rollout = None
         return outcome
 
+    def heal_rollout(self, reason: str) -> ReconcileResult | None:
+        """Apply the rollout's current step again, without advancing it: drift, an instance
+        gone unresponsive or the interval, while the step waits for its gates (for as long
+        as its pauses and minRequests take), are healed as they are outside a rollout."""
+        run = self.rollout
+        if run is None:
+            return None
+        result = _results(run.revision, reason)
+        stage = run.stages[run.stage]
+        return self._apply(run.revision, stage, result, final=False, check=run.check, heal=True)
+
     def roll_back(self, why: str) -> ReconcileResult | None:
         """Give up the rollout: the last good revision again, and this one refused."""
         run = self.rollout
@@ -262,9 +273,10 @@ class Reconciler:
         result: Callable[..., ReconcileResult],
         final: bool,
         check: Callable[[Plan, LiveState], None] | None = None,
+        heal: bool = False,
     ) -> ReconcileResult:
         """Apply one state of revision; check (none when healing a revision applied before)
-        may refuse its plan."""
+        may refuse its plan. heal: a rollout's step again, "unchanged" when nothing was to do."""
         try:
             runtime = self._runtime()
             run = workflow.apply(
@@ -297,6 +309,8 @@ class Reconciler:
         # Whichever trigger ran it (the interval's, drift's, one already under way when the
         # instance was counted unresponsive), the history says why an instance was replaced.
         why = "unresponsive" if run.unresponsive else None
+        if not final and heal and report is None:
+            return self._record(result("unchanged", done))
         if not final:
             return self._record(result("rolling out", done, plan=plan, also=why))
         self.applied, self.applied_state = revision, desired

@@ -386,6 +386,10 @@ def test_an_instance_unhealthy_too_long_is_replaced_and_the_reason_recorded(
         assert published.instance != hung.name
 
 
+def names(h: Harness, node: str | None = None) -> list[str]:
+    return [i.name for i in h.runtime.list_instances(PROJECT) if node in (None, i.node)]
+
+
 def test_a_reconcile_that_replaces_an_unresponsive_instance_says_so_whatever_ran_it(
     tmp_path: Path,
 ) -> None:
@@ -408,5 +412,28 @@ def test_a_reconcile_that_replaces_an_unresponsive_instance_says_so_whatever_ran
         assert h.status()["history"][-1]["outcome"] == "unchanged"
 
 
-def names(h: Harness) -> list[str]:
-    return [i.name for i in h.runtime.list_instances(PROJECT)]
+def test_a_rollout_waiting_at_a_step_is_healed_without_being_advanced(tmp_path: Path) -> None:
+    # A step waits for its gates as long as its traffic takes: an instance that hangs (or a
+    # container that dies) meanwhile is replaced then, not at the rollout's next step.
+    with Harness(tmp_path, replace_unhealthy_after=0) as h:
+        start_v1(h)
+        h.commit(node_doc("v2", "2"), rollout_alias(("v2", 100)))
+        h.wait("step 1", lambda: (h.status()["rollout"] or {}).get("step") == 1)
+        [hung] = names(h, "v1")  # the old node, still taking half the traffic
+        h.reconciler.unresponsive = frozenset({hung})
+
+        h.loop.call_soon_threadsafe(h.watch.trigger, "unresponsive")
+
+        h.wait("v1's hung instance replaced", lambda: names(h, "v1") not in ([hung], []))
+        h.wait("and removed", lambda: len(names(h, "v1")) == 1)
+        last = h.status()["history"][-1]
+        assert (last["reason"], last["outcome"]) == ("unresponsive", "rolling out")
+        assert (h.status()["rollout"] or {}).get("step") == 1
+        assert h.routes("api") == (("v2", 500), ("v1", 500))
+
+        h.reconciler.unresponsive = frozenset()
+        kept, reconciles = len(h.status()["history"]), h.watch.reconciles
+        h.loop.call_soon_threadsafe(h.watch.trigger, "interval")
+        h.wait("a quiet interval reconcile", lambda: h.watch.reconciles > reconciles)
+        assert len(h.status()["history"]) == kept  # counted, not kept, as outside a rollout
+        assert (h.status()["rollout"] or {}).get("step") == 1
