@@ -313,6 +313,12 @@ class Node:
     def not_json(self, exc: Exception) -> bytes:
         """400 body for a body the JSON decoder refused, saying what is wrong with it."""
         text = _message(exc)
+        if _non_finite_literal(exc):
+            return self.error(
+                "InvalidJSON",
+                "the request body has NaN or Infinity, which JSON has no numbers for: send "
+                f"finite numbers (or null where the input allows it): {text}",
+            )
         if "infinity" in text or "too large" in text:
             return self.error(
                 "InvalidJSON",
@@ -376,6 +382,19 @@ def _message(exc: BaseException) -> str:
         return str(exc)
     except Exception:  # an exception whose __str__ fails
         return f"<unprintable {type(exc).__name__}>"
+
+
+def _non_finite_literal(exc: Exception) -> bool:
+    """Whether the decoder stopped at NaN, Infinity or -Infinity (Python's json.dumps writes
+    them by default, so a Python client sends them more often than one would think)."""
+    if isinstance(exc, ValueError) and str(exc).endswith(" is not valid JSON"):
+        return True  # the standard library's codec, refusing the constant (codec.py)
+    doc, pos = getattr(exc, "doc", None), getattr(exc, "pos", None)
+    if not isinstance(doc, str | bytes) or not isinstance(pos, int):
+        return False
+    ahead = doc[pos : pos + 9]
+    word = ahead.decode("latin-1") if isinstance(ahead, bytes) else ahead
+    return word.lstrip("-").startswith(("NaN", "Infinity"))
 
 
 def traceback_lines(exc: BaseException, skip: int = 0) -> list[str]:

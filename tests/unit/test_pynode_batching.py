@@ -289,3 +289,16 @@ def test_a_number_too_large_for_a_float_is_400_saying_so(tmp_path: Path, codec: 
         status, body = served.call("POST", "/", raw=b'{"x": 1e400}')
         assert status == 400 and body["error_name"] == "InvalidJSON"
         assert "too large for a float" in body["error_message"]
+
+
+@pytest.mark.parametrize("codec", [None, json_codec()], ids=["orjson", "json"])
+@pytest.mark.parametrize("literal", [b"NaN", b"Infinity", b"-Infinity"])
+def test_nan_or_infinity_in_a_body_is_400_saying_json_has_no_such_number(
+    tmp_path: Path, codec: Any, literal: bytes
+) -> None:
+    with serving(non_finite_node(tmp_path), codec=codec) as served:
+        status, body = served.call("POST", "/", raw=b'{"x": %s}' % literal)
+        assert (status, body["error_name"]) == (400, "InvalidJSON")
+        assert "has NaN or Infinity, which JSON has no numbers for" in body["error_message"]
+        status, body = served.call("POST", "/", raw=b'{"x": Nope}')
+        assert status == 400 and "NaN" not in body["error_message"]
