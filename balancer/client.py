@@ -427,6 +427,18 @@ class ClientConnection(asyncio.Protocol):
         content_length = head.content_length
         if content_length == BAD_LENGTH:
             return self.answer(request, 400, "the content-length header is not a number")
+        if head.version not in ("1.1", "1.0"):
+            message = f"HTTP/{head.version} is not served here: send HTTP/1.1 (or 1.0)"
+            return self.answer(request, 505, message, close=True)
+        if head.unsupported_coding:
+            coding = head.unsupported_coding.decode("latin-1")
+            return self.answer(
+                request,
+                501,
+                f"transfer coding {coding!r} is not supported: send the body as it is, with a "
+                "content-length or chunked",
+                close=True,
+            )
         if content_length > proxy.settings.max_body:
             return self.answer(
                 request,

@@ -73,6 +73,9 @@ class Head(NamedTuple):
     request_id: bytes  # the client's own x-request-id (the first usable one), or b""
     folder_id: str | None  # x-folder-id, for access control (it is sent on as well)
     headers: tuple[tuple[bytes, bytes], ...]  # all of them, for per-alias lookups (affinity)
+    # A transfer coding other than chunked (gzip, chunked): answered 501, never forwarded,
+    # since the body is sent on re-framed and its coding would be lost. b"" when none.
+    unsupported_coding: bytes = b""
 
     @property
     def rememberable(self) -> bool:
@@ -84,6 +87,7 @@ class Head(NamedTuple):
             and not self.expect_continue
             and self.content_length != BAD_LENGTH
             and not self.request_id
+            and not self.unsupported_coding
         )
 
 
@@ -102,6 +106,10 @@ def read_head(
     chains: dict[bytes, list[bytes]] = {}  # the forwarding headers' values, by name
     folder_id = None
     kept: list[bytes] = []
+    codings: list[bytes] = []
+    if not target.startswith(b"/") and b"://" in target[:9]:
+        target, authority = origin_form(target)
+        host = authority  # RFC 9112 3.2.2: the target's authority, not the Host line
     for name, value in headers:
         lower = name.lower()
         if lower == b"x-node-alias":
@@ -111,7 +119,8 @@ def read_head(
         elif lower == b"content-length":
             content_length = int(value) if value.isdigit() else BAD_LENGTH
         elif lower == b"transfer-encoding":
-            chunked = b"chunked" in value.lower()
+            codings += (c.strip() for c in value.lower().split(b","))
+            chunked = codings[-1:] == [b"chunked"]
         elif lower in FORWARDING:
             chains.setdefault(lower, []).append(value.strip())
         elif lower == b"x-request-id":
@@ -141,6 +150,7 @@ def read_head(
         alias_name = alias_name[len(ALIAS_PREFIX) :]
     if content_length >= 0:
         chunked = False  # a content-length frames the body we send on
+    unsupported = next((c for c in codings if c != b"chunked"), b"")
     return Head(
         method,
         target,
@@ -163,7 +173,17 @@ def read_head(
         request_id,
         folder_id,
         tuple(headers),
+        unsupported,
     )
+
+
+def origin_form(target: bytes) -> tuple[bytes, bytes]:
+    """(path and query, authority) of an absolute-form target (http://host:port/path?q),
+    which a server must accept (RFC 9112 3.2.2), as clients set to use a proxy send it."""
+    rest = target.partition(b"://")[2]
+    cut = min((i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0), default=len(rest))
+    path = rest[cut:]
+    return (path if path.startswith(b"/") else b"/" + path), rest[:cut]
 
 
 class HeadCache:

@@ -72,6 +72,7 @@ REASONS = {
     502: b"Bad Gateway",
     503: b"Service Unavailable",
     504: b"Gateway Timeout",
+    505: b"HTTP Version Not Supported",
 }
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 EXECUTE_PREFIX = b"/datasphere/"  # the execute API's paths (balancer/execute.py)

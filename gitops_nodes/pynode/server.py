@@ -16,6 +16,7 @@ reason on stderr). Endpoints:
     GET /openapi.json            the OpenAPI 3.1 document of the node's API
 
 Errors are JSON {"error_name", "error_message", ...}: 400 (not HTTP, not JSON), 404, 405,
+501 (a transfer coding other than chunked), 505 (an HTTP version other than 1.0 and 1.1),
 413 (body over 16 MB: refused from its content-length before any of it is read, or as soon
 as a chunked body grows past it), 422 (inputs missing, mistyped or unknown: "errors" names
 each field and what was expected), 500 (the code raised: its exception's type and message,
@@ -94,7 +95,9 @@ REASONS = {
     422: b"Unprocessable Content",
     429: b"Too Many Requests",
     500: b"Internal Server Error",
+    501: b"Not Implemented",
     503: b"Service Unavailable",
+    505: b"HTTP Version Not Supported",
 }
 CALL, HEALTH, OPENAPI = 1, 2, 3
 ROUTES = {b"/": CALL, b"/predict": CALL, b"/healthz": HEALTH, b"/openapi.json": OPENAPI}
@@ -489,6 +492,7 @@ class Connection(asyncio.Protocol):
         "chunked",
         "chunks",
         "closing",
+        "coding",
         "content_length",
         "expect",
         "fresh",
@@ -575,6 +579,7 @@ class Connection(asyncio.Protocol):
         self.content_length = -1
         self.expect = False
         self.chunked = False
+        self.coding = b""  # a transfer coding other than chunked (answered 501)
         self.keep_alive_asked = False
         self.upgrade = False  # an Upgrade header came: see on_message_complete
 
@@ -830,6 +835,9 @@ class Connection(asyncio.Protocol):
             self.upgrade = True
         elif size == 17 and name.lower() == b"transfer-encoding":
             self.chunked = True  # any transfer coding: such heads are never remembered
+            for coding in value.lower().split(b","):
+                if coding.strip() != b"chunked":
+                    self.coding = coding.strip()  # gzip, say: the body is not what it reads
 
     def on_headers_complete(self) -> None:
         self.in_head = False
@@ -841,12 +849,28 @@ class Connection(asyncio.Protocol):
         self.started = perf_counter_ns()
         self.active = True
         url = self.url
+        if url[:1] != b"/" and b"://" in url[:9]:  # absolute-form, which servers must accept
+            url = url.partition(b"://")[2]  # then its authority is cut off
+            cut = [i for i in (url.find(b"/"), url.find(b"?")) if i >= 0]
+            url = url[min(cut) :] if cut else b""
         path = url.partition(b"?")[0] if b"?" in url else url
-        self.path = path
+        self.path = path or b"/"
         self.method = self.parser.get_method()
-        self.route = ROUTES.get(path, 0)
+        self.route = ROUTES.get(self.path, 0)
+        version = self.parser.get_http_version()
         if self.content_length > self.max_body:
             self.too_large(f"the request body is {self.content_length} bytes,")
+        elif version != "1.1" and version != "1.0":
+            message = f"HTTP/{version} is not served here: send HTTP/1.1 (or 1.0)"
+            self.refuse_lingering(505, "HTTPVersionNotSupported", message)
+        elif self.coding:
+            coding = self.coding.decode("latin-1")
+            self.refuse_lingering(
+                501,
+                "NotImplemented",
+                f"transfer coding {coding!r} is not supported: send the body as it is, with a "
+                "content-length or chunked",
+            )
         elif self.expect:
             self.answer_queued()
             self.transport.write(CONTINUE)

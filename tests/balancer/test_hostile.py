@@ -415,6 +415,62 @@ def test_status_shows_the_limits(
     }
 
 
+# -- request lines and framing ----------------------------------------------------------
+
+
+def test_an_absolute_form_target_is_routed_by_its_path(
+    served: Callable[..., tuple[BalancerHarness, BackendProcess]],
+) -> None:
+    # RFC 9112 3.2.2: a server must accept it; clients set to use a proxy send it.
+    harness, _ = served()
+    with connection(harness) as sock:
+        sock.sendall(b"GET http://gateway:8080/nodes/a/abs?q=1 HTTP/1.1\r\nHost: other\r\n\r\n")
+        answer = read_answer(sock)
+        sock.sendall(b"GET HTTP://gateway HTTP/1.1\r\nHost: other\r\n\r\n")
+        unrouted = read_answer(sock)
+    assert (answer.status, answer.headers["x-backend"]) == (200, "a1")
+    assert (answer.json()["path"], answer.json()["query"]) == ("/abs", "q=1")
+    seen = {name.lower(): value for name, value in answer.json()["headers"]}
+    assert seen["x-forwarded-host"] == "gateway:8080"  # the target's authority, not Host
+    assert unrouted.status == 404 and "x-backend" not in unrouted.headers
+
+
+@pytest.mark.parametrize(
+    ("head", "status", "words"),
+    [
+        (b"POST /nodes/a/v HTTP/2.0\r\nHost: t\r\nContent-Length: 2\r\n\r\n{}", 505, "HTTP/2.0"),
+        (
+            b"POST /nodes/a/te HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+            b"2\r\n{}\r\n0\r\n\r\n",
+            501,
+            "transfer coding 'gzip' is not supported",
+        ),
+        (
+            b"POST /nodes/a/te HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: br\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+            501,
+            "transfer coding 'br' is not supported",
+        ),
+    ],
+    ids=["HTTP/2.0 request line", "gzip, chunked", "br, then chunked"],
+)
+def test_a_version_or_transfer_coding_it_cannot_pass_on_is_refused_not_forwarded(
+    served: Callable[..., tuple[BalancerHarness, BackendProcess]],
+    head: bytes,
+    status: int,
+    words: str,
+) -> None:
+    # The body goes upstream re-framed: forwarded, a gzip-coded body would read as plain.
+    harness, backend = served()
+    with connection(harness) as sock:
+        sock.sendall(head)
+        [answer] = parse_answers(read_to_eof(sock))
+    assert (answer.status, answer.headers["connection"]) == (status, "close")
+    assert words in answer.json()["error"]
+    assert "/v" not in backend.counts() and "/te" not in backend.counts()
+    assert harness.get("/nodes/a/after").status == 200
+
+
 # -- the admin port -----------------------------------------------------------------------
 # It runs in the data plane's process (uvicorn, balancer/admin_http.py): what it would hold,
 # the data plane would lose.
@@ -739,4 +795,5 @@ _RFC_PHRASES = {
     502: {"Bad Gateway"},
     503: {"Service Unavailable"},
     504: {"Gateway Timeout"},
+    505: {"HTTP Version Not Supported"},
 }

@@ -492,6 +492,51 @@ def test_unknown_path_is_404_and_wrong_method_is_405(model: Served) -> None:
 # -- HTTP ---------------------------------------------------------------------------------
 
 
+def test_an_absolute_form_target_is_served_as_its_path(model: Served) -> None:
+    # RFC 9112 3.2.2: a server must accept it; clients set to use a proxy send it.
+    for target in (b"http://127.0.0.1/healthz", b"HTTP://node:8080/openapi.json?x=1"):
+        raw = raw_exchange(model.port, b"GET %s HTTP/1.1\r\nConnection: close\r\n\r\n" % target)
+        assert split_response(raw)[0] == 200, raw
+    body = b'{"x": [1, 1, 1]}'
+    raw = raw_exchange(
+        model.port,
+        b"POST http://x HTTP/1.1\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+        % (len(body), body),
+    )
+    assert split_response(raw)[:1] == (200,) and split_response(raw)[2] == {"y": 1.75}
+
+
+STEP = b'{"step": 1}'
+CHUNKED_STEP = b"b\r\n%s\r\n0\r\n\r\n" % STEP
+
+
+@pytest.mark.parametrize(
+    ("head", "status", "words"),
+    [
+        (b"POST / HTTP/2.0\r\nContent-Length: 11\r\n\r\n" + STEP, 505, "HTTP/2.0 is not served"),
+        (
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n" + CHUNKED_STEP,
+            501,
+            "transfer coding 'gzip' is not supported",
+        ),
+        (
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: br\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + CHUNKED_STEP,
+            501,
+            "transfer coding 'br' is not supported",
+        ),
+    ],
+    ids=["HTTP/2.0 request line", "gzip, chunked", "br, then chunked"],
+)
+def test_a_version_or_transfer_coding_it_cannot_read_is_refused_not_misread(
+    counter: Served, head: bytes, status: int, words: str
+) -> None:
+    answer, headers, body = split_response(raw_exchange(counter.port, head))
+    assert (answer, headers["connection"]) == (status, "close")
+    assert words in body["error_message"]
+    assert counter.post({"step": 1}) == (200, {"count": 1, "total": 1})  # it never ran
+
+
 def test_keep_alive_serves_many_requests_on_one_connection(counter: Served) -> None:
     connection = counter.connect()
     try:
