@@ -86,7 +86,9 @@ def read_call(
     if not body.strip():
         raise CallError(f"the request body is empty: send a JSON object {shape}")
     try:
-        document = json.loads(body)
+        document = json.loads(body, parse_constant=_not_a_number, parse_float=_finite)
+    except NonFinite as exc:
+        raise CallError(f"the request body has {exc}") from exc
     except (ValueError, RecursionError) as exc:
         raise CallError(f"the request body is not JSON: {exc}") from exc
     if not isinstance(document, dict):
@@ -456,6 +458,26 @@ class ExecuteCall:
         outer.backend = backend
         outer.local = local_response(status, payload, outer.request_id, not outer.keep_alive)
         self.client.finish_local(outer)
+
+
+class NonFinite(ValueError):
+    """A number the standard library's json would read as NaN or an infinity: the python
+    node refuses it (400), and re-encoded it would not be JSON at all."""
+
+
+def _not_a_number(word: str) -> float:
+    # Python's json.dumps writes these by default; JSON has no such numbers.
+    raise NonFinite(f"{word}, which is not a JSON number: send finite numbers")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if value - value != 0.0:
+        raise NonFinite(
+            f"a number too large for a float, {text[:40]} (JSON numbers are read as 64-bit "
+            "floats, whose largest is about 1.8e308)"
+        )
+    return value
 
 
 def _json_object(body: bytes) -> dict[str, Any] | None:

@@ -224,6 +224,9 @@ def test_answers_that_are_not_json_objects_become_balancer_errors(
     ("url", "body", "headers", "field", "fragment"),
     [
         (NODE_URL.format("a"), b"{not json", {}, None, "not JSON"),
+        (NODE_URL.format("a"), b'{"input": {"x": [1, NaN]}}', {}, None, "NaN, which is not a"),
+        (NODE_URL.format("a"), b'{"input": {"x": -Infinity}}', {}, None, "-Infinity, which"),
+        (NODE_URL.format("a"), b'{"input": {"x": 1e400}}', {}, None, "too large for a float"),
         (NODE_URL.format("a"), b"", {}, None, "empty"),
         (NODE_URL.format("a"), b"[1, 2]", {}, None, "got an array"),
         (NODE_URL.format("a"), {"input": [1, 2]}, {}, "input", "got an array"),
