@@ -150,7 +150,9 @@ def read_head(
         alias_name = alias_name[len(ALIAS_PREFIX) :]
     if content_length >= 0:
         chunked = False  # a content-length frames the body we send on
-    unsupported = next((c for c in codings if c != b"chunked"), b"")
+    # Only when chunked comes last: a body whose last coding is not chunked has no length
+    # to be found, and the parser refuses it (400, as RFC 9112 6.3 asks).
+    unsupported = next((c for c in codings if c != b"chunked"), b"") if chunked else b""
     return Head(
         method,
         target,

@@ -579,7 +579,7 @@ class Connection(asyncio.Protocol):
         self.content_length = -1
         self.expect = False
         self.chunked = False
-        self.coding = b""  # a transfer coding other than chunked (answered 501)
+        self.coding = b""  # the transfer-encoding lines' codings, when any came
         self.keep_alive_asked = False
         self.upgrade = False  # an Upgrade header came: see on_message_complete
 
@@ -835,9 +835,7 @@ class Connection(asyncio.Protocol):
             self.upgrade = True
         elif size == 17 and name.lower() == b"transfer-encoding":
             self.chunked = True  # any transfer coding: such heads are never remembered
-            for coding in value.lower().split(b","):
-                if coding.strip() != b"chunked":
-                    self.coding = coding.strip()  # gzip, say: the body is not what it reads
+            self.coding += b"," + value.lower()  # all of them, in order: see unsupported()
 
     def on_headers_complete(self) -> None:
         self.in_head = False
@@ -863,8 +861,7 @@ class Connection(asyncio.Protocol):
         elif version != "1.1" and version != "1.0":
             message = f"HTTP/{version} is not served here: send HTTP/1.1 (or 1.0)"
             self.refuse_lingering(505, "HTTPVersionNotSupported", message)
-        elif self.coding:
-            coding = self.coding.decode("latin-1")
+        elif self.coding and (coding := unsupported(self.coding)):
             self.refuse_lingering(
                 501,
                 "NotImplemented",
@@ -1016,6 +1013,16 @@ class Connection(asyncio.Protocol):
             self.service.loop.call_later(LINGER, transport.close)
         else:
             transport.close()
+
+
+def unsupported(codings: bytes) -> str:
+    """The first transfer coding other than chunked (gzip, say), when chunked comes last;
+    "" otherwise: chunked alone is read, and a body whose last coding is not chunked has no
+    length the parser can find (it answers 400, as RFC 9112 6.3 asks)."""
+    listed = [c.strip() for c in codings.split(b",") if c.strip()]
+    if listed[-1:] != [b"chunked"]:
+        return ""
+    return next((c.decode("latin-1") for c in listed if c != b"chunked"), "")
 
 
 # -- running it -------------------------------------------------------------------------

@@ -451,8 +451,14 @@ def test_an_absolute_form_target_is_routed_by_its_path(
             501,
             "transfer coding 'br' is not supported",
         ),
+        # RFC 9112 6.3: without chunked last, the body's length cannot be known: 400.
+        (
+            b"POST /nodes/a/te HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\n\r\n{}",
+            400,
+            "Transfer-Encoding",
+        ),
     ],
-    ids=["HTTP/2.0 request line", "gzip, chunked", "br, then chunked"],
+    ids=["HTTP/2.0 request line", "gzip, chunked", "br, then chunked", "gzip alone"],
 )
 def test_a_version_or_transfer_coding_it_cannot_pass_on_is_refused_not_forwarded(
     served: Callable[..., tuple[BalancerHarness, BackendProcess]],

@@ -525,8 +525,10 @@ CHUNKED_STEP = b"b\r\n%s\r\n0\r\n\r\n" % STEP
             501,
             "transfer coding 'br' is not supported",
         ),
+        # RFC 9112 6.3: without chunked last, the body's length cannot be known: 400.
+        (b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n" + STEP, 400, "malformed"),
     ],
-    ids=["HTTP/2.0 request line", "gzip, chunked", "br, then chunked"],
+    ids=["HTTP/2.0 request line", "gzip, chunked", "br, then chunked", "gzip alone"],
 )
 def test_a_version_or_transfer_coding_it_cannot_read_is_refused_not_misread(
     counter: Served, head: bytes, status: int, words: str
