@@ -185,7 +185,8 @@ def origin_form(target: bytes) -> tuple[bytes, bytes]:
     rest = target.partition(b"://")[2]
     cut = min((i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0), default=len(rest))
     path = rest[cut:]
-    return (path if path.startswith(b"/") else b"/" + path), rest[:cut]
+    authority = rest[:cut].rpartition(b"@")[2]  # never a user:password passed on as a host
+    return (path if path.startswith(b"/") else b"/" + path), authority
 
 
 class HeadCache:

@@ -428,11 +428,15 @@ def test_an_absolute_form_target_is_routed_by_its_path(
         answer = read_answer(sock)
         sock.sendall(b"GET HTTP://gateway HTTP/1.1\r\nHost: other\r\n\r\n")
         unrouted = read_answer(sock)
+        sock.sendall(b"GET http://me:secret@gw/nodes/a/u HTTP/1.1\r\nHost: other\r\n\r\n")
+        with_user = read_answer(sock)
     assert (answer.status, answer.headers["x-backend"]) == (200, "a1")
     assert (answer.json()["path"], answer.json()["query"]) == ("/abs", "q=1")
     seen = {name.lower(): value for name, value in answer.json()["headers"]}
     assert seen["x-forwarded-host"] == "gateway:8080"  # the target's authority, not Host
     assert unrouted.status == 404 and "x-backend" not in unrouted.headers
+    assert (with_user.status, with_user.json()["path"]) == (200, "/u")
+    assert "secret" not in json.dumps(with_user.json()["headers"])
 
 
 @pytest.mark.parametrize(
