@@ -61,28 +61,34 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"cannot read the token file {args.token_file}: {exc.strerror}")
     if not token:
         parser.error(f"the token file {args.token_file} is empty")
+    try:
+        settings = ProxySettings(
+            access_log=args.access_log,
+            trusted_proxies=trusted,
+            idle_timeout=args.idle_timeout,
+            header_timeout=args.header_timeout,
+            max_head=args.max_head_size,
+            max_headers=args.max_headers,
+            max_clients=args.max_clients,
+        )
+        # The admin port listens beyond loopback: the push token guards all of it (the
+        # table endpoints, status and metrics alike); /-/healthz stays open for checks.
+        options = ServeOptions(
+            args.host, args.port, args.admin_host, args.admin_port, admin_token=token
+        )
+    except SettingsError as exc:
+        parser.error(str(exc))
     loop = new_loop()
     asyncio.set_event_loop(loop)
-    settings = ProxySettings(
-        access_log=args.access_log,
-        trusted_proxies=trusted,
-        idle_timeout=args.idle_timeout,
-        header_timeout=args.header_timeout,
-        max_head=args.max_head_size,
-        max_headers=args.max_headers,
-        max_clients=args.max_clients,
-    )
     balancer = Balancer(loop, None, settings, follow_file=False)
     balancer.extra_routes.extend(push_routes(balancer, token))
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, balancer.stop)
-    # The admin port listens beyond loopback: the push token guards all of it (the table
-    # endpoints, status and metrics alike); /-/healthz stays open for health checks.
-    options = ServeOptions(
-        args.host, args.port, args.admin_host, args.admin_port, admin_token=token
-    )
     try:
         loop.run_until_complete(balancer.serve_until_stopped(options))
+    except SettingsError as exc:  # the address or a port cannot be listened on
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     finally:
         loop.close()
     return 0

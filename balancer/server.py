@@ -42,6 +42,7 @@ from balancer.health import HealthChecker
 from balancer.metrics import Metrics
 from balancer.proxy import Proxy, ProxySettings
 from balancer.routing import Affinity, Router
+from balancer.settings import SettingsError
 from balancer.table import Endpoint, RoutingTable, TableError, read_table
 from balancer.telemetry import Telemetry
 from balancer.workers import Peers, SnapshotServer, WorkerSet
@@ -66,6 +67,11 @@ class ServeOptions:
     # One of several processes on the data port (serve --workers N): which one, and where
     # they tell worker 0 their counts. Only worker 0 binds the admin port.
     workers: WorkerSet | None = None
+
+    def __post_init__(self) -> None:
+        for option, port in (("--port", self.port), ("--admin-port", self.admin_port)):
+            if not 0 <= port <= 65535:
+                raise SettingsError(f"{option}: expected a port from 0 to 65535, got {port}")
 
 
 class Balancer:
@@ -253,13 +259,16 @@ class Balancer:
             self.reload_file()
             if self.follow:
                 self._tasks.append(self.loop.create_task(self.follow_file()))
-        server = await self.loop.create_server(
-            lambda: ClientConnection(self.proxy),
-            options.host,
-            options.port,
-            reuse_port=options.reuse_port or None,
-            backlog=4096,
-        )
+        try:
+            server = await self.loop.create_server(
+                lambda: ClientConnection(self.proxy),
+                options.host,
+                options.port,
+                reuse_port=options.reuse_port or None,
+                backlog=4096,
+            )
+        except OSError as exc:  # an address not of this host, a port in use or privileged
+            raise SettingsError(cannot_listen("--host", options.host, options.port, exc)) from None
         self._servers.append(server)
         workers = options.workers
         peers: Peers | None = None
@@ -303,7 +312,11 @@ class Balancer:
         )
         self._admin = _EmbeddedServer(config)
         # Never SO_REUSEPORT: one process answers the admin port, for all the workers.
-        admin_socket = _bind(options.admin_host, options.admin_port)
+        try:
+            admin_socket = _bind(options.admin_host, options.admin_port)
+        except OSError as exc:
+            why = cannot_listen("--admin-host", options.admin_host, options.admin_port, exc)
+            raise SettingsError(why) from None
         self.admin_port = admin_socket.getsockname()[1]  # the one bound, for port 0
         self._tasks.append(self.loop.create_task(self._admin.serve(sockets=[admin_socket])))
 
@@ -321,7 +334,13 @@ class Balancer:
         self._stop.set()
 
     async def serve_until_stopped(self, options: ServeOptions) -> None:
-        await self.start(options)
+        try:
+            await self.start(options)
+        except BaseException:
+            # What start began ends with it: the table file's watcher runs in a worker thread
+            # that, left waiting, would keep the process from exiting after the error.
+            await self.shutdown(0)
+            raise
         await self._stop.wait()
         await self.shutdown(options.drain_timeout)
 
@@ -378,12 +397,22 @@ def raise_open_files(max_clients: int) -> None:
             )
 
 
+def cannot_listen(option: str, host: str, port: int, exc: OSError) -> str:
+    """What to tell a user whose address or port cannot be listened on."""
+    why = exc.strerror or str(exc)
+    return f"cannot listen on {host}:{port} ({option} and its port): {why}"
+
+
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(512)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(512)
+    except OSError:
+        sock.close()
+        raise
     sock.setblocking(False)
     return sock
 
@@ -421,6 +450,8 @@ def run(table_file: Path, options: ServeOptions, settings: ProxySettings, worker
                 code = 1
                 try:
                     code = _run_one(table_file, one, settings)
+                except SettingsError as exc:  # said here: os._exit would swallow it
+                    log.error("worker %d: %s", index, exc)
                 finally:
                     os._exit(code)
             children.append(pid)

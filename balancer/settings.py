@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from balancer.http import MAX_BODY, MAX_CLIENTS, MAX_HEAD, MAX_HEADERS
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+MAX_SECONDS = 86_400.0  # a timeout's ceiling: a day
+MIN_HEAD = 1024  # bytes of request line and headers below which common requests are refused
 
 
 class SettingsError(ValueError):
@@ -42,6 +44,30 @@ class ProxySettings:
     max_headers: int = MAX_HEADERS
     header_timeout: float = 10.0  # from a head's first byte to its last (and connect to first)
     max_clients: int = MAX_CLIENTS  # open client connections, per worker process
+
+    def __post_init__(self) -> None:
+        # Named by the options that set them (serve, watch and python3 -m balancer alike):
+        # a 0, negative, NaN or infinite timeout would close every connection at once or
+        # never, and a limit under its floor would refuse every request.
+        for option, seconds in (
+            ("--connect-timeout", self.connect_timeout),
+            ("--read-timeout", self.read_timeout),
+            ("--idle-timeout", self.idle_timeout),
+            ("--header-timeout", self.header_timeout),
+        ):
+            if not 0 < seconds <= MAX_SECONDS:
+                raise SettingsError(
+                    f"{option}: expected seconds above 0 and at most {MAX_SECONDS:g} (a day), "
+                    f"got {seconds:g}"
+                )
+        for option, value, least in (
+            ("--max-head-size", self.max_head, MIN_HEAD),
+            ("--max-headers", self.max_headers, 1),
+            ("--max-clients", self.max_clients, 1),
+            ("the body limit", self.max_body, 0),
+        ):
+            if value < least:
+                raise SettingsError(f"{option}: expected {least} or more, got {value}")
 
     def limits(self) -> dict[str, float | int]:
         """The client limits, as `/-/status` shows them."""

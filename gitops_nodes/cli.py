@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from contextlib import AbstractContextManager
 
+    from balancer.server import ServeOptions
     from balancer.settings import ProxySettings
     from balancer.table import RoutingTable
     from gitops_nodes import workflow
@@ -50,6 +51,7 @@ class _ClientLimits:
 
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
+MAX_WORKERS = 64  # serve --workers: beyond it, a typo, not a machine (each is a process)
 NOTIFY_GRACE = 5.0  # seconds a stopping watch gives queued notifications
 
 
@@ -135,10 +137,13 @@ def _parser() -> argparse.ArgumentParser:
         )
 
     def serve_options(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("--host", default="127.0.0.1", help="data plane address (127.0.0.1)")
+        sub.add_argument(
+            "--host", type=_text_arg, default="127.0.0.1", help="data plane address (127.0.0.1)"
+        )
         sub.add_argument("--port", type=int, default=8080, help="data plane port (8080)")
         sub.add_argument(
             "--admin-host",
+            type=_text_arg,
             default="127.0.0.1",
             help=f"control plane address; beyond loopback it needs {ADMIN_TOKEN_ENV}",
         )
@@ -777,7 +782,8 @@ def _interrupt(signum: int, frame: object) -> None:
 def _serve(args: argparse.Namespace) -> int:
     import logging
 
-    from balancer.server import ServeOptions, run
+    from balancer.server import run
+    from balancer.settings import SettingsError
     from gitops_nodes import logs
     from gitops_nodes.runtime.select import runtime_name
 
@@ -787,12 +793,10 @@ def _serve(args: argparse.Namespace) -> int:
             "on a Swarm the balancer runs as a service of the project (apply starts it, on "
             "gitops-nodes.yaml's swarm.port); `serve` is the balancer for one Docker host"
         )
-    if args.workers < 1:
-        raise GitopsNodesError(f"--workers: expected 1 or more, got {args.workers}")
+    if not 1 <= args.workers <= MAX_WORKERS:
+        raise GitopsNodesError(f"--workers: expected 1 to {MAX_WORKERS}, got {args.workers}")
     logs.configure(structured=args.log_format == "json")
-    options = ServeOptions(
-        args.host, args.port, args.admin_host, args.admin_port, admin_token=_admin_token(args)
-    )
+    options = _serve_options(args, _admin_token(args))
     settings = _proxy_settings(args)
     # A log record rather than a print: under --log-format json every line is an object.
     logging.getLogger("gitops_nodes.cli").info(
@@ -804,7 +808,29 @@ def _serve(args: argparse.Namespace) -> int:
         args.admin_port,
         args.workers,
     )
-    return run(state.table, options, settings, workers=args.workers)
+    try:
+        return run(state.table, options, settings, workers=args.workers)
+    except SettingsError as exc:  # the address or a port cannot be listened on
+        raise GitopsNodesError(str(exc)) from None
+
+
+def _serve_options(
+    args: argparse.Namespace, admin_token: str | None, port: int = -1
+) -> ServeOptions:
+    """serve's and watch's ServeOptions (port: the data port's, when not --port's)."""
+    from balancer.server import ServeOptions
+    from balancer.settings import SettingsError
+
+    try:
+        return ServeOptions(
+            args.host,
+            args.port if port < 0 else port,
+            args.admin_host,
+            args.admin_port,
+            admin_token=admin_token,
+        )
+    except SettingsError as exc:
+        raise GitopsNodesError(str(exc)) from None
 
 
 def _duration_flag(flag: str, text: str, examples: str, also: str = "") -> float:
@@ -861,17 +887,20 @@ def _proxy_settings(args: argparse.Namespace) -> ProxySettings:
         trusted = parse_trusted_proxies(args.trusted_proxies)
     except SettingsError as exc:
         raise GitopsNodesError(str(exc)) from None
-    return ProxySettings(
-        connect_timeout=args.connect_timeout,
-        read_timeout=args.read_timeout,
-        idle_timeout=args.idle_timeout,
-        access_log=args.access_log,
-        header_timeout=args.header_timeout,
-        max_head=args.max_head_size,
-        max_headers=args.max_headers,
-        max_clients=args.max_clients,
-        trusted_proxies=trusted,
-    )
+    try:
+        return ProxySettings(
+            connect_timeout=args.connect_timeout,
+            read_timeout=args.read_timeout,
+            idle_timeout=args.idle_timeout,
+            access_log=args.access_log,
+            header_timeout=args.header_timeout,
+            max_head=args.max_head_size,
+            max_headers=args.max_headers,
+            max_clients=args.max_clients,
+            trusted_proxies=trusted,
+        )
+    except SettingsError as exc:
+        raise GitopsNodesError(str(exc)) from None
 
 
 def _watch(args: argparse.Namespace) -> int:
@@ -879,7 +908,8 @@ def _watch(args: argparse.Namespace) -> int:
     import logging
     import signal
 
-    from balancer.server import Balancer, ServeOptions, new_loop
+    from balancer.server import Balancer, new_loop
+    from balancer.settings import SettingsError
     from gitops_nodes import logs, workflow
     from gitops_nodes.runtime.docker import follow_events
     from gitops_nodes.runtime.select import connect, runtime_name
@@ -900,9 +930,7 @@ def _watch(args: argparse.Namespace) -> int:
     settings = _settings(Path(args.repo) / args.path)
     runtime = runtime_name(args.runtime, settings)
     logs.configure(structured=args.log_format == "json")
-    options = ServeOptions(
-        args.host, args.port, args.admin_host, args.admin_port, admin_token=admin_token
-    )
+    options = _serve_options(args, admin_token)
     if runtime == "swarm":
         # The swarm's balancer service serves the traffic, on ports published on every
         # address of the host; watch keeps only its control plane (status, the git hook).
@@ -912,9 +940,7 @@ def _watch(args: argparse.Namespace) -> int:
                 f"--admin-port {args.admin_port} is the swarm balancer's port "
                 "(gitops-nodes.yaml swarm.port, swarm.adminPort); pick another one"
             )
-        options = ServeOptions(
-            args.host, 0, args.admin_host, args.admin_port, admin_token=admin_token
-        )
+        options = _serve_options(args, admin_token, port=0)
     source = open_source(args.repo, args.branch, args.path, state.path)
     loop = new_loop()
     asyncio.set_event_loop(loop)
@@ -963,6 +989,8 @@ def _watch(args: argparse.Namespace) -> int:
     try:
         with _live_progress(sys.stderr, args.log_format == "text"):
             loop.run_until_complete(watch.run(options))
+    except SettingsError as exc:  # the address or a port cannot be listened on
+        raise GitopsNodesError(str(exc)) from None
     finally:
         loop.close()
         notifier.close(NOTIFY_GRACE)  # what is queued gets a few seconds to go out

@@ -3,10 +3,20 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from balancer.proxy import ProxySettings
-from gitops_nodes.cli import _parser, _proxy_settings, _replace_unhealthy_after
+from gitops_nodes.cli import (
+    _parser,
+    _proxy_settings,
+    _replace_unhealthy_after,
+    _serve_options,
+)
 from gitops_nodes.errors import GitopsNodesError
 
 LIMITS = [
@@ -64,3 +74,64 @@ def test_watch_replace_unhealthy_after(given: str | None, seconds: float) -> Non
 def test_a_bad_replace_unhealthy_after_says_what_is_expected(given: str) -> None:
     with pytest.raises(GitopsNodesError, match="--replace-unhealthy-after: expected a duration"):
         _replace_unhealthy_after(given)
+
+
+@pytest.mark.parametrize("command", [["serve"], ["watch", "file:///repo"]])
+@pytest.mark.parametrize(
+    ("option", "value", "words"),
+    [
+        ("--header-timeout", "0", "--header-timeout: expected seconds above 0"),
+        ("--idle-timeout", "-5", "--idle-timeout: expected seconds above 0"),
+        ("--read-timeout", "nan", "--read-timeout: expected seconds above 0"),
+        ("--connect-timeout", "inf", "--connect-timeout: expected seconds above 0"),
+        ("--max-head-size", "100", "--max-head-size: expected 1024 or more, got 100"),
+        ("--max-headers", "0", "--max-headers: expected 1 or more"),
+        ("--max-clients", "-1", "--max-clients: expected 1 or more"),
+    ],
+)
+def test_a_limit_the_data_plane_cannot_use_is_refused_naming_its_option(
+    command: list[str], option: str, value: str, words: str
+) -> None:
+    with pytest.raises(GitopsNodesError, match=words):
+        _proxy_settings(_parser().parse_args([*command, option, value]))
+
+
+@pytest.mark.parametrize("command", [["serve"], ["watch", "file:///repo"]])
+@pytest.mark.parametrize(
+    ("option", "value"), [("--port", "-1"), ("--port", "65536"), ("--admin-port", "99999")]
+)
+def test_a_port_out_of_range_is_refused_naming_its_option(
+    command: list[str], option: str, value: str
+) -> None:
+    args = _parser().parse_args([*command, option, value])
+    with pytest.raises(GitopsNodesError, match=f"{option}: expected a port from 0 to 65535"):
+        _serve_options(args, None)
+
+
+@pytest.mark.parametrize("option", ["--host", "--admin-host"])
+def test_an_empty_address_is_a_usage_error_not_every_address(
+    option: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["serve", option, ""])
+    assert "expected a value, got an empty string" in capsys.readouterr().err
+
+
+def test_serve_that_cannot_listen_says_so_and_exits(tmp_path: Path) -> None:
+    # Before: a traceback, then the process hung at exit (the table file's watcher thread).
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        serve = [sys.executable, "-m", "gitops_nodes", "serve", "--state-dir", str(tmp_path)]
+        for address in (["--admin-port", str(port)], ["--host", "999.1.1.1"]):
+            done = subprocess.run(
+                [*serve, "--port", "0", "--admin-port", "0", *address],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                stdin=subprocess.DEVNULL,
+            )
+            assert done.returncode == 1, done.stderr
+            assert "error: cannot listen on " in done.stderr
+            assert "Traceback" not in done.stderr

@@ -10,13 +10,14 @@ import pytest
 from gitops_nodes.cli import main
 
 
-def test_serve_needs_at_least_one_worker(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize("workers", ["0", "-2", "100000"])  # the last, a typo: 100,000 forks
+def test_serve_needs_one_to_64_workers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], workers: str
 ) -> None:
     argv = ["serve", str(tmp_path), "--project", "p", "--state-dir", str(tmp_path)]
-    code = main([*argv, "--runtime", "docker", "--workers", "0", "--log-format", "text"])
+    code = main([*argv, "--runtime", "docker", "--workers", workers, "--log-format", "text"])
     assert code == 1
-    assert "--workers: expected 1 or more, got 0" in capsys.readouterr().err
+    assert f"--workers: expected 1 to 64, got {workers}" in capsys.readouterr().err
 
 
 def test_a_refused_worker_count_leaves_logging_alone(tmp_path: Path) -> None:
