@@ -51,6 +51,7 @@ class _ClientLimits:
 
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
+PROJECT_START = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
 MAX_WORKERS = 64  # serve --workers: beyond it, a typo, not a machine (each is a process)
 NOTIFY_GRACE = 5.0  # seconds a stopping watch gives queued notifications
 
@@ -102,6 +103,7 @@ def _parser() -> argparse.ArgumentParser:
     def project_options(sub: argparse.ArgumentParser) -> None:
         sub.add_argument(
             "--project",
+            type=_project_arg,
             default=os.environ.get("GITOPS_NODES_PROJECT"),
             help="project name labelled on everything it owns (default: the repo folder's name)",
         )
@@ -242,14 +244,14 @@ def _parser() -> argparse.ArgumentParser:
     project_options(sub)
     sub.add_argument(
         "--parallelism",
-        type=int,
+        type=_count_arg(1, 64),
         default=8,
         help="engine calls at once (default 8); steps that wait overlap up to 4x as many, "
         "1 runs one step at a time",
     )
     sub.add_argument(
         "--drain-timeout",
-        type=float,
+        type=_seconds_arg,
         default=30.0,
         metavar="SECONDS",
         help="longest wait for balancers to finish requests on a removed instance (30)",
@@ -391,6 +393,47 @@ def _path_arg(text: str) -> Path:
     if not text:
         raise argparse.ArgumentTypeError("expected a path, got an empty string")
     return Path(text)
+
+
+def _project_arg(text: str) -> str:
+    """A project name: it names containers, labels and a folder of the state directory, so
+    Compose's rule (and no path: `../x` would put the state beside others' projects)."""
+    if not (
+        0 < len(text) <= 63
+        and text[0] in PROJECT_START
+        and all(c in PROJECT_START or c in "-_" for c in text)
+    ):
+        raise argparse.ArgumentTypeError(
+            "expected 1 to 63 lowercase letters, digits, '-' and '_', starting with a letter "
+            f"or digit, got {text!r} (from --project, or else GITOPS_NODES_PROJECT)"
+        )
+    return text
+
+
+def _count_arg(least: int, most: int) -> Callable[[str], int]:
+    """An argument type: a whole number from least to most."""
+
+    def count(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = least - 1
+        if not least <= value <= most:
+            raise argparse.ArgumentTypeError(f"expected {least} to {most}, got {text!r}")
+        return value
+
+    return count
+
+
+def _seconds_arg(text: str) -> float:
+    """An argument type: seconds, from 0 to a day."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 86_400:  # NaN too
+        raise argparse.ArgumentTypeError(f"expected seconds from 0 to 86400, got {text!r}")
+    return value
 
 
 def _text_arg(text: str) -> str:
