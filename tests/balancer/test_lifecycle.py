@@ -7,9 +7,12 @@ import http.server
 import json
 import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -238,3 +241,23 @@ def test_ended_connections_and_acks_leave_no_reference_cycles(
         for _ in range(3):  # what apply waits on, written at each table, health change, drain
             balancer.call(balancer.balancer.write_ack)
     assert not cycles.found, f"ended connections and acks left objects in cycles: {cycles.found}"
+
+
+def test_serve_that_cannot_listen_says_so_and_exits(tmp_path: Path) -> None:
+    # Before: a traceback, then the process hung at exit (the table file's watcher thread).
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        serve = [sys.executable, "-m", "gitops_nodes", "serve", "--state-dir", str(tmp_path)]
+        for address in (["--admin-port", str(port)], ["--host", "999.1.1.1"]):
+            done = subprocess.run(
+                [*serve, "--port", "0", "--admin-port", "0", *address],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                stdin=subprocess.DEVNULL,
+            )
+            assert done.returncode == 1, done.stderr
+            assert "error: cannot listen on " in done.stderr
+            assert "Traceback" not in done.stderr

@@ -3,11 +3,6 @@
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 from balancer.proxy import ProxySettings
@@ -115,23 +110,3 @@ def test_an_empty_address_is_a_usage_error_not_every_address(
     with pytest.raises(SystemExit):
         _parser().parse_args(["serve", option, ""])
     assert "expected a value, got an empty string" in capsys.readouterr().err
-
-
-def test_serve_that_cannot_listen_says_so_and_exits(tmp_path: Path) -> None:
-    # Before: a traceback, then the process hung at exit (the table file's watcher thread).
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        serve = [sys.executable, "-m", "gitops_nodes", "serve", "--state-dir", str(tmp_path)]
-        for address in (["--admin-port", str(port)], ["--host", "999.1.1.1"]):
-            done = subprocess.run(
-                [*serve, "--port", "0", "--admin-port", "0", *address],
-                capture_output=True,
-                text=True,
-                timeout=60,
-                stdin=subprocess.DEVNULL,
-            )
-            assert done.returncode == 1, done.stderr
-            assert "error: cannot listen on " in done.stderr
-            assert "Traceback" not in done.stderr
