@@ -245,12 +245,13 @@ def test_ended_connections_and_acks_leave_no_reference_cycles(
 
 def test_serve_that_cannot_listen_says_so_and_exits(tmp_path: Path) -> None:
     # Before: a traceback, then the process hung at exit (the table file's watcher thread).
+    # 192.0.2.1 is a documentation address: no interface of a test machine has it.
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         serve = [sys.executable, "-m", "gitops_nodes", "serve", "--state-dir", str(tmp_path)]
-        for address in (["--admin-port", str(port)], ["--host", "999.1.1.1"]):
+        for address in (["--admin-port", str(port)], ["--host", "192.0.2.1"]):
             done = subprocess.run(
                 [*serve, "--port", "0", "--admin-port", "0", *address],
                 capture_output=True,
