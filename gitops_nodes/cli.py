@@ -656,6 +656,13 @@ def _destroy(args: argparse.Namespace) -> int:
     from gitops_nodes.plan import OTHER_OWNER
     from gitops_nodes.statedir import clean_state
 
+    if args.project is None and not args.path.is_dir():
+        # The project would be named after a folder that is not there: a mistyped path
+        # would destroy whichever project has that name.
+        raise GitopsNodesError(
+            f"{args.path} is not a folder: destroy takes the project's name from its "
+            "repository folder; to destroy a project without one, name it with --project"
+        )
     project, state = _context(args, args.path)
     runtime = _runtime(args, args.path)
     with _live_progress(sys.stdout):

@@ -71,3 +71,13 @@ def test_a_project_from_the_environment_is_checked_as_well(
 @pytest.mark.parametrize("name", ["a", "web-2", "my_project", "0day", "x" * 63])
 def test_project_names_compose_would_take_are_taken(name: str) -> None:
     assert _parser().parse_args(["plan", "--project", name]).project == name
+
+
+def test_destroy_of_a_folder_that_is_not_there_is_refused_without_a_project(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # It would take its project's name from the typo: another repository's project, say.
+    missing = tmp_path / "exmaple-repo"
+    assert main(["destroy", str(missing), "--state-dir", str(tmp_path)]) == 1
+    assert "is not a folder: destroy takes the project's name" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # no state directory made for it either
