@@ -934,10 +934,6 @@ def _proxy_settings(args: argparse.Namespace) -> ProxySettings:
     from balancer.settings import ProxySettings, SettingsError, parse_trusted_proxies
 
     try:
-        trusted = parse_trusted_proxies(args.trusted_proxies)
-    except SettingsError as exc:
-        raise GitopsNodesError(str(exc)) from None
-    try:
         return ProxySettings(
             connect_timeout=args.connect_timeout,
             read_timeout=args.read_timeout,
@@ -947,7 +943,7 @@ def _proxy_settings(args: argparse.Namespace) -> ProxySettings:
             max_head=args.max_head_size,
             max_headers=args.max_headers,
             max_clients=args.max_clients,
-            trusted_proxies=trusted,
+            trusted_proxies=parse_trusted_proxies(args.trusted_proxies),
         )
     except SettingsError as exc:
         raise GitopsNodesError(str(exc)) from None
