@@ -207,9 +207,10 @@ def apply(
         if desired.nodes or desired.aliases:  # destroying needs nothing made first
             runtime.prepare_project(project, state)
         live = claim(state, observe(runtime, project, state, adopt))
+        marked: frozenset[str] = frozenset()
         if unresponsive:
             live = live.with_unresponsive(unresponsive)
-        marked = frozenset(i.name for i in live.instances if i.state == UNRESPONSIVE)
+            marked = frozenset(i.name for i in live.instances if i.state == UNRESPONSIVE)
         runtime.balancers(project, state).sync(live.table)
         plan = make_plan(project, desired, live)
         if saved is not None:
