@@ -37,8 +37,12 @@ def _default(value: object) -> object:
     raise TypeError(f"an object of type {type(value).__name__} is not JSON serializable")
 
 
+class NonFiniteConstant(ValueError):
+    """NaN, Infinity or -Infinity in a body, which the standard library would read."""
+
+
 def _refuse_constant(name: str) -> object:
-    raise ValueError(f"{name} is not valid JSON")
+    raise NonFiniteConstant(f"{name} is not valid JSON")
 
 
 def _finite_float(text: str) -> float:

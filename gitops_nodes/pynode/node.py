@@ -24,7 +24,13 @@ from types import TracebackType
 from typing import Any
 
 from gitops_nodes.pynode.checkpoints import read_header
-from gitops_nodes.pynode.codec import DECODE_ERRORS, ENCODE_ERRORS, Codec, default_codec
+from gitops_nodes.pynode.codec import (
+    DECODE_ERRORS,
+    ENCODE_ERRORS,
+    Codec,
+    NonFiniteConstant,
+    default_codec,
+)
 from gitops_nodes.pynode.config import NodeConfig, Variable
 from gitops_nodes.pynode.errors import PrepareError
 from gitops_nodes.pynode.types import (
@@ -387,8 +393,8 @@ def _message(exc: BaseException) -> str:
 def _non_finite_literal(exc: Exception) -> bool:
     """Whether the decoder stopped at NaN, Infinity or -Infinity (Python's json.dumps writes
     them by default, so a Python client sends them more often than one would think)."""
-    if isinstance(exc, ValueError) and str(exc).endswith(" is not valid JSON"):
-        return True  # the standard library's codec, refusing the constant (codec.py)
+    if isinstance(exc, NonFiniteConstant):
+        return True  # the standard library's codec
     doc, pos = getattr(exc, "doc", None), getattr(exc, "pos", None)
     if not isinstance(doc, str | bytes) or not isinstance(pos, int):
         return False
