@@ -52,6 +52,7 @@ class _ClientLimits:
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
 PROJECT_START = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
+A_DAY = 86_400.0  # seconds: the longest duration a flag takes
 MAX_WORKERS = 64  # serve --workers: beyond it, a typo, not a machine (each is a process)
 NOTIFY_GRACE = 5.0  # seconds a stopping watch gives queued notifications
 
@@ -431,8 +432,8 @@ def _seconds_arg(text: str) -> float:
         value = float(text)
     except ValueError:
         value = -1.0
-    if not 0 <= value <= 86_400:  # NaN too
-        raise argparse.ArgumentTypeError(f"expected seconds from 0 to 86400, got {text!r}")
+    if not 0 <= value <= A_DAY:  # NaN too
+        raise argparse.ArgumentTypeError(f"expected seconds from 0 to {A_DAY:g}, got {text!r}")
     return value
 
 
@@ -865,7 +866,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _serve_options(
-    args: argparse.Namespace, admin_token: str | None, port: int = -1
+    args: argparse.Namespace, admin_token: str | None, port: int | None = None
 ) -> ServeOptions:
     """serve's and watch's ServeOptions (port: the data port's, when not --port's)."""
     from balancer.server import ServeOptions
@@ -874,7 +875,7 @@ def _serve_options(
     try:
         return ServeOptions(
             args.host,
-            args.port if port < 0 else port,
+            args.port if port is None else port,
             args.admin_host,
             args.admin_port,
             admin_token=admin_token,
@@ -891,7 +892,7 @@ def _duration_flag(flag: str, text: str, examples: str, also: str = "") -> float
         seconds = parse_duration(text)
     except ValueError:
         seconds = -1.0
-    if not 1.0 <= seconds <= 86_400.0:
+    if not 1.0 <= seconds <= A_DAY:
         raise GitopsNodesError(
             f"{flag}: expected a duration from 1s to 24h such as {examples}{also}, got {text!r}"
         )
