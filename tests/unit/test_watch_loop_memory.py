@@ -167,6 +167,20 @@ class Harness:
             done.wait(0.01)  # polling the loop's thread against a deadline
         raise AssertionError(f"timed out waiting for {what}: {self.status()}")
 
+    def idle(self) -> bool:
+        """No reconcile or rollout step under way: what one changed, it has also recorded."""
+        return not self.watch.busy.locked()
+
+    def entries(self) -> int:
+        return len(self.status()["history"])
+
+    def entry_after(self, kept: int, what: str) -> dict[str, Any]:
+        """The history entry recorded after the first `kept`, once there is one: a reconcile
+        changes instances before it records itself, so their change alone does not say it has."""
+        self.wait(what, lambda: self.entries() > kept)
+        entry: dict[str, Any] = self.status()["history"][kept]
+        return entry
+
     def routes(self, alias: str) -> object:
         table = read_table(self.state.table)
         return table.aliases[alias].targets if table and alias in table.aliases else None
@@ -187,7 +201,7 @@ def harness(tmp_path: Path) -> Harness:
 
 def start_v1(h: Harness) -> str:
     first = h.commit(node_doc("v1"), rollout_alias(("v1", 100)))
-    h.wait("v1 applied", lambda: h.status()["appliedRevision"] == first)
+    h.wait("v1 applied", lambda: h.status()["appliedRevision"] == first and h.idle())
     return first
 
 
@@ -236,7 +250,7 @@ def test_a_rollout_without_traffic_is_never_promoted(harness: Harness) -> None:
     with harness as h:
         first = start_v1(h)
         h.commit(node_doc("v2", "2"), rollout_alias(("v2", 100)))
-        h.wait("step 1", lambda: (h.status()["rollout"] or {}).get("step") == 1)
+        h.wait("step 1", lambda: (h.status()["rollout"] or {}).get("step") == 1 and h.idle())
         # The step is driven by a task started after its reconcile: once it has a judgement
         # due, fifteen pauses of 20 ms with no request, in which nothing may happen.
         h.wait(
@@ -273,7 +287,7 @@ def test_a_rollout_is_rolled_back_once_enough_requests_failed(harness: Harness) 
     with harness as h:
         first = start_v1(h)
         bad = h.commit(node_doc("v2", "2"), rollout_alias(("v2", 100)))
-        h.wait("step 1", lambda: (h.status()["rollout"] or {}).get("step") == 1)
+        h.wait("step 1", lambda: (h.status()["rollout"] or {}).get("step") == 1 and h.idle())
         # The step's counting has begun: its driver took the counters, then set the judgement.
         h.wait("the first judgement due", lambda: h.status()["rollout"]["nextJudgementAt"])
         h.balancer.count("v2", 500, 5)  # failures, but too few to judge on
@@ -324,7 +338,7 @@ def test_the_consoles_roll_back_action_rolls_the_rollout_back(harness: Harness) 
         first = start_v1(h)
         assert h.call(h.balancer.console.actions["rollback"]())["accepted"] is False
         moving = h.commit(node_doc("v2", "2"), rollout_alias(("v2", 100)))
-        h.wait("step 1", lambda: (h.status()["rollout"] or {}).get("step") == 1)
+        h.wait("step 1", lambda: (h.status()["rollout"] or {}).get("step") == 1 and h.idle())
 
         answer = h.call(h.balancer.console.actions["rollback"]())
 
@@ -358,6 +372,7 @@ def test_an_instance_unhealthy_too_long_is_replaced_and_the_reason_recorded(
     monkeypatch.setattr("gitops_nodes.watch.loop.UNRESPONSIVE_EVERY", 0.02)
     with Harness(tmp_path, replace_unhealthy_after=5.0) as h:
         start_v1(h)
+        kept = h.entries()
         [hung] = h.runtime.list_instances(PROJECT)
         backend = Backend("v1", Endpoint(hung.name, "127.0.0.1", 1), HealthSettings())
         backend.mark_unhealthy("GET /healthz failed: timed out")
@@ -378,7 +393,7 @@ def test_an_instance_unhealthy_too_long_is_replaced_and_the_reason_recorded(
             lambda: [i.name for i in h.runtime.list_instances(PROJECT)] not in ([hung.name], []),
         )
         h.wait("the hung one gone", lambda: len(h.runtime.list_instances(PROJECT)) == 1)
-        last = h.status()["history"][-1]
+        last = h.entry_after(kept, "the replacement's reconcile recorded")
         assert last["reason"] == "unresponsive" and last["outcome"] == "applied"
         table = read_table(h.state.table)
         assert table is not None
@@ -397,15 +412,16 @@ def test_a_reconcile_that_replaces_an_unresponsive_instance_says_so_whatever_ran
     # is under way: that one replaces it, and its history entry must still say why.
     with Harness(tmp_path, replace_unhealthy_after=0) as h:
         start_v1(h)
+        kept = h.entries()
         [hung] = h.runtime.list_instances(PROJECT)
         h.reconciler.unresponsive = frozenset({hung.name})
 
         h.loop.call_soon_threadsafe(h.watch.trigger, "interval")
 
         h.wait("the hung one replaced", lambda: hung.name not in names(h))
-        h.wait("and its reconcile recorded", lambda: h.status()["history"][-1]["actions"] > 0)
-        last = h.status()["history"][-1]
+        last = h.entry_after(kept, "its reconcile recorded")
         assert (last["reason"], last["outcome"]) == ("interval,unresponsive", "applied")
+        assert last["actions"] > 0
         h.reconciler.unresponsive = frozenset()
         h.loop.call_soon_threadsafe(h.watch.trigger, "drift")
         h.wait("a quiet reconcile", lambda: h.status()["history"][-1]["reason"] == "drift")
@@ -418,7 +434,8 @@ def test_a_rollout_waiting_at_a_step_is_healed_without_being_advanced(tmp_path: 
     with Harness(tmp_path, replace_unhealthy_after=0) as h:
         start_v1(h)
         h.commit(node_doc("v2", "2"), rollout_alias(("v2", 100)))
-        h.wait("step 1", lambda: (h.status()["rollout"] or {}).get("step") == 1)
+        h.wait("step 1", lambda: (h.status()["rollout"] or {}).get("step") == 1 and h.idle())
+        kept = h.entries()
         [hung] = names(h, "v1")  # the old node, still taking half the traffic
         h.reconciler.unresponsive = frozenset({hung})
 
@@ -426,7 +443,7 @@ def test_a_rollout_waiting_at_a_step_is_healed_without_being_advanced(tmp_path: 
 
         h.wait("v1's hung instance replaced", lambda: names(h, "v1") not in ([hung], []))
         h.wait("and removed", lambda: len(names(h, "v1")) == 1)
-        last = h.status()["history"][-1]
+        last = h.entry_after(kept, "the healing reconcile recorded")
         assert (last["reason"], last["outcome"]) == ("unresponsive", "rolling out")
         assert (h.status()["rollout"] or {}).get("step") == 1
         assert h.routes("api") == (("v2", 500), ("v1", 500))
