@@ -281,6 +281,14 @@ class Balancer:
             peers = Peers(workers, lambda: worker_snapshot(self, index))
         if workers is None or workers.answers_admin:
             await self._serve_admin(options, admin, peers)
+            # The ports bound, which differ from those asked for when port 0 was.
+            log.info(
+                "listening on http://%s:%d (control plane: http://%s:%d/-/status)",
+                url_host(options.host),
+                self.ports()[0],
+                url_host(options.admin_host),
+                self.admin_port,
+            )
         self._tasks.append(self.loop.create_task(self._sweep()))
         self.write_ack()
 
@@ -397,6 +405,11 @@ def raise_open_files(max_clients: int) -> None:
             )
 
 
+def url_host(host: str) -> str:
+    """host as a URL writes it: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host else host
+
+
 def cannot_listen(option: str, host: str, port: int, exc: OSError) -> str:
     """What to tell a user whose address or port cannot be listened on."""
     why = exc.strerror or str(exc)
@@ -433,6 +446,10 @@ def run(table_file: Path, options: ServeOptions, settings: ProxySettings, worker
     others are stopped too (a balancer with a part of its workers is not what was asked)."""
     if workers <= 1:
         return _run_one(table_file, options, settings)
+    if options.port == 0:  # each would bind a port of its own, and clients reach one of them
+        raise SettingsError(
+            f"--port 0 with --workers {workers}: the workers share one port; give it"
+        )
     # The workers' snapshot sockets: a folder only this user can enter (mkdtemp's 0700).
     folder = Path(tempfile.mkdtemp(prefix="gitops-nodes-workers-"))
     children: list[int] = []

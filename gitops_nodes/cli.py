@@ -850,14 +850,9 @@ def _serve(args: argparse.Namespace) -> int:
     options = _serve_options(args, _admin_token(args))
     settings = _proxy_settings(args)
     # A log record rather than a print: under --log-format json every line is an object.
+    # The addresses are the balancer's to say, once bound (the ports differ for port 0).
     logging.getLogger("gitops_nodes.cli").info(
-        "serving %s on http://%s:%d (control plane: http://%s:%d/-/status), %d worker(s)",
-        state.table,
-        args.host,
-        args.port,
-        args.admin_host,
-        args.admin_port,
-        args.workers,
+        "serving %s with %d worker(s)", state.table, args.workers
     )
     try:
         return run(state.table, options, settings, workers=args.workers)
@@ -1018,20 +1013,15 @@ def _watch(args: argparse.Namespace) -> int:
     )
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, watch.stop)
+    # The embedded balancer says where it listens once bound (the ports differ for port 0).
     serving = (
         f"the swarm's balancer serves port {settings.swarm.port}"
         if runtime == "swarm"
-        else f"serving http://{args.host}:{args.port}"
+        else "the embedded balancer serves its aliases"
     )
     # A log record rather than a print: under --log-format json every line is an object.
     logging.getLogger("gitops_nodes.cli").info(
-        "watching %s as project %s on %s; %s (control plane: http://%s:%d/-/status)",
-        source.describe(),
-        project,
-        runtime,
-        serving,
-        args.admin_host,
-        args.admin_port,
+        "watching %s as project %s on %s; %s", source.describe(), project, runtime, serving
     )
     try:
         with _live_progress(sys.stderr, args.log_format == "text"):

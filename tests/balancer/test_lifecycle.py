@@ -3,9 +3,12 @@ pipelining, HTTP/1.0 clients, backpressure, and clients that leave while connect
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
+import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -262,3 +265,51 @@ def test_serve_that_cannot_listen_says_so_and_exits(tmp_path: Path) -> None:
             assert done.returncode == 1, done.stderr
             assert "error: cannot listen on " in done.stderr
             assert "Traceback" not in done.stderr
+
+
+def test_serve_on_port_0_says_the_ports_it_bound(tmp_path: Path) -> None:
+    # Before: "serving ... on http://127.0.0.1:0", the ports asked for, not those bound.
+    output = tmp_path / "serve.log"
+    command = [sys.executable, "-m", "gitops_nodes", "serve", "--state-dir", str(tmp_path)]
+    with output.open("wb") as log:
+        process = subprocess.Popen(
+            [*command, "--port", "0", "--admin-port", "0"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    try:
+        pattern = (
+            r"listening on http://127\.0\.0\.1:(\d+) \(control plane: http://127\.0\.0\.1:(\d+)/"
+        )
+        found = wait_until(
+            lambda: re.search(pattern, output.read_text()), "the listening line", 30.0, 0.05
+        )
+        port, admin_port = int(found.group(1)), int(found.group(2))
+        assert 0 not in (port, admin_port)
+        assert request(port, "GET", "/nodes/none/").status == 404  # the data port, bound
+        assert request(admin_port, "GET", "/-/healthz").status == 200
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+
+
+def test_serve_refuses_port_0_for_several_workers(tmp_path: Path) -> None:
+    # Each worker would bind a port of its own: clients would reach one worker in N.
+    serve = [sys.executable, "-m", "gitops_nodes", "serve", "--state-dir", str(tmp_path)]
+    process = subprocess.Popen(
+        [*serve, "--port", "0", "--admin-port", "0", "--workers", "2"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,  # its workers, should it fork them, end with it below
+    )
+    try:
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    assert process.returncode == 1, stderr
+    assert "error: --port 0 with --workers 2: the workers share one port" in stderr
