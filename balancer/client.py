@@ -31,8 +31,10 @@ from balancer.http import (
     HOLD_LIMIT,
     LINGER,
     MAX_PIPELINED,
+    NO_VERSION,
     error_body,
     local_response,
+    versionless,
 )
 from balancer.proxy import Proxy
 from balancer.routing import AliasRoute, NodeRoute
@@ -228,6 +230,8 @@ class ClientConnection(asyncio.Protocol):
         else:
             if self.in_head:
                 self.head_pending(data, continuing, at_boundary)
+                if at_boundary and self.begun == 1 and versionless(data):
+                    self.refuse(505, NO_VERSION)
             elif (parsing := self.parsing) is not None and parsing.chunked:
                 self.chunks_pending(len(data), in_chunks)
             request = self.starting

@@ -79,6 +79,17 @@ EXECUTE_PREFIX = b"/datasphere/"  # the execute API's paths (balancer/execute.py
 ALIAS_PREFIX = "datasphere.user."  # the reference's form of an alias in x-node-alias
 
 
+def versionless(data: bytes) -> bool:
+    """Whether data, a read that began a request, has a whole request line without an HTTP
+    version (HTTP/0.9's `GET /`): such a client sends no header lines, and would otherwise be
+    held until the header timeout, waiting for the end of a head it never sends."""
+    line, newline, _ = data.lstrip(b"\r\n").partition(b"\n")
+    return bool(newline) and len(line.split()) == 2
+
+
+NO_VERSION = "a request line without an HTTP version (HTTP/0.9) is not served here: send HTTP/1.1"
+
+
 def error_body(code: int, message: str, request_id: bytes, **extra: str) -> bytes:
     """The balancer's JSON error. It also carries the reference platform's error fields
     (error_name, error_message), so its clients read the balancer's errors like a node's."""

@@ -661,7 +661,10 @@ class Connection(asyncio.Protocol):
                 self.refuse(500, "InternalError", message)
         else:
             if self.in_head and not self.closing:
-                self.head_pending(data, continuing, at_boundary)
+                if at_boundary and self.begun == 1 and versionless(data):
+                    self.refuse_lingering(505, "HTTPVersionNotSupported", NO_VERSION)
+                else:
+                    self.head_pending(data, continuing, at_boundary)
             elif self.active and not self.closing:
                 if self.chunked:
                     self.chunks_pending(len(data), in_chunks and self.begun == 0)
@@ -1013,6 +1016,18 @@ class Connection(asyncio.Protocol):
             self.service.loop.call_later(LINGER, transport.close)
         else:
             transport.close()
+
+
+def versionless(data: bytes) -> bool:
+    """Whether data, a read that began a request, has a whole request line without an HTTP
+    version (HTTP/0.9's `GET /`): such a client sends no header lines, and would otherwise be
+    held until the header timeout. (The balancer's twin is balancer/http.py's: python nodes'
+    images carry no balancer.)"""
+    line, newline, _ = data.lstrip(b"\r\n").partition(b"\n")
+    return bool(newline) and len(line.split()) == 2
+
+
+NO_VERSION = "a request line without an HTTP version (HTTP/0.9) is not served here: send HTTP/1.1"
 
 
 def unsupported(codings: bytes) -> str:

@@ -461,8 +461,19 @@ def test_an_absolute_form_target_is_routed_by_its_path(
             400,
             "Transfer-Encoding",
         ),
+        # HTTP/0.9: a request line alone, no version and no head to wait for (was held
+        # until the header timeout); answered at once, empty lines before it allowed.
+        (b"GET /nodes/a/v\r\n", 505, "without an HTTP version (HTTP/0.9)"),
+        (b"\r\nGET /nodes/a/v\n", 505, "without an HTTP version (HTTP/0.9)"),
     ],
-    ids=["HTTP/2.0 request line", "gzip, chunked", "br, then chunked", "gzip alone"],
+    ids=[
+        "HTTP/2.0 request line",
+        "gzip, chunked",
+        "br, then chunked",
+        "gzip alone",
+        "HTTP/0.9",
+        "HTTP/0.9 after an empty line",
+    ],
 )
 def test_a_version_or_transfer_coding_it_cannot_pass_on_is_refused_not_forwarded(
     served: Callable[..., tuple[BalancerHarness, BackendProcess]],

@@ -527,8 +527,18 @@ CHUNKED_STEP = b"b\r\n%s\r\n0\r\n\r\n" % STEP
         ),
         # RFC 9112 6.3: without chunked last, the body's length cannot be known: 400.
         (b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n" + STEP, 400, "malformed"),
+        # HTTP/0.9: a request line alone, answered at once (was held until the head timeout).
+        (b"GET /\r\n", 505, "without an HTTP version (HTTP/0.9)"),
+        (b"\r\nGET /healthz\n", 505, "without an HTTP version (HTTP/0.9)"),
     ],
-    ids=["HTTP/2.0 request line", "gzip, chunked", "br, then chunked", "gzip alone"],
+    ids=[
+        "HTTP/2.0 request line",
+        "gzip, chunked",
+        "br, then chunked",
+        "gzip alone",
+        "HTTP/0.9",
+        "HTTP/0.9 after an empty line",
+    ],
 )
 def test_a_version_or_transfer_coding_it_cannot_read_is_refused_not_misread(
     counter: Served, head: bytes, status: int, words: str
