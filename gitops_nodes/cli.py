@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from gitops_nodes import __version__
-from gitops_nodes.errors import ApplyCancelled, GitopsNodesError, StalePlan
+from gitops_nodes.errors import ApplyCancelled, GitopsNodesError, PlanFileError, StalePlan
 
 # Start-up time is every command's floor (`--version` and `validate` included), so this module
 # imports only argparse and the errors at load: each command imports what it uses (Docker,
@@ -51,7 +51,6 @@ class _ClientLimits:
 
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
-PROJECT_START = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
 A_DAY = 86_400.0  # seconds: the longest duration a flag takes
 MAX_WORKERS = 64  # serve --workers: beyond it, a typo, not a machine (each is a process)
 NOTIFY_GRACE = 5.0  # seconds a stopping watch gives queued notifications
@@ -71,6 +70,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `... | head`: the reader has what it wanted and left
+        # Output still buffered would fail again at exit, with a second traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_ERROR
+    except OSError as exc:  # a path the system refuses (too long, say), or a full disk
+        where = f"{exc.filename}: " if exc.filename is not None else ""
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_ERROR
 
 
 def _exit_at_once(code: int) -> None:
@@ -397,16 +404,12 @@ def _path_arg(text: str) -> Path:
 
 
 def _project_arg(text: str) -> str:
-    """A project name: it names containers, labels and a folder of the state directory, so
-    Compose's rule (and no path: `../x` would put the state beside others' projects)."""
-    if not (
-        0 < len(text) <= 63
-        and text[0] in PROJECT_START
-        and all(c in PROJECT_START or c in "-_" for c in text)
-    ):
+    """A project name (statedir.PROJECT_RULE)."""
+    from gitops_nodes.statedir import PROJECT_RULE, valid_project
+
+    if not valid_project(text):
         raise argparse.ArgumentTypeError(
-            "expected 1 to 63 lowercase letters, digits, '-' and '_', starting with a letter "
-            f"or digit, got {text!r} (from --project, or else GITOPS_NODES_PROJECT)"
+            f"expected {PROJECT_RULE}, got {text!r} (from --project, or else GITOPS_NODES_PROJECT)"
         )
     return text
 
@@ -572,7 +575,8 @@ def _apply(args: argparse.Namespace) -> int:
 
     def state_of(root: Path, saved: dict[str, Any] | None) -> StateDir:
         if saved is not None:
-            return StateDir.for_project(args.project or saved["project"], args.state_dir)
+            _check_saved_flags(args, saved)  # before the state directory is touched
+            return StateDir.for_project(saved["project"], args.state_dir)
         return _context(args, root)[1]
 
     desired, saved = workflow.load_for_apply(
@@ -580,7 +584,8 @@ def _apply(args: argparse.Namespace) -> int:
     )
     project, state = _context(args, desired.root)
     if saved is not None:
-        project = args.project or saved["project"]
+        _check_saved_flags(args, saved)
+        project = saved["project"]
         state = StateDir.for_project(project, args.state_dir)
     runtime = _runtime(args, desired.root, saved.get("runtime") if saved else None)
     on_plan: Callable[[Plan], None] | None = _print_plan
@@ -613,6 +618,21 @@ def _apply(args: argparse.Namespace) -> int:
     if run.report is None:
         return EXIT_OK
     return _print_report(run.report, "Apply")
+
+
+def _check_saved_flags(args: argparse.Namespace, saved: dict[str, Any]) -> None:
+    """Refuse --project or --runtime when they contradict the saved plan: it was reviewed
+    for its own project and runtime (and would be refused as stale for another project
+    only after the state directory of that one was made)."""
+    for flag, given, planned in (
+        ("--project", args.project, saved["project"]),
+        ("--runtime", args.runtime, saved["runtime"]),
+    ):
+        if given is not None and given != planned:
+            raise PlanFileError(
+                f"{flag} {given} contradicts the saved plan, made for {flag[2:]} {planned!r}: "
+                f"leave {flag} out, or make a plan for {given!r} with `gitops-nodes plan -out`"
+            )
 
 
 def _approve(

@@ -7,6 +7,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import secrets
 import shutil
 import time
@@ -51,6 +52,16 @@ DESTROYED_STATE: tuple[str, ...] = (
 # What `destroy` keeps on purpose, name -> why (none today).
 KEPT_BY_DESTROY: dict[str, str] = {}
 # Temporary files of our atomic writes (a write interrupted by a crash leaves one behind).
+# A project's name: it names containers, labels and a folder of the state directory, so
+# Compose's rule (and never a path: `../x` would put the state beside others' projects).
+PROJECT_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+PROJECT_RULE = "1 to 63 lowercase letters, digits, '-' and '_', starting with a letter or digit"
+
+
+def valid_project(name: str) -> bool:
+    return re.fullmatch(PROJECT_PATTERN, name) is not None
+
+
 _TEMPORARY_PREFIXES = (".watch.", f".{TABLE_FILE}.", "owner.tmp-", f".{SECRET_KEY_FILE}.")
 
 

@@ -24,7 +24,7 @@ from gitops_nodes.runtime.base import Runtime
 from gitops_nodes.spec.secrets import DigestKey
 from gitops_nodes.spec.settings import load_repository
 from gitops_nodes.spec.state import DesiredState
-from gitops_nodes.statedir import StateDir, ensure_ownership, read_ownership
+from gitops_nodes.statedir import PROJECT_PATTERN, StateDir, ensure_ownership, read_ownership
 
 LOCK_TIMEOUT = 600.0
 # `status` probes every running instance at once (up to STATUS_PROBES at a time), each within
@@ -37,8 +37,14 @@ SUSPENDED = "Suspended"  # a node's status (and its stopped instances') while su
 
 def project_name(path: Path) -> str:
     """A project name from a folder's name, made a DNS label (as Compose does)."""
-    name = re.sub(r"[^a-z0-9-]+", "-", path.resolve().name.lower()).strip("-")[:63].strip("-")
-    return name or "default"
+    folder = path.resolve()
+    name = re.sub(r"[^a-z0-9-]+", "-", folder.name.lower()).strip("-")[:63].strip("-")
+    if not name:  # not "default": `destroy /` would destroy whatever project has that name
+        raise GitopsNodesError(
+            f"the folder {folder} has no letter or digit to name a project after: give "
+            "--project (or GITOPS_NODES_PROJECT)"
+        )
+    return name
 
 
 def observe(runtime: Runtime, project: str, state: StateDir, adopt: bool = False) -> LiveState:
@@ -104,7 +110,7 @@ class _SavedPlan(BaseModel):
     model_config = ConfigDict(strict=True, extra="allow")
 
     format: str
-    project: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a state dir's folder name
+    project: str = Field(pattern=PROJECT_PATTERN)  # as --project takes it
     specDigest: str  # the file's own camelCase keys
     liveDigest: str
     changes: list[dict[str, Any]]
