@@ -510,7 +510,7 @@ def _plan(args: argparse.Namespace) -> int:
     if args.json and args.format not in (None, "json"):
         raise GitopsNodesError(f"--json and --format {args.format}: give one of them")
     if args.out:
-        _check_plan_target(args.out)  # before any work, and before the plan is printed
+        _check_output_target(args.out, "-out")  # before any work, and before the plan is printed
     project, state = _context(args, args.path)
     desired, _ = load_repository(args.path, secret_key=lambda: secret_key(state))
     runtime = _runtime(args, args.path)
@@ -544,18 +544,18 @@ def _plan(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _check_plan_target(out: Path) -> None:
-    """Refuse a -out target the plan cannot be written to: a folder, a missing folder, a
-    special file (a FIFO would block), or a place we may not write."""
+def _check_output_target(out: Path, flag: str) -> None:
+    """Refuse an output file (plan -out, checkpoint -o) that cannot be written: a folder, a
+    missing folder, a special file (a FIFO would block), or a place we may not write."""
     folder = out.parent
     if out.is_dir():
-        raise GitopsNodesError(f"-out {out}: is a folder; expected the path of a file to write")
+        raise GitopsNodesError(f"{flag} {out}: is a folder; expected the path of a file to write")
     if not folder.exists():
-        raise GitopsNodesError(f"-out {out}: the folder {folder} does not exist")
+        raise GitopsNodesError(f"{flag} {out}: the folder {folder} does not exist")
     if not folder.is_dir():
-        raise GitopsNodesError(f"-out {out}: {folder} is not a folder")
+        raise GitopsNodesError(f"{flag} {out}: {folder} is not a folder")
     if out.exists() and not out.is_file():
-        raise GitopsNodesError(f"-out {out}: is not a regular file; expected a file to write")
+        raise GitopsNodesError(f"{flag} {out}: is not a regular file; expected a file to write")
     # Opened for writing without changing it: what the write will meet (permissions, a
     # read-only or special file system), found before the plan is made.
     existed = out.exists()
@@ -563,7 +563,7 @@ def _check_plan_target(out: Path) -> None:
         flags = os.O_WRONLY | (os.O_APPEND if existed else os.O_CREAT | os.O_EXCL)
         os.close(os.open(out, flags, 0o644))
     except OSError as exc:
-        raise GitopsNodesError(f"-out {out}: cannot write there: {exc.strerror or exc}") from None
+        raise GitopsNodesError(f"{flag} {out}: cannot write there: {exc.strerror or exc}") from None
     if not existed:
         out.unlink()
 
@@ -1071,9 +1071,10 @@ def _checkpoint(args: argparse.Namespace) -> int:
 
     names = [name.strip() for name in args.vars.split(",") if name.strip()]
     bad = [n for n in names if not n.isidentifier() or keyword.iskeyword(n)]
-    if not names or bad:
+    if not names or bad or len(set(names)) < len(names):
         print(
-            f"error: --vars: expected Python variable names separated by commas, got {args.vars!r}",
+            "error: --vars: expected Python variable names separated by commas, each once, "
+            f"got {args.vars!r}",
             file=sys.stderr,
         )
         return EXIT_CHANGES  # argparse's exit code for a usage error
@@ -1082,6 +1083,19 @@ def _checkpoint(args: argparse.Namespace) -> int:
     except PydanticCustomError as exc:
         print(f"error: --timeout: {exc.message()}, got {args.timeout!r}", file=sys.stderr)
         return EXIT_CHANGES
+    # Under a second would be no limit at all (the kernel client counts whole seconds, 0
+    # being none); beyond a day, a typo.
+    if not 1 <= timeout <= A_DAY:
+        print(f"error: --timeout: expected 1s to 24h, got {args.timeout!r}", file=sys.stderr)
+        return EXIT_CHANGES
+    # Found before the notebook runs, which can take its whole time limit per cell.
+    if not args.notebook.is_file():  # a FIFO would block the read, a folder is no notebook
+        raise GitopsNodesError(f"{args.notebook}: expected a notebook file (.ipynb)")
+    _check_output_target(args.output, "-o")
+    if args.output.resolve() == args.notebook.resolve():
+        raise GitopsNodesError(
+            f"-o {args.output}: is the notebook itself; expected the path of the checkpoint"
+        )
     written = run_checkpoint(args.notebook, names, args.output, args.cell, timeout)
     print(f"saved {', '.join(names)} from {args.notebook} to {written}")
     return EXIT_OK
