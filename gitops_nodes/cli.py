@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import os
 import sys
 from pathlib import Path
@@ -57,6 +58,10 @@ NOTIFY_GRACE = 5.0  # seconds a stopping watch gives queued notifications
 
 
 def main(argv: list[str] | None = None) -> int:
+    # A file name that is not UTF-8 (from a Latin-1 archive, say) is shown escaped rather
+    # than failing the print after the work is done; stderr escapes already.
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(errors="backslashreplace")
     parser = _parser()
     args = parser.parse_args(argv)
     try:
