@@ -13,8 +13,9 @@ rule here rather than in PyYAML's YAML 1.1 defaults:
 - A key written twice in one mapping is refused; merge keys (`<<: *base`, `<<: [*a, *b]`)
   work as YAML defines them: the mapping's own keys override merged ones.
 - Nesting deeper than MAX_DEPTH is refused as soon as it is seen (libyaml's scanner slows
-  down with the square of the depth), and aliases may not expand a document past
-  MAX_EXPANSION values (a "billion laughs" document is refused, not expanded).
+  down with the square of the depth), aliases may not expand a file past MAX_EXPANSION
+  values (a "billion laughs" document is refused, not expanded), and a file holds at most
+  MAX_DOCUMENTS documents.
 
 Every problem is a YamlError with the line and column where it is.
 """
@@ -28,7 +29,10 @@ from typing import Any
 import yaml
 
 MAX_DEPTH = 100  # nested sequences and mappings in one document
-MAX_EXPANSION = 1_000_000  # values one document holds once its aliases are expanded
+# Values one file holds once its aliases are expanded, its documents together: counted per
+# file, as every document of a file is held at once (merge keys copy what they merge).
+MAX_EXPANSION = 1_000_000
+MAX_DOCUMENTS = 100_000  # documents in one file (each costs the parser ~7 us and its memory)
 _INT_DIGITS = 1000  # longer integers are refused: no field needs them, int() is quadratic
 
 try:  # libyaml's parser; PyYAML's wheels ship it, a build from source may not
@@ -153,6 +157,18 @@ class _Frame:
 _NOTHING = object()
 
 
+def _too_many_values(documents: int) -> str:
+    if documents == 1:
+        return (
+            f"aliases expand this document past {MAX_EXPANSION:,} values; expected a document "
+            "that does not repeat itself that much"
+        )
+    return (
+        f"this file's documents hold more than {MAX_EXPANSION:,} values together (aliases "
+        "expanded); expected a file that does not repeat itself that much"
+    )
+
+
 class _Builder:
     """One pass over libyaml's events, keeping a stack of the collections being built."""
 
@@ -169,6 +185,7 @@ class _Builder:
         seq_end, map_end = yaml.SequenceEndEvent, yaml.MappingEndEvent
         doc_start = yaml.DocumentStartEvent
         anchors = self.anchors
+        held = 0  # the values of the documents built so far (aliases expanded)
         try:
             while True:
                 event: Any = parser.get_event()
@@ -217,15 +234,20 @@ class _Builder:
                     continue
                 if not stack:
                     documents.append("<<" if value is _MERGE_KEY else value)
+                    held += weight
+                    if held > MAX_EXPANSION:
+                        raise _error(event.start_mark, _too_many_values(len(documents)))
+                    if len(documents) > MAX_DOCUMENTS:
+                        raise _error(
+                            event.start_mark,
+                            f"more than {MAX_DOCUMENTS:,} documents in one file; expected "
+                            "fewer (split the file)",
+                        )
                     continue
                 frame = stack[-1]
                 frame.weight += weight
-                if frame.weight > MAX_EXPANSION:
-                    raise _error(
-                        event.start_mark,
-                        f"aliases expand this document past {MAX_EXPANSION:,} values; "
-                        "expected a document that does not repeat itself that much",
-                    )
+                if held + frame.weight > MAX_EXPANSION:
+                    raise _error(event.start_mark, _too_many_values(len(documents) + 1))
                 key = frame.key
                 if key is _NOTHING or frame.list_ is not None or key is _MERGE:
                     self._add(frame, value, event)

@@ -15,6 +15,7 @@ import pytest
 import gitops_nodes.spec.load as load_module
 import gitops_nodes.spec.repofiles as repofiles
 from gitops_nodes.cli import main
+from gitops_nodes.spec import yaml12
 from gitops_nodes.spec.access import resolve_access
 from gitops_nodes.spec.context import context_digest
 from gitops_nodes.spec.dockerignore import DockerIgnore
@@ -124,6 +125,28 @@ def test_an_alias_bomb_is_refused_not_expanded() -> None:
     with pytest.raises(YamlError, match="aliases expand"):
         parse_documents("\n".join(lines).encode())
     assert time.monotonic() - started < 10
+
+
+def test_merges_repeated_across_documents_are_bounded_per_file(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Each `- <<: *a` copies the mapping it merges: bounded per document only, 40 documents
+    # of 490 such lines took 538 MB (a file under the size limit, ~30 GB).
+    monkeypatch.setattr(yaml12, "MAX_EXPANSION", 10_000)
+    document = "a: &a {" + ", ".join(f"k{i}: 0" for i in range(100)) + "}\nb:\n"
+    document += "  - <<: *a\n" * 40  # ~8,400 values (keys count): within the bound alone
+    assert len(parse_documents(document.encode())[0]["b"]) == 40
+    with pytest.raises(YamlError, match="this file's documents hold more than 10,000 values"):
+        parse_documents(f"---\n{document}".encode() * 3)
+
+
+def test_a_file_of_very_many_documents_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Before: a 31 MiB file of `--- 1` lines took 36 s and 876 MB.
+    monkeypatch.setattr(yaml12, "MAX_DOCUMENTS", 1_000)
+    assert len(parse_documents(b"--- 1\n" * 1_000)) == 1_000
+    with pytest.raises(YamlError, match="more than 1,000 documents in one file") as caught:
+        parse_documents(b"--- 1\n" * 1_001)
+    assert caught.value.line == 1_001
 
 
 # -- encodings and depth: errors with file and line, never a traceback ----------------------
