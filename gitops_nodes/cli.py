@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import itertools
 import os
 import sys
 from pathlib import Path
@@ -731,25 +732,30 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _status_live(args: argparse.Namespace) -> int:
-    """`status --watch`: the overview redrawn in place every args.watch seconds."""
-    import io
+    """`status --watch`: the overview redrawn in place every args.watch seconds (on a
+    terminal; elsewhere, a log or a pipe, each frame follows the last after a blank line)."""
     import signal
     import time
 
-    if not 0.2 <= args.watch <= 3600 or args.json:
+    if args.json:
+        raise GitopsNodesError("--watch and --json: give one of them")
+    if not 0.2 <= args.watch <= 3600:
         raise GitopsNodesError(
-            "--watch: expected a number of seconds from 0.2 to 3600, without --json"
+            f"--watch: expected a number of seconds from 0.2 to 3600, got {args.watch:g}"
         )
+    terminal = sys.stdout.isatty()
     signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM ends it as Ctrl-C does
     try:
-        while True:
+        for count in itertools.count():
             frame = io.StringIO()
             with contextlib.redirect_stdout(frame):
                 _status_once(args)
             stamp = time.strftime("%Y-%m-%d %H:%M:%S")
             header = f"Every {args.watch:g}s: gitops-nodes status    {stamp}    (Ctrl-C ends)\n\n"
-            # Home, clear, then the whole frame in one write: no flicker between frames.
-            sys.stdout.write("\x1b[H\x1b[2J" + header + frame.getvalue())
+            # Home and clear where a terminal reads them (in a file they are noise), then
+            # the whole frame in one write: no flicker between frames.
+            before = "\x1b[H\x1b[2J" if terminal else "\n" if count else ""
+            sys.stdout.write(before + header + frame.getvalue())
             sys.stdout.flush()
             time.sleep(args.watch)
     except KeyboardInterrupt:
