@@ -77,19 +77,67 @@ def packages_used(state: bytes) -> dict[str, str]:
     return found
 
 
+# A header is read from a file of the repository or a download, so it may be anything that
+# unpickles as plain values; what is shown of it is bounded (a header that `save` writes
+# lists the few packages the variables use, with short names and versions).
+MAX_HEADER_PACKAGES = 1000
+MAX_HEADER_TEXT = 200  # characters of a package name, a version or the Python version
+
+
 def version_warnings(header: dict[str, Any] | None, packages: tuple[str, ...]) -> list[str]:
-    """How the image a node's packages make would differ from what made the checkpoint."""
+    """How the image a node's packages make would differ from what made the checkpoint.
+
+    A header that is not what `save` writes (a hand-made or damaged file: a package name
+    that is not a string, say) is one warning saying so, and its versions are not compared.
+    """
     if header is None:
         return []
+    problem = header_problem(header)
+    if problem is not None:
+        return [
+            f"made with a header gitops-nodes cannot read ({problem}), so its versions were "
+            "not compared with the node's packages; save the checkpoint again with "
+            "gitops_nodes.checkpoint.save"
+        ]
+    made = header.get("python")
+    recorded: dict[str, str] = header.get("packages") or {}
+    return _differences(made if isinstance(made, str) else "", recorded, packages)
+
+
+def header_problem(header: dict[str, Any]) -> str | None:
+    """What makes a checkpoint's header other than `save` writes it, in words that name the
+    field; None when it is well formed."""
+    made = header.get("python")
+    if made is not None and not _short_text(made):
+        return "its python is not a version string"
+    recorded = header.get("packages")
+    if recorded is None:
+        return None
+    if not isinstance(recorded, dict):
+        return "its packages are not a mapping of names to versions"
+    if len(recorded) > MAX_HEADER_PACKAGES:
+        return f"it lists over {MAX_HEADER_PACKAGES} packages"
+    for name, version in recorded.items():
+        if not _short_text(name):
+            return "a package name in it is not a string of up to 200 printable characters"
+        if not _short_text(version):
+            return f"the version of {name} in it is not a string of up to 200 printable characters"
+    return None
+
+
+def _short_text(value: object) -> bool:
+    # Printable only: these go to a terminal, where a control character could rewrite it.
+    return isinstance(value, str) and 0 < len(value) <= MAX_HEADER_TEXT and value.isprintable()
+
+
+def _differences(made: str, recorded: dict[str, str], packages: tuple[str, ...]) -> list[str]:
     pinned = {_canonical(p.split("==")[0].split("[")[0]): p.split("==")[1] for p in packages}
     if "mlflow-skinny" in pinned:  # mlflow's client: what a logged model's `mlflow` needs
         pinned.setdefault("mlflow", pinned["mlflow-skinny"])
     warnings = []
-    made = str(header.get("python", ""))
     if made and not made.startswith("3.11."):
         warnings.append(f"made with Python {made}, the image has Python 3.11")
-    recorded = header.get("packages")
-    for name, version in sorted(recorded.items() if isinstance(recorded, dict) else ()):
+    for name, version in sorted(recorded.items()):
         image = pinned.get(_canonical(name))
         if image is None:
             warnings.append(f"made with {name} {version}, which the node's packages do not list")
@@ -104,8 +152,9 @@ def requirement_warnings(requirements: tuple[str, ...], packages: tuple[str, ...
     for line in requirements:
         name, _, version = line.partition("==")
         pins[_canonical(name.split("[")[0])] = (name.strip(), version.split(";")[0].strip())
-    header = {"packages": {name: version for name, version in pins.values()}}
-    return [w.replace("made with", "logged with") for w in version_warnings(header, packages)]
+    recorded = {name: version for name, version in pins.values()}
+    # Not through header_problem: these lines come from the registry as text, not a pickle.
+    return [w.replace("made with", "logged with") for w in _differences("", recorded, packages)]
 
 
 def _canonical(name: str) -> str:

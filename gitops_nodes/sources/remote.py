@@ -1,19 +1,36 @@
 """Fetching a file from S3 (boto3: endpoint, region and credentials from the usual
-environment variables, so MinIO and other S3-compatible stores work) or over HTTP(S)."""
+environment variables, so MinIO and other S3-compatible stores work) or over HTTP(S).
+
+Every download is bounded, so a source cannot hold validate, plan or a reconcile forever,
+nor fill the disk: it must finish within DOWNLOAD_DEADLINE (30 minutes; over HTTP its
+sockets are shut then, even mid-read, so a server dripping a byte at a time cannot stretch
+it; an S3 download is checked as its data arrives, each read waiting at most READ_TIMEOUT)
+and hold at most MAX_DOWNLOAD_BYTES (8 GiB); past either it fails naming the URL. Any one
+HTTP read waits at most CONNECT_TIMEOUT for data.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
+import http.client
 import shutil
+import socket
+import threading
+import time
 import urllib.error
 import urllib.request
+from types import TracebackType
 from typing import Any
 
 from gitops_nodes.sources.cache import CHUNK, Cache, Entry
 from gitops_nodes.sources.resolve import SourceError, human_size
 
-CONNECT_TIMEOUT = 10.0
+CONNECT_TIMEOUT = 10.0  # seconds; over HTTP, also the longest wait for any one read
 READ_TIMEOUT = 120.0
+DOWNLOAD_DEADLINE = 30 * 60.0  # seconds for one download, from its request to its last byte
+MAX_DOWNLOAD_BYTES = 8 * 2**30  # a model's weights, generously; more is a mistake or a stream
 
 
 def fetch_url(url: str, sha256: str | None, cache: Cache) -> tuple[Entry, bool]:
@@ -25,16 +42,145 @@ def fetch_url(url: str, sha256: str | None, cache: Cache) -> tuple[Entry, bool]:
     if place.exists():  # pinned: the digest names the content, nothing to ask anyone
         return Entry(place, sha256, place.stat().st_size), False
     request = urllib.request.Request(url, headers={"User-Agent": "gitops-nodes"})
+    with _Watchdog(DOWNLOAD_DEADLINE) as watchdog:
+        opener = urllib.request.build_opener(
+            _WatchedHTTPHandler(watchdog), _WatchedHTTPSHandler(watchdog)
+        )
+        try:
+            response = opener.open(request, timeout=CONNECT_TIMEOUT)
+        except urllib.error.HTTPError as exc:
+            what = {404: "not found", 401: "access denied", 403: "access denied"}.get(exc.code)
+            raise SourceError(f"{url}: {what or 'refused'} (HTTP {exc.code})") from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            if watchdog.expired:
+                raise SourceError(_too_slow(url)) from None
+            reason = getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"
+            raise SourceError(f"{url}: unreachable ({reason})") from None
+        with response:
+            return _store(lambda out: _copy(response, out, url, watchdog), url, sha256, cache)
+
+
+def _copy(response: http.client.HTTPResponse, out: Any, url: str, watchdog: _Watchdog) -> None:
+    """Write the response's body to out, no more than MAX_DOWNLOAD_BYTES of it."""
+    announced = response.getheader("Content-Length", "")
+    if announced.isdigit() and int(announced) > MAX_DOWNLOAD_BYTES:  # refused before a byte
+        raise SourceError(_too_large(url))
+    size = 0
     try:
-        response = urllib.request.urlopen(request, timeout=CONNECT_TIMEOUT)
-    except urllib.error.HTTPError as exc:
-        what = {404: "not found", 401: "access denied", 403: "access denied"}.get(exc.code, "")
-        raise SourceError(f"{url}: {what or 'refused'} (HTTP {exc.code})") from None
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise SourceError(f"{url}: unreachable ({reason})") from None
-    with response:
-        return _store(lambda out: shutil.copyfileobj(response, out, CHUNK), url, sha256, cache)
+        # read1: whatever one read of the socket brings, so the size is checked as it grows
+        while chunk := response.read1(CHUNK):
+            size += len(chunk)
+            if size > MAX_DOWNLOAD_BYTES:
+                raise SourceError(_too_large(url))
+            out.write(chunk)
+    except (OSError, http.client.HTTPException) as exc:
+        if watchdog.expired:
+            raise SourceError(_too_slow(url)) from None
+        raise SourceError(f"{url}: the download broke off ({type(exc).__name__}: {exc})") from None
+    if watchdog.expired:  # the shut socket reads as the end of the body
+        raise SourceError(_too_slow(url))
+    if response.length:  # http.client counts down a Content-Length; an early end leaves some
+        raise SourceError(
+            f"{url}: the connection closed {human_size(response.length)} before the end"
+        )
+
+
+def _too_large(url: str) -> str:
+    cap = MAX_DOWNLOAD_BYTES
+    shown = f"{cap // 2**30} GiB" if cap % 2**30 == 0 else f"{cap / 2**20:g} MiB"
+    return f"{url}: larger than {shown}, the most a source may be"
+
+
+def _too_slow(url: str) -> str:
+    return (
+        f"{url}: not downloaded within {DOWNLOAD_DEADLINE:g} s, the most a source may take; "
+        "is the server slow or sending without end?"
+    )
+
+
+class _Watchdog:
+    """Shuts the sockets of one download when its deadline passes, so a read that a server
+    keeps alive by dripping bytes ends then (shutdown wakes a blocked read; close may not)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.expired = False
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Watchdog:
+        self._timer.start()
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._timer.cancel()
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            if self.expired:
+                _shut(sock)
+            else:
+                self._sockets.append(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for sock in self._sockets:
+                _shut(sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    # socket.socket's own shutdown: an SSLSocket's would also drop its TLS state, which a
+    # read in another thread is using. A socket closed already has nothing to stop.
+    with contextlib.suppress(OSError):
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+class _WatchedHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, *args: Any, watchdog: _Watchdog, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._watchdog = watchdog
+
+    def connect(self) -> None:
+        super().connect()
+        self._watchdog.watch(self.sock)
+
+
+class _WatchedHTTPSConnection(http.client.HTTPSConnection):
+    # Watched once the TLS handshake is done: during it, each read waits CONNECT_TIMEOUT.
+    def __init__(self, *args: Any, watchdog: _Watchdog, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._watchdog = watchdog
+
+    def connect(self) -> None:
+        super().connect()
+        self._watchdog.watch(self.sock)
+
+
+class _WatchedHTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, watchdog: _Watchdog) -> None:
+        super().__init__()
+        self._watchdog = watchdog
+
+    def do_open(self, http_class: Any, req: Any, **kwargs: Any) -> http.client.HTTPResponse:
+        watched = functools.partial(_WatchedHTTPConnection, watchdog=self._watchdog)
+        return super().do_open(watched, req, **kwargs)
+
+
+class _WatchedHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, watchdog: _Watchdog) -> None:
+        super().__init__()
+        self._watchdog = watchdog
+
+    def do_open(self, http_class: Any, req: Any, **kwargs: Any) -> http.client.HTTPResponse:
+        watched = functools.partial(_WatchedHTTPSConnection, watchdog=self._watchdog)
+        return super().do_open(watched, req, **kwargs)
 
 
 def _store(write: Any, url: str, sha256: str | None, cache: Cache) -> tuple[Entry, bool]:
@@ -98,10 +244,25 @@ def _fetch_s3(url: str, sha256: str | None, cache: Cache) -> tuple[Entry, bool]:
     known = cache.lookup(identity)
     if known is not None and (sha256 is None or known.digest == sha256):
         return known, False
+    length = head.get("ContentLength")
+    if isinstance(length, int) and length > MAX_DOWNLOAD_BYTES:  # refused before a byte
+        raise SourceError(_too_large(url))
+    deadline = time.monotonic() + DOWNLOAD_DEADLINE
+    received = 0
+
+    def progress(count: int) -> None:
+        # boto3 calls this as data arrives (from its worker threads); raising ends the
+        # transfer. A stalled read is bounded by READ_TIMEOUT, not by this.
+        nonlocal received
+        received += count
+        if received > MAX_DOWNLOAD_BYTES:  # the object grew since its head was read
+            raise SourceError(_too_large(url))
+        if time.monotonic() > deadline:
+            raise SourceError(_too_slow(url))
 
     def download(out: Any) -> None:
         try:
-            client.download_fileobj(bucket, key, out)
+            client.download_fileobj(bucket, key, out, Callback=progress)
         except ClientError as exc:
             raise SourceError(f"{where}: {_s3_problem(exc)}") from None
         except BotoCoreError as exc:

@@ -9,6 +9,7 @@ read is a spec problem at the field that names its source; no message includes a
 from __future__ import annotations
 
 import os
+import re
 import stat
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,8 +30,8 @@ def resolve_access(
     problems: list[tuple[Loc, str]] = []
     for position, source in enumerate(access.keys):
         if source.from_env is not None:
-            field, where = "fromEnv", f"the environment variable {source.from_env}"
-            key, trouble = _from_env(source.from_env, environ)
+            field, where = "fromEnv", environment_variable(source.from_env)
+            key, trouble = _from_env(source.from_env, where, environ)
         else:
             assert source.from_file is not None  # the model requires exactly one source
             field, where = "fromFile", f"the key file {source.from_file}"
@@ -46,15 +47,38 @@ def resolve_access(
     return AccessRule(tuple(keys), tuple(access.folders)), []
 
 
-def _from_env(name: str, environ: Mapping[str, str]) -> tuple[str | None, str | None]:
+# A name is repeated in a message only when it has the shape environment variables are given
+# by convention: upper-case words joined by '_', each of letters with perhaps a number after
+# them, or a number (OPENAI_API_KEY, S3_BUCKET, DB2_HOST). The model admits any
+# [A-Za-z_][A-Za-z0-9_]*, which keys fit too (sk_live_..., AKIAIOSFODNN7EXAMPLE, base32 or hex
+# tokens): those mix cases, put digits between letters or run long, so they are never shown.
+# A word is at most 15 characters, so no single word could be an access key (at least 16).
+_SHOWN_WORD = re.compile(r"[A-Z]+[0-9]*|[0-9]+")
+MAX_SHOWN_WORD = 15
+MAX_SHOWN_ENV_NAME = 48
+
+
+def environment_variable(name: str) -> str:
+    """The environment variable a fromEnv field names, as messages refer to it: by its name
+    when that looks like one, else without repeating it (a key may have been pasted there)."""
+    words = name.split("_")
+    if len(name) <= MAX_SHOWN_ENV_NAME and all(
+        len(word) <= MAX_SHOWN_WORD and _SHOWN_WORD.fullmatch(word) for word in words
+    ):
+        return f"the environment variable {name}"
+    return (
+        f"the environment variable named in fromEnv ({len(name)} characters; not shown, as it "
+        "is not an upper-case NAME_LIKE_THIS and may be a pasted key)"
+    )
+
+
+def _from_env(name: str, where: str, environ: Mapping[str, str]) -> tuple[str | None, str | None]:
     value = environ.get(name)
     if value is None:
-        return None, (
-            f"the environment variable {name} is not set; set it to the key where gitops-nodes runs"
-        )
+        return None, f"{where} is not set; set it to the key where gitops-nodes runs"
     key = value.strip()
     if not key:
-        return None, f"the environment variable {name} is empty; expected a key"
+        return None, f"{where} is empty; expected a key"
     return key, None
 
 

@@ -25,6 +25,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_core import PydanticCustomError
 
+from gitops_nodes.spec.access import environment_variable
 from gitops_nodes.spec.models import DnsLabel, KeyEnv, KeyFile, SpecModel
 
 EVENTS = ("applied", "failed", "recovered", "driftHealed", "rolloutStep", "rolledBack")
@@ -160,7 +161,7 @@ def resolve_targets(
 
 def _where(source: SecretSource) -> str:
     if source.from_env is not None:
-        return f"the environment variable {source.from_env}"
+        return environment_variable(source.from_env)  # a key pasted there is not echoed
     return f"the file {source.from_file}"
 
 
@@ -175,7 +176,7 @@ def _read(
                 None,
                 "fromEnv",
                 (
-                    f"the environment variable {source.from_env} is not set or empty; set it to "
+                    f"{environment_variable(source.from_env)} is not set or empty; set it to "
                     f"{what} where gitops-nodes watch runs"
                 ),
             )

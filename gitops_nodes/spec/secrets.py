@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gitops_nodes.spec.access import environment_variable
 from gitops_nodes.spec.models import MAX_ENV_VALUE, NodeSpec, SecretSource
 from gitops_nodes.spec.sops import SopsFiles, SopsProblem
 
@@ -136,14 +137,11 @@ def _read(
 ) -> tuple[bytes | None, str | None]:
     limit = MAX_SECRET_FILE if as_file else MAX_ENV_VALUE * 4  # bytes; checked as text below
     if source.from_env is not None:
+        where = environment_variable(source.from_env)  # a value pasted there is not echoed
         text = environ.get(source.from_env)
         if text is None:
-            return None, (
-                f"the environment variable {source.from_env} is not set; set it where "
-                "gitops-nodes runs"
-            )
+            return None, f"{where} is not set; set it where gitops-nodes runs"
         data = text.encode()
-        where = f"the environment variable {source.from_env}"
     elif source.from_file is not None:
         read, trouble = _read_file(Path(source.from_file), limit)
         if trouble is not None or read is None:

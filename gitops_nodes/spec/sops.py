@@ -102,8 +102,7 @@ class SopsFiles:
         if isinstance(found, SopsProblem):
             raise found
         if key not in found.values:
-            keys = ", ".join(sorted(found.values)) or "none"
-            raise SopsProblem(f"{found.relative} has no key {key!r} (its keys: {keys})")
+            raise SopsProblem(f"{found.relative} has no key {key!r} ({_listing(found.values)})")
         return found, key
 
     def _read_keys(self, name: str) -> _Decrypted:
@@ -120,6 +119,14 @@ class SopsFiles:
                 f"cannot decrypt {relative}: it is not encrypted with sops (no sops metadata); "
                 "encrypt it with sops --encrypt"
             )
+        for key in top:
+            # YAML reads `1:` or `~:` as a number or null; sops's JSON output (the path with
+            # keys) has only strings, and a field names a key as text: ask for quotes.
+            if not isinstance(key, str):
+                raise SopsProblem(
+                    f"{relative}: the key {_shown_key(key)} is not a string; write it in "
+                    "quotes so a fromSecret field can name it"
+                )
         return _Decrypted(relative, {k: None for k in top if k != "sops"})
 
     def _decrypt(self, name: str) -> _Decrypted:
@@ -185,6 +192,29 @@ class SopsFiles:
         if resolved.stat().st_size > MAX_FILE_BYTES:
             raise SopsProblem(f"{relative} is over {MAX_FILE_BYTES // 2**20} MiB")
         return resolved, relative
+
+
+MAX_LISTED_KEYS = 20  # a message lists at most these many of a file's keys
+
+
+def _listing(values: Mapping[str, Any]) -> str:
+    """A file's keys for a message: sorted, at most MAX_LISTED_KEYS of them."""
+    keys = sorted(values)
+    shown = ", ".join(keys[:MAX_LISTED_KEYS]) or "none"
+    more = len(keys) - MAX_LISTED_KEYS
+    return f"its keys: {shown}" + (f" and {more} more" if more > 0 else "")
+
+
+def _shown_key(key: object) -> str:
+    """A YAML key that is not a string, as it was written: null as ~, booleans lower case."""
+    if key is None:
+        return "~"
+    if isinstance(key, bool):
+        return "true" if key else "false"
+    text = str(key)
+    if len(text) > 40 or not text.isprintable():  # shown in one line of a terminal
+        return repr(text[:40]) + "…"
+    return text
 
 
 def _reason(done: subprocess.CompletedProcess[bytes]) -> str:
