@@ -28,15 +28,35 @@ def read_cells(path: Path) -> list[dict[str, Any]]:
         raise NotebookError(f"cannot read the notebook {path.name}: {exc.strerror}") from None
     except ValueError as exc:
         raise NotebookError(f"the notebook {path.name} is not JSON: {exc}") from None
+    except RecursionError:  # json's decoder recurses once per level of nesting
+        raise NotebookError(
+            f"the notebook {path.name} is nested too deeply to read (expected nbformat 4 JSON)"
+        ) from None
     cells = data.get("cells") if isinstance(data, dict) else None
     if not isinstance(cells, list):
         raise NotebookError(f"the notebook {path.name} has no cells (expected nbformat 4)")
     return [cell for cell in cells if isinstance(cell, dict)]
 
 
-def _source(cell: dict[str, Any]) -> str:
+def _source(cell: dict[str, Any], name: str, notebook: str) -> str:
+    """The cell's code: nbformat 4 writes it as a string or a list of lines."""
     source = cell.get("source", "")
-    return "".join(source) if isinstance(source, list) else str(source)
+    if isinstance(source, list) and all(isinstance(line, str) for line in source):
+        source = "".join(source)
+    if not isinstance(source, str):
+        raise NotebookError(
+            f"cell {name!r} of {notebook}: expected its source as a string or a list of "
+            "strings (nbformat 4)"
+        )
+    try:
+        source.encode("utf-8")
+    except UnicodeEncodeError as exc:  # JSON's \ud800 escapes decode to lone surrogates
+        line = source.count("\n", 0, exc.start) + 1
+        raise NotebookError(
+            f"cell {name!r} of {notebook}, line {line}: expected Unicode text, "
+            f"{source[exc.start]!r} is half of a surrogate pair"
+        ) from None
+    return source
 
 
 def _tags(cell: dict[str, Any]) -> list[str]:
@@ -61,7 +81,7 @@ def find_cell(cells: list[dict[str, Any]], name: str, notebook: str) -> int:
 def cell_code(path: Path, name: str, shown: str) -> str:
     """The Python code of the notebook's cell `name`; IPython magics and shell lines refused."""
     cells = read_cells(path)
-    code = _source(cells[find_cell(cells, name, shown)])
+    code = _source(cells[find_cell(cells, name, shown)], name, shown)
     for number, line in enumerate(code.splitlines(), 1):
         if line.lstrip().startswith(("%", "!")):
             raise NotebookError(

@@ -8,6 +8,7 @@ only for files that have problems, by composing them again.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import tempfile
 from collections import OrderedDict
@@ -368,7 +369,7 @@ def _describe(error: Any, model: type[BaseModel]) -> tuple[_Loc, str, bool]:
     if kind in _VALIDATOR_FIELD:
         loc = (*loc, _VALIDATOR_FIELD[kind])
     if loc and loc[-1] == "[key]":
-        return loc[:-1], f"invalid key {loc[-2]!r}: {error['msg']}", True
+        return _describe_key(loc[:-1], kind, error["msg"], given)
     # Under `access`, what was written is never repeated: it may be a key pasted by mistake.
     # Nor under `notifications`: a webhook URL written out may be a secret one.
     shown = (
@@ -404,6 +405,18 @@ def _describe(error: Any, model: type[BaseModel]) -> tuple[_Loc, str, bool]:
     if message is None:
         message = f"{error['msg']}{got}" if kind in _CUSTOM_WITH_INPUT else error["msg"]
     return loc, message, kind == "extra_forbidden"
+
+
+def _describe_key(loc: _Loc, kind: str, text: str, key: object) -> tuple[_Loc, str, bool]:
+    """A mapping key that is refused (loc ends with it, as pydantic writes it), pointed at."""
+    expected = "expected a string" if kind == "string_type" else text
+    if isinstance(key, str):
+        return loc, f"invalid key {key!r}: {expected}", True
+    # YAML read the key as a number, a boolean or null, which pydantic's location shows as
+    # 1, 'None' or '1.5' (true as 1): the problem is the mapping's, at its key, and the key
+    # is shown as it was written.
+    written = "null" if key is None else str(key).lower() if isinstance(key, bool) else _show(key)
+    return loc[:-1], f"the key {written} is not a name: {expected}", True
 
 
 # Custom errors whose message shows what was written (never those of where keys are).
@@ -469,7 +482,7 @@ def _locate(
     """Positions for failures, found by composing the failing documents again (paid only on
     bad files, and only for their bad documents when starts gives where each one begins)."""
     lines: list[str] | None = None
-    composed: dict[int, tuple[yaml.Node, int]] = {}
+    composed: dict[int, tuple[yaml.Node, int] | None] = {}
     everything: list[yaml.Node] | None = None
     problems = []
     for index, loc, message, at_key in failures:
@@ -479,13 +492,48 @@ def _locate(
             found = _compose_one(data, lines, starts, index) if starts else None
             if found is None:
                 if everything is None:
-                    everything = list(yaml.compose_all(data, Loader=_FastLoader))
-                found = (everything[index], 0)
+                    everything = _compose_all(data) or []
+                found = (everything[index], 0) if index < len(everything) else None
             composed[index] = found
-        node, offset = composed[index]
+        found = composed[index]
+        if found is None:
+            # Not composed again (it should never happen to a file the loader accepted): the
+            # problem is still reported, at its document's first line when that is known.
+            line = starts[index][0] + 1 if index < len(starts) else 0
+            problems.append(
+                SpecProblem(relative, line, 1 if line else 0, _field_path(loc), message)
+            )
+            continue
+        node, offset = found
         line, column = _position(node, loc, at_key)
         problems.append(SpecProblem(relative, line + offset, column, _field_path(loc), message))
     return tuple(problems)
+
+
+class _AnchorsRedefinedLoader(yaml.SafeLoader):
+    """Composes as the loader parses (yaml12.py): an anchor defined again names the later
+    node from there on, where PyYAML's composer refuses the file ("found duplicate anchor")."""
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        if not self.check_event(yaml.AliasEvent):
+            anchor = getattr(self.peek_event(), "anchor", None)  # type: ignore[no-untyped-call]
+            if anchor is not None:
+                self.anchors.pop(anchor, None)
+        return super().compose_node(parent, index)
+
+
+def _compose_all(text: str | bytes, first: bool = False) -> list[yaml.Node] | None:
+    """Every document's node of text (first: only the first one's), None when PyYAML cannot
+    compose it: a file the loader accepted composes, but a position is never worth a crash."""
+    for loader in (_FastLoader, _AnchorsRedefinedLoader):
+        try:
+            documents = yaml.compose_all(text, Loader=loader)
+            return list(itertools.islice(documents, 1) if first else documents)
+        except yaml.composer.ComposerError:  # a re-defined anchor, which libyaml refuses
+            continue
+        except yaml.YAMLError:
+            return None
+    return None
 
 
 def _lines(data: bytes) -> list[str]:
@@ -508,17 +556,16 @@ def _compose_one(
     text: str | bytes
     if lines is None:
         end = starts[index + 1][1] if index + 1 < len(starts) else len(data)
-        text = data[data.rfind(b"\n", 0, begin) + 1 : end]  # from its line's start
+        # From its line's start; a lone CR ends a line too (old Mac files), as YAML counts.
+        text = data[max(data.rfind(b"\n", 0, begin), data.rfind(b"\r", 0, begin)) + 1 : end]
     elif lines:
         end = starts[index + 1][0] if index + 1 < len(starts) else len(lines)
         text = "".join(lines[line : end + 1])  # the next `---` line too: harmless
     else:
         return None
-    try:
-        node = next(iter(yaml.compose_all(text, Loader=_FastLoader)), None)
-    except yaml.YAMLError:
-        return None  # a slice that does not stand alone (a directive before it): compose all
-    return (node, line) if node is not None else None
+    # None: a slice that does not stand alone (a directive before it): compose all.
+    nodes = _compose_all(text, first=True)
+    return (nodes[0], line) if nodes else None
 
 
 locate_problems = _locate  # for the settings file's errors

@@ -7,6 +7,7 @@ so nothing downstream depends on where the repository is checked out.
 
 from __future__ import annotations
 
+import keyword
 import math
 import re
 from collections.abc import Callable
@@ -250,6 +251,8 @@ def _key_file(value: Any, info: ValidationInfo) -> str:
             "key_file",
             "expected the absolute path of a file holding the key, outside the repository",
         )
+    if "\0" in value:  # the OS refuses such a path (pydantic would say "embedded null byte")
+        raise PydanticCustomError("key_file", _NUL_IN_PATH)
     root: Path | None = (info.context or {}).get("root")
     try:
         resolved = Path(value).resolve()
@@ -270,6 +273,20 @@ def _folder_id(value: Any) -> str:
     )
 
 
+_NUL_IN_PATH = "expected a path without NUL characters ('\\0'): no file can be named so"
+
+
+def _shown_path(path: str) -> str:
+    """A path for a message: whole unless it is too long to read (the OS refused it anyway)."""
+    return path if len(path) <= 80 else f"{path[:40]}...{path[-20:]} ({len(path)} characters)"
+
+
+def _os_reason(exc: OSError) -> str:
+    """What the OS said about a path, as a message's tail ("file name too long")."""
+    reason = exc.strerror or type(exc).__name__
+    return reason[:1].lower() + reason[1:]
+
+
 def _repo_path(value: Any, info: ValidationInfo) -> str:
     """A folder written relative to its YAML file, returned relative to the repository root."""
     return _inside_repo(value, info, folder=True)
@@ -283,6 +300,8 @@ def _repo_file(value: Any, info: ValidationInfo) -> str:
 def _inside_repo(value: Any, info: ValidationInfo, folder: bool) -> str:
     if not isinstance(value, str) or not value:
         raise PydanticCustomError("repo_path", "expected a path relative to this file")
+    if "\0" in value:  # the OS refuses such a path (pydantic would say "embedded null byte")
+        raise PydanticCustomError("repo_path", _NUL_IN_PATH)
     context = info.context or {}
     root: Path | None = context.get("root")
     base: Path | None = context.get("base")
@@ -300,13 +319,20 @@ def _inside_repo(value: Any, info: ValidationInfo, folder: bool) -> str:
         raise PydanticCustomError(
             "repo_path", "expected a path inside the repository, got {path}", {"path": value}
         ) from None
-    if folder and not target.is_dir():
+    kind = "folder" if folder else "file"
+    try:
+        found = target.is_dir() if folder else target.is_file()
+    except OSError as exc:  # ENAMETOOLONG and the like: what the OS said is the reason
         raise PydanticCustomError(
-            "repo_path", "expected an existing folder, {path} is not one", {"path": value}
-        )
-    if not folder and not target.is_file():
+            "repo_path",
+            "expected an existing {kind}, {path} is not one in the repository: {reason}",
+            {"kind": kind, "path": _shown_path(value), "reason": _os_reason(exc)},
+        ) from None
+    if not found:
         raise PydanticCustomError(
-            "repo_path", "expected an existing file, {path} is not one", {"path": value}
+            "repo_path",
+            "expected an existing {kind}, {path} is not one",
+            {"kind": kind, "path": value},
         )
     return relative.as_posix() or "."
 
@@ -699,12 +725,26 @@ class ImageSource(SpecModel):
             )
         root: Path | None = (info.context or {}).get("root")
         if self.build is not None and root is not None:
+            if "\0" in self.dockerfile:  # resolve() would raise "embedded null byte"
+                raise PydanticCustomError("dockerfile", _NUL_IN_PATH)
             folder = (root / self.build).resolve()
             try:
                 dockerfile = (folder / self.dockerfile).resolve()
             except (OSError, RuntimeError):  # a symbolic link loop
                 dockerfile = folder / ".."
-            if not dockerfile.is_relative_to(folder) or not dockerfile.is_file():
+            try:
+                found = dockerfile.is_relative_to(folder) and dockerfile.is_file()
+            except OSError as exc:  # ENAMETOOLONG and the like
+                raise PydanticCustomError(
+                    "dockerfile",
+                    "expected a file inside the build folder {folder}, {name} is not one: {reason}",
+                    {
+                        "folder": self.build,
+                        "name": _shown_path(self.dockerfile),
+                        "reason": _os_reason(exc),
+                    },
+                ) from None
+            if not found:
                 raise PydanticCustomError(
                     "dockerfile",
                     "expected a file inside the build folder {folder}, {name} is not one",
@@ -879,6 +919,27 @@ FileName = Annotated[
 VariableName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 
 
+def _io_variable(value: Any) -> str:
+    # The rule the node's image applies (pynode/config.py), checked here so the problem is
+    # reported at the variable's key rather than at the code that was being checked.
+    if (
+        isinstance(value, str)
+        and value.isidentifier()
+        and not keyword.iskeyword(value)
+        and not value.startswith("__")
+    ):
+        return value
+    raise PydanticCustomError(
+        "io_variable",
+        "expected a Python variable name: letters, digits and '_', not starting with a digit "
+        "or '__', not a keyword",
+    )
+
+
+# The schema stays a plain string: keywords are more than a pattern can say.
+IoVariable = Annotated[str, PlainValidator(_io_variable), WithJsonSchema({"type": "string"})]
+
+
 class PythonSource(SpecModel):
     """A node made from Python code (a file, or a notebook's cell), a checkpoint of
     interpreter state, and the variables selected as its API's inputs and outputs."""
@@ -909,12 +970,12 @@ class PythonSource(SpecModel):
         description="MLflow models loaded as pyfunc into these variables before set-up runs",
     )
     setup: RepoFile | None = Field(default=None, description="A Python file run once at start.")
-    inputs: dict[str, VariableType] = Field(
+    inputs: dict[IoVariable, VariableType] = Field(
         min_length=1,
         description="The variables a request sets, each with its type; the code must not "
         "redefine them.",
     )
-    outputs: dict[str, VariableType] = Field(
+    outputs: dict[IoVariable, VariableType] = Field(
         min_length=1, description="The variables the response carries, each with its type."
     )
     packages: list[Pinned] = Field(
