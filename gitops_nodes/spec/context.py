@@ -9,7 +9,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from gitops_nodes.spec.dockerignore import DOCKERIGNORE, DockerIgnore
+from gitops_nodes.spec.dockerignore import DOCKERIGNORE, DockerIgnore, DockerIgnoreError
 from gitops_nodes.spec.repofiles import ReadError, inside, open_problem, open_regular, os_problem
 from gitops_nodes.spec.state import PythonBuild
 
@@ -26,15 +26,18 @@ def context_digest(folder: Path, dockerfile: str, shown: str = "") -> str:
     sends in any case. shown is the folder as messages name it; raises ReadError for a path
     that is neither a file, a folder nor a link (a FIFO, device or socket) or cannot be read."""
     digest = hashlib.sha256(f"dockerfile={dockerfile}\0".encode())
-    ignore = DockerIgnore(_ignore_text(folder, shown))
+    try:
+        ignore = DockerIgnore(_ignore_text(folder, shown))
+    except DockerIgnoreError as exc:
+        raise ReadError(f"{_join(shown, DOCKERIGNORE)}:{exc.line}", exc.problem) from None
     always = {DOCKERIGNORE, posixpath.normpath(dockerfile)}
     for relative, kind in _entries(folder, ignore, always, shown):
         path = folder / relative
         if kind == "link":
-            digest.update(f"{relative}\0link\0{os.readlink(path)}\0".encode())
+            digest.update(_name(f"{relative}\0link\0{os.readlink(path)}\0"))
             continue
         executable = os.access(path, os.X_OK)
-        digest.update(f"{relative}\0{int(executable)}\0".encode())
+        digest.update(_name(f"{relative}\0{int(executable)}\0"))
         _hash_file(digest, path, _join(shown, relative))
         digest.update(b"\0")
     return digest.hexdigest()
@@ -136,6 +139,14 @@ def _hash_file(digest: Any, path: Path, shown: str) -> None:
         raise ReadError(shown, os_problem(exc)) from None
     finally:
         os.close(descriptor)
+
+
+def _name(text: str) -> bytes:
+    """A path's text as the bytes the file system holds: a name that is not UTF-8 (common in
+    Latin-1 archives) comes from os.scandir with each odd byte as a lone surrogate, and
+    surrogateescape gives those bytes back, as Docker's context tar sends them. UTF-8 names
+    encode as they always did, so their digests do not change."""
+    return text.encode("utf-8", "surrogateescape")
 
 
 def _join(shown: str, relative: str) -> str:

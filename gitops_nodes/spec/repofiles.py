@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 import pathspec
+from pathspec.patterns.gitignore import GitIgnorePatternError
+from pathspec.patterns.gitignore.spec import GitIgnoreSpecPattern
 
 from gitops_nodes.errors import GitopsNodesError
 from gitops_nodes.spec.errors import SpecProblem
@@ -61,7 +64,9 @@ class IgnoreRules:
 
     def __init__(self, lines: list[str]) -> None:
         self._lines = lines
-        self._spec = pathspec.GitIgnoreSpec.from_lines(lines)
+        # One pattern per line, so that a match's index is its line (from_lines drops empty
+        # lines, which shifted the line named), each compiled as git would use it.
+        self._spec = pathspec.GitIgnoreSpec([_git_pattern(line) for line in lines])
 
     @classmethod
     def read(cls, root: Path) -> IgnoreRules:
@@ -84,6 +89,67 @@ class IgnoreRules:
             return None
         pattern = self._lines[result.index].strip()
         return f"matched by {IGNORE_FILE} line {result.index + 1} ({pattern})"
+
+
+def _git_pattern(line: str) -> GitIgnoreSpecPattern:
+    """The line's pattern as git uses it. Git skips a pattern it cannot use (a lone `!`, a
+    trailing `\\`): it matches nothing, and never stops git. A backwards range (`[z-a]`)
+    is no error to git either: it matches its first character only (wildmatch)."""
+    for text in (line, _forward_ranges(line)):
+        try:
+            return GitIgnoreSpecPattern(text)
+        except (GitIgnorePatternError, re.error):
+            continue
+    return GitIgnoreSpecPattern("#")  # a comment: matches nothing
+
+
+def _forward_ranges(line: str) -> str:
+    """line with each backwards range `x-y` of its bracket expressions read as git's
+    wildmatch reads it: the character x alone. A `-` right after a range is a literal to git;
+    it moves to the class's end, where the regular expression pathspec makes reads it so.
+    Bracket expressions are found as pathspec finds them."""
+    out: list[str] = []
+    index = 0
+    while index < len(line):
+        if line[index] != "[":
+            out.append(line[index])
+            index += 1
+            continue
+        start = index + 1
+        if start < len(line) and line[start] in "!^":
+            start += 1
+        close = line.find("]", start + 1 if start < len(line) and line[start] == "]" else start)
+        if close == -1:
+            out.append(line[index:])
+            break
+        out.append(line[index:start])
+        out.append(_forward_body(line[start:close]))
+        out.append("]")
+        index = close + 1
+    return "".join(out)
+
+
+def _forward_body(body: str) -> str:
+    kept: list[str] = []
+    dash = False
+    previous: str | None = None  # the character a `-` would start a range from
+    index = 0
+    while index < len(body):
+        char = body[index]
+        if char == "-" and previous is not None and index + 1 < len(body):
+            high = body[index + 1]
+            if high >= previous:
+                kept.append("-" + high)
+            previous = None  # as wildmatch: after a range, a `-` is a literal
+            index += 2
+            continue
+        if char == "-" and kept:
+            dash = True
+        else:
+            kept.append(char)
+            previous = char
+        index += 1
+    return "".join(kept) + ("-" if dash else "")
 
 
 def walk_yaml(root: Path, rules: IgnoreRules, skip: frozenset[str]) -> RepoWalk:
