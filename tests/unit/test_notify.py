@@ -161,8 +161,8 @@ def test_a_dead_receiver_does_not_hold_reconciles_up(
     settings = f"notifications:\n  - {{name: ops, type: webhook, url: '{url}'}}\n"
     try:
         with Harness(tmp_path) as h:
-            # Each POST waits 2 s; with the first retry after 30 s, nothing gets through.
-            notifier = with_notifier(h, backoff=30, timeout=2)
+            # Each POST waits 1 s; with the first retry after 30 s, nothing gets through.
+            notifier = with_notifier(h, backoff=30, timeout=1)
             for version in "1234":
                 revision = h.commit(node_doc("v1", version), settings=settings)
 

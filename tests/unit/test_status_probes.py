@@ -45,6 +45,7 @@ def test_every_probe_is_in_flight_at_once(tmp_path: Path, monkeypatch: pytest.Mo
 def test_a_silent_instance_costs_the_deadline_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(workflow, "STATUS_DEADLINE", 1.0)  # the test waits it out once
     world = _world(tmp_path)
     original = world.runtime.probe_instance
     release = threading.Event()
