@@ -96,6 +96,7 @@ _VALIDATOR_FIELD = {
     "access_keys": "keys",
     "access_folders": "folders",
     "admin_port": "adminPort",
+    "notification_names": "notifications",
     "notification_hmac": "hmacKey",
     "notification_events": "events",
     "python_code": "code",
@@ -428,6 +429,7 @@ _CUSTOM_WITH_INPUT = {
     "size_range",
     "env_name",
     "image_reference",
+    "registry",
     "url_path",
     "file_name",  # (never source_url's: a URL may hold a password written by mistake)
 }

@@ -25,7 +25,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, PlainValidator, ValidationError, WithJsonSchema, model_validator
 from pydantic_core import PydanticCustomError
 
 from gitops_nodes.spec.errors import SpecErrors, SpecProblem
@@ -49,12 +49,45 @@ __all__ = [
 
 RUNTIMES = ("docker", "swarm")
 
-# host[:port]/path, as `docker push` takes a repository prefix (no scheme, no tag)
-_REGISTRY = re.compile(r"^[a-z0-9.-]+(:\d+)?(/[a-z0-9._-]+)*$")
+# host[:port]/path, as `docker push` takes a repository prefix (no scheme, no tag): the
+# host's labels and the path's components as Docker's reference grammar has them.
+_HOST_LABEL = r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?"
+_PATH_PART = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_REGISTRY = re.compile(
+    rf"^{_HOST_LABEL}(?:\.{_HOST_LABEL})*(?::(?P<port>[0-9]{{1,5}}))?(?:/{_PATH_PART})*$"
+)
 _ENGINE = re.compile(r"^(ssh|tcp|unix)://\S+$")
+MAX_REGISTRY = 255  # characters: Docker's limit for a whole repository name
 
-Registry = Annotated[str, Field(pattern=_REGISTRY.pattern)]
+
+def _registry(value: Any) -> str:
+    if isinstance(value, str) and len(value) <= MAX_REGISTRY:
+        found = _REGISTRY.match(value)
+        if found is not None and (found["port"] is None or 0 < int(found["port"]) <= 65535):
+            return value
+    raise PydanticCustomError(
+        "registry",
+        "expected host[:port]/path as docker push takes it (registry.example.com:5000/ml: "
+        "lowercase, no scheme, a port from 1 to 65535, at most 255 characters)",
+    )
+
+
+Registry = Annotated[str, PlainValidator(_registry), WithJsonSchema({"type": "string"})]
 EngineUrl = Annotated[str, Field(pattern=_ENGINE.pattern)]
+_HOSTNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
+
+
+def _node_hostname(value: Any) -> str:
+    if isinstance(value, str) and _HOSTNAME.match(value):
+        return value
+    raise PydanticCustomError(
+        "node_hostname",
+        "expected a Swarm node's hostname, as `docker node ls` shows it (letters, digits, "
+        "'.', '-', '_')",
+    )
+
+
+NodeHostname = Annotated[str, PlainValidator(_node_hostname), WithJsonSchema({"type": "string"})]
 
 
 class SwarmSettings(SpecModel):
@@ -63,7 +96,7 @@ class SwarmSettings(SpecModel):
     port: Port = 8080
     admin_port: Port = 8081
     registry: Registry | None = None
-    engines: dict[str, EngineUrl] = Field(default_factory=dict)
+    engines: dict[NodeHostname, EngineUrl] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _distinct_ports(self) -> SwarmSettings:
@@ -87,6 +120,19 @@ class Settings(SpecModel):
         description="watch: where it sends its events (a revision applied, a reconcile failed, "
         "recovered, drift healed, a rollout step, a rollback), on transitions only.",
     )
+
+    @model_validator(mode="after")
+    def _distinct_notification_names(self) -> Settings:
+        # A target's name keys its queue and names it in logs: two of one name would share it.
+        names = [target.name for target in self.notifications]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise PydanticCustomError(
+                "notification_names",
+                "expected each notification target's name once, got {names} more than once",
+                {"names": ", ".join(twice)},
+            )
+        return self
 
 
 def load_settings(root: Path) -> Settings:

@@ -79,8 +79,48 @@ def test_bad_settings_name_file_line_column_and_field(write_repo: WriteRepo) -> 
         "gitops-nodes.yaml:1:10: runtime: expected 'docker' or 'swarm', got 'kubernetes'",
         "gitops-nodes.yaml:3:3: swarm.prot: unknown field; expected one of: port, adminPort, "
         "registry, engines",
-        "gitops-nodes.yaml:5:13: swarm.registry: expected a string matching "
-        r"^[a-z0-9.-]+(:\d+)?(/[a-z0-9._-]+)*$, got 'https://registry.example.com'",
+        "gitops-nodes.yaml:5:13: swarm.registry: expected host[:port]/path as docker push "
+        "takes it (registry.example.com:5000/ml: lowercase, no scheme, a port from 1 to 65535, "
+        "at most 255 characters), got 'https://registry.example.com'",
+    ]
+
+
+@pytest.mark.parametrize(
+    "registry",
+    ["reg:99999999/x", "reg:0/x", "-/x", "./x", "reg./x", "Reg/x", "reg/x-", "r" * 256],
+    ids=["port past 65535", "port 0", "a dash", "a dot", "an empty label", "uppercase",
+         "a path ending in a dash", "256 characters"],
+)  # fmt: skip
+def test_a_registry_docker_could_not_push_to_is_refused(
+    write_repo: WriteRepo, registry: str
+) -> None:
+    # Before: accepted by a looser pattern, and refused by the engine at the first push.
+    root = write_repo({SETTINGS_FILE: f"swarm: {{registry: '{registry}'}}\n"})
+    [problem] = problems(root)
+    assert problem.startswith("gitops-nodes.yaml:1:19: swarm.registry: expected host[:port]/path")
+
+
+@pytest.mark.parametrize(
+    "registry", ["registry.example.com:5000/ml", "localhost:5000", "10.0.0.2:5000/a/b-c__d.e"]
+)
+def test_registries_docker_pushes_to_are_taken(write_repo: WriteRepo, registry: str) -> None:
+    root = write_repo({SETTINGS_FILE: f"swarm: {{registry: '{registry}'}}\n"})
+    assert load_settings(root).swarm.registry == registry
+
+
+def test_an_engine_without_a_node_hostname_and_a_notification_name_twice_are_refused(
+    write_repo: WriteRepo,
+) -> None:
+    root = write_repo({SETTINGS_FILE: "swarm: {engines: {'': 'ssh://x'}}\n"})
+    assert problems(root) == [
+        "gitops-nodes.yaml:1:19: swarm.engines.: invalid key '': expected a Swarm node's "
+        "hostname, as `docker node ls` shows it (letters, digits, '.', '-', '_')"
+    ]
+    twice = "notifications:\n" + "  - {name: ops, type: webhook, url: 'https://h/x'}\n" * 2
+    root = write_repo({SETTINGS_FILE: twice})
+    assert problems(root) == [
+        "gitops-nodes.yaml:2:3: notifications: expected each notification target's name once, "
+        "got ops more than once"
     ]
 
 
