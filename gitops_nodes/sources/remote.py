@@ -11,19 +11,15 @@ HTTP read waits at most CONNECT_TIMEOUT for data.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import hashlib
 import http.client
 import shutil
-import socket
-import threading
 import time
 import urllib.error
 import urllib.request
-from types import TracebackType
 from typing import Any
 
+from gitops_nodes.httpdeadline import Watchdog
 from gitops_nodes.sources.cache import CHUNK, Cache, Entry
 from gitops_nodes.sources.resolve import SourceError, human_size
 
@@ -42,10 +38,8 @@ def fetch_url(url: str, sha256: str | None, cache: Cache) -> tuple[Entry, bool]:
     if place.exists():  # pinned: the digest names the content, nothing to ask anyone
         return Entry(place, sha256, place.stat().st_size), False
     request = urllib.request.Request(url, headers={"User-Agent": "gitops-nodes"})
-    with _Watchdog(DOWNLOAD_DEADLINE) as watchdog:
-        opener = urllib.request.build_opener(
-            _WatchedHTTPHandler(watchdog), _WatchedHTTPSHandler(watchdog)
-        )
+    with Watchdog(DOWNLOAD_DEADLINE) as watchdog:
+        opener = watchdog.opener()
         try:
             response = opener.open(request, timeout=CONNECT_TIMEOUT)
         except urllib.error.HTTPError as exc:
@@ -60,7 +54,7 @@ def fetch_url(url: str, sha256: str | None, cache: Cache) -> tuple[Entry, bool]:
             return _store(lambda out: _copy(response, out, url, watchdog), url, sha256, cache)
 
 
-def _copy(response: http.client.HTTPResponse, out: Any, url: str, watchdog: _Watchdog) -> None:
+def _copy(response: http.client.HTTPResponse, out: Any, url: str, watchdog: Watchdog) -> None:
     """Write the response's body to out, no more than MAX_DOWNLOAD_BYTES of it."""
     announced = response.getheader("Content-Length", "")
     if announced.isdigit() and int(announced) > MAX_DOWNLOAD_BYTES:  # refused before a byte
@@ -96,91 +90,6 @@ def _too_slow(url: str) -> str:
         f"{url}: not downloaded within {DOWNLOAD_DEADLINE:g} s, the most a source may take; "
         "is the server slow or sending without end?"
     )
-
-
-class _Watchdog:
-    """Shuts the sockets of one download when its deadline passes, so a read that a server
-    keeps alive by dripping bytes ends then (shutdown wakes a blocked read; close may not)."""
-
-    def __init__(self, seconds: float) -> None:
-        self.expired = False
-        self._lock = threading.Lock()
-        self._sockets: list[socket.socket] = []
-        self._timer = threading.Timer(seconds, self._expire)
-        self._timer.daemon = True
-
-    def __enter__(self) -> _Watchdog:
-        self._timer.start()
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self._timer.cancel()
-
-    def watch(self, sock: socket.socket) -> None:
-        with self._lock:
-            if self.expired:
-                _shut(sock)
-            else:
-                self._sockets.append(sock)
-
-    def _expire(self) -> None:
-        with self._lock:
-            self.expired = True
-            for sock in self._sockets:
-                _shut(sock)
-
-
-def _shut(sock: socket.socket) -> None:
-    # socket.socket's own shutdown: an SSLSocket's would also drop its TLS state, which a
-    # read in another thread is using. A socket closed already has nothing to stop.
-    with contextlib.suppress(OSError):
-        socket.socket.shutdown(sock, socket.SHUT_RDWR)
-
-
-class _WatchedHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, *args: Any, watchdog: _Watchdog, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._watchdog = watchdog
-
-    def connect(self) -> None:
-        super().connect()
-        self._watchdog.watch(self.sock)
-
-
-class _WatchedHTTPSConnection(http.client.HTTPSConnection):
-    # Watched once the TLS handshake is done: during it, each read waits CONNECT_TIMEOUT.
-    def __init__(self, *args: Any, watchdog: _Watchdog, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._watchdog = watchdog
-
-    def connect(self) -> None:
-        super().connect()
-        self._watchdog.watch(self.sock)
-
-
-class _WatchedHTTPHandler(urllib.request.HTTPHandler):
-    def __init__(self, watchdog: _Watchdog) -> None:
-        super().__init__()
-        self._watchdog = watchdog
-
-    def do_open(self, http_class: Any, req: Any, **kwargs: Any) -> http.client.HTTPResponse:
-        watched = functools.partial(_WatchedHTTPConnection, watchdog=self._watchdog)
-        return super().do_open(watched, req, **kwargs)
-
-
-class _WatchedHTTPSHandler(urllib.request.HTTPSHandler):
-    def __init__(self, watchdog: _Watchdog) -> None:
-        super().__init__()
-        self._watchdog = watchdog
-
-    def do_open(self, http_class: Any, req: Any, **kwargs: Any) -> http.client.HTTPResponse:
-        watched = functools.partial(_WatchedHTTPSConnection, watchdog=self._watchdog)
-        return super().do_open(watched, req, **kwargs)
 
 
 def _store(write: Any, url: str, sha256: str | None, cache: Cache) -> tuple[Entry, bool]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import http.client
 import json
 import logging
 import queue
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gitops_nodes import __version__
+from gitops_nodes.httpdeadline import Watchdog
 from gitops_nodes.spec.notifications import ResolvedTarget
 from gitops_nodes.watch.reconcile import ReconcileResult
 
@@ -168,18 +170,28 @@ def post(target: ResolvedTarget, event: str, body: bytes, timeout: float) -> Non
     if target.hmac_key is not None:
         headers[SIGNATURE_HEADER] = signature(target.hmac_key, body)
     request = urllib.request.Request(target.url, data=body, headers=headers, method="POST")
-    try:
-        with _OPENER.open(request, timeout=timeout) as response:
-            response.read(65536)
-    except urllib.error.HTTPError as exc:
-        # Worth another try: the receiver's own trouble, or its asking to slow down.
-        raise SendError(f"HTTP {exc.code}", exc.code >= 500 or exc.code in (408, 429)) from None
-    except urllib.error.URLError as exc:
-        reason = exc.reason
-        why = getattr(reason, "strerror", None) or type(reason).__name__
-        raise SendError(str(why), True) from None
-    except (OSError, ValueError) as exc:  # timeouts, resets, a malformed answer
-        raise SendError(type(exc).__name__, True) from None
+    # timeout bounds the whole POST, not only each read: a receiver that drips its answer
+    # would otherwise hold its sender (and the events queued behind) as long as it liked.
+    with Watchdog(timeout) as watchdog:
+        try:
+            with watchdog.opener(_NoRedirect()).open(request, timeout=timeout) as response:
+                response.read(65536)
+        except urllib.error.HTTPError as exc:
+            # Worth another try: the receiver's own trouble, or its asking to slow down.
+            retry = exc.code >= 500 or exc.code in (408, 429)
+            raise SendError(f"HTTP {exc.code}", retry) from None
+        except urllib.error.URLError as exc:
+            reason = exc.reason
+            why = getattr(reason, "strerror", None) or type(reason).__name__
+            raise SendError(_late(watchdog, str(why), timeout), True) from None
+        except (OSError, ValueError, http.client.HTTPException) as exc:  # resets, bad answers
+            raise SendError(_late(watchdog, type(exc).__name__, timeout), True) from None
+        if watchdog.expired:  # the shut socket read as the end of the answer
+            raise SendError(_late(watchdog, "", timeout), True)
+
+
+def _late(watchdog: Watchdog, why: str, timeout: float) -> str:
+    return f"no whole answer within {timeout:g}s" if watchdog.expired else why
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -187,9 +199,6 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 
     def redirect_request(self, *args: Any, **kwargs: Any) -> None:
         return None
-
-
-_OPENER = urllib.request.build_opener(_NoRedirect())
 
 
 class Sender:

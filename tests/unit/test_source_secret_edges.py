@@ -24,6 +24,8 @@ from gitops_nodes.sources.resolve import SourceError
 from gitops_nodes.spec.access import environment_variable
 from gitops_nodes.spec.errors import SpecErrors
 from gitops_nodes.spec.load import load_spec
+from gitops_nodes.spec.notifications import ResolvedTarget
+from gitops_nodes.watch.notify import SendError, post
 
 PASTED = "sk_live_abcdefghijklmnop1234"  # a key's shape that the model admits as a name
 DIGEST = "ab" * 32
@@ -155,7 +157,7 @@ def test_a_missing_key_lists_at_most_twenty_of_the_files_keys(tmp_path: Path) ->
 
 @pytest.fixture
 def serve() -> Iterator[Callable[[Callable[[BaseHTTPRequestHandler], None]], str]]:
-    """Serve GET with a function on a free port of 127.0.0.1; its URL returned."""
+    """Serve GET and POST with a function on a free port of 127.0.0.1; its URL returned."""
     servers: list[tuple[ThreadingHTTPServer, threading.Thread]] = []
 
     def start(respond: Callable[[BaseHTTPRequestHandler], None]) -> str:
@@ -163,6 +165,8 @@ def serve() -> Iterator[Callable[[Callable[[BaseHTTPRequestHandler], None]], str
             def do_GET(self) -> None:
                 with contextlib.suppress(OSError):  # the client hung up: this one is done
                     respond(self)
+
+            do_POST = do_GET  # webhooks (watch/notify.py) meet the same servers
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
@@ -237,6 +241,20 @@ def test_a_download_past_its_deadline_fails_naming_the_url(
     assert time.monotonic() - started < 3.0
     assert str(caught.value).startswith(f"{url}: not downloaded within 0.15 s")
     assert not list(tmp_path.rglob("download"))
+
+
+@pytest.mark.parametrize("respond", [_drip_body, _drip_head], ids=lambda f: f.__name__)
+def test_a_webhook_receiver_that_drips_its_answer_is_cut_off_at_the_timeout(
+    serve: Callable[[Callable[[BaseHTTPRequestHandler], None]], str],
+    respond: Callable[[BaseHTTPRequestHandler], None],
+) -> None:
+    # Before: the timeout bounded each read only, so a receiver that dripped its answer
+    # held its sender thread, and the events queued behind it, for as long as it liked.
+    target = ResolvedTarget("ops", "webhook", frozenset(), serve(respond))
+    started = time.monotonic()
+    with pytest.raises(SendError, match=r"^no whole answer within 0\.3s$"):
+        post(target, "applied", b"{}", 0.3)
+    assert time.monotonic() - started < 3.0
 
 
 def test_a_download_over_the_size_cap_fails_naming_the_url(
