@@ -14,6 +14,7 @@ from typing import Any
 from gitops_nodes.errors import GitopsNodesError
 
 PACKAGE_PARENT = Path(__file__).resolve().parent.parent
+MAX_LISTED_TAGS = 20  # of a notebook's tags, named in the message for a cell it has not
 
 
 class NotebookError(GitopsNodesError):
@@ -71,7 +72,9 @@ def find_cell(cells: list[dict[str, Any]], name: str, notebook: str) -> int:
         if cell.get("cell_type") == "code" and (name in _tags(cell) or cell.get("id") == name):
             return index
     tags = sorted({t for cell in cells for t in _tags(cell)})
-    known = f" (its tags: {', '.join(tags)})" if tags else " (it has no tagged cells)"
+    shown = ", ".join(tags[:MAX_LISTED_TAGS])  # a message stays one readable line
+    more = f" and {len(tags) - MAX_LISTED_TAGS} more" if len(tags) > MAX_LISTED_TAGS else ""
+    known = f" (its tags: {shown}{more})" if tags else " (it has no tagged cells)"
     raise NotebookError(
         f"expected the tag or id of a code cell of {notebook}; no code cell is tagged or has "
         f"the id {name!r}{known}"

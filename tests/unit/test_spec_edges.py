@@ -3,6 +3,7 @@ field (file:line:col: field: message), listed with the file's other problems."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -99,6 +100,20 @@ def test_a_notebook_that_cannot_give_a_cell_is_a_notebook_error(
     with pytest.raises(NotebookError) as caught:
         cell_code(tmp_path / "nb.ipynb", "predict", "nb.ipynb")
     assert message in str(caught.value)
+
+
+def test_a_cell_not_found_names_at_most_twenty_of_the_notebooks_tags(tmp_path: Path) -> None:
+    # Before: 20,000 tags made one line of all of them.
+    cells = [
+        {"cell_type": "code", "source": "", "metadata": {"tags": [f"t{i:05}"]}}
+        for i in range(20_000)
+    ]
+    (tmp_path / "nb.ipynb").write_text(json.dumps({"cells": cells}))
+    with pytest.raises(NotebookError) as caught:
+        cell_code(tmp_path / "nb.ipynb", "predict", "nb.ipynb")
+    assert str(caught.value).endswith(
+        "(its tags: " + ", ".join(f"t{i:05}" for i in range(20)) + " and 19980 more)"
+    )
 
 
 def test_a_notebook_cell_with_a_lone_surrogate_is_a_spec_error_at_cell(tmp_path: Path) -> None:
