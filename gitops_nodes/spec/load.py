@@ -97,6 +97,7 @@ _VALIDATOR_FIELD = {
     "access_folders": "folders",
     "admin_port": "adminPort",
     "notification_names": "notifications",
+    "secret_files": "secretFiles",
     "notification_hmac": "hmacKey",
     "notification_events": "events",
     "python_code": "code",

@@ -25,6 +25,7 @@ from pydantic import (
     Tag,
     ValidationInfo,
     WithJsonSchema,
+    field_validator,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
@@ -717,6 +718,18 @@ class ImageSource(SpecModel):
         default=None, description="The container's command, replacing the image's."
     )
 
+    @field_validator("command")
+    @classmethod
+    def _a_program(cls, command: list[str] | None) -> list[str] | None:
+        # [] or [""] names no program: the container could only fail to start.
+        if command is not None and (not command or not command[0]):
+            raise PydanticCustomError(
+                "command",
+                "expected the program to run first (such as [python, serve.py]); leave command "
+                "out to run the image's own",
+            )
+        return command
+
     @model_validator(mode="after")
     def _one_source(self, info: ValidationInfo) -> ImageSource:
         if (self.name is None) == (self.build is None):
@@ -1195,6 +1208,9 @@ class Access(SpecModel):
         return self
 
 
+_KERNEL_FOLDERS = ("/proc/", "/sys/")
+
+
 class NodeSpec(SpecModel):
     """A node: identical instances behind one load-balanced API."""
 
@@ -1271,6 +1287,32 @@ class NodeSpec(SpecModel):
         default=None,
         description="Each instance's log budget. Default: 3 files of 10Mi.",
     )
+
+    @model_validator(mode="after")
+    def _secret_files_apart(self) -> NodeSpec:
+        # Each is a file bound at its path: one cannot be inside another (a file is no
+        # folder), and the kernel's own file systems take no mounts (the engine refuses).
+        paths = sorted(self.secret_files)
+        for path in paths:
+            if path.startswith(_KERNEL_FOLDERS):
+                raise PydanticCustomError(
+                    "secret_files",
+                    "expected paths outside /proc and /sys, where nothing can be mounted; "
+                    "got {path}",
+                    {"path": path},
+                )
+        files = set(paths)
+        for path in paths:
+            parts = path.split("/")
+            inside = ("/".join(parts[:end]) for end in range(2, len(parts)))
+            first = next((folder for folder in inside if folder in files), None)
+            if first is not None:
+                raise PydanticCustomError(
+                    "secret_files",
+                    "expected files apart: {first} is a file, so {second} cannot be inside it",
+                    {"first": first, "second": path},
+                )
+        return self
 
     @model_validator(mode="after")
     def _one_kind(self) -> NodeSpec:

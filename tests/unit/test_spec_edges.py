@@ -218,3 +218,38 @@ def test_a_nul_in_a_path_is_an_error_at_its_field(tmp_path: Path) -> None:
         f"c.yaml:8:16: spec.python.files.a: {said}",
         f"d.yaml:10:33: spec.access.keys[0].fromFile: {said}",
     ]
+
+
+# Specs the engine could only refuse when an instance starts: refused at their field.
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        (
+            "    /run/a: {fromEnv: A}\n    /run/a-b: {fromEnv: C}\n    /run/a/b: {fromEnv: B}\n",
+            "spec.secretFiles: expected files apart: /run/a is a file, so /run/a/b cannot be "
+            "inside it",
+        ),
+        (
+            "    /proc/x: {fromEnv: A}\n",
+            "spec.secretFiles: expected paths outside /proc and /sys, where nothing can be "
+            "mounted; got /proc/x",
+        ),
+    ],
+    ids=["one inside another", "under /proc"],
+)
+def test_secret_files_the_engine_cannot_mount_are_refused(
+    tmp_path: Path, files: str, message: str
+) -> None:
+    errors = _errors(tmp_path, {"n.yaml": HEAD + IMAGE + "  secretFiles:\n" + files})
+    assert errors == [f"n.yaml:10:5: {message}"]
+
+
+@pytest.mark.parametrize("command", ["[]", '[""]', '["", "serve"]'])
+def test_a_command_that_names_no_program_is_refused(tmp_path: Path, command: str) -> None:
+    errors = _errors(tmp_path, {"n.yaml": HEAD + IMAGE + f"    command: {command}\n"})
+    assert errors == [
+        "n.yaml:9:14: spec.image.command: expected the program to run first (such as "
+        "[python, serve.py]); leave command out to run the image's own"
+    ]
