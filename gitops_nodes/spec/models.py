@@ -929,7 +929,6 @@ FileName = Annotated[
     PlainValidator(_file_name),
     WithJsonSchema({"type": "string", "pattern": _FILE_NAME.pattern}),
 ]
-VariableName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 
 
 def _io_variable(value: Any) -> str:
@@ -949,8 +948,12 @@ def _io_variable(value: Any) -> str:
     )
 
 
-# The schema stays a plain string: keywords are more than a pattern can say.
-IoVariable = Annotated[str, PlainValidator(_io_variable), WithJsonSchema({"type": "string"})]
+# The schema has the pattern editors can check; keywords and '__' are more than it says.
+IoVariable = Annotated[
+    str,
+    PlainValidator(_io_variable),
+    WithJsonSchema({"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_]*$"}),
+]
 
 
 class PythonSource(SpecModel):
@@ -978,7 +981,7 @@ class PythonSource(SpecModel):
         description="extra files the code reads, under files/<name> in its working folder; "
         "an mlflow source gives the model's artifacts as a folder",
     )
-    models: dict[VariableName, ModelSource] = Field(
+    models: dict[IoVariable, ModelSource] = Field(
         default_factory=dict,
         description="MLflow models loaded as pyfunc into these variables before set-up runs",
     )

@@ -179,6 +179,15 @@ def test_input_names_are_checked_at_their_keys(tmp_path: Path, inputs: str, expe
     assert _errors(tmp_path, {"c.py": "y = 1\n", "n.yaml": text}) == [expected + NOT_A_NAME]
 
 
+def test_model_variable_names_are_checked_at_their_keys(tmp_path: Path) -> None:
+    # Before: a pattern only, so `class` or `__x` passed and failed in the node's image.
+    models = "    models:\n      class: {mlflow: {model: iris, version: 3}}\n"
+    text = HEAD + PYTHON.replace("{IN}", "{x: float}") + models
+    assert _errors(tmp_path, {"c.py": "y = 1\n", "n.yaml": text}) == [
+        "n.yaml:11:7: spec.python.models.class: invalid key 'class': " + NOT_A_NAME
+    ]
+
+
 def test_a_non_string_env_key_is_the_mappings_problem(tmp_path: Path) -> None:
     text = HEAD + IMAGE + "  env:\n    true: x\n"
     [error] = _errors(tmp_path, {"n.yaml": text})
