@@ -51,7 +51,6 @@ DESTROYED_STATE: tuple[str, ...] = (
 )
 # What `destroy` keeps on purpose, name -> why (none today).
 KEPT_BY_DESTROY: dict[str, str] = {}
-# Temporary files of our atomic writes (a write interrupted by a crash leaves one behind).
 # A project's name: it names containers, labels and a folder of the state directory, so
 # Compose's rule (and never a path: `../x` would put the state beside others' projects).
 PROJECT_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
@@ -59,9 +58,11 @@ PROJECT_RULE = "1 to 63 lowercase letters, digits, '-' and '_', starting with a 
 
 
 def valid_project(name: str) -> bool:
+    """Whether name may name a project (--project, a saved plan's project)."""
     return re.fullmatch(PROJECT_PATTERN, name) is not None
 
 
+# Temporary files of our atomic writes (a write interrupted by a crash leaves one behind).
 _TEMPORARY_PREFIXES = (".watch.", f".{TABLE_FILE}.", "owner.tmp-", f".{SECRET_KEY_FILE}.")
 
 
