@@ -20,6 +20,7 @@ endpoints answer for all the workers.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import os
@@ -290,6 +291,51 @@ class RequireAdminKey:
         await self.app(scope, receive, send)
 
 
+class LoopbackNamesOnly:
+    """ASGI middleware for an admin port without a key (on loopback): a request naming a
+    host other than an address or localhost is refused (421). A web page whose name its
+    attacker points at 127.0.0.1 (DNS rebinding) is then no longer the console's own origin
+    to the browser, and could read the status and run actions; with a key it needs the key.
+    open_paths (a webhook with its token, behind a proxy that keeps its public Host) pass."""
+
+    def __init__(self, app: ASGIApp, open_paths: frozenset[str]) -> None:
+        self.app = app
+        self.open_paths = open_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and scope["path"] not in self.open_paths
+            and not loopback_name(dict(scope["headers"]).get(b"host", b""))
+        ):
+            response = JSONResponse(
+                {
+                    "error": "without its key the admin port answers only requests to its "
+                    "address or localhost; use http://127.0.0.1:<port>, or set its key"
+                },
+                status_code=421,
+            )
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def loopback_name(host: bytes) -> bool:
+    """Whether a Host header names an address or localhost (b"" for none: HTTP/1.0)."""
+    name = host.decode("latin-1").strip().lower()
+    if name.startswith("["):  # [::1]:8081
+        name = name[1 : name.find("]")] if "]" in name else name
+    elif name.count(":") == 1:
+        name = name.partition(":")[0]
+    if name in ("", "localhost") or name.endswith(".localhost"):
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
 def inflight_by_node(router: Router, backends: Backends) -> dict[str, int]:
     """Requests in flight per node: every node of the table, plus nodes still draining."""
     counts = dict.fromkeys(router.nodes, 0)
@@ -436,11 +482,13 @@ def make_control_app(
         return JSONResponse({"error": message}, status_code=exc.status_code, headers=exc.headers)
 
     middleware = [Middleware(SecurityHeaders)]
+    opened = frozenset({"/-/healthz", *open_paths})
     if admin is not None:
-        opened = frozenset({"/-/healthz", *open_paths})
         middleware.append(
             Middleware(RequireAdminKey, guard=admin, open_paths=opened, console=console)
         )
+    else:
+        middleware.append(Middleware(LoopbackNamesOnly, open_paths=opened))
     return Starlette(
         routes=[
             Route("/-/healthz", healthz, methods=["GET"]),

@@ -18,6 +18,7 @@ the balancer (the watch loop) and are registered in `Console.actions`.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import html
@@ -29,7 +30,7 @@ from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -41,6 +42,7 @@ CSRF_HEADER = "x-csrf-token"
 SESSION_SECONDS = 12 * 3600.0
 MAX_SESSIONS = 256  # the oldest session is forgotten past this many
 MAX_LOGIN_BODY = 8192
+LOGIN_BODY_SECONDS = 10.0  # for the login form's body to arrive whole
 UI = "/-/ui"
 # Paths a browser may fetch without the key: the login form and the page's static files.
 OPEN_PREFIXES = (f"{UI}/login", f"{UI}/static/")
@@ -161,7 +163,15 @@ class Console:
             origin = request.headers.get("origin")
             if origin is not None and origin != f"{request.url.scheme}://{request.url.netloc}":
                 return self._login_page("This form must be sent from the console itself.", 403)
-            body = await _login_body(request)
+            try:
+                # Bounded in time as in size: anyone who reaches the port may post it, and a
+                # body that never comes held its connection (and a share of the port) forever.
+                body = await asyncio.wait_for(_login_body(request), LOGIN_BODY_SECONDS)
+            except TimeoutError:
+                late = f"The form did not arrive within {LOGIN_BODY_SECONDS:g} s."
+                return self._login_page(late, 408, close=True)
+            except ClientDisconnect:  # gone: nobody reads an answer, and it is no fault here
+                return Response(status_code=400, headers={"connection": "close"})
             if body is None:
                 return self._login_page(
                     f"The form is larger than {MAX_LOGIN_BODY} bytes: send only the key.", 413
@@ -236,10 +246,12 @@ class Console:
             return JSONResponse({"error": f"no such file: {name}"}, status_code=404)
         return Response(data, media_type=kind, headers={"cache-control": "no-cache"})
 
-    def _login_page(self, message: str | None, status: int = 200) -> Response:
+    def _login_page(self, message: str | None, status: int = 200, close: bool = False) -> Response:
         template = (self.asset("login.html") or b"").decode()
         shown = f'<p class="error" role="alert">{html.escape(message)}</p>' if message else ""
-        return HTMLResponse(template.replace("<!--message-->", shown), status_code=status)
+        headers = {"connection": "close"} if close else None  # what is left unread is dropped
+        page = template.replace("<!--message-->", shown)
+        return HTMLResponse(page, status_code=status, headers=headers)
 
 
 async def _login_body(request: Request) -> bytes | None:

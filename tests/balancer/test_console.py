@@ -4,16 +4,22 @@ the `/-/status` JSON Schema checked against real answers."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import http.client
 import json
 import re
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
-from balancer.console import COOKIE, CSP
+import pytest
+from starlette.applications import Starlette
+
+import balancer.console as console_module
+from balancer.access import AdminGuard
+from balancer.console import COOKIE, CSP, Console
 from balancer.console.traffic import quantile
 from balancer.metrics import BUCKETS
 from tests.balancer.conftest import (
@@ -24,6 +30,7 @@ from tests.balancer.conftest import (
     node,
     request,
 )
+from tests.balancer.test_hostile import read_to_eof
 from tests.resident import resident_bytes
 from tests.status_schema import validate_status
 from tests.waiting import wait_until
@@ -120,6 +127,62 @@ def test_a_login_form_past_its_limit_is_413_and_never_read_whole(
         assert b"larger than 8192 bytes" in answer
         assert b"set-cookie" not in answer.lower()
     assert resident_bytes() - before < 24 * 2**20
+
+
+def test_a_login_form_that_never_arrives_whole_is_answered_and_closed(
+    make_balancer: Callable[..., BalancerHarness], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before: the connection was held for good (no key needed), and enough of them made
+    # the admin port answer 503 to everyone, /-/healthz included.
+    monkeypatch.setattr(console_module, "LOGIN_BODY_SECONDS", 0.3)
+    harness = make_balancer(admin_token=ADMIN)
+    with socket.create_connection((HOST, harness.admin_port), timeout=10) as sock:
+        sock.sendall(b"POST /-/ui/login HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nkey=")
+        answer = read_to_eof(sock)
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+    assert b"did not arrive within 0.3 s" in answer
+
+
+def test_a_client_that_leaves_mid_form_is_no_error_of_the_console() -> None:
+    # Before: starlette's ClientDisconnect escaped the handler: a 3.5 KB traceback logged
+    # for each such client, which a loop of them could repeat without end.
+    app = Starlette(routes=Console().routes(AdminGuard(ADMIN)))
+    scope = {
+        "type": "http", "method": "POST", "path": "/-/ui/login", "root_path": "",
+        "query_string": b"", "headers": [(b"content-length", b"10")], "scheme": "http",
+        "server": ("127.0.0.1", 8081), "http_version": "1.1",
+    }  # fmt: skip
+    sent: list[MutableMapping[str, Any]] = []
+
+    async def receive() -> MutableMapping[str, Any]:
+        return {"type": "http.disconnect"}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))  # raised ClientDisconnect
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 400
+
+
+@pytest.mark.parametrize(
+    ("host", "status"),
+    [
+        ("evil.example:8081", 421),
+        ("localhost.evil.example", 421),
+        ("127.0.0.1:8081", 200),
+        ("[::1]:8081", 200),
+        ("localhost:8081", 200),
+        ("10.1.2.3", 200),
+    ],
+)
+def test_without_a_key_the_admin_port_answers_only_its_address_or_localhost(
+    make_balancer: Callable[..., BalancerHarness], host: str, status: int
+) -> None:
+    # DNS rebinding: a page whose name its attacker points at 127.0.0.1 is the console's own
+    # origin to the browser. Before, it read /-/status and ran actions (CSRF token and all).
+    harness = make_balancer()
+    assert request(harness.admin_port, "GET", "/-/status", {"Host": host}).status == status
+    assert request(harness.admin_port, "GET", "/-/healthz", {"Host": host}).status == 200
 
 
 def test_an_action_needs_the_csrf_token_of_its_session(
