@@ -32,6 +32,25 @@ class Pushable(Protocol):
     def ack_document(self) -> dict[str, Any]: ...
 
 
+# A table of 1,000 nodes is well under 1 MiB: more is no table, and is not held in memory.
+MAX_TABLE_BYTES = 16 * 2**20
+
+
+async def _bounded_body(request: Request) -> bytes | None:
+    """The request's body, or None past MAX_TABLE_BYTES (read no further than that)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_TABLE_BYTES:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_TABLE_BYTES:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def push_routes(balancer: Pushable, token: str) -> list[Route]:
     """`PUT /-/table`, `GET /-/table` and `GET /-/ack`, refusing requests without the token
     (401)."""
@@ -53,10 +72,21 @@ def push_routes(balancer: Pushable, token: str) -> list[Route]:
         denied = refused(request)
         if denied is not None:
             return denied
-        body = await request.body()
+        body = await _bounded_body(request)
+        if body is None:
+            return JSONResponse(
+                {
+                    "error": "table too large",
+                    "message": f"a table is at most {MAX_TABLE_BYTES // 2**20} MiB",
+                    "serving": balancer.router.generation,
+                },
+                status_code=413,
+                headers={"connection": "close"},
+            )
         try:
             table = RoutingTable.from_json(json.loads(body))
-        except (ValueError, TableError) as exc:  # JSONDecodeError is a ValueError
+        # JSONDecodeError is a ValueError; RecursionError: nested deeper than json's stack
+        except (ValueError, TableError, RecursionError) as exc:
             return JSONResponse(
                 {"error": "bad table", "message": str(exc), "serving": balancer.router.generation},
                 status_code=400,

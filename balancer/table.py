@@ -7,6 +7,7 @@ it and swaps its reference in one assignment, so a request sees one table from s
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Mapping
@@ -181,14 +182,28 @@ class RoutingTable:
                 )
                 for name, entry in data["aliases"].items()
             }
+            generation = data["generation"]
+            if type(generation) is not int or generation < 0:  # not 1.5 read as 1, nor true
+                raise TableError(f"malformed routing table: generation {generation!r}")
+            for name, entry in nodes.items():
+                _check_node(name, entry)
             return cls(
-                generation=int(data["generation"]),
+                generation=generation,
                 nodes=MappingProxyType(nodes),
                 aliases=MappingProxyType(aliases),
             )
         except TableError:
             raise
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        # RecursionError: JSON nested deeper than the parser's stack; OverflowError: an
+        # infinity (1e400) where a whole number belongs.
+        except (
+            KeyError,
+            TypeError,
+            ValueError,
+            AttributeError,
+            OverflowError,
+            RecursionError,
+        ) as exc:
             raise TableError(f"malformed routing table: {type(exc).__name__}: {exc}") from exc
 
 
@@ -320,6 +335,20 @@ def _optional_socket(value: Any) -> str | None:
     return value
 
 
+def _check_node(name: str, entry: NodeEntry) -> None:
+    """What from_json's conversions let through but the balancer cannot serve: a port
+    outside 1..65535, a health check repeated without pause (an interval of 0 spun the
+    checker) or of no time at all."""
+    for endpoint in entry.endpoints:
+        for port in (endpoint.port, endpoint.telemetry_port):
+            if port is not None and not 0 < port <= 65535:
+                raise TableError(f"malformed routing table: node {name}: port {port}")
+    health = entry.health
+    for what, value in (("interval", health.interval), ("timeout", health.timeout)):
+        if not isinstance(value, int | float) or not 0 < value < math.inf:
+            raise TableError(f"malformed routing table: node {name}: health {what} {value!r}")
+
+
 def _optional_port(value: Any) -> int | None:
     return None if value is None else int(value)
 
@@ -442,4 +471,6 @@ def read_table(path: Path) -> RoutingTable | None:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise TableError(f"{path} is not valid JSON: {exc}") from exc
+    except RecursionError:  # nested deeper than the parser's stack: no table is
+        raise TableError(f"{path} is not a routing table: its JSON is nested too deeply") from None
     return RoutingTable.from_json(data)

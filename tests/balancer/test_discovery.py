@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import json
 import secrets
+import socket
 from collections.abc import Callable
 from types import MappingProxyType
 from typing import Any
 
 import pytest
 
+from balancer.push import MAX_TABLE_BYTES
 from balancer.table import NodeEntry, RoutingTable
 from gitops_nodes.errors import RuntimeFailure
 from gitops_nodes.runtime.swarm_balancer import SwarmBalancers
 from tests.balancer.conftest import HOST, BackendProcess, BalancerHarness, alias, health
+from tests.balancer.test_hostile import read_to_eof
 from tests.waiting import wait_until
 
 
@@ -75,6 +78,28 @@ def test_pushes_need_the_token_and_a_whole_table(
     malformed = {**good.to_json(), "generation": 2}
     malformed["nodes"]["web"]["discover"] = "no-port"
     assert push(harness, token, json.dumps(malformed).encode()).status == 400
+    # Before: 500 and a traceback (RecursionError, OverflowError), or taken and served (a
+    # port past 65535, a health interval of 0 that spun the checker, a generation of 1.5).
+    deep = b"[" * 100_000 + b"]" * 100_000
+    assert push(harness, token, deep).status == 400
+    for key, value in (("generation", 1e400), ("generation", 1.5), ("generation", True)):
+        bad = {**good.to_json(), key: value}
+        assert push(harness, token, json.dumps(bad).encode()).status == 400, (key, value)
+    for where, value in (("port", 70000), ("port", -1)):
+        bad = json.loads(json.dumps({**good.to_json(), "generation": 2}))
+        bad["nodes"]["web"]["endpoints"] = [{"instance": "i", "host": HOST, where: value}]
+        assert push(harness, token, json.dumps(bad).encode()).status == 400, (where, value)
+    for checks in ({"interval": 0}, {"interval": "x"}, {"timeout": -1}):
+        bad = json.loads(json.dumps({**good.to_json(), "generation": 2}))
+        bad["nodes"]["web"]["health"].update(checks)
+        assert push(harness, token, json.dumps(bad).encode()).status == 400, checks
+    with socket.create_connection((HOST, harness.admin_port), timeout=10) as sock:
+        sock.sendall(
+            b"PUT /-/table HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Bearer %s\r\n"
+            b"content-length: %d\r\n\r\n" % (token.encode(), MAX_TABLE_BYTES + 1)
+        )  # refused from its head: never read, never held
+        answer = read_to_eof(sock)
+    assert answer.startswith(b"HTTP/1.1 413 ") and b'"serving":1' in answer, answer[:300]
 
     assert harness.status()["generation"] == 1  # every refused push left the table alone
     assert harness.get("/aliases/site/x").backend == "kept"
