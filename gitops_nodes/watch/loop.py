@@ -11,20 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from balancer.server import Balancer, ServeOptions
 from gitops_nodes.errors import GitopsNodesError
 from gitops_nodes.watch.detail import describe_node
+from gitops_nodes.watch.hooks import HookBodyError, hook_admits
 from gitops_nodes.watch.memory import give_back_free_memory
 from gitops_nodes.watch.notify import Notifier
 from gitops_nodes.watch.reconcile import Reconciler, ReconcileResult, RolloutRun
@@ -99,10 +99,20 @@ class WatchLoop:
                 {"error": "the git hook is off: set GITOPS_NODES_HOOK_TOKEN to turn it on"},
                 status_code=401,
             )
-        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        given = given or request.headers.get("x-gitops-nodes-token", "")
-        if not hmac.compare_digest(given.encode(), self.hook_token.encode()):
-            return JSONResponse({"error": "missing or wrong token"}, status_code=401)
+        try:
+            admitted = await hook_admits(request, self.hook_token)
+        except HookBodyError as exc:
+            return JSONResponse({"error": str(exc)}, exc.status, {"connection": "close"})
+        except ClientDisconnect:  # gone: nobody reads an answer
+            return Response(status_code=400, headers={"connection": "close"})
+        if not admitted:
+            return JSONResponse(
+                {
+                    "error": "missing or wrong token: send Authorization: Bearer <token>, "
+                    "X-Gitlab-Token, or X-Hub-Signature-256 (the token as the webhook's secret)"
+                },
+                status_code=401,
+            )
         self.trigger("hook")
         return JSONResponse({"accepted": True}, status_code=202)
 
