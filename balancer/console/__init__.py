@@ -44,8 +44,10 @@ MAX_SESSIONS = 256  # the oldest session is forgotten past this many
 MAX_LOGIN_BODY = 8192
 LOGIN_BODY_SECONDS = 10.0  # for the login form's body to arrive whole
 UI = "/-/ui"
-# Paths a browser may fetch without the key: the login form and the page's static files.
-OPEN_PREFIXES = (f"{UI}/login", f"{UI}/static/")
+# Paths a browser may fetch without the key: the login form and the page's static files
+# (the form's path exactly: a route added later under a longer name is not opened by it).
+OPEN_PATHS = frozenset({f"{UI}/login"})
+OPEN_PREFIXES = (f"{UI}/static/",)
 
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -274,7 +276,8 @@ def wants_page(scope: Scope) -> bool:
 
 
 def is_open(path: str) -> bool:
-    return path.startswith(OPEN_PREFIXES)
+    """Whether a browser may fetch path without the key (see OPEN_PATHS)."""
+    return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
 
 
 class SecurityHeaders:

@@ -80,6 +80,8 @@ def test_with_a_key_the_console_needs_a_login_whose_cookie_is_not_the_key(
     assert request(port, "GET", "/-/ui/session").status == 401
     form = request(port, "GET", "/-/ui/login")
     assert form.status == 200 and b'name="key"' in form.body
+    # The form's path exactly, not every path that begins with it (was: /-/ui/loginX open).
+    assert request(port, "GET", "/-/ui/loginX").status == 401
     assert request(port, "GET", "/-/ui/static/console.js").status == 200  # no secret in it
     urlencoded = {"content-type": "application/x-www-form-urlencoded"}
     wrong = request(port, "POST", "/-/ui/login", urlencoded, b"key=not-the-key-at-all-000")

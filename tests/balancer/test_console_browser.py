@@ -90,3 +90,18 @@ def test_a_thousand_nodes_are_paged_filtered_and_reachable_by_keyboard(
         "the page to say it lost its connection",
     )
     shot(driver, "connection-lost")
+
+
+def test_a_link_to_a_node_that_cannot_be_decoded_still_opens_the_console(
+    make_balancer: Callable[..., BalancerHarness], browser: Callable[..., WebDriver]
+) -> None:
+    # Before: decodeURIComponent threw on `#node=%` at the end of the page's start, and the
+    # live view never began.
+    harness = make_balancer()
+    closed = free_port()
+    endpoints = (Endpoint("web-0", "127.0.0.1", closed),)
+    entry = NodeEntry(endpoints=endpoints, min_healthy=1, health=health(interval=30.0))
+    harness.publish({"web": entry}, {"front": alias(("web", 1))})
+    driver = browser()
+    driver.get(f"http://127.0.0.1:{harness.admin_port}/-/ui/#node=%")
+    poll(lambda: driver.find_element(By.ID, "node-count").text == "1 of 1 nodes", "the list")

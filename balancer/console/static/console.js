@@ -298,9 +298,18 @@ async function act(name, button) {
   }
 }
 
+function decoded(text) {
+  // A hand-typed or cut link (#node=%) is no node rather than an error that stops the page.
+  try {
+    return decodeURIComponent(text);
+  } catch {
+    return null;
+  }
+}
+
 function route() {
   const match = window.location.hash.match(/^#node=(.+)$/);
-  const node = match ? decodeURIComponent(match[1]) : null;
+  const node = match ? decoded(match[1]) : null;
   if (node !== state.node) {
     state.node = node;
     state.shown = {};
