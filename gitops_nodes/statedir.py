@@ -83,7 +83,13 @@ class StateDir:
 
     @classmethod
     def for_project(cls, project: str, base: Path | None = None) -> StateDir:
-        return cls((base or default_base()) / project)
+        base = base or default_base()
+        if base.exists() and not base.is_dir():  # said here, not as whatever read failed first
+            raise GitopsNodesError(
+                f"the state directory {base} is not a folder (from --state-dir, or else "
+                "GITOPS_NODES_STATE_DIR)"
+            )
+        return cls(base / project)
 
     @property
     def table(self) -> Path:
