@@ -251,17 +251,17 @@ def test_saved_plan_applies_and_is_refused_once_stale(
 
 
 def test_concurrent_applies_take_turns(
-    app_repo: Repo, runtime: DockerRuntime, project: str, state: StateDir
+    app_repo: Repo,
+    runtime: DockerRuntime,
+    project: str,
+    state: StateDir,
+    started: Callable[..., subprocess.Popen[str]],
 ) -> None:
     root = app_repo(node_yaml("api", "1", instances=2))
     env = {**os.environ, "GITOPS_NODES_STATE_DIR": str(state.path.parent)}
     command = [sys.executable, "-m", "gitops_nodes", "apply", str(root), "--project", project]
-    first = subprocess.Popen(
-        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    second = subprocess.Popen(
-        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    first = started(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    second = started(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     outputs = [p.communicate(timeout=300) for p in (first, second)]
     assert [first.returncode, second.returncode] == [0, 0], outputs
     assert sum("No changes." in out for out, _ in outputs) == 1

@@ -78,12 +78,17 @@ def read_until(process: subprocess.Popen[str], wanted: str, within: float = 30.0
 
 @pytest.mark.parametrize("signum", SIGNALS, ids=lambda s: signal.Signals(s).name)
 def test_logs_follow_ends_within_a_second_of_the_signal(
-    app_repo: Repo, runtime: DockerRuntime, project: str, state: StateDir, signum: int
+    app_repo: Repo,
+    runtime: DockerRuntime,
+    project: str,
+    state: StateDir,
+    signum: int,
+    started: Callable[..., subprocess.Popen[str]],
 ) -> None:
     root = app_repo(node_yaml("web", "1", instances=2, extra_env=', LOG: "1"'))
     run = apply(root, runtime, project, state)
     assert run.report is not None and run.report.ok
-    process = subprocess.Popen(
+    process = started(
         cli(project, state, "logs", "web", "--follow"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -98,10 +103,10 @@ def test_logs_follow_ends_within_a_second_of_the_signal(
 
 @pytest.mark.parametrize("signum", SIGNALS, ids=lambda s: signal.Signals(s).name)
 def test_serve_ends_within_a_second_of_the_signal(
-    project: str, state: StateDir, signum: int
+    project: str, state: StateDir, signum: int, started: Callable[..., subprocess.Popen[str]]
 ) -> None:
     port, admin = free_port(), free_port()
-    process = subprocess.Popen(
+    process = started(
         cli(project, state, "serve", "--port", str(port), "--admin-port", str(admin)),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -119,7 +124,7 @@ def test_serve_ends_within_a_second_of_the_signal(
 
 @pytest.mark.parametrize("signum", SIGNALS, ids=lambda s: signal.Signals(s).name)
 def test_watch_ends_within_a_second_of_the_signal(
-    tmp_path: Path, project: str, signum: int
+    tmp_path: Path, project: str, signum: int, started: Callable[..., subprocess.Popen[str]]
 ) -> None:
     repo = tmp_path / "origin"
     repo.mkdir()
@@ -131,7 +136,7 @@ def test_watch_ends_within_a_second_of_the_signal(
     revision = git(repo, "rev-parse", "HEAD")
     state = tmp_path / "state"
     admin = free_port()
-    process = subprocess.Popen(
+    process = started(
         [
             sys.executable, "-m", "gitops_nodes", "watch", f"file://{repo}",
             "--project", project, "--state-dir", str(state),
