@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import cast
 
 from balancer.backends import Backend
+from balancer.http import authority
 from balancer.table import HealthSettings
 
 __all__ = ["USER_AGENT", "HealthChecker", "check_once", "record"]
@@ -40,9 +41,8 @@ def _request(host: str, port: int, path: str) -> bytes:
     printable = path.isascii() and all(" " < c < "\x7f" for c in path)
     if not path.startswith("/") or not printable:
         raise ValueError(f"invalid health path {path!r}")
-    authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     return (
-        f"GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: {USER_AGENT}\r\n"
+        f"GET {path} HTTP/1.1\r\nHost: {authority(host, port)}\r\nUser-Agent: {USER_AGENT}\r\n"
         "Connection: close\r\n\r\n"
     ).encode("ascii")
 

@@ -79,6 +79,11 @@ EXECUTE_PREFIX = b"/datasphere/"  # the execute API's paths (balancer/execute.py
 ALIAS_PREFIX = "datasphere.user."  # the reference's form of an alias in x-node-alias
 
 
+def authority(host: str, port: int) -> str:
+    """host:port as a URL or a Host header writes it: an IPv6 address in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def versionless(data: bytes) -> bool:
     """Whether data, a read that began a request, has a whole request line without an HTTP
     version (HTTP/0.9's `GET /`): such a client sends no header lines, and would otherwise be

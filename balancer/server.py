@@ -39,6 +39,7 @@ from balancer.console import Console
 from balancer.control import NodeDetail, make_control_app, worker_snapshot
 from balancer.discovery import Discovery
 from balancer.health import HealthChecker
+from balancer.http import authority
 from balancer.metrics import Metrics
 from balancer.proxy import Proxy, ProxySettings
 from balancer.routing import Affinity, Router
@@ -283,11 +284,9 @@ class Balancer:
             await self._serve_admin(options, admin, peers)
             # The ports bound, which differ from those asked for when port 0 was.
             log.info(
-                "listening on http://%s:%d (control plane: http://%s:%d/-/status)",
-                url_host(options.host),
-                self.ports()[0],
-                url_host(options.admin_host),
-                self.admin_port,
+                "listening on http://%s (control plane: http://%s/-/status)",
+                authority(options.host, self.ports()[0]),
+                authority(options.admin_host, self.admin_port),
             )
         self._tasks.append(self.loop.create_task(self._sweep()))
         self.write_ack()
@@ -403,11 +402,6 @@ def raise_open_files(max_clients: int) -> None:
                 resource.getrlimit(resource.RLIMIT_NOFILE)[0],
                 max_clients,
             )
-
-
-def url_host(host: str) -> str:
-    """host as a URL writes it: an IPv6 address in brackets."""
-    return f"[{host}]" if ":" in host else host
 
 
 def cannot_listen(option: str, host: str, port: int, exc: OSError) -> str:

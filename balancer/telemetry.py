@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import httptools
 
 from balancer.exposition import ExpositionError, Family, Labels, Merger, parse, sample_line
+from balancer.http import authority
 from balancer.table import RoutingTable
 
 SCRAPE_TIMEOUT = 2.0  # seconds for all instances together, well inside Prometheus's default 10 s
@@ -233,11 +234,9 @@ async def fetch(target: Target, max_bytes: int = MAX_BYTES) -> str:
     """`GET path` on a fresh connection to the target: the body as text; ScrapeError (or
     OSError, for the connection) when there is no 200 answer of valid UTF-8 within max_bytes."""
     what = f"GET {target.path} on port {target.port}"
-    authority = (
-        f"[{target.host}]:{target.port}" if ":" in target.host else f"{target.host}:{target.port}"
-    )
     request = (
-        f"GET {target.path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: {USER_AGENT}\r\n"
+        f"GET {target.path} HTTP/1.1\r\nHost: {authority(target.host, target.port)}\r\n"
+        f"User-Agent: {USER_AGENT}\r\n"
         f"Accept: {ACCEPT}\r\nAccept-Encoding: identity\r\nConnection: close\r\n\r\n"
     )
     reader, writer = await asyncio.open_connection(target.host, target.port)
