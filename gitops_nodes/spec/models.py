@@ -10,7 +10,8 @@ from __future__ import annotations
 import keyword
 import math
 import re
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from decimal import Decimal
 from itertools import pairwise
 from pathlib import Path
@@ -569,6 +570,11 @@ BatchDelay = Annotated[
     PlainValidator(_duration_within(0.0, MAX_BATCH_DELAY)),
     _duration_schema(0.0, MAX_BATCH_DELAY, ["2ms", "5ms"]),
 ]
+
+
+def repeated(names: Iterable[str]) -> list[str]:
+    """The names that stand more than once, sorted: for "expected each ... once" errors."""
+    return sorted(name for name, count in Counter(names).items() if count > 1)
 
 
 class SpecModel(BaseModel):
@@ -1198,8 +1204,7 @@ class Access(SpecModel):
 
     @model_validator(mode="after")
     def _unique(self) -> Access:
-        names = [key.name for key in self.keys]
-        duplicates = sorted({name for name in names if names.count(name) > 1})
+        duplicates = repeated(key.name for key in self.keys)
         if duplicates:
             raise PydanticCustomError(
                 "access_keys",
@@ -1462,8 +1467,7 @@ class AliasSpec(SpecModel):
 
     @model_validator(mode="after")
     def _weights_and_unique_nodes(self) -> AliasSpec:
-        names = [route.node for route in self.nodes]
-        duplicates = sorted({name for name in names if names.count(name) > 1})
+        duplicates = repeated(route.node for route in self.nodes)
         if duplicates:
             raise PydanticCustomError(
                 "alias_nodes",

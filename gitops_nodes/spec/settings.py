@@ -30,7 +30,7 @@ from pydantic_core import PydanticCustomError
 
 from gitops_nodes.spec.errors import SpecErrors, SpecProblem
 from gitops_nodes.spec.load import describe_error, load_spec, locate_problems
-from gitops_nodes.spec.models import SETTINGS_FILE, Port, SpecModel
+from gitops_nodes.spec.models import SETTINGS_FILE, Port, SpecModel, repeated
 from gitops_nodes.spec.notifications import NotificationTarget, ResolvedTarget, resolve_targets
 from gitops_nodes.spec.repofiles import ReadError, read_file
 from gitops_nodes.spec.secrets import DigestKey
@@ -124,8 +124,7 @@ class Settings(SpecModel):
     @model_validator(mode="after")
     def _distinct_notification_names(self) -> Settings:
         # A target's name keys its queue and names it in logs: two of one name would share it.
-        names = [target.name for target in self.notifications]
-        twice = sorted({name for name in names if names.count(name) > 1})
+        twice = repeated(target.name for target in self.notifications)
         if twice:
             raise PydanticCustomError(
                 "notification_names",
