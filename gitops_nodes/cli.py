@@ -589,11 +589,10 @@ def _apply(args: argparse.Namespace) -> int:
     desired, saved = workflow.load_for_apply(
         args.path, lambda root, saved: lambda: secret_key(state_of(root, saved))
     )
-    project, state = _context(args, desired.root)
-    if saved is not None:
-        _check_saved_flags(args, saved)
-        project = saved["project"]
-        state = StateDir.for_project(project, args.state_dir)
+    if saved is not None:  # its project, never one named after the folder it was made from
+        project, state = saved["project"], state_of(desired.root, saved)
+    else:
+        project, state = _context(args, desired.root)
     runtime = _runtime(args, desired.root, saved.get("runtime") if saved else None)
     on_plan: Callable[[Plan], None] | None = _print_plan
     approved = False

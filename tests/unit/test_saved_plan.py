@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from gitops_nodes import cli
 from gitops_nodes.cli import main
 from gitops_nodes.errors import GitopsNodesError, PlanFileError
 from gitops_nodes.live import LiveState
@@ -99,3 +100,24 @@ def test_a_folder_with_no_letter_or_digit_names_no_project(tmp_path: Path) -> No
     with pytest.raises(GitopsNodesError, match="no letter or digit to name a project after"):
         project_name(tmp_path / "___")
     assert project_name(tmp_path / "My Models_v2") == "my-models-v2"
+
+
+def test_a_saved_plan_is_applied_to_its_project_whatever_its_folder_is_called(
+    saved: dict[str, Any],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A folder with no letter or digit names no project, but the plan names its own: apply
+    # must not ask the folder (it did, and refused the plan for it).
+    folder = tmp_path / "___"
+    Path(saved["root"]).rename(folder)
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps({**saved, "root": str(folder)}))
+
+    def reached(*_: object) -> object:
+        raise GitopsNodesError("the engine is next")
+
+    monkeypatch.setattr(cli, "_runtime", reached)
+    assert main(["apply", str(path), "--state-dir", str(tmp_path / "state")]) == 1
+    assert capsys.readouterr().err == "error: the engine is next\n"
