@@ -56,7 +56,6 @@ EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
 A_DAY = 86_400.0  # seconds: the longest duration a flag takes
 MAX_WORKERS = 64  # serve --workers: beyond it, a typo, not a machine (each is a process)
 NOTIFY_GRACE = 5.0  # seconds a stopping watch gives queued notifications
-MIN_HOOK_TOKEN = 16  # characters, as the admin key's minimum
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -981,6 +980,7 @@ def _watch(args: argparse.Namespace) -> int:
     import logging
     import signal
 
+    from balancer.access import MIN_KEY_LENGTH
     from balancer.server import Balancer, new_loop
     from balancer.settings import SettingsError
     from gitops_nodes import logs, workflow
@@ -1032,13 +1032,13 @@ def _watch(args: argparse.Namespace) -> int:
         rollouts=runtime == "docker",
     )
     hook_token = os.environ.get("GITOPS_NODES_HOOK_TOKEN")
-    if hook_token and len(hook_token.strip()) < MIN_HOOK_TOKEN:
+    if hook_token and len(hook_token.strip()) < MIN_KEY_LENGTH:  # the admin key's minimum
         # Said, not refused: a short token kept working before, and only makes watch fetch.
         logging.getLogger("gitops_nodes.cli").warning(
             "GITOPS_NODES_HOOK_TOKEN is %d characters: whoever guesses it can make watch "
             "fetch; use %d or more (openssl rand -hex 16)",
             len(hook_token.strip()),
-            MIN_HOOK_TOKEN,
+            MIN_KEY_LENGTH,
         )
     watch = WatchLoop(
         loop,
