@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from balancer.bodies import read_bounded
 from balancer.routing import Router
 from balancer.table import RoutingTable, TableError
 
@@ -34,21 +35,6 @@ class Pushable(Protocol):
 
 # A table of 1,000 nodes is well under 1 MiB: more is no table, and is not held in memory.
 MAX_TABLE_BYTES = 16 * 2**20
-
-
-async def _bounded_body(request: Request) -> bytes | None:
-    """The request's body, or None past MAX_TABLE_BYTES (read no further than that)."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_TABLE_BYTES:
-        return None
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_TABLE_BYTES:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def push_routes(balancer: Pushable, token: str) -> list[Route]:
@@ -72,7 +58,7 @@ def push_routes(balancer: Pushable, token: str) -> list[Route]:
         denied = refused(request)
         if denied is not None:
             return denied
-        body = await _bounded_body(request)
+        body = await read_bounded(request, MAX_TABLE_BYTES)
         if body is None:
             return JSONResponse(
                 {

@@ -36,6 +36,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from balancer.access import AdminGuard
+from balancer.bodies import read_bounded
 
 COOKIE = "gitops_nodes_console"
 CSRF_HEADER = "x-csrf-token"
@@ -168,7 +169,9 @@ class Console:
             try:
                 # Bounded in time as in size: anyone who reaches the port may post it, and a
                 # body that never comes held its connection (and a share of the port) forever.
-                body = await asyncio.wait_for(_login_body(request), LOGIN_BODY_SECONDS)
+                body = await asyncio.wait_for(
+                    read_bounded(request, MAX_LOGIN_BODY), LOGIN_BODY_SECONDS
+                )
             except TimeoutError:
                 late = f"The form did not arrive within {LOGIN_BODY_SECONDS:g} s."
                 return self._login_page(late, 408, close=True)
@@ -254,20 +257,6 @@ class Console:
         headers = {"connection": "close"} if close else None  # what is left unread is dropped
         page = template.replace("<!--message-->", shown)
         return HTMLResponse(page, status_code=status, headers=headers)
-
-
-async def _login_body(request: Request) -> bytes | None:
-    """The login form's body, or None past MAX_LOGIN_BODY: read no further than that, since
-    anyone who reaches the admin port may post it before any key is checked."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_LOGIN_BODY:
-        return None
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_LOGIN_BODY:
-            return None
-    return body
 
 
 def wants_page(scope: Scope) -> bool:
