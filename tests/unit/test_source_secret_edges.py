@@ -26,21 +26,11 @@ from gitops_nodes.spec.errors import SpecErrors
 from gitops_nodes.spec.load import load_spec
 from gitops_nodes.spec.notifications import ResolvedTarget
 from gitops_nodes.watch.notify import SendError, post
+from tests.files import write_files
 
 PASTED = "sk_live_abcdefghijklmnop1234"  # a key's shape that the model admits as a name
 DIGEST = "ab" * 32
 SERVER_LIFETIME = 5.0  # seconds: a test server's handler stops by itself after this
-
-
-def _write(root: Path, files: dict[str, str | bytes]) -> Path:
-    for name, content in files.items():
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(content, bytes):
-            path.write_bytes(content)
-        else:
-            path.write_text(content)
-    return root
 
 
 def _problems(root: Path, read_keys: bool = True) -> str:
@@ -108,7 +98,7 @@ def test_a_well_formed_header_and_mlflow_requirements_still_compare() -> None:
 
 def test_a_node_whose_checkpoint_header_has_an_int_package_name_loads(tmp_path: Path) -> None:
     header = {"gitops-nodes-checkpoint": 1, "packages": {1: "x", "numpy": "1"}}
-    root = _write(
+    root = write_files(
         tmp_path, {"n.yaml": PYTHON_NODE, "c.py": "y = x\n", "s.pkl": _checkpoint(header)}
     )
 
@@ -135,7 +125,7 @@ def test_a_secrets_file_key_that_is_not_a_string_is_named(
     tmp_path: Path, written: str, shown: str
 ) -> None:
     secrets = f"sops: {{version: 3}}\n{written}: x\nuser: y\n"
-    root = _write(tmp_path, {"n.yaml": SECRET_NODE, "secrets/db.yaml": secrets})
+    root = write_files(tmp_path, {"n.yaml": SECRET_NODE, "secrets/db.yaml": secrets})
 
     problems = _problems(root, read_keys=False)
 
@@ -144,7 +134,7 @@ def test_a_secrets_file_key_that_is_not_a_string_is_named(
 
 def test_a_missing_key_lists_at_most_twenty_of_the_files_keys(tmp_path: Path) -> None:
     secrets = "sops: {version: 3}\n" + "".join(f"k{i:02}: x\n" for i in range(25))
-    root = _write(tmp_path, {"n.yaml": SECRET_NODE, "secrets/db.yaml": secrets})
+    root = write_files(tmp_path, {"n.yaml": SECRET_NODE, "secrets/db.yaml": secrets})
 
     problems = _problems(root, read_keys=False)
 
@@ -389,7 +379,7 @@ spec:
     keys: [{{name: a, fromEnv: {PASTED}}}, {{name: b, fromEnv: CI_API_KEY}}]
   env: {{A: {{fromEnv: {PASTED}}}}}
 """
-    root = _write(tmp_path, {"n.yaml": node})
+    root = write_files(tmp_path, {"n.yaml": node})
 
     problems = _problems(root)
 

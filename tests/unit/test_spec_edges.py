@@ -12,6 +12,7 @@ from gitops_nodes.notebook import NotebookError, cell_code
 from gitops_nodes.spec.errors import SpecErrors
 from gitops_nodes.spec.load import load_spec, locate_problems
 from gitops_nodes.spec.settings import parse_settings
+from tests.files import write_files
 
 HEAD = "apiVersion: gitops-nodes/v1\nkind: Node\nmetadata:\n  name: web\nspec:\n"
 IMAGE = "  image:\n    name: nginx:1.25\n    port: 80\n"
@@ -20,15 +21,8 @@ LONG = "x" * 300  # longer than a file name may be (255 bytes): the OS says ENAM
 
 def _errors(root: Path, files: dict[str, str | bytes]) -> list[str]:
     """Write files into root and load it: every problem, as validate prints it."""
-    for name, content in files.items():
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(content, bytes):
-            path.write_bytes(content)
-        else:
-            path.write_text(content)
     with pytest.raises(SpecErrors) as caught:
-        load_spec(root, read_keys=False)
+        load_spec(write_files(root, files), read_keys=False)
     return [str(problem) for problem in caught.value.problems]
 
 
